@@ -1,0 +1,159 @@
+"""Requests and results of the activities the journey interpreter calls.
+
+The interpreter refers to activities by these names (not by importing them), so workflow code never
+imports the store or the channel adapters. Every request carries `now`, the journey's time: in a
+simulation the activity's wall clock is not the journey's clock, and time windows must agree.
+Every side effect carries an idempotency key `<workflow id>/<step>/<iteration>`, so a retried
+activity finds its earlier effect in the ledger instead of repeating it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from cairn.conditions import Condition
+from cairn.journey import (
+    AudienceSync,
+    Notify,
+    ProfileUpdate,
+    QuietHours,
+    ScoreChange,
+    Send,
+    StartJourney,
+    TaskSpec,
+    TemplateParts,
+    Webhook,
+)
+from cairn.journey_run import EventMessage
+
+LOAD_CONTACT = "load_contact"
+EVALUATE_CONDITION = "evaluate_condition"
+PREPARE_SEND = "prepare_send"
+DELIVER_MESSAGE = "deliver_message"
+CHANGE_SCORE = "change_score"
+UPDATE_PROFILE = "update_profile"
+CREATE_TASK = "create_task"
+RECORD_ACTION = "record_action"
+FINISH_ENTRY = "finish_entry"
+
+
+class StepContext(BaseModel):
+    """Who is acting, where in which journey, and when (journey time)."""
+
+    workflow_id: str
+    journey_key: str
+    journey_version: int | None = None
+    contact_id: str
+    step: str
+    iteration: int = 1
+    now: datetime
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.workflow_id}/{self.step}/{self.iteration}"
+
+
+class LoadContactRequest(BaseModel):
+    contact_id: str
+
+
+class ConditionRequest(BaseModel):
+    context: StepContext
+    condition: Condition
+    trigger: EventMessage | None = None
+    entered_at: datetime | None = None
+
+
+class VerdictResult(BaseModel):
+    result: bool
+    reason: str
+
+
+SendStatus = Literal[
+    "ready", "sent", "skipped:unreachable", "skipped:consent", "deferred:quiet_hours", "failed"
+]
+
+
+class SendRequest(BaseModel):
+    """A `send` step: which channels to try, the template (carried in the definition), the scope."""
+
+    context: StepContext
+    send: Send
+    template: TemplateParts
+    trigger: EventMessage | None = None
+    journey_context: dict[str, Any] = Field(default_factory=dict)
+    quiet_hours: QuietHours | None = None
+    default_timezone: str = "UTC"
+    channel: str | None = Field(default=None, description="set by the interpreter for delivery")
+
+
+class SendPlan(BaseModel):
+    """Whether and where a send can go now: `ready`, held until `hold_until`, or skipped."""
+
+    status: SendStatus
+    channel: str | None = None
+    hold_until: datetime | None = None
+    reason: str = ""
+
+
+class SendOutcome(BaseModel):
+    status: SendStatus
+    channel: str | None = None
+    delivery_id: int | None = None
+    reason: str = ""
+
+
+class ScoreRequest(BaseModel):
+    context: StepContext
+    change: ScoreChange
+
+
+class ScoreResult(BaseModel):
+    dimension: str
+    total: int
+
+
+class ProfileUpdateRequest(BaseModel):
+    context: StepContext
+    update: ProfileUpdate
+
+
+class TaskRequest(BaseModel):
+    context: StepContext
+    task: TaskSpec
+    trigger: EventMessage | None = None
+
+
+class TaskResult(BaseModel):
+    task_id: int
+
+
+class ActionRequest(BaseModel):
+    """`notify`, `webhook`, `audience` and `start_journey`, recorded in the deliveries ledger."""
+
+    context: StepContext
+    kind: Literal["notify", "webhook", "audience", "start_journey"]
+    notify: Notify | None = None
+    webhook: Webhook | None = None
+    audience: AudienceSync | None = None
+    start_journey: StartJourney | None = None
+    template: TemplateParts | None = None
+    trigger: EventMessage | None = None
+    journey_context: dict[str, Any] = Field(default_factory=dict)
+
+
+class ActionResult(BaseModel):
+    delivery_id: int
+    status: str
+    response: Any = None
+
+
+class EntryFinish(BaseModel):
+    workflow_id: str
+    journey_key: str
+    contact_id: str
+    outcome: str
+    now: datetime

@@ -1,0 +1,44 @@
+"""The contact as journeys see it: a snapshot read fresh from the store for every decision."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class WebPushSubscription(BaseModel):
+    endpoint: str
+    keys: dict[str, str] = Field(default_factory=dict)
+
+
+class ContactSnapshot(BaseModel):
+    """Profile, channels, consent, scores and segments of one contact at one moment.
+
+    `consent` maps a category (`marketing`) or a channel (`email`) to a bool, or a channel to a
+    mapping of categories: `{"marketing": true, "sms": {"marketing": false}}`. Transactional
+    messages are implied consented unless a channel says `transactional: false`.
+    """
+
+    id: str
+    timezone: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    push_tokens: list[str] = Field(default_factory=list)
+    web_push: list[WebPushSubscription] = Field(default_factory=list)
+    consent: dict[str, Any] = Field(default_factory=dict)
+    suppressed: list[str] = Field(
+        default_factory=list, description="channels blocked by bounce, complaint or unsubscribe"
+    )
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    scores: dict[str, int] = Field(default_factory=dict)
+    segments: list[str] = Field(default_factory=list)
+    first_seen_at: datetime | None = None
+    last_seen_at: datetime | None = None
+
+    def as_scope(self) -> dict[str, Any]:
+        """The mapping conditions and templates read (`contact.first_name` reads attributes too)."""
+        data = self.model_dump(mode="json")
+        return {**self.attributes, **data}

@@ -1,0 +1,414 @@
+"""The journey language: a trigger, entry rules, exit goals and a graph of steps, as pydantic models.
+
+A journey file is YAML or JSON; `cairn.journey_files` loads it (with its templates) and checks the
+graph. Each step is a mapping with exactly one kind key (`wait`, `if`, `send`, ...) plus routing keys
+beside it (`next`, `then`/`else`, `then`/`timeout_next`, `paths`). A model dumps back to the same
+shape, so the definition a contact entered with travels in its workflow and reads like the file.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+
+from cairn.conditions import Condition, Spec, parse_condition
+from cairn.durations import Duration, PositiveDuration, TimeOfDay
+
+END = "end"
+"""`next: end` finishes the journey (outcome `completed`)."""
+
+CHANNELS = ("email", "sms", "whatsapp", "push", "web_push", "in_app", "on_site")
+Channel = Literal["email", "sms", "whatsapp", "push", "web_push", "in_app", "on_site"]
+Category = Literal["transactional", "marketing"]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+_KEY_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+
+
+def _where(value: Any) -> Any:
+    return parse_condition(value) if value is not None else None
+
+
+# --------------------------------------------------------------------------- step bodies
+
+
+class WaitUntil(Spec):
+    """An absolute moment, or a date attribute shifted by `offset` at a local `time` of day."""
+
+    at: datetime | None = None
+    attribute: str | None = None
+    offset: Duration = "0s"
+    time: TimeOfDay | None = None
+
+    @model_validator(mode="after")
+    def _one_anchor(self) -> WaitUntil:
+        if (self.at is None) == (self.attribute is None):
+            raise ValueError("give either `at` (ISO date-time) or `attribute` (a date attribute)")
+        if self.at is not None and self.at.tzinfo is None:
+            raise ValueError("`at` needs a UTC offset, e.g. 2026-12-24T10:00:00Z")
+        return self
+
+
+class Window(Spec):
+    """Allowed days and hours in the contact's time zone (`from` inclusive, `to` exclusive)."""
+
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1)
+    from_: TimeOfDay = Field(alias="from")
+    to: TimeOfDay
+
+
+class WaitForEvent(Spec):
+    event: str
+    where: Condition | None = None
+    timeout: PositiveDuration
+    since: Literal["step", "entry"] = "step"
+
+    _prepare_where = field_validator("where", mode="before")(classmethod(lambda cls, v: _where(v)))
+
+
+class SplitPath(Spec):
+    percent: float = Field(gt=0, le=100)
+    next: str
+    name: str | None = None
+
+
+class Split(Spec):
+    """Deterministic per contact: the same contact always takes the same path."""
+
+    paths: list[SplitPath] = Field(min_length=1)
+    holdout: float = Field(default=0, ge=0, lt=100)
+
+    @model_validator(mode="after")
+    def _adds_up(self) -> Split:
+        total = sum(p.percent for p in self.paths) + self.holdout
+        if abs(total - 100) > 1e-6:
+            raise ValueError(f"paths and holdout must add up to 100 percent, they add up to {total}")
+        return self
+
+
+class Send(Spec):
+    channel: Channel | None = None
+    channels: list[Channel] | None = Field(default=None, min_length=1)
+    template: str
+    category: Category = "marketing"
+    on_failure: str | None = None
+
+    @model_validator(mode="after")
+    def _one_channel_form(self) -> Send:
+        if (self.channel is None) == (self.channels is None):
+            raise ValueError("give either `channel` or `channels` (first reachable wins)")
+        return self
+
+    def candidates(self) -> list[str]:
+        return [self.channel] if self.channel else list(self.channels or [])
+
+
+class ScoreChange(Spec):
+    dimension: str = "global"
+    add: int
+    reason: str | None = None
+
+
+class ProfileUpdate(Spec):
+    set: dict[str, Any] = Field(default_factory=dict)
+    unset: list[str] = Field(default_factory=list)
+    add_tags: list[str] = Field(default_factory=list)
+    remove_tags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _something(self) -> ProfileUpdate:
+        if not (self.set or self.unset or self.add_tags or self.remove_tags):
+            raise ValueError("give at least one of set, unset, add_tags, remove_tags")
+        return self
+
+
+class Webhook(Spec):
+    url: str
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    body: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    save_as: str | None = None
+
+
+class Notify(Spec):
+    to: str
+    template: str
+
+
+class TaskSpec(Spec):
+    queue: str
+    title: str
+    due: PositiveDuration | None = None
+    note: str | None = None
+
+
+class AudienceSync(Spec):
+    sync: Literal["facebook", "google"]
+    audience: str
+    action: Literal["add", "remove"] = "add"
+
+
+class StartJourney(Spec):
+    journey: str
+
+
+class EndBody(Spec):
+    outcome: str | None = None
+
+
+# --------------------------------------------------------------------------- steps
+
+
+class StepBase(Spec):
+    summary: str | None = Field(default=None, description="shown in the Temporal UI and graphs")
+
+
+class WaitStep(StepBase):
+    wait: PositiveDuration
+    next: str
+
+
+class WaitUntilStep(StepBase):
+    wait_until: WaitUntil
+    next: str
+    missing: str | None = Field(
+        default=None, description="where to go when the date attribute is missing (default: next)"
+    )
+
+
+class WaitForWindowStep(StepBase):
+    wait_for_window: Window
+    next: str
+
+
+class WaitForEventStep(StepBase):
+    wait_for_event: WaitForEvent
+    then: str
+    timeout_next: str
+
+
+class IfStep(StepBase):
+    if_: Condition = Field(alias="if")
+    then: str
+    else_: str = Field(alias="else")
+
+    _prepare_if = field_validator("if_", mode="before")(classmethod(lambda cls, v: _where(v)))
+
+
+class SplitStep(StepBase):
+    split: Split
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paths_beside(cls, data: Any) -> Any:
+        """Accept `paths` (and `holdout`) beside `split:` as well as inside it."""
+        if isinstance(data, dict) and ("paths" in data or "holdout" in data):
+            data = dict(data)
+            body = dict(data.get("split") or {})
+            for key in ("paths", "holdout"):
+                if key in data:
+                    body[key] = data.pop(key)
+            data["split"] = body
+        return data
+
+
+class SendStep(StepBase):
+    send: Send
+    next: str
+
+
+class ScoreStep(StepBase):
+    score: ScoreChange
+    next: str
+
+
+class UpdateStep(StepBase):
+    update: ProfileUpdate
+    next: str
+
+
+class WebhookStep(StepBase):
+    webhook: Webhook
+    next: str
+
+
+class NotifyStep(StepBase):
+    notify: Notify
+    next: str
+
+
+class TaskStep(StepBase):
+    task: TaskSpec
+    next: str
+
+
+class AudienceStep(StepBase):
+    audience: AudienceSync
+    next: str
+
+
+class StartJourneyStep(StepBase):
+    start_journey: StartJourney
+    next: str
+
+
+class EndStep(StepBase):
+    end: EndBody = Field(default_factory=EndBody)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "end" in data:
+            body = data["end"]
+            if body is None:
+                return {**data, "end": {}}
+            if isinstance(body, str):
+                return {**data, "end": {"outcome": body}}
+        return data
+
+
+STEP_KINDS: dict[str, type[StepBase]] = {
+    "wait": WaitStep,
+    "wait_until": WaitUntilStep,
+    "wait_for_window": WaitForWindowStep,
+    "wait_for_event": WaitForEventStep,
+    "if": IfStep,
+    "split": SplitStep,
+    "send": SendStep,
+    "score": ScoreStep,
+    "update": UpdateStep,
+    "webhook": WebhookStep,
+    "notify": NotifyStep,
+    "task": TaskStep,
+    "audience": AudienceStep,
+    "start_journey": StartJourneyStep,
+    "end": EndStep,
+}
+
+
+def step_kind(data: Any) -> str | None:
+    """The kind of a step: its one kind key (discriminator of `Step`)."""
+    if isinstance(data, StepBase):
+        for kind, model in STEP_KINDS.items():
+            if type(data) is model:
+                return kind
+        return None
+    if not isinstance(data, dict):
+        return None
+    kinds = [k for k in STEP_KINDS if k in data]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+Step = Annotated[
+    Union[tuple(Annotated[model, Tag(kind)] for kind, model in STEP_KINDS.items())],  # type: ignore[valid-type]
+    Discriminator(
+        step_kind,
+        custom_error_type="step_kind",
+        custom_error_message="a step needs exactly one kind key: " + ", ".join(STEP_KINDS),
+    ),
+]
+"""Any step; told apart by its one kind key."""
+
+
+def successors(step: StepBase) -> list[tuple[str, str]]:
+    """Where a step can go next, as (routing key, step name) pairs, in the order written."""
+    routes: list[tuple[str, str]] = []
+    for key in ("next", "then", "else_", "timeout_next", "missing"):
+        target = getattr(step, key, None)
+        if isinstance(target, str):
+            routes.append((key.rstrip("_"), target))
+    if isinstance(step, SendStep) and step.send.on_failure:
+        routes.append(("on_failure", step.send.on_failure))
+    if isinstance(step, SplitStep):
+        routes.extend((f"paths[{i}]", p.next) for i, p in enumerate(step.split.paths))
+    return routes
+
+
+# --------------------------------------------------------------------------- journey
+
+
+class Trigger(Spec):
+    """What starts the journey for a contact: an event, optionally filtered."""
+
+    event: str
+    where: Condition | None = None
+
+    _prepare_where = field_validator("where", mode="before")(classmethod(lambda cls, v: _where(v)))
+
+
+class EntryRules(Spec):
+    reentry: Literal["never", "after_exit", "concurrent"] = "after_exit"
+    key_by: str | None = Field(
+        default=None, description="event field naming the entry (e.g. properties.order_id)"
+    )
+    min_interval: PositiveDuration | None = None
+
+    @model_validator(mode="after")
+    def _key_for_concurrent(self) -> EntryRules:
+        if self.reentry == "concurrent" and not self.key_by:
+            raise ValueError("reentry: concurrent needs key_by (the event field naming an entry)")
+        if self.key_by and self.reentry != "concurrent":
+            raise ValueError("key_by only applies to reentry: concurrent")
+        return self
+
+
+class ExitGoal(Spec):
+    event: str
+    where: Condition | None = None
+    goal: str
+
+    _prepare_where = field_validator("where", mode="before")(classmethod(lambda cls, v: _where(v)))
+
+
+class QuietHours(Spec):
+    from_: TimeOfDay = Field(alias="from")
+    to: TimeOfDay
+
+
+class JourneySettings(Spec):
+    quiet_hours: QuietHours | None = None
+    timezone: str = Field(default="UTC", description="used for contacts without a time zone")
+
+
+TemplateParts = dict[str, dict[str, str]]
+"""A template: a part per channel (`email: {subject, body}`, `sms: {body}`, ...)."""
+
+
+class Journey(Spec):
+    key: str = Field(pattern=_KEY_PATTERN)
+    name: str
+    description: str | None = None
+    version: int | None = Field(default=None, description="set when published")
+    trigger: Trigger
+    entry: EntryRules = Field(default_factory=EntryRules)
+    exit: list[ExitGoal] = Field(default_factory=list)
+    settings: JourneySettings = Field(default_factory=JourneySettings)
+    start: str | None = Field(default=None, description="first step (default: the first listed)")
+    steps: dict[str, Step] = Field(min_length=1)
+    templates: dict[str, TemplateParts] = Field(
+        default_factory=dict, description="filled from templates/ when loaded from a file"
+    )
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _step_names(cls, steps: Any) -> Any:
+        if isinstance(steps, dict):
+            for name in steps:
+                if name == END:
+                    raise ValueError("'end' is reserved (it means: finish the journey)")
+        return steps
+
+    @property
+    def first_step(self) -> str:
+        return self.start or next(iter(self.steps))
+
+    def listens_to(self) -> set[str]:
+        """Event names a running entry wants to hear about (waits and exit goals)."""
+        names = {goal.event for goal in self.exit}
+        for step in self.steps.values():
+            if isinstance(step, WaitForEventStep):
+                names.add(step.wait_for_event.event)
+        return names

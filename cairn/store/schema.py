@@ -1,0 +1,188 @@
+"""Tables, declared once and typed. Migrations in `migrations/versions` must match this file."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+    }
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    anonymous_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    email: Mapped[str | None] = mapped_column(String(320))
+    phone: Mapped[str | None] = mapped_column(String(32))
+    push_tokens: Mapped[list[Any]] = mapped_column(default=list)
+    web_push: Mapped[list[Any]] = mapped_column(default=list)
+    consent: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    suppressed: Mapped[list[Any]] = mapped_column(default=list)
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    first_seen_at: Mapped[datetime | None]
+    last_seen_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Event(Base):
+    """Every accepted call (track, identify), stored once per message id before it is routed."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    type: Mapped[str] = mapped_column(String(16))  # track | identify | page | alias
+    contact_id: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(255))
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    timestamp: Mapped[datetime]
+    received_at: Mapped[datetime]
+    routed_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_events_contact_name_ts", "contact_id", "name", "timestamp"),
+                      Index("ix_events_unrouted", "routed_at"))
+
+
+class JourneyVersion(Base):
+    __tablename__ = "journey_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int]
+    name: Mapped[str] = mapped_column(String(255))
+    definition: Mapped[dict[str, Any]]
+    checksum: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str | None] = mapped_column(String(1024))
+    published_at: Mapped[datetime]
+    active: Mapped[bool] = mapped_column(default=True)
+
+    __table_args__ = (UniqueConstraint("key", "version", name="uq_journey_version"),)
+
+
+class Entry(Base):
+    """One contact's entry into one journey: entry rules read these, the workflow closes them."""
+
+    __tablename__ = "entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    journey_key: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int]
+    contact_id: Mapped[str] = mapped_column(String(255))
+    entry_key: Mapped[str | None] = mapped_column(String(255))
+    workflow_id: Mapped[str] = mapped_column(String(512))
+    trigger_message_id: Mapped[str | None] = mapped_column(String(255))
+    entered_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (
+        Index("ix_entries_journey_contact", "journey_key", "contact_id"),
+        Index("ix_entries_workflow", "workflow_id"),
+    )
+
+
+class Delivery(Base):
+    """The ledger of every side effect toward the outside: sends, alerts, webhooks, audiences.
+
+    The unique idempotency key is what makes a retried activity find its earlier send instead of
+    sending again.
+    """
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(700), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))  # send | notify | webhook | audience | start_journey
+    workflow_id: Mapped[str | None] = mapped_column(String(512), index=True)
+    journey_key: Mapped[str | None] = mapped_column(String(128))
+    step: Mapped[str | None] = mapped_column(String(128))
+    contact_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    channel: Mapped[str | None] = mapped_column(String(32))
+    provider: Mapped[str | None] = mapped_column(String(32))
+    template: Mapped[str | None] = mapped_column(String(128))
+    category: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    rendered: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+
+
+class Score(Base):
+    __tablename__ = "scores"
+
+    contact_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    dimension: Mapped[str] = mapped_column(String(128), primary_key=True)
+    total: Mapped[int] = mapped_column(default=0)
+    updated_at: Mapped[datetime]
+
+
+class ScoreChangeRecord(Base):
+    __tablename__ = "score_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(700), unique=True)
+    contact_id: Mapped[str] = mapped_column(String(255), index=True)
+    dimension: Mapped[str] = mapped_column(String(128))
+    delta: Mapped[int]
+    total: Mapped[int]
+    reason: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(String(512))
+    workflow_id: Mapped[str | None] = mapped_column(String(512), index=True)
+    at: Mapped[datetime]
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(700), unique=True)
+    queue: Mapped[str] = mapped_column(String(128), index=True)
+    title: Mapped[str] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+    contact_id: Mapped[str | None] = mapped_column(String(255))
+    journey_key: Mapped[str | None] = mapped_column(String(128))
+    workflow_id: Mapped[str | None] = mapped_column(String(512), index=True)
+    step: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | claimed | done
+    due_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
+class SegmentMembership(Base):
+    """Who is in which segment and since when; `exited_at` set when the contact leaves."""
+
+    __tablename__ = "segment_memberships"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    segment: Mapped[str] = mapped_column(String(128))
+    contact_id: Mapped[str] = mapped_column(
+        String(255), ForeignKey("contacts.id", ondelete="CASCADE")
+    )
+    entered_at: Mapped[datetime]
+    exited_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_memberships_contact", "contact_id", "segment"),)

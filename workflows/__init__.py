@@ -1,0 +1,1 @@
+"""Deterministic workflow code only: the journey interpreter and its step handlers."""
