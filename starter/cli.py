@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import sys
 
-import click
-
 from starter.cli_app import app
 
 # Each module registers its commands on `app`; heavy imports stay inside the command functions.
@@ -18,18 +16,13 @@ from starter import cli_journeys, cli_runtime, cli_simulate, cli_tasks  # noqa: 
 
 
 def main() -> None:
-    code = 0
+    code: int = 0
     try:
-        result = app(standalone_mode=False)
-        code = result if isinstance(result, int) else 0
-    except click.exceptions.Exit as done:
-        code = done.exit_code
-    except click.exceptions.Abort:
-        print("Aborted.", file=sys.stderr)
-        code = 130
-    except click.ClickException as error:
-        error.show()
-        code = error.exit_code
+        app()
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
     except KeyboardInterrupt:
         code = 130
     finally:

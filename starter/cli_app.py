@@ -19,3 +19,8 @@ def version() -> None:
     from cairn import __version__
 
     typer.echo(__version__)
+
+
+@app.callback()
+def _root() -> None:
+    """Cairn: customer journeys as code, run durably on Temporal."""
