@@ -12,7 +12,7 @@ import sys
 from starter.cli_app import app
 
 # Each module registers its commands on `app`; heavy imports stay inside the command functions.
-from starter import cli_journeys, cli_runtime, cli_simulate, cli_tasks  # noqa: E402,F401
+from starter import cli_catalog, cli_journeys, cli_runtime, cli_simulate, cli_tasks  # noqa: E402,F401
 
 
 def main() -> None:
