@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -206,17 +206,7 @@ def expand_shorthand(data: Any) -> Any:
 
 
 Condition = Annotated[
-    Union[
-        Annotated[AttributeCondition, Tag("attribute")],
-        Annotated[ScoreCondition, Tag("score")],
-        Annotated[PropertyCondition, Tag("property")],
-        Annotated[InSegmentCondition, Tag("in_segment")],
-        Annotated[HasDoneCondition, Tag("has_done")],
-        Annotated[ReachableCondition, Tag("reachable")],
-        Annotated[AllCondition, Tag("all")],
-        Annotated[AnyCondition, Tag("any")],
-        Annotated[NotCondition, Tag("not")],
-    ],
+    Annotated[AttributeCondition, Tag("attribute")] | Annotated[ScoreCondition, Tag("score")] | Annotated[PropertyCondition, Tag("property")] | Annotated[InSegmentCondition, Tag("in_segment")] | Annotated[HasDoneCondition, Tag("has_done")] | Annotated[ReachableCondition, Tag("reachable")] | Annotated[AllCondition, Tag("all")] | Annotated[AnyCondition, Tag("any")] | Annotated[NotCondition, Tag("not")],
     Discriminator(
         condition_kind,
         custom_error_type="condition_kind",
@@ -299,7 +289,7 @@ def event_field(event: dict[str, Any] | None, path: str) -> Any:
     if event is None:
         return _MISSING
     head = path.split(".", 1)[0]
-    if head in event and head != "properties" or path.startswith("properties."):
+    if (head in event and head != "properties") or path.startswith("properties."):
         return read_path(event, path)
     return read_path(event.get("properties") or {}, path)
 
@@ -454,9 +444,29 @@ def window_start(spec: HasDone, now: datetime, entered_at: datetime | None) -> d
 
 
 __all__ = [
-    "AllCondition", "AnyCondition", "Spec", "AttributeCondition", "Comparison", "Condition",
-    "ConditionScope", "HasDone", "HasDoneCondition", "InSegmentCondition", "NotCondition",
-    "PropertyCondition", "ReachableCondition", "ReachableSpec", "ScoreCondition", "Verdict",
-    "compare", "condition_kind", "evaluate", "evaluate_event_filter", "event_field",
-    "parse_condition", "read_path", "timedelta", "window_start",
+    "AllCondition",
+    "AnyCondition",
+    "AttributeCondition",
+    "Comparison",
+    "Condition",
+    "ConditionScope",
+    "HasDone",
+    "HasDoneCondition",
+    "InSegmentCondition",
+    "NotCondition",
+    "PropertyCondition",
+    "ReachableCondition",
+    "ReachableSpec",
+    "ScoreCondition",
+    "Spec",
+    "Verdict",
+    "compare",
+    "condition_kind",
+    "evaluate",
+    "evaluate_event_filter",
+    "event_field",
+    "parse_condition",
+    "read_path",
+    "timedelta",
+    "window_start",
 ]

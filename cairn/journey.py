@@ -303,7 +303,7 @@ def step_kind(data: Any) -> str | None:
 
 
 Step = Annotated[
-    Union[tuple(Annotated[model, Tag(kind)] for kind, model in STEP_KINDS.items())],  # type: ignore[valid-type]
+    Union[tuple(Annotated[m, Tag(k)] for k, m in STEP_KINDS.items())],  # type: ignore[valid-type]  # noqa: UP007, E501
     Discriminator(
         step_kind,
         custom_error_type="step_kind",

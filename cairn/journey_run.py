@@ -103,6 +103,9 @@ class JourneyInput(BaseModel):
         description="added to Temporal's time; only simulations set it, to start at their `now`",
     )
     state: JourneyState | None = None
+    delivery_task_queue: str | None = Field(
+        default=None, description="queue of the send activities (default: paired with the run's)"
+    )
 
 
 class JourneyResult(BaseModel):

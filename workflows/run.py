@@ -1,0 +1,234 @@
+"""The run context handed to every step handler: journey time, waits, activities and the path.
+
+Handlers say what a step means in a few lines; this module holds the mechanics they share:
+durable waits that an exit goal interrupts at once, activities with their timeouts and retries,
+and the path a person reads in the `state` query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
+    from cairn.actions import StepContext
+    from cairn.journey import END, Journey
+    from cairn.journey_run import (
+        DELIVERY_TASK_QUEUE,
+        JOURNEY_TASK_QUEUE,
+        EventMessage,
+        JourneyInput,
+        JourneyState,
+        PathEntry,
+    )
+
+PATH_LIMIT = 500
+"""Path entries kept in state; older ones are counted in `path_dropped` (runs can loop for years)."""
+
+HEARD_LIMIT = 200
+SEEN_IDS_LIMIT = 1000
+
+ACTIVITY_TIMEOUT = timedelta(seconds=30)
+ACTIVITY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=20,
+    non_retryable_error_types=["ContactNotFound", "TemplateError", "ValidationError"],
+)
+
+Result = TypeVar("Result", bound=BaseModel)
+
+
+class Waited(Enum):
+    """How a wait ended."""
+
+    ELAPSED = "elapsed"
+    SATISFIED = "satisfied"
+    EXITED = "exited"
+    CONTINUE = "continue"
+
+
+@dataclass
+class Next:
+    """Where the interpreter goes after a step.
+
+    `step` is the next step's name (or `end`); `outcome` ends the journey with that outcome;
+    `resume` continues as new and re-enters the same step (its deadline is kept in state).
+    """
+
+    step: str | None = None
+    outcome: str | None = None
+    resume: bool = False
+
+    @classmethod
+    def to(cls, step: str) -> Next:
+        return cls(outcome="completed") if step == END else cls(step=step)
+
+
+class JourneyRun:
+    """One run's view of its journey: definition, state, journey time and shared mechanics."""
+
+    def __init__(self, data: JourneyInput, state: JourneyState) -> None:
+        self.input = data
+        self.journey: Journey = data.journey
+        self.state = state
+        self.exit_outcome: str | None = None
+        self.offset = timedelta(seconds=data.clock_offset_seconds)
+
+    # ------------------------------------------------------------------ time
+
+    def now(self) -> datetime:
+        """Journey time: Temporal's deterministic time, shifted only in simulations."""
+        return workflow.now() + self.offset
+
+    def to_server_time(self, moment: datetime) -> datetime:
+        return moment - self.offset
+
+    # ------------------------------------------------------------------ steps and path
+
+    @property
+    def step(self) -> str:
+        assert self.state.current is not None
+        return self.state.current
+
+    @property
+    def iteration(self) -> int:
+        return self.state.visits.get(self.step, 1)
+
+    def context(self) -> StepContext:
+        """Who acts where and when; the idempotency key of every side effect derives from it."""
+        return StepContext(
+            workflow_id=workflow.info().workflow_id,
+            journey_key=self.journey.key,
+            journey_version=self.journey.version,
+            contact_id=self.input.contact_id,
+            step=self.step,
+            iteration=self.iteration,
+            now=self.now(),
+        )
+
+    def note(self, text: str) -> None:
+        """Say in the path what the current step did or decided."""
+        if self.state.path and self.state.path[-1].step == self.step:
+            self.state.path[-1].note = text
+        workflow.set_current_details(f"**{self.step}**: {text}")
+
+    def begin_step(self, kind: str) -> None:
+        """Open a path entry for the step, unless a continue-as-new resumed it mid-wait."""
+        if self.state.step_started_at is not None:
+            return
+        self.state.visits[self.step] = self.state.visits.get(self.step, 0) + 1
+        self.state.step_started_at = self.now()
+        self.state.step_started_seq = self.state.next_seq - 1
+        self.state.path.append(PathEntry(step=self.step, at=self.now(), note="", kind=kind))
+        if len(self.state.path) > PATH_LIMIT:
+            dropped = len(self.state.path) - PATH_LIMIT
+            del self.state.path[:dropped]
+            self.state.path_dropped += dropped
+
+    def end_step(self) -> None:
+        self.state.step_started_at = None
+        self.state.deadline = None
+        self.state.waiting_for = None
+
+    # ------------------------------------------------------------------ waiting
+
+    def continue_suggested(self) -> bool:
+        return workflow.info().is_continue_as_new_suggested()
+
+    async def wait(
+        self,
+        deadline: datetime,
+        summary: str,
+        *,
+        until: Callable[[], bool] | None = None,
+    ) -> Waited:
+        """Wait durably until `deadline` (journey time), an `until` condition, or an exit goal.
+
+        The deadline is kept in state first, so a run that continues as new mid-wait resumes
+        this same wait with the same end.
+        """
+        self.state.deadline = deadline
+        self.state.waiting_for = summary
+
+        def settled() -> bool:
+            return (
+                self.exit_outcome is not None
+                or (until is not None and until())
+                or self.continue_suggested()
+            )
+
+        remaining = deadline - self.now()
+        if remaining > timedelta(0) and not settled():
+            try:
+                await workflow.wait_condition(
+                    settled, timeout=remaining, timeout_summary=summary
+                )
+            except TimeoutError:
+                pass
+        if self.exit_outcome is not None:
+            return Waited.EXITED
+        if until is not None and until():
+            return Waited.SATISFIED
+        if self.now() >= deadline:
+            return Waited.ELAPSED
+        return Waited.CONTINUE
+
+    def after_wait(self, waited: Waited, elapsed_to: str) -> Next:
+        """The usual routing after a plain wait."""
+        if waited is Waited.EXITED:
+            return Next(outcome=self.exit_outcome)
+        if waited is Waited.CONTINUE:
+            return Next(resume=True)
+        return Next.to(elapsed_to)
+
+    # ------------------------------------------------------------------ activities
+
+    async def act(
+        self,
+        name: str,
+        request: BaseModel,
+        result_type: type[Result] | None,
+        summary: str,
+        *,
+        delivery: bool = False,
+        timeout: timedelta = ACTIVITY_TIMEOUT,
+    ) -> Any:
+        """Run an activity with Cairn's timeouts and retries, labelled for the Temporal UI."""
+        return await workflow.execute_activity(
+            name,
+            request,
+            result_type=result_type,
+            task_queue=self.delivery_queue if delivery else self.journey_queue,
+            start_to_close_timeout=timeout,
+            retry_policy=ACTIVITY_RETRY,
+            summary=summary,
+        )
+
+    @property
+    def journey_queue(self) -> str:
+        return workflow.info().task_queue or JOURNEY_TASK_QUEUE
+
+    @property
+    def delivery_queue(self) -> str:
+        """Sends run on their own queue: named in the input, else paired with the journey queue."""
+        if self.input.delivery_task_queue:
+            return self.input.delivery_task_queue
+        queue = self.journey_queue
+        if queue.endswith("journeys") and queue != JOURNEY_TASK_QUEUE:
+            return queue[: -len("journeys")] + "delivery"
+        return DELIVERY_TASK_QUEUE
+
+    # ------------------------------------------------------------------ events
+
+    def heard_since(self, seq: int) -> list[EventMessage]:
+        return [h.message for h in self.state.heard if h.seq > seq]

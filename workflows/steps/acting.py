@@ -1,0 +1,186 @@
+"""Action steps: each calls one activity that records its effect under an idempotency key.
+
+A `send` asks first whether and where it may go now: a message held by quiet hours waits here, on
+a durable timer that an exit goal interrupts, never in a sleeping activity.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from cairn.actions import (
+        CHANGE_SCORE,
+        CREATE_TASK,
+        DELIVER_MESSAGE,
+        PREPARE_SEND,
+        RECORD_ACTION,
+        UPDATE_PROFILE,
+        ActionRequest,
+        ActionResult,
+        ProfileUpdateRequest,
+        ScoreRequest,
+        ScoreResult,
+        SendOutcome,
+        SendPlan,
+        SendRequest,
+        TaskRequest,
+        TaskResult,
+    )
+    from cairn.journey import (
+        AudienceStep,
+        NotifyStep,
+        ScoreStep,
+        SendStep,
+        StartJourneyStep,
+        TaskStep,
+        UpdateStep,
+        WebhookStep,
+    )
+
+from workflows.run import JourneyRun, Next, Waited
+
+MAX_HOLDS = 10
+"""Quiet-hour holds in a row before a send gives up (a contact's settings may keep changing)."""
+
+
+async def send(step: SendStep, run: JourneyRun) -> Next:
+    """Deliver a message on the first reachable channel, respecting consent and quiet hours."""
+    spec = step.send
+    request = SendRequest(
+        context=run.context(),
+        send=spec,
+        template=run.journey.templates.get(spec.template, {}),
+        trigger=run.state.trigger,
+        journey_context=run.state.context,
+        quiet_hours=run.journey.settings.quiet_hours,
+        default_timezone=run.journey.settings.timezone,
+    )
+    label = step.summary or f"{run.step}: {spec.template} via {'/'.join(spec.candidates())}"
+    for _ in range(MAX_HOLDS):
+        plan: SendPlan = await run.act(PREPARE_SEND, request, SendPlan, f"check {label}")
+        if plan.status != "deferred:quiet_hours" or plan.hold_until is None:
+            break
+        run.note(f"deferred:quiet_hours until {plan.hold_until.isoformat()}")
+        waited = await run.wait(plan.hold_until, f"quiet hours: hold {label}")
+        if waited is not Waited.ELAPSED:
+            return run.after_wait(waited, step.next)
+        request = request.model_copy(update={"context": run.context()})
+    else:
+        run.note("failed: still in quiet hours after repeated holds")
+        return Next.to(spec.on_failure or step.next)
+    if plan.status != "ready":
+        run.note(f"{plan.status}: {plan.reason}")
+        return Next.to(step.next)
+    try:
+        outcome: SendOutcome = await run.act(
+            DELIVER_MESSAGE,
+            request.model_copy(update={"channel": plan.channel}),
+            SendOutcome,
+            f"send {label}",
+            delivery=True,
+        )
+    except ActivityError as error:
+        cause = error.cause or error
+        run.note(f"failed on {plan.channel}: {cause}")
+        return Next.to(spec.on_failure or step.next)
+    run.note(f"{outcome.status} on {outcome.channel or plan.channel}")
+    if outcome.status == "failed" and spec.on_failure:
+        return Next.to(spec.on_failure)
+    return Next.to(step.next)
+
+
+async def score(step: ScoreStep, run: JourneyRun) -> Next:
+    change = step.score
+    result: ScoreResult = await run.act(
+        CHANGE_SCORE, ScoreRequest(context=run.context(), change=change), ScoreResult,
+        step.summary or f"score {change.dimension} {change.add:+d}",
+    )
+    run.note(f"{result.dimension} {change.add:+d} = {result.total}")
+    return Next.to(step.next)
+
+
+async def update(step: UpdateStep, run: JourneyRun) -> Next:
+    spec = step.update
+    await run.act(
+        UPDATE_PROFILE, ProfileUpdateRequest(context=run.context(), update=spec), None,
+        step.summary or f"update profile at {run.step}",
+    )
+    changes = [f"set {k}" for k in spec.set] + [f"unset {k}" for k in spec.unset]
+    changes += [f"tag +{t}" for t in spec.add_tags] + [f"tag -{t}" for t in spec.remove_tags]
+    run.note(", ".join(changes))
+    return Next.to(step.next)
+
+
+async def task(step: TaskStep, run: JourneyRun) -> Next:
+    spec = step.task
+    result: TaskResult = await run.act(
+        CREATE_TASK,
+        TaskRequest(context=run.context(), task=spec, trigger=run.state.trigger),
+        TaskResult,
+        step.summary or f"task for {spec.queue}",
+    )
+    run.note(f"task #{result.task_id} in {spec.queue}: {spec.title}")
+    return Next.to(step.next)
+
+
+async def _record(run: JourneyRun, request: ActionRequest, summary: str) -> ActionResult:
+    result: ActionResult = await run.act(RECORD_ACTION, request, ActionResult, summary)
+    return result
+
+
+async def webhook(step: WebhookStep, run: JourneyRun) -> Next:
+    spec = step.webhook
+    result = await _record(
+        run,
+        ActionRequest(
+            context=run.context(), kind="webhook", webhook=spec, trigger=run.state.trigger,
+            journey_context=run.state.context,
+        ),
+        step.summary or f"webhook {spec.method} {spec.url}",
+    )
+    if spec.save_as:
+        run.state.context[spec.save_as] = result.response
+    run.note(f"webhook {spec.method} {spec.url}: {result.status}")
+    return Next.to(step.next)
+
+
+async def notify(step: NotifyStep, run: JourneyRun) -> Next:
+    spec = step.notify
+    result = await _record(
+        run,
+        ActionRequest(
+            context=run.context(), kind="notify", notify=spec,
+            template=run.journey.templates.get(spec.template, {}), trigger=run.state.trigger,
+            journey_context=run.state.context,
+        ),
+        step.summary or f"alert {spec.to}",
+    )
+    run.note(f"alert to {spec.to}: {result.status}")
+    return Next.to(step.next)
+
+
+async def audience(step: AudienceStep, run: JourneyRun) -> Next:
+    spec = step.audience
+    result = await _record(
+        run,
+        ActionRequest(context=run.context(), kind="audience", audience=spec),
+        step.summary or f"{spec.action} to {spec.sync} audience {spec.audience}",
+    )
+    run.note(f"{spec.action} {spec.sync}:{spec.audience}: {result.status}")
+    return Next.to(step.next)
+
+
+async def start_journey(step: StartJourneyStep, run: JourneyRun) -> Next:
+    spec = step.start_journey
+    result = await _record(
+        run,
+        ActionRequest(
+            context=run.context(), kind="start_journey", start_journey=spec,
+            trigger=run.state.trigger,
+        ),
+        step.summary or f"hand off to {spec.journey}",
+    )
+    run.note(f"hand-off to {spec.journey}: {result.status}")
+    return Next.to(step.next)

@@ -1,0 +1,58 @@
+"""Branching steps: `if` decides on fresh data read by an activity; `split` decides by hashing.
+
+A split must send the same contact down the same path on every replay and every re-entry, so it
+hashes (journey, step, contact) instead of drawing a random number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from cairn.actions import EVALUATE_CONDITION, ConditionRequest, VerdictResult
+    from cairn.journey import IfStep, SplitStep
+
+from workflows.run import JourneyRun, Next
+
+
+async def if_(step: IfStep, run: JourneyRun) -> Next:
+    """Evaluate a condition against a fresh contact snapshot and the store's event history."""
+    verdict: VerdictResult = await run.act(
+        EVALUATE_CONDITION,
+        ConditionRequest(
+            context=run.context(),
+            condition=step.if_,
+            trigger=run.state.trigger,
+            entered_at=run.state.entered_at,
+        ),
+        VerdictResult,
+        step.summary or f"decide {run.step}",
+    )
+    branch, target = ("then", step.then) if verdict.result else ("else", step.else_)
+    run.note(f"{branch}: {verdict.reason}")
+    return Next.to(target)
+
+
+def bucket(journey_key: str, step: str, contact_id: str) -> float:
+    """A stable number in [0, 100) for a contact at a split."""
+    digest = hashlib.sha256(f"{journey_key}/{step}/{contact_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 1_000_000 / 10_000
+
+
+async def split(step: SplitStep, run: JourneyRun) -> Next:
+    """Send the contact down one path by its bucket; the holdout ends the journey, counted."""
+    spec = step.split
+    point = bucket(run.journey.key, run.step, run.input.contact_id)
+    if point < spec.holdout:
+        run.note(f"holdout (bucket {point:.2f} < {spec.holdout:g}%)")
+        return Next(outcome="ended:holdout")
+    edge = spec.holdout
+    for index, path in enumerate(spec.paths):
+        edge += path.percent
+        if point < edge or index == len(spec.paths) - 1:
+            label = path.name or f"path {index + 1}"
+            run.note(f"{label} ({path.percent:g}%, bucket {point:.2f})")
+            return Next.to(path.next)
+    raise AssertionError("split paths add up to 100")
