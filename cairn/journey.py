@@ -9,7 +9,7 @@ shape, so the definition a contact entered with travels in its workflow and read
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
@@ -299,11 +299,27 @@ def step_kind(data: Any) -> str | None:
     if not isinstance(data, dict):
         return None
     kinds = [k for k in STEP_KINDS if k in data]
+    if not kinds and "paths" in data:
+        return "split"  # `paths:` written beside the step, DESIGN's routing-key form
     return kinds[0] if len(kinds) == 1 else None
 
 
 Step = Annotated[
-    Union[tuple(Annotated[m, Tag(k)] for k, m in STEP_KINDS.items())],  # type: ignore[valid-type]  # noqa: UP007, E501
+    Annotated[WaitStep, Tag("wait")]
+    | Annotated[WaitUntilStep, Tag("wait_until")]
+    | Annotated[WaitForWindowStep, Tag("wait_for_window")]
+    | Annotated[WaitForEventStep, Tag("wait_for_event")]
+    | Annotated[IfStep, Tag("if")]
+    | Annotated[SplitStep, Tag("split")]
+    | Annotated[SendStep, Tag("send")]
+    | Annotated[ScoreStep, Tag("score")]
+    | Annotated[UpdateStep, Tag("update")]
+    | Annotated[WebhookStep, Tag("webhook")]
+    | Annotated[NotifyStep, Tag("notify")]
+    | Annotated[TaskStep, Tag("task")]
+    | Annotated[AudienceStep, Tag("audience")]
+    | Annotated[StartJourneyStep, Tag("start_journey")]
+    | Annotated[EndStep, Tag("end")],
     Discriminator(
         step_kind,
         custom_error_type="step_kind",

@@ -1,0 +1,411 @@
+"""The step graph of a journey: its checks (missing targets, unreachable steps, loops that never
+wait), its loops (the interpreter continues-as-new on each pass) and its Mermaid picture.
+
+Pure functions over a validated `Journey`; safe to import in workflow code. Loading files and
+reporting problems per file is `cairn.journey_files`' job.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from cairn.conditions import (
+    AllCondition,
+    AnyCondition,
+    AttributeCondition,
+    Comparison,
+    HasDoneCondition,
+    InSegmentCondition,
+    NotCondition,
+    PropertyCondition,
+    ReachableCondition,
+    ScoreCondition,
+)
+from cairn.journey import (
+    END,
+    AudienceStep,
+    EndStep,
+    IfStep,
+    Journey,
+    NotifyStep,
+    ScoreStep,
+    SendStep,
+    SplitStep,
+    StartJourneyStep,
+    StepBase,
+    TaskStep,
+    UpdateStep,
+    WaitForEventStep,
+    WaitForWindowStep,
+    WaitStep,
+    WaitUntilStep,
+    WebhookStep,
+    step_kind,
+    successors,
+)
+
+WAITING_KINDS = (WaitStep, WaitUntilStep, WaitForWindowStep, WaitForEventStep)
+"""Steps that hand control back to Temporal's timers; a loop needs one to not spin forever."""
+
+GraphProblem = tuple[str, str]
+"""(path such as `steps.x.next`, message)."""
+
+
+def route_path(step: str, route: str) -> str:
+    """Where a routing key of `successors()` is written in the file (`paths[1]` is in `split`)."""
+    if route.startswith("paths["):
+        return f"steps.{step}.split.{route}.next"
+    if route == "on_failure":
+        return f"steps.{step}.send.on_failure"
+    return f"steps.{step}.{route}"
+
+
+def steps_of(journey: Journey) -> dict[str, StepBase]:
+    """The steps typed by their common base, so `isinstance` narrows them for type checkers."""
+    return dict(journey.steps)
+
+
+def edges(journey: Journey) -> Iterator[tuple[str, str, str]]:
+    """Every (from step, routing key, to step) of the journey, in file order; `to` may be `end`."""
+    for name, step in journey.steps.items():
+        for route, target in successors(step):
+            yield name, route, target
+
+
+def _known(journey: Journey, target: str) -> bool:
+    return target == END or target in journey.steps
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def missing_start(journey: Journey) -> list[GraphProblem]:
+    if journey.start is None or journey.start in journey.steps:
+        return []
+    return [("start", f"unknown step '{journey.start}' (steps: {', '.join(journey.steps)})")]
+
+
+def missing_targets(journey: Journey) -> list[GraphProblem]:
+    return [
+        (route_path(name, route),
+         f"unknown step '{target}' (use one of the steps: {', '.join(journey.steps)}, or 'end')")
+        for name, route, target in edges(journey)
+        if not _known(journey, target)
+    ]
+
+
+def reachable_steps(journey: Journey) -> set[str]:
+    """Steps a contact can arrive at from the first step."""
+    first = journey.first_step
+    if first not in journey.steps:
+        return set()
+    seen = {first}
+    todo = [first]
+    while todo:
+        for _, target in successors(journey.steps[todo.pop()]):
+            if target in journey.steps and target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def unreachable(journey: Journey) -> list[GraphProblem]:
+    if journey.first_step not in journey.steps:
+        return []  # reported as a missing start; every step would look unreachable
+    seen = reachable_steps(journey)
+    return [
+        (f"steps.{name}", f"unreachable: no route leads here from the first step "
+                          f"'{journey.first_step}'")
+        for name in journey.steps
+        if name not in seen
+    ]
+
+
+def _loop_through(graph: dict[str, list[str]], members: set[str], first: str) -> list[str]:
+    """One cycle inside a strongly connected set of steps, starting and ending at `first`."""
+    parents: dict[str, str] = {}
+    todo = [first]
+    while todo:
+        here = todo.pop(0)
+        for target in graph[here]:
+            if target == first:
+                path = [here]
+                while path[-1] != first:
+                    path.append(parents[path[-1]])
+                return [*reversed(path), first]
+            if target in members and target not in parents:
+                parents[target] = here
+                todo.append(target)
+    return [first, first]
+
+
+def _strongly_connected(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Tarjan's algorithm, iterative (a generated journey may be deep); components in file order."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(graph[root]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(graph[child])))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                components.append(component)
+    order = list(graph)
+    return sorted(components, key=lambda c: min(order.index(m) for m in c))
+
+
+def loops_without_wait(journey: Journey) -> list[GraphProblem]:
+    """A loop whose steps never wait would run forever in one workflow task.
+
+    Waiting steps are left out of the graph: any cycle that remains has no wait in it.
+    """
+    graph = {
+        name: [t for _, t in successors(step) if t in journey.steps
+               and not isinstance(journey.steps[t], WAITING_KINDS)]
+        for name, step in journey.steps.items()
+        if not isinstance(step, WAITING_KINDS)
+    }
+    problems = []
+    order = list(journey.steps)
+    for component in _strongly_connected(graph):
+        members = set(component)
+        first = min(component, key=order.index)
+        if len(component) == 1 and first not in graph[first]:
+            continue
+        loop = _loop_through(graph, members, first)
+        problems.append((
+            f"steps.{first}",
+            f"loop without a wait: {' -> '.join(loop)}; add a wait, wait_until, "
+            "wait_for_window or wait_for_event step to it",
+        ))
+    return problems
+
+
+GRAPH_CHECKS = (missing_start, missing_targets, unreachable, loops_without_wait)
+
+
+def check_graph(journey: Journey) -> list[GraphProblem]:
+    """Every graph problem: unknown `start` or routing targets, unreachable steps, busy loops."""
+    return [problem for check in GRAPH_CHECKS for problem in check(journey)]
+
+
+def back_edges(journey: Journey) -> set[tuple[str, str]]:
+    """Edges that return to a step already on the way from the first step: the journey's loops.
+
+    Found by a depth-first walk in file order, so every cycle reachable from the start has exactly
+    one such edge; the interpreter continues-as-new when it takes one, which keeps each run's
+    history to one pass of the loop.
+    """
+    first = journey.first_step
+    if first not in journey.steps:
+        return set()
+    found: set[tuple[str, str]] = set()
+    on_path = {first}
+    done: set[str] = set()
+    work = [(first, iter(successors(journey.steps[first])))]
+    while work:
+        node, routes = work[-1]
+        route = next(routes, None)
+        if route is None:
+            work.pop()
+            on_path.discard(node)
+            done.add(node)
+            continue
+        target = route[1]
+        if target not in journey.steps:
+            continue
+        if target in on_path:
+            found.add((node, target))
+        elif target not in done:
+            on_path.add(target)
+            work.append((target, iter(successors(journey.steps[target]))))
+    return found
+
+
+# --------------------------------------------------------------------------- description
+
+
+def _comparison(subject: str, comparison: Comparison) -> str:
+    signs = {"eq": "=", "ne": "≠", "gt": ">", "gte": "≥", "lt": "<", "lte": "≤"}
+    parts = []
+    for op, value in comparison.given().items():
+        if op == "exists":
+            parts.append(f"{subject} {'exists' if value else 'is missing'}")
+        else:
+            parts.append(f"{subject} {signs.get(op, op.replace('_', ' '))} {value}")
+    return " and ".join(parts)
+
+
+def describe_condition(condition: object) -> str:
+    """A one-line reading of a condition (`cart.items > 0`), for graphs and summaries."""
+    if isinstance(condition, AttributeCondition):
+        return _comparison(condition.attribute, condition)
+    if isinstance(condition, ScoreCondition):
+        return _comparison(f"score {condition.score}", condition)
+    if isinstance(condition, PropertyCondition):
+        return _comparison(f"event {condition.property}", condition)
+    if isinstance(condition, InSegmentCondition):
+        return f"in segment {condition.in_segment}"
+    if isinstance(condition, HasDoneCondition):
+        spec = condition.has_done
+        window = f" within {spec.within}" if spec.within else (" since entry" if spec.since else "")
+        return f"did {spec.event} ({_comparison('count', spec.count)}){window}"
+    if isinstance(condition, ReachableCondition):
+        return f"reachable by {condition.reachable.channel}"
+    if isinstance(condition, AllCondition):
+        return " and ".join(f"({describe_condition(c)})" for c in condition.all)
+    if isinstance(condition, AnyCondition):
+        return " or ".join(f"({describe_condition(c)})" for c in condition.any)
+    if isinstance(condition, NotCondition):
+        return f"not ({describe_condition(condition.not_)})"
+    return str(condition)
+
+
+def describe_step(step: StepBase) -> str:
+    """What a step does, in a few words, read from its definition (not its `summary`)."""
+    if isinstance(step, WaitStep):
+        return f"wait {step.wait}"
+    if isinstance(step, WaitUntilStep):
+        spec = step.wait_until
+        if spec.at is not None:
+            return f"wait until {spec.at.isoformat()}"
+        offset = "" if spec.offset in ("0s", "0") else f" {spec.offset}"
+        clock = f" at {spec.time}" if spec.time else ""
+        return f"wait until {spec.attribute}{offset}{clock}"
+    if isinstance(step, WaitForWindowStep):
+        window = step.wait_for_window
+        return f"wait for {','.join(window.days)} {window.from_}-{window.to}"
+    if isinstance(step, WaitForEventStep):
+        return f"wait for {step.wait_for_event.event} up to {step.wait_for_event.timeout}"
+    if isinstance(step, IfStep):
+        return f"if {describe_condition(step.if_)}"
+    if isinstance(step, SplitStep):
+        return "split" + (f" ({step.split.holdout:g}% holdout)" if step.split.holdout else "")
+    if isinstance(step, SendStep):
+        return f"send {' or '.join(step.send.candidates())}: {step.send.template}"
+    if isinstance(step, ScoreStep):
+        return f"score {step.score.dimension} {step.score.add:+d}"
+    if isinstance(step, UpdateStep):
+        return "update profile"
+    if isinstance(step, WebhookStep):
+        return f"{step.webhook.method} {step.webhook.url}"
+    if isinstance(step, NotifyStep):
+        return f"notify {step.notify.to}: {step.notify.template}"
+    if isinstance(step, TaskStep):
+        return f"task for {step.task.queue}: {step.task.title}"
+    if isinstance(step, AudienceStep):
+        return f"{step.audience.action} to {step.audience.sync} audience {step.audience.audience}"
+    if isinstance(step, StartJourneyStep):
+        return f"start journey {step.start_journey.journey}"
+    if isinstance(step, EndStep):
+        return f"end: {step.end.outcome}" if step.end.outcome else "end"
+    return step_kind(step) or type(step).__name__
+
+
+# --------------------------------------------------------------------------- Mermaid
+
+
+def _text(label: str) -> str:
+    """Mermaid label text inside double quotes, with its special characters as entities."""
+    return (label.replace("&", "#amp;").replace('"', "#quot;")
+            .replace("<", "#lt;").replace(">", "#gt;").replace("|", "#124;"))
+
+
+def _node_ids(journey: Journey) -> dict[str, str]:
+    """Mermaid-safe ids; `end` is a Mermaid keyword and names may hold dashes or dots."""
+    ids: dict[str, str] = {}
+    for name in journey.steps:
+        base = "s_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
+        node_id, n = base, 2
+        while node_id in ids.values():
+            node_id, n = f"{base}_{n}", n + 1
+        ids[name] = node_id
+    return ids
+
+
+def _shape(step: StepBase, text: str) -> str:
+    if isinstance(step, IfStep | SplitStep):
+        return '{"' + text + '"}'
+    if isinstance(step, WAITING_KINDS):
+        return '(["' + text + '"])'
+    if isinstance(step, EndStep):
+        return '(("' + text + '"))'
+    return '["' + text + '"]'
+
+
+def _edge_label(step: StepBase, route: str) -> str:
+    if route.startswith("paths[") and isinstance(step, SplitStep):
+        path = step.split.paths[int(route[6:-1])]
+        return f"{path.percent:g}%" + (f" {path.name}" if path.name else "")
+    return {"timeout_next": "timeout", "on_failure": "on failure", "next": ""}.get(route, route)
+
+
+def mermaid(journey: Journey, counts: dict[str, int] | None = None) -> str:
+    """A Mermaid flowchart of the journey, top-down, with `counts` (contacts per step) if given.
+
+    Loops (back edges) are dotted; the trigger is the entry node and `end` the exit node.
+    """
+    ids = _node_ids(journey)
+    loops = back_edges(journey)
+    lines = ["flowchart TD", f'  trigger>"{_text("on " + journey.trigger.event)}"]']
+    for name, step in steps_of(journey).items():
+        label = f"<b>{_text(name)}</b><br/>{_text(describe_step(step))}"
+        if step.summary:
+            label += f"<br/><i>{_text(step.summary)}</i>"
+        if counts is not None:
+            label += f"<br/>{counts.get(name, 0)} contacts"
+        lines.append(f"  {ids[name]}{_shape(step, label)}")
+    lines.append('  finish(("end"))')
+    if journey.first_step in ids:
+        lines.append(f"  trigger --> {ids[journey.first_step]}")
+    for name, route, target in edges(journey):
+        if target != END and target not in ids:
+            continue
+        label = _edge_label(steps_of(journey)[name], route)
+        arrow = "-.->" if (name, target) in loops else "-->"
+        to = "finish" if target == END else ids[target]
+        lines.append(f"  {ids[name]} {arrow}{f'|{_text(label)}|' if label else ''} {to}")
+    for name, step in steps_of(journey).items():
+        if isinstance(step, SplitStep) and step.split.holdout:
+            lines.append(f"  {ids[name]} -->|{step.split.holdout:g}% holdout| finish")
+        if isinstance(step, EndStep):
+            lines.append(f"  {ids[name]} --> finish")
+    for goal in journey.exit:
+        lines.append(f"  %% exit goal: {goal.event} -> {goal.goal}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "GRAPH_CHECKS", "WAITING_KINDS", "back_edges", "check_graph", "describe_condition",
+    "describe_step", "edges", "loops_without_wait", "mermaid", "missing_start",
+    "missing_targets", "reachable_steps", "route_path", "unreachable",
+]
