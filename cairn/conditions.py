@@ -118,7 +118,7 @@ class InSegmentCondition(Spec):
 
 
 class HasDone(Spec):
-    """The contact did `event` (matching `where`), `count` times, `within` a window or `since` entry."""
+    """The contact did `event` (matching `where`) `count` times, in a window or since entry."""
 
 
     event: str
@@ -206,7 +206,15 @@ def expand_shorthand(data: Any) -> Any:
 
 
 Condition = Annotated[
-    Annotated[AttributeCondition, Tag("attribute")] | Annotated[ScoreCondition, Tag("score")] | Annotated[PropertyCondition, Tag("property")] | Annotated[InSegmentCondition, Tag("in_segment")] | Annotated[HasDoneCondition, Tag("has_done")] | Annotated[ReachableCondition, Tag("reachable")] | Annotated[AllCondition, Tag("all")] | Annotated[AnyCondition, Tag("any")] | Annotated[NotCondition, Tag("not")],
+    Annotated[AttributeCondition, Tag("attribute")]
+    | Annotated[ScoreCondition, Tag("score")]
+    | Annotated[PropertyCondition, Tag("property")]
+    | Annotated[InSegmentCondition, Tag("in_segment")]
+    | Annotated[HasDoneCondition, Tag("has_done")]
+    | Annotated[ReachableCondition, Tag("reachable")]
+    | Annotated[AllCondition, Tag("all")]
+    | Annotated[AnyCondition, Tag("any")]
+    | Annotated[NotCondition, Tag("not")],
     Discriminator(
         condition_kind,
         custom_error_type="condition_kind",

@@ -1,9 +1,9 @@
-"""The journey language: a trigger, entry rules, exit goals and a graph of steps, as pydantic models.
+"""The journey language: trigger, entry rules, exit goals and a graph of steps, as pydantic models.
 
 A journey file is YAML or JSON; `cairn.journey_files` loads it (with its templates) and checks the
-graph. Each step is a mapping with exactly one kind key (`wait`, `if`, `send`, ...) plus routing keys
-beside it (`next`, `then`/`else`, `then`/`timeout_next`, `paths`). A model dumps back to the same
-shape, so the definition a contact entered with travels in its workflow and reads like the file.
+graph. Each step is a mapping with exactly one kind key (`wait`, `if`, `send`, ...) plus routing
+keys beside it (`next`, `then`/`else`, `then`/`timeout_next`, `paths`). A model dumps back to
+the same shape, so the definition a contact entered with travels in its workflow and reads like the file.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class Split(Spec):
     def _adds_up(self) -> Split:
         total = sum(p.percent for p in self.paths) + self.holdout
         if abs(total - 100) > 1e-6:
-            raise ValueError(f"paths and holdout must add up to 100 percent, they add up to {total}")
+            raise ValueError(f"paths and holdout must add up to 100 percent, not {total}")
         return self
 
 

@@ -115,7 +115,7 @@ class JourneyResult(BaseModel):
 
 
 class JourneyStateView(BaseModel):
-    """Answer of the `state` query: where the contact is, what it waits for, and how it got there."""
+    """Answer of the `state` query: where the contact is, what it waits for, how it got there."""
 
     journey: str
     version: int | None

@@ -7,6 +7,7 @@ and the path a person reads in the `state` query.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 PATH_LIMIT = 500
-"""Path entries kept in state; older ones are counted in `path_dropped` (runs can loop for years)."""
+"""Path entries kept in state; older ones are only counted (`path_dropped`): runs loop for years."""
 
 HEARD_LIMIT = 200
 SEEN_IDS_LIMIT = 1000
@@ -169,12 +170,8 @@ class JourneyRun:
 
         remaining = deadline - self.now()
         if remaining > timedelta(0) and not settled():
-            try:
-                await workflow.wait_condition(
-                    settled, timeout=remaining, timeout_summary=summary
-                )
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(settled, timeout=remaining, timeout_summary=summary)
         if self.exit_outcome is not None:
             return Waited.EXITED
         if until is not None and until():

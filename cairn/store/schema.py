@@ -2,25 +2,49 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     DateTime,
+    Dialect,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """A moment stored as UTC and always read back timezone-aware (UTC).
+
+    SQLite keeps no offset: without this, an aware time would be written as its local wall clock
+    (so `+02:00` and `Z` values would not compare) and read back naive. A naive value written by
+    a caller is taken to be UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {
-        datetime: DateTime(timezone=True),
+        datetime: UTCDateTime(),
         dict[str, Any]: JSON,
         list[Any]: JSON,
     }
@@ -114,7 +138,8 @@ class Delivery(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     idempotency_key: Mapped[str] = mapped_column(String(700), unique=True)
-    kind: Mapped[str] = mapped_column(String(32))  # send | notify | webhook | audience | start_journey
+    # send | notify | webhook | audience | start_journey
+    kind: Mapped[str] = mapped_column(String(32))
     workflow_id: Mapped[str | None] = mapped_column(String(512), index=True)
     journey_key: Mapped[str | None] = mapped_column(String(128))
     step: Mapped[str | None] = mapped_column(String(128))
