@@ -3,7 +3,7 @@
 A journey file is YAML or JSON; `cairn.journey_files` loads it (with its templates) and checks the
 graph. Each step is a mapping with exactly one kind key (`wait`, `if`, `send`, ...) plus routing
 keys beside it (`next`, `then`/`else`, `then`/`timeout_next`, `paths`). A model dumps back to
-the same shape, so the definition a contact entered with travels in its workflow and reads like the file.
+the same shape, so the definition a contact entered with travels in its workflow as written.
 """
 
 from __future__ import annotations
