@@ -1,1 +1,52 @@
-"""Every side effect of a journey: contacts and scores, conditions, reachability, delivery, ledger."""
+"""Every side effect of a journey: contacts and scores, conditions, reachability, delivery, ledger.
+
+Activities are methods of small classes that hold the store; the worker registers the bound
+methods these functions return. Sends run on their own task queue (`cairn-delivery`), so
+`deliver_message` is listed apart from the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from activities.contacts import ContactActivities
+from activities.delivery import DeliveryActivities
+from activities.entries import EntryActivities
+from activities.ledger import LedgerActivities
+from activities.profile import ProfileActivities
+from activities.scores import ScoreActivities
+from activities.tasks import TaskActivities
+from cairn.store.db import Store
+
+__all__ = [
+    "ContactActivities",
+    "DeliveryActivities",
+    "EntryActivities",
+    "LedgerActivities",
+    "ProfileActivities",
+    "ScoreActivities",
+    "TaskActivities",
+    "delivery_activities",
+    "journey_activities",
+]
+
+
+def journey_activities(store: Store) -> list[Callable[..., Any]]:
+    """Activities of the interpreter's queue: every one of `cairn.actions` but deliver_message."""
+    contacts = ContactActivities(store)
+    return [
+        contacts.load_contact,
+        contacts.evaluate_condition,
+        DeliveryActivities(store).prepare_send,
+        ScoreActivities(store).change_score,
+        ProfileActivities(store).update_profile,
+        TaskActivities(store).create_task,
+        LedgerActivities(store).record_action,
+        EntryActivities(store).finish_entry,
+    ]
+
+
+def delivery_activities(store: Store) -> list[Callable[..., Any]]:
+    """Activities of the delivery queue: sending messages through providers."""
+    return [DeliveryActivities(store).deliver_message]

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -32,14 +33,17 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """The same moment in UTC; a naive value is taken to be UTC already."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -211,3 +215,15 @@ class SegmentMembership(Base):
     exited_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_memberships_contact", "contact_id", "segment"),)
+
+
+def _utc_on_set(_target: Any, value: Any, _old: Any, _initiator: Any) -> Any:
+    return as_utc(value) if isinstance(value, datetime) else value
+
+
+# Rows keep what they were given until reloaded; convert on assignment too, so a row just written
+# reads back in UTC like one loaded from the database.
+for _mapper in Base.registry.mappers:
+    for _attribute in _mapper.column_attrs:
+        if any(isinstance(column.type, UTCDateTime) for column in _attribute.columns):
+            event.listen(_attribute.class_attribute, "set", _utc_on_set, retval=True)

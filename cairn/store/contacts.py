@@ -1,0 +1,352 @@
+"""Contacts: who they are, how to reach them, what they agreed to, and their profile.
+
+Channel fields (time zone, email, phone, push tokens, web push subscriptions, consent, suppressed
+channels) live in their own columns because reachability reads them on every send; every other
+trait goes into `attributes`. Writers lock the contact's row first (`_locked`), so two writers
+merging into the same JSON columns at once cannot lose each other's change.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cairn.contact import ContactSnapshot
+from cairn.local_time import is_timezone
+from cairn.store.schema import Contact, Score
+from cairn.store.scores import scores_of
+from cairn.store.segments import active_segments, enter_segment, exit_all_segments
+
+CHANNEL_TRAITS = ("timezone", "email", "phone", "push_tokens", "web_push", "consent")
+"""Traits stored in their own columns; `identify` merges every other trait into `attributes`."""
+
+PROFILE_COLUMNS = (*CHANNEL_TRAITS, "suppressed")
+"""First parts of `update` paths that address a column rather than an attribute."""
+
+
+class ContactTraitError(ValueError):
+    """A trait whose value cannot be stored (e.g. an unknown time zone); names the trait."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+async def get_contact(s: AsyncSession, contact_id: str) -> Contact | None:
+    return await s.get(Contact, contact_id)
+
+
+async def snapshot(s: AsyncSession, contact_id: str) -> ContactSnapshot | None:
+    """The contact as journeys see it: profile, channels, scores and active segments."""
+    contact = await s.get(Contact, contact_id, populate_existing=True)
+    if contact is None:
+        return None
+    return ContactSnapshot(
+        id=contact.id,
+        timezone=contact.timezone,
+        email=contact.email,
+        phone=contact.phone,
+        push_tokens=[str(t) for t in contact.push_tokens or [] if t],
+        web_push=[
+            sub for sub in contact.web_push or []
+            if isinstance(sub, dict) and isinstance(sub.get("endpoint"), str)
+        ],
+        consent=dict(contact.consent or {}),
+        suppressed=[str(c) for c in contact.suppressed or []],
+        attributes=dict(contact.attributes or {}),
+        tags=[str(t) for t in contact.tags or []],
+        scores=await scores_of(s, contact_id),
+        segments=await active_segments(s, contact_id),
+        first_seen_at=contact.first_seen_at,
+        last_seen_at=contact.last_seen_at,
+    )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+async def _locked(s: AsyncSession, contact_id: str) -> Contact | None:
+    """The contact's row, read fresh after taking its write lock (None if there is none).
+
+    A no-op UPDATE is the portable lock: PostgreSQL locks the row, SQLite takes the database's
+    write lock, and either way the read that follows cannot be overtaken by another writer.
+    """
+    await s.execute(
+        update(Contact)
+        .where(Contact.id == contact_id)
+        .values(updated_at=Contact.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+    return await s.get(Contact, contact_id, populate_existing=True)
+
+
+async def _create(s: AsyncSession, contact_id: str, now: datetime, *, seen: bool) -> Contact:
+    contact = Contact(
+        id=contact_id,
+        push_tokens=[],
+        web_push=[],
+        consent={},
+        suppressed=[],
+        attributes={},
+        tags=[],
+        first_seen_at=now if seen else None,
+        last_seen_at=now if seen else None,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        async with s.begin_nested():
+            s.add(contact)
+            await s.flush()
+    except IntegrityError:
+        # Created by a concurrent writer between our lock and our insert (PostgreSQL).
+        existing = await _locked(s, contact_id)
+        if existing is None:
+            raise
+        return existing
+    return contact
+
+
+async def _writable(s: AsyncSession, contact_id: str, now: datetime, *, seen: bool) -> Contact:
+    contact = await _locked(s, contact_id)
+    if contact is None:
+        return await _create(s, contact_id, now, seen=seen)
+    if seen:
+        _seen(contact, now)
+    return contact
+
+
+def _seen(contact: Contact, now: datetime) -> None:
+    """Widen the first/last seen span to `now` (events may arrive out of order)."""
+    if contact.first_seen_at is None or now < contact.first_seen_at:
+        contact.first_seen_at = now
+    if contact.last_seen_at is None or now > contact.last_seen_at:
+        contact.last_seen_at = now
+
+
+async def ensure_contact(s: AsyncSession, contact_id: str, now: datetime) -> Contact:
+    """The contact, created if unknown, marked as seen at `now`."""
+    contact = await _writable(s, contact_id, now, seen=True)
+    await s.flush()
+    return contact
+
+
+async def identify(
+    s: AsyncSession, contact_id: str, traits: Mapping[str, Any], now: datetime
+) -> Contact:
+    """Merge identify traits into the contact (created if unknown) and mark it seen.
+
+    `push_tokens` and `web_push` add to what the contact has (a new device does not remove the
+    old one); `consent` merges per key; a null channel trait clears it; other traits replace the
+    attribute of the same name.
+    """
+    contact = await _writable(s, contact_id, now, seen=True)
+    attributes = dict(contact.attributes or {})
+    for name, value in traits.items():
+        if name == "timezone":
+            contact.timezone = _timezone(value)
+        elif name in ("email", "phone"):
+            setattr(contact, name, _text(name, value))
+        elif name == "push_tokens":
+            contact.push_tokens = _union(contact.push_tokens or [], _tokens(value))
+        elif name == "web_push":
+            contact.web_push = _merge_subscriptions(contact.web_push or [], value)
+        elif name == "consent":
+            contact.consent = _merge_consent(contact.consent or {}, value)
+        else:
+            attributes[name] = copy.deepcopy(value)
+    contact.attributes = attributes
+    contact.updated_at = now
+    await s.flush()
+    return contact
+
+
+async def apply_profile_update(
+    s: AsyncSession,
+    contact_id: str,
+    set: Mapping[str, Any],
+    unset: Iterable[str],
+    add_tags: Iterable[str],
+    remove_tags: Iterable[str],
+    now: datetime,
+) -> Contact:
+    """An `update` step: set and unset dotted paths, add and remove tags.
+
+    A path whose first part is a channel column (`consent.marketing`, `email`, `suppressed`)
+    changes that column; any other path is inside `attributes` (`cart.items`). Setting the same
+    values twice leaves the same profile, so a retried activity is harmless.
+    """
+    contact = await _writable(s, contact_id, now, seen=False)
+    profile: dict[str, Any] = {
+        "attributes": copy.deepcopy(contact.attributes or {}),
+        **{name: copy.deepcopy(getattr(contact, name)) for name in PROFILE_COLUMNS},
+    }
+    for path, value in set.items():
+        _set_path(profile, _profile_path(path), copy.deepcopy(value))
+    for path in unset:
+        _unset_path(profile, _profile_path(path))
+    tags = [t for t in contact.tags or [] if t not in remove_tags]
+    contact.tags = _union(tags, [t for t in add_tags if t not in remove_tags])
+    contact.attributes = profile["attributes"]
+    contact.timezone = _timezone(profile["timezone"])
+    contact.email = _text("email", profile["email"])
+    contact.phone = _text("phone", profile["phone"])
+    contact.push_tokens = _tokens(profile["push_tokens"])
+    contact.web_push = _merge_subscriptions([], profile["web_push"])
+    contact.consent = profile["consent"] if isinstance(profile["consent"], dict) else {}
+    contact.suppressed = _tokens(profile["suppressed"])
+    contact.updated_at = now
+    await s.flush()
+    return contact
+
+
+async def create_contact(s: AsyncSession, contact: ContactSnapshot, now: datetime) -> Contact:
+    """Write a whole contact as given (simulations, imports): profile, scores and segments.
+
+    An existing contact with the same id is overwritten, its scores set to the given totals and
+    its segments made exactly the given ones.
+    """
+    row = await _writable(s, contact.id, now, seen=False)
+    row.timezone = _timezone(contact.timezone)
+    row.email = _text("email", contact.email)
+    row.phone = _text("phone", contact.phone)
+    row.push_tokens = list(contact.push_tokens)
+    row.web_push = [sub.model_dump(mode="json") for sub in contact.web_push]
+    row.consent = copy.deepcopy(contact.consent)
+    row.suppressed = list(contact.suppressed)
+    row.attributes = copy.deepcopy(contact.attributes)
+    row.tags = list(contact.tags)
+    row.first_seen_at = contact.first_seen_at
+    row.last_seen_at = contact.last_seen_at
+    row.updated_at = now
+    await s.flush()
+    for dimension, total in contact.scores.items():
+        score = await s.get(Score, (contact.id, dimension))
+        if score is None:
+            s.add(Score(contact_id=contact.id, dimension=dimension, total=total, updated_at=now))
+        else:
+            score.total, score.updated_at = total, now
+    await exit_all_segments(s, contact.id, now, keep=contact.segments)
+    for segment in contact.segments:
+        await enter_segment(s, contact.id, segment, now)
+    await s.flush()
+    return row
+
+
+# --------------------------------------------------------------------------- traits
+
+
+def _timezone(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not is_timezone(value):
+        raise ContactTraitError(
+            f"timezone: {value!r} is not a known time zone; use an IANA name such as "
+            "'Europe/Bucharest'"
+        )
+    return value
+
+
+def _text(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | int):
+        raise ContactTraitError(f"{name}: expected text, got {type(value).__name__}")
+    text = str(value).strip()
+    return text or None
+
+
+def _tokens(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, list):
+        return _union([], [str(v) for v in value if v])
+    raise ContactTraitError(f"expected a list of texts, got {type(value).__name__}")
+
+
+def _union(first: Iterable[Any], more: Iterable[Any]) -> list[Any]:
+    merged = list(first)
+    for item in more:
+        if item not in merged:
+            merged.append(item)
+    return merged
+
+
+def _merge_subscriptions(current: list[Any], value: Any) -> list[dict[str, Any]]:
+    """Web push subscriptions by endpoint; a later one for the same endpoint replaces it."""
+    if value is None:
+        return []
+    given = [value] if isinstance(value, dict) else value
+    if not isinstance(given, list):
+        raise ContactTraitError(
+            f"web_push: expected a subscription {{endpoint, keys}} or a list of them, got "
+            f"{type(value).__name__}"
+        )
+    by_endpoint: dict[str, dict[str, Any]] = {}
+    for sub in [*current, *given]:
+        if not isinstance(sub, dict) or not isinstance(sub.get("endpoint"), str):
+            raise ContactTraitError(f"web_push: a subscription needs an endpoint, got {sub!r}")
+        by_endpoint[sub["endpoint"]] = {"endpoint": sub["endpoint"],
+                                        "keys": dict(sub.get("keys") or {})}
+    return list(by_endpoint.values())
+
+
+def _merge_consent(current: dict[str, Any], value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ContactTraitError(
+            "consent: expected a mapping such as {marketing: true, sms: {marketing: false}}"
+        )
+    merged = copy.deepcopy(current)
+    for key, given in value.items():
+        if isinstance(given, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **given}
+        else:
+            merged[key] = copy.deepcopy(given)
+    return merged
+
+
+# --------------------------------------------------------------------------- dotted paths
+
+
+def _profile_path(path: str) -> list[str]:
+    parts = [p for p in path.split(".") if p]
+    if not parts:
+        raise ContactTraitError(f"empty profile path {path!r}")
+    if parts[0] in PROFILE_COLUMNS:
+        return parts
+    if parts[0] == "attributes" and len(parts) > 1:
+        return parts
+    return ["attributes", *parts]
+
+
+def _set_path(root: dict[str, Any], parts: list[str], value: Any) -> None:
+    *parents, last = parts
+    current = root
+    for part in parents:
+        child = current.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            current[part] = child
+        current = child
+    current[last] = value
+
+
+def _unset_path(root: dict[str, Any], parts: list[str]) -> None:
+    *parents, last = parts
+    current: Any = root
+    for part in parents:
+        current = current.get(part) if isinstance(current, dict) else None
+    if isinstance(current, dict):
+        if len(parts) == 1:
+            current[last] = None  # a column: unset means empty
+        else:
+            current.pop(last, None)

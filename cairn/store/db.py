@@ -1,0 +1,223 @@
+"""Opening the store: an async engine, sessions, and the Alembic migrations run at open.
+
+`Store.open(url)` takes any async SQLAlchemy URL; the default is a SQLite file under `.cairn/`.
+Repositories (`cairn.store.contacts`, `events`, ...) take the sessions this hands out and never
+commit: the caller owns the transaction (`async with store.session() as s, s.begin(): ...`).
+
+SQLite notes, because the default store is a file shared by the API and the worker:
+
+* WAL journal, so readers never wait for a writer; a busy timeout, so writers queue instead of
+  failing at once.
+* Python's sqlite3 module starts a transaction only before the first INSERT/UPDATE/DELETE. Reads
+  before it run without a snapshot, which keeps a read-then-write transaction from failing when
+  another connection wrote in between. A SAVEPOINT, though, would start a transaction that its
+  own RELEASE commits; `_begin_before_savepoint` opens the real transaction first, so the
+  repositories' insert-or-find-existing savepoints stay inside their caller's transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, InvalidRequestError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from cairn.log import get_logger
+
+log = get_logger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+"""Alembic's script folder, installed with the package (no alembic.ini needed)."""
+
+SQLITE_BUSY_TIMEOUT_MS = 15_000
+"""How long a SQLite writer waits for another one before giving up with 'database is locked'."""
+
+_MIGRATION_LOCK = 0x6361_6972_6E
+"""PostgreSQL advisory lock key held while migrating, so two processes opening at once queue."""
+
+
+Row = TypeVar("Row")
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened with the URL given; the message says what to change."""
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """Alembic configured in code: Cairn's migrations, and the database URL if given.
+
+    Developers write a new migration against a scratch database with
+    `alembic.command.revision(alembic_config("sqlite+aiosqlite:///scratch.db"), autogenerate=True,
+    message="...")` after upgrading it to head.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("path_separator", "os")
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def _async_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as error:
+        raise StoreError(
+            f"cannot read the database URL {url!r}: use a SQLAlchemy URL such as "
+            "'sqlite+aiosqlite:///.cairn/cairn.db' or 'postgresql+asyncpg://user:pw@host/cairn'"
+        ) from error
+    if parsed.drivername == "sqlite":
+        # The plain SQLite URL is what people write; the store needs its async driver.
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    return parsed
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:") or url.query.get("mode") == "memory":
+        return None
+    return Path(database)
+
+
+def _driver_in_transaction(connection: Connection) -> bool:
+    driver = connection.connection.driver_connection
+    return bool(getattr(driver, "in_transaction", False))
+
+
+def _prepare_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
+    """Per-connection pragmas, and real transactions around savepoints (see module docstring)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            if wal:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "savepoint")
+    def _begin_before_savepoint(connection: Connection, _name: str) -> None:
+        if not _driver_in_transaction(connection):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _lock_for_migration(connection: Connection) -> None:
+    """Make a second process that opens the store at the same moment wait for this migration."""
+    backend = connection.dialect.name
+    if backend == "sqlite":
+        if not _driver_in_transaction(connection):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif backend == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+
+
+def _upgrade_to_head(connection: Connection) -> tuple[str | None, str | None]:
+    _lock_for_migration(connection)
+    before = MigrationContext.configure(connection).get_current_revision()
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+    after = MigrationContext.configure(connection).get_current_revision()
+    return before, after
+
+
+class Store:
+    """The database behind journeys: one async engine and the sessions it hands out."""
+
+    def __init__(self, url: str, engine: AsyncEngine) -> None:
+        self.url = url
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Connect to `url` (creating a SQLite file's folder) and bring the schema to head."""
+        parsed = _async_url(url)
+        path = _sqlite_file(parsed)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            engine = create_async_engine(parsed)
+        except (InvalidRequestError, ModuleNotFoundError) as error:
+            raise StoreError(
+                f"cannot open {parsed.render_as_string(hide_password=True)!r}: {error}. The store "
+                "needs an async driver, e.g. sqlite+aiosqlite:// or postgresql+asyncpg:// "
+                "(install the driver package)"
+            ) from error
+        if parsed.get_backend_name() == "sqlite":
+            _prepare_sqlite(engine, wal=path is not None)
+        store = cls(parsed.render_as_string(hide_password=False), engine)
+        if migrate:
+            try:
+                await store.migrate()
+            except BaseException:
+                await engine.dispose()
+                raise
+        return store
+
+    async def migrate(self) -> None:
+        """Run Alembic `upgrade head` on this store's database (safe to repeat)."""
+        _quiet_alembic()
+        async with self.engine.connect() as connection:
+            before, after = await connection.run_sync(_upgrade_to_head)
+            await connection.commit()
+        if before != after:
+            log.info("store.migrated", url=self.engine.url.render_as_string(hide_password=True),
+                     before=before, after=after)
+
+    def session(self) -> AsyncSession:
+        """A new session; use as `async with store.session() as s, s.begin():` to write."""
+        return self._sessions()
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _quiet_alembic() -> None:
+    """Alembic announces its context on every open at INFO; Cairn logs what changed instead."""
+    logger = logging.getLogger("alembic")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+
+
+async def insert_once(
+    s: AsyncSession, row: Row, find: Callable[[], Awaitable[Row | None]]
+) -> tuple[Row, bool]:
+    """Insert a row keyed by a unique column, or return the row already stored under that key.
+
+    `find` looks the key up. It runs first (the usual case for a retry), and again when the insert
+    loses a race to a concurrent writer: the insert runs in a SAVEPOINT, so the unique violation
+    rolls back only the insert and the caller's transaction goes on. Returns (row, newly stored).
+    """
+    existing = await find()
+    if existing is not None:
+        return existing, False
+    try:
+        async with s.begin_nested():
+            s.add(row)
+            await s.flush()
+    except IntegrityError:
+        existing = await find()
+        if existing is None:
+            raise
+        return existing, False
+    return row, True

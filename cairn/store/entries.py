@@ -1,0 +1,84 @@
+"""Entries: one row per contact entering a journey. Entry rules read them; runs close them.
+
+A row is open (`ended_at` empty) while its workflow runs; `finish_entry` closes it with the
+outcome (`converted`, `completed`, `ended:<outcome>`, ...). Per-journey counts come from here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cairn.store.schema import Entry
+
+
+async def record_entry(
+    s: AsyncSession,
+    *,
+    journey_key: str,
+    version: int,
+    contact_id: str,
+    entry_key: str | None,
+    workflow_id: str,
+    trigger_message_id: str | None,
+    entered_at: datetime,
+) -> Entry:
+    row = Entry(
+        journey_key=journey_key,
+        version=version,
+        contact_id=contact_id,
+        entry_key=entry_key,
+        workflow_id=workflow_id,
+        trigger_message_id=trigger_message_id,
+        entered_at=entered_at,
+    )
+    s.add(row)
+    await s.flush()
+    return row
+
+
+async def last_entry(
+    s: AsyncSession, journey_key: str, contact_id: str, entry_key: str | None = None
+) -> Entry | None:
+    """The contact's most recent entry into a journey (for one entry key when given)."""
+    query = select(Entry).where(Entry.journey_key == journey_key, Entry.contact_id == contact_id)
+    if entry_key is not None:
+        query = query.where(Entry.entry_key == entry_key)
+    return await s.scalar(query.order_by(Entry.entered_at.desc(), Entry.id.desc()).limit(1))
+
+
+async def open_entries(
+    s: AsyncSession, journey_key: str | None = None, contact_id: str | None = None
+) -> list[Entry]:
+    """Entries whose run has not finished, oldest first."""
+    query = select(Entry).where(Entry.ended_at.is_(None)).order_by(Entry.id)
+    if journey_key is not None:
+        query = query.where(Entry.journey_key == journey_key)
+    if contact_id is not None:
+        query = query.where(Entry.contact_id == contact_id)
+    return list(await s.scalars(query))
+
+
+async def close_entry(s: AsyncSession, workflow_id: str, outcome: str, now: datetime) -> int:
+    """Close the open entry row(s) of a workflow id; returns how many were open."""
+    result = await s.execute(
+        update(Entry)
+        .where(Entry.workflow_id == workflow_id, Entry.ended_at.is_(None))
+        .values(ended_at=now, outcome=outcome)
+        .execution_options(synchronize_session="fetch")
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def entries_for(
+    s: AsyncSession, journey_key: str | None = None, contact_id: str | None = None
+) -> list[Entry]:
+    """Every entry, open or closed, oldest first."""
+    query = select(Entry).order_by(Entry.id)
+    if journey_key is not None:
+        query = query.where(Entry.journey_key == journey_key)
+    if contact_id is not None:
+        query = query.where(Entry.contact_id == contact_id)
+    return list(await s.scalars(query))

@@ -1,0 +1,115 @@
+"""Events: every accepted track/identify call, stored once per message id, then routed.
+
+`routed_at` stays empty until the router has delivered the event to every matching journey, so
+a relay can pick up what a crashed API process accepted but never routed (`unrouted_events`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cairn.conditions import evaluate_event_filter
+from cairn.journey_run import EventMessage
+from cairn.store.db import insert_once
+from cairn.store.schema import Event
+
+
+async def event_by_message_id(s: AsyncSession, message_id: str) -> Event | None:
+    return await s.scalar(select(Event).where(Event.message_id == message_id))
+
+
+async def record_event(
+    s: AsyncSession,
+    *,
+    message_id: str,
+    type: str,
+    contact_id: str,
+    name: str,
+    properties: dict[str, Any],
+    timestamp: datetime,
+    received_at: datetime,
+) -> tuple[Event, bool]:
+    """Store an event once; a repeated message id returns the stored row and False."""
+    row = Event(
+        message_id=message_id,
+        type=type,
+        contact_id=contact_id,
+        name=name,
+        properties=properties,
+        timestamp=timestamp,
+        received_at=received_at,
+    )
+    return await insert_once(s, row, lambda: event_by_message_id(s, message_id))
+
+
+def _window(query: Any, since: datetime | None, until: datetime | None) -> Any:
+    if since is not None:
+        query = query.where(Event.timestamp >= since)
+    if until is not None:
+        query = query.where(Event.timestamp <= until)
+    return query
+
+
+async def count_events(
+    s: AsyncSession,
+    contact_id: str,
+    name: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    where: Any = None,
+) -> int:
+    """How many `name` events the contact did in [since, until] that match `where`.
+
+    Both ends are inclusive, so an event at exactly the journey's `now` (often the trigger itself)
+    counts. `where` is a condition on the event, decided in Python with the same evaluator the
+    router and the workflows use (relative dates in it are measured from `until`); without one the
+    database counts.
+    """
+    matching = (Event.contact_id == contact_id, Event.name == name)
+    if where is None:
+        total = await s.scalar(_window(select(func.count(Event.id)).where(*matching), since, until))
+        return int(total or 0)
+    rows = await s.scalars(_window(select(Event).where(*matching), since, until))
+    return sum(
+        1 for row in rows
+        if evaluate_event_filter(where, event_message(row).as_scope(), until or row.timestamp)
+        .result
+    )
+
+
+async def mark_routed(s: AsyncSession, event_ids: Iterable[int], now: datetime) -> None:
+    """Note that these events reached every journey that wanted them."""
+    ids = list(event_ids)
+    if not ids:
+        return
+    await s.execute(
+        update(Event)
+        .where(Event.id.in_(ids), Event.routed_at.is_(None))
+        .values(routed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def unrouted_events(s: AsyncSession, limit: int = 100) -> list[Event]:
+    """Accepted events still waiting to be routed, oldest first."""
+    rows = await s.scalars(
+        select(Event).where(Event.routed_at.is_(None)).order_by(Event.id).limit(limit)
+    )
+    return list(rows)
+
+
+def event_message(event: Event) -> EventMessage:
+    """A stored event as journeys hear it."""
+    return EventMessage(
+        message_id=event.message_id,
+        event=event.name,
+        contact_id=event.contact_id,
+        properties=dict(event.properties or {}),
+        timestamp=event.timestamp,
+    )
