@@ -7,7 +7,6 @@ and the path a person reads in the `state` query.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -88,7 +87,15 @@ class JourneyRun:
     # ------------------------------------------------------------------ time
 
     def now(self) -> datetime:
-        """Journey time: Temporal's deterministic time, shifted only in simulations."""
+        """Journey time, to the second: Temporal's deterministic time, shifted only in simulations.
+
+        Deadlines are computed from this whole-second time while timers run against the precise
+        time (`wait`), so the milliseconds that activities take never accumulate into drift: a
+        monthly loop still fires at 09:00:00 after five years.
+        """
+        return self.precise_now().replace(microsecond=0)
+
+    def precise_now(self) -> datetime:
         return workflow.now() + self.offset
 
     def to_server_time(self, moment: datetime) -> datetime:
@@ -168,15 +175,18 @@ class JourneyRun:
                 or self.continue_suggested()
             )
 
-        remaining = deadline - self.now()
-        if remaining > timedelta(0) and not settled():
-            with contextlib.suppress(TimeoutError):
+        remaining = deadline - self.precise_now()
+        timed_out = remaining <= timedelta(0)
+        if not timed_out and not settled():
+            try:
                 await workflow.wait_condition(settled, timeout=remaining, timeout_summary=summary)
+            except TimeoutError:
+                timed_out = True
         if self.exit_outcome is not None:
             return Waited.EXITED
         if until is not None and until():
             return Waited.SATISFIED
-        if self.now() >= deadline:
+        if timed_out or self.precise_now() >= deadline:
             return Waited.ELAPSED
         return Waited.CONTINUE
 
