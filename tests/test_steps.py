@@ -249,7 +249,8 @@ async def test_if_decides_on_fresh_contact_data(
 ) -> None:
     rule = yaml.safe_dump(condition, default_flow_style=True).strip()
     definition = journey(
-        f"  check: {{if: {rule}, then: hit, else: miss}}\n  hit: {{end: hit}}\n  miss: {{end: miss}}\n"
+        f"  check: {{if: {rule}, then: hit, else: miss}}\n"
+        "  hit: {end: hit}\n  miss: {end: miss}\n"
     )
     report = await play(
         simulator, definition, contact=contact,
