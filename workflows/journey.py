@@ -10,8 +10,10 @@ so a journey can loop monthly for years with a small history per run.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
+from temporalio.common import SearchAttributeUpdate
 
 with workflow.unsafe.imports_passed_through():
     from cairn import search_attributes
@@ -142,7 +144,7 @@ class JourneyWorkflow:
     def _label_run(self) -> None:
         """Search attributes for runs not started by the router (which sets them at start)."""
         run = self.run_
-        pairs = [
+        pairs: list[SearchAttributeUpdate[Any]] = [
             search_attributes.JOURNEY.value_set(run.journey.key),
             search_attributes.CONTACT.value_set(run.input.contact_id),
         ]

@@ -1,0 +1,166 @@
+"""Ingest: store Segment calls once, update the contact, then hand the stored events to the router.
+
+The order is the contract: an event is committed (with its contact) before anyone is told it was
+accepted, and only then routed. Routing can fail (Temporal down, a network blip) without losing
+anything: the event stays in the store with `routed_at` NULL, and routing it again later is safe.
+A repeated `messageId` is acknowledged as a duplicate and neither stored nor routed a second time.
+
+This module does not parse HTTP (that is `starter.api`) and does not decide which journeys an
+event concerns (that is `starter.router`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cairn.log import get_logger
+from cairn.store import contacts as contacts_repo
+from cairn.store import events as events_repo
+from cairn.store.db import Store
+from cairn.store.schema import Event
+from starter.router import RouteDecision, Router
+from starter.segment_spec import BatchCall, IdentifyCall, SegmentCallType, TrackCall
+
+log = get_logger(__name__)
+
+IDENTIFY_EVENT = "identify"
+"""The event name an `identify` call is stored (and routed) under; its properties are the traits."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class IngestResult:
+    """What happened to one call: its message id, its stored row, and where it was routed.
+
+    `routed` is False when routing was not asked for, found no router, or failed (the event then
+    waits in the store, unrouted, for a later attempt).
+    """
+
+    message_id: str
+    event_id: int
+    duplicate: bool
+    routes: list[RouteDecision] = field(default_factory=list)
+    routed: bool = False
+
+
+class Ingest:
+    """Stores calls and routes them; `router=None` stores only (e.g. an API without Temporal).
+
+    `clock` gives the receive time, and the event time of calls without a timestamp; simulations
+    pass their own.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        router: Router | None,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.clock = clock
+
+    async def track(self, call: TrackCall, *, route: bool = True) -> IngestResult:
+        """Store a `track` call (and create or touch its contact) in one transaction, then route."""
+        return (await self._ingest([call], route=route))[0]
+
+    async def identify(self, call: IdentifyCall, *, route: bool = True) -> IngestResult:
+        """Merge the traits into the contact and store an `identify` event, then route it."""
+        return (await self._ingest([call], route=route))[0]
+
+    async def batch(self, call: BatchCall, *, route: bool = True) -> list[IngestResult]:
+        """Store every call of a batch in one transaction, in order, then route the new ones."""
+        return await self._ingest(list(call.batch), route=route)
+
+    async def route_events(self, event_ids: Sequence[int]) -> dict[int, list[RouteDecision]]:
+        """Route stored events in order and mark each routed; never raises for routing failures.
+
+        Stops at the first failure, so a contact's later events never overtake an earlier one
+        that could not be routed; the ones left keep `routed_at` NULL. Returns the decisions of
+        the events that were routed.
+        """
+        done: dict[int, list[RouteDecision]] = {}
+        if self.router is None:
+            return done
+        for event_id in event_ids:
+            async with self.store.session() as session:
+                row = await session.get(Event, event_id)
+            if row is None or row.routed_at is not None:
+                continue
+            message = events_repo.event_message(row)
+            bound = log.bind(message_id=message.message_id, contact=message.contact_id,
+                             event_name=message.event)
+            try:
+                decisions = await self.router.route(message)
+            except Exception as error:  # any failure leaves the event for a later attempt
+                bound.warning("route.deferred", error=str(error), error_type=type(error).__name__,
+                              left_unrouted=len(event_ids) - len(done))
+                break
+            async with self.store.session() as session, session.begin():
+                await events_repo.mark_routed(session, [event_id], self.clock())
+            done[event_id] = decisions
+        return done
+
+    # ------------------------------------------------------------------ storing
+
+    async def _ingest(self, calls: list[SegmentCallType], *, route: bool) -> list[IngestResult]:
+        received_at = self.clock()
+        results: list[IngestResult] = []
+        async with self.store.session() as session, session.begin():
+            for call in calls:
+                results.append(await self._store(session, call, received_at))
+        fresh = [r.event_id for r in results if not r.duplicate]
+        if route and fresh:
+            routed = await self.route_events(fresh)
+            for result in results:
+                if result.event_id in routed and not result.duplicate:
+                    result.routes = routed[result.event_id]
+                    result.routed = True
+        return results
+
+    async def _store(
+        self, session: AsyncSession, call: SegmentCallType, received_at: datetime
+    ) -> IngestResult:
+        timestamp = call.timestamp or received_at
+        contact_id = call.contact_id
+        if isinstance(call, TrackCall):
+            kind, name, properties = "track", call.event, call.properties
+        else:
+            kind, name, properties = "identify", IDENTIFY_EVENT, call.traits
+        row, new = await events_repo.record_event(
+            session,
+            message_id=call.message_id,
+            type=kind,
+            contact_id=contact_id,
+            name=name,
+            properties=_json_ready(properties),
+            timestamp=timestamp,
+            received_at=received_at,
+        )
+        if new:
+            if isinstance(call, IdentifyCall):
+                await contacts_repo.identify(session, contact_id, call.traits, timestamp)
+            else:
+                await contacts_repo.ensure_contact(session, contact_id, timestamp)
+        log.info("ingest.stored" if new else "ingest.duplicate", type=kind, event_name=name,
+                 message_id=call.message_id, contact=contact_id, event_id=row.id)
+        return IngestResult(message_id=call.message_id, event_id=row.id, duplicate=not new)
+
+
+def _json_ready(properties: dict[str, Any]) -> dict[str, Any]:
+    """Properties as a JSON column holds them: Python callers may pass dates, decimals, UUIDs."""
+    dumped: dict[str, Any] = _PROPERTIES.dump_python(properties, mode="json")
+    return dumped
+
+
+_PROPERTIES: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])

@@ -1,0 +1,356 @@
+"""The event router: which journeys an event starts, and which running journeys must hear it.
+
+For every published journey whose trigger matches an event, the router applies the journey's entry
+rules and signal-with-starts the workflow `journey/<key>/<contact>[/<entry key>]`; for every
+published journey that listens to the event's name (a wait for it, an exit goal on it) it signals
+the contact's running entries. It decides from the event's own timestamp (not the wall clock), so a
+simulation and a replayed backlog route exactly as live traffic would.
+
+The router does not store events (that is `starter.ingest`) and does not interpret journeys (that
+is the workflow); what it writes is the entries table, one row per entry that started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import delete
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from cairn import search_attributes
+from cairn.conditions import evaluate_event_filter, event_field
+from cairn.durations import parse_duration
+from cairn.journey import Journey
+from cairn.journey_run import (
+    EVENT_SIGNAL,
+    JOURNEY_TASK_QUEUE,
+    WORKFLOW_NAME,
+    EventMessage,
+    JourneyInput,
+    workflow_id,
+)
+from cairn.log import get_logger
+from cairn.store import entries as entries_repo
+from cairn.store import journeys as journeys_repo
+from cairn.store.db import Store
+from cairn.store.schema import Entry
+
+log = get_logger(__name__)
+
+Action = Literal["started", "signalled", "refused"]
+
+TRIGGER_MEMO = "cairn_trigger"
+"""Memo key holding the message id of the event that started a run (how the router tells a run it
+started from one it merely signalled)."""
+
+
+@dataclass
+class RouteDecision:
+    """What the router did with an event for one journey, and why (logs and simulations show it)."""
+
+    journey: str
+    version: int | None
+    workflow_id: str | None
+    action: Action
+    reason: str
+
+
+class Router:
+    """Routes events to journeys on Temporal, applying entry rules from the entries table.
+
+    `clock_offset` is handed to the runs it starts (simulations start their clock at a scenario's
+    `now`); `delivery_task_queue` likewise, when sends must go to another queue than the default.
+    Loaded journey definitions are cached per (key, version): a published version never changes.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        store: Store,
+        *,
+        task_queue: str = JOURNEY_TASK_QUEUE,
+        clock_offset: timedelta = timedelta(0),
+        delivery_task_queue: str | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.task_queue = task_queue
+        self.clock_offset = clock_offset
+        self.delivery_task_queue = delivery_task_queue
+        self._journeys: dict[tuple[str, int], Journey] = {}
+
+    # ------------------------------------------------------------------ the public entry point
+
+    async def route(self, event: EventMessage) -> list[RouteDecision]:
+        """Start or signal every journey the event concerns; one decision per journey concerned.
+
+        A journey whose trigger matches gets a decision (started, signalled or refused with the
+        entry rule that refused it). A journey that listens to the event gets one decision per
+        entry it signalled, except the entry the trigger part already delivered the event to.
+
+        Temporal errors other than "workflow not found" propagate: the caller keeps the event
+        unrouted, and routing it again is safe (entries are keyed by the trigger's message id and
+        journeys ignore message ids they have seen).
+        """
+        bound = log.bind(event_name=event.event, message_id=event.message_id,
+                         contact=event.contact_id)
+        journeys = await self.published_journeys()
+        decisions: list[RouteDecision] = []
+        delivered: set[str] = set()
+        for journey in journeys:
+            if journey.trigger.event == event.event:
+                decision = await self._trigger(journey, event)
+                decisions.append(decision)
+                if decision.action != "refused" and decision.workflow_id:
+                    delivered.add(decision.workflow_id)
+        for journey in journeys:
+            if event.event in journey.listens_to():
+                decisions.extend(await self._signal_entries(journey, event, skip=delivered))
+        for decision in decisions:
+            bound.info(
+                "route.decision",
+                journey=decision.journey,
+                version=decision.version,
+                workflow_id=decision.workflow_id,
+                action=decision.action,
+                reason=decision.reason,
+            )
+        return decisions
+
+    async def published_journeys(self) -> list[Journey]:
+        """The latest published version of every journey, validated once per (key, version)."""
+        async with self.store.session() as session:
+            rows = await journeys_repo.published(session)
+        journeys = []
+        for row in rows:
+            cached = self._journeys.get((row.key, row.version))
+            if cached is None:
+                cached = journeys_repo.journey_of(row)
+                self._journeys[(row.key, row.version)] = cached
+            journeys.append(cached)
+        return journeys
+
+    # ------------------------------------------------------------------ triggers and entry rules
+
+    async def _trigger(self, journey: Journey, event: EventMessage) -> RouteDecision:
+        """Apply the trigger filter and the entry rules, then enter (or signal) the contact."""
+        scope = event.as_scope()
+
+        def refuse(reason: str, wid: str | None = None) -> RouteDecision:
+            return RouteDecision(journey.key, journey.version, wid, "refused", reason)
+
+        if journey.trigger.where is not None:
+            verdict = evaluate_event_filter(journey.trigger.where, scope, event.timestamp)
+            if not verdict.result:
+                return refuse(f"trigger.where: {verdict.reason}")
+
+        rules = journey.entry
+        entry_key: str | None = None
+        if rules.reentry == "concurrent":
+            assert rules.key_by is not None  # EntryRules guarantees it
+            value = event_field(scope, rules.key_by)
+            usable = isinstance(value, str | int | float) and not isinstance(value, bool)
+            if not usable or not str(value).strip():
+                return refuse(
+                    f"entry: concurrent, the event has no usable {rules.key_by} to key the entry by"
+                )
+            entry_key = str(value)
+        wid = workflow_id(journey.key, event.contact_id, entry_key)
+
+        async with self.store.session() as session:
+            history = await entries_repo.entries_for(session, journey.key, event.contact_id)
+        earlier = [e for e in history
+                   if e.workflow_id == wid and e.trigger_message_id == event.message_id]
+        if earlier:
+            return await self._enter_again(journey, event, entry_key, wid, earlier[-1])
+        if rules.reentry == "never" and history:
+            first = min(history, key=lambda e: e.entered_at)
+            return refuse(f"entry: never, entered at {_iso(first.entered_at)}", wid)
+
+        running = [e for e in history if e.workflow_id == wid and e.ended_at is None]
+        if not running and rules.min_interval and history:
+            last = max(history, key=lambda e: e.entered_at)
+            interval = parse_duration(rules.min_interval)
+            if event.timestamp - _aware(last.entered_at) < interval:
+                return refuse(
+                    f"entry: min_interval {rules.min_interval}, last entered at "
+                    f"{_iso(last.entered_at)}",
+                    wid,
+                )
+        return await self._enter(journey, event, entry_key, wid, running=bool(running))
+
+    async def _enter(
+        self,
+        journey: Journey,
+        event: EventMessage,
+        entry_key: str | None,
+        wid: str,
+        *,
+        running: bool,
+    ) -> RouteDecision:
+        """Signal-with-start the entry's workflow; keep the entry row only if a new run started.
+
+        Why record first, then reconcile: a journey without waits can finish (and close its entry
+        through the `finish_entry` activity) before the start call even returns, so a row written
+        after the start would stay open forever. The row is written before the start call, and
+        removed again when the call merely signalled a run that was already there (`after_exit`
+        with an open entry: signal-with-start delivers the event to it natively) or failed.
+
+        Why the memo: signal-with-start's `started` flag is not reported by every server (the
+        time-skipping test server leaves it unset), so each run carries the message id of the event
+        that started it in its memo, and the router reads it back from the run it reached. That
+        answer is exact even when two routers race on the same workflow id.
+        """
+        assert journey.version is not None, "only published journeys (with a version) are routed"
+        async with self.store.session() as session, session.begin():
+            row = await entries_repo.record_entry(
+                session,
+                journey_key=journey.key,
+                version=journey.version,
+                contact_id=event.contact_id,
+                entry_key=entry_key,
+                workflow_id=wid,
+                trigger_message_id=event.message_id,
+                entered_at=event.timestamp,
+            )
+        try:
+            handle = await self._signal_with_start(journey, event, entry_key, wid)
+            started = await self._started_by(handle, event)
+        except BaseException:
+            await self._discard_entry(row.id)
+            raise
+        if started:
+            return RouteDecision(journey.key, journey.version, wid, "started",
+                                 _entered_reason(journey))
+        await self._discard_entry(row.id)
+        reason = (
+            f"entry: {journey.entry.reentry}, already in the journey; event signalled"
+            if running else "a run was already there; event signalled"
+        )
+        return RouteDecision(journey.key, journey.version, wid, "signalled", reason)
+
+    async def _enter_again(
+        self, journey: Journey, event: EventMessage, entry_key: str | None, wid: str,
+        row: Entry,
+    ) -> RouteDecision:
+        """The event was routed before (a retry by the relay after a crash or an outage).
+
+        A closed row means its run came and went: nothing to do. An open row means the run is
+        there, or the router died between recording the row and starting the run; signal-with-
+        start covers both (the run ignores a message id it has seen), so the entry is never lost.
+        """
+        if row.ended_at is not None:
+            return RouteDecision(journey.key, journey.version, wid, "started",
+                                 "already entered with this event")
+        handle = await self._signal_with_start(journey, event, entry_key, wid)
+        if await self._started_by(handle, event):
+            return RouteDecision(journey.key, journey.version, wid, "started",
+                                 "already entered with this event")
+        return RouteDecision(journey.key, journey.version, wid, "signalled",
+                             "routed again; the event went to the run now in place")
+
+    async def _signal_with_start(
+        self, journey: Journey, event: EventMessage, entry_key: str | None, wid: str
+    ) -> WorkflowHandle[object, object]:
+        attributes = TypedSearchAttributes([
+            SearchAttributePair(search_attributes.JOURNEY, journey.key),
+            SearchAttributePair(search_attributes.CONTACT, event.contact_id),
+            SearchAttributePair(search_attributes.VERSION, journey.version or 0),
+            SearchAttributePair(search_attributes.STEP, journey.first_step),
+        ])
+        run_input = JourneyInput(
+            journey=journey,
+            contact_id=event.contact_id,
+            entry_key=entry_key,
+            trigger=event,
+            clock_offset_seconds=self.clock_offset.total_seconds(),
+            delivery_task_queue=self.delivery_task_queue,
+        )
+        handle: WorkflowHandle[object, object] = await self.client.start_workflow(
+            WORKFLOW_NAME,
+            run_input,
+            id=wid,
+            task_queue=self.task_queue,
+            start_signal=EVENT_SIGNAL,
+            start_signal_args=[event],
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=attributes,
+            memo={TRIGGER_MEMO: event.message_id},
+            static_summary=f"{journey.name} for {event.contact_id}",
+        )
+        return handle
+
+    async def _started_by(
+        self, handle: WorkflowHandle[object, object], event: EventMessage
+    ) -> bool:
+        """Whether the run signal-with-start reached was started by this event (see `_enter`)."""
+        run = self.client.get_workflow_handle(handle.id, run_id=handle.result_run_id)
+        description = await run.describe()
+        memo = await description.memo()
+        return bool(memo.get(TRIGGER_MEMO) == event.message_id)
+
+    async def _discard_entry(self, entry_id: int) -> None:
+        """Remove a provisional entry row: no run started for it."""
+        async with self.store.session() as session, session.begin():
+            await session.execute(delete(Entry).where(Entry.id == entry_id))
+
+    # ------------------------------------------------------------------ listening journeys
+
+    async def _signal_entries(
+        self, journey: Journey, event: EventMessage, *, skip: set[str]
+    ) -> list[RouteDecision]:
+        """Signal the event to the contact's running entries of a journey that listens to it.
+
+        The entries table names the entries; for journeys with one entry per contact the plain
+        workflow id is tried as well, in case a run exists that the table does not show (a run
+        started by hand or by another Cairn). A run that is gone is not an error.
+        """
+        async with self.store.session() as session:
+            open_rows = await entries_repo.open_entries(session, journey.key, event.contact_id)
+        targets = _unique(row.workflow_id for row in open_rows)
+        if journey.entry.reentry != "concurrent":
+            targets = _unique([*targets, workflow_id(journey.key, event.contact_id)])
+        decisions = []
+        for wid in targets:
+            if wid in skip:
+                continue
+            try:
+                await self.client.get_workflow_handle(wid).signal(EVENT_SIGNAL, event)
+            except RPCError as error:
+                if error.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                decisions.append(RouteDecision(journey.key, journey.version, wid, "refused",
+                                               "no running entry"))
+                continue
+            decisions.append(RouteDecision(journey.key, journey.version, wid, "signalled",
+                                           f"the journey listens to {event.event}"))
+        return decisions
+
+
+def _entered_reason(journey: Journey) -> str:
+    rule = journey.entry.reentry
+    return f"trigger {journey.trigger.event} matched; entry: {rule}, new entry"
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _aware(moment: datetime) -> datetime:
+    """A moment as aware UTC; the store writes UTC, so a naive value read back is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return _aware(moment).isoformat().replace("+00:00", "Z")
