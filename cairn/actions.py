@@ -3,8 +3,9 @@
 The interpreter refers to activities by these names (not by importing them), so workflow code never
 imports the store or the channel adapters. Every request carries `now`, the journey's time: in a
 simulation the activity's wall clock is not the journey's clock, and time windows must agree.
-Every side effect carries an idempotency key `<workflow id>/<step>/<iteration>`, so a retried
-activity finds its earlier effect in the ledger instead of repeating it.
+Every side effect carries an idempotency key `<workflow id>/<entry>/<step>/<iteration>` (the entry
+is the first run id of the entry, so a contact who re-enters gets new keys), so a retried activity
+finds its earlier effect in the ledger instead of repeating it.
 """
 
 from __future__ import annotations
@@ -50,10 +51,16 @@ class StepContext(BaseModel):
     step: str
     iteration: int = 1
     now: datetime
+    entry_id: str = Field(
+        default="",
+        description="the entry's first run id: a contact re-entering reuses the workflow id",
+    )
 
     @property
     def idempotency_key(self) -> str:
-        return f"{self.workflow_id}/{self.step}/{self.iteration}"
+        """`<workflow id>[/<entry>]/<step>/<iteration>`: one side effect per visit of a step."""
+        entry = f"/{self.entry_id}" if self.entry_id else ""
+        return f"{self.workflow_id}{entry}/{self.step}/{self.iteration}"
 
 
 class LoadContactRequest(BaseModel):

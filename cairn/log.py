@@ -12,6 +12,19 @@ import sys
 import structlog
 
 
+class _StandardError:
+    """Writes each line to whatever `sys.stderr` is now.
+
+    Binding the stream once would keep writing to a stream a test runner or a CLI runner has
+    since closed; stdout stays free for machine-readable output (`cairn simulate --json`).
+    """
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
 def configure(level: str = "INFO", json: bool = False) -> None:
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -26,7 +39,7 @@ def configure(level: str = "INFO", json: bool = False) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *args: _StandardError(),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(name)s %(message)s")

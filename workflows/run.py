@@ -122,6 +122,7 @@ class JourneyRun:
             step=self.step,
             iteration=self.iteration,
             now=self.now(),
+            entry_id=workflow.info().first_execution_run_id,
         )
 
     def note(self, text: str) -> None:

