@@ -1,0 +1,120 @@
+"""The worker: the journey interpreter and its activities on one task queue, sends on another.
+
+Sends run on their own queue (`cairn-delivery`) so they can be rate-limited and scaled apart from
+the interpreter. This module only builds and runs workers; what the workflows and activities do
+lives in `workflows/` and `activities/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from cairn.journey_run import DELIVERY_TASK_QUEUE, JOURNEY_TASK_QUEUE
+from cairn.log import configure, get_logger
+from cairn.settings import Settings
+
+if TYPE_CHECKING:
+    from cairn.store.db import Store
+
+log = get_logger(__name__)
+
+PASSTHROUGH_MODULES = (
+    "pydantic",
+    "pydantic_core",
+    "cairn",
+    "structlog",
+    "yaml",
+    "annotated_types",
+    "typing_extensions",
+)
+"""Imported once outside the sandbox instead of per workflow run.
+
+Workflow code imports only `cairn` models and pure helpers; re-importing pydantic and the models
+for every run would cost far more than the interpreter itself, and they keep no per-run state.
+"""
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The sandbox every journey runs in, with Cairn's heavy pure modules passed through."""
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH_MODULES)
+    return SandboxedWorkflowRunner(restrictions=restrictions)
+
+
+def journey_workers(
+    client: Client,
+    store: Store,
+    *,
+    journey_queue: str = JOURNEY_TASK_QUEUE,
+    delivery_queue: str = DELIVERY_TASK_QUEUE,
+) -> list[Worker]:
+    """One worker for the interpreter and its activities, one for deliveries; not yet running."""
+    from activities import delivery_activities, journey_activities
+    from workflows import WORKFLOWS
+
+    journey_worker = Worker(
+        client,
+        task_queue=journey_queue,
+        workflows=list(WORKFLOWS),
+        activities=journey_activities(store),
+        workflow_runner=workflow_runner(),
+    )
+    delivery_worker = Worker(
+        client,
+        task_queue=delivery_queue,
+        activities=delivery_activities(store),
+    )
+    return [journey_worker, delivery_worker]
+
+
+@contextlib.asynccontextmanager
+async def running(workers: list[Worker]) -> AsyncIterator[list[Worker]]:
+    """Run the workers in the background; on exit, shut each down (running tasks are cancelled)."""
+    async with contextlib.AsyncExitStack() as stack:
+        for worker in workers:
+            await stack.enter_async_context(worker)
+        yield workers
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """Ctrl-C and SIGTERM set `stop` instead of raising, so shutdown runs in order and exits 0."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """`cairn worker`: connect, check search attributes, open the store, run until stopped."""
+    from cairn.store.db import Store
+    from starter.temporal import connect, ensure_search_attributes
+
+    configure(settings.log_level, settings.log_json)
+    if stop is None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+    client = await connect(settings)
+    await ensure_search_attributes(client)
+    store = await Store.open(settings.store_url)
+    bound = log.bind(address=settings.temporal_address, namespace=settings.temporal_namespace)
+    try:
+        workers = journey_workers(
+            client,
+            store,
+            journey_queue=settings.journey_task_queue,
+            delivery_queue=settings.delivery_task_queue,
+        )
+        async with running(workers):
+            bound.info("worker.started", queues=[settings.journey_task_queue,
+                                                 settings.delivery_task_queue])
+            await stop.wait()
+            bound.info("worker.stopping")
+    finally:
+        await store.close()
+    bound.info("worker.stopped")
