@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 import sys
 
-from starter.cli_app import app
-
 # Each module registers its commands on `app`; heavy imports stay inside the command functions.
-from starter import cli_catalog, cli_journeys, cli_runtime, cli_simulate, cli_tasks  # noqa: E402,F401
+from starter import cli_catalog, cli_journeys, cli_runtime, cli_simulate, cli_tasks  # noqa: F401
+from starter.cli_app import app
 
 
 def main() -> None:

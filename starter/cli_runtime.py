@@ -1,3 +1,143 @@
-"""cli_runtime commands (to be filled)."""
+"""`cairn dev`, `cairn worker` and `cairn api`: the long-running processes.
 
-from starter.cli_app import app  # noqa: F401
+`dev` runs everything on a laptop in one terminal; `worker` and `api` run one part each against
+any Temporal (address, namespace, TLS or API key from `CAIRN_*` settings). Each stops cleanly on
+Ctrl-C or SIGTERM and exits 0. Heavy imports stay inside the commands so `cairn --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from starter.cli_app import app
+
+if TYPE_CHECKING:
+    from cairn.settings import Settings
+
+
+def _settings(**overrides: Any) -> Settings:
+    from cairn.log import configure
+    from cairn.settings import Settings
+
+    settings = Settings().model_copy(
+        update={name: value for name, value in overrides.items() if value is not None}
+    )
+    configure(settings.log_level, settings.log_json)
+    return settings
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C or SIGTERM before the job's own handlers are in place ends the command with 0.
+
+    Nothing has started yet at that point (the job installs its handlers first thing), so there
+    is nothing to stop, and an interrupted start is not a failure.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo("Interrupted before start-up; nothing left running.", err=True)
+
+
+def _run(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a long-running job; known start-up failures become one red line and exit code 1."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from cairn.store.db import StoreError
+    from starter.dev import DevError
+    from starter.temporal import SearchAttributeError, TemporalConnectionError
+
+    try:
+        asyncio.run(job())
+    except (DevError, StoreError, TemporalConnectionError, SearchAttributeError) as error:
+        Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(str(error))}",
+                                   highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def dev(
+    port: Annotated[int | None, typer.Option(
+        help="Temporal gRPC port (default: CAIRN_TEMPORAL_PORT or 7233)")] = None,
+    ui_port: Annotated[int | None, typer.Option(
+        help="Temporal UI port (default: CAIRN_UI_PORT or 8233)")] = None,
+    api_port: Annotated[int | None, typer.Option(
+        help="HTTP API port (default: CAIRN_API_PORT or 8000)")] = None,
+    journeys: Annotated[Path | None, typer.Option(
+        help="folder of journeys to publish (default: CAIRN_JOURNEYS_DIR or journeys/)")] = None,
+    no_publish: Annotated[bool, typer.Option(
+        "--no-publish", help="do not publish the journeys folder at start")] = False,
+) -> None:
+    """Run Temporal's dev server, the worker and the API in one terminal (Ctrl-C stops all)."""
+    with _interruptible():
+        from starter.dev import run_dev
+
+        settings = _settings(temporal_port=port, ui_port=ui_port, api_port=api_port,
+                             journeys_dir=journeys)
+        _run(lambda: run_dev(settings, publish=not no_publish))
+
+
+@app.command()
+def worker() -> None:
+    """Run the journey and delivery workers against the Temporal of CAIRN_TEMPORAL_ADDRESS."""
+    with _interruptible():
+        from starter.worker import run_worker
+
+        settings = _settings()
+        _run(lambda: run_worker(settings))
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="address to listen on (CAIRN_API_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on (CAIRN_API_PORT)")] = None,
+) -> None:
+    """Serve the HTTP API (ingest, journeys, runs) against CAIRN_TEMPORAL_ADDRESS."""
+    with _interruptible():
+        settings = _settings(api_host=host, api_port=port)
+        _run(lambda: run_api(settings))
+
+
+async def run_api(settings: Settings) -> None:
+    """`cairn api`: route ingested events into Temporal; serve until Ctrl-C or SIGTERM."""
+    from rich.console import Console
+
+    from cairn.store.db import Store
+    from starter.api import create_app
+    from starter.dev import start_api, stop_api
+    from starter.ingest import Ingest
+    from starter.relay import EventRelay, relaying
+    from starter.router import Router
+    from starter.temporal import connect
+    from starter.worker import stop_on_signals
+
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    client = await connect(settings)
+    store = await Store.open(settings.store_url)
+    try:
+        router = Router(client, store, task_queue=settings.journey_task_queue,
+                        delivery_task_queue=settings.delivery_task_queue)
+        ingest = Ingest(store, router)
+        async with relaying(EventRelay(ingest, store)):
+            handle = await start_api(create_app(store, ingest, settings=settings),
+                                     settings.api_host, settings.api_port)
+            Console().print(f"API on {handle.url} (docs: {handle.url}/docs). "
+                            "Press Ctrl-C to stop.")
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({stopped, handle.task}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            await stop_api(handle)
+        if handle.task.done() and not handle.task.cancelled():
+            handle.task.result()  # an API that died on its own reports why
+    finally:
+        await store.close()

@@ -1,0 +1,390 @@
+"""What Cairn's interpreter costs over a hand-written Temporal workflow doing the same thing.
+
+Both sides run against one `temporal server start-dev` (started here, SQLite file in a temporary
+folder), one SQLite store and workers in this process:
+
+* **cairn**: a journey `trigger bench_go -> wait 1s -> if plan = pro -> send email -> end`, entered
+  through `Ingest.track` (event stored, contact touched, router applies entry rules, records the
+  entry and signal-with-starts the run); the real interpreter and activities (condition read from
+  the store, send prepared, rendered and written to the deliveries ledger on `cairn-delivery`).
+* **minimal**: a hand-written workflow started with `start_workflow`: `sleep 1s`, one activity that
+  reads the contact from the same store and checks the plan, one activity on a delivery queue that
+  writes the ledger row.
+
+For each it prints completed runs per second (N runs started together, until the last one ends),
+and event-to-first-send latency p50 / p99: from the call that starts the run (the track call, or
+`start_workflow`) to the commit of the delivery row. It prints figures; it asserts nothing.
+
+    python benchmarks/engine_overhead.py --runs 200
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from temporalio import activity, workflow
+
+# The workflow sandbox re-imports this file for every run; what it needs from outside is passed
+# through, so the hand-written side pays for its own workflow code only, as Cairn's does.
+with workflow.unsafe.imports_passed_through():
+    import argparse
+    import asyncio
+    import os
+    import statistics
+    import sys
+    import tempfile
+    import time
+    import uuid
+    from pathlib import Path
+
+    from sqlalchemy import event as orm_event
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    from cairn.journey_run import JourneyResult, workflow_id
+    from cairn.log import configure
+    from cairn.settings import Settings
+    from cairn.store import contacts, deliveries
+    from cairn.store.db import Store
+    from cairn.store.schema import Delivery
+    from starter.catalog import publish_catalog
+    from starter.dev import DevServer, free_port
+    from starter.ingest import Ingest
+    from starter.router import Router
+    from starter.segment_spec import TrackCall
+    from starter.worker import journey_workers, running, workflow_runner
+
+BENCH_JOURNEY = """\
+key: bench
+name: Engine overhead benchmark
+trigger: {event: bench_go}
+steps:
+  pause: {wait: 1s, next: check}
+  check:
+    if: {attribute: plan, eq: pro}
+    then: hello
+    else: end
+  hello:
+    send: {channel: email, template: bench-hello, category: transactional}
+    next: end
+"""
+
+BENCH_TEMPLATE = """\
+email:
+  subject: "Hello {{ contact.first_name | default: 'there' }}"
+  body: "Your plan is {{ contact.plan }}."
+"""
+
+
+# --------------------------------------------------------------------------- the minimal workflow
+
+
+@dataclass
+class MinimalSend:
+    workflow_id: str
+    contact_id: str
+
+
+class MinimalActivities:
+    """The hand-written side's activities: same store, same ledger, no interpreter around them."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @activity.defn(name="minimal_check_plan")
+    async def check_plan(self, contact_id: str) -> bool:
+        async with self.store.session() as session:
+            contact = await contacts.get_contact(session, contact_id)
+        return contact is not None and (contact.attributes or {}).get("plan") == "pro"
+
+    @activity.defn(name="minimal_send")
+    async def send(self, request: MinimalSend) -> int:
+        async with self.store.session() as session, session.begin():
+            contact = await contacts.get_contact(session, request.contact_id)
+            assert contact is not None
+            now = datetime.now(UTC)
+            row, _ = await deliveries.record_delivery(
+                session,
+                idempotency_key=f"{request.workflow_id}/hello/1",
+                kind="send",
+                workflow_id=request.workflow_id,
+                journey_key="minimal",
+                step="hello",
+                contact_id=request.contact_id,
+                channel="email",
+                provider="outbox",
+                template="bench-hello",
+                category="transactional",
+                status="sent",
+                rendered={"subject": "Hello",
+                          "body": f"Your plan is {contact.attributes['plan']}."},
+                created_at=now,
+                sent_at=now,
+            )
+            await session.flush()
+            return row.id
+
+
+@workflow.defn(name="MinimalJourney")
+class MinimalJourney:
+    """trigger -> wait 1s -> if plan = pro -> send, written by hand."""
+
+    @workflow.run
+    async def run(self, contact_id: str) -> str:
+        await workflow.sleep(timedelta(seconds=1))
+        is_pro = await workflow.execute_activity(
+            "minimal_check_plan", contact_id, result_type=bool,
+            start_to_close_timeout=timedelta(seconds=30),
+        )
+        if not is_pro:
+            return "completed"
+        await workflow.execute_activity(
+            "minimal_send", MinimalSend(workflow.info().workflow_id, contact_id),
+            task_queue=MINIMAL_DELIVERY_QUEUE, start_to_close_timeout=timedelta(seconds=30),
+        )
+        return "completed"
+
+
+MINIMAL_QUEUE = "bench-minimal"
+MINIMAL_DELIVERY_QUEUE = "bench-minimal-delivery"
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Figures:
+    name: str
+    runs: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        return self.runs / self.seconds
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return float("nan")
+        if len(ordered) == 1:
+            return ordered[0]
+        return statistics.quantiles(ordered, n=100, method="inclusive")[int(p) - 1]
+
+
+class SendClock:
+    """Wall-clock moment each delivery row was committed, by contact (an ORM after-insert hook)."""
+
+    def __init__(self) -> None:
+        self.sent_at: dict[str, float] = {}
+
+    def install(self) -> None:
+        orm_event.listen(Delivery, "after_insert", self._inserted)
+
+    def _inserted(self, mapper: object, connection: object, row: Delivery) -> None:
+        if row.contact_id and row.kind == "send":
+            self.sent_at.setdefault(row.contact_id, time.monotonic())
+
+
+async def seed_contacts(store: Store, prefix: str, count: int) -> list[str]:
+    ids = [f"{prefix}-{i:05d}" for i in range(count)]
+    now = datetime.now(UTC)
+    async with store.session() as session, session.begin():
+        for contact_id in ids:
+            await contacts.identify(session, contact_id, {
+                "email": f"{contact_id}@example.com", "first_name": "Ana", "plan": "pro",
+                "consent": {"marketing": True},
+            }, now)
+    return ids
+
+
+class CairnSide:
+    """The journey above, entered through ingest and the router, run by Cairn's workers."""
+
+    name = "cairn"
+    queue, delivery_queue = "bench-cairn", "bench-cairn-delivery"
+
+    def __init__(self, client: Client, store: Store) -> None:
+        self.client = client
+        self.store = store
+        self.ingest = Ingest(store, Router(client, store, task_queue=self.queue,
+                                           delivery_task_queue=self.delivery_queue))
+
+    async def publish(self, folder: Path) -> None:
+        (folder / "templates").mkdir(parents=True, exist_ok=True)
+        (folder / "bench.yaml").write_text(BENCH_JOURNEY)
+        (folder / "templates" / "bench-hello.yaml").write_text(BENCH_TEMPLATE)
+        await publish_catalog(self.store, folder)
+
+    def workers(self) -> list[Worker]:
+        return journey_workers(self.client, self.store, journey_queue=self.queue,
+                               delivery_queue=self.delivery_queue)
+
+    async def start(self, contact_id: str) -> None:
+        result = await self.ingest.track(TrackCall(user_id=contact_id, event="bench_go"))
+        assert result.routes and result.routes[0].action == "started", result.routes
+
+    async def finish(self, contact_id: str) -> None:
+        handle = self.client.get_workflow_handle(workflow_id("bench", contact_id),
+                                                 result_type=JourneyResult)
+        outcome = await handle.result()
+        assert outcome.outcome == "completed", outcome
+
+
+class MinimalSide:
+    """The hand-written workflow, started directly, with its two activities."""
+
+    name = "minimal"
+
+    def __init__(self, client: Client, store: Store) -> None:
+        self.client = client
+        self.activities = MinimalActivities(store)
+
+    def workers(self) -> list[Worker]:
+        return [
+            Worker(self.client, task_queue=MINIMAL_QUEUE, workflows=[MinimalJourney],
+                   activities=[self.activities.check_plan], workflow_runner=workflow_runner()),
+            Worker(self.client, task_queue=MINIMAL_DELIVERY_QUEUE,
+                   activities=[self.activities.send]),
+        ]
+
+    async def start(self, contact_id: str) -> None:
+        await self.client.start_workflow(MinimalJourney.run, contact_id,
+                                         id=f"minimal/{contact_id}", task_queue=MINIMAL_QUEUE)
+
+    async def finish(self, contact_id: str) -> None:
+        assert await self.client.get_workflow_handle(f"minimal/{contact_id}").result() == (
+            "completed")
+
+
+Side = CairnSide | MinimalSide
+
+
+async def measure(side: Side, ids: list[str], clock: SendClock, *, concurrency: int) -> Figures:
+    """Start the runs (`concurrency` starts at a time) and wait until every one has finished."""
+    started: dict[str, float] = {}
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(contact_id: str) -> None:
+        async with gate:
+            started[contact_id] = time.monotonic()
+            await side.start(contact_id)
+        await side.finish(contact_id)
+
+    begin = time.monotonic()
+    await asyncio.gather(*(one(contact_id) for contact_id in ids))
+    seconds = time.monotonic() - begin
+    return Figures(side.name, len(ids), seconds,
+                   [clock.sent_at[c] - started[c] for c in ids if c in clock.sent_at])
+
+
+async def measure_idle(side: Side, ids: list[str], clock: SendClock) -> Figures:
+    """One run at a time: the latency of a journey when nothing else is going on."""
+    latencies: list[float] = []
+    begin = time.monotonic()
+    for contact_id in ids:
+        started = time.monotonic()
+        await side.start(contact_id)
+        await side.finish(contact_id)
+        latencies.append(clock.sent_at[contact_id] - started)
+    return Figures(side.name, len(ids), time.monotonic() - begin, latencies)
+
+
+@dataclass
+class SideFigures:
+    loaded: Figures
+    idle: Figures
+
+
+async def bench(side: Side, store: Store, clock: SendClock, *, runs: int, concurrency: int,
+                warmup: int, idle_runs: int) -> SideFigures:
+    tag = f"{side.name[0]}-{uuid.uuid4().hex[:6]}"
+    async with running(side.workers()):
+        if warmup:
+            await measure(side, await seed_contacts(store, f"{tag}-warm", warmup), clock,
+                          concurrency=concurrency)
+        idle = await measure_idle(side, await seed_contacts(store, f"{tag}-idle", idle_runs),
+                                  clock)
+        loaded = await measure(side, await seed_contacts(store, f"{tag}-run", runs), clock,
+                               concurrency=concurrency)
+    return SideFigures(loaded, idle)
+
+
+def report(cairn: SideFigures, minimal: SideFigures, concurrency: int) -> None:
+    print()
+    print(f"{runs_label(cairn.loaded.runs, concurrency)}")
+    print(f"{'':9} {'seconds':>8} {'runs/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for figures in (cairn.loaded, minimal.loaded):
+        print(f"{figures.name:9} {figures.seconds:>8.2f} {figures.throughput:>8.1f} "
+              f"{figures.percentile(50) * 1000:>8.0f} {figures.percentile(99) * 1000:>8.0f}")
+    ratio = cairn.loaded.throughput / minimal.loaded.throughput
+    print(f"throughput ratio cairn / minimal: {ratio:.2f}")
+    print()
+    print(f"{cairn.idle.runs} runs one at a time (latency with nothing else running)")
+    print(f"{'':9} {'p50 ms':>8} {'p99 ms':>8}")
+    for figures in (cairn.idle, minimal.idle):
+        print(f"{figures.name:9} {figures.percentile(50) * 1000:>8.0f} "
+              f"{figures.percentile(99) * 1000:>8.0f}")
+    print()
+    print("latency: from the call that starts the run (track / start_workflow) to the insert of "
+          "its delivery row; it includes the journey's 1 s wait")
+
+
+def runs_label(runs: int, concurrency: int) -> str:
+    return (f"{runs} runs per side, started {concurrency} at a time "
+            "(throughput: runs completed per second; latency under that load)")
+
+
+async def main(runs: int, concurrency: int, warmup: int, idle_runs: int) -> None:
+    configure("WARNING")
+    with tempfile.TemporaryDirectory(prefix="cairn-bench-") as tmp:
+        folder = Path(tmp)
+        server = DevServer(db_file=folder / "temporal.db", log_file=folder / "temporal.log",
+                           port=free_port(), headless=True)
+        client = await server.start(Settings(home=folder))
+        store = await Store.open(f"sqlite+aiosqlite:///{folder / 'cairn.db'}")
+        clock = SendClock()
+        clock.install()
+        try:
+            print(f"temporal dev server {server.address} (SQLite file), store {store.url}, "
+                  f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+            cairn_side = CairnSide(client, store)
+            await cairn_side.publish(folder / "journeys")
+            options = {"runs": runs, "concurrency": concurrency, "warmup": warmup,
+                       "idle_runs": idle_runs}
+            minimal = await bench(MinimalSide(client, store), store, clock, **options)
+            cairn = await bench(cairn_side, store, clock, **options)
+            report(cairn, minimal, concurrency)
+        finally:
+            await store.close()
+            await server.stop()
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=200, help="runs per side (default 200)")
+    parser.add_argument("--concurrency", type=int, default=50,
+                        help="runs being started at the same time (default 50)")
+    parser.add_argument("--warmup", type=int, default=10,
+                        help="runs per side before measuring (default 10)")
+    parser.add_argument("--idle-runs", type=int, default=10,
+                        help="runs per side one at a time, for latency without load (default 10)")
+    args = parser.parse_args()
+    code = 0
+    try:
+        asyncio.run(main(args.runs, args.concurrency, args.warmup, args.idle_runs))
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    # Temporal's runtime can abort while the interpreter finalizes; leave with the real status.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    # Run under the module's importable name: the sandbox then re-imports a cached module per
+    # run instead of recompiling `__main__` from source each time.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import engine_overhead
+
+    engine_overhead.cli()
