@@ -14,23 +14,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import BackgroundTasks, FastAPI, HTTPException, Query, Request
+from fastapi import BackgroundTasks, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
+from temporalio.client import Client
 
 from cairn import __version__
-from cairn.contact import ContactSnapshot
 from cairn.log import get_logger
 from cairn.settings import Settings, get_settings
-from cairn.store import contacts as contacts_repo
 from cairn.store import deliveries as deliveries_repo
 from cairn.store import entries as entries_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store import tasks as tasks_repo
 from cairn.store.db import Store
+from starter.contacts_api import contacts_router
 from starter.ingest import Ingest, IngestResult
 from starter.segment_spec import BatchCall, IdentifyCall, TrackCall
 
@@ -227,11 +227,6 @@ async def published_journeys(store: Store) -> list[JourneySummary]:
     return summaries
 
 
-async def contact_snapshot(store: Store, contact_id: str) -> ContactSnapshot | None:
-    async with store.session() as session:
-        return await contacts_repo.snapshot(session, contact_id)
-
-
 async def latest_deliveries(store: Store, limit: int) -> list[DeliveryView]:
     async with store.session() as session:
         rows = await deliveries_repo.outbox(session, limit=limit)
@@ -287,8 +282,17 @@ _INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(store: Store, ingest: Ingest, *, settings: Settings | None = None) -> FastAPI:
-    """The API over one store; `ingest` decides whether and where events are routed."""
+def create_app(
+    store: Store,
+    ingest: Ingest,
+    *,
+    settings: Settings | None = None,
+    temporal: Client | None = None,
+) -> FastAPI:
+    """The API over one store; `ingest` decides whether and where events are routed.
+
+    `temporal` lets erasure end a contact's journeys; without it the router's client is used.
+    """
     settings = settings or get_settings()
     app = FastAPI(
         title="Cairn",
@@ -345,26 +349,6 @@ def create_app(store: Store, ingest: Ingest, *, settings: Settings | None = None
     async def journeys() -> list[JourneySummary]:
         return await published_journeys(store)
 
-    @app.get("/v1/contacts/{contact_id}", response_model=ContactSnapshot, tags=["contacts"],
-             summary="Read a contact: profile, channels, consent, scores, segments",
-             responses={404: {"description": "no such contact",
-                              "content": {"application/json": {"example": {
-                                  "detail": "no contact 'c-404': send a track or identify "
-                                            "call for it first"}}}},
-                        200: {"content": {"application/json": {"example": {
-                            "id": "c-1", "timezone": "Europe/Bucharest",
-                            "email": "ana@example.com", "consent": {"marketing": True},
-                            "attributes": {"first_name": "Ana"}, "scores": {"global": 35},
-                            "segments": ["buyers"]}}}}})
-    async def contact(contact_id: str) -> ContactSnapshot:
-        snapshot = await contact_snapshot(store, contact_id)
-        if snapshot is None:
-            raise HTTPException(
-                status_code=404,
-                detail=f"no contact {contact_id!r}: send a track or identify call for it first",
-            )
-        return snapshot
-
     @app.get("/v1/outbox", response_model=list[DeliveryView], tags=["deliveries"],
              summary="Latest deliveries, newest first")
     async def outbox(
@@ -380,7 +364,12 @@ def create_app(store: Store, ingest: Ingest, *, settings: Settings | None = None
     ) -> list[TaskView]:
         return await task_list(store, queue, status)
 
+    app.include_router(contacts_router(store, temporal or _router_client(ingest)))
     return app
+
+
+def _router_client(ingest: Ingest) -> Client | None:
+    return ingest.router.client if ingest.router is not None else None
 
 
 def _route_later(background: BackgroundTasks, ingest: Ingest, results: list[IngestResult]) -> None:

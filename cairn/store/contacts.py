@@ -10,16 +10,26 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cairn.contact import ContactSnapshot
 from cairn.local_time import is_timezone
-from cairn.store.schema import Contact, Score
+from cairn.store.events import erase_events, reattribute_events
+from cairn.store.schema import (
+    Contact,
+    Delivery,
+    Entry,
+    Score,
+    ScoreChangeRecord,
+    SegmentMembership,
+    Task,
+)
 from cairn.store.scores import scores_of
 from cairn.store.segments import active_segments, enter_segment, exit_all_segments
 
@@ -350,3 +360,124 @@ def _unset_path(root: dict[str, Any], parts: list[str]) -> None:
             current[last] = None  # a column: unset means empty
         else:
             current.pop(last, None)
+
+
+# --------------------------------------------------------------------------- alias and erasure
+
+
+class AliasError(ValueError):
+    """An alias that cannot be applied (e.g. an id aliased to itself); the message says why."""
+
+
+@dataclass(frozen=True)
+class AliasResult:
+    """What an alias moved from the anonymous id to the user id."""
+
+    contact: Contact
+    events: int
+    merged_contact: bool
+
+
+async def alias_contact(
+    s: AsyncSession, anonymous_id: str, user_id: str, now: datetime
+) -> AliasResult:
+    """Fold an anonymous visitor into the user they turned out to be (Segment `alias`).
+
+    The visitor's events, deliveries, tasks, score changes and scores move to the user, so
+    `has_done` and scores count what was done before sign-up. Traits merge with the user's
+    values winning: the visitor's only fill gaps, push tokens and web push subscriptions are
+    added, consent keys the user has not answered are taken over. The visitor's contact row and
+    segment memberships go (segments are evaluated again for the user); the user remembers the
+    anonymous id. Journeys the visitor is running keep their anonymous id. Safe to repeat.
+    """
+    if anonymous_id == user_id:
+        raise AliasError(
+            f"previousId and userId are both {user_id!r}: an alias links two different ids"
+        )
+    visitor = await _locked(s, anonymous_id)
+    user = await _writable(s, user_id, now, seen=False)
+    events = await reattribute_events(s, anonymous_id, user_id)
+    for table in (Delivery, Task, ScoreChangeRecord):
+        await s.execute(
+            update(table)
+            .where(table.contact_id == anonymous_id)
+            .values(contact_id=user_id)
+            .execution_options(synchronize_session=False)
+        )
+    if visitor is not None:
+        _absorb(user, visitor)
+        await _add_scores(s, anonymous_id, user_id, now)
+        await s.execute(
+            delete(SegmentMembership).where(SegmentMembership.contact_id == anonymous_id)
+        )
+        await s.delete(visitor)
+    user.anonymous_id = anonymous_id
+    user.updated_at = now
+    await s.flush()
+    return AliasResult(contact=user, events=events, merged_contact=visitor is not None)
+
+
+def _absorb(user: Contact, visitor: Contact) -> None:
+    """Merge the visitor's profile into the user's; the user's own values win."""
+    for column in ("timezone", "email", "phone"):
+        if getattr(user, column) is None:
+            setattr(user, column, getattr(visitor, column))
+    user.push_tokens = _union(user.push_tokens or [], visitor.push_tokens or [])
+    user.web_push = _merge_subscriptions(visitor.web_push or [], user.web_push or [])
+    user.consent = _merge_consent(copy.deepcopy(visitor.consent or {}), user.consent or {})
+    user.suppressed = _union(user.suppressed or [], visitor.suppressed or [])
+    user.attributes = {**copy.deepcopy(visitor.attributes or {}), **(user.attributes or {})}
+    user.tags = _union(user.tags or [], visitor.tags or [])
+    for seen in (visitor.first_seen_at, visitor.last_seen_at):
+        if seen is not None:
+            _seen(user, seen)
+
+
+async def _add_scores(s: AsyncSession, from_id: str, to_id: str, now: datetime) -> None:
+    rows = list(await s.scalars(select(Score).where(Score.contact_id == from_id)))
+    for row in rows:
+        target = await s.get(Score, (to_id, row.dimension))
+        if target is None:
+            s.add(Score(contact_id=to_id, dimension=row.dimension, total=row.total,
+                        updated_at=now))
+        else:
+            target.total, target.updated_at = target.total + row.total, now
+        await s.delete(row)
+    await s.flush()
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """How many rows of each kind an erasure deleted."""
+
+    contacts: int
+    events: int
+    deliveries: int
+    scores: int
+    score_changes: int
+    memberships: int
+    tasks: int
+    entries: int
+
+
+async def erase_contact(s: AsyncSession, contact_id: str) -> Erasure:
+    """Delete everything stored about a contact: profile, events, deliveries, scores and their
+    history, segment memberships, tasks and journey entries (right to erasure).
+
+    Ending the contact's running journeys is the caller's job, before this (a journey still
+    running could write again); see `starter.contacts_api`.
+    """
+    columns: dict[str, Any] = {
+        "deliveries": Delivery.contact_id, "score_changes": ScoreChangeRecord.contact_id,
+        "scores": Score.contact_id, "memberships": SegmentMembership.contact_id,
+        "tasks": Task.contact_id, "entries": Entry.contact_id, "contacts": Contact.id,
+    }
+    counts: dict[str, int] = {}
+    for name, column in columns.items():
+        result = await s.execute(
+            delete(column.class_).where(column == contact_id)
+            .execution_options(synchronize_session=False)
+        )
+        counts[name] = int(getattr(result, "rowcount", 0) or 0)
+    counts["events"] = await erase_events(s, contact_id)
+    return Erasure(**counts)

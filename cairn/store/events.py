@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cairn.conditions import evaluate_event_filter
@@ -113,3 +113,28 @@ def event_message(event: Event) -> EventMessage:
         properties=dict(event.properties or {}),
         timestamp=event.timestamp,
     )
+
+
+async def reattribute_events(s: AsyncSession, from_contact_id: str, to_contact_id: str) -> int:
+    """Move every event of one contact to another (an alias: anonymous visitor -> signed-up user).
+
+    Afterwards `count_events` for the user counts what the visitor did before signing up.
+    Returns how many events moved.
+    """
+    moved = await s.execute(
+        update(Event)
+        .where(Event.contact_id == from_contact_id)
+        .values(contact_id=to_contact_id)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(moved, "rowcount", 0) or 0)
+
+
+async def erase_events(s: AsyncSession, contact_id: str) -> int:
+    """Delete every event of a contact (erasure); returns how many were deleted."""
+    deleted = await s.execute(
+        delete(Event)
+        .where(Event.contact_id == contact_id)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(deleted, "rowcount", 0) or 0)

@@ -1,0 +1,372 @@
+"""Contact endpoints: read, change preferences, erase, and alias an anonymous visitor to a user.
+
+`GET /v1/contacts/{id}` shows what journeys see; `PATCH` changes profile, channels, consent and
+subscription preferences per channel and category (a preference centre, a support agent);
+`DELETE` erases the contact after ending the journeys it is in; `POST /v1/alias` (Segment `alias`)
+folds an anonymous visitor into the user it signed up as, so events from before sign-up count.
+
+Endpoints are thin: a pydantic model validates the body (a 422 names the field), one service
+function below does the work against the store (and Temporal, for erasure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.service import RPCError, RPCStatusCode
+
+from cairn.contact import ContactSnapshot, WebPushSubscription
+from cairn.journey import CHANNELS, Channel
+from cairn.journey_run import EXIT_SIGNAL, ExitRequest
+from cairn.local_time import is_timezone
+from cairn.log import get_logger
+from cairn.reachability import normalised_phone, valid_email
+from cairn.store import contacts as contacts_repo
+from cairn.store import entries as entries_repo
+from cairn.store import events as events_repo
+from cairn.store.db import Store
+from starter.segment_spec import new_message_id
+
+log = get_logger(__name__)
+
+ERASE_REASON = "contact erased"
+"""The reason recorded in the path of every journey an erasure ends."""
+
+ERASE_WAIT = timedelta(seconds=15)
+"""How long an erasure waits for the contact's journeys to end before deleting their data."""
+
+CATEGORIES = ("marketing", "transactional")
+
+ConsentAnswer = bool | dict[Literal["marketing", "transactional"], bool]
+
+
+class TemporalUnavailableError(RuntimeError):
+    """Erasure needs Temporal to end running journeys, and this API has no Temporal client."""
+
+
+# --------------------------------------------------------------------------- request models
+
+
+class ContactPatch(BaseModel):
+    """Changes to one contact; fields left out stay as they are, `null` clears a field.
+
+    `consent` merges per key: `{"marketing": true}` is the general marketing answer,
+    `{"email": {"marketing": false}}` unsubscribes from marketing email only, `{"sms": false}`
+    refuses marketing SMS. `attributes` merges per name; an attribute set to `null` is removed.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{
+            "email": "ana@example.com",
+            "timezone": "Europe/Bucharest",
+            "consent": {"marketing": True, "sms": {"marketing": False}},
+            "attributes": {"first_name": "Ana", "plan": None},
+            "add_tags": ["vip"],
+        }]},
+    )
+
+    email: str | None = None
+    phone: str | None = Field(default=None, description="E.164, e.g. +40721000000")
+    timezone: str | None = Field(default=None, description="IANA name, e.g. Europe/Bucharest")
+    push_tokens: list[str] | None = Field(default=None, description="replaces the device tokens")
+    web_push: list[WebPushSubscription] | None = Field(
+        default=None, description="replaces the web push subscriptions")
+    consent: dict[str, ConsentAnswer] | None = Field(
+        default=None, description="per category (`marketing`) or per channel, merged per key")
+    suppressed: list[Channel] | None = Field(
+        default=None, description="channels blocked (bounce, complaint, unsubscribe); replaces")
+    attributes: dict[str, Any] | None = Field(
+        default=None, description="merged per name; `null` removes the attribute")
+    add_tags: list[str] = Field(default_factory=list)
+    remove_tags: list[str] = Field(default_factory=list)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not valid_email(value):
+            raise ValueError(f"{value!r} is not a usable email address (local@domain.tld)")
+        return value.strip() if value else value
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        phone = normalised_phone(value)
+        if phone is None:
+            raise ValueError("a phone number in E.164 form is needed: + and 8-15 digits")
+        return phone
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None) -> str | None:
+        if value is not None and not is_timezone(value):
+            raise ValueError(f"{value!r} is not a known time zone; use an IANA name such as "
+                             "'Europe/Bucharest'")
+        return value
+
+    @field_validator("consent")
+    @classmethod
+    def _consent(cls, value: dict[str, ConsentAnswer] | None) -> dict[str, ConsentAnswer] | None:
+        for key, answer in (value or {}).items():
+            if key in CHANNELS:
+                continue
+            if key == "marketing" and isinstance(answer, bool):
+                continue
+            raise ValueError(
+                f"consent.{key}: not a channel ({', '.join(CHANNELS)}) nor `marketing: bool`"
+            )
+        return value
+
+
+class AliasCall(BaseModel):
+    """Segment `alias`: `previousId` (an anonymous id) is the same person as `userId`."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+        json_schema_extra={"examples": [{
+            "previousId": "anon-7f3a", "userId": "c-1", "messageId": "msg-0003"}]},
+    )
+
+    type: Literal["alias"] = "alias"
+    previous_id: str = Field(alias="previousId", min_length=1, max_length=255)
+    user_id: str = Field(alias="userId", min_length=1, max_length=255)
+    message_id: str = Field(default_factory=new_message_id, alias="messageId", min_length=1,
+                            max_length=255)
+    timestamp: datetime | None = None
+
+
+# --------------------------------------------------------------------------- response models
+
+
+class AliasResult(BaseModel):
+    model_config = ConfigDict(
+        populate_by_name=True,
+        serialize_by_alias=True,
+        json_schema_extra={"examples": [{"messageId": "msg-0003", "duplicate": False,
+                                         "userId": "c-1", "eventsMoved": 4}]},
+    )
+
+    message_id: str = Field(alias="messageId")
+    duplicate: bool
+    user_id: str = Field(alias="userId")
+    events_moved: int = Field(alias="eventsMoved")
+
+
+class ErasureReport(BaseModel):
+    """What an erasure removed, and the journeys it ended first."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "contact_id": "c-1", "journeys_ended": ["journey/cart-abandonment/c-1"],
+        "journeys_still_ending": [],
+        "erased": {"contacts": 1, "events": 12, "deliveries": 3, "scores": 1,
+                   "score_changes": 4, "memberships": 2, "tasks": 0, "entries": 1}}]})
+
+    contact_id: str
+    journeys_ended: list[str]
+    journeys_still_ending: list[str] = Field(
+        description="signalled to exit but not finished within the wait; they end on their own")
+    erased: dict[str, int]
+
+
+# --------------------------------------------------------------------------- services
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _not_found(contact_id: str) -> HTTPException:
+    return HTTPException(
+        status_code=404,
+        detail=f"no contact {contact_id!r}: send a track or identify call for it first",
+    )
+
+
+def patch_paths(patch: ContactPatch) -> tuple[dict[str, Any], list[str]]:
+    """The patch as the dotted `set` and `unset` paths of a profile update."""
+    given = patch.model_fields_set
+    set_: dict[str, Any] = {}
+    unset: list[str] = []
+    for column in ("email", "phone", "timezone", "push_tokens", "suppressed"):
+        if column in given:
+            set_[column] = getattr(patch, column)
+    if "web_push" in given:
+        subs = patch.web_push
+        set_["web_push"] = None if subs is None else [s.model_dump(mode="json") for s in subs]
+    if "consent" in given:
+        if patch.consent is None:
+            set_["consent"] = {}
+        for key, answer in (patch.consent or {}).items():
+            if isinstance(answer, dict):
+                for category, flag in answer.items():
+                    set_[f"consent.{key}.{category}"] = flag
+            else:
+                set_[f"consent.{key}"] = answer
+    for name, value in (patch.attributes or {}).items():
+        if value is None:
+            unset.append(f"attributes.{name}")
+        else:
+            set_[f"attributes.{name}"] = value
+    return set_, unset
+
+
+async def update_contact(store: Store, contact_id: str, patch: ContactPatch) -> ContactSnapshot:
+    """Apply a PATCH in one transaction; 404 for an unknown contact."""
+    set_, unset = patch_paths(patch)
+    async with store.session() as session, session.begin():
+        if await contacts_repo.get_contact(session, contact_id) is None:
+            raise _not_found(contact_id)
+        try:
+            await contacts_repo.apply_profile_update(
+                session, contact_id, set_, unset, patch.add_tags, patch.remove_tags, _now())
+        except contacts_repo.ContactTraitError as error:
+            raise HTTPException(status_code=422, detail=f"body.{error}") from error
+    async with store.session() as session:
+        snapshot = await contacts_repo.snapshot(session, contact_id)
+    assert snapshot is not None
+    log.info("contact.updated", contact=contact_id, paths=sorted([*set_, *unset]))
+    return snapshot
+
+
+async def end_journeys(
+    client: Client, workflow_ids: list[str], *, wait: timedelta = ERASE_WAIT
+) -> tuple[list[str], list[str]]:
+    """Signal `exit` to each run and wait (bounded) for it to close; (ended, still ending)."""
+
+    async def end(wid: str) -> bool:
+        handle = client.get_workflow_handle(wid)
+        try:
+            await handle.signal(EXIT_SIGNAL, ExitRequest(reason=ERASE_REASON))
+        except RPCError as error:
+            if error.status != RPCStatusCode.NOT_FOUND:
+                raise
+            return True  # gone already
+        try:
+            await asyncio.wait_for(handle.result(), wait.total_seconds())
+        except WorkflowFailureError:
+            return True  # closed, just not successfully
+        except TimeoutError:
+            return False
+        return True
+
+    unique = list(dict.fromkeys(workflow_ids))
+    closed = await asyncio.gather(*(end(wid) for wid in unique))
+    ended = [wid for wid, done in zip(unique, closed, strict=True) if done]
+    still = [wid for wid, done in zip(unique, closed, strict=True) if not done]
+    return ended, still
+
+
+async def erase(store: Store, client: Client | None, contact_id: str) -> ErasureReport:
+    """End the contact's running journeys, then delete everything stored about the contact."""
+    bound = log.bind(contact=contact_id)
+    async with store.session() as session:
+        if await contacts_repo.get_contact(session, contact_id) is None:
+            raise _not_found(contact_id)
+        running = [row.workflow_id
+                   for row in await entries_repo.open_entries(session, contact_id=contact_id)]
+    ended: list[str] = []
+    still: list[str] = []
+    if running:
+        if client is None:
+            raise TemporalUnavailableError(
+                f"contact {contact_id!r} is in {len(running)} running journey(s) and this API "
+                "has no Temporal connection to end them; start the API with Temporal reachable "
+                "(CAIRN_TEMPORAL_ADDRESS) and erase again"
+            )
+        ended, still = await end_journeys(client, running)
+    async with store.session() as session, session.begin():
+        erased = await contacts_repo.erase_contact(session, contact_id)
+    bound.info("contact.erased", journeys_ended=len(ended), journeys_still_ending=len(still),
+               events=erased.events, deliveries=erased.deliveries)
+    return ErasureReport(contact_id=contact_id, journeys_ended=ended,
+                         journeys_still_ending=still, erased=vars(erased).copy())
+
+
+async def alias(store: Store, call: AliasCall) -> AliasResult:
+    """Record the alias once per messageId and fold the anonymous contact into the user."""
+    now = _now()
+    async with store.session() as session, session.begin():
+        row, new = await events_repo.record_event(
+            session, message_id=call.message_id, type="alias", contact_id=call.user_id,
+            name="alias", properties={"previousId": call.previous_id},
+            timestamp=call.timestamp or now, received_at=now)
+        moved = 0
+        if new:
+            try:
+                result = await contacts_repo.alias_contact(
+                    session, call.previous_id, call.user_id, call.timestamp or now)
+            except contacts_repo.AliasError as error:
+                raise HTTPException(status_code=422, detail=f"body: {error}") from error
+            moved = result.events
+            # The alias is bookkeeping, not something journeys hear: nothing to route.
+            await events_repo.mark_routed(session, [row.id], now)
+    log.info("contact.aliased" if new else "contact.alias_duplicate", contact=call.user_id,
+             previous_id=call.previous_id, events_moved=moved, message_id=call.message_id)
+    return AliasResult(message_id=call.message_id, duplicate=not new, user_id=call.user_id,
+                       events_moved=moved)
+
+
+# --------------------------------------------------------------------------- the router
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {
+    "description": "no such contact",
+    "content": {"application/json": {"example": {
+        "detail": "no contact 'c-404': send a track or identify call for it first"}}}}}
+
+_SNAPSHOT_EXAMPLE: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {
+    "example": {"id": "c-1", "timezone": "Europe/Bucharest", "email": "ana@example.com",
+                "consent": {"marketing": True}, "attributes": {"first_name": "Ana"},
+                "scores": {"global": 35}, "segments": ["buyers"]}}}}}
+
+
+def contacts_router(store: Store, temporal: Client | None) -> APIRouter:
+    """The contact endpoints over one store; `temporal` ends journeys on erasure."""
+    router = APIRouter(tags=["contacts"])
+
+    @router.get("/v1/contacts/{contact_id}", response_model=ContactSnapshot,
+                summary="Read a contact: profile, channels, consent, scores, segments",
+                responses={**_NOT_FOUND, **_SNAPSHOT_EXAMPLE})
+    async def read_contact(contact_id: str) -> ContactSnapshot:
+        async with store.session() as session:
+            snapshot = await contacts_repo.snapshot(session, contact_id)
+        if snapshot is None:
+            raise _not_found(contact_id)
+        return snapshot
+
+    @router.patch("/v1/contacts/{contact_id}", response_model=ContactSnapshot,
+                  summary="Change profile, channels, consent and subscription preferences",
+                  responses={**_NOT_FOUND, **_SNAPSHOT_EXAMPLE,
+                             422: {"description": "a field is invalid; `errors` names it"}})
+    async def patch_contact(contact_id: str, patch: ContactPatch) -> ContactSnapshot:
+        """Fields left out stay; `null` clears; consent and attributes merge per key."""
+        return await update_contact(store, contact_id, patch)
+
+    @router.delete("/v1/contacts/{contact_id}", response_model=ErasureReport,
+                   summary="Erase a contact: end its journeys, delete all its data",
+                   responses={**_NOT_FOUND, 503: {
+                       "description": "journeys are running and Temporal is not reachable"}})
+    async def delete_contact(contact_id: str) -> ErasureReport:
+        """Ends every running journey of the contact (exit reason "contact erased"), then deletes
+        profile, events, deliveries, scores, segment memberships, tasks and entries."""
+        try:
+            return await erase(store, temporal, contact_id)
+        except TemporalUnavailableError as error:
+            raise HTTPException(status_code=503, detail=str(error)) from error
+
+    @router.post("/v1/alias", response_model=AliasResult, status_code=200,
+                 summary="Link an anonymous id to a user id (Segment alias)",
+                 responses={422: {"description": "malformed call; `errors` names each field"}})
+    async def alias_call(call: AliasCall) -> AliasResult:
+        """Events recorded under `previousId` become the user's (they count for has_done), and
+        the anonymous contact's traits fill the gaps in the user's profile."""
+        return await alias(store, call)
+
+    return router

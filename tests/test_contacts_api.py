@@ -1,0 +1,335 @@
+"""Contact endpoints over a real SQLite store (and a time-skipping Temporal server for erasure):
+read, change preferences, erase, alias."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest_asyncio
+from sqlalchemy import func, select
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from cairn.contact import ContactSnapshot
+from cairn.journey import Journey
+from cairn.journey_run import STATE_QUERY, JourneyResult, JourneyStateView, workflow_id
+from cairn.reachability import reachability
+from cairn.settings import Settings
+from cairn.store import contacts as contacts_repo
+from cairn.store import deliveries as deliveries_repo
+from cairn.store import events as events_repo
+from cairn.store import journeys as journeys_repo
+from cairn.store import scores as scores_repo
+from cairn.store import segments as segments_repo
+from cairn.store import tasks as tasks_repo
+from cairn.store.db import Store
+from cairn.store.schema import (
+    Contact,
+    Delivery,
+    Entry,
+    Event,
+    Score,
+    ScoreChangeRecord,
+    SegmentMembership,
+    Task,
+)
+from starter.api import create_app
+from starter.ingest import Ingest
+from starter.router import Router
+from starter.worker import journey_workers, running
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of this module's own, so runs left here hold back no one."""
+    from conftest import register_search_attributes
+
+    path = shutil.which("temporal-test-server")
+    assert path is not None, "temporal-test-server is installed with the project (see README)"
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=path, data_converter=pydantic_data_converter
+    )
+    try:
+        await register_search_attributes(env.client)
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest_asyncio.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    opened = await Store.open(db_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def http_client(store: Store, ingest: Ingest, **options: Any) -> httpx.AsyncClient:
+    app = create_app(store, ingest, settings=Settings(database_url=store.url), **options)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cairn.test")
+
+
+@pytest_asyncio.fixture
+async def api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    async with http_client(store, Ingest(store, None)) as client:
+        yield client
+
+
+async def identify(api: httpx.AsyncClient, contact: str, **traits: Any) -> None:
+    answer = await api.post("/v1/identify", json={"userId": contact, "traits": traits})
+    assert answer.status_code == 202, answer.text
+
+
+async def track(api: httpx.AsyncClient, event: str, *, at: datetime = T0,
+                **who: str) -> None:
+    answer = await api.post("/v1/track", json={"event": event, "timestamp": at.isoformat(),
+                                               **who})
+    assert answer.status_code == 202, answer.text
+
+
+async def rows(store: Store, table: Any, contact_id: str) -> int:
+    column = table.id if table is Contact else table.contact_id
+    async with store.session() as session:
+        return int(await session.scalar(
+            select(func.count()).select_from(table).where(column == contact_id)) or 0)
+
+
+# --------------------------------------------------------------------------- GET and PATCH
+
+
+async def test_get_reads_the_contact_or_says_how_to_create_it(api: httpx.AsyncClient) -> None:
+    missing = await api.get("/v1/contacts/c-404")
+    assert missing.status_code == 404
+    assert "send a track or identify call" in missing.json()["detail"]
+
+    await identify(api, "c-1", email="ana@example.com", first_name="Ana")
+    found = await api.get("/v1/contacts/c-1")
+    assert found.status_code == 200
+    assert found.json()["email"] == "ana@example.com"
+    assert found.json()["attributes"] == {"first_name": "Ana"}
+
+
+async def test_patch_changes_channels_consent_per_channel_and_category_and_attributes(
+    api: httpx.AsyncClient,
+) -> None:
+    await identify(api, "c-1", email="ana@example.com", plan="pro", first_name="Ana",
+                   consent={"marketing": True})
+
+    answer = await api.patch("/v1/contacts/c-1", json={
+        "phone": "+40 721 000 000",
+        "timezone": "Europe/Bucharest",
+        "consent": {"email": {"marketing": False}, "sms": {"transactional": False}},
+        "attributes": {"plan": None, "city": "Cluj"},
+        "add_tags": ["vip"],
+    })
+
+    assert answer.status_code == 200, answer.text
+    contact = ContactSnapshot.model_validate(answer.json())
+    assert contact.phone == "+40721000000"
+    assert contact.timezone == "Europe/Bucharest"
+    assert contact.email == "ana@example.com"  # left out: unchanged
+    assert contact.attributes == {"first_name": "Ana", "city": "Cluj"}
+    assert contact.tags == ["vip"]
+    assert contact.consent == {"marketing": True, "email": {"marketing": False},
+                               "sms": {"transactional": False}}
+    # What the preferences mean for sends: unsubscribed from marketing email only.
+    assert reachability(contact, "email", "marketing").reason == "email: no marketing consent"
+    assert reachability(contact, "email", "transactional").result
+    assert reachability(contact, "sms", "marketing").result
+    assert not reachability(contact, "sms", "transactional").result
+
+    cleared = await api.patch("/v1/contacts/c-1", json={"email": None, "suppressed": ["sms"],
+                                                         "remove_tags": ["vip"]})
+    assert cleared.status_code == 200
+    after = ContactSnapshot.model_validate(cleared.json())
+    assert (after.email, after.suppressed, after.tags) == (None, ["sms"], [])
+    assert (await api.get("/v1/contacts/c-1")).json()["suppressed"] == ["sms"]
+
+
+async def test_patch_refuses_bad_fields_naming_each(api: httpx.AsyncClient) -> None:
+    await identify(api, "c-1", email="ana@example.com")
+
+    answer = await api.patch("/v1/contacts/c-1", json={
+        "email": "not-an-address", "timezone": "Mars/Olympus",
+        "consent": {"fax": True}, "suppressed": ["pigeon"], "favourite": 1,
+    })
+
+    assert answer.status_code == 422
+    errors = answer.json()["errors"]
+    assert any(e.startswith("body.email:") and "not a usable email" in e for e in errors)
+    assert any(e.startswith("body.timezone:") and "Mars/Olympus" in e for e in errors)
+    assert any(e.startswith("body.consent:") and "consent.fax" in e for e in errors)
+    assert any(e.startswith("body.suppressed[0]:") for e in errors)
+    assert any(e.startswith("body.favourite:") for e in errors)
+    unchanged = (await api.get("/v1/contacts/c-1")).json()
+    assert unchanged["email"] == "ana@example.com" and unchanged["timezone"] is None
+
+    missing = await api.patch("/v1/contacts/c-404", json={"email": "x@example.com"})
+    assert missing.status_code == 404
+
+
+# --------------------------------------------------------------------------- alias
+
+
+async def test_alias_moves_anonymous_events_and_merges_traits(
+    api: httpx.AsyncClient, store: Store
+) -> None:
+    await track(api, "page_viewed", anonymousId="anon-1")
+    await track(api, "cart_item_added", anonymousId="anon-1", at=T0 + timedelta(minutes=5))
+    await api.post("/v1/identify", json={"anonymousId": "anon-1", "traits": {
+        "email": "visitor@example.com", "utm_source": "ads", "plan": "free",
+        "push_tokens": ["tok-anon"]}})
+    await identify(api, "c-1", plan="pro", push_tokens=["tok-user"])
+    await track(api, "cart_item_added", userId="c-1", at=T0 + timedelta(hours=1))
+
+    answer = await api.post("/v1/alias", json={"previousId": "anon-1", "userId": "c-1",
+                                               "messageId": "alias-1"})
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"messageId": "alias-1", "duplicate": False, "userId": "c-1",
+                             "eventsMoved": 3}
+    async with store.session() as session:
+        # has_done counts what the visitor did before signing up.
+        assert await events_repo.count_events(session, "c-1", "cart_item_added") == 2
+        assert await events_repo.count_events(session, "c-1", "page_viewed") == 1
+        assert await events_repo.count_events(session, "anon-1", "page_viewed") == 0
+        user = await contacts_repo.get_contact(session, "c-1")
+        assert await contacts_repo.get_contact(session, "anon-1") is None
+    assert user is not None and user.anonymous_id == "anon-1"
+    contact = (await api.get("/v1/contacts/c-1")).json()
+    assert contact["email"] == "visitor@example.com"  # a gap the visitor's traits fill
+    assert contact["attributes"] == {"utm_source": "ads", "plan": "pro"}  # the user's value wins
+    assert contact["push_tokens"] == ["tok-user", "tok-anon"]
+    assert contact["first_seen_at"].startswith("2026-03-02T09:00:00")
+
+    repeated = await api.post("/v1/alias", json={"previousId": "anon-1", "userId": "c-1",
+                                                 "messageId": "alias-1"})
+    assert repeated.json()["duplicate"] is True and repeated.json()["eventsMoved"] == 0
+
+
+async def test_alias_adds_the_visitors_scores_and_refuses_an_id_aliased_to_itself(
+    api: httpx.AsyncClient, store: Store
+) -> None:
+    async with store.session() as session, session.begin():
+        for contact, points in (("anon-2", 15), ("c-2", 20)):
+            await contacts_repo.ensure_contact(session, contact, T0)
+            await scores_repo.change_score(
+                session, contact_id=contact, dimension="global", delta=points,
+                reason="visit", source="test", workflow_id=None,
+                idempotency_key=f"score-{contact}", now=T0)
+
+    answer = await api.post("/v1/alias", json={"previousId": "anon-2", "userId": "c-2"})
+    assert answer.status_code == 200
+    assert (await api.get("/v1/contacts/c-2")).json()["scores"] == {"global": 35}
+    assert await rows(store, ScoreChangeRecord, "c-2") == 2
+
+    itself = await api.post("/v1/alias", json={"previousId": "c-2", "userId": "c-2"})
+    assert itself.status_code == 422
+    assert "links two different ids" in itself.json()["detail"]
+    missing = await api.post("/v1/alias", json={"userId": "c-2"})
+    assert missing.status_code == 422
+    assert any(e.startswith("body.previousId:") for e in missing.json()["errors"])
+
+
+# --------------------------------------------------------------------------- DELETE
+
+
+async def seed_everything(store: Store, contact: str) -> None:
+    """A row of every kind the erasure must remove."""
+    async with store.session() as session, session.begin():
+        await contacts_repo.identify(session, contact, {"email": f"{contact}@example.com"}, T0)
+        await events_repo.record_event(
+            session, message_id=unique("m"), type="track", contact_id=contact,
+            name="cart_item_added", properties={}, timestamp=T0, received_at=T0)
+        await deliveries_repo.record_delivery(
+            session, idempotency_key=unique("d"), kind="send", contact_id=contact,
+            channel="email", status="sent", rendered={}, created_at=T0)
+        await scores_repo.change_score(
+            session, contact_id=contact, dimension="global", delta=5, reason="r",
+            source="test", workflow_id=None, idempotency_key=unique("s"), now=T0)
+        await segments_repo.enter_segment(session, contact, "buyers", T0)
+        await tasks_repo.create_task(
+            session, idempotency_key=unique("t"), queue="sales", title="Call", note=None,
+            contact_id=contact, journey_key=None, workflow_id=None, step=None, due_at=None,
+            now=T0)
+
+
+async def test_delete_erases_every_trace_of_the_contact_and_only_of_it(
+    api: httpx.AsyncClient, store: Store
+) -> None:
+    await seed_everything(store, "c-gone")
+    await seed_everything(store, "c-kept")
+
+    answer = await api.delete("/v1/contacts/c-gone")
+
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    assert report["journeys_ended"] == [] and report["journeys_still_ending"] == []
+    assert report["erased"] == {"contacts": 1, "events": 1, "deliveries": 1, "scores": 1,
+                                "score_changes": 1, "memberships": 1, "tasks": 1, "entries": 0}
+    for table in (Contact, Event, Delivery, Score, ScoreChangeRecord, SegmentMembership, Task):
+        assert await rows(store, table, "c-gone") == 0, table.__tablename__
+        assert await rows(store, table, "c-kept") == 1, table.__tablename__
+    assert (await api.get("/v1/contacts/c-gone")).status_code == 404
+    assert (await api.delete("/v1/contacts/c-gone")).status_code == 404
+
+
+async def test_delete_ends_running_journeys_first(
+    temporal_env: WorkflowEnvironment, store: Store
+) -> None:
+    key, contact = unique("erase"), unique("c")
+    journey = Journey.model_validate({
+        "key": key, "name": "Cart reminder", "trigger": {"event": "cart_item_added"},
+        "steps": {"pause": {"wait": "3d", "next": "end"}},
+    })
+    async with store.session() as session, session.begin():
+        await journeys_repo.publish(session, journey, source=None, now=T0)
+    queue = unique("journeys")
+    workers = journey_workers(temporal_env.client, store, journey_queue=queue,
+                              delivery_queue=f"{queue}-delivery")
+    async with running(workers):
+        router = Router(temporal_env.client, store, task_queue=queue,
+                        delivery_task_queue=f"{queue}-delivery")
+        ingest = Ingest(store, router)
+        wid = workflow_id(key, contact)
+        async with http_client(store, Ingest(store, None)) as no_temporal:
+            await track(no_temporal, "cart_item_added", userId=contact)
+            assert (await ingest.route_events(
+                [e.id for e in await _unrouted(store)])) != {}
+            handle = temporal_env.client.get_workflow_handle(wid, result_type=JourneyResult)
+            assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+
+            refused = await no_temporal.delete(f"/v1/contacts/{contact}")
+            assert refused.status_code == 503
+            assert "no Temporal connection" in refused.json()["detail"]
+            assert await rows(store, Contact, contact) == 1
+
+        async with http_client(store, ingest, temporal=temporal_env.client) as api:
+            answer = await api.delete(f"/v1/contacts/{contact}")
+
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["journeys_ended"] == [wid]
+        result = await handle.result()
+        assert result.outcome == "removed"
+        state = await handle.query(STATE_QUERY, result_type=JourneyStateView)
+        assert "contact erased" in state.path[-1].note
+        for table in (Contact, Event, Entry):
+            assert await rows(store, table, contact) == 0, table.__tablename__
+
+
+async def _unrouted(store: Store) -> list[Event]:
+    async with store.session() as session:
+        return await events_repo.unrouted_events(session)
