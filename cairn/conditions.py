@@ -11,6 +11,7 @@ store in activities), so the same code decides in activities, in the router and 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     Tag,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -31,7 +33,7 @@ from cairn.durations import Duration, PositiveDuration, parse_duration
 
 OPERATORS = (
     "eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "starts_with", "exists",
-    "older_than", "newer_than",
+    "older_than", "newer_than", "matches",
 )
 
 
@@ -71,6 +73,19 @@ class Comparison(Spec):
     newer_than: Duration | None = Field(
         default=None, description="the value is a date/time less than this long before now"
     )
+    matches: str | None = Field(
+        default=None, description="the value is text in which this regular expression is found"
+    )
+
+    @field_validator("matches", mode="after")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a regular expression ({error}): {value!r}") from error
+        return value
 
     @model_validator(mode="after")
     def _at_least_one(self) -> Comparison:
@@ -118,19 +133,27 @@ class InSegmentCondition(Spec):
 
 
 class HasDone(Spec):
-    """The contact did `event` (matching `where`) `count` times, in a window or since entry."""
+    """The contact did `event` (matching `where`) `count` times, in a window or since entry.
 
+    With `sum` (a property path such as `total`), the values of that property over the same
+    events are added up and `total` compares the sum: "spent more than 50 on purchases".
+    """
 
     event: str
     where: Condition | None = None
     within: PositiveDuration | None = None
     since: Literal["entry"] | None = None
     count: Comparison = Field(default_factory=lambda: Comparison(gte=1))
+    sum: str | None = Field(default=None, description="event property whose values are added up")
+    total: Comparison | None = Field(default=None, description="comparison applied to the sum")
 
     @model_validator(mode="after")
     def _one_window(self) -> HasDone:
         if self.within and self.since:
             raise ValueError("give either `within` or `since: entry`, not both")
+        if (self.sum is None) != (self.total is None):
+            raise ValueError("`sum` (the property to add up) and `total` (how the sum compares) "
+                             "go together: give both or neither")
         return self
 
 
@@ -259,6 +282,7 @@ class Verdict:
 
 
 HasDoneCounter = Callable[[HasDone], Awaitable[int]]
+HasDoneSummer = Callable[[HasDone], Awaitable[float]]
 
 
 @dataclass
@@ -275,6 +299,7 @@ class ConditionScope:
     event: dict[str, Any] | None = None
     count_events: HasDoneCounter | None = None
     reachable: Callable[[ReachableSpec], Verdict] | None = None
+    sum_events: HasDoneSummer | None = None
 
 
 _MISSING = object()
@@ -351,6 +376,8 @@ def compare(value: Any, comparison: Comparison, now: datetime) -> tuple[bool, st
             ok = expected in value if isinstance(value, list | str | dict) else False
         elif op == "starts_with":
             ok = isinstance(value, str) and value.startswith(expected)
+        elif op == "matches":
+            ok = isinstance(value, str) and re.search(expected, value) is not None
         elif op in ("older_than", "newer_than"):
             moment = _as_datetime(value)
             if moment is None:
@@ -399,7 +426,15 @@ async def evaluate(condition: Any, scope: ConditionScope) -> Verdict:
         count = await scope.count_events(spec)
         ok, why = compare(count, spec.count, scope.now)
         window = f" within {spec.within}" if spec.within else (" since entry" if spec.since else "")
-        return Verdict(ok, f"has_done {spec.event} {count}x{window}: {why}")
+        if not ok or spec.sum is None or spec.total is None:
+            return Verdict(ok, f"has_done {spec.event} {count}x{window}: {why}")
+        if scope.sum_events is None:
+            raise ValueError("has_done with `sum` needs the event store's sums; it cannot be "
+                             "decided here")
+        total = await scope.sum_events(spec)
+        ok, why = compare(total, spec.total, scope.now)
+        return Verdict(ok, f"has_done {spec.event} {count}x{window}, {spec.sum} summing to "
+                           f"{total:g}: {why}")
     if isinstance(condition, ReachableCondition):
         if scope.reachable is None:
             raise ValueError("reachable needs the contact's channels; it cannot be decided here")

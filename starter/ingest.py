@@ -24,13 +24,17 @@ from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event
+from starter.audience import Audience
 from starter.router import RouteDecision, Router
-from starter.segment_spec import BatchCall, IdentifyCall, SegmentCallType, TrackCall
+from starter.segment_spec import BatchCall, IdentifyCall, PageCall, SegmentCallType, TrackCall
 
 log = get_logger(__name__)
 
 IDENTIFY_EVENT = "identify"
 """The event name an `identify` call is stored (and routed) under; its properties are the traits."""
+
+PAGE_EVENT = "page_viewed"
+"""The event name a `page` call is stored under; `properties.url` is the page visited."""
 
 
 def utc_now() -> datetime:
@@ -56,7 +60,7 @@ class Ingest:
     """Stores calls and routes them; `router=None` stores only (e.g. an API without Temporal).
 
     `clock` gives the receive time, and the event time of calls without a timestamp; simulations
-    pass their own.
+    pass their own. `audience` (segments and scoring) sees every event just before it is routed.
     """
 
     def __init__(
@@ -65,10 +69,12 @@ class Ingest:
         router: Router | None,
         *,
         clock: Callable[[], datetime] = utc_now,
+        audience: Audience | None = None,
     ) -> None:
         self.store = store
         self.router = router
         self.clock = clock
+        self.audience = audience
 
     async def track(self, call: TrackCall, *, route: bool = True) -> IngestResult:
         """Store a `track` call (and create or touch its contact) in one transaction, then route."""
@@ -76,6 +82,10 @@ class Ingest:
 
     async def identify(self, call: IdentifyCall, *, route: bool = True) -> IngestResult:
         """Merge the traits into the contact and store an `identify` event, then route it."""
+        return (await self._ingest([call], route=route))[0]
+
+    async def page(self, call: PageCall, *, route: bool = True) -> IngestResult:
+        """Store a `page` call as a `page_viewed` event (URL-visit segments read it), then route."""
         return (await self._ingest([call], route=route))[0]
 
     async def batch(self, call: BatchCall, *, route: bool = True) -> list[IngestResult]:
@@ -90,9 +100,8 @@ class Ingest:
         the events that were routed.
         """
         done: dict[int, list[RouteDecision]] = {}
-        if self.router is None:
-            return done
-        for event_id in event_ids:
+        queue = list(event_ids)
+        for event_id in queue:  # grows with the events the audience service stores
             async with self.store.session() as session:
                 row = await session.get(Event, event_id)
             if row is None or row.routed_at is not None:
@@ -100,11 +109,24 @@ class Ingest:
             message = events_repo.event_message(row)
             bound = log.bind(message_id=message.message_id, contact=message.contact_id,
                              event_name=message.event)
+            # --- audience hook (segments and scoring): after the commit, before routing, so
+            # journeys see the new scores and memberships; it is idempotent per message, so a
+            # retry (or the relay) applying it again changes nothing.
+            if self.audience is not None:
+                try:
+                    queue.extend(await self.audience.apply(message))
+                except Exception as error:  # the event stays unrouted and is applied later
+                    bound.warning("audience.deferred", error=str(error),
+                                  error_type=type(error).__name__)
+                    break
+            # --- end of audience hook
+            if self.router is None:
+                continue
             try:
                 decisions = await self.router.route(message)
             except Exception as error:  # any failure leaves the event for a later attempt
                 bound.warning("route.deferred", error=str(error), error_type=type(error).__name__,
-                              left_unrouted=len(event_ids) - len(done))
+                              left_unrouted=len(queue) - len(done))
                 break
             async with self.store.session() as session, session.begin():
                 await events_repo.mark_routed(session, [event_id], self.clock())
@@ -135,6 +157,8 @@ class Ingest:
         contact_id = call.contact_id
         if isinstance(call, TrackCall):
             kind, name, properties = "track", call.event, call.properties
+        elif isinstance(call, PageCall):
+            kind, name, properties = "page", PAGE_EVENT, call.page_properties()
         else:
             kind, name, properties = "identify", IDENTIFY_EVENT, call.traits
         row, new = await events_repo.record_event(

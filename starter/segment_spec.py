@@ -130,6 +130,43 @@ class IdentifyCall(SegmentCall):
     traits: dict[str, Any] = Field(default_factory=dict)
 
 
+class PageCall(SegmentCall):
+    """`page`: the contact viewed a web page (stored as a `page_viewed` event).
+
+    The URL comes from `properties.url`, else from `context.page.url` (where Segment's browser
+    library also puts it); URL-visit segments compare it.
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "userId": "c-1",
+                    "name": "Pricing",
+                    "properties": {"url": "https://shop.example/pricing", "title": "Pricing"},
+                    "messageId": "msg-0003",
+                }
+            ]
+        },
+    )
+
+    type: Literal["page"] = "page"
+    name: str | None = Field(default=None, max_length=255, description="the page's name")
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+    def page_properties(self) -> dict[str, Any]:
+        """The stored event's properties: the call's, with `url` and `name` filled in if known."""
+        found = dict(self.properties)
+        page = (self.context or {}).get("page")
+        if "url" not in found and isinstance(page, dict) and isinstance(page.get("url"), str):
+            found["url"] = page["url"]
+        if self.name is not None and "name" not in found:
+            found["name"] = self.name
+        return found
+
+
 def _call_type(data: Any) -> str | None:
     if isinstance(data, dict):
         kind = data.get("type")
@@ -171,5 +208,5 @@ class BatchCall(BaseModel):
     context: dict[str, Any] | None = None
 
 
-SegmentCallType = TrackCall | IdentifyCall
+SegmentCallType = TrackCall | IdentifyCall | PageCall
 """A single call, as stored by `starter.ingest`."""
