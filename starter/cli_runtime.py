@@ -113,6 +113,7 @@ async def run_api(settings: Settings) -> None:
 
     from cairn.store.db import Store
     from starter.api import create_app
+    from starter.audience import Audience
     from starter.dev import start_api, stop_api
     from starter.ingest import Ingest
     from starter.relay import EventRelay, relaying
@@ -127,7 +128,8 @@ async def run_api(settings: Settings) -> None:
     try:
         router = Router(client, store, task_queue=settings.journey_task_queue,
                         delivery_task_queue=settings.delivery_task_queue)
-        ingest = Ingest(store, router)
+        ingest = Ingest(store, router,
+                        audience=Audience.from_folder(store, settings.journeys_dir))
         async with relaying(EventRelay(ingest, store)):
             handle = await start_api(create_app(store, ingest, settings=settings),
                                      settings.api_host, settings.api_port)

@@ -73,11 +73,23 @@ def _core_logs_to_stderr() -> None:
                         error_if_already_set=False)
 
 
-async def _simulate(journey: Journey, scenario: Scenario) -> SimulationReport:
+def _check_audience(folder: Path) -> None:
+    """Segments and scoring rules beside the journey apply in the simulation: check them first."""
+    from cairn.scoring import ScoringFileError, load_scoring
+    from cairn.segments import SegmentFileError, load_segments
+
+    try:
+        segments = load_segments(folder / "segments")
+        load_scoring(folder / "scoring", segments={s.key for s in segments})
+    except (SegmentFileError, ScoringFileError) as error:
+        raise _fail(str(error), BAD_INPUT) from None
+
+
+async def _simulate(journey: Journey, scenario: Scenario, folder: Path) -> SimulationReport:
     from starter.simulate import Simulator
 
     async with Simulator.start() as simulator:
-        return await simulator.run(journey, scenario)
+        return await simulator.run(journey, scenario, audience_folder=folder)
 
 
 @app.command()
@@ -99,8 +111,9 @@ def simulate(
     configure("WARNING")
     _core_logs_to_stderr()
     journey, scenario = _load(journey_file, scenario_file)
+    _check_audience(journey_file.resolve().parent)
     try:
-        report = asyncio.run(_simulate(journey, scenario))
+        report = asyncio.run(_simulate(journey, scenario, journey_file.resolve().parent))
     except SimulationError as error:
         raise _fail(f"the simulation could not run: {error}", SIMULATOR_FAILED) from None
     if as_json:

@@ -314,6 +314,7 @@ async def dev_stack(
     """Start server, search attributes, store, catalog, workers and API; stop in reverse."""
     from cairn.store.db import Store
     from starter.api import create_app
+    from starter.audience import Audience
     from starter.catalog import CatalogError, publish_catalog
     from starter.ingest import Ingest
     from starter.router import Router
@@ -344,7 +345,9 @@ async def dev_stack(
                 api: ApiHandle | None = None
                 router = Router(client, store, task_queue=settings.journey_task_queue,
                                 delivery_task_queue=settings.delivery_task_queue)
-                ingest = Ingest(store, router)
+                ingest = Ingest(
+                    store, router, audience=Audience.from_folder(store, settings.journeys_dir)
+                )
                 async with relaying(EventRelay(ingest, store)):
                     if serve_api:
                         app = create_app(store, ingest, settings=settings)

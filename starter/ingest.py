@@ -148,6 +148,12 @@ class Ingest:
                 if result.event_id in routed and not result.duplicate:
                     result.routes = routed[result.event_id]
                     result.routed = True
+            # Events the audience service derived (segment_entered, score_crossed) were routed
+            # in the same pass; a single call reports their decisions as its own consequences.
+            derived = [ids for ids in routed if ids not in fresh]
+            if len(results) == 1 and results[0].routed:
+                for event_id in derived:
+                    results[0].routes = [*results[0].routes, *routed[event_id]]
         return results
 
     async def _store(

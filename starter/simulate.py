@@ -53,6 +53,7 @@ from cairn.local_time import TimezoneError, zone
 from cairn.log import get_logger
 from cairn.store import contacts, deliveries, journeys, scores, tasks
 from cairn.store.db import Store
+from starter.audience import Audience
 from starter.ingest import Ingest, IngestResult
 from starter.router import RouteDecision, Router
 from starter.segment_spec import IdentifyCall, TrackCall
@@ -536,17 +537,21 @@ class Simulator:
                 await env.shutdown()
 
     async def run(
-        self, journey: Journey, scenario: Scenario, *, keep_histories: bool = False
+        self, journey: Journey, scenario: Scenario, *, keep_histories: bool = False,
+        audience_folder: Path | None = None,
     ) -> SimulationReport:
         """Play the scenario against the journey and report what happened.
 
         `keep_histories` also fetches the workflow histories (see `SimulationReport.histories`),
-        which replay tests save.
+        which replay tests save. `audience_folder` is a journeys folder whose `segments/` and
+        `scoring/` apply to the scenario's events, as they do live.
         """
         async with self._lock:
             if not self._warm:
                 await self._warm_up()
-            return await _SimulationRun(self, journey, scenario, keep_histories).play()
+            run = _SimulationRun(self, journey, scenario, keep_histories)
+            run.audience_folder = audience_folder
+            return await run.play()
 
     async def _warm_up(self) -> None:
         try:
@@ -569,6 +574,7 @@ class _SimulationRun:
         self.client = simulator.env.client
         self.step_timeout = simulator.step_timeout
         self.journey = journey
+        self.audience_folder: Path | None = None
         self.scenario = scenario
         self.keep_histories = keep_histories
         self.name = uuid.uuid4().hex[:12]
@@ -600,7 +606,12 @@ class _SimulationRun:
         router = Router(self.client, store, task_queue=self.journey_queue,
                         clock_offset=clock.offset, delivery_task_queue=self.delivery_queue)
         self.current = scenario.now
-        ingest = Ingest(store, router, clock=lambda: self.current)
+        audience = (
+            Audience.from_folder(store, self.audience_folder, clock=lambda: self.current)
+            if self.audience_folder is not None
+            else None
+        )
+        ingest = Ingest(store, router, clock=lambda: self.current, audience=audience)
         workers = journey_workers(self.client, store, journey_queue=self.journey_queue,
                                   delivery_queue=self.delivery_queue)
         self.log.info("simulation.started", now=_utc_text(scenario.now), version=version)
