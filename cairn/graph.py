@@ -376,7 +376,7 @@ def mermaid(journey: Journey, counts: dict[str, int] | None = None) -> str:
     """
     ids = _node_ids(journey)
     loops = back_edges(journey)
-    lines = ["flowchart TD", f'  trigger>"{_text("on " + journey.trigger.event)}"]']
+    lines = ["flowchart TD", f'  trigger>"{_text("on " + journey.trigger.describe())}"]']
     for name, step in steps_of(journey).items():
         label = f"<b>{_text(name)}</b><br/>{_text(describe_step(step))}"
         if step.summary:

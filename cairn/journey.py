@@ -346,13 +346,119 @@ def successors(step: StepBase) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- journey
 
 
-class Trigger(Spec):
-    """What starts the journey for a contact: an event, optionally filtered."""
+class DateAttributeTrigger(Spec):
+    """N days before or after a date attribute, at a local time (`yearly` for birthdays)."""
 
-    event: str
+    attribute: str
+    offset: Duration = "0s"
+    time: TimeOfDay = "09:00"
+    yearly: bool = False
+
+
+class ScheduleTrigger(Spec):
+    """A cron schedule; every member of `segment` (or every contact) enters at each occurrence."""
+
+    cron: str
+    segment: str | None = None
+    timezone: str = "UTC"
+
+
+TRIGGER_KINDS = (
+    "event", "segment_entered", "segment_exited", "attribute_changed", "date_attribute",
+    "schedule", "geofence_entered", "geofence_exited", "imported", "api",
+)
+
+TRIGGER_EVENTS = {
+    "segment_entered": "segment_entered",
+    "segment_exited": "segment_exited",
+    "attribute_changed": "attribute_changed",
+    "date_attribute": "date_attribute_reached",
+    "schedule": "schedule_fired",
+    "geofence_entered": "geofence_entered",
+    "geofence_exited": "geofence_exited",
+    "imported": "journey_imported",
+    "api": "journey_entry_requested",
+}
+"""The event each non-event trigger listens to; sweeps, imports and the API emit these."""
+
+
+class Trigger(Spec):
+    """What starts the journey for a contact: exactly one kind, optionally filtered by `where`.
+
+    Every kind is an event underneath (`segment_entered: buyers` listens to `segment_entered`
+    events whose `properties.segment` is `buyers`), so one router and one simulator serve all.
+    """
+
+    event: str | None = None
+    segment_entered: str | None = None
+    segment_exited: str | None = None
+    attribute_changed: str | None = None
+    from_: Any = Field(default=None, alias="from", description="attribute_changed: old value")
+    to: Any = Field(default=None, description="attribute_changed: new value")
+    date_attribute: DateAttributeTrigger | None = None
+    schedule: ScheduleTrigger | None = None
+    geofence_entered: str | None = None
+    geofence_exited: str | None = None
+    imported: bool | None = None
+    api: bool | None = None
     where: Condition | None = None
 
     _prepare_where = field_validator("where", mode="before")(classmethod(lambda cls, v: _where(v)))
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Trigger:
+        kinds = [k for k in TRIGGER_KINDS if getattr(self, k) not in (None, False)]
+        if len(kinds) != 1:
+            found = ", ".join(kinds) if kinds else "none"
+            raise ValueError(
+                f"a trigger needs exactly one of {', '.join(TRIGGER_KINDS)} (found: {found})"
+            )
+        if (self.from_ is not None or self.to is not None) and kinds[0] != "attribute_changed":
+            raise ValueError("`from` and `to` only apply to attribute_changed")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in TRIGGER_KINDS if getattr(self, k) not in (None, False))
+
+    @property
+    def event_name(self) -> str:
+        """The name of the events that can start the journey."""
+        return self.event if self.event is not None else TRIGGER_EVENTS[self.kind]
+
+    def describe(self) -> str:
+        kind = self.kind
+        value = getattr(self, kind)
+        if kind == "event":
+            return f"event {value}"
+        if kind == "date_attribute" and self.date_attribute is not None:
+            return f"date_attribute {self.date_attribute.attribute} {self.date_attribute.offset}"
+        if kind == "schedule" and self.schedule is not None:
+            return f"schedule {self.schedule.cron}"
+        return kind if isinstance(value, bool) else f"{kind} {value}"
+
+    def admits(self, journey_key: str, properties: dict[str, Any]) -> tuple[bool, str]:
+        """Whether an event named `event_name` is meant for this trigger, and why not."""
+        kind = self.kind
+        wanted: dict[str, Any] = {}
+        if kind in ("segment_entered", "segment_exited"):
+            wanted["segment"] = getattr(self, kind)
+        elif kind in ("geofence_entered", "geofence_exited"):
+            wanted["fence"] = getattr(self, kind)
+        elif kind == "attribute_changed":
+            wanted["attribute"] = self.attribute_changed
+            if self.from_ is not None:
+                wanted["from"] = self.from_
+            if self.to is not None:
+                wanted["to"] = self.to
+        elif kind == "date_attribute" and self.date_attribute is not None:
+            wanted = {"attribute": self.date_attribute.attribute, "journey": journey_key}
+        elif kind in ("schedule", "imported", "api"):
+            wanted["journey"] = journey_key
+        for name, value in wanted.items():
+            if properties.get(name) != value:
+                return False, f"{self.describe()}: properties.{name} is {properties.get(name)!r}"
+        return True, self.describe()
 
 
 class EntryRules(Spec):

@@ -108,7 +108,9 @@ class Router:
         decisions: list[RouteDecision] = []
         delivered: set[str] = set()
         for journey in journeys:
-            if journey.trigger.event == event.event:
+            if journey.trigger.event_name == event.event and journey.trigger.admits(
+                journey.key, event.properties
+            )[0]:
                 decision = await self._trigger(journey, event)
                 decisions.append(decision)
                 if decision.action != "refused" and decision.workflow_id:
@@ -340,7 +342,7 @@ class Router:
 
 def _entered_reason(journey: Journey) -> str:
     rule = journey.entry.reentry
-    return f"trigger {journey.trigger.event} matched; entry: {rule}, new entry"
+    return f"trigger {journey.trigger.describe()} matched; entry: {rule}, new entry"
 
 
 def _unique(items: Iterable[str]) -> list[str]:

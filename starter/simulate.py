@@ -809,7 +809,7 @@ class _Entries:
     def heard(self, at: datetime, event: ScenarioEvent, routes: list[RouteDecision]) -> list[str]:
         """Keep the refusals of the trigger; return the workflow ids of entries just started."""
         mine = [r for r in routes if r.journey == self.journey.key]
-        if event.label == self.journey.trigger.event and mine:
+        if event.label == self.journey.trigger.event_name and mine:
             # The router reports the trigger's decision first, then any signalled entries.
             decision = mine[0]
             if decision.action == "refused":
@@ -822,6 +822,6 @@ class _Entries:
             return [PathItem(step="trigger", at=at, note=f"not entered: {reason}")
                     for at, reason in self.refused]
         sent = sorted({event.label for event in scenario.events}) or ["no events"]
-        note = (f"not entered: no event matched the trigger {self.journey.trigger.event} "
+        note = (f"not entered: no event matched the trigger {self.journey.trigger.describe()} "
                 f"(the scenario sends: {', '.join(sent)})")
         return [PathItem(step="trigger", at=scenario.now, note=note)]
