@@ -10,7 +10,14 @@ import os
 import sys
 
 # Each module registers its commands on `app`; heavy imports stay inside the command functions.
-from starter import cli_catalog, cli_journeys, cli_runtime, cli_simulate, cli_tasks  # noqa: F401
+from starter import (  # noqa: F401
+    cli_catalog,
+    cli_imports,
+    cli_journeys,
+    cli_runtime,
+    cli_simulate,
+    cli_tasks,
+)
 from starter.cli_app import app
 
 
