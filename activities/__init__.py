@@ -16,6 +16,7 @@ from activities.entries import EntryActivities
 from activities.ledger import LedgerActivities
 from activities.profile import ProfileActivities
 from activities.scores import ScoreActivities
+from activities.sweeps import SweepActivities
 from activities.tasks import TaskActivities
 from cairn.store.db import Store
 
@@ -26,6 +27,7 @@ __all__ = [
     "LedgerActivities",
     "ProfileActivities",
     "ScoreActivities",
+    "SweepActivities",
     "TaskActivities",
     "delivery_activities",
     "journey_activities",
@@ -35,6 +37,7 @@ __all__ = [
 def journey_activities(store: Store) -> list[Callable[..., Any]]:
     """Activities of the interpreter's queue: every one of `cairn.actions` but deliver_message."""
     contacts = ContactActivities(store)
+    sweeps = SweepActivities(store)
     return [
         contacts.load_contact,
         contacts.evaluate_condition,
@@ -44,6 +47,9 @@ def journey_activities(store: Store) -> list[Callable[..., Any]]:
         TaskActivities(store).create_task,
         LedgerActivities(store).record_action,
         EntryActivities(store).finish_entry,
+        sweeps.sweep_segments,
+        sweeps.sweep_date_attributes,
+        sweeps.enter_scheduled,
     ]
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import text
 from temporalio.client import Client
 
 from cairn import __version__
+from cairn.journey import Trigger
 from cairn.log import get_logger
 from cairn.settings import Settings, get_settings
 from cairn.store import deliveries as deliveries_repo
@@ -31,6 +32,8 @@ from cairn.store import journeys as journeys_repo
 from cairn.store import tasks as tasks_repo
 from cairn.store.db import Store
 from starter.contacts_api import contacts_router
+from starter.entries_api import entries_router
+from starter.imports_api import imports_router
 from starter.ingest import Ingest, IngestResult
 from starter.segment_spec import BatchCall, IdentifyCall, TrackCall
 
@@ -79,7 +82,7 @@ class JourneySummary(BaseModel):
                     "key": "cart-abandonment",
                     "version": 2,
                     "name": "Reduce cart abandonment",
-                    "trigger": "cart_item_added",
+                    "trigger": "event cart_item_added",
                     "published_at": "2026-03-01T08:00:00Z",
                     "source": "journeys/cart-abandonment.yaml",
                     "open_entries": 14,
@@ -218,7 +221,7 @@ async def published_journeys(store: Store) -> list[JourneySummary]:
         counts[entry.journey_key] = counts.get(entry.journey_key, 0) + 1
     summaries = []
     for row in rows:
-        trigger = (row.definition.get("trigger") or {}).get("event", "")
+        trigger = Trigger.model_validate(row.definition.get("trigger") or {}).describe()
         summaries.append(JourneySummary(
             key=row.key, version=row.version, name=row.name, trigger=trigger,
             published_at=row.published_at, source=row.source,
@@ -365,6 +368,8 @@ def create_app(
         return await task_list(store, queue, status)
 
     app.include_router(contacts_router(store, temporal or _router_client(ingest)))
+    app.include_router(imports_router(ingest))
+    app.include_router(entries_router(ingest))
     return app
 
 
@@ -374,6 +379,7 @@ def _router_client(ingest: Ingest) -> Client | None:
 
 def _route_later(background: BackgroundTasks, ingest: Ingest, results: list[IngestResult]) -> None:
     """Route new events after the answer; duplicates were routed when first accepted."""
-    fresh = [result.event_id for result in results if not result.duplicate]
+    fresh = [event_id for result in results if not result.duplicate
+             for event_id in (result.event_id, *result.derived)]
     if fresh:
         background.add_task(ingest.route_events, fresh)

@@ -98,10 +98,12 @@ def publish(
 ) -> None:
     """Validate every journey of a folder and publish those that changed as new versions."""
     from starter.catalog import publish_catalog
+    from starter.schedules import register_if_reachable
 
     settings = _settings()
     target = folder or settings.journeys_dir
     rows = _run(_with_store(settings, lambda store: publish_catalog(store, target)))
+    schedules = _run(_with_store(settings, lambda s: register_if_reachable(s, settings, target)))
     table = Table(title=f"published from {target}")
     for column in ("journey", "version", "new", "source"):
         table.add_column(column)
@@ -111,6 +113,8 @@ def publish(
     Console().print(table)
     if not rows:
         _err.print(f"no journey files (*.yaml, *.yml, *.json) in {target}")
+    if schedules is not None:
+        Console().print(f"schedules registered on Temporal: {', '.join(schedules)}")
 
 
 # --------------------------------------------------------------------------- journeys

@@ -115,6 +115,7 @@ async def run_api(settings: Settings) -> None:
     from starter.api import create_app
     from starter.audience import Audience
     from starter.dev import start_api, stop_api
+    from starter.geofencing import Geofencing
     from starter.ingest import Ingest
     from starter.relay import EventRelay, relaying
     from starter.router import Router
@@ -129,7 +130,9 @@ async def run_api(settings: Settings) -> None:
         router = Router(client, store, task_queue=settings.journey_task_queue,
                         delivery_task_queue=settings.delivery_task_queue)
         ingest = Ingest(store, router,
-                        audience=Audience.from_folder(store, settings.journeys_dir))
+                        audience=Audience.from_folder(store, settings.journeys_dir),
+                        geofencing=Geofencing.from_folder(store, settings.journeys_dir),
+                        attribute_changes=True)
         async with relaying(EventRelay(ingest, store)):
             handle = await start_api(create_app(store, ingest, settings=settings),
                                      settings.api_host, settings.api_port)

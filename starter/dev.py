@@ -316,8 +316,10 @@ async def dev_stack(
     from starter.api import create_app
     from starter.audience import Audience
     from starter.catalog import CatalogError, publish_catalog
+    from starter.geofencing import Geofencing
     from starter.ingest import Ingest
     from starter.router import Router
+    from starter.schedules import register_schedules
 
     settings.home.mkdir(parents=True, exist_ok=True)
     server = dev_server_for(settings, headless=headless)
@@ -335,6 +337,7 @@ async def dev_stack(
                         f"{error}\nFix the journeys (`cairn validate {settings.journeys_dir}` "
                         "lists every problem) or start with --no-publish"
                     ) from error
+            await register_schedules(client, store, settings)  # sweeps + schedule triggers
             workers = journey_workers(
                 client,
                 store,
@@ -346,7 +349,9 @@ async def dev_stack(
                 router = Router(client, store, task_queue=settings.journey_task_queue,
                                 delivery_task_queue=settings.delivery_task_queue)
                 ingest = Ingest(
-                    store, router, audience=Audience.from_folder(store, settings.journeys_dir)
+                    store, router, audience=Audience.from_folder(store, settings.journeys_dir),
+                    geofencing=Geofencing.from_folder(store, settings.journeys_dir),
+                    attribute_changes=True,
                 )
                 async with relaying(EventRelay(ingest, store)):
                     if serve_api:

@@ -24,7 +24,9 @@ from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event
+from starter import attribute_changes
 from starter.audience import Audience
+from starter.geofencing import Geofencing
 from starter.router import RouteDecision, Router
 from starter.segment_spec import BatchCall, IdentifyCall, PageCall, SegmentCallType, TrackCall
 
@@ -54,13 +56,18 @@ class IngestResult:
     duplicate: bool
     routes: list[RouteDecision] = field(default_factory=list)
     routed: bool = False
+    derived: list[int] = field(default_factory=list)
+    """Ids of events stored with the call (its `attribute_changed` events), routed after it."""
 
 
 class Ingest:
     """Stores calls and routes them; `router=None` stores only (e.g. an API without Temporal).
 
     `clock` gives the receive time, and the event time of calls without a timestamp; simulations
-    pass their own. `audience` (segments and scoring) sees every event just before it is routed.
+    pass their own. `audience` (segments and scoring) and `geofencing` (fence crossings of
+    `location_updated` events) see every event just before it is routed. `attribute_changes`
+    stores an `attribute_changed` event per trait an identify changes (`starter.attribute_changes`);
+    the `cairn dev` / `cairn api` processes, imports and simulations switch it on.
     """
 
     def __init__(
@@ -70,11 +77,15 @@ class Ingest:
         *,
         clock: Callable[[], datetime] = utc_now,
         audience: Audience | None = None,
+        geofencing: Geofencing | None = None,
+        attribute_changes: bool = False,
     ) -> None:
         self.store = store
         self.router = router
         self.clock = clock
         self.audience = audience
+        self.geofencing = geofencing
+        self.attribute_changes = attribute_changes
 
     async def track(self, call: TrackCall, *, route: bool = True) -> IngestResult:
         """Store a `track` call (and create or touch its contact) in one transaction, then route."""
@@ -120,6 +131,16 @@ class Ingest:
                                   error_type=type(error).__name__)
                     break
             # --- end of audience hook
+            # --- geofence hook: a location_updated event stores geofence_entered/exited events
+            # for the fences crossed; they join the queue (and then pass the audience hook).
+            if self.geofencing is not None:
+                try:
+                    queue.extend(await self.geofencing.apply(message))
+                except Exception as error:  # the event stays unrouted and is applied later
+                    bound.warning("geofence.deferred", error=str(error),
+                                  error_type=type(error).__name__)
+                    break
+            # --- end of geofence hook
             if self.router is None:
                 continue
             try:
@@ -141,16 +162,18 @@ class Ingest:
         async with self.store.session() as session, session.begin():
             for call in calls:
                 results.append(await self._store(session, call, received_at))
-        fresh = [r.event_id for r in results if not r.duplicate]
+        own = [r.event_id for r in results if not r.duplicate]
+        fresh = [i for r in results if not r.duplicate for i in (r.event_id, *r.derived)]
         if route and fresh:
             routed = await self.route_events(fresh)
             for result in results:
                 if result.event_id in routed and not result.duplicate:
                     result.routes = routed[result.event_id]
                     result.routed = True
-            # Events the audience service derived (segment_entered, score_crossed) were routed
-            # in the same pass; a single call reports their decisions as its own consequences.
-            derived = [ids for ids in routed if ids not in fresh]
+            # Events derived from the call (attribute_changed, segment_entered, score_crossed,
+            # geofence crossings) were routed in the same pass; a single call reports their
+            # decisions as its own consequences.
+            derived = [ids for ids in routed if ids not in own]
             if len(results) == 1 and results[0].routed:
                 for event_id in derived:
                     results[0].routes = [*results[0].routes, *routed[event_id]]
@@ -177,14 +200,26 @@ class Ingest:
             timestamp=timestamp,
             received_at=received_at,
         )
+        derived: list[int] = []
         if new:
             if isinstance(call, IdentifyCall):
-                await contacts_repo.identify(session, contact_id, call.traits, timestamp)
+                # --- attribute_changed hook: the old values exist only before the merge, and
+                # the change events commit with it (a crash cannot lose them; the relay routes).
+                before = (await attribute_changes.values_before(session, contact_id, call.traits)
+                          if self.attribute_changes else {})
+                contact = await contacts_repo.identify(session, contact_id, call.traits,
+                                                       timestamp)
+                if before:
+                    derived = await attribute_changes.record_changes(
+                        session, source_message_id=call.message_id, contact=contact,
+                        before=before, timestamp=timestamp, received_at=received_at)
+                # --- end of attribute_changed hook
             else:
                 await contacts_repo.ensure_contact(session, contact_id, timestamp)
         log.info("ingest.stored" if new else "ingest.duplicate", type=kind, event_name=name,
                  message_id=call.message_id, contact=contact_id, event_id=row.id)
-        return IngestResult(message_id=call.message_id, event_id=row.id, duplicate=not new)
+        return IngestResult(message_id=call.message_id, event_id=row.id, duplicate=not new,
+                            derived=derived)
 
 
 def _json_ready(properties: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,7 @@ from cairn.log import get_logger
 from cairn.store import contacts, deliveries, journeys, scores, tasks
 from cairn.store.db import Store
 from starter.audience import Audience
+from starter.geofencing import Geofencing
 from starter.ingest import Ingest, IngestResult
 from starter.router import RouteDecision, Router
 from starter.segment_spec import IdentifyCall, TrackCall
@@ -611,7 +612,13 @@ class _SimulationRun:
             if self.audience_folder is not None
             else None
         )
-        ingest = Ingest(store, router, clock=lambda: self.current, audience=audience)
+        geofencing = (
+            Geofencing.from_folder(store, self.audience_folder, clock=lambda: self.current)
+            if self.audience_folder is not None
+            else None
+        )
+        ingest = Ingest(store, router, clock=lambda: self.current, audience=audience,
+                        geofencing=geofencing, attribute_changes=True)
         workers = journey_workers(self.client, store, journey_queue=self.journey_queue,
                                   delivery_queue=self.delivery_queue)
         self.log.info("simulation.started", now=_utc_text(scenario.now), version=version)

@@ -57,6 +57,7 @@ from cairn.journey import (
 from cairn.journey_run import EventMessage
 from cairn.store import contacts, deliveries, entries, events, scores, tasks
 from cairn.store.db import Store
+from workflows.sweeps import ENTER_SCHEDULED, SWEEP_DATE_ATTRIBUTES, SWEEP_SEGMENTS
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 WID = "journey/cart-abandonment/c-1"
@@ -140,7 +141,8 @@ def test_activity_lists_cover_every_action_name() -> None:
         actions.CREATE_TASK, actions.RECORD_ACTION, actions.FINISH_ENTRY,
     }
     assert names(delivery_activities(store)) == {actions.DELIVER_MESSAGE}
-    assert names(journey_activities(store)) == everything - {actions.DELIVER_MESSAGE}
+    sweeps = {SWEEP_SEGMENTS, SWEEP_DATE_ATTRIBUTES, ENTER_SCHEDULED}  # workflows/sweeps.py
+    assert names(journey_activities(store)) == (everything - {actions.DELIVER_MESSAGE}) | sweeps
 
 
 # --------------------------------------------------------------------------- contacts

@@ -69,8 +69,8 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @pytest_asyncio.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(db_url)
+async def store(any_db_url: str) -> AsyncIterator[Store]:
+    opened = await Store.open(any_db_url)
     try:
         yield opened
     finally:

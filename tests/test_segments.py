@@ -47,8 +47,8 @@ def segment(data: dict[str, Any]) -> Segment:
 
 
 @pytest_asyncio.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(db_url)
+async def store(any_db_url: str) -> AsyncIterator[Store]:
+    opened = await Store.open(any_db_url)
     try:
         yield opened
     finally:

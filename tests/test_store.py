@@ -19,7 +19,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from pydantic import TypeAdapter
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, func, inspect, select, text
 
 from cairn.conditions import Condition, parse_condition
 from cairn.contact import ContactSnapshot
@@ -33,8 +33,8 @@ BUCHAREST = timezone(timedelta(hours=2))
 
 
 @pytest_asyncio.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(db_url)
+async def store(any_db_url: str) -> AsyncIterator[Store]:
+    opened = await Store.open(any_db_url)
     try:
         yield opened
     finally:
@@ -67,10 +67,8 @@ async def test_migrations_downgrade_and_upgrade_again(store: Store) -> None:
         config = alembic_config()
         config.attributes["connection"] = connection
         command.downgrade(config, "base")
-        names = connection.exec_driver_sql(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name != 'alembic_version'"
-        ).scalars()
-        return list(names)
+        names = inspect(connection).get_table_names()
+        return [name for name in names if name != "alembic_version"]
 
     async with store.engine.connect() as connection:
         assert await connection.run_sync(down) == []
@@ -95,14 +93,42 @@ async def test_open_creates_the_folder_and_configures_sqlite(tmp_path: Path) -> 
         await store.close()
 
 
-async def test_two_processes_opening_a_new_database_at_once_both_succeed(db_url: str) -> None:
-    first, second = await asyncio.gather(Store.open(db_url), Store.open(db_url))
+async def test_two_processes_opening_a_new_database_at_once_both_succeed(
+    any_db_url: str,
+) -> None:
+    first, second = await asyncio.gather(Store.open(any_db_url), Store.open(any_db_url))
     try:
         async with first.session() as s:
             assert (await s.execute(text("SELECT count(*) FROM alembic_version"))).scalar() == 1
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_plain_url_opens_with_the_async_driver_and_times_come_back_in_utc(
+    any_db_url: str,
+) -> None:
+    """`sqlite://` and `postgresql://` are what people copy from elsewhere; both must work, and
+    a moment written with an offset must read back as the same moment, aware, in UTC."""
+    plain = any_db_url.replace("+aiosqlite", "").replace("+asyncpg", "")
+    store = await Store.open(plain)
+    try:
+        assert store.url.split("://")[0] == any_db_url.split("://")[0]
+        bucharest = datetime(2026, 3, 2, 11, 0, tzinfo=timezone(timedelta(hours=2)))
+        async with store.session() as s, s.begin():
+            await events.record_event(
+                s, message_id="m-tz", type="track", contact_id="c-1", name="opened",
+                properties={"nested": {"list": [1, "two", None]}, "ok": True},
+                timestamp=bucharest, received_at=NOW,
+            )
+        async with store.session() as s:
+            row = (await s.scalars(select(Event).where(Event.message_id == "m-tz"))).one()
+            later = await events.count_events(s, "c-1", "opened", since=NOW - timedelta(minutes=1))
+    finally:
+        await store.close()
+    assert row.timestamp == NOW and row.timestamp.tzinfo is UTC
+    assert row.properties == {"nested": {"list": [1, "two", None]}, "ok": True}
+    assert later == 1
 
 
 @pytest.mark.parametrize("url", ["not a url", "postgresql+psycopg2://cairn@localhost/cairn"])
@@ -257,6 +283,16 @@ async def test_identify_refuses_an_unknown_time_zone(store: Store) -> None:
     with pytest.raises(contacts.ContactTraitError, match=r"timezone.*IANA"):
         async with store.session() as s, s.begin():
             await contacts.identify(s, "c-1", {"timezone": "Europe/Bucuresti"}, NOW)
+
+
+async def test_identify_refuses_a_phone_longer_than_the_column_on_every_database(
+    store: Store,
+) -> None:
+    with pytest.raises(contacts.ContactTraitError, match=r"phone: 40 characters.*32 allowed"):
+        async with store.session() as s, s.begin():
+            await contacts.identify(s, "c-1", {"phone": "+4" + "0" * 38}, NOW)
+    async with store.session() as s:
+        assert await contacts.get_contact(s, "c-1") is None
 
 
 async def test_concurrent_identify_calls_lose_no_trait(store: Store) -> None:

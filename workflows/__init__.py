@@ -1,10 +1,22 @@
-"""Deterministic workflow code only: the journey interpreter and its step handlers.
+"""Deterministic workflow code only: the journey interpreter, its step handlers, the sweeps.
 
 Imports here are limited to `cairn` models and pure helpers, so the Temporal sandbox stays cheap.
 """
 
 from workflows.journey import JourneyWorkflow
+from workflows.sweeps import (
+    DateAttributeSweepWorkflow,
+    ScheduledEntryWorkflow,
+    SegmentSweepWorkflow,
+)
 
-WORKFLOWS = [JourneyWorkflow]
+WORKFLOWS = [JourneyWorkflow, SegmentSweepWorkflow, DateAttributeSweepWorkflow,
+             ScheduledEntryWorkflow]
 
-__all__ = ["WORKFLOWS", "JourneyWorkflow"]
+__all__ = [
+    "WORKFLOWS",
+    "DateAttributeSweepWorkflow",
+    "JourneyWorkflow",
+    "ScheduledEntryWorkflow",
+    "SegmentSweepWorkflow",
+]

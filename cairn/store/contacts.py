@@ -85,13 +85,20 @@ async def _locked(s: AsyncSession, contact_id: str) -> Contact | None:
 
     A no-op UPDATE is the portable lock: PostgreSQL locks the row, SQLite takes the database's
     write lock, and either way the read that follows cannot be overtaken by another writer.
+
+    When the UPDATE matched no row, None is returned even if a row is there by now: on PostgreSQL
+    a row inserted by a transaction that committed after the UPDATE began is invisible to it, so
+    it is not locked, and reading it would lose that writer's change. The caller then inserts,
+    meets the unique key, and locks again, this time for real.
     """
-    await s.execute(
+    locked = await s.execute(
         update(Contact)
         .where(Contact.id == contact_id)
         .values(updated_at=Contact.updated_at)
         .execution_options(synchronize_session=False)
     )
+    if getattr(locked, "rowcount", 1) == 0:
+        return None
     return await s.get(Contact, contact_id, populate_existing=True)
 
 
@@ -114,10 +121,13 @@ async def _create(s: AsyncSession, contact_id: str, now: datetime, *, seen: bool
             s.add(contact)
             await s.flush()
     except IntegrityError:
-        # Created by a concurrent writer between our lock and our insert (PostgreSQL).
+        # Created by a concurrent writer between our lock and our insert (PostgreSQL): this
+        # call's sighting still counts, so widen the seen span of the row that won.
         existing = await _locked(s, contact_id)
         if existing is None:
             raise
+        if seen:
+            _seen(existing, now)
         return existing
     return contact
 
@@ -268,6 +278,12 @@ def _text(name: str, value: Any) -> str | None:
     if not isinstance(value, str | int):
         raise ContactTraitError(f"{name}: expected text, got {type(value).__name__}")
     text = str(value).strip()
+    # PostgreSQL refuses text longer than the column where SQLite would store it: check here so
+    # both stores answer with the same clear error instead of a database failure.
+    limit = getattr(Contact.__table__.c[name].type, "length", None)
+    if limit is not None and len(text) > limit:
+        raise ContactTraitError(f"{name}: {len(text)} characters is longer than the {limit} "
+                                "allowed")
     return text or None
 
 

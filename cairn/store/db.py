@@ -13,6 +13,11 @@ SQLite notes, because the default store is a file shared by the API and the work
   another connection wrote in between. A SAVEPOINT, though, would start a transaction that its
   own RELEASE commits; `_begin_before_savepoint` opens the real transaction first, so the
   repositories' insert-or-find-existing savepoints stay inside their caller's transaction.
+
+PostgreSQL (`postgresql+asyncpg://`, or plain `postgresql://`, which means the same here) is the
+production store: the same migrations create it, an advisory lock makes processes that open it at
+the same moment migrate one after the other, times are `timestamptz`, and JSON columns are `json`.
+Its transactions are READ COMMITTED, so the repositories lock the rows they read-modify-write.
 """
 
 from __future__ import annotations
@@ -82,6 +87,9 @@ def _async_url(url: str) -> URL:
     if parsed.drivername == "sqlite":
         # The plain SQLite URL is what people write; the store needs its async driver.
         parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif parsed.drivername in ("postgresql", "postgres"):
+        # Likewise `postgresql://` (what PostgreSQL tools print) means asyncpg here.
+        parsed = parsed.set(drivername="postgresql+asyncpg")
     return parsed
 
 
@@ -92,6 +100,14 @@ def _sqlite_file(url: URL) -> Path | None:
     if database.startswith("file:") or url.query.get("mode") == "memory":
         return None
     return Path(database)
+
+
+def _engine_options(url: URL) -> dict[str, Any]:
+    """Pool settings per backend: a server connection may die under the pool (a PostgreSQL
+    restart or failover), so it is checked before use; a SQLite file needs no such check."""
+    if url.get_backend_name() == "postgresql":
+        return {"pool_pre_ping": True}
+    return {}
 
 
 def _driver_in_transaction(connection: Connection) -> bool:
@@ -156,7 +172,7 @@ class Store:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            engine = create_async_engine(parsed)
+            engine = create_async_engine(parsed, **_engine_options(parsed))
         except (InvalidRequestError, ModuleNotFoundError) as error:
             raise StoreError(
                 f"cannot open {parsed.render_as_string(hide_password=True)!r}: {error}. The store "
