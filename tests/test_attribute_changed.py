@@ -27,8 +27,7 @@ from starter.ingest import Ingest, IngestResult
 from starter.segment_spec import IdentifyCall
 from starter.simulate import Scenario, Simulator, parse_scenario
 
-# This module's own time-skipping server and a fresh store per test (see trigger_support).
-temporal_env = trigger_support.temporal_env
+# A fresh store per test (see trigger_support); the time-skipping server is per module (conftest).
 store = trigger_support.store
 
 

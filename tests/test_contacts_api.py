@@ -3,7 +3,6 @@ read, change preferences, erase, alias."""
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -13,7 +12,6 @@ import httpx
 import pytest_asyncio
 from sqlalchemy import func, select
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from cairn.contact import ContactSnapshot
@@ -49,23 +47,6 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server of this module's own, so runs left here hold back no one."""
-    from conftest import register_search_attributes
-
-    path = shutil.which("temporal-test-server")
-    assert path is not None, "temporal-test-server is installed with the project (see README)"
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=path, data_converter=pydantic_data_converter
-    )
-    try:
-        await register_search_attributes(env.client)
-        yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest_asyncio.fixture

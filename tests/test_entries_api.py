@@ -25,8 +25,7 @@ from starter.api import create_app
 from starter.ingest import Ingest
 from starter.router import Router
 
-# This module's own time-skipping server and a fresh store per test (see trigger_support).
-temporal_env = trigger_support.temporal_env
+# A fresh store per test (see trigger_support); the time-skipping server is per module (conftest).
 store = trigger_support.store
 
 

@@ -28,8 +28,7 @@ from starter.ingest import Ingest
 from starter.segment_spec import TrackCall
 from starter.simulate import Simulator, parse_scenario
 
-# This module's own time-skipping server and a fresh store per test (see trigger_support).
-temporal_env = trigger_support.temporal_env
+# A fresh store per test (see trigger_support); the time-skipping server is per module (conftest).
 store = trigger_support.store
 
 STORE_12 = (44.4479, 26.0979)

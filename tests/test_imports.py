@@ -30,8 +30,7 @@ from starter.cli import app as cli_app
 from starter.imports import ImportFileError, ImportJourneyError, import_csv, read_rows
 from starter.ingest import Ingest
 
-# This module's own time-skipping server and a fresh store per test (see trigger_support).
-temporal_env = trigger_support.temporal_env
+# A fresh store per test (see trigger_support); the time-skipping server is per module (conftest).
 store = trigger_support.store
 
 MIXED = (

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -77,23 +76,6 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server of this module's own: runs left waiting here hold back no one."""
-    from conftest import register_search_attributes
-
-    path = shutil.which("temporal-test-server")
-    assert path is not None, "temporal-test-server is installed with the project (see README)"
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=path, data_converter=pydantic_data_converter
-    )
-    try:
-        await register_search_attributes(env.client)
-        yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest_asyncio.fixture

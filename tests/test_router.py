@@ -52,27 +52,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest_asyncio.fixture(scope="module")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server of this module's own.
-
-    Entry-rule tests start runs whose clocks they do not drive to the end; on their own server
-    those can never hold back the clock of the simulations that share the session's server.
-    """
-    from conftest import register_search_attributes
-
-    path = shutil.which("temporal-test-server")
-    assert path is not None, "temporal-test-server is installed with the project (see README)"
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=path, data_converter=pydantic_data_converter
-    )
-    try:
-        await register_search_attributes(env.client)
-        yield env
-    finally:
-        await env.shutdown()
-
-
 @pytest_asyncio.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
     opened = await Store.open(db_url)

@@ -7,7 +7,6 @@ covered), on queues of its own, against a store of its own with a catalog folder
 from __future__ import annotations
 
 import asyncio
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +18,6 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import func, select
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -61,23 +59,6 @@ ENDS_AT_ONCE = {"bye": {"end": "done"}}
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server of this module's own, so no run here can hold the shared clock."""
-    from conftest import register_search_attributes
-
-    path = shutil.which("temporal-test-server")
-    assert path is not None, "temporal-test-server is installed with the project (see README)"
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=path, data_converter=pydantic_data_converter
-    )
-    try:
-        await register_search_attributes(env.client)
-        yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest_asyncio.fixture

@@ -1,13 +1,11 @@
 """Shared pieces of the trigger tests (imports, API entries, geofences, attribute changes).
 
-`temporal_env` here is a module-scoped time-skipping server: imported into a test module it
-replaces the session's server for that module, so runs these tests leave behind can never hold
-back the clock of the simulations sharing the session server.
+The time-skipping server (`temporal_env`) is one per test module, from conftest; this module
+holds the store fixture, the engine (workers + router) and small journey helpers they share.
 """
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +15,6 @@ from typing import Any
 import pytest_asyncio
 from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
@@ -38,23 +35,6 @@ MARK_AND_END = {"mark": {"score": {"add": 1, "dimension": "entered"}, "next": "e
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server of the importing module's own."""
-    from conftest import register_search_attributes
-
-    path = shutil.which("temporal-test-server")
-    assert path is not None, "temporal-test-server is installed with the project (see README)"
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=path, data_converter=pydantic_data_converter
-    )
-    try:
-        await register_search_attributes(env.client)
-        yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest_asyncio.fixture
