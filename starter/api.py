@@ -30,6 +30,7 @@ from cairn.store import deliveries as deliveries_repo
 from cairn.store import entries as entries_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store import tasks as tasks_repo
+from cairn.store.contacts import ContactTraitError
 from cairn.store.db import Store
 from starter.contacts_api import contacts_router
 from starter.entries_api import entries_router
@@ -278,6 +279,13 @@ async def _validation_failed(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _trait_refused(request: Request, exc: Exception) -> JSONResponse:
+    """A trait the store cannot keep (unknown time zone, over-long phone): the caller's error."""
+    message = f"body.traits.{exc}"
+    log.info("api.rejected", path=request.url.path, errors=[message])
+    return JSONResponse(status_code=422, content={"errors": [message], "detail": [message]})
+
+
 # --------------------------------------------------------------------------- the app
 
 _INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -308,6 +316,7 @@ def create_app(
     )
     app.state.settings = settings
     app.add_exception_handler(RequestValidationError, _validation_failed)
+    app.add_exception_handler(ContactTraitError, _trait_refused)
 
     @app.post("/v1/track", status_code=202, response_model=Accepted, tags=["ingest"],
               summary="Record an event (Segment track)", responses=_INGEST_RESPONSES)

@@ -386,3 +386,18 @@ def test_cairn_publish_prints_key_version_and_new(
     assert "no (unchanged)" in again.output
     assert broken.exit_code == 1
     assert "bad.yaml" in broken.output
+
+
+async def test_a_trait_the_store_cannot_keep_is_a_422_naming_it(db_url: str) -> None:
+    store = await Store.open(db_url)
+    try:
+        app = create_app(store, Ingest(store, None), settings=Settings(database_url=db_url))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://cairn.test") as client:
+            answer = await client.post(
+                "/v1/identify", json={"userId": "c-tz", "traits": {"timezone": "Europe/Nowhere"}}
+            )
+        assert answer.status_code == 422
+        assert answer.json()["errors"][0].startswith("body.traits.timezone")
+    finally:
+        await store.close()
