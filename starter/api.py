@@ -36,7 +36,7 @@ from starter.contacts_api import contacts_router
 from starter.entries_api import entries_router
 from starter.imports_api import imports_router
 from starter.ingest import Ingest, IngestResult
-from starter.segment_spec import BatchCall, IdentifyCall, TrackCall
+from starter.segment_spec import BatchCall, IdentifyCall, PageCall, TrackCall
 
 log = get_logger(__name__)
 
@@ -332,6 +332,14 @@ def create_app(
     async def identify(call: IdentifyCall, background: BackgroundTasks) -> Accepted:
         """Merge traits into the contact: email, phone, timezone, consent, push tokens, others."""
         result = await ingest.identify(call, route=False)
+        _route_later(background, ingest, [result])
+        return Accepted.of(result)
+
+    @app.post("/v1/page", status_code=202, response_model=Accepted, tags=["ingest"],
+              summary="Record a page view (Segment page)", responses=_INGEST_RESPONSES)
+    async def page(call: PageCall, background: BackgroundTasks) -> Accepted:
+        """Store the view as a `page_viewed` event (URL-visit segments read it), then route it."""
+        result = await ingest.page(call, route=False)
         _route_later(background, ingest, [result])
         return Accepted.of(result)
 

@@ -21,6 +21,7 @@ from cairn.journey import Journey
 from cairn.settings import Settings, get_settings
 from cairn.store import deliveries as deliveries_repo
 from cairn.store import entries as entries_repo
+from cairn.store import events as events_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
 from cairn.store.schema import Contact, Event
@@ -399,5 +400,27 @@ async def test_a_trait_the_store_cannot_keep_is_a_422_naming_it(db_url: str) -> 
             )
         assert answer.status_code == 422
         assert answer.json()["errors"][0].startswith("body.traits.timezone")
+    finally:
+        await store.close()
+
+
+async def test_a_page_view_is_stored_as_page_viewed_with_its_url(db_url: str) -> None:
+    store = await Store.open(db_url)
+    try:
+        app = create_app(store, Ingest(store, None), settings=Settings(database_url=db_url))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://cairn.test") as client:
+            answer = await client.post("/v1/page", json={
+                "userId": "c-page", "name": "Pricing", "messageId": "page-1",
+                "context": {"page": {"url": "https://shop.example/pricing"}}})
+            missing = await client.post("/v1/page", json={"name": "Pricing"})
+        assert answer.status_code == 202
+        assert missing.status_code == 422
+        async with store.session() as session:
+            stored = await events_repo.event_by_message_id(session, "page-1")
+        assert stored is not None
+        assert (stored.name, stored.properties.get("url")) == (
+            "page_viewed", "https://shop.example/pricing"
+        )
     finally:
         await store.close()
