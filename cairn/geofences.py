@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from cairn.conditions import Spec
-from cairn.journey_files import Problem, model_problems, read_document
+from cairn.journey_files import DefinitionFileError, Problem, model_problems, read_document
 from cairn.segments import segment_files
 
 EARTH_RADIUS_M = 6_371_008.8
@@ -34,13 +34,10 @@ EARTH_RADIUS_M = 6_371_008.8
 FENCE_KEY = r"^[a-z0-9][a-z0-9_-]{0,127}$"
 
 
-class GeofenceFileError(Exception):
+class GeofenceFileError(DefinitionFileError):
     """Geofence files that cannot be used; `.problems` lists every fix, with file and field."""
 
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{len(problems)} problem(s) to fix in geofence definitions:\n{lines}")
+    holds = "geofence definitions"
 
 
 class Geofence(Spec):

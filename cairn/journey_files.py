@@ -44,6 +44,20 @@ class Problem:
         )
 
 
+class DefinitionFileError(Exception):
+    """Definition files (segments, scoring rules, geofences) that cannot be used.
+
+    `.problems` lists every fix, each with its file and field; subclasses name what they hold.
+    """
+
+    holds = "definitions"
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) to fix in {self.holds}:\n{lines}")
+
+
 class JourneyFileError(Exception):
     """A journey file that cannot be used; `.problems` lists everything to fix."""
 

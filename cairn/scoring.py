@@ -32,7 +32,7 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator, model
 
 from cairn.conditions import Condition, Spec, evaluate_event_filter, parse_condition
 from cairn.durations import PositiveDuration
-from cairn.journey_files import Problem, model_problems, read_document
+from cairn.journey_files import DefinitionFileError, Problem, model_problems, read_document
 from cairn.journey_run import EventMessage
 from cairn.segments import segment_files
 
@@ -44,13 +44,10 @@ DIMENSION_PATTERN = r"^(global|stage:[A-Za-z0-9_.-]+|tag:[A-Za-z0-9_.-]+)$"
 _DIMENSION_HELP = "use global, stage:<sales stage> or tag:<tag>"
 
 
-class ScoringFileError(Exception):
+class ScoringFileError(DefinitionFileError):
     """Scoring files that cannot be used; `.problems` lists every fix, with file and field."""
 
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{len(problems)} problem(s) to fix in scoring rules:\n{lines}")
+    holds = "scoring rules"
 
 
 def _dimension(value: str) -> str:

@@ -44,7 +44,13 @@ from cairn.conditions import (
     parse_condition,
 )
 from cairn.contact import ContactSnapshot
-from cairn.journey_files import JOURNEY_SUFFIXES, Problem, model_problems, read_document
+from cairn.journey_files import (
+    JOURNEY_SUFFIXES,
+    DefinitionFileError,
+    Problem,
+    model_problems,
+    read_document,
+)
 
 PAGE_VIEWED = "page_viewed"
 """The event name a Segment `page` call is stored under; its `properties.url` is the page."""
@@ -56,13 +62,10 @@ PROFILE_FIELDS = ("last_seen_at", "first_seen_at", "timezone", "email", "phone",
 name, if a contact has one, wins)."""
 
 
-class SegmentFileError(Exception):
+class SegmentFileError(DefinitionFileError):
     """Segment files that cannot be used; `.problems` lists every fix, with file and field."""
 
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{len(problems)} problem(s) to fix in segment definitions:\n{lines}")
+    holds = "segment definitions"
 
 
 class Segment(Spec):

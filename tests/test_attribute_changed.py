@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import engine_support
 import httpx
-import trigger_support
-from temporalio.testing import WorkflowEnvironment
-from trigger_support import (
+from engine_support import (
     MARK_AND_END,
     T0,
     engine,
@@ -18,6 +17,7 @@ from trigger_support import (
     publish,
     unique,
 )
+from temporalio.testing import WorkflowEnvironment
 
 from cairn.journey import Journey
 from cairn.settings import Settings
@@ -27,8 +27,8 @@ from starter.ingest import Ingest, IngestResult
 from starter.segment_spec import IdentifyCall
 from starter.simulate import Scenario, Simulator, parse_scenario
 
-# A fresh store per test (see trigger_support); the time-skipping server is per module (conftest).
-store = trigger_support.store
+# A fresh store per test (see engine_support); the time-skipping server is per module (conftest).
+store = engine_support.store
 
 
 async def identify(ingest: Ingest, contact: str, minutes: int, message_id: str | None = None,

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import engine_support
 import httpx
-import trigger_support
-from temporalio.testing import WorkflowEnvironment
-from trigger_support import (
+from engine_support import (
     MARK_AND_END,
     engine,
     entries_of,
@@ -17,6 +16,7 @@ from trigger_support import (
     publish,
     unique,
 )
+from temporalio.testing import WorkflowEnvironment
 
 from cairn.journey_run import workflow_id
 from cairn.settings import Settings
@@ -25,8 +25,8 @@ from starter.api import create_app
 from starter.ingest import Ingest
 from starter.router import Router
 
-# A fresh store per test (see trigger_support); the time-skipping server is per module (conftest).
-store = trigger_support.store
+# A fresh store per test (see engine_support); the time-skipping server is per module (conftest).
+store = engine_support.store
 
 
 @asynccontextmanager

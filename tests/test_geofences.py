@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import engine_support
 import pytest
-import trigger_support
-from temporalio.testing import WorkflowEnvironment
-from trigger_support import (
+from engine_support import (
     MARK_AND_END,
     T0,
     engine,
@@ -18,6 +17,7 @@ from trigger_support import (
     publish,
     unique,
 )
+from temporalio.testing import WorkflowEnvironment
 
 from cairn.geofences import GeofenceFileError, distance_m, fences_containing, load_geofences
 from cairn.journey import Journey
@@ -28,8 +28,8 @@ from starter.ingest import Ingest
 from starter.segment_spec import TrackCall
 from starter.simulate import Simulator, parse_scenario
 
-# A fresh store per test (see trigger_support); the time-skipping server is per module (conftest).
-store = trigger_support.store
+# A fresh store per test (see engine_support); the time-skipping server is per module (conftest).
+store = engine_support.store
 
 STORE_12 = (44.4479, 26.0979)
 """A shop in central Bucharest; the fence around it has a 150 m radius."""

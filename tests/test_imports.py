@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import engine_support
 import httpx
 import pytest
-import trigger_support
-from sqlalchemy import func, select
-from temporalio.testing import WorkflowEnvironment
-from trigger_support import (
+from engine_support import (
     MARK_AND_END,
     engine,
     entries_of,
@@ -19,6 +17,8 @@ from trigger_support import (
     publish,
     unique,
 )
+from sqlalchemy import func, select
+from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from cairn.settings import Settings, get_settings
@@ -30,8 +30,8 @@ from starter.cli import app as cli_app
 from starter.imports import ImportFileError, ImportJourneyError, import_csv, read_rows
 from starter.ingest import Ingest
 
-# A fresh store per test (see trigger_support); the time-skipping server is per module (conftest).
-store = trigger_support.store
+# A fresh store per test (see engine_support); the time-skipping server is per module (conftest).
+store = engine_support.store
 
 MIXED = (
     "userId,email,plan,timezone,orders\n"          # line 1

@@ -13,20 +13,19 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
+from engine_support import T0, terminate_leftovers, unique
 from sqlalchemy import select, update
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from cairn.journey import Journey
@@ -42,7 +41,6 @@ from starter.router import Router
 from starter.segment_spec import TrackCall
 from starter.worker import journey_workers, running
 
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 DEADLINE = 60.0
 
 API_PROCESS = """\
@@ -74,10 +72,6 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 """
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 @pytest_asyncio.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
     opened = await Store.open(db_url)
@@ -98,16 +92,7 @@ async def engine(env: WorkflowEnvironment, store: Store) -> AsyncIterator[Ingest
             yield Ingest(store, Router(env.client, store, task_queue=queue,
                                        delivery_task_queue=f"{queue}-delivery"))
         finally:
-            async with store.session() as session:
-                wids = {row.workflow_id for row in await entries_repo.entries_for(session)}
-            for wid in wids:
-                handle = env.client.get_workflow_handle(wid)
-                try:
-                    if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-                        await handle.terminate(reason="test over")
-                except RPCError as error:
-                    if error.status != RPCStatusCode.NOT_FOUND:
-                        raise
+            await terminate_leftovers(env.client, store)
 
 
 async def publish_waiting_journey(store: Store, key: str) -> None:

@@ -9,47 +9,35 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
+from engine_support import T0, engine, finished, publish, unique
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from cairn import search_attributes
-from cairn.journey import Journey
 from cairn.journey_run import (
     EXIT_SIGNAL,
     EventMessage,
     ExitRequest,
-    JourneyResult,
     workflow_id,
 )
 from cairn.settings import Settings, get_settings
 from cairn.store import entries as entries_repo
 from cairn.store import events as events_repo
-from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
 from starter.api import create_app
 from starter.cli import app as cli_app
 from starter.cli_catalog import current_step, exit_runs, step_counts
 from starter.ingest import Ingest
-from starter.router import RouteDecision, Router
-from starter.worker import journey_workers, running
-
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+from starter.router import RouteDecision
 
 
 @pytest_asyncio.fixture
@@ -61,53 +49,9 @@ async def store(db_url: str) -> AsyncIterator[Store]:
         await opened.close()
 
 
-@asynccontextmanager
-async def engine(env: WorkflowEnvironment, store: Store) -> AsyncIterator[Router]:
-    """Workers for this test only (own queues) and a router that starts runs on them."""
-    queue = unique("journeys")
-    workers = journey_workers(env.client, store, journey_queue=queue,
-                              delivery_queue=f"{queue}-delivery")
-    async with running(workers):
-        try:
-            yield Router(env.client, store, task_queue=queue,
-                         delivery_task_queue=f"{queue}-delivery")
-        finally:
-            await terminate_leftovers(env, store)
-
-
-async def terminate_leftovers(env: WorkflowEnvironment, store: Store) -> None:
-    """End the runs a test left waiting: once their workers are gone, a timer of theirs fired by
-    time skipping would leave a workflow task nobody takes, and the shared server would stop
-    skipping time for every later test."""
-    async with store.session() as session:
-        wids = dict.fromkeys(row.workflow_id for row in await entries_repo.entries_for(session))
-    for wid in wids:
-        handle = env.client.get_workflow_handle(wid)
-        try:
-            if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-                await handle.terminate(reason="test over")
-        except RPCError as error:
-            if error.status != RPCStatusCode.NOT_FOUND:
-                raise
-
-
-async def publish(store: Store, definition: dict[str, Any]) -> Journey:
-    journey = Journey.model_validate(definition)
-    async with store.session() as session, session.begin():
-        row, _ = await journeys_repo.publish(session, journey, source=None, now=T0)
-    return journeys_repo.journey_of(row)
-
-
 def event(name: str, contact: str, at: datetime = T0, **properties: Any) -> EventMessage:
     return EventMessage(message_id=unique("m"), event=name, contact_id=contact,
                         properties=properties, timestamp=at)
-
-
-async def finished(env: WorkflowEnvironment, wid: str) -> JourneyResult:
-    """Wait for a run to end (the test server skips its timers meanwhile)."""
-    handle = env.client.get_workflow_handle(wid, result_type=JourneyResult)
-    result: JourneyResult = await handle.result()
-    return result
 
 
 async def entries(store: Store, journey_key: str, contact: str) -> list[Any]:

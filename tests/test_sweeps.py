@@ -7,7 +7,6 @@ covered), on queues of its own, against a store of its own with a catalog folder
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -16,9 +15,9 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from engine_support import terminate_leftovers, unique
 from sqlalchemy import func, select
-from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 from typer.testing import CliRunner
@@ -57,10 +56,6 @@ from workflows.sweeps import (
 ENDS_AT_ONCE = {"bye": {"end": "done"}}
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 @pytest_asyncio.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
     opened = await Store.open(db_url)
@@ -95,19 +90,6 @@ async def worker(env: WorkflowEnvironment, store: Store, catalog: Path,
             yield config
         finally:
             await terminate_leftovers(env.client, store)
-
-
-async def terminate_leftovers(client: Client, store: Store) -> None:
-    async with store.session() as session:
-        wids = dict.fromkeys(row.workflow_id for row in await entries_repo.entries_for(session))
-    for wid in wids:
-        handle = client.get_workflow_handle(wid)
-        try:
-            if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-                await handle.terminate(reason="test over")
-        except RPCError as error:
-            if error.status != RPCStatusCode.NOT_FOUND:
-                raise
 
 
 async def publish(store: Store, definition: dict[str, Any]) -> Journey:

@@ -1,4 +1,4 @@
-"""Shared pieces of the trigger tests (imports, API entries, geofences, attribute changes).
+"""Shared pieces of the tests that run journeys on workers: router, relay, sweeps and triggers.
 
 The time-skipping server (`temporal_env`) is one per test module, from conftest; this module
 holds the store fixture, the engine (workers + router) and small journey helpers they share.
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest_asyncio
 from sqlalchemy import select
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
@@ -58,14 +58,14 @@ async def engine(env: WorkflowEnvironment, store: Store) -> AsyncIterator[Router
             yield Router(env.client, store, task_queue=queue,
                          delivery_task_queue=f"{queue}-delivery")
         finally:
-            await terminate_leftovers(env, store)
+            await terminate_leftovers(env.client, store)
 
 
-async def terminate_leftovers(env: WorkflowEnvironment, store: Store) -> None:
+async def terminate_leftovers(client: Client, store: Store) -> None:
     async with store.session() as session:
         wids = dict.fromkeys(row.workflow_id for row in await entries_repo.entries_for(session))
     for wid in wids:
-        handle = env.client.get_workflow_handle(wid)
+        handle = client.get_workflow_handle(wid)
         try:
             if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
                 await handle.terminate(reason="test over")
