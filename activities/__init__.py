@@ -8,7 +8,7 @@ methods these functions return. Sends run on their own task queue (`cairn-delive
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from activities.contacts import ContactActivities
 from activities.delivery import DeliveryActivities
@@ -19,6 +19,9 @@ from activities.scores import ScoreActivities
 from activities.sweeps import SweepActivities
 from activities.tasks import TaskActivities
 from cairn.store.db import Store
+
+if TYPE_CHECKING:
+    from starter.ingest import Ingest
 
 __all__ = [
     "ContactActivities",
@@ -34,18 +37,26 @@ __all__ = [
 ]
 
 
-def journey_activities(store: Store) -> list[Callable[..., Any]]:
-    """Activities of the interpreter's queue: every one of `cairn.actions` but deliver_message."""
-    contacts = ContactActivities(store)
+def journey_activities(
+    store: Store, delivery: DeliveryActivities | None = None, ingest: Ingest | None = None,
+) -> list[Callable[..., Any]]:
+    """Activities of the interpreter's queue: every one of `cairn.actions` but deliver_message.
+
+    `delivery` carries the channels and the delivery policy (default: local providers, no policy);
+    `ingest`, where the process has one, routes the events `update` steps announce at once
+    (otherwise the relay routes them).
+    """
+    delivery = delivery or DeliveryActivities(store)
+    contacts = ContactActivities(store, disabled_channels=delivery.channels.disabled)
     sweeps = SweepActivities(store)
     return [
         contacts.load_contact,
         contacts.evaluate_condition,
-        DeliveryActivities(store).prepare_send,
+        delivery.prepare_send,
         ScoreActivities(store).change_score,
-        ProfileActivities(store).update_profile,
-        TaskActivities(store).create_task,
-        LedgerActivities(store).record_action,
+        ProfileActivities(store, ingest=ingest).update_profile,
+        TaskActivities(store, delivery.channels).create_task,
+        LedgerActivities(store, delivery.channels).record_action,
         EntryActivities(store).finish_entry,
         sweeps.sweep_segments,
         sweeps.sweep_date_attributes,
@@ -53,6 +64,8 @@ def journey_activities(store: Store) -> list[Callable[..., Any]]:
     ]
 
 
-def delivery_activities(store: Store) -> list[Callable[..., Any]]:
+def delivery_activities(
+    store: Store, delivery: DeliveryActivities | None = None,
+) -> list[Callable[..., Any]]:
     """Activities of the delivery queue: sending messages through providers."""
-    return [DeliveryActivities(store).deliver_message]
+    return [(delivery or DeliveryActivities(store)).deliver_message]

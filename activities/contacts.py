@@ -30,8 +30,9 @@ log = get_logger(__name__)
 class ContactActivities:
     """Activities that read a contact: its snapshot and the conditions decided on it."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, disabled_channels: tuple[str, ...] = ()) -> None:
         self.store = store
+        self.disabled_channels = disabled_channels
 
     @activity.defn(name=LOAD_CONTACT)
     async def load_contact(self, request: LoadContactRequest) -> ContactSnapshot:
@@ -43,7 +44,8 @@ class ContactActivities:
 
     @activity.defn(name=EVALUATE_CONDITION)
     async def evaluate_condition(self, request: ConditionRequest) -> VerdictResult:
-        """Decide an `if` condition on a fresh snapshot; the trigger is the event in scope."""
+        """Decide an `if` condition on a fresh snapshot; the trigger is the event in scope, and
+        the events the journey's waits caught come with the request."""
         context = request.context
         bound = step_log(context)
         async with self.store.session() as s:
@@ -56,8 +58,17 @@ class ContactActivities:
                     where=spec.where,
                 )
 
+            async def sum_events(spec: HasDone) -> float:
+                assert spec.sum is not None  # evaluate asks for sums of has_done with `sum`
+                since = window_start(spec, now=context.now, entered_at=request.entered_at)
+                return await events_repo.sum_event_property(
+                    s, context.contact_id, spec.event, spec.sum, since=since, until=context.now,
+                    where=spec.where,
+                )
+
             def reachable(spec: ReachableSpec) -> Verdict:
-                return reachability(contact, spec.channel, spec.category)
+                return reachability(contact, spec.channel, spec.category,
+                                    disabled=self.disabled_channels)
 
             verdict = await evaluate(
                 request.condition,
@@ -66,7 +77,9 @@ class ContactActivities:
                     contact=contact.as_scope(),
                     event=request.trigger.as_scope() if request.trigger else None,
                     count_events=count_events,
+                    sum_events=sum_events,
                     reachable=reachable,
+                    caught=request.caught_events,
                 ),
             )
         bound.info("condition.decided", result=verdict.result, reason=verdict.reason)

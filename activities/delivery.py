@@ -1,24 +1,29 @@
 """Sending messages: plan where and when a send may go, then deliver it exactly once.
 
 `prepare_send` (journey queue) decides: the first candidate channel the contact is reachable on
-for the send's category, or a skip; for marketing, whether quiet hours hold it and until when.
-It never sleeps: the interpreter waits on a durable timer and asks again. `deliver_message`
-(delivery queue) renders the template part for the chosen channel and hands the message to the
-provider. Until real providers arrive that is the `outbox` provider: the rendered message recorded
-in the deliveries ledger (and the log).
+for the send's category and topic, or a skip; for marketing, whether quiet hours or a frequency
+cap hold it and until when (or, when the journey says so, skips it). It never sleeps: the
+interpreter waits on a durable timer and asks again. `deliver_message` (delivery queue) renders
+the template part for the chosen channel and hands the message to the channel's provider.
 
-Every decision lands in the ledger under the step's idempotency key `<workflow id>/<step>/
-<iteration>`: a send as `sent`, a skip as `skipped:unreachable` / `skipped:consent` (written by
-`prepare_send`, so the ledger shows sends that did not happen and why), a template that cannot
-render as `failed`. A retried activity finds its row and repeats its answer instead of sending.
+Exactly once. Every decision lands in the ledger under the send's key (`<workflow id>/<entry>/
+<step>/<iteration>`, plus `/fallback-N` for a fallback channel). Before the provider is called
+the row is committed as `sending`; after it answers, `sent` with the provider's message id. A
+retry that finds `sending` knows an earlier attempt may have reached the provider: it re-sends
+only to a provider that drops duplicate idempotency keys, otherwise it records the send as made
+(`outcome unconfirmed`) rather than risk a second message. A provider error that proves nothing
+went out (connection refused, 429, 5xx answer) removes the `sending` row and lets Temporal retry,
+after the provider's Retry-After when it gave one.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import delete, select
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.context import (
     TEMPLATE_ERROR,
@@ -30,22 +35,33 @@ from activities.context import (
 from cairn.actions import (
     DELIVER_MESSAGE,
     PREPARE_SEND,
+    PROVIDER_REJECTED,
+    PROVIDER_UNAVAILABLE,
+    SEND_STATUSES,
     SendOutcome,
     SendPlan,
     SendRequest,
     SendStatus,
 )
+from cairn.channels.base import OutgoingMessage, Provider, ProviderError
+from cairn.channels.registry import ChannelSet, local_channels
 from cairn.contact import ContactSnapshot
+from cairn.delivery_policy import DeliveryPolicy, cap_hold
 from cairn.durations import parse_time_of_day
+from cairn.journey import QuietHours
 from cairn.local_time import TimezoneError, quiet_hours_end, zone
 from cairn.reachability import Blocker, blocker, normalised_phone
 from cairn.store import deliveries as deliveries_repo
+from cairn.store import suppressions
 from cairn.store.db import Store
 from cairn.store.schema import Delivery
 from cairn.templates import TemplateRenderError, message_scope, render
+from cairn.unsubscribe import UnsubscribeScope, list_unsubscribe_headers, unsubscribe_url
 
-OUTBOX = "outbox"
-"""The local provider: records the rendered message in the ledger instead of sending it."""
+UNCONFIRMED = (
+    "provider outcome unknown after an interrupted attempt; not sent again so it cannot "
+    "arrive twice"
+)
 
 
 def _plan_of(row: Delivery) -> SendPlan:
@@ -56,13 +72,10 @@ def _plan_of(row: Delivery) -> SendPlan:
 
 
 def _status(value: str) -> SendStatus:
-    allowed: tuple[SendStatus, ...] = (
-        "ready", "sent", "skipped:unreachable", "skipped:consent", "deferred:quiet_hours", "failed",
-    )
-    for status in allowed:
+    for status in SEND_STATUSES:
         if value == status:
             return status
-    return "failed"
+    return "sent" if value == "sending" else "failed"
 
 
 def skip_status(blockers: list[tuple[str, Blocker]]) -> tuple[SendStatus, str | None]:
@@ -89,16 +102,45 @@ def address_of(contact: ContactSnapshot, channel: str) -> str | None:
     return contact.id
 
 
-class DeliveryActivities:
-    """Send planning and delivery through the outbox provider."""
+def _web_push_keys(contact: ContactSnapshot, endpoint: str | None) -> dict[str, str]:
+    return next((s.keys for s in contact.web_push if s.endpoint == endpoint), {})
 
-    def __init__(self, store: Store) -> None:
+
+def _pending_response(
+    contact: ContactSnapshot, channel: str, to: str, headers: dict[str, str],
+) -> dict[str, Any]:
+    """What a retry needs to send the same message again: recipient, headers, push keys."""
+    pending: dict[str, Any] = {"to": to}
+    if headers:
+        pending["headers"] = headers
+    if channel == "web_push":
+        pending["keys"] = _web_push_keys(contact, to)
+    return pending
+
+
+class DeliveryActivities:
+    """Send planning (journey queue) and delivery through the channel's provider (delivery
+    queue). `channels` defaults to the local providers: outbox, and the inbox for in-app."""
+
+    def __init__(
+        self,
+        store: Store,
+        channels: ChannelSet | None = None,
+        policy: DeliveryPolicy | None = None,
+        *,
+        public_url: str = "http://127.0.0.1:8000",
+        signing_key: bytes = b"cairn-local-unsubscribe-key",
+    ) -> None:
         self.store = store
+        self.channels = channels or local_channels(store)
+        self.policy = policy or DeliveryPolicy()
+        self.public_url = public_url
+        self.signing_key = signing_key
 
     def _ledger_fields(self, request: SendRequest, now: datetime) -> dict[str, Any]:
         context = request.context
         return {
-            "idempotency_key": context.idempotency_key,
+            "idempotency_key": request.ledger_key,
             "kind": "send",
             "workflow_id": context.workflow_id,
             "journey_key": context.journey_key,
@@ -109,83 +151,144 @@ class DeliveryActivities:
             "created_at": now,
         }
 
+    # ------------------------------------------------------------------ planning
+
     @activity.defn(name=PREPARE_SEND)
     async def prepare_send(self, request: SendRequest) -> SendPlan:
-        """Choose the channel, or hold for quiet hours, or skip (and record the skip).
+        """Choose the channel, or hold (quiet hours, frequency cap), or skip (and record why).
 
-        Checks candidates in order: address, suppression, consent for the category. None usable:
-        a `skipped:*` row is written under the step's key and the plan says why for every
-        candidate. A marketing send inside the quiet hours (contact's time zone, else the
-        journey's) returns `deferred:quiet_hours` with `hold_until`; nothing is recorded, the
-        interpreter waits and asks again. Transactional sends ignore quiet hours.
+        Checks candidates in order: channel enabled, address, suppression, consent for the
+        category and topic. None usable: a `skipped:*` row is written under the send's key and the
+        plan says why for every candidate. A marketing send inside quiet hours (the journey's,
+        or the channel's from the delivery policy, in the contact's time zone) or over a cap
+        returns `deferred:*` with `hold_until`, or with `when_held: skip` records a skip.
+        Transactional sends are never held.
         """
         context = request.context
         bound = step_log(context)
         async with self.store.session() as s, s.begin():
-            recorded = await deliveries_repo.find_delivery(s, context.idempotency_key)
+            recorded = await deliveries_repo.find_delivery(s, request.ledger_key)
             if recorded is not None:
                 bound.info("send.plan_recorded", status=recorded.status, channel=recorded.channel)
                 return _plan_of(recorded)
             contact = await contact_snapshot(s, context.contact_id)
             blockers: list[tuple[str, Blocker]] = []
             chosen: str | None = None
-            for candidate in request.send.candidates():
-                found = blocker(contact, candidate, request.send.category)
+            for candidate in request.candidates():
+                found = blocker(contact, candidate, request.send.category,
+                                topic=request.send.topic, disabled=self.channels.disabled)
                 if found is None:
                     chosen = candidate
                     break
                 blockers.append((candidate, found))
             if chosen is None:
                 status, shown = skip_status(blockers)
-                row, _ = await deliveries_repo.record_delivery(
-                    s, **self._ledger_fields(request, context.now),
-                    channel=shown, status=status,
-                    reason="; ".join(b.reason for _, b in blockers), rendered={},
-                )
-                bound.info("send.skipped", status=row.status, reason=row.reason)
-                return SendPlan(status=_status(row.status), channel=row.channel,
-                                reason=row.reason or "")
-        hold_until = self._quiet_until(request, contact)
-        if hold_until is not None:
-            assert request.quiet_hours is not None
-            reason = (f"quiet hours {request.quiet_hours.from_}-{request.quiet_hours.to} in "
-                      f"{contact.timezone or request.default_timezone}")
-            bound.info("send.deferred", channel=chosen, until=hold_until.isoformat(),
-                       reason=reason)
-            return SendPlan(status="deferred:quiet_hours", channel=chosen, hold_until=hold_until,
-                            reason=reason)
+                return await self._skip(s, request, status, shown,
+                                        "; ".join(b.reason for _, b in blockers))
+            hold = self._quiet_until(request, contact, chosen)
+            if hold is None and request.send.category == "marketing":
+                hold = await self._cap_until(s, request, chosen)
+            if hold is not None:
+                status, until, reason = hold
+                if request.when_held == "skip":
+                    skipped: SendStatus = ("skipped:quiet_hours"
+                                           if status == "deferred:quiet_hours"
+                                           else "skipped:frequency_cap")
+                    return await self._skip(s, request, skipped, chosen, reason)
+                bound.info("send.deferred", channel=chosen, until=until.isoformat(),
+                           reason=reason)
+                return SendPlan(status=status, channel=chosen, hold_until=until, reason=reason)
         reason = f"{chosen}: reachable for {request.send.category}"
         bound.info("send.ready", channel=chosen)
         return SendPlan(status="ready", channel=chosen, reason=reason)
 
-    def _quiet_until(self, request: SendRequest, contact: ContactSnapshot) -> datetime | None:
-        quiet = request.quiet_hours
-        if quiet is None or request.send.category != "marketing":
+    async def _skip(
+        self, s: Any, request: SendRequest, status: SendStatus, channel: str | None, reason: str,
+    ) -> SendPlan:
+        row, _ = await deliveries_repo.record_delivery(
+            s, **self._ledger_fields(request, request.context.now),
+            channel=channel, status=status, reason=reason, rendered={},
+        )
+        step_log(request.context).info("send.skipped", status=row.status, reason=row.reason)
+        return SendPlan(status=_status(row.status), channel=row.channel, reason=row.reason or "")
+
+    def _quiet_until(
+        self, request: SendRequest, contact: ContactSnapshot, channel: str,
+    ) -> tuple[SendStatus, datetime, str] | None:
+        """The latest end of the quiet hours that hold this send now, journey's and channel's."""
+        if request.send.category != "marketing":
             return None
+        windows: list[QuietHours] = []
+        if request.quiet_hours is not None:
+            windows.append(request.quiet_hours)
+        if channel in self.policy.quiet_hours:
+            windows.append(self.policy.quiet_hours[channel])
         try:
             zone(request.default_timezone)
-            timezone = contact.timezone
-            if timezone is not None:
-                try:
-                    zone(timezone)
-                except TimezoneError:
-                    step_log(request.context).warning("contact.bad_timezone", timezone=timezone)
-                    timezone = None
-            return quiet_hours_end(
+        except TimezoneError as error:
+            raise permanent(f"journey settings.timezone: {error}", VALIDATION_ERROR) from error
+        timezone = contact.timezone
+        if timezone is not None:
+            try:
+                zone(timezone)
+            except TimezoneError:
+                step_log(request.context).warning("contact.bad_timezone", timezone=timezone)
+                timezone = None
+        latest: tuple[datetime, QuietHours] | None = None
+        for quiet in windows:
+            end = quiet_hours_end(
                 request.context.now, timezone, parse_time_of_day(quiet.from_),
                 parse_time_of_day(quiet.to), default_tz=request.default_timezone,
             )
-        except TimezoneError as error:
-            raise permanent(f"journey settings.timezone: {error}", VALIDATION_ERROR) from error
+            if end is not None and (latest is None or end > latest[0]):
+                latest = (end, quiet)
+        if latest is None:
+            return None
+        end, quiet = latest
+        reason = (f"quiet hours {quiet.from_}-{quiet.to} on {channel} in "
+                  f"{timezone or request.default_timezone}")
+        return "deferred:quiet_hours", end, reason
+
+    async def _cap_until(
+        self, s: Any, request: SendRequest, channel: str,
+    ) -> tuple[SendStatus, datetime, str] | None:
+        """The latest time a frequency cap lets this marketing send go, if one holds it now."""
+        caps = [c for c in self.policy.caps if c.channel in (None, channel)]
+        if not caps:
+            return None
+        now = request.context.now
+        longest = max(c.window for c in caps)
+        rows = (await s.execute(
+            select(Delivery.channel, Delivery.sent_at).where(
+                Delivery.contact_id == request.context.contact_id,
+                Delivery.kind == "send",
+                Delivery.category == "marketing",
+                Delivery.status == "sent",
+                Delivery.sent_at > now - longest,
+            )
+        )).all()
+        latest: tuple[datetime, str] | None = None
+        for cap in caps:
+            times = [sent for ch, sent in rows
+                     if sent is not None and (cap.channel is None or ch == cap.channel)]
+            until = cap_hold(cap, channel, times, now)
+            if until is not None and (latest is None or until > latest[0]):
+                latest = (until, cap.describe())
+        if latest is None:
+            return None
+        return "deferred:frequency_cap", latest[0], f"frequency cap: {latest[1]}"
+
+    # ------------------------------------------------------------------ delivery
 
     @activity.defn(name=DELIVER_MESSAGE)
     async def deliver_message(self, request: SendRequest) -> SendOutcome:
-        """Render the template for the chosen channel and record it through the outbox provider.
+        """Render the template for the chosen channel and send it through the provider, once.
 
-        A second call with the same key returns the first outcome and writes nothing. The
-        contact is checked again (an unsubscribe may have arrived since the plan): a channel
-        that closed meanwhile records a skip instead of a send. A template that cannot render
-        is recorded as `failed` and raised as a permanent `TemplateError`.
+        A second call with the same key returns the first outcome. The contact is checked again
+        (an unsubscribe may have arrived since the plan): a channel that closed meanwhile records
+        a skip instead of a send. A template that cannot render is recorded as `failed` and
+        raised as a permanent `TemplateError`; a provider's permanent refusal as a permanent
+        `ProviderRejected` (the step then tries its next channel).
         """
         context = request.context
         bound = step_log(context)
@@ -195,55 +298,167 @@ class DeliveryActivities:
                 "deliver_message needs the channel chosen by prepare_send (request.channel)",
                 VALIDATION_ERROR,
             )
-        fields = self._ledger_fields(request, context.now)
+        provider = self.channels.provider(channel)
+        bound = bound.bind(channel=channel, provider=provider.name)
+        prepared: Delivery | TemplateRenderError | tuple[OutgoingMessage, int] | None = None
         async with self.store.session() as s, s.begin():
-            recorded = await deliveries_repo.find_delivery(s, context.idempotency_key)
-            if recorded is not None:
+            recorded = await deliveries_repo.find_delivery(s, request.ledger_key)
+            if recorded is not None and recorded.status != "sending":
                 bound.info("delivery.duplicate", delivery_id=recorded.id, status=recorded.status)
                 return self._outcome(recorded)
-            contact = await contact_snapshot(s, context.contact_id)
-            closed = blocker(contact, channel, request.send.category)
-            if closed is not None:
-                status, _ = skip_status([(channel, closed)])
-                row, _ = await deliveries_repo.record_delivery(
-                    s, **fields, channel=channel, status=status, reason=closed.reason,
-                    rendered={},
-                )
-                bound.info("send.skipped", status=status, reason=closed.reason)
-                return self._outcome(row)
-            scope = message_scope(
-                contact.as_scope(),
-                request.trigger.as_scope() if request.trigger else None,
-                request.journey_context,
+            if recorded is not None:
+                if not provider.idempotent:
+                    recorded.status = "sent"
+                    recorded.reason = UNCONFIRMED
+                    recorded.sent_at = recorded.sent_at or context.now
+                    recorded.response = {**(recorded.response or {}), "unconfirmed": True}
+                    bound.warning("delivery.unconfirmed", delivery_id=recorded.id)
+                    return self._outcome(recorded)
+                message = self._message_from_row(request, recorded)
+                row_id = recorded.id
+            else:
+                contact = await contact_snapshot(s, context.contact_id)
+                prepared = await self._prepare_message(s, request, channel, contact, provider)
+                if isinstance(prepared, Delivery):
+                    return self._outcome(prepared)
+                if not isinstance(prepared, TemplateRenderError):
+                    message, row_id = prepared
+        if isinstance(prepared, TemplateRenderError):
+            raise permanent(str(prepared), TEMPLATE_ERROR) from prepared
+        try:
+            receipt = await provider.send(message)
+        except ProviderError as error:
+            return await self._provider_failed(request, provider, message, row_id, error)
+        async with self.store.session() as s, s.begin():
+            row = await s.get(Delivery, row_id)
+            assert row is not None
+            row.status = "sent"
+            row.provider = receipt.provider
+            row.provider_message_id = receipt.provider_message_id
+            row.response = {**(row.response or {}), **receipt.response}
+            row.sent_at = context.now
+            bound.info("delivery.sent", delivery_id=row.id, template=request.send.template,
+                       provider_message_id=receipt.provider_message_id)
+            return self._outcome(row)
+
+    async def _prepare_message(
+        self, s: Any, request: SendRequest, channel: str, contact: ContactSnapshot,
+        provider: Provider,
+    ) -> Delivery | TemplateRenderError | tuple[OutgoingMessage, int]:
+        """Check, render and write the `sending` row; or the skip row it wrote, or the
+        template error it recorded as `failed` (raised once that row is committed)."""
+        context = request.context
+        fields = self._ledger_fields(request, context.now)
+        closed = blocker(contact, channel, request.send.category, topic=request.send.topic,
+                         disabled=self.channels.disabled)
+        if closed is not None:
+            status, _ = skip_status([(channel, closed)])
+            row, _ = await deliveries_repo.record_delivery(
+                s, **fields, channel=channel, status=status, reason=closed.reason, rendered={},
             )
-            try:
-                parts = render(request.send.template, request.template, channel, scope)
-            except TemplateRenderError as error:
-                failure: TemplateRenderError | None = error
+            step_log(context).info("send.skipped", status=status, reason=closed.reason)
+            return row
+        link = unsubscribe_url(
+            self.public_url,
+            UnsubscribeScope(contact.id, channel, request.send.topic),
+            self.signing_key,
+        )
+        scope = message_scope(
+            contact.as_scope(),
+            request.trigger.as_scope() if request.trigger else None,
+            request.journey_context,
+        )
+        scope["unsubscribe_url"] = link
+        try:
+            parts = render(request.send.template, request.template, channel, scope)
+        except TemplateRenderError as error:
+            row, _ = await deliveries_repo.record_delivery(
+                s, **fields, channel=channel, status="failed", reason=str(error), rendered={},
+            )
+            step_log(context).warning("delivery.template_error", template=request.send.template,
+                                      error=str(error))
+            return error
+        to = address_of(contact, channel) or contact.id
+        headers = (list_unsubscribe_headers(link)
+                   if channel == "email" and request.send.category == "marketing" else {})
+        row, _ = await deliveries_repo.record_delivery(
+            s, **fields, channel=channel, provider=provider.name, status="sending",
+            reason=None, rendered=parts,
+            response=_pending_response(contact, channel, to, headers),
+        )
+        return self._message(request, channel, to, parts, headers, row), row.id
+
+    def _message(
+        self, request: SendRequest, channel: str, to: str, parts: dict[str, str],
+        headers: dict[str, str], row: Delivery,
+    ) -> OutgoingMessage:
+        context = request.context
+        extra: dict[str, Any] = {"now": context.now}
+        keys = (row.response or {}).get("keys")
+        if keys:
+            extra["keys"] = keys
+        return OutgoingMessage(
+            channel=channel, to=to, parts=dict(parts), category=request.send.category,
+            idempotency_key=request.ledger_key, contact_id=context.contact_id,
+            headers=dict(headers),
+            metadata={"journey": context.journey_key, "step": context.step,
+                      "contact": context.contact_id, "template": request.send.template,
+                      "delivery_id": str(row.id)},
+            extra=extra,
+        )
+
+    def _message_from_row(self, request: SendRequest, row: Delivery) -> OutgoingMessage:
+        """The same message again, for a provider that de-duplicates by idempotency key."""
+        response = row.response or {}
+        return self._message(request, row.channel or "", str(response.get("to") or ""),
+                             dict(row.rendered or {}), dict(response.get("headers") or {}), row)
+
+    async def _provider_failed(
+        self, request: SendRequest, provider: Provider, message: OutgoingMessage, row_id: int,
+        error: ProviderError,
+    ) -> SendOutcome:
+        """Record what a provider failure means for the ledger, then answer or raise."""
+        context = request.context
+        bound = step_log(context).bind(channel=message.channel, provider=provider.name)
+        async with self.store.session() as s, s.begin():
+            row = await s.get(Delivery, row_id)
+            assert row is not None
+            if error.outcome_unknown and not provider.idempotent:
+                row.status = "sent"
+                row.reason = f"{UNCONFIRMED}: {error}"
+                row.sent_at = context.now
+                row.response = {**(row.response or {}), "unconfirmed": True}
+                bound.warning("delivery.unconfirmed", delivery_id=row.id, error=str(error))
+                return self._outcome(row)
+            if error.retryable:
+                if not error.outcome_unknown:
+                    # Nothing went out: the next attempt starts afresh (and re-checks consent).
+                    await s.execute(delete(Delivery).where(Delivery.id == row_id))
+                bound.warning("delivery.retry", error=str(error), retry_after=error.retry_after)
             else:
-                failure = None
-            if failure is not None:
-                await deliveries_repo.record_delivery(
-                    s, **fields, channel=channel, status="failed", reason=str(failure),
-                    rendered={},
-                )
-            else:
-                row, new = await deliveries_repo.record_delivery(
-                    s, **fields, channel=channel, provider=OUTBOX, status="sent", reason=None,
-                    rendered=parts, response={"provider": OUTBOX,
-                                              "to": address_of(contact, channel)},
-                    sent_at=context.now,
-                )
-        if failure is not None:
-            bound.warning("delivery.template_error", template=request.send.template,
-                          error=str(failure))
-            raise permanent(str(failure), TEMPLATE_ERROR) from failure
-        if not new:
-            bound.info("delivery.duplicate", delivery_id=row.id, status=row.status)
+                row.status = "failed"
+                row.reason = str(error)
+                row.response = {**(row.response or {}), "status": error.status,
+                                "code": error.code}
+                if error.invalid_recipient:
+                    await self._close_address(s, message, context.now)
+                bound.warning("delivery.rejected", delivery_id=row.id, error=str(error),
+                              invalid_recipient=error.invalid_recipient)
+        # Raised after the commit: the ledger change above must stand whatever Temporal does.
+        if error.retryable:
+            delay = timedelta(seconds=error.retry_after) if error.retry_after is not None else None
+            raise ApplicationError(str(error), type=PROVIDER_UNAVAILABLE, next_retry_delay=delay)
+        raise ApplicationError(str(error), type=PROVIDER_REJECTED, non_retryable=True)
+
+    @staticmethod
+    async def _close_address(s: Any, message: OutgoingMessage, now: datetime) -> None:
+        """A dead address or token: reachability must know before the next send plans."""
+        if message.channel == "push":
+            await suppressions.drop_push_token(s, message.contact_id, message.to, now)
+        elif message.channel == "web_push":
+            await suppressions.drop_web_push(s, message.contact_id, message.to, now)
         else:
-            bound.info("delivery.sent", delivery_id=row.id, channel=channel, provider=OUTBOX,
-                       template=request.send.template)
-        return self._outcome(row)
+            await suppressions.suppress(s, message.contact_id, message.channel, now)
 
     @staticmethod
     def _outcome(row: Delivery) -> SendOutcome:

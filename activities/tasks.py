@@ -6,10 +6,15 @@ Title and note are Liquid texts with the contact and the trigger event in scope,
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.context import TEMPLATE_ERROR, contact_snapshot, permanent, step_log
-from cairn.actions import CREATE_TASK, TaskRequest, TaskResult
+from cairn.actions import CREATE_TASK, PROVIDER_UNAVAILABLE, TaskRequest, TaskResult
+from cairn.channels.base import OutgoingTask, ProviderError
+from cairn.channels.registry import ChannelSet
 from cairn.durations import parse_duration
 from cairn.store import tasks as tasks_repo
 from cairn.store.db import Store
@@ -17,12 +22,16 @@ from cairn.templates import TemplateRenderError, message_scope, render_text
 
 
 class TaskActivities:
-    def __init__(self, store: Store) -> None:
+    """Opens tasks in Cairn's own queues, mirrored into the CRM (HubSpot) when one is set up."""
+
+    def __init__(self, store: Store, channels: ChannelSet | None = None) -> None:
         self.store = store
+        self.crm = channels.tasks if channels is not None else None
 
     @activity.defn(name=CREATE_TASK)
     async def create_task(self, request: TaskRequest) -> TaskResult:
-        """Open the task once per step visit, due `due` after the journey's now."""
+        """Open the task once per step visit, due `due` after the journey's now; answers its
+        id and rendered title (the one stored first, on a retry) for the journey's path."""
         context, spec = request.context, request.task
         bound = step_log(context)
         async with self.store.session() as s, s.begin():
@@ -49,5 +58,30 @@ class TaskActivities:
                 due_at=context.now + parse_duration(spec.due) if spec.due else None,
                 now=context.now,
             )
-        bound.info("task.created", task_id=row.id, queue=spec.queue)
-        return TaskResult(task_id=row.id)
+            task_id, title, note, due_at = row.id, row.title, row.note, row.due_at
+        bound.info("task.created", task_id=task_id, queue=spec.queue)
+        if self.crm is not None:
+            await self._mirror(request, OutgoingTask(
+                title=title, idempotency_key=context.idempotency_key,
+                contact_id=context.contact_id, note=note, contact_email=contact.email,
+                due_at=due_at, queue=spec.queue,
+            ))
+        return TaskResult(task_id=task_id, title=title)
+
+    async def _mirror(self, request: TaskRequest, task: OutgoingTask) -> None:
+        """Create the CRM task once (the sink finds its earlier task by a marker on retries);
+        a CRM that refuses for good is logged, the local task stands."""
+        assert self.crm is not None
+        bound = step_log(request.context).bind(crm=self.crm.name)
+        try:
+            receipt = await self.crm.create_task(task)
+        except ProviderError as error:
+            if error.retryable:
+                delay = (timedelta(seconds=error.retry_after)
+                         if error.retry_after is not None else None)
+                bound.warning("task.crm_retry", error=str(error))
+                raise ApplicationError(str(error), type=PROVIDER_UNAVAILABLE,
+                                       next_retry_delay=delay) from error
+            bound.warning("task.crm_refused", error=str(error))
+            return
+        bound.info("task.mirrored", crm_task=receipt.provider_message_id)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from cairn.conditions import Condition
 from cairn.journey import (
     AudienceSync,
+    HeldChoice,
     Notify,
     ProfileUpdate,
     QuietHours,
@@ -72,6 +73,11 @@ class ConditionRequest(BaseModel):
     condition: Condition
     trigger: EventMessage | None = None
     entered_at: datetime | None = None
+    caught_events: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="the events named by the condition's `property`+`event` parts, as the "
+                    "journey's wait_for_event steps last caught them (event name -> event)",
+    )
 
 
 class VerdictResult(BaseModel):
@@ -80,8 +86,17 @@ class VerdictResult(BaseModel):
 
 
 SendStatus = Literal[
-    "ready", "sent", "skipped:unreachable", "skipped:consent", "deferred:quiet_hours", "failed"
+    "ready", "sent", "skipped:unreachable", "skipped:consent", "skipped:quiet_hours",
+    "skipped:frequency_cap", "deferred:quiet_hours", "deferred:frequency_cap", "failed",
 ]
+SEND_STATUSES: tuple[SendStatus, ...] = (
+    "ready", "sent", "skipped:unreachable", "skipped:consent", "skipped:quiet_hours",
+    "skipped:frequency_cap", "deferred:quiet_hours", "deferred:frequency_cap", "failed",
+)
+PROVIDER_UNAVAILABLE = "ProviderUnavailable"
+"""Error type of a provider failure that may pass: Temporal retries (after Retry-After)."""
+PROVIDER_REJECTED = "ProviderRejected"
+"""Error type of a send the provider refused for good: the step tries its next channel."""
 
 
 class SendRequest(BaseModel):
@@ -95,6 +110,20 @@ class SendRequest(BaseModel):
     quiet_hours: QuietHours | None = None
     default_timezone: str = "UTC"
     channel: str | None = Field(default=None, description="set by the interpreter for delivery")
+    when_held: HeldChoice = "wait"
+    exclude: list[str] = Field(
+        default_factory=list, description="channels a provider refused for good on this visit"
+    )
+    attempt: int = Field(default=0, description="0, then 1, 2... for each fallback channel")
+
+    @property
+    def ledger_key(self) -> str:
+        """The step's idempotency key; a fallback channel after a refusal gets its own row."""
+        key = self.context.idempotency_key
+        return key if self.attempt == 0 else f"{key}/fallback-{self.attempt}"
+
+    def candidates(self) -> list[str]:
+        return [c for c in self.send.candidates() if c not in self.exclude]
 
 
 class SendPlan(BaseModel):
@@ -126,6 +155,12 @@ class ScoreResult(BaseModel):
 class ProfileUpdateRequest(BaseModel):
     context: StepContext
     update: ProfileUpdate
+    trigger: EventMessage | None = Field(
+        default=None, description="the trigger, in scope of Liquid `set` values (else unused)"
+    )
+    journey_context: dict[str, Any] = Field(
+        default_factory=dict, description="the journey's context, in scope of Liquid `set` values"
+    )
 
 
 class TaskRequest(BaseModel):
@@ -136,6 +171,7 @@ class TaskRequest(BaseModel):
 
 class TaskResult(BaseModel):
     task_id: int
+    title: str | None = Field(default=None, description="the title as rendered for the contact")
 
 
 class ActionRequest(BaseModel):

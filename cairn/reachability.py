@@ -13,6 +13,7 @@ they never repeat the address itself.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -93,10 +94,24 @@ def transactional_consent(consent: dict[str, Any], channel: str) -> bool:
     return not (isinstance(own, dict) and own.get("transactional") is False)
 
 
-def blocker(contact: ContactSnapshot, channel: str, category: str) -> Blocker | None:
-    """What keeps a message of `category` from `channel`, or None when the contact is reachable."""
+def topic_consent(consent: dict[str, Any], topic: str) -> bool:
+    """Subscribed to a topic unless the contact unsubscribed from it (`topics.<topic>: false`)."""
+    topics = consent.get("topics")
+    return not (isinstance(topics, dict) and topics.get(topic) is False)
+
+
+def blocker(
+    contact: ContactSnapshot, channel: str, category: str, *, topic: str | None = None,
+    disabled: Collection[str] = (),
+) -> Blocker | None:
+    """What keeps a message of `category` from `channel`, or None when the contact is reachable.
+
+    `disabled` are channels the workspace turned off (no provider configured for them).
+    """
     if channel not in CHANNELS:
         return Blocker("channel", f"{channel}: unknown channel (known: {', '.join(CHANNELS)})")
+    if channel in disabled:
+        return Blocker("channel", f"{channel}: channel disabled in this workspace")
     problem = _address_problem(contact, channel)
     if problem is not None:
         return Blocker("address", f"{channel}: {problem}")
@@ -111,12 +126,16 @@ def blocker(contact: ContactSnapshot, channel: str, category: str) -> Blocker | 
     else:
         return Blocker("channel", f"{channel}: unknown category {category!r} "
                                   "(transactional or marketing)")
+    if topic is not None and not topic_consent(contact.consent, topic):
+        return Blocker("consent", f"{channel}: unsubscribed from topic {topic}")
     return None
 
 
-def reachability(contact: ContactSnapshot, channel: str, category: str) -> Verdict:
+def reachability(
+    contact: ContactSnapshot, channel: str, category: str, *, disabled: Collection[str] = (),
+) -> Verdict:
     """Whether `contact` can get a `category` message on `channel`, with the reason."""
-    found = blocker(contact, channel, category)
+    found = blocker(contact, channel, category, disabled=disabled)
     if found is not None:
         return Verdict(False, found.reason)
     return Verdict(True, f"{channel}: reachable for {category}")

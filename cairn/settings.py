@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,6 +33,48 @@ class Settings(BaseSettings):
     journeys_dir: Path = Path("journeys")
     log_level: str = "INFO"
     log_json: bool = False
+
+    # Channels: which provider sends each channel. `outbox` records the rendered message in the
+    # deliveries ledger instead of sending (no account needed); each provider reads its own
+    # CAIRN_<PROVIDER>_* settings (see cairn/channels/).
+    email_provider: Literal["outbox", "smtp", "postmark"] = "outbox"
+    sms_provider: Literal["outbox", "twilio"] = "outbox"
+    whatsapp_provider: Literal["outbox", "twilio"] = "outbox"
+    push_provider: Literal["outbox", "fcm"] = "outbox"
+    web_push_provider: Literal["outbox", "webpush"] = "outbox"
+    notify_provider: Literal["outbox", "slack"] = "outbox"
+    facebook_audiences: bool = Field(default=False, description="sync `facebook` audiences")
+    google_audiences: bool = Field(default=False, description="sync `google` audiences")
+    hubspot_tasks: bool = Field(default=False, description="mirror tasks into HubSpot")
+    webhooks_enabled: bool = Field(
+        default=True, description="call webhook steps' URLs; false records them only"
+    )
+    disabled_channels: list[str] = Field(default_factory=list)
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="where contacts reach the API: unsubscribe links, provider callbacks",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="signs unsubscribe links; default: a random key kept in <home>/secret_key",
+    )
+    smtp_sink_port: int = Field(default=1025, description="`cairn dev`'s local SMTP sink")
+
+    @property
+    def mail_dir(self) -> Path:
+        """Where `cairn dev`'s SMTP sink keeps the messages it received."""
+        return self.home / "mail"
+
+    def signing_key(self) -> bytes:
+        """The key for unsubscribe links: set, or created once per home and kept."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        path = self.home / "secret_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(32), encoding="utf-8")
+            path.chmod(0o600)
+        return path.read_text(encoding="utf-8").strip().encode()
 
     @property
     def store_url(self) -> str:

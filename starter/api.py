@@ -12,13 +12,13 @@ on (`body.batch[1].event: Field required`), beside FastAPI's usual `detail`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import BackgroundTasks, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from sqlalchemy import text
 from temporalio.client import Client
 
@@ -33,14 +33,69 @@ from cairn.store import tasks as tasks_repo
 from cairn.store.contacts import ContactTraitError
 from cairn.store.db import Store
 from starter.contacts_api import contacts_router
+from starter.delivery_api import delivery_router
 from starter.entries_api import entries_router
 from starter.imports_api import imports_router
 from starter.ingest import Ingest, IngestResult
-from starter.segment_spec import BatchCall, IdentifyCall, PageCall, TrackCall
+from starter.segment_spec import IdentifyCall, PageCall, TrackCall
+from starter.tasks_api import tasks_router
 
 log = get_logger(__name__)
 
-_CALL_TAGS = ("track", "identify")
+_CALL_TAGS = ("track", "identify", "page")
+
+
+# --------------------------------------------------------------------------- the batch body
+
+
+def _call_type(data: Any) -> str | None:
+    if isinstance(data, dict):
+        kind = data.get("type")
+        return kind if isinstance(kind, str) else None
+    return getattr(data, "type", None)
+
+
+BatchItem = Annotated[
+    Annotated[TrackCall, Tag("track")]
+    | Annotated[IdentifyCall, Tag("identify")]
+    | Annotated[PageCall, Tag("page")],
+    Discriminator(
+        _call_type,
+        custom_error_type="call_type",
+        custom_error_message="each batch item needs `type`: track, identify or page",
+    ),
+]
+"""One call of a batch, told apart by its `type`, each the body its own endpoint takes."""
+
+
+class BatchBody(BaseModel):
+    """`batch` (Segment): several calls at once, stored together in order.
+
+    Sources such as analytics.js batch page views with their tracks, so `page` items are taken
+    beside `track` and `identify` and stored as `/v1/page` stores them (a `page_viewed` event).
+    `context` applies to all and is ignored.
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "batch": [
+                        {"type": "identify", "userId": "c-1",
+                         "traits": {"email": "ana@example.com"}},
+                        {"type": "page", "userId": "c-1", "name": "Pricing",
+                         "properties": {"url": "https://shop.example/pricing"}},
+                        {"type": "track", "userId": "c-1", "event": "cart_item_added",
+                         "properties": {"value": 25}},
+                    ]
+                }
+            ]
+        },
+    )
+
+    batch: list[BatchItem] = Field(min_length=1, max_length=1000)
+    context: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- response models
@@ -117,6 +172,7 @@ class DeliveryView(BaseModel):
                     "contact_id": "c-1",
                     "channel": "push",
                     "provider": "outbox",
+                    "provider_message_id": "outbox-3f2a9c1d7e5b4a6f8c0d2e1f",
                     "template": "cart-reminder",
                     "category": "marketing",
                     "status": "sent",
@@ -137,6 +193,7 @@ class DeliveryView(BaseModel):
     contact_id: str | None
     channel: str | None
     provider: str | None
+    provider_message_id: str | None = None
     template: str | None
     category: str | None
     status: str
@@ -181,6 +238,10 @@ class TaskView(BaseModel):
     status: str
     due_at: datetime | None
     created_at: datetime
+    assignee: str | None = None
+    claimed_at: datetime | None = None
+    completed_at: datetime | None = None
+    outcome: str | None = None
 
 
 class ValidationProblem(BaseModel):
@@ -346,9 +407,10 @@ def create_app(
     @app.post("/v1/batch", status_code=202, response_model=list[Accepted], tags=["ingest"],
               summary="Record several calls at once (Segment batch)",
               responses=_INGEST_RESPONSES)
-    async def batch(call: BatchCall, background: BackgroundTasks) -> list[Accepted]:
-        """All items are validated first and stored in one transaction; one answer per item."""
-        results = await ingest.batch(call, route=False)
+    async def batch(call: BatchBody, background: BackgroundTasks) -> list[Accepted]:
+        """All items (track, identify, page) are validated first and stored in one transaction,
+        each as its own endpoint stores it; one answer per item."""
+        results = await ingest.batch(call.batch, route=False)
         _route_later(background, ingest, results)
         return [Accepted.of(result) for result in results]
 
@@ -384,9 +446,11 @@ def create_app(
     ) -> list[TaskView]:
         return await task_list(store, queue, status)
 
-    app.include_router(contacts_router(store, temporal or _router_client(ingest)))
+    app.include_router(contacts_router(store, temporal or _router_client(ingest), ingest=ingest))
     app.include_router(imports_router(ingest))
     app.include_router(entries_router(ingest))
+    app.include_router(delivery_router(store, ingest, settings))
+    app.include_router(tasks_router(store, ingest))
     return app
 
 

@@ -49,9 +49,15 @@ def tasks(
 @app.command()
 def outbox(
     limit: Annotated[int, typer.Option(help="how many of the latest deliveries")] = 20,
+    mail: Annotated[bool, typer.Option(
+        "--mail", help="show the email `cairn dev`'s SMTP sink received (<home>/mail)")] = False,
 ) -> None:
     """Show the latest messages and actions recorded in the deliveries ledger, rendered."""
     from cairn.settings import get_settings
+
+    if mail:
+        _mail(limit)
+        return
     from cairn.store import deliveries
     from cairn.store.db import Store
 
@@ -69,6 +75,105 @@ def outbox(
             f"#{row.id} {row.kind} {row.channel or ''} to {row.contact_id or '-'} "
             f"[{row.status}] {_when(row.sent_at or row.created_at)}"
         )
-        console.print(f"journey {row.journey_key} step {row.step} template {row.template}")
+        console.print(f"journey {row.journey_key} step {row.step} template {row.template} "
+                      f"via {row.provider or '-'} {row.provider_message_id or ''}".rstrip())
+        if row.reason:
+            console.print(f"[italic]{row.reason}[/italic]")
         for part, text in (row.rendered or {}).items():
             console.print(f"[bold]{part}[/bold]: {text}")
+
+
+def _mail(limit: int) -> None:
+    """The messages in the local SMTP sink, newest last, as a mail client would show them."""
+    from cairn.channels.smtp_sink import read_sink
+    from cairn.settings import get_settings
+
+    folder = get_settings().mail_dir
+    messages = read_sink(folder)[-limit:]
+    console = Console()
+    if not messages:
+        console.print(f"no mail in {folder} (`cairn dev` sends email there)")
+        return
+    for message in messages:
+        console.rule(f"{message.subject} [{_when(message.received_at)}]")
+        console.print(f"From: {message.sender}\nTo: {', '.join(message.to)}")
+        unsubscribe = message.headers.get("List-Unsubscribe")
+        if unsubscribe:
+            console.print(f"List-Unsubscribe: {unsubscribe}")
+        console.print(message.text or message.html or "")
+
+
+@app.command()
+def claim(
+    task_id: Annotated[int, typer.Argument(help="the task's id (`cairn tasks`)")],
+    assignee: Annotated[str, typer.Option("--as", help="who takes it")],
+) -> None:
+    """Claim an open task."""
+    from datetime import UTC, datetime
+
+    from cairn.settings import get_settings
+    from cairn.store import tasks as task_store
+    from cairn.store.db import Store
+
+    async def run() -> str:
+        store = await Store.open(get_settings().store_url)
+        try:
+            async with store.session() as s, s.begin():
+                task = await task_store.claim_task(s, task_id, assignee, datetime.now(UTC))
+                return "" if task is None else task.title
+        finally:
+            await store.close()
+
+    try:
+        title = asyncio.run(run())
+    except ValueError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from error
+    if not title:
+        typer.echo(f"no task {task_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"task {task_id} claimed by {assignee}: {title}")
+
+
+@app.command()
+def complete(
+    task_id: Annotated[int, typer.Argument(help="the task's id (`cairn tasks`)")],
+    outcome: Annotated[str | None, typer.Option(help="what came of it")] = None,
+    by: Annotated[str | None, typer.Option("--by", help="who did it")] = None,
+) -> None:
+    """Complete a task. Its journey hears `task_completed` (routed by the relay of `cairn dev`
+    or `cairn api` within seconds)."""
+    from datetime import UTC, datetime
+
+    from cairn.settings import get_settings
+    from cairn.store import events
+    from cairn.store import tasks as task_store
+    from cairn.store.db import Store
+    from starter.tasks_api import completion_event
+
+    async def run() -> tuple[bool, bool]:
+        store = await Store.open(get_settings().store_url)
+        now = datetime.now(UTC)
+        try:
+            async with store.session() as s, s.begin():
+                task, changed = await task_store.complete_task(s, task_id, now, outcome=outcome,
+                                                               by=by)
+                if task is None:
+                    return False, False
+                call = completion_event(task, now) if changed else None
+                if call is not None:
+                    await events.record_event(
+                        s, message_id=call.message_id, type="track", contact_id=task.contact_id
+                        or "", name=call.event, properties=call.properties, timestamp=now,
+                        received_at=now,
+                    )
+                return True, changed
+        finally:
+            await store.close()
+
+    found, changed = asyncio.run(run())
+    if not found:
+        typer.echo(f"no task {task_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"task {task_id} done" + (f" ({outcome})" if outcome else "")
+               + ("" if changed else " (it already was)"))

@@ -32,11 +32,14 @@ from cairn.log import get_logger
 from cairn.settings import Settings
 from starter.relay import EventRelay, relaying
 from starter.temporal import TemporalConnectionError, connect, ensure_search_attributes
-from starter.worker import journey_workers, running
+from starter.worker import delivery_for, journey_workers, running
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from activities.delivery import DeliveryActivities
+    from cairn.channels.base import Provider
+    from cairn.channels.smtp_sink import SmtpSink
     from cairn.store.db import Store
     from cairn.store.schema import JourneyVersion
     from starter.ingest import Ingest
@@ -303,6 +306,27 @@ def dev_server_for(settings: Settings, *, headless: bool = False) -> DevServer:
     )
 
 
+def mail_sink(settings: Settings) -> SmtpSink | None:
+    """The local SMTP sink email goes to under `cairn dev`, unless an email provider is set up.
+
+    Messages land as .eml files in <home>/mail, shown by `cairn outbox` and `GET /v1/outbox`.
+    """
+    if settings.email_provider != "outbox":
+        return None
+    from cairn.channels.smtp_sink import SmtpSink
+
+    return SmtpSink(settings.mail_dir, "127.0.0.1", settings.smtp_sink_port)
+
+
+def _sink_provider(sink: SmtpSink | None) -> Provider | None:
+    if sink is None:
+        return None
+    from cairn.channels.smtp import SmtpProvider, SmtpSettings
+
+    return SmtpProvider(SmtpSettings(host=sink.host, port=sink.port, security="none",
+                                     username=None, password=None))
+
+
 @contextlib.asynccontextmanager
 async def dev_stack(
     settings: Settings,
@@ -327,6 +351,8 @@ async def dev_stack(
     try:
         await ensure_search_attributes(client)
         store = await Store.open(settings.store_url)
+        delivery: DeliveryActivities | None = None
+        sink: SmtpSink | None = None
         try:
             published: list[tuple[JourneyVersion, bool]] = []
             if publish and settings.journeys_dir.is_dir():
@@ -338,21 +364,27 @@ async def dev_stack(
                         "lists every problem) or start with --no-publish"
                     ) from error
             await register_schedules(client, store, settings)  # sweeps + schedule triggers
+            sink = mail_sink(settings)
+            if sink is not None:
+                sink.start()
+            delivery = delivery_for(settings, store, email=_sink_provider(sink))
+            router = Router(client, store, task_queue=settings.journey_task_queue,
+                            delivery_task_queue=settings.delivery_task_queue)
+            ingest = Ingest(
+                store, router, audience=Audience.from_folder(store, settings.journeys_dir),
+                geofencing=Geofencing.from_folder(store, settings.journeys_dir),
+                attribute_changes=True,
+            )
             workers = journey_workers(
                 client,
                 store,
                 journey_queue=settings.journey_task_queue,
                 delivery_queue=settings.delivery_task_queue,
+                delivery=delivery,
+                ingest=ingest,
             )
             async with running(workers):
                 api: ApiHandle | None = None
-                router = Router(client, store, task_queue=settings.journey_task_queue,
-                                delivery_task_queue=settings.delivery_task_queue)
-                ingest = Ingest(
-                    store, router, audience=Audience.from_folder(store, settings.journeys_dir),
-                    geofencing=Geofencing.from_folder(store, settings.journeys_dir),
-                    attribute_changes=True,
-                )
                 async with relaying(EventRelay(ingest, store)):
                     if serve_api:
                         app = create_app(store, ingest, settings=settings)
@@ -363,6 +395,10 @@ async def dev_stack(
                         if api is not None:
                             await stop_api(api)
         finally:
+            if delivery is not None:
+                await delivery.channels.aclose()
+            if sink is not None:
+                sink.stop()
             await store.close()
     finally:
         await server.stop()

@@ -22,7 +22,10 @@ from cairn.log import configure, get_logger
 from cairn.settings import Settings
 
 if TYPE_CHECKING:
+    from activities.delivery import DeliveryActivities
+    from cairn.channels.base import Provider
     from cairn.store.db import Store
+    from starter.ingest import Ingest
 
 log = get_logger(__name__)
 
@@ -54,8 +57,14 @@ def journey_workers(
     *,
     journey_queue: str = JOURNEY_TASK_QUEUE,
     delivery_queue: str = DELIVERY_TASK_QUEUE,
+    delivery: DeliveryActivities | None = None,
+    ingest: Ingest | None = None,
 ) -> list[Worker]:
-    """One worker for the interpreter and its activities, one for deliveries; not yet running."""
+    """One worker for the interpreter and its activities, one for deliveries; not yet running.
+
+    `delivery` carries the channel providers and the delivery policy; without it every channel
+    goes to the local outbox (tests, simulations).
+    """
     from activities import delivery_activities, journey_activities
     from workflows import WORKFLOWS
 
@@ -63,13 +72,13 @@ def journey_workers(
         client,
         task_queue=journey_queue,
         workflows=list(WORKFLOWS),
-        activities=journey_activities(store),
+        activities=journey_activities(store, delivery, ingest),
         workflow_runner=workflow_runner(),
     )
     delivery_worker = Worker(
         client,
         task_queue=delivery_queue,
-        activities=delivery_activities(store),
+        activities=delivery_activities(store, delivery),
     )
     return [journey_worker, delivery_worker]
 
@@ -103,12 +112,14 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     await ensure_search_attributes(client)
     store = await Store.open(settings.store_url)
     bound = log.bind(address=settings.temporal_address, namespace=settings.temporal_namespace)
+    delivery = delivery_for(settings, store)
     try:
         workers = journey_workers(
             client,
             store,
             journey_queue=settings.journey_task_queue,
             delivery_queue=settings.delivery_task_queue,
+            delivery=delivery,
         )
         async with running(workers):
             bound.info("worker.started", queues=[settings.journey_task_queue,
@@ -116,5 +127,22 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             await stop.wait()
             bound.info("worker.stopping")
     finally:
+        await delivery.channels.aclose()
         await store.close()
     bound.info("worker.stopped")
+
+
+def delivery_for(
+    settings: Settings, store: Store, *, email: Provider | None = None,
+) -> DeliveryActivities:
+    """Delivery activities with the configured providers and the delivery policy
+    (`journeys/policies/delivery.yaml`); `email` overrides the email provider, as `cairn dev`
+    does with its SMTP sink."""
+    from activities.delivery import DeliveryActivities
+    from cairn.channels.registry import build_channels
+    from cairn.delivery_policy import load_policy
+
+    return DeliveryActivities(
+        store, build_channels(settings, store, email=email), load_policy(settings.journeys_dir),
+        public_url=settings.public_url, signing_key=settings.signing_key(),
+    )

@@ -201,6 +201,12 @@ async def test_evaluate_condition_counts_events_in_the_window(store: Store) -> N
     assert mixed.result, mixed.reason
     unreachable = await decide({"reachable": {"channel": "push", "category": "transactional"}})
     assert not unreachable.result and unreachable.reason == "push: no push token"
+    spent = await decide({"has_done": {"event": "purchase", "sum": "total",
+                                       "total": {"gt": 100}}})
+    assert spent.result, spent.reason  # 80 + 30; the purchase after now does not count
+    spent_lately = await decide({"has_done": {"event": "purchase", "sum": "total",
+                                              "within": "7d", "total": {"gt": 100}}})
+    assert not spent_lately.result
 
 
 # --------------------------------------------------------------------------- sends
@@ -223,7 +229,11 @@ async def test_deliver_twice_with_one_key_sends_once(store: Store) -> None:
                             "body": "25 EUR waiting. CART10"}
     assert row.created_at == NOW and row.sent_at == NOW
     assert row.template == "cart-reminder" and row.category == "marketing"
-    assert row.response == {"provider": "outbox", "to": "Ana@Example.com"}
+    assert row.response is not None
+    assert row.response["provider"] == "outbox" and row.response["to"] == "Ana@Example.com"
+    unsubscribe = row.response["headers"]["List-Unsubscribe"]
+    assert unsubscribe.startswith("<http://127.0.0.1:8000/v1/unsubscribe?token=")
+    assert row.response["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
 
 async def test_a_new_iteration_sends_again(store: Store) -> None:

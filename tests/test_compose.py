@@ -51,7 +51,10 @@ def published_ports(service: dict[str, Any]) -> dict[int, int]:
 
 
 def setting_variables() -> set[str]:
-    return {f"CAIRN_{name.upper()}" for name in Settings.model_fields}
+    from cairn.channels.smtp import SmtpSettings
+
+    smtp = {f"CAIRN_SMTP_{name.upper()}" for name in SmtpSettings.model_fields}
+    return {f"CAIRN_{name.upper()}" for name in Settings.model_fields} | smtp
 
 
 def test_every_part_of_the_stack_is_a_service(compose: dict[str, Any]) -> None:

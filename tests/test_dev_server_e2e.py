@@ -23,13 +23,15 @@ from typing import TypeVar
 import httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
 
 from cairn import search_attributes
+from cairn.channels.smtp_sink import read_sink
 from cairn.journey_run import STATE_QUERY, JourneyResult, JourneyStateView
 from cairn.settings import Settings
 from cairn.store import deliveries, entries, events
-from cairn.store.schema import Delivery
+from cairn.store.schema import Delivery, Event
 from starter.catalog import publish_catalog
 from starter.dev import DevStack, EventRelay, dev_stack, free_port, port_is_open
 from starter.segment_spec import TrackCall
@@ -61,6 +63,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DevSt
         temporal_port=free_port(),
         ui_port=free_port(),
         api_port=free_port(),
+        smtp_sink_port=free_port(),
         journeys_dir=REPO / "journeys",
     )
     async with dev_stack(settings, headless=True) as running:
@@ -197,7 +200,7 @@ async def test_send_step_writes_a_delivery_row(
     async def delivered() -> list[Delivery] | None:
         async with stack.store.session() as session:
             rows = await deliveries.deliveries_for(session, contact_id=contact, kind="send")
-        return rows or None
+        return rows if rows and all(r.status != "sending" for r in rows) else None
 
     rows = await eventually(delivered, f"delivery row for {contact}")
     assert len(rows) == 1
@@ -207,11 +210,107 @@ async def test_send_step_writes_a_delivery_row(
     assert row.workflow_id == f"journey/e2e-ping/{contact}"
     assert row.rendered["subject"] == "Ping for Ana"
     assert row.rendered["body"] == f"Ping 7 reached {contact}@example.com."
+    # `cairn dev` sends email over SMTP to its local sink, which keeps what arrived.
+    assert row.provider == "smtp" and row.provider_message_id
+    [mail] = [m for m in read_sink(stack.settings.mail_dir)
+              if m.message_id == row.provider_message_id]
+    assert mail.to == [f"{contact}@example.com"] and mail.subject == "Ping for Ana"
+    assert (mail.text or "").strip() == f"Ping 7 reached {contact}@example.com."
+    assert mail.headers["List-Unsubscribe"].startswith("<http://127.0.0.1:")
 
     result = await stack.client.get_workflow_handle(
         row.workflow_id, result_type=JourneyResult).result()
     assert result.outcome == "completed"
     assert [entry.step for entry in result.path] == ["hello"]
+
+
+OPEN_JOURNEY = """
+key: e2e-opened
+name: Reminder, then SMS unless opened
+trigger: {event: e2e_invoice}
+start: reminder
+steps:
+  reminder: {send: {channel: email, template: invoice, category: transactional}, next: opened}
+  opened:
+    wait_for_event: {event: email_opened, where: {properties.template: invoice}, timeout: 2d}
+    then: end
+    timeout_next: sms
+  sms: {send: {channel: sms, template: invoice, category: transactional}, next: end}
+templates:
+  invoice:
+    email: {subject: "Invoice due", body: "Please pay invoice {{ event.properties.n }}."}
+    sms: {body: "Invoice {{ event.properties.n }} is due."}
+"""
+
+
+async def test_an_open_reported_by_the_provider_webhook_moves_the_journey_on(
+    stack: DevStack, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """The SMTP message's id comes back in a Postmark `Open` webhook: Cairn turns it into
+    `email_opened` for the contact, and the journey waiting for it ends instead of texting."""
+    catalog = tmp_path / "journeys"
+    catalog.mkdir()
+    (catalog / "e2e-opened.yaml").write_text(OPEN_JOURNEY)
+    await publish_catalog(stack.store, catalog)
+    contact = new_contact()
+    await identify(http, contact, {"email": f"{contact}@example.com", "phone": "+40722000000"})
+    await track(http, contact, "e2e_invoice", {"n": 42})
+
+    async def sent() -> Delivery | None:
+        async with stack.store.session() as session:
+            rows = await deliveries.deliveries_for(session, contact_id=contact, kind="send")
+        return rows[0] if rows and rows[0].status == "sent" else None
+
+    row = await eventually(sent, f"sent reminder for {contact}")
+    webhook: dict[str, object] = {"RecordType": "Open", "MessageID": row.provider_message_id,
+               "Recipient": f"{contact}@example.com", "ReceivedAt": "2026-03-02T09:05:00Z",
+               "FirstOpen": True, "Metadata": {}, "MessageStream": "outbound"}
+    answer = await http.post("/v1/feedback/postmark", json=webhook)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["event"] == "email_opened"
+    again = await http.post("/v1/feedback/postmark", json=webhook)
+    assert again.json()["duplicate"] is True
+
+    handle = stack.client.get_workflow_handle(f"journey/e2e-opened/{contact}",
+                                              result_type=JourneyResult)
+    result = await asyncio.wait_for(handle.result(), DEADLINE)
+    assert [entry.step for entry in result.path] == ["reminder", "opened"]
+    async with stack.store.session() as session:
+        opened = list(await session.scalars(
+            select(Event).where(Event.contact_id == contact, Event.name == "email_opened")))
+    assert len(opened) == 1
+    assert opened[0].properties["template"] == "invoice"
+    assert opened[0].properties["step"] == "reminder"
+
+
+async def test_cairn_graph_shows_how_many_contacts_wait_in_each_step(
+    stack: DevStack, http: httpx.AsyncClient,
+) -> None:
+    contact = new_contact()
+    await identify(http, contact, {"email": f"{contact}@example.com", "cart": {"items": 1},
+                                   "consent": {"marketing": True}})
+    await track(http, contact, "cart_item_added", {"value": 30})
+
+    async def listed() -> bool:
+        from starter.cli_catalog import step_counts
+
+        return (await step_counts(stack.client, "cart-abandonment")).get("wait_2h", 0) >= 1
+
+    await eventually(listed, "a cart-abandonment run in wait_2h in Temporal's visibility")
+    env = {**os.environ, "CAIRN_TEMPORAL_ADDRESS": stack.server.address}
+    drawn = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "starter.cli", "graph", "cart-abandonment",
+                         "--journeys-dir", str(REPO / "journeys")],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert drawn.returncode == 0, drawn.stderr
+    [waiting] = [line for line in drawn.stdout.splitlines() if "<b>wait_2h</b>" in line]
+    count = int(waiting.rsplit("<br/>", 1)[1].split()[0])
+    assert count >= 1 and waiting.endswith(" contacts\"])")
+    plain = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "starter.cli", "graph", "cart-abandonment",
+                         "--journeys-dir", str(REPO / "journeys"), "--no-counts"],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert " contacts" not in plain.stdout
 
 
 def test_cairn_dev_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
@@ -220,6 +319,7 @@ def test_cairn_dev_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         **os.environ,
         "CAIRN_HOME": str(tmp_path / ".cairn"),
         "CAIRN_API_PORT": str(api_port),
+        "CAIRN_SMTP_SINK_PORT": str(free_port()),
         "CAIRN_JOURNEYS_DIR": str(REPO / "journeys"),
         "PYTHONUNBUFFERED": "1",
         "COLUMNS": "200",  # rich wraps at 80 columns when not on a terminal

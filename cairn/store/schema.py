@@ -61,7 +61,7 @@ class Contact(Base):
     anonymous_id: Mapped[str | None] = mapped_column(String(255), index=True)
     timezone: Mapped[str | None] = mapped_column(String(64))
     email: Mapped[str | None] = mapped_column(String(320))
-    phone: Mapped[str | None] = mapped_column(String(32))
+    phone: Mapped[str | None] = mapped_column(String(32), index=True)
     push_tokens: Mapped[list[Any]] = mapped_column(default=list)
     web_push: Mapped[list[Any]] = mapped_column(default=list)
     consent: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -150,6 +150,8 @@ class Delivery(Base):
     contact_id: Mapped[str | None] = mapped_column(String(255), index=True)
     channel: Mapped[str | None] = mapped_column(String(32))
     provider: Mapped[str | None] = mapped_column(String(32))
+    # the provider's id for the message: how delivery webhooks find their send
+    provider_message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     template: Mapped[str | None] = mapped_column(String(128))
     category: Mapped[str | None] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(32))
@@ -158,6 +160,46 @@ class Delivery(Base):
     response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+
+
+class DeliveryFeedback(Base):
+    """What providers reported after a send (delivered, bounced, opened, clicked, replied, ...).
+
+    `dedupe_key` is unique: providers retry their webhooks, and one report must become one event.
+    """
+
+    __tablename__ = "delivery_feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dedupe_key: Mapped[str] = mapped_column(String(700), unique=True)
+    delivery_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    contact_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str | None] = mapped_column(String(320))
+    permanent: Mapped[bool] = mapped_column(default=False)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+
+
+class InboxMessage(Base):
+    """An in-app or on-site message waiting in a contact's inbox until read or dismissed."""
+
+    __tablename__ = "inbox_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_key: Mapped[str] = mapped_column(String(700), unique=True)
+    contact_id: Mapped[str] = mapped_column(String(255), index=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    journey_key: Mapped[str | None] = mapped_column(String(128))
+    template: Mapped[str | None] = mapped_column(String(128))
+    parts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime]
+    read_at: Mapped[datetime | None]
+    dismissed_at: Mapped[datetime | None]
 
 
 class Score(Base):
@@ -199,6 +241,10 @@ class Task(Base):
     status: Mapped[str] = mapped_column(String(16), default="open")  # open | claimed | done
     due_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
+    assignee: Mapped[str | None] = mapped_column(String(255))
+    claimed_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(128))
 
 
 class SegmentMembership(Base):

@@ -7,7 +7,7 @@ a durable timer that an exit goal interrupts, never in a sleeping activity.
 from __future__ import annotations
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from cairn.actions import (
@@ -15,6 +15,7 @@ with workflow.unsafe.imports_passed_through():
         CREATE_TASK,
         DELIVER_MESSAGE,
         PREPARE_SEND,
+        PROVIDER_REJECTED,
         RECORD_ACTION,
         UPDATE_PROFILE,
         ActionRequest,
@@ -38,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         UpdateStep,
         WebhookStep,
     )
+    from cairn.update_values import has_templates
 
 from workflows.run import JourneyRun, Next, Waited
 
@@ -45,8 +47,12 @@ MAX_HOLDS = 10
 """Quiet-hour holds in a row before a send gives up (a contact's settings may keep changing)."""
 
 
+SEND_FALLBACK_PATCH = "send-fallback-on-provider-rejection"
+
+
 async def send(step: SendStep, run: JourneyRun) -> Next:
-    """Deliver a message on the first reachable channel, respecting consent and quiet hours."""
+    """Deliver a message on the first reachable channel, respecting consent, quiet hours and
+    frequency caps; when a provider refuses it for good, try the next channel of `channels:`."""
     spec = step.send
     request = SendRequest(
         context=run.context(),
@@ -56,39 +62,68 @@ async def send(step: SendStep, run: JourneyRun) -> Next:
         journey_context=run.state.context,
         quiet_hours=run.journey.settings.quiet_hours,
         default_timezone=run.journey.settings.timezone,
+        when_held=spec.when_held or run.journey.settings.when_held or "wait",
     )
     label = step.summary or f"{run.step}: {spec.template} via {'/'.join(spec.candidates())}"
+    refused: list[str] = []  # holds and refusals on this visit, all said in the path
+    while True:
+        plan = await _plan(request, run, label, step.next, refused)
+        if isinstance(plan, Next):
+            return plan
+        if plan.status != "ready":
+            run.note(f"{plan.status}: {plan.reason}")
+            return Next.to(step.next)
+        try:
+            outcome: SendOutcome = await run.act(
+                DELIVER_MESSAGE,
+                request.model_copy(update={"channel": plan.channel}),
+                SendOutcome,
+                f"send {label}",
+                delivery=True,
+            )
+        except ActivityError as error:
+            cause = error.cause or error
+            refused.append(f"failed on {plan.channel}: {cause}")
+            run.note("; ".join(refused))
+            rejected = (isinstance(cause, ApplicationError) and cause.type == PROVIDER_REJECTED)
+            remaining = [c for c in request.candidates() if c != plan.channel]
+            if rejected and remaining and workflow.patched(SEND_FALLBACK_PATCH):
+                request = request.model_copy(update={
+                    "exclude": [*request.exclude, plan.channel or ""],
+                    "attempt": request.attempt + 1,
+                    "context": run.context(),
+                })
+                continue
+            return Next.to(spec.on_failure or step.next)
+        run.note("; ".join([*refused, f"{outcome.status} on {outcome.channel or plan.channel}"]))
+        if outcome.status == "failed" and spec.on_failure:
+            return Next.to(spec.on_failure)
+        return Next.to(step.next)
+
+
+async def _plan(
+    request: SendRequest, run: JourneyRun, label: str, then: str, trail: list[str],
+) -> SendPlan | Next:
+    """Ask where the send may go, waiting out holds (quiet hours, caps) on durable timers.
+
+    Returns the plan, or where the journey goes instead: an exit goal during a hold, or the
+    failure branch (else `then`) after too many holds in a row. Updates the request's journey
+    time after each hold.
+    """
+    spec = request.send
     for _ in range(MAX_HOLDS):
         plan: SendPlan = await run.act(PREPARE_SEND, request, SendPlan, f"check {label}")
-        if plan.status != "deferred:quiet_hours" or plan.hold_until is None:
-            break
-        run.note(f"deferred:quiet_hours until {plan.hold_until.isoformat()}")
-        waited = await run.wait(plan.hold_until, f"quiet hours: hold {label}")
+        if not plan.status.startswith("deferred:") or plan.hold_until is None:
+            return plan
+        trail.append(f"{plan.status} until {plan.hold_until.isoformat()}")
+        run.note("; ".join(trail))
+        reason = "quiet hours" if plan.status == "deferred:quiet_hours" else "frequency cap"
+        waited = await run.wait(plan.hold_until, f"{reason}: hold {label}")
         if waited is not Waited.ELAPSED:
-            return run.after_wait(waited, step.next)
-        request = request.model_copy(update={"context": run.context()})
-    else:
-        run.note("failed: still in quiet hours after repeated holds")
-        return Next.to(spec.on_failure or step.next)
-    if plan.status != "ready":
-        run.note(f"{plan.status}: {plan.reason}")
-        return Next.to(step.next)
-    try:
-        outcome: SendOutcome = await run.act(
-            DELIVER_MESSAGE,
-            request.model_copy(update={"channel": plan.channel}),
-            SendOutcome,
-            f"send {label}",
-            delivery=True,
-        )
-    except ActivityError as error:
-        cause = error.cause or error
-        run.note(f"failed on {plan.channel}: {cause}")
-        return Next.to(spec.on_failure or step.next)
-    run.note(f"{outcome.status} on {outcome.channel or plan.channel}")
-    if outcome.status == "failed" and spec.on_failure:
-        return Next.to(spec.on_failure)
-    return Next.to(step.next)
+            return run.after_wait(waited, then)
+        request.context = run.context()
+    run.note("failed: still held after repeated holds")
+    return Next.to(spec.on_failure or then)
 
 
 async def score(step: ScoreStep, run: JourneyRun) -> Next:
@@ -103,9 +138,11 @@ async def score(step: ScoreStep, run: JourneyRun) -> Next:
 
 async def update(step: UpdateStep, run: JourneyRun) -> Next:
     spec = step.update
+    request = ProfileUpdateRequest(context=run.context(), update=spec)
+    if has_templates(spec.set):  # Liquid values see the trigger and the journey's context
+        request.trigger, request.journey_context = run.state.trigger, run.state.context
     await run.act(
-        UPDATE_PROFILE, ProfileUpdateRequest(context=run.context(), update=spec), None,
-        step.summary or f"update profile at {run.step}",
+        UPDATE_PROFILE, request, None, step.summary or f"update profile at {run.step}",
     )
     changes = [f"set {k}" for k in spec.set] + [f"unset {k}" for k in spec.unset]
     changes += [f"tag +{t}" for t in spec.add_tags] + [f"tag -{t}" for t in spec.remove_tags]
@@ -121,12 +158,18 @@ async def task(step: TaskStep, run: JourneyRun) -> Next:
         TaskResult,
         step.summary or f"task for {spec.queue}",
     )
-    run.note(f"task #{result.task_id} in {spec.queue}: {spec.title}")
+    run.note(f"task #{result.task_id} in {spec.queue}: {result.title or spec.title}")
     return Next.to(step.next)
 
 
 async def _record(run: JourneyRun, request: ActionRequest, summary: str) -> ActionResult:
-    result: ActionResult = await run.act(RECORD_ACTION, request, ActionResult, summary)
+    """Run the action; a provider's refusal or exhausted retries are noted in the path and the
+    journey goes on (an alert that could not be posted must not stop a customer's journey)."""
+    try:
+        result: ActionResult = await run.act(RECORD_ACTION, request, ActionResult, summary)
+    except ActivityError as error:
+        run.note(f"{request.kind} failed: {error.cause or error}")
+        return ActionResult(delivery_id=0, status="failed", response=None)
     return result
 
 
@@ -166,7 +209,8 @@ async def audience(step: AudienceStep, run: JourneyRun) -> Next:
     result = await _record(
         run,
         ActionRequest(context=run.context(), kind="audience", audience=spec),
-        step.summary or f"{spec.action} to {spec.sync} audience {spec.audience}",
+        step.summary or (f"{spec.action} {'to' if spec.action == 'add' else 'from'} "
+                         f"{spec.sync} audience {spec.audience}"),
     )
     run.note(f"{spec.action} {spec.sync}:{spec.audience}: {result.status}")
     return Next.to(step.next)

@@ -1,0 +1,93 @@
+"""Working the task queues: claim a task, complete it with an outcome.
+
+Completing a task is news for the journey that opened it: a `task_completed` event for the
+contact (task id, queue, journey, step, outcome) is stored and routed, so a journey can wait for
+"the collections team called" with `wait_for_event: {event: task_completed, where:
+{properties.queue: collections}}` and branch on the outcome.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+from cairn.log import get_logger
+from cairn.store import tasks as tasks_repo
+from cairn.store.db import Store
+from cairn.store.schema import Task
+from starter.ingest import Ingest, utc_now
+from starter.segment_spec import TrackCall
+
+log = get_logger(__name__)
+
+TASK_COMPLETED = "task_completed"
+
+
+class Claim(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"assignee": "maria@sales"}]})
+
+    assignee: str = Field(min_length=1, max_length=255)
+
+
+class Completion(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"outcome": "reached", "by": "maria@sales"}]})
+
+    outcome: str | None = Field(default=None, max_length=128,
+                                description="what came of it (reached, no_answer, promised...)")
+    by: str | None = Field(default=None, max_length=255)
+
+
+def completion_event(task: Task, when: datetime) -> TrackCall | None:
+    """The `task_completed` event a closed task announces (None for a task without contact)."""
+    if task.contact_id is None:
+        return None
+    properties: dict[str, Any] = {"task_id": task.id, "queue": task.queue,
+                                  "journey": task.journey_key, "step": task.step,
+                                  "outcome": task.outcome, "assignee": task.assignee}
+    return TrackCall(userId=task.contact_id, event=TASK_COMPLETED, properties=properties,
+                     timestamp=when, messageId=f"task/{task.id}/completed")
+
+
+def tasks_router(store: Store, ingest: Ingest) -> APIRouter:
+    from starter.api import TaskView
+
+    router = APIRouter(tags=["tasks"])
+
+    @router.post("/v1/tasks/{task_id}/claim", response_model=TaskView,
+                 summary="Claim an open task for someone",
+                 responses={404: {"description": "no such task"},
+                            409: {"description": "done, or claimed by someone else"}})
+    async def claim(task_id: int, body: Claim) -> TaskView:
+        try:
+            async with store.session() as s, s.begin():
+                task = await tasks_repo.claim_task(s, task_id, body.assignee, utc_now())
+                if task is None:
+                    raise HTTPException(404, f"no task {task_id}")
+                view = TaskView.model_validate(task)
+        except tasks_repo.TaskStateError as error:
+            raise HTTPException(409, str(error)) from error
+        log.info("task.claimed", task_id=task_id, assignee=body.assignee)
+        return view
+
+    @router.post("/v1/tasks/{task_id}/complete", response_model=TaskView,
+                 summary="Complete a task; its journey hears `task_completed`",
+                 responses={404: {"description": "no such task"}})
+    async def complete(task_id: int, body: Completion) -> TaskView:
+        now = utc_now()
+        async with store.session() as s, s.begin():
+            task, changed = await tasks_repo.complete_task(s, task_id, now,
+                                                           outcome=body.outcome, by=body.by)
+            if task is None:
+                raise HTTPException(404, f"no task {task_id}")
+            view = TaskView.model_validate(task)
+            event = completion_event(task, now)
+        if changed and event is not None:
+            await ingest.track(event)
+        log.info("task.completed", task_id=task_id, outcome=body.outcome, changed=changed)
+        return view
+
+    return router

@@ -1,0 +1,1 @@
+"""Local servers that behave like the providers Cairn talks to, for tests only."""
