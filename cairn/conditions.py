@@ -12,7 +12,7 @@ store in activities), so the same code decides in activities, in the router and 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -123,9 +123,17 @@ class PropertyCondition(Comparison):
 
     The path is read from the event (`event`, `timestamp`, `properties.total`); a path whose first
     part is not an event field is read under `properties` (`total` means `properties.total`).
+
+    With `event: <name>` (only in `if` steps) the field is read from the last `<name>` event a
+    `wait_for_event` step of the entry caught instead: the answer to a form the journey waited
+    for, rather than the event that started the journey.
     """
 
     property: str
+    event: str | None = Field(
+        default=None,
+        description="read the last event of this name caught by a wait_for_event step (if only)",
+    )
 
 
 class InSegmentCondition(Spec):
@@ -290,8 +298,9 @@ class ConditionScope:
     """What a condition is evaluated against.
 
     `contact` is the contact snapshot as a plain mapping (attributes, scores, segments, ...),
-    `event` the event in scope (trigger or filtered event) as a mapping, `now` the journey's time
-    (never the wall clock: in simulations the two differ).
+    `event` the event in scope (trigger or filtered event) as a mapping, `caught` the events the
+    journey's waits caught (read by `property` conditions that name an `event`), `now` the
+    journey's time (never the wall clock: in simulations the two differ).
     """
 
     now: datetime
@@ -300,6 +309,8 @@ class ConditionScope:
     count_events: HasDoneCounter | None = None
     reachable: Callable[[ReachableSpec], Verdict] | None = None
     sum_events: HasDoneSummer | None = None
+    caught: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Events caught by `wait_for_event` steps, by event name (the last of each), as mappings."""
 
 
 _MISSING = object()
@@ -413,6 +424,12 @@ async def evaluate(condition: Any, scope: ConditionScope) -> Verdict:
         ok, why = compare(value, condition, scope.now)
         return Verdict(ok, f"score {condition.score}={value}: {why}")
     if isinstance(condition, PropertyCondition):
+        if condition.event is not None:
+            caught = scope.caught.get(condition.event)
+            value = event_field(caught, condition.property)
+            ok, why = compare(value, condition, scope.now)
+            status = "" if caught is not None else " (none caught)"
+            return Verdict(ok, f"caught {condition.event}{status} {condition.property}: {why}")
         value = event_field(scope.event, condition.property)
         ok, why = compare(value, condition, scope.now)
         return Verdict(ok, f"event {condition.property}: {why}")
@@ -477,6 +494,53 @@ def evaluate_event_filter(condition: Any, event: dict[str, Any], now: datetime) 
     raise ValueError("event filters may only compare event fields")
 
 
+def leaves(condition: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """Every condition that is not `all`/`any`/`not`, with its path as written (`if.all[0]`).
+
+    `has_done`'s own `where` is not entered: it filters stored events, a scope of its own.
+    """
+    if isinstance(condition, AllCondition | AnyCondition):
+        key = "all" if isinstance(condition, AllCondition) else "any"
+        parts = condition.all if isinstance(condition, AllCondition) else condition.any
+        for index, part in enumerate(parts):
+            yield from leaves(part, f"{path}.{key}[{index}]")
+    elif isinstance(condition, NotCondition):
+        yield from leaves(condition.not_, f"{path}.not")
+    else:
+        yield path, condition
+
+
+def caught_events(condition: Any) -> list[str]:
+    """Names of the caught events a condition reads (`property` with `event`), once each."""
+    names: list[str] = []
+    for _, leaf in leaves(condition, ""):
+        if isinstance(leaf, PropertyCondition) and leaf.event and leaf.event not in names:
+            names.append(leaf.event)
+    return names
+
+
+EVENT_ONLY_KINDS = ("property",)
+"""What an event filter (`where`) can decide: it sees the event alone, no contact or store."""
+
+
+def filter_problems(condition: Any, path: str) -> list[tuple[str, str]]:
+    """Conditions in an event filter that cannot work there, as (path of the offending key, kind
+    found) pairs: `(trigger.where.all[1].score, score)`.
+
+    A filter is decided on the event alone (in the router, or in the workflow on a signalled
+    event), so a contact's attributes, scores, segments, history and channels are not there, nor
+    are the events a wait caught. `has_done`'s own `where` is such a filter too.
+    """
+    found: list[tuple[str, str]] = []
+    for where, leaf in leaves(condition, path):
+        kind = condition_kind(leaf) or type(leaf).__name__
+        if kind not in EVENT_ONLY_KINDS:
+            found.append((f"{where}.{kind}", kind))
+        elif isinstance(leaf, PropertyCondition) and leaf.event is not None:
+            found.append((f"{where}.event", "property with event"))
+    return found
+
+
 def window_start(spec: HasDone, now: datetime, entered_at: datetime | None) -> datetime | None:
     """Where a has_done count starts: `within` back from now, `since: entry`, or all history."""
     if spec.within:
@@ -503,11 +567,14 @@ __all__ = [
     "ScoreCondition",
     "Spec",
     "Verdict",
+    "caught_events",
     "compare",
     "condition_kind",
     "evaluate",
     "evaluate_event_filter",
     "event_field",
+    "filter_problems",
+    "leaves",
     "parse_condition",
     "read_path",
     "timedelta",

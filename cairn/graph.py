@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 
 from cairn.conditions import (
     AllCondition,
@@ -22,6 +23,7 @@ from cairn.conditions import (
     ReachableCondition,
     ScoreCondition,
 )
+from cairn.durations import format_duration, parse_duration
 from cairn.journey import (
     END,
     AudienceStep,
@@ -35,6 +37,7 @@ from cairn.journey import (
     StartJourneyStep,
     StepBase,
     TaskStep,
+    Trigger,
     UpdateStep,
     WaitForEventStep,
     WaitForWindowStep,
@@ -272,7 +275,8 @@ def describe_condition(condition: object) -> str:
     if isinstance(condition, ScoreCondition):
         return _comparison(f"score {condition.score}", condition)
     if isinstance(condition, PropertyCondition):
-        return _comparison(f"event {condition.property}", condition)
+        source = f"caught {condition.event}" if condition.event else "event"
+        return _comparison(f"{source} {condition.property}", condition)
     if isinstance(condition, InSegmentCondition):
         return f"in segment {condition.in_segment}"
     if isinstance(condition, HasDoneCondition):
@@ -323,12 +327,37 @@ def describe_step(step: StepBase) -> str:
     if isinstance(step, TaskStep):
         return f"task for {step.task.queue}: {step.task.title}"
     if isinstance(step, AudienceStep):
-        return f"{step.audience.action} to {step.audience.sync} audience {step.audience.audience}"
+        sync = step.audience
+        direction = "to" if sync.action == "add" else "from"
+        return f"{sync.action} {direction} {sync.sync} audience {sync.audience}"
     if isinstance(step, StartJourneyStep):
         return f"start journey {step.start_journey.journey}"
     if isinstance(step, EndStep):
         return f"end: {step.end.outcome}" if step.end.outcome else "end"
     return step_kind(step) or type(step).__name__
+
+
+def _days(offset: timedelta) -> str:
+    """`10 days`, `1 day`, or the duration as written when it is not whole days (`36h`)."""
+    days, rest = divmod(abs(offset), timedelta(days=1))
+    if rest:
+        return format_duration(abs(offset))
+    return f"{days} day" + ("" if days == 1 else "s")
+
+
+def describe_trigger(trigger: Trigger) -> str:
+    """What starts the journey, as a person says it: `on birthday (yearly at 10:00)`,
+    `10 days before emi_due_date at 09:00`, `on event cart_item_added`."""
+    spec = trigger.date_attribute
+    if spec is None:
+        return f"on {trigger.describe()}"
+    offset = parse_duration(spec.offset)
+    if not offset:
+        anchor = f"on {spec.attribute}"
+    else:
+        side = "before" if offset < timedelta(0) else "after"
+        anchor = f"{_days(offset)} {side} {spec.attribute}"
+    return f"{anchor} (yearly at {spec.time})" if spec.yearly else f"{anchor} at {spec.time}"
 
 
 # --------------------------------------------------------------------------- Mermaid
@@ -376,7 +405,7 @@ def mermaid(journey: Journey, counts: dict[str, int] | None = None) -> str:
     """
     ids = _node_ids(journey)
     loops = back_edges(journey)
-    lines = ["flowchart TD", f'  trigger>"{_text("on " + journey.trigger.describe())}"]']
+    lines = ["flowchart TD", f'  trigger>"{_text(describe_trigger(journey.trigger))}"]']
     for name, step in steps_of(journey).items():
         label = f"<b>{_text(name)}</b><br/>{_text(describe_step(step))}"
         if step.summary:
@@ -406,6 +435,6 @@ def mermaid(journey: Journey, counts: dict[str, int] | None = None) -> str:
 
 __all__ = [
     "GRAPH_CHECKS", "WAITING_KINDS", "back_edges", "check_graph", "describe_condition",
-    "describe_step", "edges", "loops_without_wait", "mermaid", "missing_start",
+    "describe_step", "describe_trigger", "edges", "loops_without_wait", "mermaid", "missing_start",
     "missing_targets", "reachable_steps", "route_path", "unreachable",
 ]

@@ -22,6 +22,7 @@ END = "end"
 CHANNELS = ("email", "sms", "whatsapp", "push", "web_push", "in_app", "on_site")
 Channel = Literal["email", "sms", "whatsapp", "push", "web_push", "in_app", "on_site"]
 Category = Literal["transactional", "marketing"]
+HeldChoice = Literal["wait", "skip"]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -94,6 +95,16 @@ class Send(Spec):
     channels: list[Channel] | None = Field(default=None, min_length=1)
     template: str
     category: Category = "marketing"
+    topic: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="subscription topic (newsletter, product_updates): unsubscribing from it stops "
+                    "only these messages",
+    )
+    when_held: HeldChoice | None = Field(
+        default=None,
+        description="wait (default) or skip when quiet hours or a frequency cap hold the message; "
+                    "overrides the journey's settings.when_held",
+    )
     on_failure: str | None = None
 
     @model_validator(mode="after")
@@ -493,6 +504,11 @@ class QuietHours(Spec):
 class JourneySettings(Spec):
     quiet_hours: QuietHours | None = None
     timezone: str = Field(default="UTC", description="used for contacts without a time zone")
+    when_held: HeldChoice | None = Field(
+        default=None,
+        description="what a marketing send does when quiet hours or a frequency cap hold it: wait "
+                    "on a durable timer until allowed (the default), or skip the message",
+    )
 
 
 TemplateParts = dict[str, dict[str, str]]

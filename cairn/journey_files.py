@@ -19,11 +19,27 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from cairn.conditions import condition_kind
+from cairn.conditions import (
+    HasDoneCondition,
+    PropertyCondition,
+    condition_kind,
+    filter_problems,
+    leaves,
+)
 from cairn.graph import check_graph, steps_of
-from cairn.journey import Journey, NotifyStep, SendStep, WebhookStep, step_kind
+from cairn.journey import (
+    IfStep,
+    Journey,
+    NotifyStep,
+    SendStep,
+    UpdateStep,
+    WaitForEventStep,
+    WebhookStep,
+    step_kind,
+)
 from cairn.local_time import is_timezone
 from cairn.templates import TemplateRenderError, parse_part, part_problems
+from cairn.update_values import set_problems
 
 JOURNEY_SUFFIXES = (".yaml", ".yml", ".json")
 NOT_JOURNEYS = ("templates", "segments", "scoring")
@@ -351,8 +367,223 @@ def timezone(journey: Journey) -> list[tuple[str, str]]:
                                   "IANA name such as 'Europe/Bucharest'")]
 
 
+# --------------------------------------------------------------------------- schedule triggers
+
+
+@dataclass(frozen=True)
+class _CronField:
+    name: str
+    low: int
+    high: int
+    names: tuple[str, ...] = ()
+    """Full names, matched by a prefix of at least `prefix` letters (`jan`, `mo`)."""
+    first_name: int = 0
+    """The number the first name stands for (1 for January, 0 for Sunday)."""
+    prefix: int = 3
+
+
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august",
+           "september", "october", "november", "december")
+_WEEKDAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
+_CRON_FIELDS = (
+    _CronField("minute", 0, 59),
+    _CronField("hour", 0, 23),
+    _CronField("day of month", 1, 31),
+    _CronField("month", 1, 12, _MONTHS, first_name=1, prefix=3),
+    _CronField("day of week", 0, 7, _WEEKDAYS, first_name=0, prefix=2),
+)
+_CRON_ALIASES = {
+    "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+class _CronError(ValueError):
+    pass
+
+
+def _cron_value(text: str, spec: _CronField, low: int) -> int:
+    """One value of a field: a number, or (month, day of week) a name or its prefix."""
+    if text.isascii() and text.isdigit():
+        value = int(text)
+    else:
+        lowered = text.lower()
+        matches = [i for i, name in enumerate(spec.names)
+                   if len(lowered) >= spec.prefix and name.startswith(lowered)]
+        if not matches:
+            known = f" or a name such as '{spec.names[1][:3]}'" if spec.names else ""
+            raise _CronError(f"{spec.name} '{text}' is not a number{known}")
+        value = matches[0] + spec.first_name
+    if not low <= value <= spec.high:
+        raise _CronError(f"{spec.name} {text} is out of range {low}-{spec.high}")
+    return value
+
+
+def _cron_field(text: str, spec: _CronField) -> set[int]:
+    """The values a field matches: lists (`1,15`), ranges (`1-5`), steps (`*/15`, `5/10`)."""
+    values: set[int] = set()
+    for part in text.split(","):
+        base, slash, step_text = part.partition("/")
+        step = 1
+        if slash:
+            if not (step_text.isascii() and step_text.isdigit()) or int(step_text) < 1:
+                raise _CronError(f"{spec.name} '{part}': the step after '/' must be a whole "
+                                 "number of at least 1")
+            step = int(step_text)
+        if base == "*":
+            start, end = spec.low, spec.high
+        elif "-" in base:
+            first, _, last = base.partition("-")
+            start = _cron_value(first, spec, spec.low)
+            end = _cron_value(last, spec, spec.low)
+            if end < start:
+                raise _CronError(f"{spec.name} range '{base}' runs backwards (Temporal refuses "
+                                 "it): put the smaller end first, or join two parts with ','")
+        elif base:
+            start = _cron_value(base, spec, spec.low)
+            end = spec.high if slash else start  # `5/10` runs from 5 to the end by 10
+        else:
+            raise _CronError(f"{spec.name} '{text}' has an empty part")
+        values.update(range(start, end + 1, step))
+    return values
+
+
+def cron_problem(expression: str) -> str | None:
+    """What is wrong with a `schedule` trigger's cron, or None when Temporal will take it.
+
+    Cairn takes the five classic fields (minute, hour, day of month, month, day of week) with
+    lists, ranges, steps and month and weekday names, and the aliases `@hourly` to `@yearly`:
+    the part of Temporal Schedules' cron syntax whose meaning no one misreads. Temporal would
+    take a sixth field as the year (not seconds, as some cron dialects do), so six or seven fields
+    are refused; the time zone belongs in `timezone`, not in a `CRON_TZ=` prefix.
+    """
+    text = " ".join(expression.split())
+    if text.startswith(("TZ=", "CRON_TZ=")):
+        return "put the time zone in trigger.schedule.timezone, not in the cron"
+    if text.startswith("@"):
+        if text not in _CRON_ALIASES:
+            return (f"unknown cron shortcut '{text}': use five fields (minute hour day-of-month "
+                    f"month day-of-week) or one of {', '.join(_CRON_ALIASES)}")
+        text = _CRON_ALIASES[text]
+    fields = text.split(" ") if text else []
+    if len(fields) != len(_CRON_FIELDS):
+        extra = (" (Temporal would read a sixth field as the year, not as seconds)"
+                 if len(fields) > len(_CRON_FIELDS) else "")
+        return (f"'{expression}' has {len(fields)} field(s); a cron has five: minute hour "
+                f"day-of-month month day-of-week, e.g. '0 9 * * mon'{extra}")
+    try:
+        matched = [_cron_field(field_text, spec)
+                   for field_text, spec in zip(fields, _CRON_FIELDS, strict=True)]
+    except _CronError as error:
+        return f"'{expression}': {error}"
+    days, months = matched[2], matched[3]
+    if min(days) > max(_DAYS_IN_MONTH[m - 1] for m in months):
+        return f"'{expression}' never fires: no chosen month has day {min(days)}"
+    return None
+
+
+def schedule_trigger(journey: Journey) -> list[tuple[str, str]]:
+    """A schedule's cron and time zone are checked here, not first by Temporal at publish time."""
+    schedule = journey.trigger.schedule
+    if schedule is None:
+        return []
+    problems = []
+    found = cron_problem(schedule.cron)
+    if found is not None:
+        problems.append(("trigger.schedule.cron", found))
+    if not is_timezone(schedule.timezone):
+        problems.append(("trigger.schedule.timezone",
+                         f"unknown time zone '{schedule.timezone}': use an IANA name such as "
+                         "'Europe/Bucharest'"))
+    return problems
+
+
+# --------------------------------------------------------------------------- conditions in place
+
+_FILTER_ADVICE = {
+    "trigger": "the trigger filter sees only the event (its name, properties and timestamp), "
+               "not the contact; move it into an `if` step at the start of the journey",
+    "exit": "an exit goal's filter sees only the event as it arrives, not the contact; test the "
+            "contact in an `if` step instead",
+    "wait": "a wait's filter sees only the event it waits for, not the contact; test the contact "
+            "in an `if` step after the wait",
+    "has_done": "has_done's `where` sees only each stored event, not the contact; put the "
+                "contact's conditions beside the has_done in an `all`",
+}
+
+
+def _filter_messages(condition: Any, path: str, place: str) -> list[tuple[str, str]]:
+    problems = []
+    for where, kind in filter_problems(condition, path):
+        if kind == "property with event":
+            problems.append((where, "`event:` reads an event caught by a wait_for_event step and "
+                                    "works only in `if` steps; a filter reads the event it "
+                                    "filters, so remove `event:` here"))
+        else:
+            problems.append((where, f"`{kind}` conditions cannot work here: "
+                                    f"{_FILTER_ADVICE[place]}"))
+    return problems
+
+
+def _if_conditions(journey: Journey) -> list[tuple[str, Any]]:
+    """Every leaf condition of the journey's `if` steps, with its path (`steps.x.if.all[0]`)."""
+    return [
+        (where, leaf)
+        for name, step in steps_of(journey).items() if isinstance(step, IfStep)
+        for where, leaf in leaves(step.if_, f"steps.{name}.if")
+    ]
+
+
+def event_filters(journey: Journey) -> list[tuple[str, str]]:
+    """Filters (`where`) are decided on an event alone: a condition on the contact, its history
+    or its channels there would never see them, so it is refused before it silently fails."""
+    problems = []
+    if journey.trigger.where is not None:
+        problems += _filter_messages(journey.trigger.where, "trigger.where", "trigger")
+    for index, goal in enumerate(journey.exit):
+        if goal.where is not None:
+            problems += _filter_messages(goal.where, f"exit[{index}].where", "exit")
+    for name, step in steps_of(journey).items():
+        if isinstance(step, WaitForEventStep) and step.wait_for_event.where is not None:
+            problems += _filter_messages(step.wait_for_event.where,
+                                         f"steps.{name}.wait_for_event.where", "wait")
+    for where, leaf in _if_conditions(journey):
+        if isinstance(leaf, HasDoneCondition) and leaf.has_done.where is not None:
+            problems += _filter_messages(leaf.has_done.where, f"{where}.has_done.where",
+                                         "has_done")
+    return problems
+
+
+def caught_event_conditions(journey: Journey) -> list[tuple[str, str]]:
+    """`{property: ..., event: x}` reads the event `x` a wait caught: some wait must catch it."""
+    caught = list(dict.fromkeys(
+        step.wait_for_event.event for step in steps_of(journey).values()
+        if isinstance(step, WaitForEventStep)
+    ))
+    problems = []
+    for where, leaf in _if_conditions(journey):
+        if isinstance(leaf, PropertyCondition) and leaf.event and leaf.event not in caught:
+            found = (f"its waits catch: {', '.join(caught)}" if caught
+                     else "it has no wait_for_event step")
+            problems.append((f"{where}.event", f"no wait_for_event step of this journey catches "
+                                               f"'{leaf.event}' ({found})"))
+    return problems
+
+
+def update_values(journey: Journey) -> list[tuple[str, str]]:
+    """Liquid in `update.set` values is checked like message templates (syntax, filters)."""
+    return [
+        (f"steps.{name}.update.set.{where}", message)
+        for name, step in steps_of(journey).items() if isinstance(step, UpdateStep)
+        for where, message in set_problems(name, step.update.set)
+    ]
+
+
 JOURNEY_CHECKS: tuple[JourneyCheck, ...] = (
-    check_graph, channel_parts, webhook_bodies, timezone,
+    check_graph, channel_parts, webhook_bodies, timezone, schedule_trigger, event_filters,
+    caught_event_conditions, update_values,
 )
 
 
@@ -487,7 +718,7 @@ def find_journey(key: str, folder: Path) -> Path:
 
 
 __all__ = [
-    "JOURNEY_CHECKS", "JourneyFileError", "Problem", "Validation", "find_journey",
+    "JOURNEY_CHECKS", "JourneyFileError", "Problem", "Validation", "cron_problem", "find_journey",
     "journey_files", "load_journey", "model_problems", "read_document", "validate",
     "validate_paths",
 ]

@@ -70,7 +70,9 @@ class JourneyState:
     """Everything a run needs to go on; passed whole through continue-as-new.
 
     `deadline` is the absolute end of the current wait, so a run that continues as new mid-wait
-    resumes the same wait instead of starting it over.
+    resumes the same wait instead of starting it over. `last_elapsed` is the end of the last wait
+    that ran its course: a `wait` that starts moments after it counts from it, so a loop of
+    waits keeps its rhythm however long the steps between take.
     """
 
     entered_at: datetime
@@ -86,6 +88,7 @@ class JourneyState:
     step_started_seq: int = 0
     step_started_at: datetime | None = None
     deadline: datetime | None = None
+    last_elapsed: datetime | None = None
     waiting_for: str | None = None
     runs: int = 1
     outcome: str | None = None
@@ -105,6 +108,12 @@ class JourneyInput(BaseModel):
     state: JourneyState | None = None
     delivery_task_queue: str | None = Field(
         default=None, description="queue of the send activities (default: paired with the run's)"
+    )
+    history_limit: int | None = Field(
+        default=None, ge=10,
+        description="continue as new once a run's history has this many events, besides when "
+                    "Temporal suggests it (which needs thousands); lets tests and cautious "
+                    "operators keep runs short",
     )
 
 

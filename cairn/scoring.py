@@ -15,23 +15,24 @@ thresholds:
 
 A dimension is `global`, `stage:<sales stage>` or `tag:<tag>`, as in SALESmanago's multi-level
 scoring. A decay rule on entering a segment is an ordinary rule on the `segment_entered` event;
-a decay "after N days without an event" is time-based and belongs to the sweep. This module loads
-and validates definitions and says which rules an event matches; applying them is
-`starter.audience`.
+a decay "after N days without an event" (an inactivity decay) is time-based: only a sweep can notice
+an absence, so the hourly segment sweep applies it (`activities.sweeps`), once per inactivity
+period (see `InactivityDecay`). This module loads and validates definitions and says which rules
+an event matches; applying them is `starter.audience` and the sweep.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from cairn.conditions import Condition, Spec, evaluate_event_filter, parse_condition
-from cairn.durations import PositiveDuration
+from cairn.durations import PositiveDuration, parse_duration
 from cairn.journey_files import DefinitionFileError, Problem, model_problems, read_document
 from cairn.journey_run import EventMessage
 from cairn.segments import segment_files
@@ -39,6 +40,9 @@ from cairn.segments import segment_files
 SEGMENT_ENTERED = "segment_entered"
 SEGMENT_EXITED = "segment_exited"
 SCORE_CROSSED = "score_crossed"
+
+_SYSTEM_EVENTS = (SEGMENT_ENTERED, SEGMENT_EXITED, SCORE_CROSSED)
+"""Events Cairn stores itself: their absence says nothing about the contact."""
 
 DIMENSION_PATTERN = r"^(global|stage:[A-Za-z0-9_.-]+|tag:[A-Za-z0-9_.-]+)$"
 _DIMENSION_HELP = "use global, stage:<sales stage> or tag:<tag>"
@@ -81,16 +85,39 @@ class ScoringRule(Spec):
 
 
 class DecayRule(Spec):
-    """Points taken (or given) on entering a segment, or after a time without an event."""
+    """Points taken (or given) on entering a segment, or after a time without an event.
 
-    segment_entered: str | None = None
-    without: str | None = Field(default=None, description="event whose absence decays the score")
-    after: PositiveDuration | None = None
+    `{segment_entered: inactive_30d, add: -50}` scores the contact's entry into the segment;
+    `{without: login, after: 7d, add: -10}` scores an inactivity period: `after` has passed since
+    the contact's last `login` (or since first seen, for a contact who never logged in).
+    """
+
+    segment_entered: str | None = Field(default=None, min_length=1)
+    without: str | None = Field(default=None, min_length=1,
+                                description="event whose absence decays the score")
+    after: PositiveDuration | None = Field(
+        default=None, description="how long without the event before the decay applies")
     add: int
     dimension: str = "global"
     reason: str | None = None
 
     _check_dimension = field_validator("dimension")(_dimension)
+
+    @field_validator("add")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("a decay that adds 0 points does nothing; give a negative (or "
+                             "positive) number")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _after_not_for(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "for" in data:
+            raise ValueError(f"unknown field 'for': how long without the event is `after` "
+                             f"(after: {data['for']})")
+        return data
 
     @model_validator(mode="after")
     def _one_trigger(self) -> DecayRule:
@@ -101,6 +128,9 @@ class DecayRule(Spec):
             raise ValueError("`without` needs `after`: how long without the event (e.g. 7d)")
         if self.segment_entered is not None and self.after is not None:
             raise ValueError("`after` goes with `without`, not with `segment_entered`")
+        if self.without in _SYSTEM_EVENTS:
+            raise ValueError(f"`without: {self.without}`: Cairn emits {self.without} itself; "
+                             "name an event contacts do (e.g. login)")
         return self
 
     @property
@@ -119,6 +149,48 @@ class DecayRule(Spec):
             "dimension": self.dimension,
             "reason": self.reason or f"entered {self.segment_entered} {self.add:+d}",
         })
+
+
+@dataclass(frozen=True)
+class InactivityDecay:
+    """A `without`/`after` decay with its stable id (`<file key>.decay<index>`), ready to apply.
+
+    An inactivity period starts at the contact's last `without` event at or before the moment
+    judged (first seen, or created, for a contact who never did it) and is due once `after` has
+    passed. It is applied once per period: the change is keyed by rule, contact and the period's
+    start (`decay_key`), so every later sweep finds it recorded until the contact does the event
+    again, which starts a new period.
+    """
+
+    id: str
+    rule: DecayRule
+
+    @property
+    def event(self) -> str:
+        assert self.rule.without is not None
+        return self.rule.without
+
+    @property
+    def after(self) -> timedelta:
+        assert self.rule.after is not None
+        return parse_duration(self.rule.after)
+
+    def due(self, since: datetime, now: datetime) -> bool:
+        """Whether a period that started at `since` has lasted `after` at `now`."""
+        return now - since >= self.after
+
+    def key(self, contact_id: str, since: datetime) -> str:
+        """The score history's idempotency key of this decay for one period of one contact."""
+        return decay_key(self.id, contact_id, since)
+
+    def says(self) -> str:
+        """The reason written in the score history."""
+        return self.rule.reason or f"no {self.event} for {self.rule.after} {self.rule.add:+d}"
+
+
+def decay_key(rule_id: str, contact_id: str, since: datetime) -> str:
+    """`decay/<rule id>/<contact>/<period start, ISO UTC>`: one change per inactivity period."""
+    return f"decay/{rule_id}/{contact_id}/{since.isoformat()}"
 
 
 class ScoringRules(Spec):
@@ -170,6 +242,13 @@ class Scoring:
                 if rule is not None:
                     found.append(RuleRef(f"{file.key}.decay{i}", rule))
         return found
+
+    def inactivity_decays(self) -> list[InactivityDecay]:
+        """The `without`/`after` decays, in file order, with the ids `rules()` would give them."""
+        return [
+            InactivityDecay(f"{file.key}.decay{i}", decay)
+            for file in self.files for i, decay in enumerate(file.decay) if decay.time_based
+        ]
 
     def matching(self, event: EventMessage, now: datetime) -> list[RuleRef]:
         """The rules this event triggers, in file order."""
@@ -274,12 +353,14 @@ __all__ = [
     "SEGMENT_EXITED",
     "Crossing",
     "DecayRule",
+    "InactivityDecay",
     "RuleRef",
     "Scoring",
     "ScoringFileError",
     "ScoringRule",
     "ScoringRules",
     "crossings",
+    "decay_key",
     "load_scoring",
     "parse_scoring",
 ]

@@ -32,16 +32,24 @@ from pydantic import Field, TypeAdapter, ValidationError, computed_field
 from cairn.conditions import (
     AllCondition,
     AnyCondition,
+    AttributeCondition,
     Comparison,
     Condition,
     ConditionScope,
+    HasDone,
     HasDoneCondition,
     InSegmentCondition,
     NotCondition,
+    PropertyCondition,
+    ReachableCondition,
+    ScoreCondition,
     Spec,
     Verdict,
+    compare,
     evaluate,
+    event_field,
     parse_condition,
+    read_path,
 )
 from cairn.contact import ContactSnapshot
 from cairn.journey_files import (
@@ -117,6 +125,13 @@ def _measures_age(condition: Any) -> bool:
         ):
             return True
     return False
+
+
+def has_done_specs(segments: Iterable[Segment]) -> list[HasDone]:
+    """Every `has_done` the rules of `segments` may ask about, in rule order: what a sweep
+    batch fetches for all its contacts at once."""
+    return [part.has_done for segment in segments for part in _walk(segment.rule)
+            if isinstance(part, HasDoneCondition)]
 
 
 def _segments_in(condition: Any) -> Iterable[str]:
@@ -378,9 +393,102 @@ async def decide(
     return decided
 
 
+Memo = dict[tuple[int, type, Any], bool]
+"""Leaf verdicts of one moment: (comparison, type and value compared) -> whether it held."""
+
+_MEMO_TYPES = frozenset({str, int, float, bool, type(None), object})
+"""Values whose verdicts are memoized: JSON scalars, and `object` for the missing-value marker
+(lists and mappings are compared every time)."""
+
+
+async def members(
+    segments: list[Segment],
+    contact: ContactSnapshot,
+    scope: ConditionScope,
+    memo: Memo | None = None,
+) -> dict[str, bool]:
+    """What `decide` decides, membership only: no reasons, and comparisons memoized in `memo`.
+
+    The segment sweep decides every contact every hour and only needs to know who changes
+    (those it decides again with `decide`, reasons and all). Building a reason for every condition
+    of every contact, and comparing the same count with the same operators thousands of times,
+    was most of a sweep's time: here a comparison is made once per distinct value in `memo`
+    (shared by the contacts of one batch, all judged at the same `scope.now`), and `all`/`any`/
+    `not` combine booleans. The tests hold this to `decide`'s decisions.
+    """
+    view = contact_scope(contact)
+    current = set(view.get("segments") or [])
+    scope.contact = view
+    found: dict[str, bool] = {}
+    for segment in segments:
+        result = await _holds(segment.rule, scope, current, memo)
+        if result:
+            current.add(segment.key)
+        else:
+            current.discard(segment.key)
+        found[segment.key] = result
+    return found
+
+
+async def _holds(condition: Any, scope: ConditionScope, current: set[str],
+                 memo: Memo | None) -> bool:
+    """`evaluate(condition, scope).result`, with `current` as the contact's segments."""
+    if isinstance(condition, AttributeCondition):
+        value = read_path(scope.contact.get("attributes") or {}, condition.attribute)
+        return _compared(condition, value, scope, memo)
+    if isinstance(condition, ScoreCondition):
+        value = (scope.contact.get("scores") or {}).get(condition.score, 0)
+        return _compared(condition, value, scope, memo)
+    if isinstance(condition, PropertyCondition):
+        return compare(event_field(scope.event, condition.property), condition, scope.now)[0]
+    if isinstance(condition, InSegmentCondition):
+        return condition.in_segment in current
+    if isinstance(condition, HasDoneCondition):
+        if scope.count_events is None:
+            raise ValueError("has_done needs the event store; it cannot be decided here")
+        spec = condition.has_done
+        if not _compared(spec.count, await scope.count_events(spec), scope, memo):
+            return False
+        if spec.sum is None or spec.total is None:
+            return True
+        if scope.sum_events is None:
+            raise ValueError("has_done with `sum` needs the event store's sums; it cannot be "
+                             "decided here")
+        return _compared(spec.total, await scope.sum_events(spec), scope, memo)
+    if isinstance(condition, ReachableCondition):
+        if scope.reachable is None:
+            raise ValueError("reachable needs the contact's channels; it cannot be decided here")
+        return scope.reachable(condition.reachable).result
+    if isinstance(condition, AllCondition):
+        for part in condition.all:
+            if not await _holds(part, scope, current, memo):
+                return False
+        return True
+    if isinstance(condition, AnyCondition):
+        for part in condition.any:
+            if await _holds(part, scope, current, memo):
+                return True
+        return False
+    if isinstance(condition, NotCondition):
+        return not await _holds(condition.not_, scope, current, memo)
+    raise TypeError(f"not a condition: {condition!r}")
+
+
+def _compared(comparison: Comparison, value: Any, scope: ConditionScope,
+              memo: Memo | None) -> bool:
+    if memo is None or type(value) not in _MEMO_TYPES:
+        return compare(value, comparison, scope.now)[0]
+    key = (id(comparison), type(value), value)
+    held = memo.get(key)
+    if held is None:
+        held = memo[key] = compare(value, comparison, scope.now)[0]
+    return held
+
+
 __all__ = [
     "PAGE_VIEWED",
     "Membership",
+    "Memo",
     "Segment",
     "SegmentCycleError",
     "SegmentFileError",
@@ -388,7 +496,9 @@ __all__ = [
     "decide",
     "evaluation_order",
     "expand_visited",
+    "has_done_specs",
     "load_segments",
+    "members",
     "parse_segment",
     "segment_files",
     "segment_problems",

@@ -21,6 +21,7 @@ from liquid import BoundTemplate, Environment
 from liquid.exceptions import LiquidError
 from liquid.token import Token
 
+from cairn.date_filters import DATE_FILTERS
 from cairn.journey import TemplateParts
 
 REQUIRED_PARTS: dict[str, tuple[str, ...]] = {
@@ -79,6 +80,8 @@ class _CairnLiquid(Environment):
 
 
 _LIQUID = _CairnLiquid()
+for _name, _function in DATE_FILTERS.items():
+    _LIQUID.add_filter(_name, _function)
 
 
 @lru_cache(maxsize=2048)

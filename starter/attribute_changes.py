@@ -1,9 +1,12 @@
-"""Attribute changes: an `identify` that changes a trait stores an `attribute_changed` event.
+"""Attribute changes: a profile change that changes a trait stores an `attribute_changed` event.
 
-Ingest asks for the values before merging the traits (`values_before`) and hands them back after
-(`record_changes`), in the same transaction as the merge: the old value exists only at that moment,
-and keeping the change events in the same commit as the change means a crash right after cannot
-lose them (they wait unrouted, like any accepted event, for the relay).
+Three writers change traits: `identify` calls, journeys' `update` steps and `PATCH
+/v1/contacts/{id}`. Each asks for the values before its change (`values_before`, which takes the
+contact's write lock so no other writer slips in between) and hands them back after
+(`record_changes`), in the same transaction as the change: the old value exists only at that
+moment, and keeping the change events in the same commit as the change means a crash right after
+cannot lose them (they wait unrouted, like any accepted event, for the relay). `update_profile`
+is that sequence for the path-based changes of `update` steps and PATCH.
 
 One event per changed trait, for the same contact: `attribute_changed` with
 `{attribute, from, to}`. A trait set for the first time counts as a change from `null`
@@ -11,17 +14,20 @@ One event per changed trait, for the same contact: `attribute_changed` with
 contact whose very first identify says `plan: pro`. A trait sent again with the same value
 changes nothing and stores nothing. Channel traits (email, phone, timezone, consent, push
 tokens) are compared as stored after merging, so `consent: {sms: true}` sent twice is one change.
-Traits whose name starts with `_` are Cairn's own bookkeeping and never announced.
+Traits whose name starts with `_` are Cairn's own bookkeeping and never announced; nor are tags
+and suppressed channels (delivery state changed by `update` and PATCH, not traits).
 
-Derived message ids are `<identify message id>/attribute_changed/<trait>`, so a repeated
-identify (same messageId) stores nothing new. Changes made by journeys' `update` steps and by
-`PATCH /v1/contacts` are not announced here.
+Derived message ids are `<source>/attribute_changed/<trait>`, where the source is the identify's
+messageId, `update/<step idempotency key>` for an `update` step or `patch/<uuid>` for a PATCH: a
+repeated identify (same messageId) or a retried `update` activity stores nothing new. An id longer
+than the store keeps (255) is replaced by a hash of it, still deterministic.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +45,9 @@ ATTRIBUTE_CHANGED = "attribute_changed"
 ATTRIBUTE_EVENT_TYPE = "attribute"
 """The `type` of the events this module stores (beside track, identify, audience)."""
 
+MESSAGE_ID_LIMIT = 255
+"""The longest message id the events table keeps (PostgreSQL refuses longer ones)."""
+
 
 def trait_value(contact: Contact | None, name: str) -> Any:
     """A trait's value now: its column for channel traits, else the attribute (None if unset)."""
@@ -55,9 +64,20 @@ def announced(names: Iterable[str]) -> list[str]:
 
 
 async def values_before(s: AsyncSession, contact_id: str, names: Iterable[str]) -> dict[str, Any]:
-    """The contact's values of the named traits, copied before an identify changes them."""
-    contact = await contacts_repo.get_contact(s, contact_id)
-    return {name: trait_value(contact, name) for name in announced(names)}
+    """The contact's values of the named traits, copied under its write lock before a change."""
+    wanted = announced(names)
+    if not wanted:
+        return {}
+    contact = await contacts_repo.locked_contact(s, contact_id)
+    return {name: trait_value(contact, name) for name in wanted}
+
+
+def change_message_id(source_message_id: str, name: str) -> str:
+    """`<source>/attribute_changed/<trait>`, or a hash of it when the store could not keep it."""
+    message_id = f"{source_message_id}/{ATTRIBUTE_CHANGED}/{name}"
+    if len(message_id) <= MESSAGE_ID_LIMIT:
+        return message_id
+    return f"{ATTRIBUTE_CHANGED}/{hashlib.sha256(message_id.encode()).hexdigest()}"
 
 
 def _empty(value: Any) -> bool:
@@ -82,7 +102,7 @@ async def record_changes(
             continue
         properties = {"attribute": name, "from": None if _empty(old) else old, "to": new}
         row, fresh = await events_repo.record_event(
-            s, message_id=f"{source_message_id}/{ATTRIBUTE_CHANGED}/{name}",
+            s, message_id=change_message_id(source_message_id, name),
             type=ATTRIBUTE_EVENT_TYPE, contact_id=contact.id, name=ATTRIBUTE_CHANGED,
             properties=properties, timestamp=timestamp, received_at=received_at,
         )
@@ -93,4 +113,39 @@ async def record_changes(
     return stored
 
 
-__all__ = ["ATTRIBUTE_CHANGED", "record_changes", "trait_value", "values_before"]
+async def update_profile(
+    s: AsyncSession,
+    contact_id: str,
+    set_: Mapping[str, Any],
+    unset: Iterable[str],
+    add_tags: Iterable[str],
+    remove_tags: Iterable[str],
+    *,
+    now: datetime,
+    source_message_id: str,
+    received_at: datetime,
+) -> tuple[Contact, list[int]]:
+    """Apply a path-based profile change and store its `attribute_changed` events; returns the
+    contact and the ids of the events stored (left unrouted, for the caller or the relay).
+
+    The one path `update` steps and `PATCH /v1/contacts/{id}` share, so both announce exactly
+    what an identify with the same values would. The events carry `now` (the change's time: the
+    journey's clock for a step) as their timestamp.
+    """
+    unset = list(unset)
+    before = await values_before(s, contact_id, contacts_repo.profile_traits([*set_, *unset]))
+    contact = await contacts_repo.apply_profile_update(
+        s, contact_id, set_, unset, list(add_tags), list(remove_tags), now)
+    stored = await record_changes(s, source_message_id=source_message_id, contact=contact,
+                                  before=before, timestamp=now, received_at=received_at)
+    return contact, stored
+
+
+__all__ = [
+    "ATTRIBUTE_CHANGED",
+    "change_message_id",
+    "record_changes",
+    "trait_value",
+    "update_profile",
+    "values_before",
+]

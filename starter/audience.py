@@ -28,8 +28,6 @@ from cairn.conditions import (
     HasDone,
     ReachableSpec,
     Verdict,
-    evaluate_event_filter,
-    event_field,
 )
 from cairn.conditions import window_start as has_done_window
 from cairn.contact import ContactSnapshot
@@ -50,7 +48,7 @@ from cairn.store import events as events_repo
 from cairn.store import scores as scores_repo
 from cairn.store import segments as segments_repo
 from cairn.store.db import Store
-from cairn.store.schema import Event, ScoreChangeRecord
+from cairn.store.schema import ScoreChangeRecord
 
 log = get_logger(__name__)
 
@@ -149,7 +147,12 @@ class Audience:
         contact = await contacts_repo.snapshot(s, event.contact_id)
         if contact is None:
             return []
-        now = event.timestamp
+        # Membership is the contact's state as of their latest activity, not as of this event:
+        # events are routed in the background and may be decided after later ones (a derived
+        # score_crossed after a page view); deciding "as of" the older event would undo what
+        # the newer one established.
+        latest = contact.last_seen_at
+        now = max(event.timestamp, latest) if latest is not None else event.timestamp
         scope = ConditionScope(
             now=now,
             count_events=lambda spec: self._count(s, event.contact_id, spec, now),
@@ -184,22 +187,10 @@ class Audience:
     async def _sum(s: AsyncSession, contact_id: str, spec: HasDone, now: datetime) -> float:
         """The `sum` property added up over the events `has_done` counts (non-numbers skipped)."""
         assert spec.sum is not None  # evaluate only asks for sums of has_done with `sum`
-        query = select(Event).where(Event.contact_id == contact_id, Event.name == spec.event,
-                                    Event.timestamp <= now)
-        since = has_done_window(spec, now, None)
-        if since is not None:
-            query = query.where(Event.timestamp >= since)
-        total = 0.0
-        for row in await s.scalars(query):
-            scope = events_repo.event_message(row).as_scope()
-            if spec.where is not None and not evaluate_event_filter(
-                spec.where, scope, now
-            ).result:
-                continue
-            value = event_field(scope, spec.sum)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                total += value
-        return total
+        return await events_repo.sum_event_property(
+            s, contact_id, spec.event, spec.sum, since=has_done_window(spec, now, None),
+            until=now, where=spec.where,
+        )
 
 
 def _reachable(contact: ContactSnapshot, spec: ReachableSpec) -> Verdict:

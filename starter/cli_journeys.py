@@ -44,13 +44,23 @@ def validate(
 
 def _audience_problems(folder: Path, journeys: list[Journey]) -> tuple[list[str], list[str]]:
     """Segments, scoring rules and geofences beside the journeys, and the triggers naming them."""
+    from cairn.delivery_policy import POLICY_FILE, PolicyError, load_policy
     from cairn.geofences import GeofenceFileError, load_geofences
     from cairn.scoring import ScoringFileError, load_scoring
     from cairn.segments import SegmentFileError, load_segments
 
     problems: list[str] = []
+    summary: list[str] = []
     segments: set[str] | None = None
     fences: set[str] | None = None
+    try:
+        policy = load_policy(folder)
+    except PolicyError as error:
+        problems.append(str(error))
+    else:
+        if (folder / POLICY_FILE).exists():
+            summary.append(f"OK {folder / POLICY_FILE}: quiet hours on "
+                           f"{len(policy.quiet_hours)} channel(s), {len(policy.caps)} cap(s)")
     try:
         segments = {s.key for s in load_segments(folder / "segments")}
     except SegmentFileError as error:
@@ -71,7 +81,6 @@ def _audience_problems(folder: Path, journeys: list[Journey]) -> tuple[list[str]
             if name is not None and known is not None and name not in known:
                 problems.append(f"{journey.key}: trigger.{kind}: unknown {kind.split('_')[0]} "
                                 f"{name!r} (not in {folder / kind.split('_')[0]}s)")
-    summary = []
     if segments:
         summary.append(f"OK {folder / 'segments'}: {len(segments)} segment(s)")
     if fences:
@@ -88,8 +97,16 @@ def graph(
         Path | None,
         typer.Option(help="where journey keys are looked up (default: settings journeys_dir)"),
     ] = None,
+    counts: Annotated[
+        bool,
+        typer.Option("--counts/--no-counts",
+                     help="show how many contacts are in each step now, when Temporal answers"),
+    ] = True,
 ) -> None:
-    """Print the journey's steps as a Mermaid flowchart (paste into any Markdown viewer)."""
+    """Print the journey's steps as a Mermaid flowchart (paste into any Markdown viewer).
+
+    With a Temporal server reachable (CAIRN_TEMPORAL_ADDRESS), each step shows how many running
+    entries are in it right now; without one, the plain graph."""
     from cairn.graph import mermaid
     from cairn.journey_files import JourneyFileError, find_journey, load_journey
     from cairn.settings import get_settings
@@ -103,4 +120,30 @@ def graph(
         for problem in error.problems:
             typer.echo(str(problem), err=True)
         raise typer.Exit(1) from None
-    typer.echo(mermaid(definition), nl=False)
+    per_step = _step_counts(definition.key) if counts else None
+    typer.echo(mermaid(definition, per_step), nl=False)
+
+
+def _step_counts(journey_key: str) -> dict[str, int] | None:
+    """Running entries per current step from Temporal's visibility; None (and a note on stderr)
+    when no server answers or it cannot list runs."""
+    import asyncio
+
+    from temporalio.service import RPCError
+
+    from cairn.settings import get_settings
+    from starter.cli_catalog import step_counts
+    from starter.temporal import TemporalConnectionError, connect
+
+    settings = get_settings()
+
+    async def collect() -> dict[str, int] | None:
+        try:
+            client = await asyncio.wait_for(connect(settings), timeout=5)
+            return dict(await step_counts(client, journey_key))
+        except (TemporalConnectionError, RPCError, TimeoutError) as error:
+            typer.echo(f"no per-step counts: Temporal at {settings.temporal_address} did not "
+                       f"answer ({type(error).__name__})", err=True)
+            return None
+
+    return asyncio.run(collect())

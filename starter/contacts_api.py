@@ -1,7 +1,8 @@
 """Contact endpoints: read, change preferences, erase, and alias an anonymous visitor to a user.
 
 `GET /v1/contacts/{id}` shows what journeys see; `PATCH` changes profile, channels, consent and
-subscription preferences per channel and category (a preference centre, a support agent);
+subscription preferences per channel and category (a preference centre, a support agent), and
+announces each trait it changes as an `attribute_changed` event, as an identify would;
 `DELETE` erases the contact after ending the journeys it is in; `POST /v1/alias` (Segment `alias`)
 folds an anonymous visitor into the user it signed up as, so events from before sign-up count.
 
@@ -12,10 +13,11 @@ function below does the work against the store (and Temporal, for erasure).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, BackgroundTasks, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
@@ -30,7 +32,11 @@ from cairn.store import contacts as contacts_repo
 from cairn.store import entries as entries_repo
 from cairn.store import events as events_repo
 from cairn.store.db import Store
+from starter import attribute_changes
 from starter.segment_spec import new_message_id
+
+if TYPE_CHECKING:
+    from starter.ingest import Ingest
 
 log = get_logger(__name__)
 
@@ -218,22 +224,34 @@ def patch_paths(patch: ContactPatch) -> tuple[dict[str, Any], list[str]]:
     return set_, unset
 
 
-async def update_contact(store: Store, contact_id: str, patch: ContactPatch) -> ContactSnapshot:
-    """Apply a PATCH in one transaction; 404 for an unknown contact."""
+@dataclass(frozen=True)
+class ContactUpdate:
+    """A PATCH applied: the contact as it is now, and the `attribute_changed` events it stored."""
+
+    snapshot: ContactSnapshot
+    changes: list[int]
+
+
+async def update_contact(store: Store, contact_id: str, patch: ContactPatch) -> ContactUpdate:
+    """Apply a PATCH in one transaction, with an `attribute_changed` event per trait it changes
+    (stored unrouted in the same commit); 404 for an unknown contact."""
     set_, unset = patch_paths(patch)
+    now = _now()
     async with store.session() as session, session.begin():
         if await contacts_repo.get_contact(session, contact_id) is None:
             raise _not_found(contact_id)
         try:
-            await contacts_repo.apply_profile_update(
-                session, contact_id, set_, unset, patch.add_tags, patch.remove_tags, _now())
+            _, changes = await attribute_changes.update_profile(
+                session, contact_id, set_, unset, patch.add_tags, patch.remove_tags, now=now,
+                source_message_id=f"patch/{new_message_id()}", received_at=now)
         except contacts_repo.ContactTraitError as error:
             raise HTTPException(status_code=422, detail=f"body.{error}") from error
     async with store.session() as session:
         snapshot = await contacts_repo.snapshot(session, contact_id)
     assert snapshot is not None
-    log.info("contact.updated", contact=contact_id, paths=sorted([*set_, *unset]))
-    return snapshot
+    log.info("contact.updated", contact=contact_id, paths=sorted([*set_, *unset]),
+             changes=len(changes))
+    return ContactUpdate(snapshot=snapshot, changes=changes)
 
 
 async def end_journeys(
@@ -327,8 +345,15 @@ _SNAPSHOT_EXAMPLE: dict[int | str, dict[str, Any]] = {200: {"content": {"applica
                 "scores": {"global": 35}, "segments": ["buyers"]}}}}}
 
 
-def contacts_router(store: Store, temporal: Client | None) -> APIRouter:
-    """The contact endpoints over one store; `temporal` ends journeys on erasure."""
+def contacts_router(
+    store: Store, temporal: Client | None, *, ingest: Ingest | None = None
+) -> APIRouter:
+    """The contact endpoints over one store; `temporal` ends journeys on erasure.
+
+    `ingest` routes the `attribute_changed` events of a PATCH right after the answer (scoring,
+    segments, then journeys, as for an identify); without it they wait in the store for the
+    relay (`starter.relay`), which routes them the same way a few seconds later.
+    """
     router = APIRouter(tags=["contacts"])
 
     @router.get("/v1/contacts/{contact_id}", response_model=ContactSnapshot,
@@ -345,9 +370,16 @@ def contacts_router(store: Store, temporal: Client | None) -> APIRouter:
                   summary="Change profile, channels, consent and subscription preferences",
                   responses={**_NOT_FOUND, **_SNAPSHOT_EXAMPLE,
                              422: {"description": "a field is invalid; `errors` names it"}})
-    async def patch_contact(contact_id: str, patch: ContactPatch) -> ContactSnapshot:
-        """Fields left out stay; `null` clears; consent and attributes merge per key."""
-        return await update_contact(store, contact_id, patch)
+    async def patch_contact(
+        contact_id: str, patch: ContactPatch, background: BackgroundTasks
+    ) -> ContactSnapshot:
+        """Fields left out stay; `null` clears; consent and attributes merge per key. Each trait
+        whose value changes is announced as an `attribute_changed` event (`from`, `to`), so
+        journeys triggered by that change start as they would after an identify."""
+        update = await update_contact(store, contact_id, patch)
+        if update.changes and ingest is not None:
+            background.add_task(ingest.route_events, update.changes)
+        return update.snapshot
 
     @router.delete("/v1/contacts/{contact_id}", response_model=ErasureReport,
                    summary="Erase a contact: end its journeys, delete all its data",

@@ -99,9 +99,16 @@ class Ingest:
         """Store a `page` call as a `page_viewed` event (URL-visit segments read it), then route."""
         return (await self._ingest([call], route=route))[0]
 
-    async def batch(self, call: BatchCall, *, route: bool = True) -> list[IngestResult]:
-        """Store every call of a batch in one transaction, in order, then route the new ones."""
-        return await self._ingest(list(call.batch), route=route)
+    async def batch(
+        self, call: BatchCall | Sequence[SegmentCallType], *, route: bool = True
+    ) -> list[IngestResult]:
+        """Store every call of a batch in one transaction, in order, then route the new ones.
+
+        Each item is stored exactly as its own endpoint would store it (a `page` item as a
+        `page_viewed` event); `call` is a batch body or its items.
+        """
+        calls: list[SegmentCallType] = [*(call.batch if isinstance(call, BatchCall) else call)]
+        return await self._ingest(calls, route=route)
 
     async def route_events(self, event_ids: Sequence[int]) -> dict[int, list[RouteDecision]]:
         """Route stored events in order and mark each routed; never raises for routing failures.
@@ -183,7 +190,9 @@ class Ingest:
         self, session: AsyncSession, call: SegmentCallType, received_at: datetime
     ) -> IngestResult:
         timestamp = call.timestamp or received_at
-        contact_id = call.contact_id
+        # An anonymous id that an alias linked to a user is that user's (not a new visitor).
+        contact_id = await contacts_repo.resolve_contact_id(session, call.user_id,
+                                                            call.anonymous_id)
         if isinstance(call, TrackCall):
             kind, name, properties = "track", call.event, call.properties
         elif isinstance(call, PageCall):

@@ -2,7 +2,8 @@
 
 `register_schedules` makes the server's schedules match the published catalog:
 
-- `cairn-segment-sweep`, hourly: re-decides time-based segments (inactive for 30 days);
+- `cairn-segment-sweep`, hourly: re-decides time-based segments (inactive for 30 days) and
+  applies the scoring rules' inactivity decays (-10 after 7 days without login);
 - `cairn-date-sweep`, hourly: date triggers. Hourly rather than daily because contacts live in
   every time zone: each run emits for the contacts whose local due moment (e.g. their birthday at
   10:00 their time) passed within the last day, so everyone is reached within the hour of their
@@ -88,7 +89,8 @@ def wanted_schedules(journeys: list[Journey], settings: Settings) -> dict[str, S
         SEGMENT_SWEEP_SCHEDULE: Schedule(
             action=ScheduleActionStartWorkflow(
                 SEGMENT_SWEEP_WORKFLOW, SweepInput(config=config), id="cairn/segment-sweep",
-                task_queue=queue, static_summary="re-decide time-based segments",
+                task_queue=queue,
+                static_summary="re-decide time-based segments, apply inactivity decays",
             ),
             spec=hourly, policy=policy,
         ),

@@ -4,7 +4,9 @@ A scenario (DESIGN section 6) says when the clock starts, who the contact is, wh
 when, and when to stop. The simulator runs the real interpreter workflow and the real activities on
 Temporal's time-skipping test server against a throwaway SQLite store, and feeds every event through
 the real `Ingest` and `Router`, so triggers, entry rules and exit goals are exercised exactly as in
-production. The report (`SimulationReport`) is the JSON contract `cairn simulate --json` prints.
+production. The events that live sweeps emit for `date_attribute` and `schedule` triggers are
+emitted the same way at the moments the sweeps would (`_SweptTrigger`), unless the scenario plays
+them itself. The report (`SimulationReport`) is the JSON contract `cairn simulate --json` prints.
 
 This module does not define journeys, route events or deliver anything itself: it only sets the
 stage, moves the clock and reads back what the engine recorded.
@@ -18,8 +20,8 @@ import json
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -44,19 +46,32 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
+from activities.delivery import DeliveryActivities
+from activities.sweeps import (
+    SWEEP_EVENT_TYPE,
+    date_trigger_event,
+    due_date,
+    schedule_trigger_event,
+)
 from cairn import search_attributes
+from cairn.channels.registry import ChannelSet
 from cairn.contact import ContactSnapshot, WebPushSubscription
+from cairn.delivery_policy import DeliveryPolicy
 from cairn.durations import DurationError, parse_duration
 from cairn.journey import AudienceStep, Journey, NotifyStep, SendStep, WebhookStep
 from cairn.journey_run import STATE_QUERY, JourneyResult, JourneyStateView, PathEntry
 from cairn.local_time import TimezoneError, zone
 from cairn.log import get_logger
+from cairn.schedule_times import cron_occurrences
 from cairn.store import contacts, deliveries, journeys, scores, tasks
+from cairn.store import events as events_repo
+from cairn.store import segments as segments_repo
 from cairn.store.db import Store
 from starter.audience import Audience
 from starter.geofencing import Geofencing
 from starter.ingest import Ingest, IngestResult
 from starter.router import RouteDecision, Router
+from starter.schedules import SWEEP_EVERY
 from starter.segment_spec import IdentifyCall, TrackCall
 from starter.temporal import ensure_search_attributes
 from starter.worker import journey_workers, running
@@ -68,6 +83,10 @@ DEFAULT_UNTIL = "+30d"
 
 DEFAULT_STEP_TIMEOUT = timedelta(minutes=5)
 """Real time one clock advance may take before the simulation is declared stuck."""
+
+MAX_SCHEDULE_OCCURRENCES = 5000
+"""Schedule occurrences one simulation injects at most: each moves the clock (a cron firing every
+minute for 30 days would take minutes of real time); a longer span asks for a nearer `until`."""
 
 
 # --------------------------------------------------------------------------- errors
@@ -540,18 +559,25 @@ class Simulator:
     async def run(
         self, journey: Journey, scenario: Scenario, *, keep_histories: bool = False,
         audience_folder: Path | None = None,
+        channels: Callable[[Store], ChannelSet] | None = None,
+        policy: DeliveryPolicy | None = None,
     ) -> SimulationReport:
         """Play the scenario against the journey and report what happened.
 
         `keep_histories` also fetches the workflow histories (see `SimulationReport.histories`),
         which replay tests save. `audience_folder` is a journeys folder whose `segments/` and
-        `scoring/` apply to the scenario's events, as they do live.
+        `scoring/` apply to the scenario's events, as they do live. `channels` builds the
+        providers for the run's store (default: the outbox and the inbox; pass a `ChannelSet`
+        with a `WebhookCaller` to call a real service from webhook steps); `policy` is the
+        delivery policy (quiet hours per channel, frequency caps).
         """
         async with self._lock:
             if not self._warm:
                 await self._warm_up()
             run = _SimulationRun(self, journey, scenario, keep_histories)
             run.audience_folder = audience_folder
+            run.channels = channels
+            run.policy = policy
             return await run.play()
 
     async def _warm_up(self) -> None:
@@ -576,6 +602,8 @@ class _SimulationRun:
         self.step_timeout = simulator.step_timeout
         self.journey = journey
         self.audience_folder: Path | None = None
+        self.channels: Callable[[Store], ChannelSet] | None = None
+        self.policy: DeliveryPolicy | None = None
         self.scenario = scenario
         self.keep_histories = keep_histories
         self.name = uuid.uuid4().hex[:12]
@@ -595,6 +623,7 @@ class _SimulationRun:
 
     async def _play(self, store: Store) -> SimulationReport:
         scenario = self.scenario
+        sweeps = _SweptTrigger(self.journey, scenario)
         server_now = await self.env.get_current_time()
         self.offset = scenario.now - server_now
         clock = _Clock(self.env, self.offset, self.step_timeout)
@@ -619,13 +648,21 @@ class _SimulationRun:
         )
         ingest = Ingest(store, router, clock=lambda: self.current, audience=audience,
                         geofencing=geofencing, attribute_changes=True)
+        delivery = DeliveryActivities(
+            store, self.channels(store) if self.channels is not None else None, self.policy,
+        )
         workers = journey_workers(self.client, store, journey_queue=self.journey_queue,
-                                  delivery_queue=self.delivery_queue)
-        self.log.info("simulation.started", now=_utc_text(scenario.now), version=version)
+                                  delivery_queue=self.delivery_queue, delivery=delivery,
+                                  ingest=ingest)
+        self.log.info("simulation.started", now=_utc_text(scenario.now), version=version,
+                      swept_trigger=sweeps.describe())
         entry = _Entries(self.journey)
         async with running(workers):
             try:
                 for at, message_id, event in scenario.timeline():
+                    # What the sweeps emit before this event; one at the same moment comes
+                    # after it (a sweep judges a moment once the calls made by then are stored).
+                    await self._sweep(sweeps, store, ingest, clock, entry, at)
                     await clock.advance_to(at)
                     self.current = at
                     result = await self._ingest(ingest, at, message_id, event)
@@ -634,14 +671,11 @@ class _SimulationRun:
                             f"event {event.label} at {_utc_text(at)} could not be routed; the "
                             "log above (route.deferred) says why"
                         )
-                    for wid in entry.heard(at, event, result.routes):
-                        described = await self.client.get_workflow_handle(wid).describe()
-                        entry.runs.append((wid, described.run_id))
-                    self.log.info("simulation.event", at=_utc_text(at), name=event.label,
-                                  routes=[f"{r.action}: {r.reason}" for r in result.routes
-                                          if r.journey == self.journey.key])
+                    await self._heard(entry, at, event.label, result.routes)
+                await self._sweep(sweeps, store, ingest, clock, entry, scenario.stop_at,
+                                  inclusive=True)
                 await clock.advance_to(scenario.stop_at)
-                report = await self._report(store, version, entry)
+                report = await self._report(store, version, entry, sweeps)
                 if self.keep_histories:
                     for wid in entry.workflow_ids:
                         report._histories[wid] = await self._histories(wid)
@@ -650,6 +684,49 @@ class _SimulationRun:
         self.log.info("simulation.finished", outcome=report.outcome, steps=len(report.path),
                       sends=len(report.sends))
         return report
+
+    async def _heard(self, entry: _Entries, at: datetime, name: str,
+                     routes: list[RouteDecision]) -> None:
+        """Keep the entries an event started (and the trigger's refusals), and log its routes."""
+        for wid in entry.heard(at, name, routes):
+            described = await self.client.get_workflow_handle(wid).describe()
+            entry.runs.append((wid, described.run_id))
+        self.log.info("simulation.event", at=_utc_text(at), name=name,
+                      routes=[f"{r.action}: {r.reason}" for r in routes
+                              if r.journey == self.journey.key])
+
+    async def _sweep(self, sweeps: _SweptTrigger, store: Store, ingest: Ingest, clock: _Clock,
+                     entry: _Entries, limit: datetime, *, inclusive: bool = False) -> None:
+        """Play the trigger events the live sweeps would emit before `limit` (or at it).
+
+        The clock moves to each moment a sweep could emit, so the store holds what the journey
+        and the earlier events did by then; the event is stored as the sweep stores it (type
+        `sweep`, its message id) and routed through the same `Ingest.route_events`.
+        """
+        while (at := await sweeps.next_moment(store, limit, inclusive=inclusive)) is not None:
+            await clock.advance_to(at)
+            self.current = at
+            fired = await sweeps.fire(store, at)
+            if fired is None:
+                continue
+            message_id, properties = fired
+            async with store.session() as session, session.begin():
+                row, new = await events_repo.record_event(
+                    session, message_id=message_id, type=SWEEP_EVENT_TYPE,
+                    contact_id=self.scenario.contact.id, name=sweeps.name,
+                    properties=properties, timestamp=at, received_at=at,
+                )
+            if not new:
+                self.log.info("simulation.sweep_duplicate", at=_utc_text(at), message_id=message_id)
+                continue
+            routed = await ingest.route_events([row.id])
+            if row.id not in routed:
+                raise SimulationError(
+                    f"the sweep's {sweeps.name} at {_utc_text(at)} could not be routed; the "
+                    "log above (route.deferred) says why"
+                )
+            await self._heard(entry, at, sweeps.name,
+                              [d for decisions in routed.values() for d in decisions])
 
     async def _ingest(self, ingest: Ingest, at: datetime, message_id: str,
                       event: ScenarioEvent) -> IngestResult:
@@ -669,13 +746,14 @@ class _SimulationRun:
 
     # ------------------------------------------------------------------ reading the outcome
 
-    async def _report(self, store: Store, version: int, entry: _Entries) -> SimulationReport:
+    async def _report(self, store: Store, version: int, entry: _Entries,
+                      sweeps: _SweptTrigger) -> SimulationReport:
         report = SimulationReport(
             journey=self.journey.key, version=version, contact=self.scenario.contact.id,
             outcome="not_entered",
         )
         if not entry.runs:
-            report.path = entry.refusals(self.scenario)
+            report.path = entry.refusals(self.scenario, sweeps.silence())
             return report
         # Every entry in order; the contact's outcome is the last entry's. An entry that is not
         # the last on its workflow id has closed (one open run per id), so its result is final.
@@ -695,20 +773,21 @@ class _SimulationRun:
         return report
 
     def _held_send(self, report: SimulationReport) -> None:
-        """A send still held by quiet hours when the clock stopped has no ledger row yet; the
-        report lists it as `deferred:quiet_hours` so every send step visited shows up."""
+        """A send still held (quiet hours, frequency cap) when the clock stopped has no ledger
+        row yet; the report lists it as `deferred:*` so every send step visited shows up."""
         if not report.path:
             return
         last = report.path[-1]
         step = self.journey.steps.get(last.step)
-        if not isinstance(step, SendStep) or not last.note.startswith("deferred:quiet_hours"):
+        latest = last.note.split("; ")[-1]
+        if not isinstance(step, SendStep) or not latest.startswith("deferred:"):
             return
         if any(send.step == last.step and send.at >= last.at for send in report.sends):
             return
+        status, _, reason = latest.partition(" ")
         report.sends.append(SendItem(
             at=last.at, step=last.step, channel=step.send.channel, template=step.send.template,
-            status="deferred:quiet_hours",
-            reason=last.note.removeprefix("deferred:quiet_hours").strip(),
+            status=status, reason=reason.strip(),
         ))
 
     async def _outcome(self, wid: str, run_id: str | None) -> tuple[str, list[PathEntry]]:
@@ -771,10 +850,11 @@ class _SimulationRun:
                     action=sync.action if sync else None,
                     status=row.status,
                 ))
-        report.scores = [ScoreItem(at=h.at, dimension=h.dimension, add=h.delta, total=h.total)
-                         for h in history]
-        report.tasks = [TaskItem(at=t.created_at, queue=t.queue, title=t.title, due=t.due_at)
-                        for t in task_rows]
+        # Several entries (workflow ids) add up: each id's rows join the report's.
+        report.scores += [ScoreItem(at=h.at, dimension=h.dimension, add=h.delta, total=h.total)
+                          for h in history]
+        report.tasks += [TaskItem(at=t.created_at, queue=t.queue, title=t.title, due=t.due_at)
+                         for t in task_rows]
 
     async def _histories(self, wid: str) -> list[WorkflowHistory]:
         """Every run of a workflow id, oldest first (continue-as-new chains several)."""
@@ -801,6 +881,153 @@ class _SimulationRun:
                     raise
 
 
+class _SweptTrigger:
+    """The trigger events the live sweeps would emit for the scenario's contact, in time order.
+
+    Live, `date_attribute` and `schedule` triggers start from events the sweeps store
+    (`activities.sweeps`); a simulation produces the same events at the same moments:
+
+    - `date_attribute`: the date sweep runs hourly on a Temporal interval schedule (`SWEEP_EVERY`
+      from the epoch: on the hour, UTC). Every run of the scenario's span is judged with the
+      sweep's own `due_date` on the contact as stored (identify calls included), and the first run
+      that finds a date due emits it, once per date. A date the run just before `now` already
+      found due was emitted before the scenario began and is not emitted again.
+    - `schedule`: every occurrence of the cron in its time zone (`cairn.schedule_times`, as
+      Temporal computes them) in `[now, until]` emits for the contact when it is an open member
+      of the trigger's segment at that moment (every contact when there is none).
+
+    A scenario that plays the trigger's event itself (by hand, as before) gets none of these:
+    entering twice would test nothing real.
+    """
+
+    def __init__(self, journey: Journey, scenario: Scenario) -> None:
+        self.journey = journey
+        self.contact_id = scenario.contact.id
+        self.start, self.stop = scenario.now.astimezone(UTC), scenario.stop_at
+        self.name = journey.trigger.event_name
+        self.date = journey.trigger.date_attribute
+        self.schedule = journey.trigger.schedule
+        self.by_hand = any(event.label == self.name for event in scenario.events)
+        self.active = (self.date is not None or self.schedule is not None) and not self.by_hand
+        self.emitted: list[datetime] = []
+        # date_attribute: the last sweep run judged, and the dates emitted.
+        self.swept = _sweep_run_before(self.start)
+        self.dates: set[date] = set()
+        self.value: Any = (scenario.contact.attributes.get(self.date.attribute)
+                           if self.date is not None else None)
+        if self.active and self.date is not None:
+            before = due_date(self.date, scenario.contact.attributes, scenario.contact.timezone,
+                              journey.settings.timezone, self.swept)
+            if before is not None:
+                self.dates.add(before)
+        # schedule: the occurrences, and how many found the contact outside the segment.
+        self.occurrences: list[datetime] = []
+        self.next_occurrence = 0
+        self.outside = 0
+        if self.active and self.schedule is not None:
+            self.occurrences = cron_occurrences(self.schedule.cron, self.schedule.timezone,
+                                                self.start, self.stop)
+            if len(self.occurrences) > MAX_SCHEDULE_OCCURRENCES:
+                raise SimulationError(
+                    f"trigger.schedule.cron '{self.schedule.cron}' fires "
+                    f"{len(self.occurrences)} times between now and until; a simulation plays at "
+                    f"most {MAX_SCHEDULE_OCCURRENCES}: move `until` nearer"
+                )
+
+    def describe(self) -> str | None:
+        if self.by_hand and (self.date is not None or self.schedule is not None):
+            return f"{self.name} played by the scenario"
+        if not self.active:
+            return None
+        if self.schedule is not None:
+            return f"{len(self.occurrences)} occurrence(s) of '{self.schedule.cron}'"
+        return "hourly date sweep"
+
+    async def next_moment(self, store: Store, limit: datetime, *,
+                          inclusive: bool) -> datetime | None:
+        """The next moment before `limit` (or at it) when a sweep may emit the trigger event.
+
+        Date sweep runs judged here without an emission are final: the contact as stored now
+        stays so until `limit`, the next scenario event.
+        """
+        if not self.active:
+            return None
+        if self.schedule is not None:
+            if self.next_occurrence >= len(self.occurrences):
+                return None
+            at = self.occurrences[self.next_occurrence]
+            return at if at < limit or (inclusive and at == limit) else None
+        attributes, timezone = await self._contact(store)
+        run = self.swept + SWEEP_EVERY
+        while run < limit or (inclusive and run == limit):
+            if self._due(attributes, timezone, run) is not None:
+                return run
+            self.swept = run
+            run += SWEEP_EVERY
+        return None
+
+    async def fire(self, store: Store, at: datetime) -> tuple[str, dict[str, Any]] | None:
+        """With the clock at `at`: the message id and properties the sweep emits, if any."""
+        if self.schedule is not None:
+            self.next_occurrence += 1
+            segment = self.schedule.segment
+            if segment is not None:
+                async with store.session() as session:
+                    member = segment in await segments_repo.active_segments(session,
+                                                                            self.contact_id)
+                if not member:
+                    self.outside += 1
+                    return None
+            self.emitted.append(at)
+            return schedule_trigger_event(self.journey.key, at, self.contact_id)
+        assert self.date is not None  # next_moment returns None for any other trigger
+        attributes, timezone = await self._contact(store)  # the journey may have changed it
+        self.swept = at
+        due = self._due(attributes, timezone, at)
+        if due is None:
+            return None
+        self.dates.add(due)
+        self.emitted.append(at)
+        return date_trigger_event(self.journey.key, self.date, self.contact_id, due)
+
+    def silence(self) -> str | None:
+        """Why the sweeps emitted nothing for the contact (None when they did, or do not apply)."""
+        if not self.active or self.emitted:
+            return None
+        span = f"between {_utc_text(self.start)} and {_utc_text(self.stop)}"
+        if self.schedule is not None:
+            where = f"trigger.schedule '{self.schedule.cron}' ({self.schedule.timezone})"
+            if not self.occurrences:
+                return f"{where} has no occurrence {span}"
+            return (f"{where} fired {len(self.occurrences)} time(s) {span}, and the contact was "
+                    f"in segment {self.schedule.segment} at none of them")
+        assert self.date is not None
+        return (f"the date sweep found trigger.date_attribute {self.date.attribute} due on no day "
+                f"{span} (the contact's {self.date.attribute}: {self.value!r})")
+
+    def _due(self, attributes: dict[str, Any], timezone: str | None, run: datetime) -> date | None:
+        """The date a sweep run at `run` emits, unless an earlier run emitted it."""
+        assert self.date is not None
+        due = due_date(self.date, attributes, timezone, self.journey.settings.timezone, run)
+        return due if due is not None and due not in self.dates else None
+
+    async def _contact(self, store: Store) -> tuple[dict[str, Any], str | None]:
+        """The attributes and time zone the sweep would read now."""
+        async with store.session() as session:
+            row = await contacts.get_contact(session, self.contact_id)
+        attributes = dict(row.attributes or {}) if row is not None else {}
+        if self.date is not None:
+            self.value = attributes.get(self.date.attribute)
+        return attributes, row.timezone if row is not None else None
+
+
+def _sweep_run_before(moment: datetime) -> datetime:
+    """The last run of the hourly date sweep strictly before `moment` (runs: epoch + n hours)."""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    run = epoch + (moment - epoch) // SWEEP_EVERY * SWEEP_EVERY
+    return run - SWEEP_EVERY if run == moment else run
+
+
 class _Entries:
     """The entries the scenario's events started (workflow id, first run id), and refusals."""
 
@@ -813,21 +1040,27 @@ class _Entries:
     def workflow_ids(self) -> list[str]:
         return list(dict.fromkeys(wid for wid, _run in self.runs))
 
-    def heard(self, at: datetime, event: ScenarioEvent, routes: list[RouteDecision]) -> list[str]:
-        """Keep the refusals of the trigger; return the workflow ids of entries just started."""
+    def heard(self, at: datetime, name: str, routes: list[RouteDecision]) -> list[str]:
+        """Keep the refusals of the trigger; return the workflow ids of entries just started.
+
+        `name` is the event's (`identify` for an identify call).
+        """
         mine = [r for r in routes if r.journey == self.journey.key]
-        if event.label == self.journey.trigger.event_name and mine:
+        if name == self.journey.trigger.event_name and mine:
             # The router reports the trigger's decision first, then any signalled entries.
             decision = mine[0]
             if decision.action == "refused":
                 self.refused.append((at, decision.reason))
         return [d.workflow_id for d in mine if d.action == "started" and d.workflow_id]
 
-    def refusals(self, scenario: Scenario) -> list[PathItem]:
-        """Why nobody entered: the router's refusals, or that no event matched the trigger."""
+    def refusals(self, scenario: Scenario, swept: str | None = None) -> list[PathItem]:
+        """Why nobody entered: the router's refusals, why the sweeps emitted nothing (`swept`),
+        or that no event matched the trigger."""
         if self.refused:
             return [PathItem(step="trigger", at=at, note=f"not entered: {reason}")
                     for at, reason in self.refused]
+        if swept is not None:
+            return [PathItem(step="trigger", at=scenario.now, note=f"not entered: {swept}")]
         sent = sorted({event.label for event in scenario.events}) or ["no events"]
         note = (f"not entered: no event matched the trigger {self.journey.trigger.describe()} "
                 f"(the scenario sends: {', '.join(sent)})")

@@ -140,6 +140,7 @@ async def test_state_query_names_the_wait_and_its_deadline(
     assert view.current_step == "listen"
     assert view.waiting_for == "wait up to 7d for a ping"
     assert view.outcome is None
+    assert view.until is not None
     assert timedelta(days=6, hours=23) < view.until - view.path[0].at <= timedelta(days=7)
     await handle.signal(EXIT_SIGNAL, ExitRequest(reason="support ticket 42"))
     result = await handle.result()

@@ -206,3 +206,50 @@ def test_bad_scoring_files_name_file_and_field(tmp_path: Path) -> None:
     assert f"{folder / 'd.yaml'}: decay[0].segment_entered: no segment 'ghosts' (known: " \
            "inactive_30d)" in found
     assert any(p.startswith(f"{folder / 'e.yaml'}: rules[0].where.total") for p in found)
+
+
+def test_bad_inactivity_decays_name_file_and_field(tmp_path: Path) -> None:
+    folder = tmp_path / "scoring"
+    write(folder, "decay.yaml", {"key": "decay", "decay": [
+        {"without": "login", "after": "soon", "add": -10},
+        {"without": "login", "after": "-7d", "add": -10},
+        {"segment_entered": "inactive_30d", "after": "7d", "add": -50},
+        {"without": "login", "after": "7d", "add": 0},
+        {"without": "score_crossed", "after": "7d", "add": -1},
+        {"without": "login", "segment_entered": "inactive_30d", "after": "7d", "add": -1},
+        {"without": "login", "for": "7d", "add": -10},
+        {"without": "login", "after": "7d", "add": -10, "dimension": "region:eu"},
+    ]})
+    with pytest.raises(ScoringFileError) as raised:
+        load_scoring(folder, segments={"inactive_30d"})
+    file = folder / "decay.yaml"
+    found = [str(p) for p in raised.value.problems]
+    assert found[:7] == [
+        f"{file}: decay[0].after: bad duration 'soon': use a number and a unit (ms, s, m, h, "
+        "d, w), e.g. '90s', '2h', '1h30m', '-10d'",
+        f"{file}: decay[1].after: duration '-7d' must be positive",
+        f"{file}: decay[2]: `after` goes with `without`, not with `segment_entered`",
+        f"{file}: decay[3].add: a decay that adds 0 points does nothing; give a negative (or "
+        "positive) number",
+        f"{file}: decay[4]: `without: score_crossed`: Cairn emits score_crossed itself; name an "
+        "event contacts do (e.g. login)",
+        f"{file}: decay[5]: a decay rule needs exactly one of: segment_entered (a segment key) "
+        "or without (an event name, with after: a duration)",
+        f"{file}: decay[6]: unknown field 'for': how long without the event is `after` "
+        "(after: 7d)",
+    ]
+    assert found[7].startswith(f"{file}: decay[7].dimension: unknown dimension 'region:eu'")
+
+
+def test_inactivity_decays_keep_their_rule_ids_and_reasons() -> None:
+    segments = {s.key for s in load_segments(CATALOG / "segments")}
+    scoring = load_scoring(CATALOG / "scoring", segments=segments)
+    [decay] = scoring.inactivity_decays()
+    assert (decay.id, decay.event, decay.after) == ("engagement.decay1", "login",
+                                                    timedelta(days=7))
+    assert decay.says() == "no login for 7 days"
+    assert not decay.due(T0, T0 + timedelta(days=6, hours=23, minutes=59))
+    assert decay.due(T0, T0 + timedelta(days=7))
+    assert decay.key("c-1", T0) == "decay/engagement.decay1/c-1/2026-03-02T09:00:00+00:00"
+    # the segment-entry decay stays an event rule, with the id the sweep does not use
+    assert [r.id for r in scoring.rules()][-1] == "engagement.decay0"

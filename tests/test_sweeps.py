@@ -30,6 +30,7 @@ from cairn.settings import Settings, get_settings
 from cairn.store import contacts as contacts_repo
 from cairn.store import entries as entries_repo
 from cairn.store import journeys as journeys_repo
+from cairn.store import scores as scores_repo
 from cairn.store import segments as segments_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event, SegmentMembership
@@ -233,6 +234,55 @@ async def test_a_batch_that_fails_midway_is_redone_without_emitting_twice(
     assert sorted(e.contact_id for e in entered_events) == contacts  # none stored twice
     assert all(e.routed_at is not None for e in entered_events)  # the retry routed the rest
     assert sorted(e.contact_id for e in await entered(store, key)) == contacts
+
+
+async def test_inactivity_decay_on_the_sweep_crosses_a_threshold_and_starts_a_journey(
+    temporal_env: WorkflowEnvironment, store: Store, catalog: Path
+) -> None:
+    """-10 after 7 days without login, applied by the segment sweep: the history says why, and
+    falling below 50 emits a routed `score_crossed` that starts the sales team's journey."""
+    (catalog / "scoring").mkdir()
+    (catalog / "scoring" / "engagement.yaml").write_text(
+        "key: engagement\n"
+        "decay: [{without: login, after: 7d, add: -10, reason: no login for 7 days}]\n"
+        "thresholds: {global: [50]}\n")
+    now = datetime.now(UTC)
+    key = unique("cooling")
+    await publish(store, {"key": key, "name": "Lead cooling down", "trigger": {
+        "event": "score_crossed", "where": {"properties.direction": "down"}},
+        "steps": ENDS_AT_ONCE})
+    await add_contact(store, "quiet", now - timedelta(days=8))
+    await add_contact(store, "recent", now - timedelta(days=2))
+    async with store.session() as session, session.begin():
+        for contact in ("quiet", "recent"):
+            await scores_repo.change_score(session, contact_id=contact, dimension="global",
+                                           delta=55, reason="seed", source=None,
+                                           workflow_id=None, idempotency_key=None, now=now)
+
+    async with worker(temporal_env, store, catalog) as config:
+        data = SweepInput(config=config, now=now)
+        first = await run(temporal_env, SEGMENT_SWEEP_WORKFLOW, data, config.journey_task_queue)
+        assert (first.contacts, first.emitted) == (2, 1)
+        [crossed] = await events(store, "score_crossed")
+        assert crossed.contact_id == "quiet"
+        assert crossed.properties == {"dimension": "global", "threshold": 50,
+                                      "direction": "down", "total": 45}
+        assert crossed.routed_at is not None
+        [entry] = await entered(store, key)
+        assert entry.contact_id == "quiet"
+        assert entry.trigger_message_id == crossed.message_id
+
+        later = await run(temporal_env, SEGMENT_SWEEP_WORKFLOW,
+                          SweepInput(config=config, now=now + timedelta(hours=1)),
+                          config.journey_task_queue)
+    assert later.emitted == 0
+    assert len(await entered(store, key)) == 1
+    async with store.session() as session:
+        assert await scores_repo.scores_of(session, "quiet") == {"global": 45}
+        assert await scores_repo.scores_of(session, "recent") == {"global": 55}
+        [_, decay] = await scores_repo.score_history(session, contact_id="quiet")
+    assert (decay.delta, decay.reason) == (-10, "no login for 7 days")
+    assert decay.source is not None and decay.source.startswith("sweep:")
 
 
 # --------------------------------------------------------------------------- date attributes

@@ -152,7 +152,13 @@ class JourneyRun:
     # ------------------------------------------------------------------ waiting
 
     def continue_suggested(self) -> bool:
-        return workflow.info().is_continue_as_new_suggested()
+        """Temporal suggests it, or the run reached the input's `history_limit`. The history
+        length is part of each workflow task, so replays see the same answer."""
+        info = workflow.info()
+        if info.is_continue_as_new_suggested():
+            return True
+        limit = self.input.history_limit
+        return limit is not None and info.get_current_history_length() >= limit
 
     async def wait(
         self,
@@ -186,8 +192,10 @@ class JourneyRun:
         if self.exit_outcome is not None:
             return Waited.EXITED
         if until is not None and until():
+            self.state.last_elapsed = None  # an event ended it: the next wait counts from now
             return Waited.SATISFIED
         if timed_out or self.precise_now() >= deadline:
+            self.state.last_elapsed = deadline
             return Waited.ELAPSED
         return Waited.CONTINUE
 

@@ -3,7 +3,8 @@
 Three kinds, each a loop of one activity per batch of contact ids, with keyset pagination (the last
 contact id of a batch is the cursor of the next) carried in the workflow state:
 
-- `SegmentSweepWorkflow` re-decides time-based segments (inactive for 30 days) for everyone;
+- `SegmentSweepWorkflow` re-decides time-based segments (inactive for 30 days) for everyone, and
+  applies the inactivity decays of the scoring rules (-10 after 7 days without login);
 - `DateAttributeSweepWorkflow` emits `date_attribute_reached` for contacts whose date attribute
   (shifted by the trigger's offset, yearly for birthdays) falls on today in their own time zone;
 - `ScheduledEntryWorkflow` emits `schedule_fired` for every member of a `schedule` trigger's
@@ -39,8 +40,8 @@ DATE_SWEEP_WORKFLOW = "DateAttributeSweepWorkflow"
 SCHEDULED_ENTRY_WORKFLOW = "ScheduledEntryWorkflow"
 
 BATCH_TIMEOUT = timedelta(minutes=10)
-"""One batch (500 contacts, each decided and its events routed) takes seconds; the margin covers a
-slow database, and a batch that really hangs is retried from its cursor."""
+"""One batch (1,000 contacts decided, its events routed) takes seconds; the margin covers a slow
+database, and a batch that really hangs is retried from its cursor."""
 
 SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 """Set by Temporal on runs a Schedule starts: the occurrence, even when the start was late."""
@@ -52,7 +53,9 @@ class SweepConfig(BaseModel):
     journeys_dir: str = Field(description="the catalog folder; segments/ and scoring/ beside it")
     journey_task_queue: str = JOURNEY_TASK_QUEUE
     delivery_task_queue: str | None = None
-    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_size: int = Field(default=1000, ge=1, le=10_000, description=(
+        "contacts per activity: a batch is decided with a few queries whatever its size, so "
+        "bigger batches cost fewer round trips"))
     batches_per_run: int = Field(default=20, ge=1, description="continue-as-new after these")
 
 
@@ -148,7 +151,8 @@ def _started(data: SweepInput) -> tuple[datetime, str]:
 
 @workflow.defn(name=SEGMENT_SWEEP_WORKFLOW)
 class SegmentSweepWorkflow:
-    """Re-decide the time-based segments of every contact; entries and exits emit events."""
+    """Re-decide the time-based segments of every contact and apply due inactivity decays;
+    entries, exits and threshold crossings emit events."""
 
     @workflow.run
     async def run(self, data: SweepInput) -> SweepResult:

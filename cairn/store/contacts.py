@@ -51,6 +51,24 @@ async def get_contact(s: AsyncSession, contact_id: str) -> Contact | None:
     return await s.get(Contact, contact_id)
 
 
+async def resolve_contact_id(s: AsyncSession, user_id: str | None, anonymous_id: str | None) -> str:
+    """The contact a call is about: `userId` if given, else the user an alias linked the
+    `anonymousId` to, else the anonymous id itself (a visitor not yet known).
+
+    Without the alias lookup, an event sent after `POST /v1/alias` with only the anonymous id
+    (the browser had not yet learned the user id) would recreate the visitor the alias folded
+    into the user, and its has_done counts would be split between two contacts again.
+    """
+    if user_id is not None:
+        return user_id
+    if anonymous_id is None:
+        raise ValueError("a call needs userId or anonymousId")
+    aliased = await s.scalar(
+        select(Contact.id).where(Contact.anonymous_id == anonymous_id).order_by(Contact.id).limit(1)
+    )
+    return aliased if aliased is not None else anonymous_id
+
+
 async def snapshot(s: AsyncSession, contact_id: str) -> ContactSnapshot | None:
     """The contact as journeys see it: profile, channels, scores and active segments."""
     contact = await s.get(Contact, contact_id, populate_existing=True)
@@ -130,6 +148,15 @@ async def _create(s: AsyncSession, contact_id: str, now: datetime, *, seen: bool
             _seen(existing, now)
         return existing
     return contact
+
+
+async def locked_contact(s: AsyncSession, contact_id: str) -> Contact | None:
+    """The contact's row under its write lock, read fresh (None if there is none).
+
+    For callers that must read the values they are about to change (to announce the change):
+    reading before the lock could miss another writer's commit and announce a wrong `from`.
+    """
+    return await _locked(s, contact_id)
 
 
 async def _writable(s: AsyncSession, contact_id: str, now: datetime, *, seen: bool) -> Contact:
@@ -343,6 +370,22 @@ def _merge_consent(current: dict[str, Any], value: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- dotted paths
 
 
+def profile_traits(paths: Iterable[str]) -> list[str]:
+    """The trait names an update of these dotted paths changes, as `identify` names them.
+
+    `cart.items` and `attributes.cart.items` change the trait `cart`; `consent.sms.marketing`
+    changes `consent`; `email` changes `email`. `suppressed` is a delivery state, not a trait,
+    and is left out. Names come once each, in the order given.
+    """
+    names: list[str] = []
+    for path in paths:
+        parts = _profile_path(path)
+        name = parts[1] if parts[0] == "attributes" else parts[0]
+        if (parts[0] == "attributes" or name in CHANNEL_TRAITS) and name not in names:
+            names.append(name)
+    return names
+
+
 def _profile_path(path: str) -> list[str]:
     parts = [p for p in path.split(".") if p]
     if not parts:
@@ -404,7 +447,8 @@ async def alias_contact(
     values winning: the visitor's only fill gaps, push tokens and web push subscriptions are
     added, consent keys the user has not answered are taken over. The visitor's contact row and
     segment memberships go (segments are evaluated again for the user); the user remembers the
-    anonymous id. Journeys the visitor is running keep their anonymous id. Safe to repeat.
+    anonymous id, so later calls carrying only that id are the user's (`resolve_contact_id`).
+    Journeys the visitor is running keep their anonymous id. Safe to repeat.
     """
     if anonymous_id == user_id:
         raise AliasError(
@@ -420,6 +464,13 @@ async def alias_contact(
             .values(contact_id=user_id)
             .execution_options(synchronize_session=False)
         )
+    # One user per anonymous id: the latest alias wins, so later anonymous events go to it.
+    await s.execute(
+        update(Contact)
+        .where(Contact.anonymous_id == anonymous_id, Contact.id != user_id)
+        .values(anonymous_id=None)
+        .execution_options(synchronize_session=False)
+    )
     if visitor is not None:
         _absorb(user, visitor)
         await _add_scores(s, anonymous_id, user_id, now)

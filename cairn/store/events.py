@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cairn.conditions import evaluate_event_filter
+from cairn.conditions import evaluate_event_filter, event_field
 from cairn.journey_run import EventMessage
 from cairn.store.db import insert_once
 from cairn.store.schema import Event
@@ -81,6 +81,33 @@ async def count_events(
         if evaluate_event_filter(where, event_message(row).as_scope(), until or row.timestamp)
         .result
     )
+
+
+async def sum_event_property(
+    s: AsyncSession,
+    contact_id: str,
+    name: str,
+    field: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    where: Any = None,
+) -> float:
+    """The numeric `field` (e.g. `properties.value`) added up over the `name` events the contact
+    did in [since, until] that match `where`; values that are not numbers are skipped."""
+    rows = await s.scalars(_window(
+        select(Event).where(Event.contact_id == contact_id, Event.name == name), since, until))
+    total = 0.0
+    for row in rows:
+        scope = event_message(row).as_scope()
+        if where is not None and not evaluate_event_filter(
+            where, scope, until or row.timestamp
+        ).result:
+            continue
+        value = event_field(scope, field)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            total += value
+    return total
 
 
 async def mark_routed(s: AsyncSession, event_ids: Iterable[int], now: datetime) -> None:

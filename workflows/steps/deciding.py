@@ -7,18 +7,25 @@ hashes (journey, step, contact) instead of drawing a random number.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from cairn.actions import EVALUATE_CONDITION, ConditionRequest, VerdictResult
+    from cairn.conditions import caught_events
     from cairn.journey import IfStep, SplitStep
 
 from workflows.run import JourneyRun, Next
+from workflows.steps.waiting import CAUGHT_KEY
 
 
 async def if_(step: IfStep, run: JourneyRun) -> Next:
-    """Evaluate a condition against a fresh contact snapshot and the store's event history."""
+    """Evaluate a condition against a fresh contact snapshot and the store's event history.
+
+    Events caught by earlier `wait_for_event` steps live only in the run's state, so the ones the
+    condition reads travel in the request (none for conditions that read none).
+    """
     verdict: VerdictResult = await run.act(
         EVALUATE_CONDITION,
         ConditionRequest(
@@ -26,6 +33,7 @@ async def if_(step: IfStep, run: JourneyRun) -> Next:
             condition=step.if_,
             trigger=run.state.trigger,
             entered_at=run.state.entered_at,
+            caught_events=_caught(step, run),
         ),
         VerdictResult,
         step.summary or f"decide {run.step}",
@@ -33,6 +41,15 @@ async def if_(step: IfStep, run: JourneyRun) -> Next:
     branch, target = ("then", step.then) if verdict.result else ("else", step.else_)
     run.note(f"{branch}: {verdict.reason}")
     return Next.to(target)
+
+
+def _caught(step: IfStep, run: JourneyRun) -> dict[str, dict[str, Any]]:
+    """The caught events the condition names, as `wait_for_event` kept them in the context."""
+    kept = run.state.context.get(CAUGHT_KEY)
+    if not isinstance(kept, dict):
+        return {}
+    return {name: kept[name] for name in caught_events(step.if_)
+            if isinstance(kept.get(name), dict)}
 
 
 def bucket(journey_key: str, step: str, contact_id: str) -> float:

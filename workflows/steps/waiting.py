@@ -21,14 +21,35 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows.run import JourneyRun, Next, Waited
 
+CAUGHT_KEY = "events"
+"""Where a caught event is kept in the journey context, by name: templates read it as
+`journey.events.<name>`, `if` conditions as `{property: ..., event: <name>}`."""
+
 
 def _label(step: WaitStep | WaitUntilStep | WaitForWindowStep | WaitForEventStep, text: str) -> str:
     return step.summary or text
 
 
+ANCHOR_SLACK = timedelta(minutes=1)
+"""How soon after the previous wait ended a `wait` still counts from that end (the steps in
+between took this long, under load); later starts count from now."""
+ANCHORED_WAITS_PATCH = "waits-count-from-the-previous-wait"
+
+
+def _wait_base(run: JourneyRun) -> datetime:
+    """Where a `wait` counts from: the end of the wait just before it when the journey came
+    straight from there (a monthly loop stays on 09:00:00 for years), else now."""
+    now = run.now()
+    previous = run.state.last_elapsed
+    if (previous is not None and timedelta(0) <= now - previous <= ANCHOR_SLACK
+            and workflow.patched(ANCHORED_WAITS_PATCH)):
+        return previous
+    return now
+
+
 async def wait(step: WaitStep, run: JourneyRun) -> Next:
     """Sleep a duration."""
-    deadline = run.state.deadline or run.now() + parse_duration(step.wait)
+    deadline = run.state.deadline or _wait_base(run) + parse_duration(step.wait)
     run.note(f"sleep {step.wait}")
     waited = await run.wait(deadline, _label(step, f"wait {step.wait} before {step.next}"))
     return run.after_wait(waited, step.next)
@@ -137,7 +158,7 @@ async def wait_for_event(step: WaitForEventStep, run: JourneyRun) -> Next:
     if waited is Waited.SATISFIED:
         message = _matching(step, run)
         assert message is not None
-        run.state.context.setdefault("events", {})[spec.event] = message.as_scope()
+        run.state.context.setdefault(CAUGHT_KEY, {})[spec.event] = message.as_scope()
         run.note(f"got {spec.event} at {message.timestamp.isoformat()}")
         return Next.to(step.then)
     if waited is Waited.ELAPSED:
@@ -146,4 +167,4 @@ async def wait_for_event(step: WaitForEventStep, run: JourneyRun) -> Next:
     return run.after_wait(waited, step.then)
 
 
-__all__ = ["timedelta", "wait", "wait_for_event", "wait_for_window", "wait_until"]
+__all__ = ["CAUGHT_KEY", "timedelta", "wait", "wait_for_event", "wait_for_window", "wait_until"]
