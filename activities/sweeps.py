@@ -37,6 +37,7 @@ from cairn.conditions import (
     Verdict,
     evaluate_event_filter,
     event_field,
+    read_path,
 )
 from cairn.conditions import window_start as has_done_window
 from cairn.contact import ContactSnapshot
@@ -693,9 +694,11 @@ def due_date(
 
     Due means: the moment `date + offset` at the trigger's local `time`, in the contact's zone
     (the journey's when the contact has none), is in `[now - 1 day, now]`. `yearly` takes the
-    date's anniversaries instead of the date itself (birthdays).
+    date's anniversaries instead of the date itself (birthdays). The offset's whole days move the
+    calendar date (3 days before the 31st is the 28th at 09:00 local, whatever DST does in
+    between), as `wait_until` counts them; `attribute` may be a dotted path (`contract.end`).
     """
-    original = parse_date(attributes.get(trigger.attribute))
+    original = parse_date(read_path(attributes, trigger.attribute))
     if original is None:
         return None
     try:
@@ -707,8 +710,9 @@ def due_date(
     local_year = now.astimezone(tz).year
     anchors = ([_anniversary(original, year) for year in range(local_year - 1, local_year + 2)]
                if trigger.yearly else [original])
+    days = timedelta(days=offset.days)
     for anchor in anchors:
-        moment = at_local(anchor, clock, tz) + offset
+        moment = at_local(anchor + days, clock, tz) + (offset - days)
         if now - DATE_WINDOW < moment <= now:
             return moment.astimezone(tz).date()
     return None
