@@ -38,6 +38,8 @@ from cairn.journey import (
     step_kind,
 )
 from cairn.local_time import is_timezone
+from cairn.schedule_times import ALIASES as CRON_ALIASES
+from cairn.schedule_times import Cron, CronError
 from cairn.templates import TemplateRenderError, parse_part, part_problems
 from cairn.update_values import set_problems
 
@@ -370,84 +372,7 @@ def timezone(journey: Journey) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- schedule triggers
 
 
-@dataclass(frozen=True)
-class _CronField:
-    name: str
-    low: int
-    high: int
-    names: tuple[str, ...] = ()
-    """Full names, matched by a prefix of at least `prefix` letters (`jan`, `mo`)."""
-    first_name: int = 0
-    """The number the first name stands for (1 for January, 0 for Sunday)."""
-    prefix: int = 3
-
-
-_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august",
-           "september", "october", "november", "december")
-_WEEKDAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
-_CRON_FIELDS = (
-    _CronField("minute", 0, 59),
-    _CronField("hour", 0, 23),
-    _CronField("day of month", 1, 31),
-    _CronField("month", 1, 12, _MONTHS, first_name=1, prefix=3),
-    _CronField("day of week", 0, 7, _WEEKDAYS, first_name=0, prefix=2),
-)
-_CRON_ALIASES = {
-    "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
 _DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-
-
-class _CronError(ValueError):
-    pass
-
-
-def _cron_value(text: str, spec: _CronField, low: int) -> int:
-    """One value of a field: a number, or (month, day of week) a name or its prefix."""
-    if text.isascii() and text.isdigit():
-        value = int(text)
-    else:
-        lowered = text.lower()
-        matches = [i for i, name in enumerate(spec.names)
-                   if len(lowered) >= spec.prefix and name.startswith(lowered)]
-        if not matches:
-            known = f" or a name such as '{spec.names[1][:3]}'" if spec.names else ""
-            raise _CronError(f"{spec.name} '{text}' is not a number{known}")
-        value = matches[0] + spec.first_name
-    if not low <= value <= spec.high:
-        raise _CronError(f"{spec.name} {text} is out of range {low}-{spec.high}")
-    return value
-
-
-def _cron_field(text: str, spec: _CronField) -> set[int]:
-    """The values a field matches: lists (`1,15`), ranges (`1-5`), steps (`*/15`, `5/10`)."""
-    values: set[int] = set()
-    for part in text.split(","):
-        base, slash, step_text = part.partition("/")
-        step = 1
-        if slash:
-            if not (step_text.isascii() and step_text.isdigit()) or int(step_text) < 1:
-                raise _CronError(f"{spec.name} '{part}': the step after '/' must be a whole "
-                                 "number of at least 1")
-            step = int(step_text)
-        if base == "*":
-            start, end = spec.low, spec.high
-        elif "-" in base:
-            first, _, last = base.partition("-")
-            start = _cron_value(first, spec, spec.low)
-            end = _cron_value(last, spec, spec.low)
-            if end < start:
-                raise _CronError(f"{spec.name} range '{base}' runs backwards (Temporal refuses "
-                                 "it): put the smaller end first, or join two parts with ','")
-        elif base:
-            start = _cron_value(base, spec, spec.low)
-            end = spec.high if slash else start  # `5/10` runs from 5 to the end by 10
-        else:
-            raise _CronError(f"{spec.name} '{text}' has an empty part")
-        values.update(range(start, end + 1, step))
-    return values
 
 
 def cron_problem(expression: str) -> str | None:
@@ -463,24 +388,22 @@ def cron_problem(expression: str) -> str | None:
     if text.startswith(("TZ=", "CRON_TZ=")):
         return "put the time zone in trigger.schedule.timezone, not in the cron"
     if text.startswith("@"):
-        if text not in _CRON_ALIASES:
+        if text not in CRON_ALIASES:
             return (f"unknown cron shortcut '{text}': use five fields (minute hour day-of-month "
-                    f"month day-of-week) or one of {', '.join(_CRON_ALIASES)}")
-        text = _CRON_ALIASES[text]
+                    f"month day-of-week) or one of {', '.join(CRON_ALIASES)}")
+        text = CRON_ALIASES[text]
     fields = text.split(" ") if text else []
-    if len(fields) != len(_CRON_FIELDS):
+    if len(fields) != 5:
         extra = (" (Temporal would read a sixth field as the year, not as seconds)"
-                 if len(fields) > len(_CRON_FIELDS) else "")
+                 if len(fields) > 5 else "")
         return (f"'{expression}' has {len(fields)} field(s); a cron has five: minute hour "
                 f"day-of-month month day-of-week, e.g. '0 9 * * mon'{extra}")
     try:
-        matched = [_cron_field(field_text, spec)
-                   for field_text, spec in zip(fields, _CRON_FIELDS, strict=True)]
-    except _CronError as error:
+        cron = Cron.parse(text)
+    except CronError as error:
         return f"'{expression}': {error}"
-    days, months = matched[2], matched[3]
-    if min(days) > max(_DAYS_IN_MONTH[m - 1] for m in months):
-        return f"'{expression}' never fires: no chosen month has day {min(days)}"
+    if min(cron.days) > max(_DAYS_IN_MONTH[m - 1] for m in cron.months):
+        return f"'{expression}' never fires: no chosen month has day {min(cron.days)}"
     return None
 
 

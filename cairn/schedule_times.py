@@ -73,8 +73,8 @@ def _value(text: str, spec: _Field) -> int:
         found = [i for i, name in enumerate(spec.names)
                  if len(lowered) >= spec.prefix and name.startswith(lowered)]
         if not found:
-            raise CronError(f"{spec.name} '{text}' is not a number"
-                            + (" or a name" if spec.names else ""))
+            known = f" or a name such as '{spec.names[1][:3]}'" if spec.names else ""
+            raise CronError(f"{spec.name} '{text}' is not a number{known}")
         value = found[0] + spec.first_name
     if not spec.low <= value <= spec.high:
         raise CronError(f"{spec.name} {text} is out of range {spec.low}-{spec.high}")
@@ -89,7 +89,8 @@ def _values(text: str, spec: _Field) -> frozenset[int]:
         step = 1
         if slash:
             if not (step_text.isascii() and step_text.isdigit()) or int(step_text) < 1:
-                raise CronError(f"{spec.name} '{part}': the step must be a whole number >= 1")
+                raise CronError(f"{spec.name} '{part}': the step after '/' must be a whole "
+                                "number of at least 1")
             step = int(step_text)
         if base == "*":
             start, end = spec.low, spec.high
@@ -97,7 +98,8 @@ def _values(text: str, spec: _Field) -> frozenset[int]:
             first, _, last = base.partition("-")
             start, end = _value(first, spec), _value(last, spec)
             if end < start:
-                raise CronError(f"{spec.name} range '{base}' runs backwards")
+                raise CronError(f"{spec.name} range '{base}' runs backwards (Temporal refuses "
+                                "it): put the smaller end first, or join two parts with ','")
         elif base:
             start = _value(base, spec)
             end = spec.high if slash else start

@@ -12,13 +12,13 @@ on (`body.batch[1].event: Field required`), beside FastAPI's usual `detail`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from temporalio.client import Client
 
@@ -37,7 +37,7 @@ from starter.delivery_api import delivery_router
 from starter.entries_api import entries_router
 from starter.imports_api import imports_router
 from starter.ingest import Ingest, IngestResult
-from starter.segment_spec import IdentifyCall, PageCall, TrackCall
+from starter.segment_spec import BatchCall, IdentifyCall, PageCall, TrackCall
 from starter.tasks_api import tasks_router
 
 log = get_logger(__name__)
@@ -45,57 +45,6 @@ log = get_logger(__name__)
 _CALL_TAGS = ("track", "identify", "page")
 
 
-# --------------------------------------------------------------------------- the batch body
-
-
-def _call_type(data: Any) -> str | None:
-    if isinstance(data, dict):
-        kind = data.get("type")
-        return kind if isinstance(kind, str) else None
-    return getattr(data, "type", None)
-
-
-BatchItem = Annotated[
-    Annotated[TrackCall, Tag("track")]
-    | Annotated[IdentifyCall, Tag("identify")]
-    | Annotated[PageCall, Tag("page")],
-    Discriminator(
-        _call_type,
-        custom_error_type="call_type",
-        custom_error_message="each batch item needs `type`: track, identify or page",
-    ),
-]
-"""One call of a batch, told apart by its `type`, each the body its own endpoint takes."""
-
-
-class BatchBody(BaseModel):
-    """`batch` (Segment): several calls at once, stored together in order.
-
-    Sources such as analytics.js batch page views with their tracks, so `page` items are taken
-    beside `track` and `identify` and stored as `/v1/page` stores them (a `page_viewed` event).
-    `context` applies to all and is ignored.
-    """
-
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "examples": [
-                {
-                    "batch": [
-                        {"type": "identify", "userId": "c-1",
-                         "traits": {"email": "ana@example.com"}},
-                        {"type": "page", "userId": "c-1", "name": "Pricing",
-                         "properties": {"url": "https://shop.example/pricing"}},
-                        {"type": "track", "userId": "c-1", "event": "cart_item_added",
-                         "properties": {"value": 25}},
-                    ]
-                }
-            ]
-        },
-    )
-
-    batch: list[BatchItem] = Field(min_length=1, max_length=1000)
-    context: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- response models
@@ -407,7 +356,7 @@ def create_app(
     @app.post("/v1/batch", status_code=202, response_model=list[Accepted], tags=["ingest"],
               summary="Record several calls at once (Segment batch)",
               responses=_INGEST_RESPONSES)
-    async def batch(call: BatchBody, background: BackgroundTasks) -> list[Accepted]:
+    async def batch(call: BatchCall, background: BackgroundTasks) -> list[Accepted]:
         """All items (track, identify, page) are validated first and stored in one transaction,
         each as its own endpoint stores it; one answer per item."""
         results = await ingest.batch(call.batch, route=False)

@@ -175,18 +175,25 @@ def _call_type(data: Any) -> str | None:
 
 
 BatchItem = Annotated[
-    Annotated[TrackCall, Tag("track")] | Annotated[IdentifyCall, Tag("identify")],
+    Annotated[TrackCall, Tag("track")]
+    | Annotated[IdentifyCall, Tag("identify")]
+    | Annotated[PageCall, Tag("page")],
     Discriminator(
         _call_type,
         custom_error_type="call_type",
-        custom_error_message="each batch item needs `type`: track or identify",
+        custom_error_message="each batch item needs `type`: track, identify or page",
     ),
 ]
-"""One call of a batch, told apart by its `type`."""
+"""One call of a batch, told apart by its `type`, each the body its own endpoint takes."""
 
 
 class BatchCall(BaseModel):
-    """`batch`: several calls at once, stored together; `context` applies to all and is ignored."""
+    """`batch` (Segment): several calls at once, stored together in order.
+
+    Sources such as analytics.js batch page views with their tracks, so `page` items are taken
+    beside `track` and `identify` and stored as `/v1/page` stores them (a `page_viewed` event).
+    `context` applies to all and is ignored.
+    """
 
     model_config = ConfigDict(
         extra="allow",
@@ -196,6 +203,8 @@ class BatchCall(BaseModel):
                     "batch": [
                         {"type": "identify", "userId": "c-1",
                          "traits": {"email": "ana@example.com"}},
+                        {"type": "page", "userId": "c-1", "name": "Pricing",
+                         "properties": {"url": "https://shop.example/pricing"}},
                         {"type": "track", "userId": "c-1", "event": "cart_item_added",
                          "properties": {"value": 25}},
                     ]
