@@ -5,7 +5,8 @@
 
 Each recording is a journey and a scenario; together they visit every step kind (waits of each
 sort, `wait_for_event` met and timed out, `if` with every condition, `split`, every action, `end`
-with an outcome, a loop that continues as new, an exit goal, a send held by quiet hours). The
+with an outcome, a loop that continues as new, an exit goal, a send held by quiet hours, a
+condition on a caught event, an update computed with Liquid, waits that keep their rhythm). The
 simulation runs on a time-skipping server of its own; each run of the workflow is saved as
 `<name>.json` (first run) and `<name>-run<N>.json` (runs after a continue-as-new).
 
@@ -62,6 +63,8 @@ RECORDINGS: dict[str, Recording] = {
                                   HERE / "scenarios/cart-quiet-hours.yaml", "completed",
                                   ("wait_2h", "still_in_cart", "push_or_email", "push_reminder",
                                    "email_reminder"), first_send_at="2026-03-03T06:00:00Z"),
+    "answers": Recording(HERE / "journeys/answers.yaml", HERE / "scenarios/answers.yaml",
+                         "completed", ("wait_answer", "happy", "move_due", "pause", "again")),
 }
 """Name -> recording. An empty `outcome` accepts any (the split's path depends on the contact)."""
 
