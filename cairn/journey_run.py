@@ -70,9 +70,10 @@ class JourneyState:
     """Everything a run needs to go on; passed whole through continue-as-new.
 
     `deadline` is the absolute end of the current wait, so a run that continues as new mid-wait
-    resumes the same wait instead of starting it over. `last_elapsed` is the end of the last wait
-    that ran its course: a `wait` that starts moments after it counts from it, so a loop of
-    waits keeps its rhythm however long the steps between take.
+    resumes the same wait instead of starting it over. `anchor` is the moment the journey's
+    clock last stood on exactly (the trigger's time at entry, the end of a wait that ran its
+    course): for a minute after it the journey's time stays there, so the steps that follow
+    (however long they take under load) happen at that moment and a loop keeps its rhythm.
     """
 
     entered_at: datetime
@@ -88,7 +89,7 @@ class JourneyState:
     step_started_seq: int = 0
     step_started_at: datetime | None = None
     deadline: datetime | None = None
-    last_elapsed: datetime | None = None
+    anchor: datetime | None = None
     waiting_for: str | None = None
     runs: int = 1
     outcome: str | None = None

@@ -9,7 +9,7 @@ so a journey can loop monthly for years with a small history per run.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
 from workflows.run import (
     ACTIVITY_RETRY,
     ACTIVITY_TIMEOUT,
+    ANCHOR_SLACK,
     HEARD_LIMIT,
     SEEN_IDS_LIMIT,
     JourneyRun,
@@ -48,14 +49,25 @@ REMOVED = "removed"
 """Outcome of a run ended by `cairn exit` (an operator) rather than by a goal or an `end`."""
 
 
+def _entry_anchor(trigger: EventMessage | None, entered_at: datetime) -> datetime | None:
+    """The trigger's time, when the journey starts within a minute of it: the journey counts
+    from the event ("2 hours after the cart"), not from when routing got to it."""
+    if trigger is None:
+        return None
+    moment = trigger.timestamp.replace(microsecond=0)
+    return moment if timedelta(0) <= entered_at - moment <= ANCHOR_SLACK else None
+
+
 @workflow.defn(name=WORKFLOW_NAME)
 class JourneyWorkflow:
     @workflow.init
     def __init__(self, data: JourneyInput) -> None:
+        entered_at = workflow.now() + timedelta(seconds=data.clock_offset_seconds)
         state = data.state or JourneyState(
-            entered_at=workflow.now() + timedelta(seconds=data.clock_offset_seconds),
+            entered_at=entered_at,
             current=data.journey.first_step,
             trigger=data.trigger,
+            anchor=_entry_anchor(data.trigger, entered_at),
         )
         self.run_ = JourneyRun(data, state)
         if data.trigger is not None and data.trigger.message_id not in state.seen_message_ids:

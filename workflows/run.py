@@ -47,6 +47,9 @@ ACTIVITY_RETRY = RetryPolicy(
 
 Result = TypeVar("Result", bound=BaseModel)
 
+ANCHOR_SLACK = timedelta(minutes=1)
+"""How long after its anchor the journey's clock stays on it (see `JourneyRun.now`)."""
+
 
 class Waited(Enum):
     """How a wait ended."""
@@ -89,11 +92,18 @@ class JourneyRun:
     def now(self) -> datetime:
         """Journey time, to the second: Temporal's deterministic time, shifted only in simulations.
 
-        Deadlines are computed from this whole-second time while timers run against the precise
-        time (`wait`), so the milliseconds that activities take never accumulate into drift: a
-        monthly loop still fires at 09:00:00 after five years.
+        Within a minute after the journey's anchor (the trigger's time at entry, the end of the
+        last wait that ran its course) it is the anchor itself: what a step does right after a
+        wait happens at the wait's end, however long the activities before it took. Deadlines
+        are computed from it while timers run against the precise time, so processing time never
+        accumulates into drift: a monthly loop still fires at 09:00:00 after five years, and the
+        same scenario gives the same times on a loaded machine.
         """
-        return self.precise_now().replace(microsecond=0)
+        real = self.precise_now().replace(microsecond=0)
+        anchor = self.state.anchor
+        if anchor is not None and timedelta(0) <= real - anchor <= ANCHOR_SLACK:
+            return anchor
+        return real
 
     def precise_now(self) -> datetime:
         return workflow.now() + self.offset
@@ -192,10 +202,10 @@ class JourneyRun:
         if self.exit_outcome is not None:
             return Waited.EXITED
         if until is not None and until():
-            self.state.last_elapsed = None  # an event ended it: the next wait counts from now
+            self.state.anchor = None  # an event ended it, at no moment the journey chose
             return Waited.SATISFIED
         if timed_out or self.precise_now() >= deadline:
-            self.state.last_elapsed = deadline
+            self.state.anchor = deadline
             return Waited.ELAPSED
         return Waited.CONTINUE
 

@@ -30,26 +30,9 @@ def _label(step: WaitStep | WaitUntilStep | WaitForWindowStep | WaitForEventStep
     return step.summary or text
 
 
-ANCHOR_SLACK = timedelta(minutes=1)
-"""How soon after the previous wait ended a `wait` still counts from that end (the steps in
-between took this long, under load); later starts count from now."""
-ANCHORED_WAITS_PATCH = "waits-count-from-the-previous-wait"
-
-
-def _wait_base(run: JourneyRun) -> datetime:
-    """Where a `wait` counts from: the end of the wait just before it when the journey came
-    straight from there (a monthly loop stays on 09:00:00 for years), else now."""
-    now = run.now()
-    previous = run.state.last_elapsed
-    if (previous is not None and timedelta(0) <= now - previous <= ANCHOR_SLACK
-            and workflow.patched(ANCHORED_WAITS_PATCH)):
-        return previous
-    return now
-
-
 async def wait(step: WaitStep, run: JourneyRun) -> Next:
     """Sleep a duration."""
-    deadline = run.state.deadline or _wait_base(run) + parse_duration(step.wait)
+    deadline = run.state.deadline or run.now() + parse_duration(step.wait)
     run.note(f"sleep {step.wait}")
     waited = await run.wait(deadline, _label(step, f"wait {step.wait} before {step.next}"))
     return run.after_wait(waited, step.next)
