@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest_asyncio
-from temporalio.client import Client, WorkflowHandle
-from temporalio.service import RPCError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from cairn.contact import ContactSnapshot
@@ -79,27 +78,40 @@ async def start(client: Client, store: Store, queue: str) -> tuple[WorkflowHandl
     return handle, contact
 
 
-async def view_of(handle: WorkflowHandle) -> JourneyStateView:
-    # The latest run of the id: the first one has continued as new.
-    latest = handle._client.get_workflow_handle(handle.id)
-    result: JourneyStateView = await latest.query(STATE_QUERY, result_type=JourneyStateView)
+async def view_of(client: Client, workflow_id: str) -> JourneyStateView:
+    handle = client.get_workflow_handle(workflow_id)  # the latest run of the id
+    result: JourneyStateView = await handle.query(STATE_QUERY, result_type=JourneyStateView)
     return result
 
 
-async def settle(handle: WorkflowHandle, check: object) -> JourneyStateView:
-    """Poll the state query; a query that lands while one run hands over to the next may time
-    out on the test server, so such an answer is simply asked again."""
-    view: JourneyStateView | None = None
-    for _ in range(100):
-        try:
-            view = await asyncio.wait_for(view_of(handle), timeout=5)
-        except (RPCError, TimeoutError):
-            await asyncio.sleep(0.2)
-            continue
-        if check(view):  # type: ignore[operator]
-            return view
+async def new_run_waiting(client: Client, workflow_id: str, first_run_id: str) -> str:
+    """The id of the run that continued the first, once it has started its timer again.
+
+    Polls `describe` and the history rather than the state query: a query sent while one run
+    hands over to the next can time out on the test server and leave it unable to answer
+    `result()` afterwards.
+    """
+    for _ in range(400):
+        described = await client.get_workflow_handle(workflow_id).describe()
+        if described.run_id and described.run_id != first_run_id:
+            history = await client.get_workflow_handle(
+                workflow_id, run_id=described.run_id).fetch_history()
+            if any(e.HasField("timer_started_event_attributes") for e in history.events):
+                return described.run_id
         await asyncio.sleep(0.05)
-    raise AssertionError(f"state never settled: {view}")
+    raise AssertionError("the run never continued as new")
+
+
+async def closed(client: Client, workflow_id: str) -> JourneyResult:
+    """The journey's result once its latest run has completed (polled, without long polls)."""
+    for _ in range(400):
+        handle = client.get_workflow_handle(workflow_id, result_type=JourneyResult)
+        described = await handle.describe()
+        if described.status == WorkflowExecutionStatus.COMPLETED:
+            result: JourneyResult = await handle.result()
+            return result
+        await asyncio.sleep(0.05)
+    raise AssertionError("the journey never completed")
 
 
 async def test_a_wait_survives_continue_as_new_and_hears_its_event(
@@ -107,17 +119,21 @@ async def test_a_wait_survives_continue_as_new_and_hears_its_event(
 ) -> None:
     client, store, queue = engine
     handle, contact = await start(client, store, queue)
-    first = await settle(handle, lambda v: v.current_step == "wait_paid" and v.until)
-    deadline = first.until
+    first_run = (await handle.describe()).run_id
+    assert first_run is not None
+    first = await view_of(client, handle.id)
+    assert first.current_step == "wait_paid" and first.until is not None
     # Unrelated events fill the history: each signal is a workflow task or more.
+    latest = client.get_workflow_handle(handle.id)
     for n in range(12):
-        await handle.signal(EVENT_SIGNAL, message("page_viewed", contact, n))
-    moved = await settle(handle, lambda v: v.runs >= 2)
-    assert moved.current_step == "wait_paid"
-    assert moved.until == deadline  # the same wait, the same end: not restarted
+        await latest.signal(EVENT_SIGNAL, message("page_viewed", contact, n))
+    await new_run_waiting(client, handle.id, first_run)
+    moved = await view_of(client, handle.id)
+    assert moved.runs >= 2 and moved.current_step == "wait_paid"
+    assert moved.until == first.until  # the same wait, the same end: not restarted
     assert [p.step for p in moved.path] == ["wait_paid"]  # one visit, resumed
-    await handle.signal(EVENT_SIGNAL, message("invoice_paid", contact))
-    result = await handle.result()
+    await latest.signal(EVENT_SIGNAL, message("invoice_paid", contact))
+    result = await closed(client, handle.id)
     assert result.outcome == "completed"
     assert [p.step for p in result.path] == ["wait_paid", "thanks"]
     async with store.session() as session:
