@@ -411,7 +411,8 @@ def mermaid(journey: Journey, counts: dict[str, int] | None = None) -> str:
         if step.summary:
             label += f"<br/><i>{_text(step.summary)}</i>"
         if counts is not None:
-            label += f"<br/>{counts.get(name, 0)} contacts"
+            count = counts.get(name, 0)
+            label += f"<br/>{count} contact{'' if count == 1 else 's'}"
         lines.append(f"  {ids[name]}{_shape(step, label)}")
     lines.append('  finish(("end"))')
     if journey.first_step in ids:

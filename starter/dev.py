@@ -287,6 +287,8 @@ class DevStack:
     published: list[tuple[JourneyVersion, bool]]
     api: ApiHandle | None
     ingest: Ingest
+    mail: str | None = None
+    """Where email goes under `cairn dev` (the local SMTP sink), when it runs."""
 
     @property
     def api_url(self) -> str | None:
@@ -390,7 +392,10 @@ async def dev_stack(
                         app = create_app(store, ingest, settings=settings)
                         api = await start_api(app, settings.api_host, settings.api_port)
                     try:
-                        yield DevStack(settings, server, client, store, published, api, ingest)
+                        mail = (f"SMTP {sink.host}:{sink.port} -> {settings.mail_dir} "
+                                "(cairn outbox --mail)") if sink is not None else None
+                        yield DevStack(settings, server, client, store, published, api, ingest,
+                                       mail)
                     finally:
                         if api is not None:
                             await stop_api(api)
@@ -445,6 +450,7 @@ def describe(stack: DevStack) -> list[tuple[str, str]]:
         rows.append(("API", stack.api_url))
         rows.append(("API docs", f"{stack.api_url}/docs"))
     rows.append(("Store", make_url(stack.settings.store_url).render_as_string(hide_password=True)))
+    rows.append(("Mail", stack.mail or f"sent by {stack.settings.email_provider}"))
     journeys = ", ".join(
         f"{row.key} v{row.version}{' (new)' if new else ''}" for row, new in stack.published
     )

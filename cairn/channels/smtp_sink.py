@@ -15,6 +15,7 @@ a mailbox would write it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -100,6 +101,9 @@ class SmtpSink:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         self._check_port_free()
+        # aiosmtpd logs every connection at INFO, its own readiness probe included: noise in the
+        # `cairn dev` console, where the sink's own events are logged instead.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
         controller = Controller(
             _StoreHandler(self.directory), hostname=self.host, port=self.port,
             server_hostname="cairn-dev-sink", ident="Cairn dev SMTP sink",
