@@ -82,6 +82,22 @@ class ProviderError(Exception):
         super().__init__(f"{provider}: {message}")
 
 
+class HttpClientHolder:
+    """The httpx client an HTTP provider talks through: its own, closed by `aclose`, or one the
+    caller shares (a registry, a test), which `aclose` leaves open for its owner."""
+
+    _client: httpx.AsyncClient
+    _owns_client: bool
+
+    def _hold_client(self, client: httpx.AsyncClient | None, **options: Any) -> None:
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(**options)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+
 @runtime_checkable
 class Provider(Protocol):
     """Sends messages on one or more channels.

@@ -36,6 +36,7 @@ from cairn.channels.audiences import (
 )
 from cairn.channels.base import (
     AudienceMember,
+    HttpClientHolder,
     ProviderError,
     Receipt,
     error_from_transport,
@@ -101,7 +102,7 @@ def session_id_for(idempotency_key: str, audience_id: str, action: str) -> int:
     return stable_int64(idempotency_key, audience_id, action)
 
 
-class FacebookAudienceSyncer:
+class FacebookAudienceSyncer(HttpClientHolder):
     """Adds members to, or removes them from, Custom Audiences of one ad account."""
 
     name = PROVIDER
@@ -111,13 +112,8 @@ class FacebookAudienceSyncer:
         self, settings: FacebookSettings, client: httpx.AsyncClient | None = None,
     ) -> None:
         self.settings = settings
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient()
+        self._hold_client(client)
         self._timeout = httpx.Timeout(settings.timeout)
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
 
     def _token(self) -> str:
         token = self.settings.access_token.get_secret_value() if self.settings.access_token else ""

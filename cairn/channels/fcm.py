@@ -31,6 +31,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cairn.channels.base import (
+    HttpClientHolder,
     OutgoingMessage,
     ProviderError,
     Receipt,
@@ -144,7 +145,7 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-class FcmProvider:
+class FcmProvider(HttpClientHolder):
     """Sends one notification per message with `POST /v1/projects/{project}/messages:send`.
 
     `clock` is monotonic seconds: token lifetimes are relative (`expires_in`), so a wall-clock
@@ -163,18 +164,13 @@ class FcmProvider:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient()
+        self._hold_client(client)
         self._timeout = httpx.Timeout(settings.timeout)
         self._clock = clock
         self._account: ServiceAccount | None = None
         self._token: str | None = None
         self._token_expires = 0.0
         self._lock = asyncio.Lock()
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
 
     @property
     def account(self) -> ServiceAccount:

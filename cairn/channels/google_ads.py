@@ -38,7 +38,13 @@ from cairn.channels.audiences import (
     require_action,
     sha256_hex,
 )
-from cairn.channels.base import AudienceMember, ProviderError, Receipt, retry_after_seconds
+from cairn.channels.base import (
+    AudienceMember,
+    HttpClientHolder,
+    ProviderError,
+    Receipt,
+    retry_after_seconds,
+)
 from cairn.log import get_logger
 
 log = get_logger(__name__)
@@ -102,7 +108,7 @@ def user_identifiers(member: NormalisedMember) -> list[dict[str, Any]]:
     return identifiers
 
 
-class GoogleAdsAudienceSyncer:
+class GoogleAdsAudienceSyncer(HttpClientHolder):
     """Adds members to, or removes them from, Customer Match user lists of one customer."""
 
     name = PROVIDER
@@ -112,16 +118,11 @@ class GoogleAdsAudienceSyncer:
         self, settings: GoogleAdsSettings, client: httpx.AsyncClient | None = None,
     ) -> None:
         self.settings = settings
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient()
+        self._hold_client(client)
         self._timeout = httpx.Timeout(settings.timeout)
         self._access_token: str | None = None
         self._refresh_at = 0.0
         self._token_lock = asyncio.Lock()
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
 
     # ----------------------------------------------------------------------- configuration
 

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cairn.channels.base import (
+    HttpClientHolder,
     OutgoingTask,
     ProviderError,
     Receipt,
@@ -72,7 +73,7 @@ def _iso(moment: datetime) -> str:
     return aware.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class HubSpotTaskSink:
+class HubSpotTaskSink(HttpClientHolder):
     """Creates one HubSpot task per `OutgoingTask`, associated with the contact when found."""
 
     name = NAME
@@ -82,12 +83,7 @@ class HubSpotTaskSink:
         self, settings: HubSpotSettings | None = None, client: httpx.AsyncClient | None = None,
     ) -> None:
         self.settings = settings or HubSpotSettings()
-        self._own_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(self.settings.timeout))
-
-    async def aclose(self) -> None:
-        if self._own_client:
-            await self._client.aclose()
+        self._hold_client(client, timeout=httpx.Timeout(self.settings.timeout))
 
     async def create_task(self, task: OutgoingTask) -> Receipt:
         marker = task_marker(task.idempotency_key)

@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cairn.channels.base import (
     FeedbackEvent,
     FeedbackRejected,
+    HttpClientHolder,
     OutgoingMessage,
     ProviderError,
     Receipt,
@@ -68,7 +69,7 @@ class PostmarkSettings(BaseSettings):
     webhook_password: SecretStr | None = None
 
 
-class PostmarkProvider:
+class PostmarkProvider(HttpClientHolder):
     """Sends one email per message with `POST /email`."""
 
     name = PROVIDER
@@ -79,13 +80,8 @@ class PostmarkProvider:
         self, settings: PostmarkSettings, client: httpx.AsyncClient | None = None,
     ) -> None:
         self.settings = settings
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient()
+        self._hold_client(client)
         self._timeout = httpx.Timeout(settings.timeout)
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
 
     def stream_for(self, message: OutgoingMessage) -> str:
         """Marketing goes out on the broadcast stream so it never harms transactional reputation."""

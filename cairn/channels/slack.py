@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cairn.channels.base import (
     Alert,
+    HttpClientHolder,
     ProviderError,
     Receipt,
     error_from_response,
@@ -93,7 +94,7 @@ def build_payload(alert: Alert) -> dict[str, Any]:
     return {"text": _truncate(fallback, FALLBACK_TEXT_MAX), "blocks": blocks}
 
 
-class SlackNotifier:
+class SlackNotifier(HttpClientHolder):
     """Posts `Alert`s to the incoming webhook of their destination."""
 
     name = NAME
@@ -103,12 +104,7 @@ class SlackNotifier:
         self, settings: SlackSettings | None = None, client: httpx.AsyncClient | None = None,
     ) -> None:
         self.settings = settings or SlackSettings()
-        self._own_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(self.settings.timeout))
-
-    async def aclose(self) -> None:
-        if self._own_client:
-            await self._client.aclose()
+        self._hold_client(client, timeout=httpx.Timeout(self.settings.timeout))
 
     def resolve(self, destination: str) -> tuple[str, str]:
         """The webhook URL for a destination and the setting it came from.

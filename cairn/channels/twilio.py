@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cairn.channels.base import (
     FeedbackEvent,
     FeedbackRejected,
+    HttpClientHolder,
     OutgoingMessage,
     ProviderError,
     Receipt,
@@ -149,7 +150,7 @@ def _is_whatsapp(*addresses: str | None) -> bool:
     return any(a is not None and a.lower().startswith(WHATSAPP_PREFIX) for a in addresses)
 
 
-class TwilioProvider:
+class TwilioProvider(HttpClientHolder):
     """Sends SMS and WhatsApp messages with Twilio's Messages resource."""
 
     name = PROVIDER
@@ -164,8 +165,7 @@ class TwilioProvider:
             )
         self._settings = settings
         self._timeout = httpx.Timeout(settings.timeout)
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=self._timeout)
+        self._hold_client(client, timeout=self._timeout)
         self._url = (
             f"{settings.base_url.rstrip('/')}/2010-04-01/Accounts/"
             f"{settings.account_sid}/Messages.json"
@@ -193,10 +193,6 @@ class TwilioProvider:
                     code=failure.code, retryable=failure.retryable,
                     invalid_recipient=failure.invalid_recipient)
         raise failure
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
 
     def _form(self, message: OutgoingMessage) -> dict[str, str]:
         """The Messages resource parameters; a message no sender or body could carry fails here

@@ -30,7 +30,12 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cairn import __version__
-from cairn.channels.base import ProviderError, error_from_transport, retry_after_seconds
+from cairn.channels.base import (
+    HttpClientHolder,
+    ProviderError,
+    error_from_transport,
+    retry_after_seconds,
+)
 from cairn.log import get_logger
 
 log = get_logger(__name__)
@@ -121,7 +126,7 @@ def _is_json(body: bytes) -> bool:
     return True
 
 
-class WebhookCaller:
+class WebhookCaller(HttpClientHolder):
     """Calls journey-configured URLs with signed, idempotency-keyed requests.
 
     Not a `Provider` (there is no recipient or channel), but it classifies failures with the
@@ -135,14 +140,8 @@ class WebhookCaller:
         self, settings: WebhookSettings | None = None, client: httpx.AsyncClient | None = None,
     ) -> None:
         self.settings = settings or WebhookSettings()
-        self._own_client = client is None
-        self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(self.settings.timeout), follow_redirects=False,
-        )
-
-    async def aclose(self) -> None:
-        if self._own_client:
-            await self._client.aclose()
+        self._hold_client(client, timeout=httpx.Timeout(self.settings.timeout),
+                          follow_redirects=False)
 
     def _secret(self) -> str:
         if self.settings.signing_secret is None:

@@ -41,6 +41,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cairn.channels.base import (
+    HttpClientHolder,
     OutgoingMessage,
     ProviderError,
     Receipt,
@@ -180,7 +181,7 @@ def encrypt(payload: bytes, subscription: Subscription) -> bytes:
     return body
 
 
-class WebPushProvider:
+class WebPushProvider(HttpClientHolder):
     """Sends one push message per message to `message.to`, the subscription endpoint."""
 
     name = PROVIDER
@@ -191,14 +192,9 @@ class WebPushProvider:
         self, settings: WebPushSettings, client: httpx.AsyncClient | None = None,
     ) -> None:
         self.settings = settings
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient()
+        self._hold_client(client)
         self._timeout = httpx.Timeout(settings.timeout)
         self._key: ec.EllipticCurvePrivateKey | None = None
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
 
     @property
     def vapid_key(self) -> ec.EllipticCurvePrivateKey:
