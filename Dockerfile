@@ -24,7 +24,7 @@ COPY workflows ./workflows
 COPY activities ./activities
 COPY starter ./starter
 RUN pip install . \
-    && python -c "import asyncpg, cairn.store.db, workflows, activities, starter.cli"
+    && python -c "import asyncpg, cairn.store.db, workflows, activities, starter.cli.main"
 
 COPY journeys ./journeys
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from starter.cli import main
+from starter.cli.main import main
 
 if __name__ == "__main__":
     sys.argv = [sys.argv[0], "worker", *sys.argv[1:]]

@@ -21,7 +21,7 @@ from activities.tasks import TaskActivities
 from cairn.store.db import Store
 
 if TYPE_CHECKING:
-    from starter.ingest import Ingest
+    from cairn.events.ingest import Ingest
 
 __all__ = [
     "ContactActivities",
@@ -40,7 +40,7 @@ __all__ = [
 def journey_activities(
     store: Store, delivery: DeliveryActivities | None = None, ingest: Ingest | None = None,
 ) -> list[Callable[..., Any]]:
-    """Activities of the interpreter's queue: every one of `cairn.actions` but deliver_message.
+    """Activities of the interpreter's queue: every one of `cairn.contracts` but deliver_message.
 
     `delivery` carries the channels and the delivery policy (default: local providers, no policy);
     `ingest`, where the process has one, routes the events `update` steps announce at once

@@ -10,15 +10,15 @@ from __future__ import annotations
 from temporalio import activity
 
 from activities.context import contact_snapshot, step_log
-from cairn.actions import (
+from cairn.conditions import ConditionScope, HasDone, ReachableSpec, Verdict, evaluate, window_start
+from cairn.contact import ContactSnapshot
+from cairn.contracts import (
     EVALUATE_CONDITION,
     LOAD_CONTACT,
     ConditionRequest,
     LoadContactRequest,
     VerdictResult,
 )
-from cairn.conditions import ConditionScope, HasDone, ReachableSpec, Verdict, evaluate, window_start
-from cairn.contact import ContactSnapshot
 from cairn.log import get_logger
 from cairn.reachability import reachability
 from cairn.store import events as events_repo

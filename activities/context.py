@@ -12,8 +12,8 @@ from structlog.typing import FilteringBoundLogger
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from cairn.actions import StepContext
 from cairn.contact import ContactSnapshot
+from cairn.contracts import StepContext
 from cairn.log import get_logger
 from cairn.store import contacts as contacts_repo
 

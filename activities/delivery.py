@@ -32,7 +32,10 @@ from activities.context import (
     permanent,
     step_log,
 )
-from cairn.actions import (
+from cairn.channels.base import OutgoingMessage, Provider, ProviderError
+from cairn.channels.registry import ChannelSet, local_channels
+from cairn.contact import ContactSnapshot
+from cairn.contracts import (
     DELIVER_MESSAGE,
     PREPARE_SEND,
     PROVIDER_REJECTED,
@@ -43,9 +46,6 @@ from cairn.actions import (
     SendRequest,
     SendStatus,
 )
-from cairn.channels.base import OutgoingMessage, Provider, ProviderError
-from cairn.channels.registry import ChannelSet, local_channels
-from cairn.contact import ContactSnapshot
 from cairn.delivery_policy import DeliveryPolicy, cap_hold
 from cairn.durations import parse_time_of_day
 from cairn.journey import QuietHours

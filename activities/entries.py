@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from cairn.actions import FINISH_ENTRY, EntryFinish
+from cairn.contracts import FINISH_ENTRY, EntryFinish
 from cairn.log import get_logger
 from cairn.store import entries as entries_repo
 from cairn.store.db import Store

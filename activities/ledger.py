@@ -26,17 +26,17 @@ from activities.context import (
     permanent,
     step_log,
 )
-from cairn.actions import (
+from cairn.channels.audiences import Platform, normalise_email, normalise_phone, sha256_hex
+from cairn.channels.base import Alert, AudienceMember, ProviderError
+from cairn.channels.registry import ChannelSet
+from cairn.contact import ContactSnapshot
+from cairn.contracts import (
     PROVIDER_REJECTED,
     PROVIDER_UNAVAILABLE,
     RECORD_ACTION,
     ActionRequest,
     ActionResult,
 )
-from cairn.channels.audiences import Platform, normalise_email, normalise_phone, sha256_hex
-from cairn.channels.base import Alert, AudienceMember, ProviderError
-from cairn.channels.registry import ChannelSet
-from cairn.contact import ContactSnapshot
 from cairn.journey import TRIGGER_EVENTS, AudienceSync, Notify, TemplateParts, Webhook
 from cairn.store import deliveries as deliveries_repo
 from cairn.store import events as events_repo

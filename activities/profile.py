@@ -1,13 +1,13 @@
 """Profile changes from journeys: an `update` step sets and unsets attributes and tags.
 
 Each trait whose value the step changes is announced as an `attribute_changed` event, exactly as
-an identify announces it (`starter.attribute_changes`, the one code path for both), stored in the
-same transaction as the change so a crash cannot lose it. Its message id derives from the step's
+an identify announces it (`cairn.events.attribute_changes`, the one code path for both), stored in
+the same transaction as the change so a crash cannot lose it. Its message id derives from the step's
 idempotency key (`update/<key>/attribute_changed/<trait>`), and a retried activity finds the
 values already set: nothing is announced twice.
 
 The worker has the store but not the API's router, scoring and segments, so by default the events
-are left unrouted for the relay (`starter.relay`, run by `cairn dev` and `cairn api`), which
+are left unrouted for the relay (`cairn.events.relay`, run by `cairn dev` and `cairn api`), which
 routes them as it routes any stored event: scoring and segments first, then journeys. Given an
 `Ingest` (a process that has one), the activity routes them itself at once; a routing failure
 leaves them to the relay rather than failing a step whose change is already made.
@@ -28,16 +28,16 @@ from activities.context import (
     permanent,
     step_log,
 )
-from cairn.actions import UPDATE_PROFILE, ProfileUpdateRequest, StepContext
+from cairn.contracts import UPDATE_PROFILE, ProfileUpdateRequest, StepContext
+from cairn.events import attribute_changes
 from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
 from cairn.store.db import Store
 from cairn.templates import TemplateRenderError, message_scope
 from cairn.update_values import has_templates, render_values
-from starter import attribute_changes
 
 if TYPE_CHECKING:
-    from starter.ingest import Ingest
+    from cairn.events.ingest import Ingest
 
 
 def change_source(context: StepContext) -> str:

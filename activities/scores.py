@@ -5,7 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 
 from activities.context import step_log
-from cairn.actions import CHANGE_SCORE, ScoreRequest, ScoreResult
+from cairn.contracts import CHANGE_SCORE, ScoreRequest, ScoreResult
 from cairn.store import scores as scores_repo
 from cairn.store.db import Store
 

@@ -12,9 +12,9 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.context import TEMPLATE_ERROR, contact_snapshot, permanent, step_log
-from cairn.actions import CREATE_TASK, PROVIDER_UNAVAILABLE, TaskRequest, TaskResult
 from cairn.channels.base import OutgoingTask, ProviderError
 from cairn.channels.registry import ChannelSet
+from cairn.contracts import CREATE_TASK, PROVIDER_UNAVAILABLE, TaskRequest, TaskResult
 from cairn.durations import parse_duration
 from cairn.store import tasks as tasks_repo
 from cairn.store.db import Store

@@ -42,17 +42,17 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.client import Client
     from temporalio.worker import Worker
 
+    from cairn.catalog import publish_catalog
+    from cairn.events.calls import TrackCall
+    from cairn.events.ingest import Ingest
+    from cairn.events.router import Router
     from cairn.journey_run import JourneyResult, workflow_id
     from cairn.log import configure
     from cairn.settings import Settings
     from cairn.store import contacts, deliveries
     from cairn.store.db import Store
     from cairn.store.schema import Delivery
-    from starter.catalog import publish_catalog
     from starter.dev import DevServer, free_port
-    from starter.ingest import Ingest
-    from starter.router import Router
-    from starter.segment_spec import TrackCall
     from starter.worker import journey_workers, running, workflow_runner
 
 BENCH_JOURNEY = """\

@@ -47,7 +47,7 @@ from cairn.log import configure
 from cairn.settings import Settings
 from cairn.store.db import Store
 from cairn.store.schema import Contact, Event, ScoreChangeRecord
-from workflows.sweeps import (
+from cairn.sweeps import (
     SEGMENT_SWEEP_WORKFLOW,
     SweepBatch,
     SweepConfig,

@@ -12,7 +12,8 @@ radius_m: 150
 
 This module loads and validates fences and answers which fences contain a position (great-circle
 distance, haversine). Turning a contact's `location_updated` events into `geofence_entered` /
-`geofence_exited` events is `starter.geofencing`; it is not done here (no I/O beyond reading files).
+`geofence_exited` events is `cairn.events.geofencing`; it is not done here (no I/O beyond reading
+files).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ scoring. A decay rule on entering a segment is an ordinary rule on the `segment_
 a decay "after N days without an event" (an inactivity decay) is time-based: only a sweep can notice
 an absence, so the hourly segment sweep applies it (`activities.sweeps`), once per inactivity
 period (see `InactivityDecay`). This module loads and validates definitions and says which rules
-an event matches; applying them is `starter.audience` and the sweep.
+an event matches; applying them is `cairn.events.profile_rules` and the sweep.
 """
 
 from __future__ import annotations

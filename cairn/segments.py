@@ -16,7 +16,7 @@ older_than: 30d}`), and `visited` is a page-visit test over `page_viewed` events
 URL containing words, regular expression). A segment is `time`-based when its rule measures age
 (`older_than`, `newer_than`, `within`): those also change while nothing happens, so a sweep must
 re-evaluate them. This module loads and validates definitions and decides membership for one
-contact; recording memberships and emitting events is `starter.audience`.
+contact; recording memberships and emitting events is `cairn.events.profile_rules`.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from starter.segment_spec import BatchCall, IdentifyCall, SegmentCallType, TrackCall
+from cairn.events.calls import BatchCall, IdentifyCall, SegmentCallType, TrackCall
 
 RETRY_STATUSES = (502, 503, 504)
 

@@ -28,10 +28,11 @@ from rich.table import Table
 from temporalio.client import Client
 
 from cairn import search_attributes
+from cairn.events.relay import EventRelay, relaying
 from cairn.log import get_logger
+from cairn.search_attribute_setup import ensure_search_attributes
 from cairn.settings import Settings
-from starter.relay import EventRelay, relaying
-from starter.temporal import TemporalConnectionError, connect, ensure_search_attributes
+from starter.temporal import TemporalConnectionError, connect
 from starter.worker import delivery_for, journey_workers, running
 
 if TYPE_CHECKING:
@@ -40,9 +41,9 @@ if TYPE_CHECKING:
     from activities.delivery import DeliveryActivities
     from cairn.channels.base import Provider
     from cairn.channels.smtp_sink import SmtpSink
+    from cairn.events.ingest import Ingest
     from cairn.store.db import Store
     from cairn.store.schema import JourneyVersion
-    from starter.ingest import Ingest
 
 log = get_logger(__name__)
 
@@ -338,13 +339,13 @@ async def dev_stack(
     headless: bool = False,
 ) -> AsyncIterator[DevStack]:
     """Start server, search attributes, store, catalog, workers and API; stop in reverse."""
+    from cairn.catalog import CatalogError, publish_catalog
+    from cairn.events.geofencing import Geofencing
+    from cairn.events.ingest import Ingest
+    from cairn.events.profile_rules import Audience
+    from cairn.events.router import Router
     from cairn.store.db import Store
-    from starter.api import create_app
-    from starter.audience import Audience
-    from starter.catalog import CatalogError, publish_catalog
-    from starter.geofencing import Geofencing
-    from starter.ingest import Ingest
-    from starter.router import Router
+    from starter.api.app import create_app
     from starter.schedules import register_schedules
 
     settings.home.mkdir(parents=True, exist_ok=True)

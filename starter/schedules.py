@@ -38,16 +38,17 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
+from cairn.catalog import CatalogError
 from cairn.journey import Journey
 from cairn.log import get_logger
 from cairn.settings import Settings
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
-from starter.catalog import CatalogError
-from workflows.sweeps import (
+from cairn.sweeps import (
     DATE_SWEEP_WORKFLOW,
     SCHEDULED_ENTRY_WORKFLOW,
     SEGMENT_SWEEP_WORKFLOW,
+    SWEEP_EVERY,
     ScheduleInput,
     SweepConfig,
     SweepInput,
@@ -58,7 +59,6 @@ log = get_logger(__name__)
 SEGMENT_SWEEP_SCHEDULE = "cairn-segment-sweep"
 DATE_SWEEP_SCHEDULE = "cairn-date-sweep"
 JOURNEY_SCHEDULE_PREFIX = "cairn-journey-schedule-"
-SWEEP_EVERY = timedelta(hours=1)
 
 
 class ScheduleRegistrationError(CatalogError):

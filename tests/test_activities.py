@@ -29,8 +29,10 @@ from activities import (
     delivery_activities,
     journey_activities,
 )
-from cairn import actions
-from cairn.actions import (
+from cairn import contracts
+from cairn.conditions import Condition, parse_condition
+from cairn.contact import ContactSnapshot
+from cairn.contracts import (
     ActionRequest,
     ConditionRequest,
     EntryFinish,
@@ -41,8 +43,6 @@ from cairn.actions import (
     StepContext,
     TaskRequest,
 )
-from cairn.conditions import Condition, parse_condition
-from cairn.contact import ContactSnapshot
 from cairn.journey import (
     AudienceSync,
     Notify,
@@ -57,7 +57,7 @@ from cairn.journey import (
 from cairn.journey_run import EventMessage
 from cairn.store import contacts, deliveries, entries, events, scores, tasks
 from cairn.store.db import Store
-from workflows.sweeps import ENTER_SCHEDULED, SWEEP_DATE_ATTRIBUTES, SWEEP_SEGMENTS
+from cairn.sweeps import ENTER_SCHEDULED, SWEEP_DATE_ATTRIBUTES, SWEEP_SEGMENTS
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 WID = "journey/cart-abandonment/c-1"
@@ -136,13 +136,13 @@ def test_activity_lists_cover_every_action_name() -> None:
 
     store: Any = object()
     everything = {
-        actions.LOAD_CONTACT, actions.EVALUATE_CONDITION, actions.PREPARE_SEND,
-        actions.DELIVER_MESSAGE, actions.CHANGE_SCORE, actions.UPDATE_PROFILE,
-        actions.CREATE_TASK, actions.RECORD_ACTION, actions.FINISH_ENTRY,
+        contracts.LOAD_CONTACT, contracts.EVALUATE_CONDITION, contracts.PREPARE_SEND,
+        contracts.DELIVER_MESSAGE, contracts.CHANGE_SCORE, contracts.UPDATE_PROFILE,
+        contracts.CREATE_TASK, contracts.RECORD_ACTION, contracts.FINISH_ENTRY,
     }
-    assert names(delivery_activities(store)) == {actions.DELIVER_MESSAGE}
+    assert names(delivery_activities(store)) == {contracts.DELIVER_MESSAGE}
     sweeps = {SWEEP_SEGMENTS, SWEEP_DATE_ATTRIBUTES, ENTER_SCHEDULED}  # workflows/sweeps.py
-    assert names(journey_activities(store)) == (everything - {actions.DELIVER_MESSAGE}) | sweeps
+    assert names(journey_activities(store)) == (everything - {contracts.DELIVER_MESSAGE}) | sweeps
 
 
 # --------------------------------------------------------------------------- contacts

@@ -17,6 +17,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RetryConfig
 from typer.testing import CliRunner
 
+from cairn.catalog import CatalogError, load_catalog, publish_catalog
+from cairn.events.calls import TrackCall
+from cairn.events.ingest import Ingest
+from cairn.events.router import Router
 from cairn.journey import Journey
 from cairn.settings import Settings, get_settings
 from cairn.store import deliveries as deliveries_repo
@@ -25,13 +29,9 @@ from cairn.store import events as events_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
 from cairn.store.schema import Contact, Event
-from starter.api import create_app, readable_errors
-from starter.catalog import CatalogError, load_catalog, publish_catalog
-from starter.cli import app
+from starter.api.app import create_app, readable_errors
+from starter.cli.main import app
 from starter.dev import free_port
-from starter.ingest import Ingest
-from starter.router import Router
-from starter.segment_spec import TrackCall
 
 
 @pytest_asyncio.fixture

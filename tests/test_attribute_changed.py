@@ -19,13 +19,13 @@ from engine_support import (
 )
 from temporalio.testing import WorkflowEnvironment
 
+from cairn.events.calls import IdentifyCall
+from cairn.events.ingest import Ingest, IngestResult
 from cairn.journey import Journey
 from cairn.settings import Settings
 from cairn.store.db import Store
-from starter.api import create_app
-from starter.ingest import Ingest, IngestResult
-from starter.segment_spec import IdentifyCall
-from starter.simulate import Scenario, Simulator, parse_scenario
+from starter.api.app import create_app
+from starter.testing import Scenario, Simulator, parse_scenario
 
 # A fresh store per test (see engine_support); the time-skipping server is per module (conftest).
 store = engine_support.store

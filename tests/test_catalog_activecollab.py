@@ -20,15 +20,15 @@ import pytest_asyncio
 from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 
-from activities.sweeps import due_date
 from cairn.channels.base import OutgoingMessage, Receipt
 from cairn.channels.facebook import FacebookAudienceSyncer, FacebookSettings
 from cairn.channels.local import OutboxProvider
 from cairn.channels.registry import ChannelSet, local_channels
+from cairn.date_triggers import due_date
 from cairn.journey import Journey
 from cairn.journey_files import load_journey
 from cairn.store.db import Store
-from starter.simulate import SimulationReport, Simulator, parse_scenario
+from starter.testing import SimulationReport, Simulator, parse_scenario
 from tests.standins import facebook as fb_standin
 from tests.standins.server import Script, StandInServer
 

@@ -22,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from cairn.journey import Journey
 from cairn.journey_files import load_journey, read_template, validate_paths
 from cairn.templates import message_scope, render
-from starter.simulate import SimulationReport, Simulator, parse_scenario
+from starter.testing import SimulationReport, Simulator, parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = ROOT / "journeys"

@@ -26,7 +26,7 @@ from cairn.journey import CHANNELS, Journey
 from cairn.journey_files import load_journey
 from cairn.store.db import Store
 from cairn.templates import message_scope, render
-from starter.simulate import SimulationReport, Simulator, parse_scenario
+from starter.testing import SimulationReport, Simulator, parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 JOURNEYS = ROOT / "journeys"

@@ -29,8 +29,7 @@ from cairn.channels.registry import ChannelSet, local_channels
 from cairn.channels.webhook import WebhookCaller, WebhookSettings, verify_signature
 from cairn.journey import Journey, WebhookStep
 from cairn.store.db import Store
-from cairn.testing import as_journey
-from starter.simulate import SimulationReport, Simulator, parse_scenario
+from starter.testing import SimulationReport, Simulator, as_journey, parse_scenario
 from tests.standins.server import StandInServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -35,7 +35,7 @@ from cairn.journey import Journey
 from cairn.journey_files import load_journey
 from cairn.segments import decide, load_segments
 from cairn.store.db import Store
-from starter.simulate import SimulationReport, Simulator, parse_scenario
+from starter.testing import SimulationReport, Simulator, parse_scenario
 from tests.standins.server import StandInServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,8 +28,7 @@ from cairn.channels.slack import SlackNotifier, SlackSettings
 from cairn.channels.webhook import WebhookCaller, WebhookSettings
 from cairn.delivery_policy import DeliveryPolicy, FrequencyCap
 from cairn.store.db import Store
-from cairn.testing import as_journey
-from starter.simulate import Simulator, parse_scenario
+from starter.testing import Simulator, as_journey, parse_scenario
 from tests.standins.facebook import API_VERSION, GraphState, facebook_app
 from tests.standins.facebook import TOKEN as FB_TOKEN
 from tests.standins.postmark import TOKEN, postmark_app

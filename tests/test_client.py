@@ -12,11 +12,12 @@ import pytest_asyncio
 import uvicorn
 from sqlalchemy import select
 
+from cairn.events.ingest import Ingest
 from cairn.settings import Settings
 from cairn.store import contacts as contacts_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event
-from starter.api import create_app
+from starter.api.app import create_app
 from starter.client import (
     AsyncCairnClient,
     CairnClient,
@@ -25,7 +26,6 @@ from starter.client import (
     identify_call,
     track_call,
 )
-from starter.ingest import Ingest
 
 
 @pytest_asyncio.fixture

@@ -15,6 +15,8 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from cairn.contact import ContactSnapshot
+from cairn.events.ingest import Ingest
+from cairn.events.router import Router
 from cairn.journey import Journey
 from cairn.journey_run import STATE_QUERY, JourneyResult, JourneyStateView, workflow_id
 from cairn.reachability import reachability
@@ -37,9 +39,7 @@ from cairn.store.schema import (
     SegmentMembership,
     Task,
 )
-from starter.api import create_app
-from starter.ingest import Ingest
-from starter.router import Router
+from starter.api.app import create_app
 from starter.worker import journey_workers, running
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -23,11 +23,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.delivery import UNCONFIRMED, DeliveryActivities
-from cairn.actions import PROVIDER_REJECTED, PROVIDER_UNAVAILABLE, SendRequest, StepContext
 from cairn.channels.local import OutboxProvider
 from cairn.channels.postmark import PostmarkProvider, PostmarkSettings
 from cairn.channels.registry import ChannelSet, local_channels
 from cairn.contact import ContactSnapshot
+from cairn.contracts import PROVIDER_REJECTED, PROVIDER_UNAVAILABLE, SendRequest, StepContext
 from cairn.delivery_policy import DeliveryPolicy, FrequencyCap, cap_hold
 from cairn.journey import CHANNELS, Send
 from cairn.store import contacts, deliveries

@@ -27,14 +27,14 @@ from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
 
 from cairn import search_attributes
+from cairn.catalog import publish_catalog
 from cairn.channels.smtp_sink import read_sink
+from cairn.events.calls import TrackCall
 from cairn.journey_run import STATE_QUERY, JourneyResult, JourneyStateView
 from cairn.settings import Settings
 from cairn.store import deliveries, entries, events
 from cairn.store.schema import Delivery, Event
-from starter.catalog import publish_catalog
 from starter.dev import DevStack, EventRelay, dev_stack, free_port, port_is_open
-from starter.segment_spec import TrackCall
 
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE = 30.0
@@ -292,7 +292,7 @@ async def test_cairn_graph_shows_how_many_contacts_wait_in_each_step(
     await track(http, contact, "cart_item_added", {"value": 30})
 
     async def listed() -> bool:
-        from starter.cli_catalog import step_counts
+        from starter.cli.catalog import step_counts
 
         return (await step_counts(stack.client, "cart-abandonment")).get("wait_2h", 0) >= 1
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from activities.sweeps import due_date
+from cairn.date_triggers import due_date
 from cairn.journey import DateAttributeTrigger
 
 

@@ -18,12 +18,12 @@ from engine_support import (
 )
 from temporalio.testing import WorkflowEnvironment
 
+from cairn.events.ingest import Ingest
+from cairn.events.router import Router
 from cairn.journey_run import workflow_id
 from cairn.settings import Settings
 from cairn.store.db import Store
-from starter.api import create_app
-from starter.ingest import Ingest
-from starter.router import Router
+from starter.api.app import create_app
 
 # A fresh store per test (see engine_support); the time-skipping server is per module (conftest).
 store = engine_support.store

@@ -25,22 +25,22 @@ from sqlalchemy import func, select
 from temporalio.testing import ActivityEnvironment
 
 from activities.delivery import DeliveryActivities
-from cairn.actions import SendOutcome, SendRequest, StepContext
 from cairn.channels.base import OutgoingMessage, Provider, Receipt
 from cairn.channels.postmark import PostmarkSettings, parse_postmark_webhook
 from cairn.channels.registry import ChannelSet, local_channels
 from cairn.channels.twilio import compute_twilio_signature
 from cairn.contact import ContactSnapshot
+from cairn.contracts import SendOutcome, SendRequest, StepContext
+from cairn.events.calls import TrackCall
+from cairn.events.feedback import record_feedback
+from cairn.events.ingest import Ingest, IngestResult
 from cairn.journey import Send
 from cairn.settings import Settings
 from cairn.store import contacts
 from cairn.store.db import Store
 from cairn.store.schema import Delivery, DeliveryFeedback, Event, InboxMessage
 from cairn.unsubscribe import UnsubscribeScope, unsubscribe_url
-from starter.api import create_app
-from starter.feedback import record_feedback
-from starter.ingest import Ingest, IngestResult
-from starter.segment_spec import TrackCall
+from starter.api.app import create_app
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 PUBLIC_URL = "https://cairn.example.com"

@@ -19,14 +19,14 @@ from engine_support import (
 )
 from temporalio.testing import WorkflowEnvironment
 
+from cairn.events.calls import TrackCall
+from cairn.events.geofencing import Geofencing
+from cairn.events.ingest import Ingest
 from cairn.geofences import GeofenceFileError, distance_m, fences_containing, load_geofences
 from cairn.journey import Journey
 from cairn.store import contacts as contacts_repo
 from cairn.store.db import Store
-from starter.geofencing import Geofencing
-from starter.ingest import Ingest
-from starter.segment_spec import TrackCall
-from starter.simulate import Simulator, parse_scenario
+from starter.testing import Simulator, parse_scenario
 
 # A fresh store per test (see engine_support); the time-skipping server is per module (conftest).
 store = engine_support.store

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import starter.cli_journeys  # noqa: F401  (registers validate and graph on the app)
+import starter.cli.journeys  # noqa: F401  (registers validate and graph on the app)
 from cairn.graph import back_edges, check_graph, mermaid
 from cairn.journey import Journey
-from starter.cli_app import app
+from starter.cli.app import app
 
 REPO = Path(__file__).resolve().parents[1]
 

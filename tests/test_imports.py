@@ -21,14 +21,14 @@ from sqlalchemy import func, select
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
+from cairn.events.imports import ImportFileError, ImportJourneyError, import_csv, read_rows
+from cairn.events.ingest import Ingest
 from cairn.settings import Settings, get_settings
 from cairn.store import contacts as contacts_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event
-from starter.api import create_app
-from starter.cli import app as cli_app
-from starter.imports import ImportFileError, ImportJourneyError, import_csv, read_rows
-from starter.ingest import Ingest
+from starter.api.app import create_app
+from starter.cli.main import app as cli_app
 
 # A fresh store per test (see engine_support); the time-skipping server is per module (conftest).
 store = engine_support.store

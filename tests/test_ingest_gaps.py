@@ -31,10 +31,14 @@ from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from typer.testing import CliRunner
 
-import starter.cli_journeys  # noqa: F401  (registers validate on the app)
+import starter.cli.journeys  # noqa: F401  (registers validate on the app)
 from activities.profile import ProfileActivities
-from cairn.actions import ProfileUpdateRequest, StepContext
 from cairn.contact import ContactSnapshot
+from cairn.contracts import ProfileUpdateRequest, StepContext
+from cairn.events.calls import TrackCall
+from cairn.events.ingest import Ingest
+from cairn.events.profile_rules import Audience
+from cairn.events.relay import EventRelay
 from cairn.journey import Journey, ProfileUpdate
 from cairn.journey_files import cron_problem, validate
 from cairn.scoring import Scoring
@@ -44,14 +48,10 @@ from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
 from cairn.store.db import Store
 from cairn.store.schema import Contact, Event
-from starter.api import create_app
-from starter.audience import Audience
-from starter.cli_app import app as cli
-from starter.contacts_api import contacts_router
-from starter.ingest import Ingest
-from starter.relay import EventRelay
+from starter.api.app import create_app
+from starter.api.contacts import contacts_router
+from starter.cli.app import app as cli
 from starter.schedules import journey_schedule_id, wanted_schedules
-from starter.segment_spec import TrackCall
 
 store = engine_support.store
 

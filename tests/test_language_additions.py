@@ -27,12 +27,13 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from typer.testing import CliRunner
 
-import starter.cli_journeys  # noqa: F401  (registers validate and graph on the app)
+import starter.cli.journeys  # noqa: F401  (registers validate and graph on the app)
 from activities import ContactActivities, ProfileActivities
 from activities.profile import change_source
-from cairn.actions import ConditionRequest, ProfileUpdateRequest, StepContext
 from cairn.conditions import Condition, ConditionScope, evaluate, parse_condition
 from cairn.contact import ContactSnapshot
+from cairn.contracts import ConditionRequest, ProfileUpdateRequest, StepContext
+from cairn.events.attribute_changes import change_message_id
 from cairn.graph import describe_step, describe_trigger, mermaid
 from cairn.journey import Journey, ProfileUpdate, Trigger
 from cairn.journey_files import validate_paths
@@ -40,9 +41,8 @@ from cairn.journey_run import EventMessage
 from cairn.store import contacts, events
 from cairn.store.db import Store
 from cairn.update_values import render_values, set_problems
-from starter.attribute_changes import change_message_id
-from starter.cli_app import app
-from starter.simulate import SimulationReport, Simulator, parse_scenario
+from starter.cli.app import app
+from starter.testing import SimulationReport, Simulator, parse_scenario
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 

@@ -28,6 +28,10 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from cairn.events.calls import TrackCall
+from cairn.events.ingest import Ingest
+from cairn.events.relay import EventRelay, relaying
+from cairn.events.router import Router
 from cairn.journey import Journey
 from cairn.journey_run import workflow_id
 from cairn.store import entries as entries_repo
@@ -35,10 +39,6 @@ from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event
 from starter.dev import free_port
-from starter.ingest import Ingest
-from starter.relay import EventRelay, relaying
-from starter.router import Router
-from starter.segment_spec import TrackCall
 from starter.worker import journey_workers, running
 
 DEADLINE = 60.0
@@ -52,9 +52,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from cairn.settings import Settings
 from cairn.store.db import Store
-from starter.api import create_app
-from starter.ingest import Ingest
-from starter.router import Router
+from starter.api.app import create_app
+from cairn.events.ingest import Ingest
+from cairn.events.router import Router
 
 
 async def main(db_url: str, temporal_address: str, port: int) -> None:

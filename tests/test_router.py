@@ -23,6 +23,8 @@ from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from cairn import search_attributes
+from cairn.events.ingest import Ingest
+from cairn.events.router import RouteDecision
 from cairn.journey_run import (
     EXIT_SIGNAL,
     EventMessage,
@@ -33,11 +35,9 @@ from cairn.settings import Settings, get_settings
 from cairn.store import entries as entries_repo
 from cairn.store import events as events_repo
 from cairn.store.db import Store
-from starter.api import create_app
-from starter.cli import app as cli_app
-from starter.cli_catalog import current_step, exit_runs, step_counts
-from starter.ingest import Ingest
-from starter.router import RouteDecision
+from starter.api.app import create_app
+from starter.cli.catalog import current_step, exit_runs, step_counts
+from starter.cli.main import app as cli_app
 
 
 @pytest_asyncio.fixture

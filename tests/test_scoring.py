@@ -14,6 +14,9 @@ import pytest_asyncio
 import yaml
 from sqlalchemy import select
 
+from cairn.events.calls import TrackCall
+from cairn.events.ingest import Ingest
+from cairn.events.profile_rules import Audience
 from cairn.journey_run import EventMessage
 from cairn.scoring import ScoringFileError, load_scoring
 from cairn.segments import load_segments, parse_segment
@@ -21,9 +24,6 @@ from cairn.store import events as events_repo
 from cairn.store import scores as scores_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event
-from starter.audience import Audience
-from starter.ingest import Ingest
-from starter.segment_spec import TrackCall
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 CATALOG = Path(__file__).resolve().parent.parent / "journeys"

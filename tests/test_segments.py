@@ -19,6 +19,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from cairn.conditions import ConditionScope, HasDone, ReachableSpec, Verdict
 from cairn.contact import ContactSnapshot
+from cairn.events.calls import IdentifyCall, PageCall, TrackCall
+from cairn.events.ingest import Ingest
+from cairn.events.profile_rules import Audience
+from cairn.events.router import Router
 from cairn.journey import Journey
 from cairn.journey_run import EventMessage, JourneyResult
 from cairn.reachability import reachability
@@ -39,10 +43,6 @@ from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event, SegmentMembership
 from cairn.store.segments import enter_segment as segments_repo_enter
-from starter.audience import Audience
-from starter.ingest import Ingest
-from starter.router import Router
-from starter.segment_spec import IdentifyCall, PageCall, TrackCall
 from starter.worker import journey_workers, running
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

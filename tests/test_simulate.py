@@ -24,16 +24,17 @@ from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from cairn.journey import Journey
-from cairn.testing import as_journey, simulate
-from starter.cli import app  # the app with every command module registered
-from starter.simulate import (
+from starter.cli.main import app  # the app with every command module registered
+from starter.testing import (
     Scenario,
     ScenarioError,
     SimulationError,
     SimulationReport,
     Simulator,
+    as_journey,
     load_scenario,
     parse_scenario,
+    simulate,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -395,7 +396,7 @@ def test_cli_timeline_for_people(tmp_path: Path) -> None:
 
 
 def test_scenario_model_is_exported_for_users() -> None:
-    from cairn import testing
+    from starter import testing
 
     assert testing.Scenario is Scenario
     assert callable(testing.simulate_sync)

@@ -10,7 +10,7 @@ import yaml
 from temporalio.testing import WorkflowEnvironment
 
 from cairn.journey_files import load_journey
-from starter.simulate import Simulator, parse_scenario
+from starter.testing import Simulator, parse_scenario
 
 SALES_ALERT = {
     "key": "sales-alert",

@@ -1,7 +1,7 @@
 """Date and schedule triggers in simulations: the simulator emits what the live sweeps emit.
 
 No scenario here plays `date_attribute_reached` or `schedule_fired`: the simulator judges the
-hourly date sweep with `activities.sweeps.due_date` on the contact as stored, and fires a
+hourly date sweep with `cairn.date_triggers.due_date` on the contact as stored, and fires a
 schedule at every occurrence of its cron (`cairn.schedule_times`) for a contact in its segment.
 Europe/Bucharest is UTC+2 in winter and UTC+3 in summer (changes on 2026-03-29 and 2026-10-25).
 """
@@ -18,9 +18,9 @@ import pytest_asyncio
 import yaml
 from temporalio.testing import WorkflowEnvironment
 
-from activities.sweeps import due_date
+from cairn.date_triggers import due_date
 from cairn.journey import Journey
-from starter.simulate import SimulationError, SimulationReport, Simulator, parse_scenario
+from starter.testing import SimulationError, SimulationReport, Simulator, parse_scenario
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -17,7 +17,7 @@ import yaml
 from temporalio.testing import WorkflowEnvironment
 
 from cairn.journey import Journey
-from starter.simulate import SimulationReport, Simulator, parse_scenario
+from starter.testing import SimulationReport, Simulator, parse_scenario
 from workflows.steps.deciding import bucket
 
 NOW = "2026-03-02T09:00:00Z"  # a Monday; Bucharest is UTC+2 until 2026-03-29

@@ -17,6 +17,9 @@ import yaml
 from sqlalchemy import delete, select
 
 from activities.sweeps import SweepActivities
+from cairn.events.calls import TrackCall
+from cairn.events.ingest import Ingest
+from cairn.events.profile_rules import Audience
 from cairn.journey_run import EventMessage
 from cairn.scoring import decay_key
 from cairn.store import contacts as contacts_repo
@@ -25,10 +28,7 @@ from cairn.store import scores as scores_repo
 from cairn.store import segments as segments_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event, SegmentMembership
-from starter.audience import Audience
-from starter.ingest import Ingest
-from starter.segment_spec import TrackCall
-from workflows.sweeps import SweepBatch, SweepBatchResult, SweepConfig
+from cairn.sweeps import SweepBatch, SweepBatchResult, SweepConfig
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 

@@ -23,7 +23,9 @@ from temporalio.worker import Worker
 from typer.testing import CliRunner
 
 from activities import journey_activities
-from activities.sweeps import SweepActivities, due_date
+from activities.sweeps import SweepActivities
+from cairn.date_triggers import due_date
+from cairn.events.router import RouteDecision, Router
 from cairn.journey import DateAttributeTrigger, Journey
 from cairn.journey_run import EventMessage
 from cairn.settings import Settings, get_settings
@@ -34,17 +36,7 @@ from cairn.store import scores as scores_repo
 from cairn.store import segments as segments_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event, SegmentMembership
-from starter.cli import app as cli_app
-from starter.router import RouteDecision, Router
-from starter.schedules import (
-    DATE_SWEEP_SCHEDULE,
-    SEGMENT_SWEEP_SCHEDULE,
-    journey_schedule_id,
-    register_schedules,
-)
-from starter.worker import journey_workers, running, workflow_runner
-from workflows import WORKFLOWS
-from workflows.sweeps import (
+from cairn.sweeps import (
     DATE_SWEEP_WORKFLOW,
     SCHEDULED_ENTRY_WORKFLOW,
     SEGMENT_SWEEP_WORKFLOW,
@@ -53,6 +45,15 @@ from workflows.sweeps import (
     SweepInput,
     SweepResult,
 )
+from starter.cli.main import app as cli_app
+from starter.schedules import (
+    DATE_SWEEP_SCHEDULE,
+    SEGMENT_SWEEP_SCHEDULE,
+    journey_schedule_id,
+    register_schedules,
+)
+from starter.worker import journey_workers, running, workflow_runner
+from workflows import WORKFLOWS
 
 ENDS_AT_ONCE = {"bye": {"end": "done"}}
 

@@ -18,13 +18,13 @@ import pytest_asyncio
 from sqlalchemy import select
 
 from cairn.contact import ContactSnapshot
+from cairn.events.ingest import Ingest
 from cairn.settings import Settings
 from cairn.store import contacts
 from cairn.store import tasks as tasks_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event
-from starter.api import create_app
-from starter.ingest import Ingest
+from starter.api.app import create_app
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent

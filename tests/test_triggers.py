@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from temporalio.testing import WorkflowEnvironment
 
 from cairn.journey import Journey, Trigger
-from starter.simulate import Simulator, parse_scenario
+from starter.testing import Simulator, parse_scenario
 
 STEPS = {"mark": {"score": {"add": 1}, "next": "end"}}
 

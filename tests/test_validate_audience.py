@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from starter.cli_app import app
+from starter.cli.app import app
 
 JOURNEY = """\
 key: welcome-buyers

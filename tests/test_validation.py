@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import starter.cli_journeys  # noqa: F401  (registers validate and graph on the app)
+import starter.cli.journeys  # noqa: F401  (registers validate and graph on the app)
 from cairn.journey_files import Problem, validate, validate_paths
-from starter.cli_app import app
+from starter.cli.app import app
 
 REPO = Path(__file__).resolve().parents[1]
 

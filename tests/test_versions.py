@@ -7,14 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 from temporalio.testing import WorkflowEnvironment
 
+from cairn.events.calls import IdentifyCall, TrackCall
+from cairn.events.ingest import Ingest
+from cairn.events.router import Router
 from cairn.journey import Journey
 from cairn.journey_run import JourneyResult, workflow_id
 from cairn.store import deliveries
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
-from starter.ingest import Ingest
-from starter.router import Router
-from starter.segment_spec import IdentifyCall, TrackCall
 from starter.worker import journey_workers, running
 
 

@@ -36,6 +36,7 @@ from temporalio.client import Client
 from temporalio.service import TLSConfig
 
 from cairn import search_attributes
+from cairn.search_attribute_setup import SearchAttributeError, ensure_search_attributes
 from cairn.settings import Settings
 from starter.dev import (
     ApiStartError,
@@ -47,13 +48,7 @@ from starter.dev import (
     start_api,
     stop_api,
 )
-from starter.temporal import (
-    SearchAttributeError,
-    TemporalConnectionError,
-    connect,
-    ensure_search_attributes,
-    tls_config,
-)
+from starter.temporal import TemporalConnectionError, connect, tls_config
 
 REPO = Path(__file__).resolve().parent.parent
 

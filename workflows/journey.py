@@ -17,8 +17,8 @@ from temporalio.common import SearchAttributeUpdate
 
 with workflow.unsafe.imports_passed_through():
     from cairn import search_attributes
-    from cairn.actions import FINISH_ENTRY, EntryFinish
     from cairn.conditions import evaluate_event_filter
+    from cairn.contracts import FINISH_ENTRY, EntryFinish
     from cairn.journey import step_kind
     from cairn.journey_run import (
         EVENT_SIGNAL,

@@ -19,7 +19,7 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
-    from cairn.actions import StepContext
+    from cairn.contracts import StepContext
     from cairn.journey import END, Journey
     from cairn.journey_run import (
         DELIVERY_TASK_QUEUE,

@@ -15,29 +15,33 @@ batch it was on; the activities are idempotent per batch (deterministic message 
 batch emits nothing twice. A run continues as new every `batches_per_run` batches (or when Temporal
 suggests it), passing its whole state, so a sweep over millions of contacts keeps a small history.
 The moment a sweep judges (`now`) is fixed when it starts and kept across runs: every batch judges
-the same instant. The batch work itself (stores, segments, routing) is in `activities/sweeps.py`.
+the same instant. The batch work itself (stores, segments, routing) is in `activities/sweeps.py`;
+the contracts both sides share are in `cairn/sweeps.py`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
-    from cairn.journey_run import JOURNEY_TASK_QUEUE
+    from cairn.sweeps import (
+        DATE_SWEEP_WORKFLOW,
+        ENTER_SCHEDULED,
+        SCHEDULED_ENTRY_WORKFLOW,
+        SEGMENT_SWEEP_WORKFLOW,
+        SWEEP_DATE_ATTRIBUTES,
+        SWEEP_SEGMENTS,
+        ScheduleInput,
+        SweepBatch,
+        SweepBatchResult,
+        SweepInput,
+        SweepResult,
+    )
 
 from workflows.run import ACTIVITY_RETRY
-
-SWEEP_SEGMENTS = "sweep_segments"
-SWEEP_DATE_ATTRIBUTES = "sweep_date_attributes"
-ENTER_SCHEDULED = "enter_scheduled"
-
-SEGMENT_SWEEP_WORKFLOW = "SegmentSweepWorkflow"
-DATE_SWEEP_WORKFLOW = "DateAttributeSweepWorkflow"
-SCHEDULED_ENTRY_WORKFLOW = "ScheduledEntryWorkflow"
 
 BATCH_TIMEOUT = timedelta(minutes=10)
 """One batch (1,000 contacts decided, its events routed) takes seconds; the margin covers a slow
@@ -45,70 +49,6 @@ database, and a batch that really hangs is retried from its cursor."""
 
 SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 """Set by Temporal on runs a Schedule starts: the occurrence, even when the start was late."""
-
-
-class SweepConfig(BaseModel):
-    """Where definitions live and where events go; the same for every batch of a sweep."""
-
-    journeys_dir: str = Field(description="the catalog folder; segments/ and scoring/ beside it")
-    journey_task_queue: str = JOURNEY_TASK_QUEUE
-    delivery_task_queue: str | None = None
-    batch_size: int = Field(default=1000, ge=1, le=10_000, description=(
-        "contacts per activity: a batch is decided with a few queries whatever its size, so "
-        "bigger batches cost fewer round trips"))
-    batches_per_run: int = Field(default=20, ge=1, description="continue-as-new after these")
-
-
-class SweepInput(BaseModel):
-    """Input and state of a sweep: a fresh sweep gives `config` only (and `now` in tests)."""
-
-    config: SweepConfig
-    now: datetime | None = Field(default=None, description="the moment judged; default: start")
-    sweep_id: str | None = Field(default=None, description="prefix of the message ids it emits")
-    cursor: str | None = Field(default=None, description="last contact id done")
-    batches: int = 0
-    contacts: int = 0
-    emitted: int = 0
-    runs: int = 1
-
-
-class ScheduleInput(SweepInput):
-    """A `schedule` trigger's occurrence: the journey, its audience segment and the occurrence."""
-
-    journey: str
-    segment: str | None = None
-    occurrence: datetime | None = Field(
-        default=None, description="default: the Schedule's scheduled start time"
-    )
-
-
-class SweepBatch(BaseModel):
-    """One batch: the contacts after `after`, in id order, at most `config.batch_size`."""
-
-    config: SweepConfig
-    now: datetime = Field(description="the moment judged; for a schedule, its occurrence")
-    sweep_id: str
-    after: str | None = None
-    journey: str | None = None
-    segment: str | None = None
-
-
-class SweepBatchResult(BaseModel):
-    contacts: int = Field(description="contacts looked at in this batch")
-    last: str | None = Field(default=None, description="the cursor for the next batch")
-    emitted: int = Field(default=0, description="events this attempt stored (a retried batch "
-                                                 "finds the failed attempt's stored already)")
-    routed: int = Field(default=0, description="events routed by this batch")
-
-    def finished(self, batch_size: int) -> bool:
-        return self.last is None or self.contacts < batch_size
-
-
-class SweepResult(BaseModel):
-    contacts: int
-    batches: int
-    emitted: int
-    runs: int
 
 
 async def _sweep(activity: str, data: SweepInput, batch: SweepBatch) -> SweepResult:
@@ -195,19 +135,7 @@ class ScheduledEntryWorkflow:
 
 
 __all__ = [
-    "DATE_SWEEP_WORKFLOW",
-    "ENTER_SCHEDULED",
-    "SCHEDULED_ENTRY_WORKFLOW",
-    "SEGMENT_SWEEP_WORKFLOW",
-    "SWEEP_DATE_ATTRIBUTES",
-    "SWEEP_SEGMENTS",
     "DateAttributeSweepWorkflow",
-    "ScheduleInput",
     "ScheduledEntryWorkflow",
     "SegmentSweepWorkflow",
-    "SweepBatch",
-    "SweepBatchResult",
-    "SweepConfig",
-    "SweepInput",
-    "SweepResult",
 ]

@@ -532,7 +532,7 @@ async def erase_contact(s: AsyncSession, contact_id: str) -> Erasure:
     history, segment memberships, tasks and journey entries (right to erasure).
 
     Ending the contact's running journeys is the caller's job, before this (a journey still
-    running could write again); see `starter.contacts_api`.
+    running could write again); see `starter.api.contacts`.
     """
     columns: dict[str, Any] = {
         "deliveries": Delivery.contact_id, "score_changes": ScoreChangeRecord.contact_id,

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from cairn.journey_files import load_journey  # noqa: E402
 from cairn.log import configure, get_logger  # noqa: E402
-from starter.simulate import Simulator, load_scenario  # noqa: E402
+from starter.testing import Simulator, load_scenario  # noqa: E402
 
 log = get_logger("record")
 

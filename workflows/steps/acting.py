@@ -10,7 +10,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from cairn.actions import (
+    from cairn.contracts import (
         CHANGE_SCORE,
         CREATE_TASK,
         DELIVER_MESSAGE,

@@ -12,8 +12,8 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from cairn.actions import EVALUATE_CONDITION, ConditionRequest, VerdictResult
     from cairn.conditions import caught_events
+    from cairn.contracts import EVALUATE_CONDITION, ConditionRequest, VerdictResult
     from cairn.journey import IfStep, SplitStep
 
 from workflows.run import JourneyRun, Next

@@ -11,9 +11,9 @@ from datetime import date, datetime, timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from cairn.actions import LOAD_CONTACT, LoadContactRequest
     from cairn.conditions import evaluate_event_filter, read_path
     from cairn.contact import ContactSnapshot
+    from cairn.contracts import LOAD_CONTACT, LoadContactRequest
     from cairn.durations import format_duration, parse_duration, parse_time_of_day
     from cairn.journey import WaitForEventStep, WaitForWindowStep, WaitStep, WaitUntilStep
     from cairn.journey_run import EventMessage

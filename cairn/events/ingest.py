@@ -5,8 +5,8 @@ accepted, and only then routed. Routing can fail (Temporal down, a network blip)
 anything: the event stays in the store with `routed_at` NULL, and routing it again later is safe.
 A repeated `messageId` is acknowledged as a duplicate and neither stored nor routed a second time.
 
-This module does not parse HTTP (that is `starter.api`) and does not decide which journeys an
-event concerns (that is `starter.router`).
+This module does not parse HTTP (that is `starter.api.app`) and does not decide which journeys an
+event concerns (that is `cairn.events.router`).
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from typing import Any
 from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cairn.events import attribute_changes
+from cairn.events.calls import BatchCall, IdentifyCall, PageCall, SegmentCallType, TrackCall
+from cairn.events.geofencing import Geofencing
+from cairn.events.profile_rules import Audience
+from cairn.events.router import RouteDecision, Router
 from cairn.log import get_logger
 from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event
-from starter import attribute_changes
-from starter.audience import Audience
-from starter.geofencing import Geofencing
-from starter.router import RouteDecision, Router
-from starter.segment_spec import BatchCall, IdentifyCall, PageCall, SegmentCallType, TrackCall
 
 log = get_logger(__name__)
 
@@ -66,7 +66,8 @@ class Ingest:
     `clock` gives the receive time, and the event time of calls without a timestamp; simulations
     pass their own. `audience` (segments and scoring) and `geofencing` (fence crossings of
     `location_updated` events) see every event just before it is routed. `attribute_changes`
-    stores an `attribute_changed` event per trait an identify changes (`starter.attribute_changes`);
+    stores an `attribute_changed` event per trait an identify changes
+    (`cairn.events.attribute_changes`);
     the `cairn dev` / `cairn api` processes, imports and simulations switch it on.
     """
 

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from starter.cli_app import app
+from starter.cli.app import app
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -53,7 +53,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _run(job: Coroutine[Any, Any, T]) -> T:
-    from starter.catalog import CatalogError
+    from cairn.catalog import CatalogError
     from starter.temporal import TemporalConnectionError
 
     try:
@@ -97,7 +97,7 @@ def publish(
         help="folder of journey files (default: CAIRN_JOURNEYS_DIR or journeys/)")] = None,
 ) -> None:
     """Validate every journey of a folder and publish those that changed as new versions."""
-    from starter.catalog import publish_catalog
+    from cairn.catalog import publish_catalog
     from starter.schedules import register_if_reachable
 
     settings = _settings()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from starter.cli_app import app
+from starter.cli.app import app
 
 if TYPE_CHECKING:
     from cairn.settings import Settings
@@ -52,9 +52,10 @@ def _run(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
     from rich.console import Console
     from rich.markup import escape
 
+    from cairn.search_attribute_setup import SearchAttributeError
     from cairn.store.db import StoreError
     from starter.dev import DevError
-    from starter.temporal import SearchAttributeError, TemporalConnectionError
+    from starter.temporal import TemporalConnectionError
 
     try:
         asyncio.run(job())
@@ -111,14 +112,14 @@ async def run_api(settings: Settings) -> None:
     """`cairn api`: route ingested events into Temporal; serve until Ctrl-C or SIGTERM."""
     from rich.console import Console
 
+    from cairn.events.geofencing import Geofencing
+    from cairn.events.ingest import Ingest
+    from cairn.events.profile_rules import Audience
+    from cairn.events.relay import EventRelay, relaying
+    from cairn.events.router import Router
     from cairn.store.db import Store
-    from starter.api import create_app
-    from starter.audience import Audience
+    from starter.api.app import create_app
     from starter.dev import start_api, stop_api
-    from starter.geofencing import Geofencing
-    from starter.ingest import Ingest
-    from starter.relay import EventRelay, relaying
-    from starter.router import Router
     from starter.temporal import connect
     from starter.worker import stop_on_signals
 

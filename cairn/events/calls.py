@@ -5,7 +5,7 @@ Any Segment or RudderStack source can point at Cairn, so these models accept wha
 rejecting what Cairn cannot store: a call without `userId` or `anonymousId`, a `track` without an
 event name, properties or traits that are not objects, a timestamp that is not ISO-8601.
 
-This module only describes and validates calls; storing and routing them is `starter.ingest`.
+This module only describes and validates calls; storing and routing them is `cairn.events.ingest`.
 """
 
 from __future__ import annotations
@@ -218,4 +218,4 @@ class BatchCall(BaseModel):
 
 
 SegmentCallType = TrackCall | IdentifyCall | PageCall
-"""A single call, as stored by `starter.ingest`."""
+"""A single call, as stored by `cairn.events.ingest`."""

@@ -1,7 +1,7 @@
 """`cairn simulate`: play a scenario against a journey file and print the timeline (or its JSON).
 
-The command only loads files, runs `starter.simulate` and prints; with `--json`, stdout carries the
-report object and nothing else (logs go to stderr), so CI scripts can pipe it into `jq`.
+The command only loads files, runs `cairn.simulation.engine` and prints; with `--json`, stdout
+carries the report object and nothing else (logs go to stderr), so CI scripts can pipe it into `jq`.
 Exit status: 0 when the simulation ran (whatever the journey's outcome), 1 for a bad journey or
 scenario file, 2 when the simulator itself could not run (e.g. no test server binary).
 """
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from starter.cli_app import app
+from starter.cli.app import app
 
 if TYPE_CHECKING:
     from cairn.journey import Journey
-    from starter.simulate import Scenario, SimulationReport
+    from cairn.simulation.engine import Scenario, SimulationReport
 
 BAD_INPUT = 1
 SIMULATOR_FAILED = 2
@@ -32,7 +32,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 def _load(journey_path: Path, scenario_path: Path) -> tuple[Journey, Scenario]:
     from cairn.journey_files import JourneyFileError, load_journey
-    from starter.simulate import ScenarioError, load_scenario
+    from cairn.simulation.engine import ScenarioError, load_scenario
 
     try:
         journey = load_journey(journey_path)
@@ -86,7 +86,7 @@ def _check_audience(folder: Path) -> None:
 
 
 async def _simulate(journey: Journey, scenario: Scenario, folder: Path) -> SimulationReport:
-    from starter.simulate import Simulator
+    from starter.testing import Simulator
 
     async with Simulator.start() as simulator:
         return await simulator.run(journey, scenario, audience_folder=folder)
@@ -106,7 +106,7 @@ def simulate(
 ) -> None:
     """Run a journey for one scripted contact on a skipping clock and show what happens."""
     from cairn.log import configure
-    from starter.simulate import SimulationError
+    from cairn.simulation.engine import SimulationError
 
     configure("WARNING")
     _core_logs_to_stderr()

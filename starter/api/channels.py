@@ -7,7 +7,7 @@
   and dismiss, which become `in_app_read` / `in_app_dismissed` events journeys can wait for.
 - `/v1/feedback/postmark`, `/v1/feedback/twilio/status`, `/v1/feedback/twilio/inbound`: provider
   webhooks, authenticated (Postmark: Basic auth in the webhook URL; Twilio: X-Twilio-Signature),
-  turned into feedback by `starter.feedback`.
+  turned into feedback by `cairn.events.feedback`.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from cairn.channels.base import FeedbackEvent, FeedbackRejected
+from cairn.events.calls import TrackCall
+from cairn.events.feedback import FeedbackResult, record_feedback
+from cairn.events.ingest import Ingest, utc_now
 from cairn.log import get_logger
 from cairn.settings import Settings
 from cairn.store import inbox as inbox_repo
 from cairn.store import suppressions
 from cairn.store.db import Store
 from cairn.unsubscribe import UnsubscribeScope, UnsubscribeTokenError, verify
-from starter.feedback import FeedbackResult, record_feedback
-from starter.ingest import Ingest, utc_now
-from starter.segment_spec import TrackCall
 
 log = get_logger(__name__)
 

@@ -6,8 +6,8 @@ the process died between the answer and the routing, the event stays in the stor
 events up and hands them to `Ingest.route_events`. Routing an event twice is safe: the router keys
 entries by the trigger's message id and journeys ignore message ids they have seen.
 
-This module does not decide where an event goes (that is `starter.router`) and does not store
-events (that is `starter.ingest`).
+This module does not decide where an event goes (that is `cairn.events.router`) and does not store
+events (that is `cairn.events.ingest`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from cairn.store import events as events_repo
 from cairn.store.schema import as_utc
 
 if TYPE_CHECKING:
+    from cairn.events.ingest import Ingest
     from cairn.store.db import Store
-    from starter.ingest import Ingest
 
 log = get_logger(__name__)
 

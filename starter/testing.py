@@ -1,6 +1,6 @@
 """Journeys tested like code: the simulator as a library for your own pytest suite.
 
-    from cairn.testing import simulate
+    from starter.testing import simulate
 
     async def test_converted_before_the_push():
         report = await simulate("journeys/cart-abandonment.yaml", {
@@ -21,26 +21,32 @@ a suite with many scenarios shares one through `Simulator.start()` in a session 
         async with Simulator.start() as sim:
             yield sim
 
-This module only re-exports `starter.simulate` and adds loaders; the engine lives there.
+This module only re-exports `cairn.simulation.engine` and adds loaders; the engine lives there.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from temporalio.testing import WorkflowEnvironment
+
 from cairn.journey import Journey
-from starter.simulate import (
+from cairn.simulation import engine
+from cairn.simulation.engine import (
+    DEFAULT_STEP_TIMEOUT,
+    RunWorkers,
     Scenario,
     ScenarioError,
     SimulationError,
     SimulationReport,
-    Simulator,
     load_scenario,
     parse_scenario,
 )
+from starter.worker import simulation_workers
 
 __all__ = [
     "Scenario",
@@ -55,6 +61,14 @@ __all__ = [
     "simulate",
     "simulate_sync",
 ]
+
+
+class Simulator(engine.Simulator):
+    """The simulator with Cairn's own workers: the journey interpreter and every activity."""
+
+    def __init__(self, env: WorkflowEnvironment, *, workers: RunWorkers = simulation_workers,
+                 step_timeout: timedelta = DEFAULT_STEP_TIMEOUT) -> None:
+        super().__init__(env, workers=workers, step_timeout=step_timeout)
 
 
 def as_journey(journey: Journey | Path | str | Mapping[str, Any]) -> Journey:

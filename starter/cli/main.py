@@ -10,15 +10,15 @@ import os
 import sys
 
 # Each module registers its commands on `app`; heavy imports stay inside the command functions.
-from starter import (  # noqa: F401
-    cli_catalog,
-    cli_imports,
-    cli_journeys,
-    cli_runtime,
-    cli_simulate,
-    cli_tasks,
+from starter.cli import (  # noqa: F401
+    catalog,
+    imports,
+    journeys,
+    runtime,
+    simulate,
+    tasks,
 )
-from starter.cli_app import app
+from starter.cli.app import app
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ request are routed right after it (as for `/v1/track`), so a Temporal outage del
 loses none.
 
 Multipart bodies are parsed with the standard library's MIME parser, so the API needs no extra
-dependency for uploads. The work itself is `starter.imports`.
+dependency for uploads. The work itself is `cairn.events.imports`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from email.message import EmailMessage
 
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request
 
+from cairn.events.imports import ImportFileError, ImportJourneyError, ImportSummary, import_csv
+from cairn.events.ingest import Ingest
 from cairn.log import get_logger
-from starter.imports import ImportFileError, ImportJourneyError, ImportSummary, import_csv
-from starter.ingest import Ingest
 
 log = get_logger(__name__)
 

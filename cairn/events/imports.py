@@ -16,8 +16,8 @@ Importing is idempotent: the import id is a hash of the file's bytes, and every 
 derives from it and the row's line (`import/<id>/<line>` for the traits, `.../journey/<key>` for
 the entry), so importing the same file again stores, starts and changes nothing.
 
-This module reads CSV and hands Segment calls to `starter.ingest`; HTTP is `starter.imports_api`,
-the command line `starter.cli_imports`.
+This module reads CSV and hands Segment calls to `cairn.events.ingest`; HTTP is
+`starter.api.imports`, the command line `starter.cli.imports`.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cairn.events.calls import BatchCall, IdentifyCall, TrackCall
+from cairn.events.ingest import Ingest, IngestResult
 from cairn.journey import TRIGGER_EVENTS
 from cairn.local_time import is_timezone
 from cairn.log import get_logger
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
-from starter.ingest import Ingest, IngestResult
-from starter.segment_spec import BatchCall, IdentifyCall, TrackCall
 
 log = get_logger(__name__)
 

@@ -6,8 +6,8 @@ published journey that listens to the event's name (a wait for it, an exit goal 
 the contact's running entries. It decides from the event's own timestamp (not the wall clock), so a
 simulation and a replayed backlog route exactly as live traffic would.
 
-The router does not store events (that is `starter.ingest`) and does not interpret journeys (that
-is the workflow); what it writes is the entries table, one row per entry that started.
+The router does not store events (that is `cairn.events.ingest`) and does not interpret journeys
+(that is the workflow); what it writes is the entries table, one row per entry that started.
 """
 
 from __future__ import annotations

@@ -20,14 +20,14 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
+from cairn.events.calls import TrackCall, new_message_id
+from cairn.events.ingest import Ingest
+from cairn.events.router import RouteDecision
 from cairn.journey import TRIGGER_EVENTS
 from cairn.log import get_logger
 from cairn.store import entries as entries_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
-from starter.ingest import Ingest
-from starter.router import RouteDecision
-from starter.segment_spec import TrackCall, new_message_id
 
 log = get_logger(__name__)
 

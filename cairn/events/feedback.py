@@ -23,12 +23,12 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cairn.channels.base import FeedbackEvent
+from cairn.events.calls import TrackCall
+from cairn.events.ingest import Ingest, utc_now
 from cairn.log import get_logger
 from cairn.store import suppressions
 from cairn.store.db import Store, insert_once
 from cairn.store.schema import Contact, Delivery, DeliveryFeedback
-from starter.ingest import Ingest, utc_now
-from starter.segment_spec import TrackCall
 
 log = get_logger(__name__)
 

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from starter.cli_app import app
+from starter.cli.app import app
 
 
 def _when(moment: object) -> str:
@@ -149,7 +149,7 @@ def complete(
     from cairn.store import events
     from cairn.store import tasks as task_store
     from cairn.store.db import Store
-    from starter.tasks_api import completion_event
+    from starter.api.tasks import completion_event
 
     async def run() -> tuple[bool, bool]:
         store = await Store.open(get_settings().store_url)

@@ -23,6 +23,8 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from cairn.contact import ContactSnapshot, WebPushSubscription
+from cairn.events import attribute_changes
+from cairn.events.calls import new_message_id
 from cairn.journey import CHANNELS, Channel
 from cairn.journey_run import EXIT_SIGNAL, ExitRequest
 from cairn.local_time import is_timezone
@@ -32,11 +34,9 @@ from cairn.store import contacts as contacts_repo
 from cairn.store import entries as entries_repo
 from cairn.store import events as events_repo
 from cairn.store.db import Store
-from starter import attribute_changes
-from starter.segment_spec import new_message_id
 
 if TYPE_CHECKING:
-    from starter.ingest import Ingest
+    from cairn.events.ingest import Ingest
 
 log = get_logger(__name__)
 
@@ -352,7 +352,7 @@ def contacts_router(
 
     `ingest` routes the `attribute_changed` events of a PATCH right after the answer (scoring,
     segments, then journeys, as for an identify); without it they wait in the store for the
-    relay (`starter.relay`), which routes them the same way a few seconds later.
+    relay (`cairn.events.relay`), which routes them the same way a few seconds later.
     """
     router = APIRouter(tags=["contacts"])
 

@@ -14,12 +14,12 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
+from cairn.events.calls import TrackCall
+from cairn.events.ingest import Ingest, utc_now
 from cairn.log import get_logger
 from cairn.store import tasks as tasks_repo
 from cairn.store.db import Store
 from cairn.store.schema import Task
-from starter.ingest import Ingest, utc_now
-from starter.segment_spec import TrackCall
 
 log = get_logger(__name__)
 
@@ -53,7 +53,7 @@ def completion_event(task: Task, when: datetime) -> TrackCall | None:
 
 
 def tasks_router(store: Store, ingest: Ingest) -> APIRouter:
-    from starter.api import TaskView
+    from starter.api.app import TaskView
 
     router = APIRouter(tags=["tasks"])
 

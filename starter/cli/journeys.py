@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from cairn.journey import Journey
-from starter.cli_app import app
+from starter.cli.app import app
 
 
 @app.command()
@@ -132,7 +132,7 @@ def _step_counts(journey_key: str) -> dict[str, int] | None:
     from temporalio.service import RPCError
 
     from cairn.settings import get_settings
-    from starter.cli_catalog import step_counts
+    from starter.cli.catalog import step_counts
     from starter.temporal import TemporalConnectionError, connect
 
     settings = get_settings()

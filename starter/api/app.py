@@ -1,6 +1,6 @@
 """The HTTP API: Segment-style ingest (`/v1/track`, `/v1/identify`, `/v1/batch`) and read views.
 
-Endpoints are thin: FastAPI validates the body against `starter.segment_spec`, one service call does
+Endpoints are thin: FastAPI validates the body against `cairn.events.calls`, one service call does
 the work, a response model answers. Ingest answers 202 only once the call is committed to the
 store; routing into Temporal runs after the answer (a background task), so a Temporal outage delays
 journeys but never loses an accepted event (it stays unrouted in the store).
@@ -23,6 +23,8 @@ from sqlalchemy import text
 from temporalio.client import Client
 
 from cairn import __version__
+from cairn.events.calls import BatchCall, IdentifyCall, PageCall, TrackCall
+from cairn.events.ingest import Ingest, IngestResult
 from cairn.journey import Trigger
 from cairn.log import get_logger
 from cairn.settings import Settings, get_settings
@@ -32,13 +34,11 @@ from cairn.store import journeys as journeys_repo
 from cairn.store import tasks as tasks_repo
 from cairn.store.contacts import ContactTraitError
 from cairn.store.db import Store
-from starter.contacts_api import contacts_router
-from starter.delivery_api import delivery_router
-from starter.entries_api import entries_router
-from starter.imports_api import imports_router
-from starter.ingest import Ingest, IngestResult
-from starter.segment_spec import BatchCall, IdentifyCall, PageCall, TrackCall
-from starter.tasks_api import tasks_router
+from starter.api.channels import delivery_router
+from starter.api.contacts import contacts_router
+from starter.api.entries import entries_router
+from starter.api.imports import imports_router
+from starter.api.tasks import tasks_router
 
 log = get_logger(__name__)
 

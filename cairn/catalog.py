@@ -6,7 +6,7 @@ travels in their workflow input). Nothing is published when any file of the fold
 a catalog is never half-updated.
 
 This module does not parse the journey language (that is `cairn.journey_files`) and does not route
-events to the published journeys (that is `starter.router`).
+events to the published journeys (that is `cairn.events.router`).
 """
 
 from __future__ import annotations
