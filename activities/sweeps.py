@@ -47,7 +47,7 @@ from cairn.date_triggers import (
     schedule_trigger_event,
 )
 from cairn.events.ingest import Ingest
-from cairn.events.profile_rules import AUDIENCE_EVENT_TYPE, Audience
+from cairn.events.profile_rules import PROFILE_RULES_EVENT_TYPE, ProfileRules
 from cairn.events.router import Router
 from cairn.journey import TRIGGER_EVENTS, Journey
 from cairn.journey_run import EventMessage
@@ -146,7 +146,7 @@ class SweepActivities:
         return SweepBatchResult(contacts=len(ids), last=ids[-1] if ids else None,
                                 emitted=emitted, routed=routed)
 
-    async def _write_changes(self, batch: SweepBatch, audience: Audience, timed: list[Segment],
+    async def _write_changes(self, batch: SweepBatch, audience: ProfileRules, timed: list[Segment],
                              decays: list[InactivityDecay], contact_ids: list[str]) -> int:
         """Apply the changes of `contact_ids` in one transaction; returns the events stored.
 
@@ -213,10 +213,10 @@ class SweepActivities:
             await segments_repo.record_changes(s, entered, exited)
             return await _store_new_events(s, events)
 
-    def _audience(self, config: SweepConfig) -> Audience:
+    def _audience(self, config: SweepConfig) -> ProfileRules:
         """The catalog's segments and scoring rules, parsed again only when a file changed."""
         segments, scoring = _definitions(Path(config.journeys_dir))
-        return Audience(self.store, segments, scoring)
+        return ProfileRules(self.store, segments, scoring)
 
     # ------------------------------------------------------------------ date attributes
 
@@ -305,7 +305,8 @@ class SweepActivities:
         return SweepBatchResult(contacts=len(ids), last=ids[-1] if ids else None,
                                 emitted=emitted, routed=routed)
 
-    async def _route(self, config: SweepConfig, audience: Audience, event_ids: list[int]) -> int:
+    async def _route(self, config: SweepConfig, rules: ProfileRules,
+                     event_ids: list[int]) -> int:
         """Route stored events like ingested ones; raise when some could not be routed."""
         router = self.router
         if router is None and activity.in_activity():
@@ -313,7 +314,7 @@ class SweepActivities:
                             delivery_task_queue=config.delivery_task_queue)
         if router is None or not event_ids:
             return 0  # outside Temporal: the relay routes them
-        done = await Ingest(self.store, router, audience=audience).route_events(event_ids)
+        done = await Ingest(self.store, router, profile_rules=rules).route_events(event_ids)
         left = [i for i in event_ids if i not in done]
         if left:
             async with self.store.session() as s:
@@ -368,7 +369,7 @@ async def _changing(s: AsyncSession, timed: list[Segment], decays: list[Inactivi
 def _moment(last_seen_at: datetime | None, now: datetime) -> datetime:
     """When a contact is judged: the sweep's moment, or their latest activity if it is later.
 
-    As ingest decides (`Audience`): a contact active since the sweep began is judged as of
+    As ingest decides (`ProfileRules`): a contact active since the sweep began is judged as of
     that activity, so the sweep never undoes what their newer events established (a login after
     `now` keeps them out of `about_to_churn`, and spares them a decay for no login).
     """
@@ -465,7 +466,7 @@ async def _snapshots(s: AsyncSession, rows: list[Row[Any]]) -> dict[str, Contact
 class BatchHistory:
     """`has_done` counts and sums for a batch of contacts, in two queries for the whole batch.
 
-    Decides exactly as `Audience` does for one contact (same window, both ends inclusive, the
+    Decides exactly as `ProfileRules` does for one contact (same window, both ends inclusive, the
     same `where` evaluation and the same summing). The rules of `specs` are answered together on
     the first question: one `GROUP BY contact` query counts for every rule without `where` and
     `sum` (a conditional count per rule), and one query reads the rows of the events the other
@@ -594,8 +595,8 @@ def _reads_rows(spec: HasDone) -> bool:
 
 def _audience_event(message_id: str, contact_id: str, name: str, properties: dict[str, Any],
                     now: datetime) -> dict[str, Any]:
-    """An event the sweep stores for a change, as `Audience` stores its own."""
-    return {"message_id": message_id, "type": AUDIENCE_EVENT_TYPE, "contact_id": contact_id,
+    """An event the sweep stores for a change, as `ProfileRules` stores its own."""
+    return {"message_id": message_id, "type": PROFILE_RULES_EVENT_TYPE, "contact_id": contact_id,
             "name": name, "properties": properties, "timestamp": now, "received_at": utc_now()}
 
 

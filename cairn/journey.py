@@ -311,7 +311,7 @@ def step_kind(data: Any) -> str | None:
         return None
     kinds = [k for k in STEP_KINDS if k in data]
     if not kinds and "paths" in data:
-        return "split"  # `paths:` written beside the step, DESIGN's routing-key form
+        return "split"  # `paths:` written beside the step, the routing-key form
     return kinds[0] if len(kinds) == 1 else None
 
 

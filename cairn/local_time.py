@@ -93,13 +93,3 @@ def next_window_start(now: datetime, tz_name: str | None, days: Sequence[str], s
         if opens > now:
             return opens
     raise ValueError(f"no allowed window in the week after {now.isoformat()}")
-
-
-def next_local_time(after: datetime, day: date, clock: time, tz_name: str | None,
-                    default_tz: str = "UTC") -> datetime:
-    """The instant of `clock` on local `day` (used by date-relative waits)."""
-    return at_local(day, clock, zone(tz_name, default_tz))
-
-
-def utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)

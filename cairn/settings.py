@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cairn.journey_run import DELIVERY_TASK_QUEUE, JOURNEY_TASK_QUEUE
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAIRN_", env_file=".env", extra="ignore")
@@ -24,8 +26,8 @@ class Settings(BaseSettings):
     temporal_tls_cert: Path | None = None
     temporal_tls_key: Path | None = None
     temporal_api_key: str | None = None
-    journey_task_queue: str = "cairn-journeys"
-    delivery_task_queue: str = "cairn-delivery"
+    journey_task_queue: str = JOURNEY_TASK_QUEUE
+    delivery_task_queue: str = DELIVERY_TASK_QUEUE
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     ui_port: int = 8233

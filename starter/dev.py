@@ -342,7 +342,7 @@ async def dev_stack(
     from cairn.catalog import CatalogError, publish_catalog
     from cairn.events.geofencing import Geofencing
     from cairn.events.ingest import Ingest
-    from cairn.events.profile_rules import Audience
+    from cairn.events.profile_rules import ProfileRules
     from cairn.events.router import Router
     from cairn.store.db import Store
     from starter.api.app import create_app
@@ -374,7 +374,7 @@ async def dev_stack(
             router = Router(client, store, task_queue=settings.journey_task_queue,
                             delivery_task_queue=settings.delivery_task_queue)
             ingest = Ingest(
-                store, router, audience=Audience.from_folder(store, settings.journeys_dir),
+                store, router, profile_rules=ProfileRules.from_folder(store, settings.journeys_dir),
                 geofencing=Geofencing.from_folder(store, settings.journeys_dir),
                 attribute_changes=True,
             )

@@ -97,7 +97,7 @@ async def simulate(
     *,
     simulator: Simulator | None = None,
 ) -> SimulationReport:
-    """Run one scenario against one journey and return the report (DESIGN section 6)."""
+    """Run one scenario against one journey and return the report (docs/simulation.md)."""
     definition, script = as_journey(journey), as_scenario(scenario)
     if simulator is not None:
         return await simulator.run(definition, script)

@@ -1,9 +1,10 @@
 """The ActiveCollab journeys of the catalog, played on the simulator.
 
 Birthday email, purchase confirmation, newsletter push invitation, price-change newsletter,
-holiday token of appreciation per segment, and Facebook custom-audience sync of segments
-(seeds/000, DESIGN section 5). Each test plays a scenario through the real interpreter, ingest,
-router and, where segments must apply, the catalog's own `journeys/segments` and `scoring`.
+holiday token of appreciation per segment, and Facebook custom-audience sync of segments (from
+ActiveCollab's article on automating communication with users). Each test plays a scenario
+through the real interpreter, ingest, router and, where segments must apply, the catalog's own
+`journeys/segments` and `scoring`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The six journeys of the organisational-processes article, simulated end to end.
 
-Source: "6 organizational processes that can be transferred to the automatic route" (seeds/004):
+Source: "6 organizational processes that can be transferred to the automatic route":
 sleepy-customer retention, collections, service arrival confirmation, course material by SMS,
 satisfaction surveys and appointment confirmation. Each journey runs on the module's
 time-skipping server with the real interpreter, activities, ingest and router; the providers are

@@ -37,7 +37,7 @@ from cairn.contact import ContactSnapshot
 from cairn.contracts import ProfileUpdateRequest, StepContext
 from cairn.events.calls import TrackCall
 from cairn.events.ingest import Ingest
-from cairn.events.profile_rules import Audience
+from cairn.events.profile_rules import ProfileRules
 from cairn.events.relay import EventRelay
 from cairn.journey import Journey, ProfileUpdate
 from cairn.journey_files import cron_problem, validate
@@ -95,7 +95,7 @@ async def test_a_page_item_in_a_batch_is_stored_and_decides_url_segments_like_v1
         "key": "pricing_visitors", "rule": {"visited": {"url_contains": ["pricing"]}}})
     assert found is not None and not problems
     ingest = Ingest(store, None, clock=lambda: T0,
-                    audience=Audience(store, [found], Scoring([]), clock=lambda: T0))
+                    profile_rules=ProfileRules(store, [found], Scoring([]), clock=lambda: T0))
     page = {"name": "Pricing", "properties": {"title": "Pricing"},
             "context": {"page": {"url": "https://shop.example/pricing?ref=ad"}},
             "timestamp": T0.isoformat()}

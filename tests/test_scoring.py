@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from cairn.events.calls import TrackCall
 from cairn.events.ingest import Ingest
-from cairn.events.profile_rules import Audience
+from cairn.events.profile_rules import ProfileRules
 from cairn.journey_run import EventMessage
 from cairn.scoring import ScoringFileError, load_scoring
 from cairn.segments import load_segments, parse_segment
@@ -48,14 +48,14 @@ def write(folder: Path, name: str, data: Any) -> None:
 
 
 def scoring_audience(store: Store, tmp_path: Path, rules: dict[str, Any],
-                     *segments: dict[str, Any]) -> Audience:
+                     *segments: dict[str, Any]) -> ProfileRules:
     write(tmp_path / "scoring", "rules.yaml", rules)
     parsed = []
     for data in segments:
         found, problems = parse_segment("test.yaml", data)
         assert found is not None, problems
         parsed.append(found)
-    return Audience(store, parsed, load_scoring(tmp_path / "scoring",
+    return ProfileRules(store, parsed, load_scoring(tmp_path / "scoring",
                                                 segments={s.key for s in parsed}))
 
 
@@ -86,7 +86,7 @@ SALES = {
 
 async def test_rules_add_points_per_dimension_with_history(store: Store, tmp_path: Path) -> None:
     contact = unique("c")
-    ingest = Ingest(store, None, audience=scoring_audience(store, tmp_path, SALES))
+    ingest = Ingest(store, None, profile_rules=scoring_audience(store, tmp_path, SALES))
     paper = await ingest.track(track(contact, "whitepaper_downloaded"))
     await ingest.track(track(contact, "price_list_viewed"))
     await ingest.track(track(contact, "purchase", total=40))  # below the filter: no points
@@ -109,7 +109,7 @@ async def test_rules_add_points_per_dimension_with_history(store: Store, tmp_pat
 
 async def test_crossing_50_emits_one_score_crossed_each_way(store: Store, tmp_path: Path) -> None:
     contact = unique("c")
-    ingest = Ingest(store, None, audience=scoring_audience(store, tmp_path, SALES))
+    ingest = Ingest(store, None, profile_rules=scoring_audience(store, tmp_path, SALES))
     await ingest.track(track(contact, "whitepaper_downloaded"))
     await ingest.track(track(contact, "whitepaper_downloaded"))
     assert await events_named(store, contact, "score_crossed") == []
@@ -133,7 +133,7 @@ async def test_crossing_50_emits_one_score_crossed_each_way(store: Store, tmp_pa
 async def test_the_same_message_scores_once(store: Store, tmp_path: Path) -> None:
     contact = unique("c")
     rules = scoring_audience(store, tmp_path, SALES)
-    ingest = Ingest(store, None, audience=rules)
+    ingest = Ingest(store, None, profile_rules=rules)
     first = await ingest.track(track(contact, "whitepaper_downloaded"))
     call = track(contact, "whitepaper_downloaded")
     await ingest.track(call)
@@ -159,7 +159,7 @@ async def test_entering_inactive_30d_takes_50_points(store: Store, tmp_path: Pat
          "decay": [{"segment_entered": "inactive_30d", "add": -50}]},
         {"key": "inactive_30d", "rule": {"attribute": "last_seen_at", "older_than": "30d"}},
     )
-    ingest = Ingest(store, None, audience=rules)
+    ingest = Ingest(store, None, profile_rules=rules)
     await ingest.track(track(contact, "form_submitted", T0))
     # an event stored by the system 31 days later (it does not make the contact seen)
     stored = await rules.apply(EventMessage(message_id=unique("sweep"), event="tick",

@@ -21,7 +21,7 @@ from cairn.conditions import ConditionScope, HasDone, ReachableSpec, Verdict
 from cairn.contact import ContactSnapshot
 from cairn.events.calls import IdentifyCall, PageCall, TrackCall
 from cairn.events.ingest import Ingest
-from cairn.events.profile_rules import Audience
+from cairn.events.profile_rules import ProfileRules
 from cairn.events.router import Router
 from cairn.journey import Journey
 from cairn.journey_run import EventMessage, JourneyResult
@@ -69,8 +69,8 @@ async def store(any_db_url: str) -> AsyncIterator[Store]:
         await opened.close()
 
 
-def audience(store: Store, *segments: dict[str, Any]) -> Audience:
-    return Audience(store, [segment(s) for s in segments], Scoring([]))
+def audience(store: Store, *segments: dict[str, Any]) -> ProfileRules:
+    return ProfileRules(store, [segment(s) for s in segments], Scoring([]))
 
 
 async def memberships(store: Store, contact: str) -> list[SegmentMembership]:
@@ -167,7 +167,7 @@ def test_segments_defined_through_each_other_are_refused(tmp_path: Path) -> None
 
 async def test_purchases_over_50_enter_buyers_and_store_segment_entered(store: Store) -> None:
     contact = unique("c")
-    ingest = Ingest(store, None, clock=lambda: T0, audience=audience(store, BUYERS))
+    ingest = Ingest(store, None, clock=lambda: T0, profile_rules=audience(store, BUYERS))
 
     await ingest.track(purchase(contact, 30, T0))
     assert await memberships(store, contact) == []
@@ -191,7 +191,7 @@ async def test_leaving_a_segment_closes_the_membership_and_emits_segment_exited(
 ) -> None:
     contact = unique("c")
     big_cart = {"key": "big_cart", "rule": {"attribute": "cart_value", "gt": 100}}
-    ingest = Ingest(store, None, clock=lambda: T0, audience=audience(store, big_cart))
+    ingest = Ingest(store, None, clock=lambda: T0, profile_rules=audience(store, big_cart))
 
     await ingest.identify(IdentifyCall(user_id=contact, traits={"cart_value": 150}, timestamp=T0))
     left = await ingest.identify(IdentifyCall(user_id=contact, traits={"cart_value": 20},
@@ -218,7 +218,7 @@ async def test_page_visits_by_exact_url_words_and_regular_expression(store: Stor
         {"key": "course_pages", "rule": {"visited": {"url_matches": r"/courses/[0-9]+$",
                                                      "count": {"gte": 2}}}},
     )
-    ingest = Ingest(store, None, clock=lambda: T0, audience=rules)
+    ingest = Ingest(store, None, clock=lambda: T0, profile_rules=rules)
 
     async def visit(url: str, at: datetime) -> None:
         await ingest.page(PageCall(user_id=contact, name="page", properties={"url": url},
@@ -252,7 +252,7 @@ async def test_an_event_decided_late_does_not_undo_a_newer_membership(store: Sto
     contact = unique("c")
     rules = audience(store, {"key": "pricing_page", "rule": {"visited": {
         "url": "https://shop.example/pricing", "within": "30d"}}})
-    ingest = Ingest(store, None, clock=lambda: T0, audience=rules)
+    ingest = Ingest(store, None, clock=lambda: T0, profile_rules=rules)
     await ingest.page(PageCall(user_id=contact, name="page", timestamp=T0,
                                properties={"url": "https://shop.example/pricing"}))
     await ingest.track(TrackCall(user_id=contact, event="form_submitted",
@@ -283,7 +283,7 @@ async def test_last_seen_older_than_and_membership_of_other_segments(store: Stor
     assert snapshot.segments == ["inactive_30d", "lapsed_buyers"]
 
     # the contact comes back: seen again, so both segments are left
-    await Ingest(store, None, audience=rules).track(
+    await Ingest(store, None, profile_rules=rules).track(
         TrackCall(user_id=contact, event="login", timestamp=T0 + timedelta(days=41)))
     async with store.session() as session:
         snapshot = await contacts_repo.snapshot(session, contact)
@@ -318,7 +318,7 @@ async def test_entering_buyers_starts_a_journey_triggered_by_segment_entered(
                               delivery_queue=f"{queue}-delivery")
     router = Router(temporal_env.client, store, task_queue=queue,
                     delivery_task_queue=f"{queue}-delivery")
-    ingest = Ingest(store, router, clock=lambda: T0, audience=audience(store, BUYERS))
+    ingest = Ingest(store, router, clock=lambda: T0, profile_rules=audience(store, BUYERS))
     async with running(workers):
         small = await ingest.track(purchase(contact, 20, T0))
         assert [r for r in small.routes if r.journey == key] == []
@@ -426,13 +426,13 @@ def _at(moment: datetime) -> datetime:
     return moment
 
 
-# The reference: how ingest counts, sums and reaches for one contact (`Audience`).
+# The reference: how ingest counts, sums and reaches for one contact (`ProfileRules`).
 async def _count(s: Any, contact_id: str, now: datetime, spec: HasDone) -> int:
-    return await Audience._count(s, contact_id, spec, now)
+    return await ProfileRules._count(s, contact_id, spec, now)
 
 
 async def _sum(s: Any, contact_id: str, now: datetime, spec: HasDone) -> float:
-    return await Audience._sum(s, contact_id, spec, now)
+    return await ProfileRules._sum(s, contact_id, spec, now)
 
 
 def _reachable(contact: ContactSnapshot, spec: ReachableSpec) -> Verdict:

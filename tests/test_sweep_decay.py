@@ -19,7 +19,7 @@ from sqlalchemy import delete, select
 from activities.sweeps import SweepActivities
 from cairn.events.calls import TrackCall
 from cairn.events.ingest import Ingest
-from cairn.events.profile_rules import Audience
+from cairn.events.profile_rules import ProfileRules
 from cairn.journey_run import EventMessage
 from cairn.scoring import decay_key
 from cairn.store import contacts as contacts_repo
@@ -83,7 +83,8 @@ async def sweep(store: Store, catalog: Path, now: datetime, sweep_id: str | None
 
 
 async def track(store: Store, catalog: Path, contact: str, event: str, at: datetime) -> None:
-    ingest = Ingest(store, None, clock=lambda: at, audience=Audience.from_folder(store, catalog))
+    rules = ProfileRules.from_folder(store, catalog)
+    ingest = Ingest(store, None, clock=lambda: at, profile_rules=rules)
     await ingest.track(TrackCall(user_id=contact, event=event, timestamp=at,
                                  message_id=unique("m")))
 
@@ -221,7 +222,7 @@ async def test_the_batch_decides_has_done_rules_as_ingest_decides_one_contact(
     store: Store, tmp_path: Path
 ) -> None:
     """Counts, `where` filters, sums and windows, decided for a whole batch, give the same
-    memberships as `Audience` deciding each contact alone (the reference)."""
+    memberships as `ProfileRules` deciding each contact alone (the reference)."""
     definitions = [
         {"key": "recent_eur_spenders", "rule": {"has_done": {
             "event": "purchase", "within": "30d", "where": {"currency": "EUR"},
@@ -290,7 +291,7 @@ async def test_the_batch_decides_has_done_rules_as_ingest_decides_one_contact(
         "i": [],
     }
     # The reference: each contact decided alone by the ingest path, memberships forgotten.
-    reference = Audience.from_folder(store, catalog)
+    reference = ProfileRules.from_folder(store, catalog)
     async with store.session() as session, session.begin():
         await session.execute(delete(SegmentMembership))
     for name, contact in contacts.items():

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cairn.events import attribute_changes
 from cairn.events.calls import BatchCall, IdentifyCall, PageCall, SegmentCallType, TrackCall
 from cairn.events.geofencing import Geofencing
-from cairn.events.profile_rules import Audience
+from cairn.events.profile_rules import ProfileRules
 from cairn.events.router import RouteDecision, Router
 from cairn.log import get_logger
 from cairn.store import contacts as contacts_repo
@@ -64,7 +64,7 @@ class Ingest:
     """Stores calls and routes them; `router=None` stores only (e.g. an API without Temporal).
 
     `clock` gives the receive time, and the event time of calls without a timestamp; simulations
-    pass their own. `audience` (segments and scoring) and `geofencing` (fence crossings of
+    pass their own. `profile_rules` (segments and scoring) and `geofencing` (fence crossings of
     `location_updated` events) see every event just before it is routed. `attribute_changes`
     stores an `attribute_changed` event per trait an identify changes
     (`cairn.events.attribute_changes`);
@@ -77,14 +77,14 @@ class Ingest:
         router: Router | None,
         *,
         clock: Callable[[], datetime] = utc_now,
-        audience: Audience | None = None,
+        profile_rules: ProfileRules | None = None,
         geofencing: Geofencing | None = None,
         attribute_changes: bool = False,
     ) -> None:
         self.store = store
         self.router = router
         self.clock = clock
-        self.audience = audience
+        self.profile_rules = profile_rules
         self.geofencing = geofencing
         self.attribute_changes = attribute_changes
 
@@ -120,7 +120,7 @@ class Ingest:
         """
         done: dict[int, list[RouteDecision]] = {}
         queue = list(event_ids)
-        for event_id in queue:  # grows with the events the audience service stores
+        for event_id in queue:  # grows with the events the profile rules store
             async with self.store.session() as session:
                 row = await session.get(Event, event_id)
             if row is None or row.routed_at is not None:
@@ -128,19 +128,19 @@ class Ingest:
             message = events_repo.event_message(row)
             bound = log.bind(message_id=message.message_id, contact=message.contact_id,
                              event_name=message.event)
-            # --- audience hook (segments and scoring): after the commit, before routing, so
+            # --- profile rules (segments and scoring): after the commit, before routing, so
             # journeys see the new scores and memberships; it is idempotent per message, so a
             # retry (or the relay) applying it again changes nothing.
-            if self.audience is not None:
+            if self.profile_rules is not None:
                 try:
-                    queue.extend(await self.audience.apply(message))
+                    queue.extend(await self.profile_rules.apply(message))
                 except Exception as error:  # the event stays unrouted and is applied later
-                    bound.warning("audience.deferred", error=str(error),
+                    bound.warning("profile_rules.deferred", error=str(error),
                                   error_type=type(error).__name__)
                     break
-            # --- end of audience hook
+            # --- end of profile rules
             # --- geofence hook: a location_updated event stores geofence_entered/exited events
-            # for the fences crossed; they join the queue (and then pass the audience hook).
+            # for the fences crossed; they join the queue (and then pass the profile rules).
             if self.geofencing is not None:
                 try:
                     queue.extend(await self.geofencing.apply(message))

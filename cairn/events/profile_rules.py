@@ -1,6 +1,6 @@
-"""The audience service: what a stored event changes about its contact's scores and segments.
+"""Profile rules: what a stored event changes about its contact's scores and segments.
 
-Ingest calls `Audience.apply` for every stored event before routing it. In one transaction it
+Ingest calls `ProfileRules.apply` for every stored event before routing it. In one transaction it
 applies the scoring rules the event matches (each change keyed `score/<message id>/<rule id>`, so
 an event handled twice scores once), re-decides the contact's segments, records entries and exits
 with their times, and stores one new event per change for the same contact: `segment_entered` /
@@ -52,15 +52,17 @@ from cairn.store.schema import ScoreChangeRecord
 
 log = get_logger(__name__)
 
-AUDIENCE_EVENT_TYPE = "audience"
-"""The `type` of events Cairn stores itself (segment and score changes), beside track/identify."""
+PROFILE_RULES_EVENT_TYPE = "audience"
+"""The `type` of events Cairn stores itself (segment and score changes), beside track/identify.
+The stored value keeps its first name so existing rows stay readable; in code, "audience" means
+only the ad-platform audiences of `audience` steps."""
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Audience:
+class ProfileRules:
     """Segments and scoring rules, applied to one contact per stored event."""
 
     def __init__(
@@ -77,7 +79,7 @@ class Audience:
         self.clock = clock
 
     @classmethod
-    def from_folder(cls, store: Store, folder: Path, **options: Any) -> Audience:
+    def from_folder(cls, store: Store, folder: Path, **options: Any) -> ProfileRules:
         """Definitions from `segments/` and `scoring/` in a journeys folder (either may be absent).
 
         Raises `SegmentFileError` / `ScoringFileError` naming every file and field to fix.
@@ -100,7 +102,7 @@ class Audience:
             stored: list[int] = []
             for message_id, name, properties in emitted:
                 row, new = await events_repo.record_event(
-                    s, message_id=message_id, type=AUDIENCE_EVENT_TYPE,
+                    s, message_id=message_id, type=PROFILE_RULES_EVENT_TYPE,
                     contact_id=event.contact_id, name=name, properties=properties,
                     timestamp=event.timestamp, received_at=self.clock(),
                 )
@@ -197,4 +199,4 @@ def _reachable(contact: ContactSnapshot, spec: ReachableSpec) -> Verdict:
     return reachability(contact, spec.channel, spec.category)
 
 
-__all__ = ["AUDIENCE_EVENT_TYPE", "Audience"]
+__all__ = ["PROFILE_RULES_EVENT_TYPE", "ProfileRules"]

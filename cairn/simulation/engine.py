@@ -1,6 +1,6 @@
 """Simulations: one journey, one scripted contact, the real engine, on a clock that skips ahead.
 
-A scenario (DESIGN section 6) says when the clock starts, who the contact is, which events arrive
+A scenario (docs/simulation.md) says when the clock starts, who the contact is, which events arrive
 when, and when to stop. The simulator runs the real interpreter workflow and the real activities on
 Temporal's time-skipping test server against a throwaway SQLite store, and feeds every event through
 the real `Ingest` and `Router`, so triggers, entry rules and exit goals are exercised exactly as in
@@ -57,7 +57,7 @@ from cairn.durations import DurationError, parse_duration
 from cairn.events.calls import IdentifyCall, TrackCall
 from cairn.events.geofencing import Geofencing
 from cairn.events.ingest import Ingest, IngestResult
-from cairn.events.profile_rules import Audience
+from cairn.events.profile_rules import ProfileRules
 from cairn.events.router import RouteDecision, Router
 from cairn.journey import AudienceStep, Journey, NotifyStep, SendStep, WebhookStep
 from cairn.journey_run import STATE_QUERY, JourneyResult, JourneyStateView, PathEntry
@@ -228,7 +228,7 @@ class ScenarioEvent(ScenarioModel):
 
 
 class Scenario(ScenarioModel):
-    """DESIGN section 6: the clock's start, the contact, the events, and where the clock stops."""
+    """The clock's start, the contact, the events, and where the clock stops."""
 
     now: AwareDatetime
     contact: ScenarioContact
@@ -382,7 +382,7 @@ class AudienceItem(ReportItem):
 
 
 class SimulationReport(BaseModel):
-    """What happened to the contact; `model_dump(mode="json")` is DESIGN section 6's JSON."""
+    """What happened to the contact; `model_dump(mode="json")` is docs/simulation.md's JSON."""
 
     journey: str
     version: int | None
@@ -630,8 +630,8 @@ class _SimulationRun:
         router = Router(self.client, store, task_queue=self.journey_queue,
                         clock_offset=clock.offset, delivery_task_queue=self.delivery_queue)
         self.current = scenario.now
-        audience = (
-            Audience.from_folder(store, self.audience_folder, clock=lambda: self.current)
+        profile_rules = (
+            ProfileRules.from_folder(store, self.audience_folder, clock=lambda: self.current)
             if self.audience_folder is not None
             else None
         )
@@ -640,7 +640,7 @@ class _SimulationRun:
             if self.audience_folder is not None
             else None
         )
-        ingest = Ingest(store, router, clock=lambda: self.current, audience=audience,
+        ingest = Ingest(store, router, clock=lambda: self.current, profile_rules=profile_rules,
                         geofencing=geofencing, attribute_changes=True)
         workers = self.workers(
             self.client, store, journey_queue=self.journey_queue,

@@ -50,7 +50,7 @@ async def run_import(settings: Settings, content: bytes, journey: str | None) ->
 
     from cairn.events.imports import check_journey, import_csv
     from cairn.events.ingest import Ingest
-    from cairn.events.profile_rules import Audience
+    from cairn.events.profile_rules import ProfileRules
     from cairn.events.router import Router
     from cairn.store.db import Store
     from starter.temporal import TemporalConnectionError, connect
@@ -70,7 +70,7 @@ async def run_import(settings: Settings, content: bytes, journey: str | None) ->
                            "entries are stored and start when `cairn dev` or `cairn api` "
                            "runs.[/yellow]", highlight=False)
         ingest = Ingest(store, router,
-                        audience=Audience.from_folder(store, settings.journeys_dir),
+                        profile_rules=ProfileRules.from_folder(store, settings.journeys_dir),
                         attribute_changes=True)
         with Progress(TextColumn("[bold]importing"), BarColumn(), MofNCompleteColumn(),
                       console=_err, transient=False) as bar:

@@ -114,7 +114,7 @@ async def run_api(settings: Settings) -> None:
 
     from cairn.events.geofencing import Geofencing
     from cairn.events.ingest import Ingest
-    from cairn.events.profile_rules import Audience
+    from cairn.events.profile_rules import ProfileRules
     from cairn.events.relay import EventRelay, relaying
     from cairn.events.router import Router
     from cairn.store.db import Store
@@ -131,7 +131,7 @@ async def run_api(settings: Settings) -> None:
         router = Router(client, store, task_queue=settings.journey_task_queue,
                         delivery_task_queue=settings.delivery_task_queue)
         ingest = Ingest(store, router,
-                        audience=Audience.from_folder(store, settings.journeys_dir),
+                        profile_rules=ProfileRules.from_folder(store, settings.journeys_dir),
                         geofencing=Geofencing.from_folder(store, settings.journeys_dir),
                         attribute_changes=True)
         async with relaying(EventRelay(ingest, store)):
