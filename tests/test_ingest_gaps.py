@@ -12,19 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import engine_support
 import httpx
 import pytest
-from engine_support import (
-    MARK_AND_END,
-    T0,
-    engine,
-    entries_of,
-    events_named,
-    finished,
-    publish,
-    unique,
-)
 from fastapi import FastAPI
 from sqlalchemy import func, select
 from temporalio.service import RPCError
@@ -52,6 +41,17 @@ from starter.api.app import create_app
 from starter.api.contacts import contacts_router
 from starter.cli.app import app as cli
 from starter.schedules import journey_schedule_id, wanted_schedules
+from tests import engine_support
+from tests.engine_support import (
+    MARK_AND_END,
+    T0,
+    engine,
+    entries_of,
+    events_named,
+    finished,
+    publish,
+    unique,
+)
 
 store = engine_support.store
 

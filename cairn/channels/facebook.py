@@ -141,7 +141,7 @@ class FacebookAudienceSyncer(HttpClientHolder):
             "batches": 0, "schema": [],
         }
         if not prepared.members:
-            log.info("facebook.audience_nothing_to_sync", profile_rules=audience, action=action,
+            log.info("facebook.audience_nothing_to_sync", audience=audience, action=action,
                      dropped=prepared.dropped, key=idempotency_key)
             return Receipt(PROVIDER, None, summary)
         schema = schema_for(prepared.members)
@@ -160,7 +160,7 @@ class FacebookAudienceSyncer(HttpClientHolder):
             summary["num_received"] += _int(answer.get("num_received"), len(chunk))
             summary["num_invalid_entries"] += _int(answer.get("num_invalid_entries"), 0)
             summary["batches"] = seq
-        log.info("facebook.audience_synced", profile_rules=audience, action=action,
+        log.info("facebook.audience_synced", audience=audience, action=action,
                  members=len(rows), dropped=prepared.dropped, batches=len(chunks),
                  invalid=summary["num_invalid_entries"], key=idempotency_key)
         return Receipt(PROVIDER, str(session_id), summary)
@@ -184,15 +184,15 @@ class FacebookAudienceSyncer(HttpClientHolder):
             )
         except httpx.TransportError as error:
             failure = error_from_transport(PROVIDER, error)
-            log.warning("facebook.audience_failed", profile_rules=audience, key=idempotency_key,
+            log.warning("facebook.audience_failed", audience=audience, key=idempotency_key,
                         batch=session["batch_seq"], outcome_unknown=failure.outcome_unknown,
                         error=str(failure))
             raise failure from error
         answer = _json(response)
         if response.is_success and "error" not in answer:
             return answer
-        failure = classify_error(response, answer, profile_rules=audience, audience_id=audience_id)
-        log.warning("facebook.audience_rejected", profile_rules=audience, key=idempotency_key,
+        failure = classify_error(response, answer, audience=audience, audience_id=audience_id)
+        log.warning("facebook.audience_rejected", audience=audience, key=idempotency_key,
                     batch=session["batch_seq"], status=response.status_code, code=failure.code,
                     retryable=failure.retryable)
         raise failure

@@ -207,7 +207,7 @@ class GoogleAdsAudienceSyncer(HttpClientHolder):
             "job": None, "operation": None,
         }
         if not prepared.members:
-            log.info("google_ads.audience_nothing_to_sync", profile_rules=audience, action=action,
+            log.info("google_ads.audience_nothing_to_sync", audience=audience, action=action,
                      dropped=prepared.dropped, key=idempotency_key)
             return Receipt(PROVIDER, None, summary)
         verb = "create" if action == "add" else "remove"
@@ -230,7 +230,7 @@ class GoogleAdsAudienceSyncer(HttpClientHolder):
         ran = await self._call(f"{self.settings.api_version}/{job}:run", {},
                                step="run", key=idempotency_key)
         summary["operation"] = ran.get("name")
-        log.info("google_ads.audience_synced", profile_rules=audience, action=action, job=job,
+        log.info("google_ads.audience_synced", audience=audience, action=action, job=job,
                  members=len(operations), dropped=prepared.dropped, batches=summary["batches"],
                  key=idempotency_key)
         return Receipt(PROVIDER, job, summary)

@@ -148,7 +148,7 @@ def _vapid_problem(
     try:
         raw_key = b64url_decode(key)
         public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw_key)
-        claims = jwt.decode(token, public, algorithms=["ES256"], profile_rules=audience,
+        claims = jwt.decode(token, public, algorithms=["ES256"], audience=audience,
                             options={"require": ["aud", "exp", "sub"]})
     except (ValueError, jwt.InvalidTokenError) as error:
         return 401, f"invalid VAPID token: {error}"

@@ -1,0 +1,377 @@
+"""Validation names every problem with its file and the path an author can find in the file."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import starter.cli.journeys  # noqa: F401  (registers validate and graph on the app)
+from cairn.journey_files import Problem, validate, validate_paths
+from starter.cli.app import app
+
+REPO = Path(__file__).resolve().parents[2]
+
+BASE = """\
+key: reminders
+name: Reminders
+trigger: {event: signed_up}
+settings: {timezone: Europe/Bucharest}
+steps:
+  wait_2h: {wait: 2h, next: check}
+  check:
+    if: {attribute: plan, eq: pro}
+    then: remind_sms
+    else: remind_email
+  remind_sms: {send: {channel: sms, template: reminder}, next: end}
+  remind_email: {send: {channels: [push, email], template: reminder}, next: end}
+"""
+
+REMINDER = """\
+email:
+  subject: "Hi {{ contact.first_name | default: 'there' }}"
+  body: "Your plan: {{ contact.plan }}"
+sms: {body: "Reminder"}
+push: {title: "Hi", body: "Reminder"}
+"""
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Path:
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "reminder.yaml").write_text(REMINDER)
+    return tmp_path
+
+
+def problems_of(folder: Path, text: str, name: str = "reminders.yaml") -> list[str]:
+    path = folder / name
+    path.write_text(text)
+    return [str(p) for p in validate_paths([path])]
+
+
+def test_the_base_journey_is_valid(catalog: Path) -> None:
+    assert problems_of(catalog, BASE) == []
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def test_malformed_yaml_names_line_and_column(catalog: Path) -> None:
+    text = BASE.replace("  wait_2h: {wait: 2h, next: check}", "  wait_2h: {wait: 2h, next: check")
+    assert problems_of(catalog, text) == [
+        f"{catalog}/reminders.yaml: line 7, column 8: malformed YAML: while parsing a flow "
+        "mapping: expected ',' or '}', but got ':'"
+    ]
+
+
+def test_malformed_json_names_line_and_column(catalog: Path) -> None:
+    text = '{"key": "x",\n  "name": "y",\n  "trigger": {"event": "a"}\n  "steps": {}}'
+    assert problems_of(catalog, text, "x.json") == [
+        f"{catalog}/x.json: line 4, column 3: malformed JSON: Expecting ',' delimiter"
+    ]
+
+
+def test_top_level_must_be_a_mapping(catalog: Path) -> None:
+    assert problems_of(catalog, "- key: x\n") == [
+        f"{catalog}/reminders.yaml: a journey file holds one mapping (key, name, trigger, "
+        "steps, ...); this one is a list"
+    ]
+
+
+def test_duplicate_step_names_are_reported(catalog: Path) -> None:
+    text = BASE + "  check: {wait: 1h, next: end}\n"
+    found = problems_of(catalog, text)
+    assert found[0] == (
+        f"{catalog}/reminders.yaml: line 13, column 3: duplicate key 'check': the later one "
+        "would replace the earlier; rename one of them"
+    )
+
+
+# --------------------------------------------------------------------------- model errors
+
+
+def test_unknown_step_kind_lists_the_kinds(catalog: Path) -> None:
+    text = BASE.replace("{wait: 2h, next: check}", "{pause: 2h, next: check}")
+    assert problems_of(catalog, text) == [
+        f"{catalog}/reminders.yaml: steps.wait_2h: a step needs exactly one kind key: wait, "
+        "wait_until, wait_for_window, wait_for_event, if, split, send, score, update, webhook, "
+        "notify, task, audience, start_journey, end (this step has: pause, next)"
+    ]
+
+
+def test_unknown_field_is_named_on_its_mapping(catalog: Path) -> None:
+    text = BASE.replace("{channel: sms, template: reminder}", "{channel: sms, templat: reminder}")
+    assert problems_of(catalog, text) == [
+        f"{catalog}/reminders.yaml: steps.remind_sms.send: missing required field 'template'",
+        f"{catalog}/reminders.yaml: steps.remind_sms.send: unknown field 'templat'",
+    ]
+
+
+def test_bad_duration_path_has_no_union_tag(catalog: Path) -> None:
+    text = BASE.replace("wait: 2h", "wait: 2 hours")
+    assert problems_of(catalog, text) == [
+        f"{catalog}/reminders.yaml: steps.wait_2h.wait: bad duration '2 hours': use a number "
+        "and a unit (ms, s, m, h, d, w), e.g. '90s', '2h', '1h30m', '-10d'"
+    ]
+
+
+def test_bad_time_of_day(catalog: Path) -> None:
+    text = BASE.replace("settings: {timezone: Europe/Bucharest}",
+                        "settings: {quiet_hours: {from: '25:00', to: '08:00'}}")
+    assert problems_of(catalog, text) == [
+        f"{catalog}/reminders.yaml: settings.quiet_hours.from: bad time of day '25:00': use "
+        "24-hour HH:MM, e.g. '09:30'"
+    ]
+
+
+def test_errors_inside_conditions_and_filter_shorthand(catalog: Path) -> None:
+    text = BASE.replace(
+        "trigger: {event: signed_up}",
+        "trigger: {event: signed_up, where: {properties.total: {gte: 1, bigger: 2}}}",
+    )
+    text = text.replace("if: {attribute: plan, eq: pro}",
+                        "if: {any: [{in_segment: x}, {has_done: {event: buy, within: often}}]}")
+    assert problems_of(catalog, text) == [
+        f"{catalog}/reminders.yaml: trigger.where.properties.total: unknown field 'bigger'",
+        f"{catalog}/reminders.yaml: steps.check.if.any[1].has_done.within: bad duration 'often': "
+        "use a number and a unit (ms, s, m, h, d, w), e.g. '90s', '2h', '1h30m', '-10d'",
+    ]
+
+
+def test_every_model_error_is_listed(catalog: Path) -> None:
+    text = BASE.replace("wait: 2h", "wait: 0s").replace("channel: sms", "channel: fax")
+    assert [p.split(": ")[1] for p in problems_of(catalog, text)] == [
+        "steps.wait_2h.wait", "steps.remind_sms.send.channel",
+    ]
+
+
+# --------------------------------------------------------------------------- graph
+
+
+def test_next_to_missing_step(catalog: Path) -> None:
+    text = BASE.replace("next: check}", "next: chek}")
+    found = problems_of(catalog, text)
+    assert found[0] == (
+        f"{catalog}/reminders.yaml: steps.wait_2h.next: unknown step 'chek' (use one of the "
+        "steps: wait_2h, check, remind_sms, remind_email, or 'end')"
+    )
+    assert f"{catalog}/reminders.yaml: steps.check: unreachable" in found[1]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path"),
+    [
+        ("then: remind_sms", "then: nope", "steps.check.then"),
+        ("else: remind_email", "else: nope", "steps.check.else"),
+        ("template: reminder}, next: end}\n  remind_email",
+         "template: reminder, on_failure: nope}, next: end}\n  remind_email",
+         "steps.remind_sms.send.on_failure"),
+    ],
+)
+def test_every_routing_key_is_checked(catalog: Path, old: str, new: str, path: str) -> None:
+    found = problems_of(catalog, BASE.replace(old, new))
+    assert f"{catalog}/reminders.yaml: {path}: unknown step 'nope'" in [
+        p.split(" (use")[0] for p in found
+    ]
+
+
+def test_wait_for_event_missing_and_split_routes(catalog: Path) -> None:
+    text = BASE + textwrap.indent(textwrap.dedent("""\
+        opened:
+          wait_for_event: {event: email_opened, timeout: 2d}
+          then: gone
+          timeout_next: lost
+        due:
+          wait_until: {attribute: due_on, time: "10:00"}
+          next: end
+          missing: absent
+        ab: {split: {paths: [{percent: 50, next: end}, {percent: 50, next: elsewhere}]}}
+    """), "  ")
+    text = text.replace("remind_email: {send: {channels: [push, email], template: reminder}, "
+                        "next: end}", "remind_email: {send: {channels: [push, email], template: "
+                        "reminder}, next: opened}")
+    text = text.replace("next: end\n  due:", "next: due\n  due:")
+    found = [p.split(": ")[1] for p in problems_of(catalog, text) if "unknown step" in p]
+    assert found == [
+        "steps.opened.then", "steps.opened.timeout_next", "steps.due.missing",
+        "steps.ab.split.paths[1].next",
+    ]
+
+
+def test_start_naming_a_missing_step(catalog: Path) -> None:
+    text = BASE.replace("steps:", "start: begin\nsteps:")
+    assert problems_of(catalog, text) == [
+        f"{catalog}/reminders.yaml: start: unknown step 'begin' (steps: wait_2h, check, "
+        "remind_sms, remind_email)"
+    ]
+
+
+def test_unreachable_step(catalog: Path) -> None:
+    text = BASE + "  orphan: {wait: 1d, next: end}\n"
+    assert problems_of(catalog, text) == [
+        f"{catalog}/reminders.yaml: steps.orphan: unreachable: no route leads here from the "
+        "first step 'wait_2h'"
+    ]
+
+
+def test_loop_without_wait_names_its_steps(catalog: Path) -> None:
+    text = BASE.replace("remind_email: {send: {channels: [push, email], template: reminder}, "
+                        "next: end}", "remind_email: {send: {channels: [push, email], template: "
+                        "reminder}, next: check}")
+    assert problems_of(catalog, text) == [
+        f"{catalog}/reminders.yaml: steps.check: loop without a wait: check -> remind_email -> "
+        "check; add a wait, wait_until, wait_for_window or wait_for_event step to it"
+    ]
+
+
+def test_loop_through_a_wait_is_fine(catalog: Path) -> None:
+    text = BASE.replace("remind_email: {send: {channels: [push, email], template: reminder}, "
+                        "next: end}", "remind_email: {send: {channels: [push, email], template: "
+                        "reminder}, next: wait_2h}")
+    assert problems_of(catalog, text) == []
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def test_send_with_unknown_template(catalog: Path) -> None:
+    text = BASE.replace("{channel: sms, template: reminder}", "{channel: sms, template: x}")
+    assert problems_of(catalog, text) == [
+        f"{catalog}/reminders.yaml: steps.remind_sms.send.template: unknown template 'x' "
+        f"(no {catalog}/templates/x.yaml)"
+    ]
+
+
+def test_send_channel_without_a_part(catalog: Path) -> None:
+    (catalog / "templates" / "reminder.yaml").write_text(
+        REMINDER.replace('sms: {body: "Reminder"}\n', "").replace("push:", "whatsapp:")
+    )
+    assert problems_of(catalog, BASE) == [
+        f"{catalog}/reminders.yaml: steps.remind_sms.send.channel: template 'reminder' has no "
+        "'sms' part (it has: email, whatsapp)",
+        f"{catalog}/reminders.yaml: steps.remind_email.send.channels: template 'reminder' has "
+        "no 'push' part (it has: email, whatsapp)",
+    ]
+
+
+def test_notify_with_unknown_template(catalog: Path) -> None:
+    text = BASE.replace("then: remind_sms", "then: alert") + (
+        "  alert: {notify: {to: 'slack:#sales', template: sales-alert}, next: remind_sms}\n"
+    )
+    assert problems_of(catalog, text) == [
+        f"{catalog}/reminders.yaml: steps.alert.notify.template: unknown template 'sales-alert' "
+        f"(no {catalog}/templates/sales-alert.yaml)"
+    ]
+
+
+def test_liquid_syntax_error_names_template_part_and_line(catalog: Path) -> None:
+    (catalog / "templates" / "reminder.yaml").write_text(REMINDER.replace(
+        '"Your plan: {{ contact.plan }}"', '"Your plan:\\n{% if contact.plan %}{{ contact.plan }}"'
+    ))
+    assert problems_of(catalog, BASE) == [
+        f"{catalog}/templates/reminder.yaml: email.body: template 'reminder', part email.body, "
+        "line 2: Liquid syntax error: expected tag endif, found end of expression"
+    ]
+
+
+def test_unused_templates_in_a_folder_are_checked_too(catalog: Path) -> None:
+    (catalog / "reminders.yaml").write_text(BASE)
+    (catalog / "templates" / "spare.yaml").write_text("sms: {body: '{{ contact.name | shout }}'}\n")
+    assert [str(p) for p in validate_paths([catalog])] == [
+        f"{catalog}/templates/spare.yaml: sms.body: template 'spare', part sms.body, line 1: "
+        "unknown filter 'shout'"
+    ]
+
+
+def test_malformed_template_file(catalog: Path) -> None:
+    (catalog / "templates" / "reminder.yaml").write_text("email: just text\nsms: {body: [1]}\n")
+    assert problems_of(catalog, BASE) == [
+        f"{catalog}/templates/reminder.yaml: email: give the channel's parts as a mapping, e.g. "
+        "{subject: ..., body: ...}",
+        f"{catalog}/templates/reminder.yaml: sms.body: must be text, got list",
+    ]
+
+
+def test_webhook_body_is_checked_as_liquid(catalog: Path) -> None:
+    text = BASE.replace("then: remind_sms", "then: hook") + (
+        "  hook: {webhook: {url: 'https://x.example', body: '{{ contact.id '}, next: remind_sms}\n"
+    )
+    [problem] = problems_of(catalog, text)
+    assert problem.startswith(f"{catalog}/reminders.yaml: steps.hook.webhook.body: template "
+                              "'steps.hook', part webhook.body, line 1: Liquid syntax error")
+
+
+# --------------------------------------------------------------------------- settings, catalog
+
+
+def test_unknown_timezone(catalog: Path) -> None:
+    text = BASE.replace("Europe/Bucharest", "Europe/Bucuresti")
+    assert problems_of(catalog, text) == [
+        f"{catalog}/reminders.yaml: settings.timezone: unknown time zone 'Europe/Bucuresti': "
+        "use an IANA name such as 'Europe/Bucharest'"
+    ]
+
+
+def test_same_key_in_two_files(catalog: Path) -> None:
+    (catalog / "a.yaml").write_text(BASE)
+    (catalog / "b.json").write_text(json.dumps({
+        "key": "reminders", "name": "Again", "trigger": {"event": "x"},
+        "steps": {"w": {"wait": "1h", "next": "end"}},
+    }))
+    assert validate_paths([catalog]) == [
+        Problem(str(catalog / "b.json"), "key",
+                f"journey key 'reminders' is also defined in {catalog / 'a.yaml'}")
+    ]
+
+
+def test_folders_skip_templates_segments_and_scoring(catalog: Path) -> None:
+    (catalog / "reminders.yaml").write_text(BASE)
+    for sub in ("segments", "scoring"):
+        (catalog / sub).mkdir()
+        (catalog / sub / "x.yaml").write_text("not: a journey\n")
+    result = validate([catalog])
+    assert result.problems == []
+    assert [j.key for _, j in result.journeys] == ["reminders"]
+
+
+def test_every_problem_of_several_files_is_listed(catalog: Path) -> None:
+    (catalog / "a.yaml").write_text(
+        BASE.replace("key: reminders", "key: a").replace("wait: 2h", "wait: 2x")
+    )
+    (catalog / "b.yaml").write_text(BASE.replace("key: reminders", "key: b")
+                                    .replace("Europe/Bucharest", "Mars/Olympus"))
+    found = validate_paths([catalog / "a.yaml", catalog / "b.yaml", catalog / "missing.yaml"])
+    assert [(Path(p.file).name, p.where) for p in found] == [
+        ("missing.yaml", ""), ("a.yaml", "steps.wait_2h.wait"), ("b.yaml", "settings.timezone"),
+    ]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_validate_ok_on_bundled_catalog() -> None:
+    result = CliRunner().invoke(app, ["validate", str(REPO / "journeys")])
+    assert result.exit_code == 0, result.output
+    assert f"OK {REPO / 'journeys' / 'cart-abandonment.yaml'}: cart-abandonment (5 steps)" in (
+        result.output
+    )
+
+
+def test_cli_validate_lists_problems_and_fails(catalog: Path) -> None:
+    (catalog / "reminders.yaml").write_text(
+        BASE.replace("template: reminder}, next: end}\n  remind_email", "template: gone}, "
+                     "next: end}\n  remind_email").replace("Europe/Bucharest", "Nowhere/Land")
+    )
+    result = CliRunner().invoke(app, ["validate", str(catalog)])
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines == [
+        f"{catalog}/reminders.yaml: steps.remind_sms.send.template: unknown template 'gone' "
+        f"(no {catalog}/templates/gone.yaml)",
+        f"{catalog}/reminders.yaml: settings.timezone: unknown time zone 'Nowhere/Land': use an "
+        "IANA name such as 'Europe/Bucharest'",
+    ]
+    assert "OK" not in result.stdout
