@@ -5,7 +5,7 @@ accepted, and only then routed. Routing can fail (Temporal down, a network blip)
 anything: the event stays in the store with `routed_at` NULL, and routing it again later is safe.
 A repeated `messageId` is acknowledged as a duplicate and neither stored nor routed a second time.
 
-This module does not parse HTTP (that is `starter.api.app`) and does not decide which journeys an
+This module does not parse HTTP (that is `starter.api.ingest`) and does not decide which journeys an
 event concerns (that is `cairn.events.router`).
 """
 

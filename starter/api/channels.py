@@ -85,7 +85,7 @@ def _answer(result: FeedbackResult | None) -> FeedbackAnswer:
                           contact_id=result.contact_id, event=result.event)
 
 
-def delivery_router(store: Store, ingest: Ingest, settings: Settings) -> APIRouter:
+def channels_router(store: Store, ingest: Ingest, settings: Settings) -> APIRouter:
     router = APIRouter()
     key = settings.signing_key()
 

@@ -1,4 +1,4 @@
-"""Working the task queues: claim a task, complete it with an outcome.
+"""Working the task queues: list tasks, claim one, complete it with an outcome.
 
 Completing a task is news for the journey that opened it: a `task_completed` event for the
 contact (task id, queue, journey, step, outcome) is stored and routed, so a journey can wait for
@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from cairn.events.calls import TrackCall
@@ -41,6 +41,55 @@ class Completion(BaseModel):
     by: str | None = Field(default=None, max_length=255)
 
 
+class TaskView(BaseModel):
+    """A task for people (a call to make, a case to review), created by a journey's `task` step."""
+
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 3,
+                    "queue": "sales-calls",
+                    "title": "Call c-9: downloaded two whitepapers",
+                    "note": None,
+                    "contact_id": "c-9",
+                    "journey_key": "whitepaper-calls",
+                    "workflow_id": "journey/whitepaper-calls/c-9",
+                    "step": "call_task",
+                    "status": "open",
+                    "due_at": "2026-03-03T09:00:00Z",
+                    "created_at": "2026-03-02T09:00:00Z",
+                }
+            ]
+        },
+    )
+
+    id: int
+    queue: str
+    title: str
+    note: str | None
+    contact_id: str | None
+    journey_key: str | None
+    workflow_id: str | None
+    step: str | None
+    status: str
+    due_at: datetime | None
+    created_at: datetime
+    assignee: str | None = None
+    claimed_at: datetime | None = None
+    completed_at: datetime | None = None
+    outcome: str | None = None
+
+
+async def task_list(store: Store, queue: str | None, status: str | None) -> list[TaskView]:
+    async with store.session() as session:
+        rows = await tasks_repo.list_tasks(session, queue=queue, status=status)
+    return [TaskView.model_validate(row) for row in rows]
+
+
+
+
 def completion_event(task: Task, when: datetime) -> TrackCall | None:
     """The `task_completed` event a closed task announces (None for a task without contact)."""
     if task.contact_id is None:
@@ -53,9 +102,16 @@ def completion_event(task: Task, when: datetime) -> TrackCall | None:
 
 
 def tasks_router(store: Store, ingest: Ingest) -> APIRouter:
-    from starter.api.app import TaskView
-
     router = APIRouter(tags=["tasks"])
+
+    @router.get("/v1/tasks", response_model=list[TaskView], 
+             summary="Tasks for people created by journeys")
+    async def tasks(
+        queue: str | None = Query(None, description="only this queue", examples=["sales-calls"]),
+        status: str | None = Query(None, description="open, claimed or done", examples=["open"]),
+    ) -> list[TaskView]:
+        return await task_list(store, queue, status)
+
 
     @router.post("/v1/tasks/{task_id}/claim", response_model=TaskView,
                  summary="Claim an open task for someone",

@@ -29,7 +29,8 @@ from cairn.store import events as events_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
 from cairn.store.schema import Contact, Event
-from starter.api.app import create_app, readable_errors
+from starter.api.app import create_app
+from starter.api.errors import readable_errors
 from starter.cli.main import app
 from starter.dev import free_port
 
