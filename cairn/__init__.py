@@ -1,8 +1,10 @@
-"""Cairn's shared core: the journey language, conditions, time, templates, store and settings.
+"""Cairn's core: the journey language, conditions, time, templates, store, channels, settings,
+the event pipeline (`cairn.events`) and the simulator (`cairn.simulation`).
 
-Everything here is importable from workflow code, so modules at this level stay free of I/O at
-import time; the store and the channel adapters live in subpackages that only activities and
-starters import.
+The core imports nothing above it (`workflows`, `activities`, `starter`); tests/architecture
+checks it. Modules at this level are importable from workflow code, so they stay free of I/O at
+import time; the store, the channel adapters, the event pipeline and the simulator live in
+subpackages that only activities and doors import.
 """
 
 __version__ = "0.1.0"

@@ -1,1 +1,6 @@
-"""The outside world's way in: HTTP API, event router, Python client, CLI and the main job."""
+"""The doors: the HTTP API (`api/`), the `cairn` command (`cli/`), the processes (`dev`, `worker`),
+the Temporal connection, schedules, the Python client and the testing helper.
+
+Everything here is thin: it parses what comes in, calls the core (`cairn`) and assembles the
+workflows and activities into workers. Nothing below imports it.
+"""
