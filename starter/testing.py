@@ -21,7 +21,7 @@ a suite with many scenarios shares one through `Simulator.start()` in a session 
         async with Simulator.start() as sim:
             yield sim
 
-This module only re-exports `cairn.simulation.engine` and adds loaders; the engine lives there.
+This module only re-exports `cairn.simulation` and adds loaders; the simulator lives there.
 """
 
 from __future__ import annotations
@@ -36,16 +36,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from cairn.journey import Journey
 from cairn.simulation import engine
-from cairn.simulation.engine import (
-    DEFAULT_STEP_TIMEOUT,
-    RunWorkers,
-    Scenario,
-    ScenarioError,
-    SimulationError,
-    SimulationReport,
-    load_scenario,
-    parse_scenario,
-)
+from cairn.simulation.engine import DEFAULT_STEP_TIMEOUT, RunWorkers
+from cairn.simulation.errors import ScenarioError, SimulationError
+from cairn.simulation.report import SimulationReport
+from cairn.simulation.scenario import Scenario, load_scenario, parse_scenario
 from starter.worker import simulation_workers
 
 __all__ = [

@@ -1,6 +1,6 @@
 """`cairn simulate`: play a scenario against a journey file and print the timeline (or its JSON).
 
-The command only loads files, runs `cairn.simulation.engine` and prints; with `--json`, stdout
+The command only loads files, runs `cairn.simulation` and prints; with `--json`, stdout
 carries the report object and nothing else (logs go to stderr), so CI scripts can pipe it into `jq`.
 Exit status: 0 when the simulation ran (whatever the journey's outcome), 1 for a bad journey or
 scenario file, 2 when the simulator itself could not run (e.g. no test server binary).
@@ -19,7 +19,8 @@ from starter.cli.app import app
 
 if TYPE_CHECKING:
     from cairn.journey import Journey
-    from cairn.simulation.engine import Scenario, SimulationReport
+    from cairn.simulation.report import SimulationReport
+    from cairn.simulation.scenario import Scenario
 
 BAD_INPUT = 1
 SIMULATOR_FAILED = 2
@@ -32,7 +33,8 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 def _load(journey_path: Path, scenario_path: Path) -> tuple[Journey, Scenario]:
     from cairn.journey_files import JourneyFileError, load_journey
-    from cairn.simulation.engine import ScenarioError, load_scenario
+    from cairn.simulation.errors import ScenarioError
+    from cairn.simulation.scenario import load_scenario
 
     try:
         journey = load_journey(journey_path)
@@ -106,7 +108,7 @@ def simulate(
 ) -> None:
     """Run a journey for one scripted contact on a skipping clock and show what happens."""
     from cairn.log import configure
-    from cairn.simulation.engine import SimulationError
+    from cairn.simulation.errors import SimulationError
 
     configure("WARNING")
     _core_logs_to_stderr()
