@@ -213,7 +213,8 @@ class Simulator:
         `scoring/` apply to the scenario's events, as they do live. `channels` builds the
         providers for the run's store (default: the outbox and the inbox; pass a `ChannelSet`
         with a `WebhookCaller` to call a real service from webhook steps); `policy` is the
-        delivery policy (quiet hours per channel, frequency caps).
+        delivery policy (quiet hours per channel, frequency caps), usually the one beside the
+        journey; a scenario carrying its own `policy` replaces it.
         """
         async with self._lock:
             if not self._warm:
@@ -221,7 +222,7 @@ class Simulator:
             run = _SimulationRun(self, journey, scenario, keep_histories)
             run.audience_folder = audience_folder
             run.channels = channels
-            run.policy = policy
+            run.policy = scenario.policy if scenario.policy is not None else policy
             return await run.play()
 
     async def _warm_up(self) -> None:

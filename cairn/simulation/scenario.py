@@ -1,7 +1,8 @@
 """Scenarios: the script a simulation plays (docs/simulation.md, "The scenario file").
 
 A scenario says when the clock starts (`now`), who the contact is as stored before the first event,
-which calls their backend makes and when (`events`), and where the clock stops (`until`). Here
+which calls their backend makes and when (`events`), where the clock stops (`until`), and, when it
+carries one, the delivery policy to apply instead of the one beside the journey (`policy`). Here
 they are parsed and validated: every problem names its field, so a user can fix the file.
 
 This module does not run anything; `cairn.simulation.engine` plays a `Scenario`.
@@ -28,6 +29,7 @@ from pydantic import (
 )
 
 from cairn.contact import ContactSnapshot, WebPushSubscription
+from cairn.delivery_policy import DeliveryPolicy
 from cairn.durations import DurationError, parse_duration
 from cairn.local_time import TimezoneError, zone
 from cairn.simulation.errors import ScenarioError
@@ -162,12 +164,17 @@ class ScenarioEvent(ScenarioModel):
 
 
 class Scenario(ScenarioModel):
-    """The clock's start, the contact, the events, and where the clock stops."""
+    """The clock's start, the contact, the events, where the clock stops, and the scenario's
+    own delivery policy (same schema as `policies/delivery.yaml`) when it has one."""
 
     now: AwareDatetime
     contact: ScenarioContact
     events: list[ScenarioEvent] = Field(default_factory=list)
     until: Moment = DEFAULT_UNTIL
+    policy: DeliveryPolicy | None = Field(
+        default=None,
+        description="replaces the delivery policy beside the journey for this scenario",
+    )
 
     @model_validator(mode="after")
     def _in_order_of_time(self) -> Scenario:
@@ -203,6 +210,8 @@ class Scenario(ScenarioModel):
 def _field_path(location: tuple[int | str, ...]) -> str:
     text = ""
     for part in location:
+        if part == "[key]":  # pydantic's marker for a bad mapping key: the path already names it
+            continue
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(top level)"
 
