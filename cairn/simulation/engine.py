@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHistory
@@ -184,7 +184,7 @@ class Simulator:
         *,
         step_timeout: timedelta = DEFAULT_STEP_TIMEOUT,
         **options: Any,
-    ) -> AsyncIterator[Simulator]:
+    ) -> AsyncIterator[Self]:
         """A simulator on `env` (left running afterwards) or on a server of its own; `options`
         go to the constructor (`workers`, unless the class supplies its own)."""
         owned = env is None
