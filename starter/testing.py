@@ -21,7 +21,11 @@ a suite with many scenarios shares one through `Simulator.start()` in a session 
         async with Simulator.start() as sim:
             yield sim
 
-This module only re-exports `cairn.simulation.engine` and adds loaders; the engine lives there.
+A journey given as a file path is simulated under the delivery policy beside it
+(`policies/delivery.yaml` in its folder, as `cairn validate` finds it), so caps and quiet hours
+behave as live; a scenario's own `policy:` replaces that file.
+
+This module only re-exports `cairn.simulation` and adds loaders; the simulator lives there.
 """
 
 from __future__ import annotations
@@ -34,18 +38,13 @@ from typing import Any
 
 from temporalio.testing import WorkflowEnvironment
 
+from cairn.delivery_policy import DeliveryPolicy, load_policy
 from cairn.journey import Journey
 from cairn.simulation import engine
-from cairn.simulation.engine import (
-    DEFAULT_STEP_TIMEOUT,
-    RunWorkers,
-    Scenario,
-    ScenarioError,
-    SimulationError,
-    SimulationReport,
-    load_scenario,
-    parse_scenario,
-)
+from cairn.simulation.engine import DEFAULT_STEP_TIMEOUT, RunWorkers
+from cairn.simulation.errors import ScenarioError, SimulationError
+from cairn.simulation.report import SimulationReport
+from cairn.simulation.scenario import Scenario, load_scenario, parse_scenario
 from starter.worker import simulation_workers
 
 __all__ = [
@@ -58,6 +57,7 @@ __all__ = [
     "as_scenario",
     "load_scenario",
     "parse_scenario",
+    "policy_beside",
     "simulate",
     "simulate_sync",
 ]
@@ -91,18 +91,29 @@ def as_scenario(scenario: Scenario | Path | str | Mapping[str, Any]) -> Scenario
     return parse_scenario(scenario)
 
 
+def policy_beside(journey_file: Path | str) -> DeliveryPolicy:
+    """The delivery policy in `policies/delivery.yaml` of the folder a journey file is in (an
+    empty policy when there is none); `cairn.delivery_policy.PolicyError` names a bad field."""
+    return load_policy(Path(journey_file).resolve().parent)
+
+
 async def simulate(
     journey: Journey | Path | str | Mapping[str, Any],
     scenario: Scenario | Path | str | Mapping[str, Any],
     *,
     simulator: Simulator | None = None,
 ) -> SimulationReport:
-    """Run one scenario against one journey and return the report (docs/simulation.md)."""
+    """Run one scenario against one journey and return the report (docs/simulation.md).
+
+    A journey file brings the delivery policy beside it (`policy_beside`); a journey given as a
+    model or a mapping has none. A scenario's own `policy` replaces either.
+    """
     definition, script = as_journey(journey), as_scenario(scenario)
+    policy = policy_beside(journey) if isinstance(journey, Path | str) else None
     if simulator is not None:
-        return await simulator.run(definition, script)
+        return await simulator.run(definition, script, policy=policy)
     async with Simulator.start() as own:
-        return await own.run(definition, script)
+        return await own.run(definition, script, policy=policy)
 
 
 def simulate_sync(

@@ -1,43 +1,29 @@
-"""Simulations: one journey, one scripted contact, the real engine, on a clock that skips ahead.
+"""The simulation engine: one journey, one scripted contact, the real engine, a skipping clock.
 
-A scenario (docs/simulation.md) says when the clock starts, who the contact is, which events arrive
-when, and when to stop. The simulator runs the real interpreter workflow and the real activities on
-Temporal's time-skipping test server against a throwaway SQLite store, and feeds every event through
-the real `Ingest` and `Router`, so triggers, entry rules and exit goals are exercised exactly as in
-production. The events that live sweeps emit for `date_attribute` and `schedule` triggers are
-emitted the same way at the moments the sweeps would (`_SweptTrigger`), unless the scenario plays
-them itself. The report (`SimulationReport`) is the JSON contract `cairn simulate --json` prints.
+`Simulator` plays a `Scenario` (`cairn.simulation.scenario`) against a journey: it runs the real
+interpreter workflow and the real activities on Temporal's time-skipping test server against a
+throwaway SQLite store, and feeds every event through the real `Ingest` and `Router`, so triggers,
+entry rules and exit goals are exercised exactly as in production. Swept triggers are played with
+`cairn.simulation.triggers`; what happened is read back into a `SimulationReport`
+(`cairn.simulation.report`).
 
 This module does not define journeys, route events or deliver anything itself: it only sets the
-stage, moves the clock and reads back what the engine recorded.
+stage, moves the clock and reads back what the engine recorded. The workers it runs are handed to
+it (`RunWorkers`), because they sit a layer above the core.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Any, Protocol, Self
 
-import yaml
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
 from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -45,15 +31,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from cairn.channels.registry import ChannelSet
-from cairn.contact import ContactSnapshot, WebPushSubscription
-from cairn.date_triggers import (
-    SWEEP_EVENT_TYPE,
-    date_trigger_event,
-    due_date,
-    schedule_trigger_event,
-)
+from cairn.date_triggers import SWEEP_EVENT_TYPE
 from cairn.delivery_policy import DeliveryPolicy
-from cairn.durations import DurationError, parse_duration
 from cairn.events.calls import IdentifyCall, TrackCall
 from cairn.events.geofencing import Geofencing
 from cairn.events.ingest import Ingest, IngestResult
@@ -61,358 +40,30 @@ from cairn.events.profile_rules import ProfileRules
 from cairn.events.router import RouteDecision, Router
 from cairn.journey import AudienceStep, Journey, NotifyStep, SendStep, WebhookStep
 from cairn.journey_run import STATE_QUERY, JourneyResult, JourneyStateView, PathEntry
-from cairn.local_time import TimezoneError, zone
 from cairn.log import get_logger
-from cairn.schedule_times import cron_occurrences
 from cairn.search_attribute_setup import ensure_search_attributes
+from cairn.simulation.errors import SimulationError
+from cairn.simulation.report import (
+    AlertItem,
+    AudienceItem,
+    PathItem,
+    ScoreItem,
+    SendItem,
+    SimulationReport,
+    TaskItem,
+    WebhookItem,
+    utc_text,
+)
+from cairn.simulation.scenario import Scenario, ScenarioEvent
+from cairn.simulation.triggers import SweptTrigger
 from cairn.store import contacts, deliveries, journeys, scores, tasks
 from cairn.store import events as events_repo
-from cairn.store import segments as segments_repo
 from cairn.store.db import Store
-from cairn.sweeps import SWEEP_EVERY
 
 log = get_logger(__name__)
 
-DEFAULT_UNTIL = "+30d"
-"""Where the clock stops when a scenario does not say (`until`)."""
-
 DEFAULT_STEP_TIMEOUT = timedelta(minutes=5)
 """Real time one clock advance may take before the simulation is declared stuck."""
-
-MAX_SCHEDULE_OCCURRENCES = 5000
-"""Schedule occurrences one simulation injects at most: each moves the clock (a cron firing every
-minute for 30 days would take minutes of real time); a longer span asks for a nearer `until`."""
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class ScenarioError(ValueError):
-    """A scenario that cannot be used; `problems` lists each one with the field it concerns."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
-
-
-class SimulationError(RuntimeError):
-    """The simulation could not run (no test server binary, a clock that does not move, ...)."""
-
-
-# --------------------------------------------------------------------------- scenario
-
-
-def _moment(value: Any) -> Any:
-    """Accept an offset from `now` (`+3h`, `+0s`, `90m`) or an absolute ISO-8601 time."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError(
-                f"{value.isoformat()} has no UTC offset; write e.g. 2026-03-02T09:00:00Z"
-            )
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"expected an offset such as '+3h' or an ISO time, got {value!r}")
-    text = value.strip()
-    if text[:1] in "+-" or (text[:1].isdigit() and not _looks_like_date(text)):
-        try:
-            delta = parse_duration(text)
-        except DurationError as error:
-            raise ValueError(str(error)) from error
-        if delta < timedelta(0):
-            raise ValueError(f"offset {text!r} is before `now`; the clock only moves forward")
-        return text
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as error:
-        raise ValueError(
-            f"{text!r} is neither an offset ('+3h', '+0s', '+30d') nor an ISO time "
-            "('2026-03-02T09:00:00Z')"
-        ) from error
-    if moment.tzinfo is None:
-        raise ValueError(f"{text!r} has no UTC offset; write e.g. 2026-03-02T09:00:00Z")
-    return moment
-
-
-def _looks_like_date(text: str) -> bool:
-    return len(text) >= 10 and text[4] == "-" and text[7] == "-"
-
-
-Moment = Annotated[str | datetime, BeforeValidator(_moment)]
-"""An offset from the scenario's `now` (kept as written) or an absolute aware datetime."""
-
-
-def resolve_moment(moment: str | datetime, now: datetime) -> datetime:
-    """The absolute UTC instant a `Moment` names, given the scenario's `now`."""
-    if isinstance(moment, datetime):
-        return moment.astimezone(UTC)
-    return (now + parse_duration(moment)).astimezone(UTC)
-
-
-class ScenarioModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ScenarioContact(ScenarioModel):
-    """The contact as it is when the clock starts; written to the store before any event."""
-
-    id: str = Field(min_length=1, max_length=255)
-    timezone: str | None = None
-    email: str | None = None
-    phone: str | None = None
-    push_tokens: list[str] = Field(default_factory=list)
-    web_push: list[WebPushSubscription] = Field(default_factory=list)
-    consent: dict[str, Any] = Field(default_factory=dict)
-    suppressed: list[str] = Field(default_factory=list)
-    attributes: dict[str, Any] = Field(default_factory=dict)
-    tags: list[str] = Field(default_factory=list)
-    scores: dict[str, int] = Field(default_factory=dict)
-    segments: list[str] = Field(default_factory=list)
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                zone(value)
-            except TimezoneError as error:
-                raise ValueError(str(error)) from error
-        return value
-
-    def snapshot(self, now: datetime) -> ContactSnapshot:
-        return ContactSnapshot(
-            id=self.id,
-            timezone=self.timezone,
-            email=self.email,
-            phone=self.phone,
-            push_tokens=self.push_tokens,
-            web_push=self.web_push,
-            consent=self.consent,
-            suppressed=self.suppressed,
-            attributes=self.attributes,
-            tags=self.tags,
-            scores=self.scores,
-            segments=self.segments,
-            first_seen_at=now,
-            last_seen_at=now,
-        )
-
-
-class ScenarioEvent(ScenarioModel):
-    """One call the contact's backend makes: a `track` (default) or an `identify` with traits."""
-
-    at: Moment = "+0s"
-    type: Literal["track", "identify"] = "track"
-    event: str | None = Field(default=None, min_length=1, max_length=255)
-    properties: dict[str, Any] = Field(default_factory=dict)
-    traits: dict[str, Any] = Field(default_factory=dict)
-    message_id: str | None = Field(default=None, min_length=1, max_length=255)
-
-    @model_validator(mode="after")
-    def _fits_type(self) -> ScenarioEvent:
-        if self.type == "track":
-            if self.event is None:
-                raise ValueError("a track event needs `event` (its name)")
-            if self.traits:
-                raise ValueError("`traits` belong to `type: identify`; track takes `properties`")
-        else:
-            if self.properties:
-                raise ValueError("`properties` belong to track events; identify takes `traits`")
-            if self.event is not None:
-                raise ValueError("an identify call has no `event` name; give `traits`")
-        return self
-
-    @property
-    def label(self) -> str:
-        return self.event if self.type == "track" and self.event else "identify"
-
-
-class Scenario(ScenarioModel):
-    """The clock's start, the contact, the events, and where the clock stops."""
-
-    now: AwareDatetime
-    contact: ScenarioContact
-    events: list[ScenarioEvent] = Field(default_factory=list)
-    until: Moment = DEFAULT_UNTIL
-
-    @model_validator(mode="after")
-    def _in_order_of_time(self) -> Scenario:
-        stop = self.stop_at
-        if stop < self.now:
-            raise ValueError(f"until ({_utc_text(stop)}) is before now ({_utc_text(self.now)})")
-        for index, event in enumerate(self.events):
-            at = resolve_moment(event.at, self.now)
-            if at < self.now:
-                raise ValueError(
-                    f"events[{index}].at ({_utc_text(at)}) is before now ({_utc_text(self.now)})"
-                )
-            if at > stop:
-                raise ValueError(
-                    f"events[{index}].at ({_utc_text(at)}) is after until ({_utc_text(stop)}); "
-                    "move `until` later"
-                )
-        return self
-
-    @property
-    def stop_at(self) -> datetime:
-        return resolve_moment(self.until, self.now)
-
-    def timeline(self) -> list[tuple[datetime, str, ScenarioEvent]]:
-        """Events in time order (ties keep file order), with their instant and message id."""
-        numbered = [
-            (resolve_moment(event.at, self.now), event.message_id or f"sim-{index + 1:03d}", event)
-            for index, event in enumerate(self.events)
-        ]
-        return sorted(numbered, key=lambda item: item[0])
-
-
-def _field_path(location: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in location:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def parse_scenario(data: Any, *, source: str = "scenario") -> Scenario:
-    """Validate a scenario mapping; every problem is reported with its field path."""
-    if isinstance(data, Scenario):
-        return data
-    if not isinstance(data, Mapping):
-        raise ScenarioError(source, [f"expected a mapping with now, contact, events, until; got "
-                                     f"{type(data).__name__}"])
-    try:
-        return Scenario.model_validate(data)
-    except ValidationError as error:
-        problems = [
-            f"{_field_path(item['loc'])}: {item['msg'].removeprefix('Value error, ')}"
-            for item in error.errors()
-        ]
-        raise ScenarioError(source, problems) from None
-
-
-def load_scenario(path: Path) -> Scenario:
-    """Read a scenario file (YAML or JSON)."""
-    source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(source, ["file not found"]) from None
-    except OSError as error:
-        raise ScenarioError(source, [f"cannot read it: {error.strerror}"]) from None
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as error:
-        raise ScenarioError(source, [f"line {error.lineno}: bad JSON: {error.msg}"]) from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise ScenarioError(source, [f"{where}bad YAML: {problem}"]) from None
-    return parse_scenario(data, source=source)
-
-
-# --------------------------------------------------------------------------- report
-
-
-def _utc_text(moment: datetime) -> str:
-    """UTC ISO-8601 with `Z`, to the second (milliseconds of real processing are not news)."""
-    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-UtcTime = Annotated[datetime, PlainSerializer(_utc_text, return_type=str, when_used="json")]
-
-
-class ReportItem(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class PathItem(ReportItem):
-    step: str
-    at: UtcTime
-    note: str
-
-
-class SendItem(ReportItem):
-    at: UtcTime
-    step: str | None
-    channel: str | None
-    template: str | None
-    status: str
-    reason: str = Field(default="", description="why a send was skipped, deferred or failed")
-
-
-class ScoreItem(ReportItem):
-    at: UtcTime
-    dimension: str
-    add: int
-    total: int
-
-
-class TaskItem(ReportItem):
-    at: UtcTime
-    queue: str
-    title: str
-    due: UtcTime | None
-
-
-class AlertItem(ReportItem):
-    at: UtcTime
-    step: str | None
-    to: str | None
-    template: str | None
-    status: str
-
-
-class WebhookItem(ReportItem):
-    at: UtcTime
-    step: str | None
-    method: str | None
-    url: str | None
-    status: str
-
-
-class AudienceItem(ReportItem):
-    at: UtcTime
-    step: str | None
-    sync: str | None
-    audience: str | None
-    action: str | None
-    status: str
-
-
-class SimulationReport(BaseModel):
-    """What happened to the contact; `model_dump(mode="json")` is docs/simulation.md's JSON."""
-
-    journey: str
-    version: int | None
-    contact: str
-    outcome: str
-    path: list[PathItem] = Field(default_factory=list)
-    sends: list[SendItem] = Field(default_factory=list)
-    scores: list[ScoreItem] = Field(default_factory=list)
-    tasks: list[TaskItem] = Field(default_factory=list)
-    alerts: list[AlertItem] = Field(default_factory=list)
-    webhooks: list[WebhookItem] = Field(default_factory=list)
-    audiences: list[AudienceItem] = Field(default_factory=list)
-
-    _histories: dict[str, list[WorkflowHistory]] = PrivateAttr(default_factory=dict)
-
-    @property
-    def steps(self) -> list[str]:
-        """Step names in the order the contact went through them (handy in assertions)."""
-        return [item.step for item in self.path]
-
-    @property
-    def histories(self) -> dict[str, list[WorkflowHistory]]:
-        """Workflow histories per workflow id, oldest run first (only with `keep_histories`)."""
-        return self._histories
-
-    def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False)
-
-
-# --------------------------------------------------------------------------- the simulator
 
 
 class _Clock:
@@ -445,7 +96,7 @@ class _Clock:
             )
         except RPCError as error:
             raise SimulationError(
-                f"the clock did not reach {_utc_text(moment)} within {self.step_timeout} of real "
+                f"the clock did not reach {utc_text(moment)} within {self.step_timeout} of real "
                 f"time ({error.message}). Time skipping stops while any workflow on the server "
                 "has work no worker picks up: a run left open by an earlier test or simulation on "
                 "the same server, or an activity that never finishes. Terminate leftover runs or "
@@ -533,7 +184,7 @@ class Simulator:
         *,
         step_timeout: timedelta = DEFAULT_STEP_TIMEOUT,
         **options: Any,
-    ) -> AsyncIterator[Simulator]:
+    ) -> AsyncIterator[Self]:
         """A simulator on `env` (left running afterwards) or on a server of its own; `options`
         go to the constructor (`workers`, unless the class supplies its own)."""
         owned = env is None
@@ -562,7 +213,8 @@ class Simulator:
         `scoring/` apply to the scenario's events, as they do live. `channels` builds the
         providers for the run's store (default: the outbox and the inbox; pass a `ChannelSet`
         with a `WebhookCaller` to call a real service from webhook steps); `policy` is the
-        delivery policy (quiet hours per channel, frequency caps).
+        delivery policy (quiet hours per channel, frequency caps), usually the one beside the
+        journey; a scenario carrying its own `policy` replaces it.
         """
         async with self._lock:
             if not self._warm:
@@ -570,7 +222,7 @@ class Simulator:
             run = _SimulationRun(self, journey, scenario, keep_histories)
             run.audience_folder = audience_folder
             run.channels = channels
-            run.policy = policy
+            run.policy = scenario.policy if scenario.policy is not None else policy
             return await run.play()
 
     async def _warm_up(self) -> None:
@@ -617,7 +269,7 @@ class _SimulationRun:
 
     async def _play(self, store: Store) -> SimulationReport:
         scenario = self.scenario
-        sweeps = _SweptTrigger(self.journey, scenario)
+        sweeps = SweptTrigger(self.journey, scenario)
         server_now = await self.env.get_current_time()
         self.offset = scenario.now - server_now
         clock = _Clock(self.env, self.offset, self.step_timeout)
@@ -648,7 +300,7 @@ class _SimulationRun:
             channels=self.channels(store) if self.channels is not None else None,
             policy=self.policy, ingest=ingest,
         )
-        self.log.info("simulation.started", now=_utc_text(scenario.now), version=version,
+        self.log.info("simulation.started", now=utc_text(scenario.now), version=version,
                       swept_trigger=sweeps.describe())
         entry = _Entries(self.journey)
         async with workers:
@@ -662,7 +314,7 @@ class _SimulationRun:
                     result = await self._ingest(ingest, at, message_id, event)
                     if not result.routed and not result.duplicate:
                         raise SimulationError(
-                            f"event {event.label} at {_utc_text(at)} could not be routed; the "
+                            f"event {event.label} at {utc_text(at)} could not be routed; the "
                             "log above (route.deferred) says why"
                         )
                     await self._heard(entry, at, event.label, result.routes)
@@ -685,11 +337,11 @@ class _SimulationRun:
         for wid in entry.heard(at, name, routes):
             described = await self.client.get_workflow_handle(wid).describe()
             entry.runs.append((wid, described.run_id))
-        self.log.info("simulation.event", at=_utc_text(at), name=name,
+        self.log.info("simulation.event", at=utc_text(at), name=name,
                       routes=[f"{r.action}: {r.reason}" for r in routes
                               if r.journey == self.journey.key])
 
-    async def _sweep(self, sweeps: _SweptTrigger, store: Store, ingest: Ingest, clock: _Clock,
+    async def _sweep(self, sweeps: SweptTrigger, store: Store, ingest: Ingest, clock: _Clock,
                      entry: _Entries, limit: datetime, *, inclusive: bool = False) -> None:
         """Play the trigger events the live sweeps would emit before `limit` (or at it).
 
@@ -711,12 +363,12 @@ class _SimulationRun:
                     properties=properties, timestamp=at, received_at=at,
                 )
             if not new:
-                self.log.info("simulation.sweep_duplicate", at=_utc_text(at), message_id=message_id)
+                self.log.info("simulation.sweep_duplicate", at=utc_text(at), message_id=message_id)
                 continue
             routed = await ingest.route_events([row.id])
             if row.id not in routed:
                 raise SimulationError(
-                    f"the sweep's {sweeps.name} at {_utc_text(at)} could not be routed; the "
+                    f"the sweep's {sweeps.name} at {utc_text(at)} could not be routed; the "
                     "log above (route.deferred) says why"
                 )
             await self._heard(entry, at, sweeps.name,
@@ -741,7 +393,7 @@ class _SimulationRun:
     # ------------------------------------------------------------------ reading the outcome
 
     async def _report(self, store: Store, version: int, entry: _Entries,
-                      sweeps: _SweptTrigger) -> SimulationReport:
+                      sweeps: SweptTrigger) -> SimulationReport:
         report = SimulationReport(
             journey=self.journey.key, version=version, contact=self.scenario.contact.id,
             outcome="not_entered",
@@ -873,153 +525,6 @@ class _SimulationRun:
             except RPCError as error:
                 if error.status != RPCStatusCode.NOT_FOUND:
                     raise
-
-
-class _SweptTrigger:
-    """The trigger events the live sweeps would emit for the scenario's contact, in time order.
-
-    Live, `date_attribute` and `schedule` triggers start from events the sweeps store
-    (`activities.sweeps`); a simulation produces the same events at the same moments:
-
-    - `date_attribute`: the date sweep runs hourly on a Temporal interval schedule (`SWEEP_EVERY`
-      from the epoch: on the hour, UTC). Every run of the scenario's span is judged with the
-      sweep's own `due_date` on the contact as stored (identify calls included), and the first run
-      that finds a date due emits it, once per date. A date the run just before `now` already
-      found due was emitted before the scenario began and is not emitted again.
-    - `schedule`: every occurrence of the cron in its time zone (`cairn.schedule_times`, as
-      Temporal computes them) in `[now, until]` emits for the contact when it is an open member
-      of the trigger's segment at that moment (every contact when there is none).
-
-    A scenario that plays the trigger's event itself (by hand, as before) gets none of these:
-    entering twice would test nothing real.
-    """
-
-    def __init__(self, journey: Journey, scenario: Scenario) -> None:
-        self.journey = journey
-        self.contact_id = scenario.contact.id
-        self.start, self.stop = scenario.now.astimezone(UTC), scenario.stop_at
-        self.name = journey.trigger.event_name
-        self.date = journey.trigger.date_attribute
-        self.schedule = journey.trigger.schedule
-        self.by_hand = any(event.label == self.name for event in scenario.events)
-        self.active = (self.date is not None or self.schedule is not None) and not self.by_hand
-        self.emitted: list[datetime] = []
-        # date_attribute: the last sweep run judged, and the dates emitted.
-        self.swept = _sweep_run_before(self.start)
-        self.dates: set[date] = set()
-        self.value: Any = (scenario.contact.attributes.get(self.date.attribute)
-                           if self.date is not None else None)
-        if self.active and self.date is not None:
-            before = due_date(self.date, scenario.contact.attributes, scenario.contact.timezone,
-                              journey.settings.timezone, self.swept)
-            if before is not None:
-                self.dates.add(before)
-        # schedule: the occurrences, and how many found the contact outside the segment.
-        self.occurrences: list[datetime] = []
-        self.next_occurrence = 0
-        self.outside = 0
-        if self.active and self.schedule is not None:
-            self.occurrences = cron_occurrences(self.schedule.cron, self.schedule.timezone,
-                                                self.start, self.stop)
-            if len(self.occurrences) > MAX_SCHEDULE_OCCURRENCES:
-                raise SimulationError(
-                    f"trigger.schedule.cron '{self.schedule.cron}' fires "
-                    f"{len(self.occurrences)} times between now and until; a simulation plays at "
-                    f"most {MAX_SCHEDULE_OCCURRENCES}: move `until` nearer"
-                )
-
-    def describe(self) -> str | None:
-        if self.by_hand and (self.date is not None or self.schedule is not None):
-            return f"{self.name} played by the scenario"
-        if not self.active:
-            return None
-        if self.schedule is not None:
-            return f"{len(self.occurrences)} occurrence(s) of '{self.schedule.cron}'"
-        return "hourly date sweep"
-
-    async def next_moment(self, store: Store, limit: datetime, *,
-                          inclusive: bool) -> datetime | None:
-        """The next moment before `limit` (or at it) when a sweep may emit the trigger event.
-
-        Date sweep runs judged here without an emission are final: the contact as stored now
-        stays so until `limit`, the next scenario event.
-        """
-        if not self.active:
-            return None
-        if self.schedule is not None:
-            if self.next_occurrence >= len(self.occurrences):
-                return None
-            at = self.occurrences[self.next_occurrence]
-            return at if at < limit or (inclusive and at == limit) else None
-        attributes, timezone = await self._contact(store)
-        run = self.swept + SWEEP_EVERY
-        while run < limit or (inclusive and run == limit):
-            if self._due(attributes, timezone, run) is not None:
-                return run
-            self.swept = run
-            run += SWEEP_EVERY
-        return None
-
-    async def fire(self, store: Store, at: datetime) -> tuple[str, dict[str, Any]] | None:
-        """With the clock at `at`: the message id and properties the sweep emits, if any."""
-        if self.schedule is not None:
-            self.next_occurrence += 1
-            segment = self.schedule.segment
-            if segment is not None:
-                async with store.session() as session:
-                    member = segment in await segments_repo.active_segments(session,
-                                                                            self.contact_id)
-                if not member:
-                    self.outside += 1
-                    return None
-            self.emitted.append(at)
-            return schedule_trigger_event(self.journey.key, at, self.contact_id)
-        assert self.date is not None  # next_moment returns None for any other trigger
-        attributes, timezone = await self._contact(store)  # the journey may have changed it
-        self.swept = at
-        due = self._due(attributes, timezone, at)
-        if due is None:
-            return None
-        self.dates.add(due)
-        self.emitted.append(at)
-        return date_trigger_event(self.journey.key, self.date, self.contact_id, due)
-
-    def silence(self) -> str | None:
-        """Why the sweeps emitted nothing for the contact (None when they did, or do not apply)."""
-        if not self.active or self.emitted:
-            return None
-        span = f"between {_utc_text(self.start)} and {_utc_text(self.stop)}"
-        if self.schedule is not None:
-            where = f"trigger.schedule '{self.schedule.cron}' ({self.schedule.timezone})"
-            if not self.occurrences:
-                return f"{where} has no occurrence {span}"
-            return (f"{where} fired {len(self.occurrences)} time(s) {span}, and the contact was "
-                    f"in segment {self.schedule.segment} at none of them")
-        assert self.date is not None
-        return (f"the date sweep found trigger.date_attribute {self.date.attribute} due on no day "
-                f"{span} (the contact's {self.date.attribute}: {self.value!r})")
-
-    def _due(self, attributes: dict[str, Any], timezone: str | None, run: datetime) -> date | None:
-        """The date a sweep run at `run` emits, unless an earlier run emitted it."""
-        assert self.date is not None
-        due = due_date(self.date, attributes, timezone, self.journey.settings.timezone, run)
-        return due if due is not None and due not in self.dates else None
-
-    async def _contact(self, store: Store) -> tuple[dict[str, Any], str | None]:
-        """The attributes and time zone the sweep would read now."""
-        async with store.session() as session:
-            row = await contacts.get_contact(session, self.contact_id)
-        attributes = dict(row.attributes or {}) if row is not None else {}
-        if self.date is not None:
-            self.value = attributes.get(self.date.attribute)
-        return attributes, row.timezone if row is not None else None
-
-
-def _sweep_run_before(moment: datetime) -> datetime:
-    """The last run of the hourly date sweep strictly before `moment` (runs: epoch + n hours)."""
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    run = epoch + (moment - epoch) // SWEEP_EVERY * SWEEP_EVERY
-    return run - SWEEP_EVERY if run == moment else run
 
 
 class _Entries:

@@ -1,9 +1,10 @@
 """`cairn simulate`: play a scenario against a journey file and print the timeline (or its JSON).
 
-The command only loads files, runs `cairn.simulation.engine` and prints; with `--json`, stdout
-carries the report object and nothing else (logs go to stderr), so CI scripts can pipe it into `jq`.
-Exit status: 0 when the simulation ran (whatever the journey's outcome), 1 for a bad journey or
-scenario file, 2 when the simulator itself could not run (e.g. no test server binary).
+The command only loads files, runs `cairn.simulation` and prints; with `--json`, stdout carries
+the report object and nothing else (logs go to stderr), so CI scripts can pipe it into `jq`. The
+segments, scoring rules and delivery policy beside the journey apply, as they do live.
+Exit status: 0 when the simulation ran (whatever the journey's outcome), 1 for a bad journey,
+scenario or policy file, 2 when the simulator itself could not run (e.g. no test server binary).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import typer
 from starter.cli.app import app
 
 if TYPE_CHECKING:
+    from cairn.delivery_policy import DeliveryPolicy
     from cairn.journey import Journey
-    from cairn.simulation.engine import Scenario, SimulationReport
+    from cairn.simulation.report import SimulationReport
+    from cairn.simulation.scenario import Scenario
 
 BAD_INPUT = 1
 SIMULATOR_FAILED = 2
@@ -32,7 +35,8 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 def _load(journey_path: Path, scenario_path: Path) -> tuple[Journey, Scenario]:
     from cairn.journey_files import JourneyFileError, load_journey
-    from cairn.simulation.engine import ScenarioError, load_scenario
+    from cairn.simulation.errors import ScenarioError
+    from cairn.simulation.scenario import load_scenario
 
     try:
         journey = load_journey(journey_path)
@@ -85,11 +89,23 @@ def _check_audience(folder: Path) -> None:
         raise _fail(str(error), BAD_INPUT) from None
 
 
-async def _simulate(journey: Journey, scenario: Scenario, folder: Path) -> SimulationReport:
+def _policy(journey_path: Path) -> DeliveryPolicy:
+    """The delivery policy beside the journey (a scenario's own `policy` replaces it)."""
+    from cairn.delivery_policy import PolicyError
+    from starter.testing import policy_beside
+
+    try:
+        return policy_beside(journey_path)
+    except PolicyError as error:
+        raise _fail(str(error), BAD_INPUT) from None
+
+
+async def _simulate(journey: Journey, scenario: Scenario, folder: Path,
+                    policy: DeliveryPolicy) -> SimulationReport:
     from starter.testing import Simulator
 
     async with Simulator.start() as simulator:
-        return await simulator.run(journey, scenario, audience_folder=folder)
+        return await simulator.run(journey, scenario, audience_folder=folder, policy=policy)
 
 
 @app.command()
@@ -106,14 +122,16 @@ def simulate(
 ) -> None:
     """Run a journey for one scripted contact on a skipping clock and show what happens."""
     from cairn.log import configure
-    from cairn.simulation.engine import SimulationError
+    from cairn.simulation.errors import SimulationError
 
     configure("WARNING")
     _core_logs_to_stderr()
     journey, scenario = _load(journey_file, scenario_file)
-    _check_audience(journey_file.resolve().parent)
+    folder = journey_file.resolve().parent
+    _check_audience(folder)
+    policy = _policy(journey_file)
     try:
-        report = asyncio.run(_simulate(journey, scenario, journey_file.resolve().parent))
+        report = asyncio.run(_simulate(journey, scenario, folder, policy))
     except SimulationError as error:
         raise _fail(f"the simulation could not run: {error}", SIMULATOR_FAILED) from None
     if as_json:
