@@ -32,8 +32,8 @@ from cairn.store import deliveries as deliveries_repo
 from cairn.store import entries as entries_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store import tasks as tasks_repo
-from cairn.store.contacts import ContactTraitError
 from cairn.store.db import Store
+from cairn.traits import ContactTraitError
 from starter.api.channels import delivery_router
 from starter.api.contacts import contacts_router
 from starter.api.entries import entries_router

@@ -27,6 +27,7 @@ from cairn.journey import Journey
 from cairn.store import contacts, deliveries, entries, events, journeys, scores, segments, tasks
 from cairn.store.db import Store, StoreError, alembic_config
 from cairn.store.schema import Base, Delivery, Event, ScoreChangeRecord, Task
+from cairn.traits import ContactTraitError
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 BUCHAREST = timezone(timedelta(hours=2))
@@ -280,7 +281,7 @@ async def test_identify_merges_traits_into_columns_and_attributes(store: Store) 
 
 
 async def test_identify_refuses_an_unknown_time_zone(store: Store) -> None:
-    with pytest.raises(contacts.ContactTraitError, match=r"timezone.*IANA"):
+    with pytest.raises(ContactTraitError, match=r"timezone.*IANA"):
         async with store.session() as s, s.begin():
             await contacts.identify(s, "c-1", {"timezone": "Europe/Bucuresti"}, NOW)
 
@@ -288,7 +289,7 @@ async def test_identify_refuses_an_unknown_time_zone(store: Store) -> None:
 async def test_identify_refuses_a_phone_longer_than_the_column_on_every_database(
     store: Store,
 ) -> None:
-    with pytest.raises(contacts.ContactTraitError, match=r"phone: 40 characters.*32 allowed"):
+    with pytest.raises(ContactTraitError, match=r"phone: 40 characters.*32 allowed"):
         async with store.session() as s, s.begin():
             await contacts.identify(s, "c-1", {"phone": "+4" + "0" * 38}, NOW)
     async with store.session() as s:
