@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
+from cairn.catalog_folder import current_profile_rules
 from cairn.conditions import (
     ConditionScope,
     HasDone,
@@ -58,18 +59,14 @@ from cairn.scoring import (
     SEGMENT_ENTERED,
     SEGMENT_EXITED,
     InactivityDecay,
-    Scoring,
     crossings,
-    load_scoring,
 )
 from cairn.segments import (
     Memo,
     Segment,
     decide,
     has_done_specs,
-    load_segments,
     members,
-    segment_files,
     time_based,
 )
 from cairn.store import events as events_repo
@@ -215,7 +212,7 @@ class SweepActivities:
 
     def _audience(self, config: SweepConfig) -> ProfileRules:
         """The catalog's segments and scoring rules, parsed again only when a file changed."""
-        segments, scoring = _definitions(Path(config.journeys_dir))
+        segments, scoring = current_profile_rules(Path(config.journeys_dir))
         return ProfileRules(self.store, segments, scoring)
 
     # ------------------------------------------------------------------ date attributes
@@ -626,28 +623,6 @@ async def _store_new_events(s: AsyncSession, events: list[dict[str, Any]]) -> in
             _, created = await events_repo.record_event(s, **event)
             stored += int(created)
         return stored
-
-
-_DEFINITIONS: dict[Path, tuple[tuple[Any, ...], list[Segment], Scoring]] = {}
-
-
-def _definitions(folder: Path) -> tuple[list[Segment], Scoring]:
-    """`segments/` and `scoring/` of a catalog, cached until one of their files changes.
-
-    Every batch needs them; parsing and validating every file a hundred times per sweep was a
-    measurable share of a sweep that changes nothing.
-    """
-    signature = tuple(
-        (str(path), stat.st_mtime_ns, stat.st_size)
-        for sub in ("segments", "scoring") for path in segment_files(folder / sub)
-        for stat in [path.stat()]
-    )
-    cached = _DEFINITIONS.get(folder)
-    if cached is None or cached[0] != signature:
-        segments = load_segments(folder / "segments")
-        scoring = load_scoring(folder / "scoring", segments={s.key for s in segments})
-        cached = _DEFINITIONS[folder] = (signature, segments, scoring)
-    return cached[1], cached[2]
 
 
 def _reachable(contact: ContactSnapshot, spec: ReachableSpec) -> Verdict:
