@@ -346,7 +346,7 @@ async def test_membership_only_decisions_match_decide_for_a_batch(store: Store) 
     """`members` with one memo for the batch and the sweep's set-based counts decides exactly
     what `decide` decides with the per-contact counts ingest uses: the catalog's segments and
     rules whose values differ only by type (True, 1, 1.0, "1") or are missing, lists, sums."""
-    from activities.sweeps import BatchHistory
+    from cairn.store.sweeps import BatchHistory
 
     extras = [segment(data) for data in (
         {"key": "flag_positive", "rule": {"attribute": "flag", "gt": 0}},
