@@ -19,6 +19,7 @@ from cairn.catalog_folder import (
     load_scoring,
     load_segments,
 )
+from cairn.conditions import HasDoneCondition
 from cairn.delivery_policy import PolicyError
 from cairn.journey_files import DefinitionFileError
 from cairn.scoring import ScoringFileError
@@ -111,7 +112,8 @@ def test_current_profile_rules_are_parsed_again_only_when_a_file_changes(tmp_pat
     os.utime(segment, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     changed = current_profile_rules(tmp_path)
     assert changed[0] is not first[0]
-    assert changed[0][0].rule.has_done.count.gte == 2  # type: ignore[attr-defined]
+    rule = changed[0][0].rule
+    assert isinstance(rule, HasDoneCondition) and rule.has_done.count.gte == 2
 
 
 def test_cairn_validate_lists_each_policy_problem_with_file_and_field(tmp_path: Path) -> None:

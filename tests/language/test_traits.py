@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from cairn.traits import (
@@ -33,7 +35,7 @@ def test_single_values_are_checked_and_named_in_the_error() -> None:
 
 
 def test_consent_merges_per_key_and_subscriptions_per_endpoint() -> None:
-    current = {"marketing": True, "sms": {"marketing": True, "alerts": True}}
+    current: dict[str, Any] = {"marketing": True, "sms": {"marketing": True, "alerts": True}}
     merged = merge_consent(current, {"sms": {"marketing": False}})
     assert merged == {"marketing": True, "sms": {"marketing": False, "alerts": True}}
     assert current["sms"]["marketing"] is True  # the given mapping is left as it was
