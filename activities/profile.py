@@ -34,6 +34,7 @@ from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
 from cairn.store.db import Store
 from cairn.templates import TemplateRenderError, message_scope
+from cairn.traits import ContactTraitError, profile_traits
 from cairn.update_values import has_templates, render_values
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ async def _already_applied(s: AsyncSession, context: StepContext, paths: list[st
     first attempt that changed no announced trait changed nothing a retry would read differently.)
     """
     source = change_source(context)
-    for name in attribute_changes.announced(contacts_repo.profile_traits(paths)):
+    for name in attribute_changes.announced(profile_traits(paths)):
         message_id = attribute_changes.change_message_id(source, name)
         if await events_repo.event_by_message_id(s, message_id) is not None:
             return True
@@ -106,7 +107,7 @@ class ProfileActivities:
                     update.remove_tags, now=context.now, source_message_id=change_source(context),
                     received_at=datetime.now(UTC),
                 )
-        except contacts_repo.ContactTraitError as error:
+        except ContactTraitError as error:
             raise permanent(f"update step {context.step}: {error}", VALIDATION_ERROR) from error
         bound.info("profile.updated", set=sorted(update.set), unset=update.unset,
                    add_tags=update.add_tags, remove_tags=update.remove_tags, changes=len(changes))

@@ -6,22 +6,20 @@ them) and is read by the workers: a cap counts every journey's sends, which no s
 could know. Only marketing messages are held; transactional ones (receipts, payment reminders) pass.
 
 This module is pure: `cap_hold` decides from the sends already in the ledger, so the planner, the
-CLI and tests agree on when a capped message may go.
+CLI and tests agree on when a capped message may go. Reading the file is `cairn.catalog_folder`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from pathlib import Path
+from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError
 
 from cairn.durations import PositiveDuration, parse_duration
 from cairn.journey import Channel, QuietHours, Spec
-
-POLICY_FILE = Path("policies") / "delivery.yaml"
+from cairn.journey_files import DefinitionFileError, Problem, model_problems
 
 
 class FrequencyCap(Spec):
@@ -47,26 +45,19 @@ class DeliveryPolicy(Spec):
     caps: list[FrequencyCap] = Field(default_factory=list)
 
 
-class PolicyError(ValueError):
-    """The policy file cannot be used; the message names the file and the field."""
+class PolicyError(DefinitionFileError):
+    """The policy file cannot be used; `.problems` lists every fix, with file and field."""
+
+    holds = "the delivery policy"
 
 
-def load_policy(directory: Path) -> DeliveryPolicy:
-    """The policy in `<directory>/policies/delivery.yaml`, or an empty one when there is none."""
-    path = directory / POLICY_FILE
-    if not path.exists():
-        return DeliveryPolicy()
+def parse_policy(file: str, data: Any) -> tuple[DeliveryPolicy | None, list[Problem]]:
+    """The policy from a file's content (an empty file is an empty policy), or the problems
+    (with file and field) that stop it."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise PolicyError(f"{path}: not valid YAML: {error}") from error
-    try:
-        return DeliveryPolicy.model_validate(data)
+        return DeliveryPolicy.model_validate(data or {}), []
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in error.errors()
-        )
-        raise PolicyError(f"{path}: {problems}") from error
+        return None, model_problems(file, error, data)
 
 
 def cap_hold(

@@ -10,24 +10,22 @@ longitude: 26.0979
 radius_m: 150
 ```
 
-This module loads and validates fences and answers which fences contain a position (great-circle
-distance, haversine). Turning a contact's `location_updated` events into `geofence_entered` /
-`geofence_exited` events is `cairn.events.geofencing`; it is not done here (no I/O beyond reading
-files).
+This module parses and validates fences and answers which fences contain a position (great-circle
+distance, haversine); it does no I/O. Reading the files is `cairn.catalog_folder`; turning a
+contact's `location_updated` events into `geofence_entered` / `geofence_exited` events is
+`cairn.events.geofencing`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError
 
 from cairn.conditions import Spec
-from cairn.journey_files import DefinitionFileError, Problem, model_problems, read_document
-from cairn.segments import segment_files
+from cairn.journey_files import DefinitionFileError, Problem, model_problems
 
 EARTH_RADIUS_M = 6_371_008.8
 """Mean Earth radius (IUGG), in metres; the haversine error it brings is well under 0.5%."""
@@ -81,40 +79,10 @@ def parse_geofence(file: str, data: Any) -> tuple[Geofence | None, list[Problem]
         return None, model_problems(file, error, data)
 
 
-def load_geofences(folder: Path) -> list[Geofence]:
-    """Every fence in a `geofences/` folder, in key order; a missing folder has none.
-
-    Raises `GeofenceFileError` listing every problem of every file (unreadable YAML, a missing or
-    out-of-range field, a key defined twice).
-    """
-    loaded: list[tuple[str, Geofence]] = []
-    problems: list[Problem] = []
-    for path in segment_files(Path(folder)):
-        data, found = read_document(path)
-        problems += found
-        if data is None and found:
-            continue
-        fence, found = parse_geofence(str(path), data)
-        problems += found
-        if fence is not None:
-            loaded.append((str(path), fence))
-    seen: dict[str, str] = {}
-    for file, fence in loaded:
-        if fence.key in seen:
-            problems.append(Problem(file, "key", f"geofence '{fence.key}' is also defined in "
-                                                 f"{seen[fence.key]}; keys must be unique"))
-        else:
-            seen[fence.key] = file
-    if problems:
-        raise GeofenceFileError(problems)
-    return sorted((fence for _, fence in loaded), key=lambda f: f.key)
-
-
 __all__ = [
     "Geofence",
     "GeofenceFileError",
     "distance_m",
     "fences_containing",
-    "load_geofences",
     "parse_geofence",
 ]

@@ -17,8 +17,9 @@ A dimension is `global`, `stage:<sales stage>` or `tag:<tag>`, as in SALESmanago
 scoring. A decay rule on entering a segment is an ordinary rule on the `segment_entered` event;
 a decay "after N days without an event" (an inactivity decay) is time-based: only a sweep can notice
 an absence, so the hourly segment sweep applies it (`activities.sweeps`), once per inactivity
-period (see `InactivityDecay`). This module loads and validates definitions and says which rules
-an event matches; applying them is `cairn.events.profile_rules` and the sweep.
+period (see `InactivityDecay`). This module parses and validates definitions and says which rules
+an event matches; reading the files is `cairn.catalog_folder`, applying the rules is
+`cairn.events.profile_rules` and the sweep.
 """
 
 from __future__ import annotations
@@ -26,16 +27,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from cairn.conditions import Condition, Spec, evaluate_event_filter, parse_condition
 from cairn.durations import PositiveDuration, parse_duration
-from cairn.journey_files import DefinitionFileError, Problem, model_problems, read_document
+from cairn.journey_files import DefinitionFileError, Problem, model_problems
 from cairn.journey_run import EventMessage
-from cairn.segments import segment_files
 
 SEGMENT_ENTERED = "segment_entered"
 SEGMENT_EXITED = "segment_exited"
@@ -313,40 +312,6 @@ def parse_scoring(file: str, data: Any) -> tuple[ScoringRules | None, list[Probl
         return None, model_problems(file, error, data)
 
 
-def load_scoring(folder: Path, *, segments: set[str] | None = None) -> Scoring:
-    """Every scoring file in a `scoring/` folder; raises `ScoringFileError` listing all problems.
-
-    With `segments` (the known segment keys), a decay on entering an unknown segment is an error.
-    """
-    files: list[ScoringRules] = []
-    problems: list[Problem] = []
-    seen: dict[str, str] = {}
-    for path in segment_files(Path(folder)):
-        data, found = read_document(path)
-        problems += found
-        if data is None and found:
-            continue
-        rules, found = parse_scoring(str(path), data)
-        problems += found
-        if rules is None:
-            continue
-        if rules.key in seen:
-            problems.append(Problem(str(path), "key", f"scoring key '{rules.key}' is also used "
-                                                      f"by {seen[rules.key]}; keys must be unique"))
-        seen[rules.key] = str(path)
-        for index, decay in enumerate(rules.decay):
-            if segments is not None and decay.segment_entered is not None \
-                    and decay.segment_entered not in segments:
-                problems.append(Problem(
-                    str(path), f"decay[{index}].segment_entered",
-                    f"no segment '{decay.segment_entered}' (known: "
-                    f"{', '.join(sorted(segments)) or 'none'})"))
-        files.append(rules)
-    if problems:
-        raise ScoringFileError(problems)
-    return Scoring(files)
-
-
 __all__ = [
     "SCORE_CROSSED",
     "SEGMENT_ENTERED",
@@ -361,6 +326,5 @@ __all__ = [
     "ScoringRules",
     "crossings",
     "decay_key",
-    "load_scoring",
     "parse_scoring",
 ]

@@ -15,8 +15,9 @@ profile fields such as `last_seen_at` are readable as attributes (`{attribute: l
 older_than: 30d}`), and `visited` is a page-visit test over `page_viewed` events (exact URL,
 URL containing words, regular expression). A segment is `time`-based when its rule measures age
 (`older_than`, `newer_than`, `within`): those also change while nothing happens, so a sweep must
-re-evaluate them. This module loads and validates definitions and decides membership for one
-contact; recording memberships and emitting events is `cairn.events.profile_rules`.
+re-evaluate them. This module parses and validates definitions and decides membership for one
+contact; finding and reading the files is `cairn.catalog_folder`, recording memberships and
+emitting events is `cairn.events.profile_rules`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, computed_field
@@ -52,13 +52,7 @@ from cairn.conditions import (
     read_path,
 )
 from cairn.contact import ContactSnapshot
-from cairn.journey_files import (
-    JOURNEY_SUFFIXES,
-    DefinitionFileError,
-    Problem,
-    model_problems,
-    read_document,
-)
+from cairn.journey_files import DefinitionFileError, Problem, model_problems
 
 PAGE_VIEWED = "page_viewed"
 """The event name a Segment `page` call is stored under; its `properties.url` is the page."""
@@ -248,13 +242,6 @@ def _parse_nested(data: Any) -> Any:
     return data
 
 
-def segment_files(folder: Path) -> list[Path]:
-    """The definition files directly in a `segments/` (or `scoring/`) folder, in name order."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in JOURNEY_SUFFIXES)
-
-
 def segment_problems(segments: list[tuple[str, Segment]]) -> list[Problem]:
     """Checks across files: unique keys, known `in_segment` names, no segment defined by itself."""
     problems: list[Problem] = []
@@ -276,28 +263,6 @@ def segment_problems(segments: list[tuple[str, Segment]]) -> list[Problem]:
         except SegmentCycleError as error:
             problems.append(Problem(by_key[error.key], "rule", str(error)))
     return problems
-
-
-def load_segments(folder: Path) -> list[Segment]:
-    """Every segment in a `segments/` folder, in evaluation order (a segment after those it reads).
-
-    Raises `SegmentFileError` listing every problem of every file; a missing folder has none.
-    """
-    loaded: list[tuple[str, Segment]] = []
-    problems: list[Problem] = []
-    for path in segment_files(Path(folder)):
-        data, found = read_document(path)
-        problems += found
-        if data is None and found:
-            continue
-        segment, found = parse_segment(str(path), data)
-        problems += found
-        if segment is not None:
-            loaded.append((str(path), segment))
-    problems += segment_problems(loaded)
-    if problems:
-        raise SegmentFileError(problems)
-    return evaluation_order([segment for _, segment in loaded])
 
 
 class SegmentCycleError(ValueError):
@@ -497,10 +462,8 @@ __all__ = [
     "evaluation_order",
     "expand_visited",
     "has_done_specs",
-    "load_segments",
     "members",
     "parse_segment",
-    "segment_files",
     "segment_problems",
     "time_based",
 ]

@@ -157,8 +157,8 @@ def delivery_for(
     (`journeys/policies/delivery.yaml`); `email` overrides the email provider, as `cairn dev`
     does with its SMTP sink."""
     from activities.delivery import DeliveryActivities
+    from cairn.catalog_folder import load_policy
     from cairn.channels.registry import build_channels
-    from cairn.delivery_policy import load_policy
 
     return DeliveryActivities(
         store, build_channels(settings, store, email=email), load_policy(settings.journeys_dir),

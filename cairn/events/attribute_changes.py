@@ -37,6 +37,7 @@ from cairn.log import get_logger
 from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
 from cairn.store.schema import Contact
+from cairn.traits import CHANNEL_TRAITS, profile_traits
 
 log = get_logger(__name__)
 
@@ -53,7 +54,7 @@ def trait_value(contact: Contact | None, name: str) -> Any:
     """A trait's value now: its column for channel traits, else the attribute (None if unset)."""
     if contact is None:
         return None
-    if name in contacts_repo.CHANNEL_TRAITS:
+    if name in CHANNEL_TRAITS:
         return copy.deepcopy(getattr(contact, name))
     return copy.deepcopy((contact.attributes or {}).get(name))
 
@@ -133,7 +134,7 @@ async def update_profile(
     journey's clock for a step) as their timestamp.
     """
     unset = list(unset)
-    before = await values_before(s, contact_id, contacts_repo.profile_traits([*set_, *unset]))
+    before = await values_before(s, contact_id, profile_traits([*set_, *unset]))
     contact = await contacts_repo.apply_profile_update(
         s, contact_id, set_, unset, list(add_tags), list(remove_tags), now)
     stored = await record_changes(s, source_message_id=source_message_id, contact=contact,

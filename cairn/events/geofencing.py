@@ -14,7 +14,8 @@ fence is entered. A position older than the one kept (events arriving out of ord
 late event never walks the contact back. Derived message ids are `<source id>/<event>/<fence>`,
 so handling the same source event again stores nothing new.
 
-Loading fence definitions is `cairn.geofences`; deciding journeys is the router's job.
+Fence definitions are `cairn.geofences`, read by `cairn.catalog_folder`; deciding journeys is the
+router's job.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cairn.geofences import Geofence, fences_containing, load_geofences
+from cairn.catalog_folder import load_geofences
+from cairn.geofences import Geofence, fences_containing
 from cairn.journey_run import EventMessage
 from cairn.log import get_logger
 from cairn.store import contacts as contacts_repo
@@ -71,7 +73,7 @@ class Geofencing:
 
         Raises `GeofenceFileError` naming every file and field to fix.
         """
-        return cls(store, load_geofences(Path(folder) / "geofences"), **options)
+        return cls(store, load_geofences(Path(folder)), **options)
 
     async def apply(self, event: EventMessage) -> list[int]:
         """Store the crossings a location event makes; returns the ids of the events it stored.

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cairn.catalog_folder import load_profile_rules
 from cairn.conditions import (
     ConditionScope,
     HasDone,
@@ -40,9 +41,8 @@ from cairn.scoring import (
     SEGMENT_EXITED,
     Scoring,
     crossings,
-    load_scoring,
 )
-from cairn.segments import Segment, decide, load_segments
+from cairn.segments import Segment, decide
 from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
 from cairn.store import scores as scores_repo
@@ -84,8 +84,7 @@ class ProfileRules:
 
         Raises `SegmentFileError` / `ScoringFileError` naming every file and field to fix.
         """
-        segments = load_segments(Path(folder) / "segments")
-        scoring = load_scoring(Path(folder) / "scoring", segments={s.key for s in segments})
+        segments, scoring = load_profile_rules(Path(folder))
         return cls(store, segments, scoring, **options)
 
     async def apply(self, event: EventMessage) -> list[int]:

@@ -10,7 +10,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cairn.conditions import evaluate_event_filter, event_field
@@ -45,6 +46,36 @@ async def record_event(
         received_at=received_at,
     )
     return await insert_once(s, row, lambda: event_by_message_id(s, message_id))
+
+
+async def record_events(s: AsyncSession, events: list[dict[str, Any]]) -> int:
+    """Store the events (each given as `record_event`'s arguments) whose message ids are not
+    stored yet, in one statement; returns how many were stored.
+
+    For writers that store many at once (a sweep batch). When a concurrent writer stores one of
+    them first, the savepoint is rolled back and they are stored one by one (`record_event` finds
+    the winner's row).
+    """
+    if not events:
+        return 0
+    ids = [e["message_id"] for e in events]
+    existing: set[str] = set()
+    for start in range(0, len(ids), 1000):  # far below the databases' parameter limits
+        existing.update(await s.scalars(select(Event.message_id).where(
+            Event.message_id.in_(ids[start:start + 1000]))))
+    new = [e for e in events if e["message_id"] not in existing]
+    if not new:
+        return 0
+    try:
+        async with s.begin_nested():
+            await s.execute(insert(Event), new)
+        return len(new)
+    except IntegrityError:
+        stored = 0
+        for event in new:
+            _, created = await record_event(s, **event)
+            stored += int(created)
+        return stored
 
 
 def _window(query: Any, since: datetime | None, until: datetime | None) -> Any:
@@ -129,6 +160,13 @@ async def unrouted_events(s: AsyncSession, limit: int = 100) -> list[Event]:
         select(Event).where(Event.routed_at.is_(None)).order_by(Event.id).limit(limit)
     )
     return list(rows)
+
+
+async def unrouted_among(s: AsyncSession, event_ids: Iterable[int]) -> list[int]:
+    """Which of these events are still waiting to be routed."""
+    return list(await s.scalars(
+        select(Event.id).where(Event.id.in_(list(event_ids)), Event.routed_at.is_(None))
+    ))
 
 
 def event_message(event: Event) -> EventMessage:

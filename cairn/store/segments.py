@@ -35,7 +35,7 @@ async def active_segments(s: AsyncSession, contact_id: str) -> list[str]:
 
 
 async def _lock_contact(s: AsyncSession, contact_id: str) -> None:
-    """Serialize membership changes per contact (see `cairn.store.contacts._locked`)."""
+    """Serialize membership changes per contact (see `cairn.store.contacts.locked_contact`)."""
     result = await s.execute(
         update(Contact)
         .where(Contact.id == contact_id)

@@ -17,7 +17,7 @@ from cairn.store.schema import Contact
 
 
 async def _contact(s: AsyncSession, contact_id: str) -> Contact | None:
-    """The row read fresh under its write lock (the no-op UPDATE of `contacts._locked`, which
+    """The row read fresh under its write lock (the no-op UPDATE of `contacts.locked_contact`, which
     works on SQLite and PostgreSQL alike)."""
     locked = await s.execute(
         update(Contact).where(Contact.id == contact_id).values(updated_at=Contact.updated_at)

@@ -20,8 +20,8 @@ from temporalio.client import Client
 from cairn import __version__
 from cairn.events.ingest import Ingest
 from cairn.settings import Settings, get_settings
-from cairn.store.contacts import ContactTraitError
 from cairn.store.db import Store
+from cairn.traits import ContactTraitError
 from starter.api.channels import channels_router
 from starter.api.contacts import contacts_router
 from starter.api.entries import entries_router

@@ -33,7 +33,9 @@ from cairn.reachability import normalised_phone, valid_email
 from cairn.store import contacts as contacts_repo
 from cairn.store import entries as entries_repo
 from cairn.store import events as events_repo
+from cairn.store import identity
 from cairn.store.db import Store
+from cairn.traits import ContactTraitError
 
 if TYPE_CHECKING:
     from cairn.events.ingest import Ingest
@@ -244,7 +246,7 @@ async def update_contact(store: Store, contact_id: str, patch: ContactPatch) -> 
             _, changes = await attribute_changes.update_profile(
                 session, contact_id, set_, unset, patch.add_tags, patch.remove_tags, now=now,
                 source_message_id=f"patch/{new_message_id()}", received_at=now)
-        except contacts_repo.ContactTraitError as error:
+        except ContactTraitError as error:
             raise HTTPException(status_code=422, detail=f"body.{error}") from error
     async with store.session() as session:
         snapshot = await contacts_repo.snapshot(session, contact_id)
@@ -301,7 +303,7 @@ async def erase(store: Store, client: Client | None, contact_id: str) -> Erasure
             )
         ended, still = await end_journeys(client, running)
     async with store.session() as session, session.begin():
-        erased = await contacts_repo.erase_contact(session, contact_id)
+        erased = await identity.erase_contact(session, contact_id)
     bound.info("contact.erased", journeys_ended=len(ended), journeys_still_ending=len(still),
                events=erased.events, deliveries=erased.deliveries)
     return ErasureReport(contact_id=contact_id, journeys_ended=ended,
@@ -319,9 +321,9 @@ async def alias(store: Store, call: AliasCall) -> AliasResult:
         moved = 0
         if new:
             try:
-                result = await contacts_repo.alias_contact(
+                result = await identity.alias_contact(
                     session, call.previous_id, call.user_id, call.timestamp or now)
-            except contacts_repo.AliasError as error:
+            except identity.AliasError as error:
                 raise HTTPException(status_code=422, detail=f"body: {error}") from error
             moved = result.events
             # The alias is bookkeeping, not something journeys hear: nothing to route.

@@ -44,10 +44,14 @@ def validate(
 
 def _audience_problems(folder: Path, journeys: list[Journey]) -> tuple[list[str], list[str]]:
     """Segments, scoring rules and geofences beside the journeys, and the triggers naming them."""
-    from cairn.delivery_policy import POLICY_FILE, PolicyError, load_policy
-    from cairn.geofences import GeofenceFileError, load_geofences
-    from cairn.scoring import ScoringFileError, load_scoring
-    from cairn.segments import SegmentFileError, load_segments
+    from cairn.catalog_folder import (
+        POLICY_FILE,
+        load_geofences,
+        load_policy,
+        load_scoring,
+        load_segments,
+    )
+    from cairn.journey_files import DefinitionFileError
 
     problems: list[str] = []
     summary: list[str] = []
@@ -55,23 +59,23 @@ def _audience_problems(folder: Path, journeys: list[Journey]) -> tuple[list[str]
     fences: set[str] | None = None
     try:
         policy = load_policy(folder)
-    except PolicyError as error:
-        problems.append(str(error))
+    except DefinitionFileError as error:
+        problems += [str(p) for p in error.problems]
     else:
         if (folder / POLICY_FILE).exists():
             summary.append(f"OK {folder / POLICY_FILE}: quiet hours on "
                            f"{len(policy.quiet_hours)} channel(s), {len(policy.caps)} cap(s)")
     try:
-        segments = {s.key for s in load_segments(folder / "segments")}
-    except SegmentFileError as error:
+        segments = {s.key for s in load_segments(folder)}
+    except DefinitionFileError as error:
         problems += [str(p) for p in error.problems]
     try:
-        load_scoring(folder / "scoring", segments=segments)
-    except ScoringFileError as error:
+        load_scoring(folder, segments=segments)
+    except DefinitionFileError as error:
         problems += [str(p) for p in error.problems]
     try:
-        fences = {f.key for f in load_geofences(folder / "geofences")}
-    except GeofenceFileError as error:
+        fences = {f.key for f in load_geofences(folder)}
+    except DefinitionFileError as error:
         problems += [str(p) for p in error.problems]
     for journey in journeys:
         trigger = journey.trigger

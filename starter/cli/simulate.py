@@ -79,13 +79,12 @@ def _core_logs_to_stderr() -> None:
 
 def _check_audience(folder: Path) -> None:
     """Segments and scoring rules beside the journey apply in the simulation: check them first."""
-    from cairn.scoring import ScoringFileError, load_scoring
-    from cairn.segments import SegmentFileError, load_segments
+    from cairn.catalog_folder import load_profile_rules
+    from cairn.journey_files import DefinitionFileError
 
     try:
-        segments = load_segments(folder / "segments")
-        load_scoring(folder / "scoring", segments={s.key for s in segments})
-    except (SegmentFileError, ScoringFileError) as error:
+        load_profile_rules(folder)
+    except DefinitionFileError as error:
         raise _fail(str(error), BAD_INPUT) from None
 
 

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from temporalio.testing import WorkflowEnvironment
 
+from cairn.catalog_folder import load_segments
 from cairn.channels.base import OutgoingMessage, Provider, Receipt
 from cairn.channels.registry import ChannelSet, local_channels
 from cairn.channels.webhook import WebhookCaller, WebhookSettings, verify_signature
@@ -33,7 +34,7 @@ from cairn.conditions import ConditionScope, HasDone, window_start
 from cairn.contact import ContactSnapshot
 from cairn.journey import Journey
 from cairn.journey_files import load_journey
-from cairn.segments import decide, load_segments
+from cairn.segments import decide
 from cairn.store.db import Store
 from starter.testing import SimulationReport, Simulator, parse_scenario
 from tests.standins.server import StandInServer
@@ -692,7 +693,7 @@ async def test_churn_user_without_email_gets_push_and_a_feedback_request(
 async def test_about_to_churn_segment_rule(audience: Path, login_days: tuple[int, ...],
                                            day: float, member: bool) -> None:
     """The segment as the sweep decides it, over a login history (the sweep is not simulated)."""
-    (segment,) = [s for s in load_segments(audience / "segments") if s.key == "about_to_churn"]
+    (segment,) = [s for s in load_segments(audience) if s.key == "about_to_churn"]
     start = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
     logins = [start + timedelta(days=d) for d in login_days]
     now = start + timedelta(days=day)

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from cairn.catalog_folder import load_geofences
 from cairn.events.calls import TrackCall
 from cairn.events.geofencing import Geofencing
 from cairn.events.ingest import Ingest
-from cairn.geofences import GeofenceFileError, distance_m, fences_containing, load_geofences
+from cairn.geofences import GeofenceFileError, distance_m, fences_containing
 from cairn.journey import Journey
 from cairn.store import contacts as contacts_repo
 from cairn.store.db import Store
@@ -56,7 +57,7 @@ def test_distances_follow_the_great_circle() -> None:
 
 
 def test_fences_load_from_yaml_and_contain_positions(tmp_path: Path) -> None:
-    fences = load_geofences(write_fences(tmp_path) / "geofences")
+    fences = load_geofences(write_fences(tmp_path))
     assert [f.key for f in fences] == ["airport", "store-12"]
     assert fences_containing(fences, *NEAR) == ["store-12"]
     assert fences_containing(fences, *FAR) == []
@@ -71,7 +72,7 @@ def test_bad_fence_files_are_explained_with_file_and_field(tmp_path: Path) -> No
     (folder / "c.yaml").write_text("key: ok\nlatitude: 44\nlongitude: 26\nradius_m: 5\n")
     (folder / "d.yaml").write_text("key: ok\nlatitude: 1\nlongitude: 2\nradius_m: 5\n")
     with pytest.raises(GeofenceFileError) as raised:
-        load_geofences(folder)
+        load_geofences(tmp_path)
     text = str(raised.value)
     assert f"{folder / 'a.yaml'}: latitude:" in text and "less than or equal to 90" in text
     assert f"{folder / 'b.yaml'}" in text and "radius_m" in text

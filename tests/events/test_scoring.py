@@ -14,12 +14,13 @@ import pytest_asyncio
 import yaml
 from sqlalchemy import select
 
+from cairn.catalog_folder import load_scoring, load_segments
 from cairn.events.calls import TrackCall
 from cairn.events.ingest import Ingest
 from cairn.events.profile_rules import ProfileRules
 from cairn.journey_run import EventMessage
-from cairn.scoring import ScoringFileError, load_scoring
-from cairn.segments import load_segments, parse_segment
+from cairn.scoring import ScoringFileError
+from cairn.segments import parse_segment
 from cairn.store import events as events_repo
 from cairn.store import scores as scores_repo
 from cairn.store.db import Store
@@ -55,8 +56,7 @@ def scoring_audience(store: Store, tmp_path: Path, rules: dict[str, Any],
         found, problems = parse_segment("test.yaml", data)
         assert found is not None, problems
         parsed.append(found)
-    return ProfileRules(store, parsed, load_scoring(tmp_path / "scoring",
-                                                segments={s.key for s in parsed}))
+    return ProfileRules(store, parsed, load_scoring(tmp_path, segments={s.key for s in parsed}))
 
 
 def track(contact: str, name: str, at: datetime = T0, **properties: Any) -> TrackCall:
@@ -176,8 +176,8 @@ async def test_entering_inactive_30d_takes_50_points(store: Store, tmp_path: Pat
 
 
 def test_the_catalog_scoring_loads() -> None:
-    segments = {s.key for s in load_segments(CATALOG / "segments")}
-    scoring = load_scoring(CATALOG / "scoring", segments=segments)
+    segments = {s.key for s in load_segments(CATALOG)}
+    scoring = load_scoring(CATALOG, segments=segments)
     [engagement] = scoring.files
     assert [r.add for r in engagement.rules] == [10, 10, 10, -10]
     assert [d.add for d in engagement.decay] == [-50, -10]
@@ -195,7 +195,7 @@ def test_bad_scoring_files_name_file_and_field(tmp_path: Path) -> None:
     write(folder, "e.yaml", {"key": "e", "rules": [{"event": "x", "add": 1,
                                                     "where": {"total": {"gtt": 1}}}]})
     with pytest.raises(ScoringFileError) as raised:
-        load_scoring(folder, segments={"inactive_30d"})
+        load_scoring(tmp_path, segments={"inactive_30d"})
     found = [str(p) for p in raised.value.problems]
     assert any(p.startswith(f"{folder / 'a.yaml'}: rules[0].dimension: unknown dimension "
                             "'region:eu'") for p in found)
@@ -221,7 +221,7 @@ def test_bad_inactivity_decays_name_file_and_field(tmp_path: Path) -> None:
         {"without": "login", "after": "7d", "add": -10, "dimension": "region:eu"},
     ]})
     with pytest.raises(ScoringFileError) as raised:
-        load_scoring(folder, segments={"inactive_30d"})
+        load_scoring(tmp_path, segments={"inactive_30d"})
     file = folder / "decay.yaml"
     found = [str(p) for p in raised.value.problems]
     assert found[:7] == [
@@ -242,8 +242,8 @@ def test_bad_inactivity_decays_name_file_and_field(tmp_path: Path) -> None:
 
 
 def test_inactivity_decays_keep_their_rule_ids_and_reasons() -> None:
-    segments = {s.key for s in load_segments(CATALOG / "segments")}
-    scoring = load_scoring(CATALOG / "scoring", segments=segments)
+    segments = {s.key for s in load_segments(CATALOG)}
+    scoring = load_scoring(CATALOG, segments=segments)
     [decay] = scoring.inactivity_decays()
     assert (decay.id, decay.event, decay.after) == ("engagement.decay1", "login",
                                                     timedelta(days=7))

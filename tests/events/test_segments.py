@@ -17,6 +17,7 @@ from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
+from cairn.catalog_folder import load_segments
 from cairn.conditions import ConditionScope, HasDone, ReachableSpec, Verdict
 from cairn.contact import ContactSnapshot
 from cairn.events.calls import IdentifyCall, PageCall, TrackCall
@@ -32,7 +33,6 @@ from cairn.segments import (
     SegmentFileError,
     decide,
     has_done_specs,
-    load_segments,
     members,
     parse_segment,
     time_based,
@@ -101,7 +101,7 @@ BUYERS = {"key": "buyers", "rule": {"has_done": {"event": "purchase", "sum": "to
 
 
 def test_the_catalog_segments_load_in_dependency_order() -> None:
-    segments = load_segments(CATALOG / "segments")
+    segments = load_segments(CATALOG)
     keys = [s.key for s in segments]
     # The catalog grows with the seed journeys; these four are ActiveCollab's and WebEngage's.
     assert {"buyers", "frequent_buyers", "vip", "inactive_30d"} <= set(keys)
@@ -133,7 +133,7 @@ def test_bad_segment_files_name_file_and_field(tmp_path: Path) -> None:
                                                                "sum": "total"}}})
     write(folder, "f.yaml", "key: f\nrule: [unclosed\n")
     with pytest.raises(SegmentFileError) as raised:
-        load_segments(folder)
+        load_segments(tmp_path)
     found = [str(p) for p in raised.value.problems]
     assert f"{folder / 'a.yaml'}: rule: unknown field 'gtt'" in found
     assert any(p.startswith(f"{folder / 'b.yaml'}: rule.visited.url_matches: not a regular")
@@ -148,7 +148,7 @@ def test_bad_segment_files_name_file_and_field(tmp_path: Path) -> None:
     for name in ("b.yaml", "d.yaml", "e.yaml", "f.yaml"):
         (folder / name).unlink()
     with pytest.raises(SegmentFileError) as raised:
-        load_segments(folder)
+        load_segments(tmp_path)
     assert [str(p) for p in raised.value.problems] == [
         f"{folder / 'c.yaml'}: rule: in_segment 'nobody': no such segment (known: a, c)"
     ]
@@ -159,7 +159,7 @@ def test_segments_defined_through_each_other_are_refused(tmp_path: Path) -> None
     write(folder, "a.yaml", {"key": "a", "rule": {"in_segment": "b"}})
     write(folder, "b.yaml", {"key": "b", "rule": {"not": {"in_segment": "a"}}})
     with pytest.raises(SegmentFileError, match=r"a -> b -> a|b -> a -> b"):
-        load_segments(folder)
+        load_segments(tmp_path)
 
 
 # --------------------------------------------------------------------------- on ingest
@@ -346,7 +346,7 @@ async def test_membership_only_decisions_match_decide_for_a_batch(store: Store) 
     """`members` with one memo for the batch and the sweep's set-based counts decides exactly
     what `decide` decides with the per-contact counts ingest uses: the catalog's segments and
     rules whose values differ only by type (True, 1, 1.0, "1") or are missing, lists, sums."""
-    from activities.sweeps import BatchHistory
+    from cairn.store.sweeps import BatchHistory
 
     extras = [segment(data) for data in (
         {"key": "flag_positive", "rule": {"attribute": "flag", "gt": 0}},
@@ -361,7 +361,7 @@ async def test_membership_only_decisions_match_decide_for_a_batch(store: Store) 
                                                  "where": {"currency": "EUR"},
                                                  "sum": "total", "total": {"gte": 100}}}},
     )]
-    segments = [*load_segments(CATALOG / "segments"), *extras]
+    segments = [*load_segments(CATALOG), *extras]
     now = T0 + timedelta(days=45)
     people: dict[str, tuple[dict[str, Any], list[tuple[str, int, dict[str, Any]]]]] = {
         "a": ({"flag": True, "likes": ["tea", "cake"], "email": "a@example.com",

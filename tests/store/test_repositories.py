@@ -27,6 +27,7 @@ from cairn.journey import Journey
 from cairn.store import contacts, deliveries, entries, events, journeys, scores, segments, tasks
 from cairn.store.db import Store, StoreError, alembic_config
 from cairn.store.schema import Base, Delivery, Event, ScoreChangeRecord, Task
+from cairn.traits import ContactTraitError
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 BUCHAREST = timezone(timedelta(hours=2))
@@ -228,6 +229,31 @@ async def test_unrouted_events_until_marked_routed(store: Store) -> None:
     assert message.message_id == "m-2" and message.event == "purchase"
     assert message.contact_id == "c-1" and message.timestamp == NOW
 
+    async with store.session() as s:
+        assert await events.unrouted_among(s, [first.id, second.id, second.id + 99]) == [
+            second.id]
+
+
+async def test_record_events_in_bulk_stores_each_message_id_once(store: Store) -> None:
+    stored, _ = await _event(store, "m-1", "purchase", NOW)
+
+    def given(message_id: str) -> dict[str, Any]:
+        return {"message_id": message_id, "type": "audience", "contact_id": "c-1",
+                "name": "segment_entered", "properties": {"segment": "vip"}, "timestamp": NOW,
+                "received_at": NOW}
+
+    async with store.session() as s, s.begin():
+        assert await events.record_events(s, [given("m-1"), given("m-2"), given("m-3")]) == 2
+    async with store.session() as s, s.begin():
+        assert await events.record_events(s, [given("m-2"), given("m-3")]) == 0
+        assert await events.record_events(s, []) == 0
+    async with store.session() as s:
+        kept = await events.event_by_message_id(s, "m-1")
+        added = await events.event_by_message_id(s, "m-3")
+    assert kept is not None and kept.id == stored.id and kept.name == "purchase"
+    assert added is not None and added.properties == {"segment": "vip"}
+    assert await _count(store, Event) == 3
+
 
 # --------------------------------------------------------------------------- contacts and segments
 
@@ -280,7 +306,7 @@ async def test_identify_merges_traits_into_columns_and_attributes(store: Store) 
 
 
 async def test_identify_refuses_an_unknown_time_zone(store: Store) -> None:
-    with pytest.raises(contacts.ContactTraitError, match=r"timezone.*IANA"):
+    with pytest.raises(ContactTraitError, match=r"timezone.*IANA"):
         async with store.session() as s, s.begin():
             await contacts.identify(s, "c-1", {"timezone": "Europe/Bucuresti"}, NOW)
 
@@ -288,7 +314,7 @@ async def test_identify_refuses_an_unknown_time_zone(store: Store) -> None:
 async def test_identify_refuses_a_phone_longer_than_the_column_on_every_database(
     store: Store,
 ) -> None:
-    with pytest.raises(contacts.ContactTraitError, match=r"phone: 40 characters.*32 allowed"):
+    with pytest.raises(ContactTraitError, match=r"phone: 40 characters.*32 allowed"):
         async with store.session() as s, s.begin():
             await contacts.identify(s, "c-1", {"phone": "+4" + "0" * 38}, NOW)
     async with store.session() as s:
