@@ -38,7 +38,8 @@ from typing import Any
 
 from temporalio.testing import WorkflowEnvironment
 
-from cairn.delivery_policy import DeliveryPolicy, load_policy
+from cairn.catalog_folder import load_policy
+from cairn.delivery_policy import DeliveryPolicy
 from cairn.journey import Journey
 from cairn.simulation import engine
 from cairn.simulation.engine import DEFAULT_STEP_TIMEOUT, RunWorkers

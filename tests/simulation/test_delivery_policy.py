@@ -175,4 +175,4 @@ def test_cli_bad_policy_file_exits_1_naming_the_field(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["simulate", str(journey), "--scenario", str(scenario)])
     assert result.exit_code == 1
     assert "delivery.yaml" in result.output
-    assert "caps.0.max" in result.output
+    assert "caps[0].max" in result.output
