@@ -107,7 +107,7 @@ class ProfileRules:
                 )
                 if new:
                     stored.append(row.id)
-                    bound.info("audience.emitted", emitted=name, emitted_id=message_id,
+                    bound.info("profile_rules.emitted", emitted=name, emitted_id=message_id,
                                **properties)
         return stored
 
@@ -127,7 +127,7 @@ class ProfileRules:
                 reason=rule.says(), source=f"event:{event.event}:{event.message_id}",
                 workflow_id=None, idempotency_key=key, now=event.timestamp,
             )
-            bound.info("audience.scored", rule=ref.id, dimension=rule.dimension,
+            bound.info("profile_rules.scored", rule=ref.id, dimension=rule.dimension,
                        delta=rule.add, total=total)
             for crossing in crossings(rule.dimension, total - rule.add, total,
                                       self.scoring.thresholds(rule.dimension)):
@@ -171,7 +171,7 @@ class ProfileRules:
                 name = SEGMENT_EXITED
             else:
                 continue
-            bound.info("audience.segment", change=name, segment=decided.segment,
+            bound.info("profile_rules.segment", change=name, segment=decided.segment,
                        reason=decided.reason)
             emitted.append((f"{event.message_id}/{name}/{decided.segment}", name,
                             {"segment": decided.segment}))
