@@ -41,7 +41,6 @@ from starter.api.app import create_app
 from starter.api.contacts import contacts_router
 from starter.cli.app import app as cli
 from starter.schedules import journey_schedule_id, wanted_schedules
-from tests import engine_support
 from tests.engine_support import (
     MARK_AND_END,
     T0,
@@ -52,8 +51,6 @@ from tests.engine_support import (
     publish,
     unique,
 )
-
-store = engine_support.store
 
 
 def api_client(store: Store, ingest: Ingest) -> httpx.AsyncClient:

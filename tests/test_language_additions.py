@@ -14,17 +14,15 @@ what they left in it is asserted.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
 from pydantic import TypeAdapter
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment
 from typer.testing import CliRunner
 
 import starter.cli.journeys  # noqa: F401  (registers validate and graph on the app)
@@ -45,12 +43,6 @@ from starter.cli.app import app
 from starter.testing import SimulationReport, Simulator, parse_scenario
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-@pytest_asyncio.fixture(scope="module")
-async def simulator(temporal_env: WorkflowEnvironment) -> AsyncIterator[Simulator]:
-    async with Simulator.start(temporal_env) as sim:
-        yield sim
 
 
 def journey(steps: str, *, key: str = "additions", trigger: str = "{event: go}") -> Journey:

@@ -49,15 +49,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest_asyncio.fixture
-async def store(any_db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(any_db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
 def http_client(store: Store, ingest: Ingest, **options: Any) -> httpx.AsyncClient:
     app = create_app(store, ingest, settings=Settings(database_url=store.url), **options)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cairn.test")

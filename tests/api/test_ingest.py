@@ -35,15 +35,6 @@ from starter.dev import free_port
 
 
 @pytest_asyncio.fixture
-async def store(any_db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(any_db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-@pytest_asyncio.fixture
 async def api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(store, Ingest(store, None), settings=Settings(database_url=store.url))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),

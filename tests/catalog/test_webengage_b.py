@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from temporalio.testing import WorkflowEnvironment
 
 from cairn.channels.base import OutgoingMessage, Provider, Receipt
 from cairn.channels.registry import ChannelSet, local_channels
@@ -199,12 +197,6 @@ def service(services: tuple[Services, StandInServer]) -> Services:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest_asyncio.fixture(scope="module")
-async def simulator(temporal_env: WorkflowEnvironment) -> AsyncIterator[Simulator]:
-    async with Simulator.start(temporal_env) as sim:
-        yield sim
 
 
 MY_SEGMENTS = ("trial_engaged", "active_learners", "about_to_churn")

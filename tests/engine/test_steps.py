@@ -7,14 +7,11 @@ was recorded in the ledger.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
-from temporalio.testing import WorkflowEnvironment
 
 from cairn.journey import Journey
 from starter.testing import SimulationReport, Simulator, parse_scenario
@@ -38,12 +35,6 @@ TEMPLATES = {
     },
     "alert": {"slack": {"body": "Contact {{ contact.id }} needs a call"}},
 }
-
-
-@pytest_asyncio.fixture(scope="module")
-async def simulator(temporal_env: WorkflowEnvironment) -> AsyncIterator[Simulator]:
-    async with Simulator.start(temporal_env) as sim:
-        yield sim
 
 
 def journey(steps: str, *, key: str = "step-test", extra: str = "") -> Journey:

@@ -15,7 +15,6 @@ from cairn.settings import Settings
 from cairn.store.db import Store
 from starter.api.app import create_app
 from starter.testing import Scenario, Simulator, parse_scenario
-from tests import engine_support
 from tests.engine_support import (
     MARK_AND_END,
     T0,
@@ -26,9 +25,6 @@ from tests.engine_support import (
     publish,
     unique,
 )
-
-# A fresh store per test (see engine_support); the time-skipping server is per module (conftest).
-store = engine_support.store
 
 
 async def identify(ingest: Ingest, contact: str, minutes: int, message_id: str | None = None,
