@@ -4,12 +4,10 @@ read, change preferences, erase, alias."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest_asyncio
 from sqlalchemy import func, select
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
@@ -52,12 +50,6 @@ def unique(prefix: str) -> str:
 def http_client(store: Store, ingest: Ingest, **options: Any) -> httpx.AsyncClient:
     app = create_app(store, ingest, settings=Settings(database_url=store.url), **options)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cairn.test")
-
-
-@pytest_asyncio.fixture
-async def api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
-    async with http_client(store, Ingest(store, None)) as client:
-        yield client
 
 
 async def identify(api: httpx.AsyncClient, contact: str, **traits: Any) -> None:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from sqlalchemy import func, select
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -32,14 +30,6 @@ from cairn.store.schema import Contact, Event
 from starter.api.app import create_app, readable_errors
 from starter.cli.main import app
 from starter.dev import free_port
-
-
-@pytest_asyncio.fixture
-async def api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(store, Ingest(store, None), settings=Settings(database_url=store.url))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://cairn.test") as client:
-        yield client
 
 
 async def events_named(store: Store, message_id: str) -> list[Event]:

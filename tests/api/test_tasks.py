@@ -9,33 +9,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import pytest_asyncio
 from sqlalchemy import select
 
 from cairn.contact import ContactSnapshot
-from cairn.events.ingest import Ingest
-from cairn.settings import Settings
 from cairn.store import contacts
 from cairn.store import tasks as tasks_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event
-from starter.api.app import create_app
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest_asyncio.fixture
-async def api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(store, Ingest(store, None), settings=Settings(database_url=store.url))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://cairn.test") as client:
-        yield client
 
 
 async def open_task(store: Store, contact: str) -> int:

@@ -28,6 +28,7 @@ from activities import (
     delivery_activities,
     journey_activities,
 )
+from activities.profile import change_source
 from cairn import contracts
 from cairn.conditions import Condition, parse_condition
 from cairn.contact import ContactSnapshot
@@ -42,6 +43,7 @@ from cairn.contracts import (
     StepContext,
     TaskRequest,
 )
+from cairn.events.attribute_changes import change_message_id
 from cairn.journey import (
     AudienceSync,
     Notify,
@@ -203,6 +205,30 @@ async def test_evaluate_condition_counts_events_in_the_window(store_with_ana: St
     spent_lately = await decide({"has_done": {"event": "purchase", "sum": "total",
                                               "within": "7d", "total": {"gt": 100}}})
     assert not spent_lately.result
+
+
+async def test_the_condition_activity_decides_on_the_caught_event_in_the_request(
+    sqlite_store: Store,
+) -> None:
+    async with sqlite_store.session() as s, s.begin():
+        await contacts.create_contact(s, ContactSnapshot(id="c-1"), NOW)
+    activities = ContactActivities(sqlite_store)
+    context = StepContext(workflow_id="journey/x/c-1", journey_key="x", contact_id="c-1",
+                          step="check", now=NOW)
+    rule = _condition({"all": [{"property": "answer", "event": "form_submitted", "eq": "yes"},
+                               {"property": "value", "gte": 20}]})
+    request = ConditionRequest(
+        context=context, condition=rule,
+        trigger=EventMessage(message_id="m-1", event="go", contact_id="c-1",
+                             properties={"value": 25}, timestamp=NOW),
+        caught_events={"form_submitted": {"event": "form_submitted",
+                                          "properties": {"answer": "yes"}}},
+    )
+    verdict = await ActivityEnvironment().run(activities.evaluate_condition, request)
+    assert verdict.result, verdict.reason
+    without = request.model_copy(update={"caught_events": {}})
+    verdict = await ActivityEnvironment().run(activities.evaluate_condition, without)
+    assert not verdict.result and "none caught" in verdict.reason
 
 
 # --------------------------------------------------------------------------- sends
@@ -388,6 +414,59 @@ async def test_update_profile(store_with_ana: Store) -> None:
     with pytest.raises(ApplicationError) as raised:
         await env.run(activities.update_profile, bad)
     assert raised.value.type == "ValidationError" and "Mars/Olympus" in str(raised.value)
+
+
+async def test_the_profile_activity_moves_the_due_date_once_per_visit(
+    sqlite_store: Store,
+) -> None:
+    async with sqlite_store.session() as s, s.begin():
+        await contacts.create_contact(s, ContactSnapshot.model_validate(
+            {"id": "c-1", "attributes": {"emi_due_date": "2026-01-31", "plan": "basic"}}), NOW)
+    activities = ProfileActivities(sqlite_store)
+    env = ActivityEnvironment()
+    update = ProfileUpdate.model_validate({"set": {
+        "emi_due_date": "{{ contact.emi_due_date | add_months: 1 }}",
+        "plan": "{{ event.properties.plan }}", "offer": "{{ journey.offer.code }}",
+        "paid_count": 1,
+    }})
+
+    def visit(iteration: int) -> ProfileUpdateRequest:
+        return ProfileUpdateRequest(
+            context=StepContext(workflow_id="journey/emi/c-1", journey_key="emi",
+                                contact_id="c-1", step="paid", iteration=iteration, now=NOW),
+            update=update,
+            trigger=EventMessage(message_id="m-1", event="go", contact_id="c-1",
+                                 properties={"plan": "pro"}, timestamp=NOW),
+            journey_context={"offer": {"code": "EMI5"}},
+        )
+
+    async def attributes() -> dict[str, Any]:
+        async with sqlite_store.session() as s:
+            snapshot = await contacts.snapshot(s, "c-1")
+        assert snapshot is not None
+        return snapshot.attributes
+
+    await env.run(activities.update_profile, visit(1))
+    assert await attributes() == {"emi_due_date": "2026-02-28", "plan": "pro",
+                                  "offer": "EMI5", "paid_count": 1}
+    await env.run(activities.update_profile, visit(1))  # a retry of the same visit
+    assert (await attributes())["emi_due_date"] == "2026-02-28"
+    async with sqlite_store.session() as s:
+        changed = await events.event_by_message_id(s, change_message_id(
+            change_source(visit(1).context), "emi_due_date"))
+    assert changed is not None
+    assert changed.properties == {"attribute": "emi_due_date", "from": "2026-01-31",
+                                  "to": "2026-02-28"}
+    await env.run(activities.update_profile, visit(2))  # next month's visit moves it on
+    assert (await attributes())["emi_due_date"] == "2026-03-28"
+
+    broken = visit(3).model_copy(update={"update": ProfileUpdate.model_validate(
+        {"set": {"emi_due_date": "{{ contact.plan | add_months: 1 }}"}})})
+    with pytest.raises(ApplicationError) as raised:
+        await env.run(activities.update_profile, broken)
+    assert raised.value.type == "TemplateError" and raised.value.non_retryable
+    assert "update.set.emi_due_date" in str(raised.value)
+    assert (await attributes())["emi_due_date"] == "2026-03-28"
 
 
 async def test_create_task_renders_and_is_idempotent(store_with_ana: Store) -> None:

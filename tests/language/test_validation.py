@@ -375,3 +375,121 @@ def test_cli_validate_lists_problems_and_fails(catalog: Path) -> None:
         "IANA name such as 'Europe/Bucharest'",
     ]
     assert "OK" not in result.stdout
+
+
+# --------------------------------------------------------------------------- event filters
+
+
+TRIGGER_ADVICE = ("conditions cannot work here: the trigger filter sees only the event (its name, "
+                  "properties and timestamp), not the contact; move it into an `if` step at the "
+                  "start of the journey")
+
+
+def welcome_problems(folder: Path, text: str) -> list[str]:
+    return problems_of(folder, textwrap.dedent(text), "welcome.yaml")
+
+
+def test_validate_refuses_contact_conditions_in_the_trigger_filter(tmp_path: Path) -> None:
+    file = tmp_path / "welcome.yaml"
+    problems = welcome_problems(tmp_path, """\
+        key: welcome
+        name: Welcome
+        trigger:
+          event: signed_up
+          where:
+            all:
+              - {properties.plan: pro}
+              - {score: global, gte: 40}
+              - {any: [{attribute: country, eq: RO}, {in_segment: vip}]}
+              - {not: {has_done: {event: purchase}}}
+              - {reachable: email}
+        steps:
+          hello: {score: {add: 1}, next: end}
+        """)
+    assert problems == [
+        f"{file}: trigger.where.all[1].score: `score` {TRIGGER_ADVICE}",
+        f"{file}: trigger.where.all[2].any[0].attribute: `attribute` {TRIGGER_ADVICE}",
+        f"{file}: trigger.where.all[2].any[1].in_segment: `in_segment` {TRIGGER_ADVICE}",
+        f"{file}: trigger.where.all[3].not.has_done: `has_done` {TRIGGER_ADVICE}",
+        f"{file}: trigger.where.all[4].reachable: `reachable` {TRIGGER_ADVICE}",
+    ]
+
+
+def test_validate_refuses_them_in_other_event_filters_too(tmp_path: Path) -> None:
+    file = tmp_path / "welcome.yaml"
+    problems = welcome_problems(tmp_path, """\
+        key: welcome
+        name: Welcome
+        trigger: {event: signed_up, where: {score: global, gte: 1}}
+        exit: [{event: left, where: {attribute: plan, eq: pro}, goal: left}]
+        steps:
+          ask:
+            wait_for_event: {event: answered, where: {property: answer, event: answered, eq: 1},
+                             timeout: 1d}
+            then: check
+            timeout_next: end
+          check:
+            if: {has_done: {event: purchase, where: {in_segment: vip}}}
+            then: end
+            else: end
+        """)
+    assert problems == [
+        f"{file}: trigger.where.score: `score` {TRIGGER_ADVICE}",
+        f"{file}: exit[0].where.attribute: `attribute` conditions cannot work here: an exit "
+        "goal's filter sees only the event as it arrives, not the contact; test the contact in "
+        "an `if` step instead",
+        f"{file}: steps.ask.wait_for_event.where.event: `event:` reads an event caught by a "
+        "wait_for_event step and works only in `if` steps; a filter reads the event it filters, "
+        "so remove `event:` here",
+        f"{file}: steps.check.if.has_done.where.in_segment: `in_segment` conditions cannot work "
+        "here: has_done's `where` sees only each stored event, not the contact; put the "
+        "contact's conditions beside the has_done in an `all`",
+    ]
+
+
+def test_validate_wants_a_wait_that_catches_the_event_an_if_reads(tmp_path: Path) -> None:
+    file = tmp_path / "welcome.yaml"
+    problems = welcome_problems(tmp_path, """\
+        key: welcome
+        name: Welcome
+        trigger: {event: signed_up}
+        steps:
+          ask: {wait_for_event: {event: form_submitted, timeout: 1d}, then: check,
+                timeout_next: end}
+          check:
+            if: {all: [{property: answer, event: form_sumbitted, eq: "yes"},
+                       {property: answer, event: form_submitted, eq: "yes"}]}
+            then: end
+            else: end
+        """)
+    assert problems == [
+        f"{file}: steps.check.if.all[0].event: no wait_for_event step of this journey catches "
+        "'form_sumbitted' (its waits catch: form_submitted)",
+    ]
+
+
+def test_validate_checks_liquid_in_update_set_values(tmp_path: Path) -> None:
+    file = tmp_path / "welcome.yaml"
+    text = """\
+        key: welcome
+        name: Welcome
+        trigger: {event: signed_up}
+        steps:
+          move:
+            update: {set: {emi_due_date: "{{ contact.emi_due_date | add_month: 1 }}",
+                           plan: "{{ event.properties.plan }}"}}
+            next: end
+        """
+    assert welcome_problems(tmp_path, text) == [
+        f"{file}: steps.move.update.set.emi_due_date: template 'steps.move', part "
+        "update.set.emi_due_date, line 1: unknown filter 'add_month' (date filters: add_days, "
+        "add_months, add_years)",
+    ]
+    result = CliRunner().invoke(app, ["validate", str(file)])
+    assert result.exit_code == 1
+    assert "steps.move.update.set.emi_due_date" in result.output
+    assert welcome_problems(tmp_path, text.replace("add_month:", "add_months:")) == []
+
+
+def test_the_catalog_still_validates() -> None:
+    assert validate_paths([REPO / "journeys"]) == []
