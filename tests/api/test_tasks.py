@@ -22,7 +22,6 @@ from cairn.store.db import Store
 from cairn.store.schema import Event
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def open_task(store: Store, contact: str) -> int:
@@ -71,8 +70,9 @@ async def test_the_cli_claims_and_completes(store: Store, tmp_path: Path) -> Non
     env = {**os.environ, "CAIRN_DATABASE_URL": store.url, "CAIRN_HOME": str(tmp_path)}
 
     def cairn(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "starter.cli", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
+        # run in the test's folder: a developer's .env in the checkout must not reach the CLI
+        return subprocess.run([sys.executable, "-m", "starter.cli", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
 
     claimed = cairn("claim", str(task_id), "--as", "maria")
     assert claimed.returncode == 0, claimed.stderr
