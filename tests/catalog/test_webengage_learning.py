@@ -1,5 +1,5 @@
-"""The catalog's last five WebEngage journeys, simulated: free trial to paid, EMI reminders,
-weekly progress reports, course recommendations and churn prevention.
+"""The WebEngage journeys of the catalog for an online-learning product, simulated: free trial
+to paid, EMI reminders, weekly progress reports, course recommendations and churn prevention.
 
 Each journey file runs on the real interpreter (Temporal's time-skipping server) with the
 segments it reads loaded from `journeys/segments/`, as they apply live. The journeys that call

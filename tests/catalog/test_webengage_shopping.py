@@ -1,4 +1,4 @@
-"""The first five WebEngage journeys of the catalog, played by the simulator.
+"""The WebEngage shopping journeys of the catalog, played by the simulator.
 
 app-download-after-checkout, cart-abandonment (docs and two more scenarios), window-shoppers-to-
 buyers, engagement-scoring and cold-user-reactivation: each scenario runs the real interpreter on
