@@ -1,15 +1,34 @@
-"""Shared fixtures.
+"""Fixtures every test folder shares: a clean environment, the Temporal test server, the
+simulator on it, and stores on SQLite (and on PostgreSQL when one is configured).
 
-Temporal's Python runtime can abort at interpreter exit (code 134) after a clean test run; the hook
-at the bottom leaves with pytest's real status once everything is reported.
+Fixtures used by one folder only live in that folder's conftest.py; helpers that are not
+fixtures (journey publishing, the engine of workers and router) are in tests/engine_support.py.
+
+Temporal's Python runtime can abort at interpreter exit (code 134) after a clean test run; the
+hooks at the top leave with pytest's real status once everything is reported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
 import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+import pytest_asyncio
+from sqlalchemy.engine import make_url
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from cairn.search_attribute_setup import ensure_search_attributes
+from cairn.settings import Settings, get_settings
+from cairn.store.db import Store
+from starter.testing import Simulator
 
 _exit_status: list[int] = []
 
@@ -25,17 +44,32 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os._exit(_exit_status[-1])
 
 
-# --------------------------------------------------------------------------- Temporal and store
+# --------------------------------------------------------------------------- environment
 
-import shutil  # noqa: E402
-from collections.abc import AsyncIterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+POSTGRES_URL_VARIABLE = "CAIRN_TEST_POSTGRES_URL"
+"""Set to a `postgresql+asyncpg://` URL of a role allowed to create databases (`.ci/run` does)."""
 
-import pytest_asyncio  # noqa: E402
-from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
-from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
-from cairn.search_attribute_setup import ensure_search_attributes  # noqa: E402
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test sees Cairn's defaults, whatever the shell exports or a `.env` beside it says.
+
+    A developer's `CAIRN_*` variables or `.env` (pydantic-settings reads it from the working
+    directory) would otherwise change ports, queues and providers under the tests. Tests that
+    need a setting pass it to `Settings(...)` or set it with `monkeypatch.setenv`. Only the
+    variable naming the PostgreSQL server for `any_db_url` stays: it configures the suite, not
+    Cairn.
+    """
+    for name in list(os.environ):
+        if name.startswith("CAIRN_") and name != POSTGRES_URL_VARIABLE:
+            monkeypatch.delenv(name)
+    monkeypatch.setitem(Settings.model_config, "env_file", None)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+# --------------------------------------------------------------------------- Temporal
 
 
 def _binary(name: str) -> str:
@@ -66,25 +100,25 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         await env.shutdown()
 
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'cairn.db'}"
+@pytest_asyncio.fixture(scope="module")
+async def simulator(temporal_env: WorkflowEnvironment) -> AsyncIterator[Simulator]:
+    """The simulator with Cairn's workers on the module's test server, shared by its tests
+    (each run has a store and queues of its own)."""
+    async with Simulator.start(temporal_env) as sim:
+        yield sim
 
 
-# --------------------------------------------------------------------------- both databases
-
-import contextlib  # noqa: E402
-import re  # noqa: E402
-import uuid  # noqa: E402
-
-from sqlalchemy.engine import make_url  # noqa: E402
-
-POSTGRES_URL_VARIABLE = "CAIRN_TEST_POSTGRES_URL"
-"""Set to a `postgresql+asyncpg://` URL of a role allowed to create databases (`.ci/run` does)."""
+# --------------------------------------------------------------------------- stores
 
 _POSTGRES_URL = os.environ.get(POSTGRES_URL_VARIABLE, "").strip()
 DATABASES = ["sqlite", "postgresql"] if _POSTGRES_URL else ["sqlite"]
 """What `any_db_url` runs on: PostgreSQL only when it is configured, so nothing shows as a skip."""
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """The URL of a fresh SQLite file of this test."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'cairn.db'}"
 
 
 @contextlib.asynccontextmanager
@@ -136,3 +170,28 @@ async def any_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
         return
     async with fresh_postgres_database(_POSTGRES_URL, request.node.name) as url:
         yield url
+
+
+@contextlib.asynccontextmanager
+async def _opened(url: str) -> AsyncIterator[Store]:
+    store = await Store.open(url)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest_asyncio.fixture
+async def store(any_db_url: str) -> AsyncIterator[Store]:
+    """A fresh, migrated store on every configured database (see `any_db_url`): a test taking
+    it runs once on SQLite, and once more on PostgreSQL when that is configured."""
+    async with _opened(any_db_url) as opened:
+        yield opened
+
+
+@pytest_asyncio.fixture
+async def sqlite_store(db_url: str) -> AsyncIterator[Store]:
+    """A fresh, migrated store in this test's SQLite file (`db_url`), for tests of the engine,
+    channels and doors whose SQL the store tests already cover on both databases."""
+    async with _opened(db_url) as opened:
+        yield opened

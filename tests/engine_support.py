@@ -1,7 +1,7 @@
-"""Shared pieces of the tests that run journeys on workers: router, relay, sweeps and triggers.
+"""Helpers of the tests that run journeys on workers: router, relay, sweeps and triggers.
 
-The time-skipping server (`temporal_env`) is one per test module, from conftest; this module
-holds the store fixture, the engine (workers + router) and small journey helpers they share.
+The fixtures (`temporal_env`, one per test module, and the `store`) come from tests/conftest.py;
+this module holds what is not a fixture: the engine (workers + router) and small journey helpers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest_asyncio
 from sqlalchemy import select
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
@@ -35,15 +34,6 @@ MARK_AND_END = {"mark": {"score": {"add": 1, "dimension": "entered"}, "next": "e
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest_asyncio.fixture
-async def store(any_db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(any_db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 @asynccontextmanager

@@ -29,18 +29,10 @@ from starter.client import (
 
 
 @pytest_asyncio.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-@pytest_asyncio.fixture
-async def base_url(store: Store) -> AsyncIterator[str]:
+async def base_url(sqlite_store: Store) -> AsyncIterator[str]:
     """The API on a free loopback port, served by uvicorn in this event loop."""
-    app = create_app(store, Ingest(store, None), settings=Settings(database_url=store.url))
+    app = create_app(sqlite_store, Ingest(sqlite_store, None),
+                     settings=Settings(database_url=sqlite_store.url))
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -63,7 +55,9 @@ async def stored(store: Store) -> list[Event]:
         return list(await session.scalars(select(Event).order_by(Event.id)))
 
 
-async def test_async_client_tracks_identifies_and_batches(base_url: str, store: Store) -> None:
+async def test_async_client_tracks_identifies_and_batches(
+    base_url: str, sqlite_store: Store
+) -> None:
     async with AsyncCairnClient(base_url, timeout=5) as cairn:
         identified = await cairn.identify("c-1", {"email": "ana@example.com", "plan": "pro"})
         tracked = await cairn.track("c-1", "cart_item_added", {"value": 25},
@@ -79,7 +73,7 @@ async def test_async_client_tracks_identifies_and_batches(base_url: str, store: 
     assert (tracked.message_id, tracked.duplicate) == ("m-1", False)
     assert repeated.duplicate
     assert [ack.duplicate for ack in batched] == [False, False]
-    rows = await stored(store)
+    rows = await stored(sqlite_store)
     assert [(row.contact_id, row.type, row.name) for row in rows] == [
         ("c-1", "identify", "identify"),
         ("c-1", "track", "cart_item_added"),
@@ -88,7 +82,7 @@ async def test_async_client_tracks_identifies_and_batches(base_url: str, store: 
     ]
     assert rows[0].message_id == identified.message_id
     assert rows[1].properties == {"value": 25}
-    async with store.session() as session:
+    async with sqlite_store.session() as session:
         ana = await contacts_repo.snapshot(session, "c-1")
         other = await contacts_repo.snapshot(session, "c-2")
     assert ana is not None and ana.email == "ana@example.com"
@@ -96,7 +90,7 @@ async def test_async_client_tracks_identifies_and_batches(base_url: str, store: 
     assert other is not None and other.timezone == "Europe/Bucharest"
 
 
-async def test_sync_client_over_real_http(base_url: str, store: Store) -> None:
+async def test_sync_client_over_real_http(base_url: str, sqlite_store: Store) -> None:
     def send() -> str:
         with CairnClient(base_url, timeout=5) as cairn:
             return cairn.track(None, "page_viewed", {"url": "/pricing"},
@@ -104,18 +98,18 @@ async def test_sync_client_over_real_http(base_url: str, store: Store) -> None:
 
     message_id = await asyncio.to_thread(send)
 
-    [row] = await stored(store)
+    [row] = await stored(sqlite_store)
     assert (row.message_id, row.contact_id, row.name) == (message_id, "anon-1", "page_viewed")
 
 
-async def test_malformed_calls_fail_in_the_caller(base_url: str, store: Store) -> None:
+async def test_malformed_calls_fail_in_the_caller(base_url: str, sqlite_store: Store) -> None:
     async with AsyncCairnClient(base_url) as cairn:
         with pytest.raises(CairnRejected, match="userId or anonymousId"):
             await cairn.track(None, "signup")
         with pytest.raises(CairnRejected, match="event"):
             await cairn.track("c-1", "")
 
-    assert await stored(store) == []
+    assert await stored(sqlite_store) == []
 
 
 async def test_an_unreachable_api_is_reported_with_what_to_check() -> None:

@@ -1,15 +1,13 @@
 """Contact endpoints over a real SQLite store (and a time-skipping Temporal server for erasure):
-read, change preferences, erase, alias."""
+read, change preferences, erase, alias, and calls that still carry an aliased anonymous id."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest_asyncio
 from sqlalchemy import func, select
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
@@ -41,6 +39,7 @@ from cairn.store.schema import (
 )
 from starter.api.app import create_app
 from starter.worker import journey_workers, running
+from tests.engine_support import events_named
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -49,24 +48,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest_asyncio.fixture
-async def store(any_db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(any_db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
 def http_client(store: Store, ingest: Ingest, **options: Any) -> httpx.AsyncClient:
     app = create_app(store, ingest, settings=Settings(database_url=store.url), **options)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cairn.test")
-
-
-@pytest_asyncio.fixture
-async def api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
-    async with http_client(store, Ingest(store, None)) as client:
-        yield client
 
 
 async def identify(api: httpx.AsyncClient, contact: str, **traits: Any) -> None:
@@ -223,6 +207,65 @@ async def test_alias_adds_the_visitors_scores_and_refuses_an_id_aliased_to_itsel
     missing = await api.post("/v1/alias", json={"userId": "c-2"})
     assert missing.status_code == 422
     assert any(e.startswith("body.previousId:") for e in missing.json()["errors"])
+
+
+async def test_events_with_an_aliased_anonymous_id_go_to_the_user(store: Store) -> None:
+    ingest = Ingest(store, None, attribute_changes=True)
+    async with http_client(store, ingest) as api:
+        async def send(path: str, body: dict[str, Any], minutes: int) -> None:
+            answer = await api.post(path, json={
+                **body, "timestamp": (T0 + timedelta(minutes=minutes)).isoformat()})
+            assert answer.status_code == 202, answer.text
+
+        await send("/v1/track", {"anonymousId": "anon-1", "event": "page_viewed"}, 0)
+        await send("/v1/identify", {"userId": "u-1", "traits": {"email": "u@example.com"}}, 1)
+        aliased = await api.post("/v1/alias", json={"previousId": "anon-1", "userId": "u-1"})
+        assert aliased.status_code == 200, aliased.text
+        # the browser has not learned the user id yet: only the anonymous id is sent
+        await send("/v1/track", {"anonymousId": "anon-1", "event": "page_viewed"}, 2)
+        await send("/v1/page", {"anonymousId": "anon-1", "name": "Pricing",
+                                "properties": {"url": "https://shop.example/pricing"}}, 3)
+        await send("/v1/identify", {"anonymousId": "anon-1", "traits": {"plan": "pro"}}, 4)
+        answer = await api.post("/v1/batch", json={"batch": [
+            {"type": "track", "anonymousId": "anon-1", "event": "page_viewed",
+             "timestamp": (T0 + timedelta(minutes=5)).isoformat()}]})
+        assert answer.status_code == 202, answer.text
+        # an id never aliased is still a visitor of its own
+        await send("/v1/track", {"anonymousId": "anon-2", "event": "page_viewed"}, 6)
+
+    assert await rows(store, Contact, "anon-1") == 0
+    async with store.session() as session:
+        assert await events_repo.count_events(session, "u-1", "page_viewed") == 4
+        assert await events_repo.count_events(session, "anon-1", "page_viewed") == 0
+    assert await rows(store, Event, "anon-1") == 0
+    async with store.session() as session:
+        user = await contacts_repo.snapshot(session, "u-1")
+    assert user is not None
+    assert user.attributes["plan"] == "pro"
+    [*_, last_change] = await events_named(store, "attribute_changed", "u-1")
+    assert last_change.properties == {"attribute": "plan", "from": None, "to": "pro"}
+    assert (user.first_seen_at, user.last_seen_at) == (T0, T0 + timedelta(minutes=5))
+    assert await rows(store, Contact, "anon-2") == 1
+
+
+async def test_the_latest_alias_of_an_anonymous_id_wins(store: Store) -> None:
+    ingest = Ingest(store, None)
+    async with http_client(store, ingest) as api:
+        for user in ("u-1", "u-2"):
+            answer = await api.post("/v1/alias", json={"previousId": "anon-9", "userId": user})
+            assert answer.status_code == 200, answer.text
+        answer = await api.post("/v1/track", json={"anonymousId": "anon-9", "event": "login"})
+        assert answer.status_code == 202
+        # a userId given beside the anonymous id is who the call is about
+        answer = await api.post("/v1/track", json={
+            "anonymousId": "anon-9", "userId": "u-1", "event": "login"})
+        assert answer.status_code == 202
+    async with store.session() as session:
+        counts = [await events_repo.count_events(session, c, "login")
+                  for c in ("u-1", "u-2", "anon-9")]
+        first = await session.get(Contact, "u-1")
+    assert counts == [1, 1, 0]
+    assert first is not None and first.anonymous_id is None
 
 
 # --------------------------------------------------------------------------- DELETE

@@ -14,7 +14,6 @@ from cairn.journey_run import workflow_id
 from cairn.settings import Settings
 from cairn.store.db import Store
 from starter.api.app import create_app
-from tests import engine_support
 from tests.engine_support import (
     MARK_AND_END,
     engine,
@@ -24,9 +23,6 @@ from tests.engine_support import (
     publish,
     unique,
 )
-
-# A fresh store per test (see engine_support); the time-skipping server is per module (conftest).
-store = engine_support.store
 
 
 @asynccontextmanager

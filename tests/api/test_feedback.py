@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,8 +53,6 @@ TEMPLATE = {
     "sms": {"body": "Offer for {{ contact.first_name }}"},
     "in_app": {"title": "Offer", "body": "Hi {{ contact.first_name }}"},
 }
-PROVIDER_ENV = ("CAIRN_POSTMARK_WEBHOOK_USERNAME", "CAIRN_POSTMARK_WEBHOOK_PASSWORD",
-                "CAIRN_TWILIO_AUTH_TOKEN")
 env = ActivityEnvironment()
 
 
@@ -83,23 +81,6 @@ class KnownIdProvider:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(autouse=True)
-def no_provider_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Webhook credentials come from the environment: each test sets only what it means to."""
-    for name in PROVIDER_ENV:
-        monkeypatch.delenv(name, raising=False)
-    yield
-
-
-@pytest_asyncio.fixture
-async def store(any_db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(any_db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.fixture

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from sqlalchemy import func, select
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -20,9 +18,13 @@ from typer.testing import CliRunner
 from cairn.catalog import CatalogError, load_catalog, publish_catalog
 from cairn.events.calls import TrackCall
 from cairn.events.ingest import Ingest
+from cairn.events.profile_rules import ProfileRules
 from cairn.events.router import Router
 from cairn.journey import Journey
+from cairn.scoring import Scoring
+from cairn.segments import parse_segment
 from cairn.settings import Settings, get_settings
+from cairn.store import contacts as contacts_repo
 from cairn.store import deliveries as deliveries_repo
 from cairn.store import entries as entries_repo
 from cairn.store import events as events_repo
@@ -33,26 +35,10 @@ from starter.api.app import create_app
 from starter.api.errors import readable_errors
 from starter.cli.main import app
 from starter.dev import free_port
+from tests.engine_support import T0, events_named
 
 
-@pytest_asyncio.fixture
-async def store(any_db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(any_db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-@pytest_asyncio.fixture
-async def api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(store, Ingest(store, None), settings=Settings(database_url=store.url))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://cairn.test") as client:
-        yield client
-
-
-async def events_named(store: Store, message_id: str) -> list[Event]:
+async def events_with_id(store: Store, message_id: str) -> list[Event]:
     async with store.session() as session:
         rows = await session.scalars(select(Event).where(Event.message_id == message_id))
         return list(rows)
@@ -75,7 +61,7 @@ async def test_track_is_stored_before_the_202(api: httpx.AsyncClient, store: Sto
 
     assert response.status_code == 202
     assert response.json() == {"messageId": "m-1", "duplicate": False}
-    [row] = await events_named(store, "m-1")
+    [row] = await events_with_id(store, "m-1")
     assert (row.type, row.contact_id, row.name) == ("track", "c-1", "cart_item_added")
     assert row.properties == {"value": 25}
     assert row.timestamp.replace(tzinfo=row.timestamp.tzinfo or UTC) == datetime(
@@ -91,7 +77,7 @@ async def test_track_without_message_id_gets_one(api: httpx.AsyncClient, store: 
     assert response.status_code == 202
     message_id = response.json()["messageId"]
     assert len(message_id) == 36
-    [row] = await events_named(store, message_id)
+    [row] = await events_with_id(store, message_id)
     assert row.contact_id == "anon-7"
 
 
@@ -104,7 +90,7 @@ async def test_a_repeated_message_id_is_stored_once(api: httpx.AsyncClient, stor
     assert first.json() == {"messageId": "m-2", "duplicate": False}
     assert again.status_code == 202
     assert again.json() == {"messageId": "m-2", "duplicate": True}
-    [row] = await events_named(store, "m-2")
+    [row] = await events_with_id(store, "m-2")
     assert row.properties == {"total": 80}
 
 
@@ -125,7 +111,7 @@ async def test_identify_merges_traits(api: httpx.AsyncClient, store: Store) -> N
     assert contact["consent"] == {"marketing": True}
     assert contact["attributes"]["first_name"] == "Ana"
     assert contact["attributes"]["plan"] == "pro"
-    [row] = await events_named(store, "i-2")
+    [row] = await events_with_id(store, "i-2")
     assert (row.type, row.name, row.properties) == ("identify", "identify", {"plan": "pro"})
 
 
@@ -309,7 +295,7 @@ async def test_an_accepted_event_survives_a_temporal_outage(store: Store) -> Non
             "userId": "c-9", "event": "signup", "messageId": "outage-1"})
 
     assert response.status_code == 202
-    [row] = await events_named(store, "outage-1")
+    [row] = await events_with_id(store, "outage-1")
     assert row.routed_at is None
     again = await ingest.track(TrackCall.model_validate(
         {"userId": "c-9", "event": "signup", "messageId": "outage-2"}))
@@ -415,6 +401,9 @@ async def test_a_trait_the_store_cannot_keep_is_a_422_naming_it(db_url: str) -> 
         await store.close()
 
 
+# --------------------------------------------------------------------------- pages
+
+
 async def test_a_page_view_is_stored_as_page_viewed_with_its_url(db_url: str) -> None:
     store = await Store.open(db_url)
     try:
@@ -435,3 +424,42 @@ async def test_a_page_view_is_stored_as_page_viewed_with_its_url(db_url: str) ->
         )
     finally:
         await store.close()
+
+
+async def test_a_page_item_in_a_batch_is_stored_and_decides_url_segments_like_v1_page(
+    store: Store,
+) -> None:
+    found, problems = parse_segment("pricing.yaml", {
+        "key": "pricing_visitors", "rule": {"visited": {"url_contains": ["pricing"]}}})
+    assert found is not None and not problems
+    ingest = Ingest(store, None, clock=lambda: T0,
+                    profile_rules=ProfileRules(store, [found], Scoring([]), clock=lambda: T0))
+    page = {"name": "Pricing", "properties": {"title": "Pricing"},
+            "context": {"page": {"url": "https://shop.example/pricing?ref=ad"}},
+            "timestamp": T0.isoformat()}
+    app = create_app(store, ingest, settings=Settings(database_url=store.url))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://cairn.test") as api:
+        alone = await api.post("/v1/page", json={"userId": "c-page", "messageId": "p-1", **page})
+        batched = await api.post("/v1/batch", json={"batch": [
+            {"type": "identify", "userId": "c-batch", "traits": {"plan": "pro"}},
+            {"type": "page", "userId": "c-batch", "messageId": "p-2", **page},
+            {"type": "track", "userId": "c-batch", "event": "signup"},
+        ]})
+    assert (alone.status_code, batched.status_code) == (202, 202), batched.text
+    assert [a["messageId"] for a in batched.json()][1] == "p-2"
+
+    async with store.session() as session:
+        one = await events_repo.event_by_message_id(session, "p-1")
+        other = await events_repo.event_by_message_id(session, "p-2")
+    assert one is not None and other is not None
+    assert (other.type, other.name, other.properties) == (one.type, one.name, one.properties)
+    assert other.properties == {"title": "Pricing", "url": "https://shop.example/pricing?ref=ad",
+                                "name": "Pricing"}
+    # the URL segment was decided for both, and both entries were announced
+    for contact in ("c-page", "c-batch"):
+        async with store.session() as session:
+            snapshot = await contacts_repo.snapshot(session, contact)
+        assert snapshot is not None and snapshot.segments == ["pricing_visitors"]
+        [entered] = await events_named(store, "segment_entered", contact)
+        assert entered.properties == {"segment": "pricing_visitors"}

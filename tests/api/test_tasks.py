@@ -9,42 +9,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import pytest_asyncio
 from sqlalchemy import select
 
 from cairn.contact import ContactSnapshot
-from cairn.events.ingest import Ingest
-from cairn.settings import Settings
 from cairn.store import contacts
 from cairn.store import tasks as tasks_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event
-from starter.api.app import create_app
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest_asyncio.fixture
-async def store(any_db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(any_db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-@pytest_asyncio.fixture
-async def api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(store, Ingest(store, None), settings=Settings(database_url=store.url))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://cairn.test") as client:
-        yield client
 
 
 async def open_task(store: Store, contact: str) -> int:
@@ -93,8 +70,9 @@ async def test_the_cli_claims_and_completes(store: Store, tmp_path: Path) -> Non
     env = {**os.environ, "CAIRN_DATABASE_URL": store.url, "CAIRN_HOME": str(tmp_path)}
 
     def cairn(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "starter.cli", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
+        # run in the test's folder: a developer's .env in the checkout must not reach the CLI
+        return subprocess.run([sys.executable, "-m", "starter.cli", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
 
     claimed = cairn("claim", str(task_id), "--as", "maria")
     assert claimed.returncode == 0, claimed.stderr

@@ -9,7 +9,6 @@ through the real interpreter, ingest, router and, where segments must apply, the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from hashlib import sha256
 from pathlib import Path
@@ -17,9 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-import pytest_asyncio
 from pydantic import SecretStr
-from temporalio.testing import WorkflowEnvironment
 
 from cairn.channels.base import OutgoingMessage, Receipt
 from cairn.channels.facebook import FacebookAudienceSyncer, FacebookSettings
@@ -52,12 +49,6 @@ def assert_at(actual: datetime, expected: datetime) -> None:
 
 def sends(report: SimulationReport) -> list[tuple[str | None, str | None, str | None, str]]:
     return [(s.step, s.channel, s.template, s.status) for s in report.sends]
-
-
-@pytest_asyncio.fixture(scope="module")
-async def simulator(temporal_env: WorkflowEnvironment) -> AsyncIterator[Simulator]:
-    async with Simulator.start(temporal_env) as sim:
-        yield sim
 
 
 class RecordingOutbox(OutboxProvider):

@@ -10,14 +10,12 @@ that ship and nothing another journey adds to `journeys/segments` or `journeys/s
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
-from temporalio.testing import WorkflowEnvironment
 
 from cairn.journey import Journey
 from cairn.journey_files import load_journey, read_template, validate_paths
@@ -62,12 +60,6 @@ def audience(folder: Path, segments: Sequence[str], scoring: Sequence[str] = ())
 
 def sends(report: SimulationReport) -> list[tuple[str | None, str | None, str | None, str]]:
     return [(s.step, s.channel, s.template, s.status) for s in report.sends]
-
-
-@pytest_asyncio.fixture(scope="module")
-async def simulator(temporal_env: WorkflowEnvironment) -> AsyncIterator[Simulator]:
-    async with Simulator.start(temporal_env) as sim:
-        yield sim
 
 
 def journey(key: str) -> Journey:

@@ -9,15 +9,12 @@ the outbox, wrapped so that the tests can also read what each message, alert and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
-from temporalio.testing import WorkflowEnvironment
 
 from cairn.channels.base import Alert, OutgoingMessage, OutgoingTask, Receipt
 from cairn.channels.local import OutboxProvider
@@ -93,12 +90,6 @@ class RecordingTeam:
 
     async def aclose(self) -> None:
         return None
-
-
-@pytest_asyncio.fixture(scope="module")
-async def simulator(temporal_env: WorkflowEnvironment) -> AsyncIterator[Simulator]:
-    async with Simulator.start(temporal_env) as sim:
-        yield sim
 
 
 async def play(simulator: Simulator, journey: Journey, scenario: dict[str, Any]

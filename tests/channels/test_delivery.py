@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
@@ -52,15 +51,6 @@ def postmark() -> Iterator[tuple[Script, str]]:
     script = Script()
     with StandInServer(postmark_app(script, inactive=["dead@example.com"])) as server:
         yield script, server.url
-
-
-@pytest_asyncio.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def add_contact(store: Store, contact_id: str, **changes: Any) -> None:
@@ -114,11 +104,11 @@ async def plan_and_send(activities: DeliveryActivities, req: SendRequest) -> Any
 
 
 async def test_a_send_reaches_postmark_once_with_unsubscribe_headers(
-    store: Store, postmark: tuple[Script, str],
+    sqlite_store: Store, postmark: tuple[Script, str],
 ) -> None:
     script, url = postmark
-    await add_contact(store, "eo-1")
-    activities = DeliveryActivities(store, postmark_channels(store, url))
+    await add_contact(sqlite_store, "eo-1")
+    activities = DeliveryActivities(sqlite_store, postmark_channels(sqlite_store, url))
     req = request("eo-1")
     first = await plan_and_send(activities, req)
     again = await env.run(activities.deliver_message, req.model_copy(update={"channel": "email"}))
@@ -130,19 +120,19 @@ async def test_a_send_reaches_postmark_once_with_unsubscribe_headers(
     assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     link = headers["List-Unsubscribe"].strip("<>")
     assert link in message["TextBody"]  # the same signed link is in the body
-    [row] = await ledger(store, "eo-1")
+    [row] = await ledger(sqlite_store, "eo-1")
     assert (row.status, row.provider, row.provider_message_id) == (
         "sent", "postmark", message["MessageID"])
 
 
 async def test_provider_accepted_but_answered_too_late_is_not_sent_again(
-    store: Store, postmark: tuple[Script, str],
+    sqlite_store: Store, postmark: tuple[Script, str],
 ) -> None:
     """The exactly-once proof: the provider took the message, the activity timed out waiting
     for the answer, and the retry does not send a second copy."""
     script, url = postmark
-    await add_contact(store, "eo-2")
-    activities = DeliveryActivities(store, postmark_channels(store, url, timeout=0.3))
+    await add_contact(sqlite_store, "eo-2")
+    activities = DeliveryActivities(sqlite_store, postmark_channels(sqlite_store, url, timeout=0.3))
     script.slow(1.5, accept=True)
     req = request("eo-2").model_copy(update={"channel": "email"})
     outcome = await env.run(activities.deliver_message, req)
@@ -150,18 +140,18 @@ async def test_provider_accepted_but_answered_too_late_is_not_sent_again(
     await asyncio.sleep(1.3)  # let the stand-in finish its late answer
     assert len(accepted_for(script, "eo-2")) == 1
     assert outcome.status == retried.status == "sent"
-    [row] = await ledger(store, "eo-2")
+    [row] = await ledger(sqlite_store, "eo-2")
     assert row.reason is not None and row.reason.startswith(UNCONFIRMED)
 
 
 async def test_worker_killed_after_the_provider_accepted_sends_once(
-    store: Store, postmark: tuple[Script, str],
+    sqlite_store: Store, postmark: tuple[Script, str],
 ) -> None:
     """The worker dies while the provider has the message and no answer came back yet: the
     ledger row stays `sending`; the retry (another worker) must not send it again."""
     script, url = postmark
-    await add_contact(store, "eo-3")
-    activities = DeliveryActivities(store, postmark_channels(store, url))
+    await add_contact(sqlite_store, "eo-3")
+    activities = DeliveryActivities(sqlite_store, postmark_channels(sqlite_store, url))
     script.slow(5.0, accept=True)
     req = request("eo-3").model_copy(update={"channel": "email"})
     attempt = asyncio.create_task(env.run(activities.deliver_message, req))
@@ -172,27 +162,27 @@ async def test_worker_killed_after_the_provider_accepted_sends_once(
     attempt.cancel()  # the worker process is gone
     with pytest.raises(asyncio.CancelledError):
         await attempt
-    [pending] = await ledger(store, "eo-3")
+    [pending] = await ledger(sqlite_store, "eo-3")
     assert pending.status == "sending"
-    retry = DeliveryActivities(store, postmark_channels(store, url))
+    retry = DeliveryActivities(sqlite_store, postmark_channels(sqlite_store, url))
     outcome = await env.run(retry.deliver_message, req)
     assert outcome.status == "sent"
     assert len(accepted_for(script, "eo-3")) == 1
 
 
 async def test_retryable_failures_leave_nothing_and_carry_retry_after(
-    store: Store, postmark: tuple[Script, str],
+    sqlite_store: Store, postmark: tuple[Script, str],
 ) -> None:
     script, url = postmark
-    await add_contact(store, "eo-4")
-    activities = DeliveryActivities(store, postmark_channels(store, url))
+    await add_contact(sqlite_store, "eo-4")
+    activities = DeliveryActivities(sqlite_store, postmark_channels(sqlite_store, url))
     req = request("eo-4").model_copy(update={"channel": "email"})
     script.fail(429, retry_after="7")
     with pytest.raises(ApplicationError) as raised:
         await env.run(activities.deliver_message, req)
     assert raised.value.type == PROVIDER_UNAVAILABLE and not raised.value.non_retryable
     assert raised.value.next_retry_delay == timedelta(seconds=7)
-    assert await ledger(store, "eo-4") == []  # nothing went out: the retry starts afresh
+    assert await ledger(sqlite_store, "eo-4") == []  # nothing went out: the retry starts afresh
     script.fail(503)
     with pytest.raises(ApplicationError):
         await env.run(activities.deliver_message, req)
@@ -201,18 +191,18 @@ async def test_retryable_failures_leave_nothing_and_carry_retry_after(
 
 
 async def test_inactive_recipient_is_rejected_for_good_and_suppressed(
-    store: Store, postmark: tuple[Script, str],
+    sqlite_store: Store, postmark: tuple[Script, str],
 ) -> None:
     _, url = postmark
-    await add_contact(store, "dead", email="dead@example.com")
-    activities = DeliveryActivities(store, postmark_channels(store, url))
+    await add_contact(sqlite_store, "dead", email="dead@example.com")
+    activities = DeliveryActivities(sqlite_store, postmark_channels(sqlite_store, url))
     req = request("dead", channels=["email", "sms"]).model_copy(update={"channel": "email"})
     with pytest.raises(ApplicationError) as raised:
         await env.run(activities.deliver_message, req)
     assert raised.value.type == PROVIDER_REJECTED and raised.value.non_retryable
-    [row] = await ledger(store, "dead")
+    [row] = await ledger(sqlite_store, "dead")
     assert row.status == "failed" and "406" in (row.reason or "")
-    async with store.session() as s:
+    async with sqlite_store.session() as s:
         snapshot = await contacts.snapshot(s, "dead")
     assert snapshot is not None and snapshot.suppressed == ["email"]
     # The step's fallback asks again without email: SMS is chosen, under its own ledger key.
@@ -222,7 +212,7 @@ async def test_inactive_recipient_is_rejected_for_good_and_suppressed(
     sent = await env.run(activities.deliver_message,
                          fallback.model_copy(update={"channel": "sms"}))
     assert sent.status == "sent" and sent.channel == "sms"
-    keys = [r.idempotency_key for r in await ledger(store, "dead")]
+    keys = [r.idempotency_key for r in await ledger(sqlite_store, "dead")]
     assert keys == ["journey/offers/dead/offer/1", "journey/offers/dead/offer/1/fallback-1"]
 
 
@@ -237,10 +227,10 @@ def test_cap_hold_waits_for_the_oldest_send_to_leave_the_window() -> None:
     assert cap_hold(FrequencyCap(max=1, per="1d", channel="sms"), "email", sends, NOW) is None
 
 
-async def test_a_fourth_marketing_message_in_a_week_waits_or_skips(store: Store) -> None:
-    await add_contact(store, "capped")
+async def test_a_fourth_marketing_message_in_a_week_waits_or_skips(sqlite_store: Store) -> None:
+    await add_contact(sqlite_store, "capped")
     policy = DeliveryPolicy(caps=[FrequencyCap(max=3, per="7d")])
-    activities = DeliveryActivities(store, policy=policy)
+    activities = DeliveryActivities(sqlite_store, policy=policy)
     for day in range(3):
         await plan_and_send(activities, request("capped", step=f"s{day}",
                                                 now=NOW + timedelta(days=day)))
@@ -259,11 +249,11 @@ async def test_a_fourth_marketing_message_in_a_week_waits_or_skips(store: Store)
     assert receipt.status == "ready"  # transactional messages are never capped
 
 
-async def test_channel_quiet_hours_from_the_policy_hold_marketing_sms(store: Store) -> None:
-    await add_contact(store, "night", timezone="Europe/Bucharest")
+async def test_channel_quiet_hours_from_the_policy_hold_marketing_sms(sqlite_store: Store) -> None:
+    await add_contact(sqlite_store, "night", timezone="Europe/Bucharest")
     policy = DeliveryPolicy.model_validate({"quiet_hours": {"sms": {"from": "21:00",
                                                                     "to": "09:00"}}})
-    activities = DeliveryActivities(store, policy=policy)
+    activities = DeliveryActivities(sqlite_store, policy=policy)
     late = datetime(2026, 3, 2, 20, 30, tzinfo=UTC)  # 22:30 in Bucharest
     plan = await env.run(activities.prepare_send, request("night", channels=["sms"], now=late))
     assert plan.status == "deferred:quiet_hours"
@@ -273,25 +263,25 @@ async def test_channel_quiet_hours_from_the_policy_hold_marketing_sms(store: Sto
     assert email.status == "ready"  # the policy holds SMS only
 
 
-async def test_topic_unsubscribe_blocks_only_that_topic(store: Store) -> None:
-    await add_contact(store, "topics", consent={"marketing": True,
-                                                "topics": {"newsletter": False}})
-    activities = DeliveryActivities(store)
+async def test_topic_unsubscribe_blocks_only_that_topic(sqlite_store: Store) -> None:
+    await add_contact(sqlite_store, "topics", consent={"marketing": True,
+                                                       "topics": {"newsletter": False}})
+    activities = DeliveryActivities(sqlite_store)
     plan = await env.run(activities.prepare_send, request("topics", topic="newsletter"))
     assert plan.status == "skipped:consent" and "topic newsletter" in plan.reason
     other = await env.run(activities.prepare_send, request("topics", step="o", topic="offers"))
     assert other.status == "ready"
 
 
-async def test_in_app_messages_land_in_the_inbox_once(store: Store) -> None:
-    await add_contact(store, "inbox-1")
-    activities = DeliveryActivities(store)
+async def test_in_app_messages_land_in_the_inbox_once(sqlite_store: Store) -> None:
+    await add_contact(sqlite_store, "inbox-1")
+    activities = DeliveryActivities(sqlite_store)
     req = request("inbox-1", channels=["in_app"])
     first = await plan_and_send(activities, req)
     await env.run(activities.deliver_message, req.model_copy(update={"channel": "in_app"}))
     from cairn.store import inbox
 
-    async with store.session() as s:
+    async with sqlite_store.session() as s:
         [message] = await inbox.inbox_of(s, "inbox-1")
     assert message.parts == {"title": "Offer", "body": "Hi Ana"}
     assert first.status == "sent"

@@ -8,18 +8,16 @@ the time-skipping server through the simulator (real ingest, router, interpreter
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from temporalio.testing import WorkflowEnvironment
 
 from cairn.channels.facebook import FacebookAudienceSyncer, FacebookSettings
 from cairn.channels.postmark import PostmarkProvider, PostmarkSettings
@@ -38,12 +36,6 @@ from tests.standins.slack import slack_app
 NOW = "2026-03-02T09:00:00Z"
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SLACK_PATH = "/services/T000/B000/sales"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def simulator(temporal_env: WorkflowEnvironment) -> AsyncIterator[Simulator]:
-    async with Simulator.start(temporal_env) as sim:
-        yield sim
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ profiles, entries), since that is what journeys, the simulator and `cairn outbox
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +28,7 @@ from activities import (
     delivery_activities,
     journey_activities,
 )
+from activities.profile import change_source
 from cairn import contracts
 from cairn.conditions import Condition, parse_condition
 from cairn.contact import ContactSnapshot
@@ -43,6 +43,7 @@ from cairn.contracts import (
     StepContext,
     TaskRequest,
 )
+from cairn.events.attribute_changes import change_message_id
 from cairn.journey import (
     AudienceSync,
     Notify,
@@ -73,13 +74,10 @@ TRIGGER = EventMessage(message_id="m-1", event="cart_item_added", contact_id="c-
 
 
 @pytest_asyncio.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(db_url)
-    await _contact(opened)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+async def store_with_ana(sqlite_store: Store) -> Store:
+    """The SQLite store holding contact c-1, Ana, whom the activities here act on."""
+    await _contact(sqlite_store)
+    return sqlite_store
 
 
 async def _contact(store: Store, **changes: Any) -> None:
@@ -148,8 +146,8 @@ def test_activity_lists_cover_every_action_name() -> None:
 # --------------------------------------------------------------------------- contacts
 
 
-async def test_load_contact_and_a_missing_one(store: Store) -> None:
-    activities = ContactActivities(store)
+async def test_load_contact_and_a_missing_one(store_with_ana: Store) -> None:
+    activities = ContactActivities(store_with_ana)
     snapshot = await env.run(activities.load_contact, LoadContactRequest(contact_id="c-1"))
     assert snapshot.scores == {"global": 35} and snapshot.segments == ["buyers"]
     with pytest.raises(ApplicationError) as raised:
@@ -169,11 +167,11 @@ async def _purchase(store: Store, message_id: str, at: datetime, total: int) -> 
                                   received_at=at)
 
 
-async def test_evaluate_condition_counts_events_in_the_window(store: Store) -> None:
-    await _purchase(store, "p-1", NOW - timedelta(days=10), 80)
-    await _purchase(store, "p-2", NOW - timedelta(days=3), 30)
-    await _purchase(store, "p-3", NOW + timedelta(days=1), 99)  # after the journey's now
-    activities = ContactActivities(store)
+async def test_evaluate_condition_counts_events_in_the_window(store_with_ana: Store) -> None:
+    await _purchase(store_with_ana, "p-1", NOW - timedelta(days=10), 80)
+    await _purchase(store_with_ana, "p-2", NOW - timedelta(days=3), 30)
+    await _purchase(store_with_ana, "p-3", NOW + timedelta(days=1), 99)  # after the journey's now
+    activities = ContactActivities(store_with_ana)
 
     async def decide(condition: Any, entered_at: datetime | None = None) -> Any:
         return await env.run(activities.evaluate_condition, ConditionRequest(
@@ -209,20 +207,44 @@ async def test_evaluate_condition_counts_events_in_the_window(store: Store) -> N
     assert not spent_lately.result
 
 
+async def test_the_condition_activity_decides_on_the_caught_event_in_the_request(
+    sqlite_store: Store,
+) -> None:
+    async with sqlite_store.session() as s, s.begin():
+        await contacts.create_contact(s, ContactSnapshot(id="c-1"), NOW)
+    activities = ContactActivities(sqlite_store)
+    context = StepContext(workflow_id="journey/x/c-1", journey_key="x", contact_id="c-1",
+                          step="check", now=NOW)
+    rule = _condition({"all": [{"property": "answer", "event": "form_submitted", "eq": "yes"},
+                               {"property": "value", "gte": 20}]})
+    request = ConditionRequest(
+        context=context, condition=rule,
+        trigger=EventMessage(message_id="m-1", event="go", contact_id="c-1",
+                             properties={"value": 25}, timestamp=NOW),
+        caught_events={"form_submitted": {"event": "form_submitted",
+                                          "properties": {"answer": "yes"}}},
+    )
+    verdict = await ActivityEnvironment().run(activities.evaluate_condition, request)
+    assert verdict.result, verdict.reason
+    without = request.model_copy(update={"caught_events": {}})
+    verdict = await ActivityEnvironment().run(activities.evaluate_condition, without)
+    assert not verdict.result and "none caught" in verdict.reason
+
+
 # --------------------------------------------------------------------------- sends
 
 
-async def test_deliver_twice_with_one_key_sends_once(store: Store) -> None:
-    activities = DeliveryActivities(store)
+async def test_deliver_twice_with_one_key_sends_once(store_with_ana: Store) -> None:
+    activities = DeliveryActivities(store_with_ana)
     request = send_request(channel="email")
     plan = await env.run(activities.prepare_send, request)
     assert (plan.status, plan.channel) == ("ready", "email")
-    assert await _ledger(store) == []  # a plan records nothing
+    assert await _ledger(store_with_ana) == []  # a plan records nothing
     ready = request.model_copy(update={"channel": plan.channel})
     first = await env.run(activities.deliver_message, ready)
     second = await env.run(activities.deliver_message, ready)
     assert first.status == "sent" and second == first
-    [row] = await _ledger(store)
+    [row] = await _ledger(store_with_ana)
     assert row.id == first.delivery_id and row.idempotency_key == f"{WID}/email_reminder/1"
     assert (row.kind, row.provider, row.status, row.channel) == ("send", "outbox", "sent", "email")
     assert row.rendered == {"subject": "Your cart misses you, Ana",
@@ -236,20 +258,20 @@ async def test_deliver_twice_with_one_key_sends_once(store: Store) -> None:
     assert row.response["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
 
-async def test_a_new_iteration_sends_again(store: Store) -> None:
-    activities = DeliveryActivities(store)
+async def test_a_new_iteration_sends_again(store_with_ana: Store) -> None:
+    activities = DeliveryActivities(store_with_ana)
     request = send_request(channel="sms").model_copy(update={"channel": "sms"})
     await env.run(activities.deliver_message, request)
     later = request.model_copy(update={"context": context(iteration=2)})
     await env.run(activities.deliver_message, later)
-    rows = await _ledger(store)
+    rows = await _ledger(store_with_ana)
     assert [r.idempotency_key.rsplit("/", 1)[1] for r in rows] == ["1", "2"]
     assert rows[0].rendered == {"body": "Cart: 25 EUR"}
     assert rows[0].response == {"provider": "outbox", "to": "+40722000000"}
 
 
-async def test_template_errors_are_permanent_and_recorded(store: Store) -> None:
-    activities = DeliveryActivities(store)
+async def test_template_errors_are_permanent_and_recorded(store_with_ana: Store) -> None:
+    activities = DeliveryActivities(store_with_ana)
     broken = send_request(channel="email", template={
         "email": {"subject": "ok", "body": "line one\n{% if contact.first_name %}never closed"},
     }).model_copy(update={"channel": "email"})
@@ -258,52 +280,54 @@ async def test_template_errors_are_permanent_and_recorded(store: Store) -> None:
     assert raised.value.type == "TemplateError" and raised.value.non_retryable
     assert "cart-reminder" in str(raised.value) and "email.body" in str(raised.value)
     assert "line 2" in str(raised.value)
-    [row] = await _ledger(store)
+    [row] = await _ledger(store_with_ana)
     assert row.status == "failed" and "email.body" in (row.reason or "")
 
 
-async def test_missing_channel_part_is_a_template_error(store: Store) -> None:
+async def test_missing_channel_part_is_a_template_error(store_with_ana: Store) -> None:
     request = send_request(channel="push").model_copy(update={"channel": "push"})
-    await _contact(store, push_tokens=["tok-1"])
+    await _contact(store_with_ana, push_tokens=["tok-1"])
     with pytest.raises(ApplicationError) as raised:
-        await env.run(DeliveryActivities(store).deliver_message, request)
+        await env.run(DeliveryActivities(store_with_ana).deliver_message, request)
     assert raised.value.type == "TemplateError" and "no part for channel 'push'" in str(
         raised.value)
 
 
-async def test_prepare_without_marketing_consent_records_a_skip(store: Store) -> None:
-    await _contact(store, consent={})
-    activities = DeliveryActivities(store)
+async def test_prepare_without_marketing_consent_records_a_skip(store_with_ana: Store) -> None:
+    await _contact(store_with_ana, consent={})
+    activities = DeliveryActivities(store_with_ana)
     plan = await env.run(activities.prepare_send, send_request(channel="email"))
     assert plan.status == "skipped:consent" and plan.reason == "email: no marketing consent"
-    [row] = await _ledger(store)
+    [row] = await _ledger(store_with_ana)
     assert (row.kind, row.status, row.channel, row.provider) == (
         "send", "skipped:consent", "email", None)
     assert row.reason == "email: no marketing consent" and row.sent_at is None
     # Asked again (a retry), the recorded decision stands and nothing more is written.
     again = await env.run(activities.prepare_send, send_request(channel="email"))
-    assert again == plan and len(await _ledger(store)) == 1
+    assert again == plan and len(await _ledger(store_with_ana)) == 1
     # Transactional messages need no marketing consent.
     receipt = send_request(channel="email", category="transactional").model_copy(
         update={"context": context("receipt")})
     assert (await env.run(activities.prepare_send, receipt)).status == "ready"
 
 
-async def test_prepare_takes_the_first_reachable_channel(store: Store) -> None:
-    activities = DeliveryActivities(store)
+async def test_prepare_takes_the_first_reachable_channel(store_with_ana: Store) -> None:
+    activities = DeliveryActivities(store_with_ana)
     plan = await env.run(activities.prepare_send, send_request(channels=["push", "sms", "email"]))
     assert (plan.status, plan.channel) == ("ready", "sms")
-    await _contact(store, phone=None, email=None)
+    await _contact(store_with_ana, phone=None, email=None)
     plan = await env.run(activities.prepare_send, send_request(channels=["push", "sms", "email"]))
     assert plan.status == "skipped:unreachable"
     assert plan.reason == ("push: no push token; sms: no phone number; "
                            "email: no email address")
-    [row] = await _ledger(store)
+    [row] = await _ledger(store_with_ana)
     assert row.status == "skipped:unreachable" and row.channel == "push"
 
 
-async def test_prepare_defers_marketing_in_quiet_hours_in_the_contacts_zone(store: Store) -> None:
-    activities = DeliveryActivities(store)
+async def test_prepare_defers_marketing_in_quiet_hours_in_the_contacts_zone(
+    store_with_ana: Store,
+) -> None:
+    activities = DeliveryActivities(store_with_ana)
     # 22:30 in Bucharest (UTC+2 in winter): quiet until 08:00 local = 06:00Z.
     evening = datetime(2026, 3, 2, 20, 30, tzinfo=UTC)
     plan = await env.run(activities.prepare_send, send_request(quiet=True, now=evening))
@@ -324,33 +348,35 @@ async def test_prepare_defers_marketing_in_quiet_hours_in_the_contacts_zone(stor
                           send_request(quiet=True, now=noon))).status == "ready"
     receipt = send_request(quiet=True, now=evening, category="transactional")
     assert (await env.run(activities.prepare_send, receipt)).status == "ready"
-    assert await _ledger(store) == []
+    assert await _ledger(store_with_ana) == []
 
 
-async def test_prepare_uses_the_journey_zone_for_contacts_without_one(store: Store) -> None:
-    await _contact(store, timezone=None)
+async def test_prepare_uses_the_journey_zone_for_contacts_without_one(
+    store_with_ana: Store,
+) -> None:
+    await _contact(store_with_ana, timezone=None)
     request = send_request(quiet=True, now=datetime(2026, 3, 2, 21, 30, tzinfo=UTC))
-    plan = await env.run(DeliveryActivities(store).prepare_send, request)
+    plan = await env.run(DeliveryActivities(store_with_ana).prepare_send, request)
     assert plan.hold_until == datetime(2026, 3, 3, 8, 0, tzinfo=UTC)  # default_timezone UTC
 
 
-async def test_deliver_rechecks_the_contact(store: Store) -> None:
-    activities = DeliveryActivities(store)
+async def test_deliver_rechecks_the_contact(store_with_ana: Store) -> None:
+    activities = DeliveryActivities(store_with_ana)
     request = send_request(channel="email")
     plan = await env.run(activities.prepare_send, request)
-    await _contact(store, suppressed=["email"])  # unsubscribed between plan and delivery
+    await _contact(store_with_ana, suppressed=["email"])  # unsubscribed between plan and delivery
     outcome = await env.run(activities.deliver_message,
                             request.model_copy(update={"channel": plan.channel}))
     assert outcome.status == "skipped:unreachable" and "suppressed" in outcome.reason
-    [row] = await _ledger(store)
+    [row] = await _ledger(store_with_ana)
     assert row.status == "skipped:unreachable" and row.rendered == {}
 
 
 # --------------------------------------------------------------------------- scores, profile, tasks
 
 
-async def test_change_score_records_history_once_per_step_visit(store: Store) -> None:
-    activities = ScoreActivities(store)
+async def test_change_score_records_history_once_per_step_visit(store_with_ana: Store) -> None:
+    activities = ScoreActivities(store_with_ana)
     request = ScoreRequest(context=context("engaged"), change=ScoreChange(add=10))
     first = await env.run(activities.change_score, request)
     again = await env.run(activities.change_score, request)
@@ -358,7 +384,7 @@ async def test_change_score_records_history_once_per_step_visit(store: Store) ->
     reasoned = ScoreRequest(context=context("engaged", iteration=2),
                             change=ScoreChange(dimension="sales", add=-5, reason="went quiet"))
     assert (await env.run(activities.change_score, reasoned)).total == -5
-    async with store.session() as s:
+    async with store_with_ana.session() as s:
         history = await scores.score_history(s, workflow_id=WID)
         totals = await scores.scores_of(s, "c-1")
     assert [(h.dimension, h.delta, h.total, h.reason, h.source) for h in history] == [
@@ -368,8 +394,8 @@ async def test_change_score_records_history_once_per_step_visit(store: Store) ->
     assert totals == {"global": 45, "sales": -5}
 
 
-async def test_update_profile(store: Store) -> None:
-    activities = ProfileActivities(store)
+async def test_update_profile(store_with_ana: Store) -> None:
+    activities = ProfileActivities(store_with_ana)
     update = ProfileUpdate.model_validate({
         "set": {"cart.items": 0, "stage": "customer", "consent.sms": {"marketing": False}},
         "unset": ["first_name"], "add_tags": ["buyer"],
@@ -377,7 +403,7 @@ async def test_update_profile(store: Store) -> None:
     request = ProfileUpdateRequest(context=context("mark"), update=update)
     await env.run(activities.update_profile, request)
     await env.run(activities.update_profile, request)  # a retry: same profile
-    async with store.session() as s:
+    async with store_with_ana.session() as s:
         snap = await contacts.snapshot(s, "c-1")
     assert snap is not None
     assert snap.attributes == {"cart": {"items": 0}, "stage": "customer"}
@@ -390,8 +416,61 @@ async def test_update_profile(store: Store) -> None:
     assert raised.value.type == "ValidationError" and "Mars/Olympus" in str(raised.value)
 
 
-async def test_create_task_renders_and_is_idempotent(store: Store) -> None:
-    activities = TaskActivities(store)
+async def test_the_profile_activity_moves_the_due_date_once_per_visit(
+    sqlite_store: Store,
+) -> None:
+    async with sqlite_store.session() as s, s.begin():
+        await contacts.create_contact(s, ContactSnapshot.model_validate(
+            {"id": "c-1", "attributes": {"emi_due_date": "2026-01-31", "plan": "basic"}}), NOW)
+    activities = ProfileActivities(sqlite_store)
+    env = ActivityEnvironment()
+    update = ProfileUpdate.model_validate({"set": {
+        "emi_due_date": "{{ contact.emi_due_date | add_months: 1 }}",
+        "plan": "{{ event.properties.plan }}", "offer": "{{ journey.offer.code }}",
+        "paid_count": 1,
+    }})
+
+    def visit(iteration: int) -> ProfileUpdateRequest:
+        return ProfileUpdateRequest(
+            context=StepContext(workflow_id="journey/emi/c-1", journey_key="emi",
+                                contact_id="c-1", step="paid", iteration=iteration, now=NOW),
+            update=update,
+            trigger=EventMessage(message_id="m-1", event="go", contact_id="c-1",
+                                 properties={"plan": "pro"}, timestamp=NOW),
+            journey_context={"offer": {"code": "EMI5"}},
+        )
+
+    async def attributes() -> dict[str, Any]:
+        async with sqlite_store.session() as s:
+            snapshot = await contacts.snapshot(s, "c-1")
+        assert snapshot is not None
+        return snapshot.attributes
+
+    await env.run(activities.update_profile, visit(1))
+    assert await attributes() == {"emi_due_date": "2026-02-28", "plan": "pro",
+                                  "offer": "EMI5", "paid_count": 1}
+    await env.run(activities.update_profile, visit(1))  # a retry of the same visit
+    assert (await attributes())["emi_due_date"] == "2026-02-28"
+    async with sqlite_store.session() as s:
+        changed = await events.event_by_message_id(s, change_message_id(
+            change_source(visit(1).context), "emi_due_date"))
+    assert changed is not None
+    assert changed.properties == {"attribute": "emi_due_date", "from": "2026-01-31",
+                                  "to": "2026-02-28"}
+    await env.run(activities.update_profile, visit(2))  # next month's visit moves it on
+    assert (await attributes())["emi_due_date"] == "2026-03-28"
+
+    broken = visit(3).model_copy(update={"update": ProfileUpdate.model_validate(
+        {"set": {"emi_due_date": "{{ contact.plan | add_months: 1 }}"}})})
+    with pytest.raises(ApplicationError) as raised:
+        await env.run(activities.update_profile, broken)
+    assert raised.value.type == "TemplateError" and raised.value.non_retryable
+    assert "update.set.emi_due_date" in str(raised.value)
+    assert (await attributes())["emi_due_date"] == "2026-03-28"
+
+
+async def test_create_task_renders_and_is_idempotent(store_with_ana: Store) -> None:
+    activities = TaskActivities(store_with_ana)
     spec = TaskSpec.model_validate({
         "queue": "sales-calls", "due": "2d",
         "title": "Call {{ contact.first_name }} about {{ event.properties.total }} EUR",
@@ -401,7 +480,7 @@ async def test_create_task_renders_and_is_idempotent(store: Store) -> None:
     first = await env.run(activities.create_task, request)
     again = await env.run(activities.create_task, request)
     assert again == first
-    async with store.session() as s:
+    async with store_with_ana.session() as s:
         [task] = await tasks.list_tasks(s, workflow_id=WID)
     assert task.id == first.task_id and task.queue == "sales-calls"
     assert task.title == "Call Ana about 25 EUR" and task.note == "Phone +40 722 000 000"
@@ -417,8 +496,8 @@ async def test_create_task_renders_and_is_idempotent(store: Store) -> None:
 # --------------------------------------------------------------------------- actions and entries
 
 
-async def test_record_action_for_each_kind(store: Store) -> None:
-    activities = LedgerActivities(store)
+async def test_record_action_for_each_kind(store_with_ana: Store) -> None:
+    activities = LedgerActivities(store_with_ana)
     notify = ActionRequest(
         context=context("alert"), kind="notify",
         notify=Notify(to="slack:#sales", template="hot-lead"),
@@ -445,8 +524,8 @@ async def test_record_action_for_each_kind(store: Store) -> None:
     repeated = await env.run(activities.record_action, webhook)
     assert repeated.delivery_id == results[1].delivery_id
 
-    rows = {row.kind: row for row in await _ledger(store)}
-    assert len(await _ledger(store)) == 4
+    rows = {row.kind: row for row in await _ledger(store_with_ana)}
+    assert len(await _ledger(store_with_ana)) == 4
     assert all(r.provider == "outbox" and r.status == "recorded" for r in rows.values())
     assert rows["notify"].channel == "slack" and rows["notify"].template == "hot-lead"
     assert rows["notify"].rendered == {"to": "slack:#sales", "text": "Ana added 25"}
@@ -465,23 +544,23 @@ async def test_record_action_for_each_kind(store: Store) -> None:
     assert rows["start_journey"].idempotency_key == f"{WID}/next/1"
 
 
-async def test_record_action_without_its_body_is_refused(store: Store) -> None:
+async def test_record_action_without_its_body_is_refused(store_with_ana: Store) -> None:
     with pytest.raises(ApplicationError) as raised:
-        await env.run(LedgerActivities(store).record_action,
+        await env.run(LedgerActivities(store_with_ana).record_action,
                       ActionRequest(context=context("x"), kind="webhook"))
     assert raised.value.type == "ValidationError" and "webhook" in str(raised.value)
 
 
-async def test_finish_entry_closes_the_runs_entry(store: Store) -> None:
-    async with store.session() as s, s.begin():
+async def test_finish_entry_closes_the_runs_entry(store_with_ana: Store) -> None:
+    async with store_with_ana.session() as s, s.begin():
         await entries.record_entry(s, journey_key="cart-abandonment", version=1,
                                    contact_id="c-1", entry_key=None, workflow_id=WID,
                                    trigger_message_id="m-1", entered_at=NOW)
     finish = EntryFinish(workflow_id=WID, journey_key="cart-abandonment", contact_id="c-1",
                          outcome="converted", now=NOW + timedelta(hours=3))
-    activities = EntryActivities(store)
+    activities = EntryActivities(store_with_ana)
     await env.run(activities.finish_entry, finish)
     await env.run(activities.finish_entry, finish)  # a retry finds nothing open
-    async with store.session() as s:
+    async with store_with_ana.session() as s:
         [row] = await entries.entries_for(s, "cart-abandonment", "c-1")
     assert (row.outcome, row.ended_at) == ("converted", NOW + timedelta(hours=3))

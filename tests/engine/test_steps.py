@@ -7,14 +7,11 @@ was recorded in the ledger.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
-from temporalio.testing import WorkflowEnvironment
 
 from cairn.journey import Journey
 from starter.testing import SimulationReport, Simulator, parse_scenario
@@ -38,12 +35,6 @@ TEMPLATES = {
     },
     "alert": {"slack": {"body": "Contact {{ contact.id }} needs a call"}},
 }
-
-
-@pytest_asyncio.fixture(scope="module")
-async def simulator(temporal_env: WorkflowEnvironment) -> AsyncIterator[Simulator]:
-    async with Simulator.start(temporal_env) as sim:
-        yield sim
 
 
 def journey(steps: str, *, key: str = "step-test", extra: str = "") -> Journey:
@@ -81,6 +72,11 @@ def at(report: SimulationReport, step: str) -> str:
 def note(report: SimulationReport, step: str) -> str:
     return next(item.note for item in report.path if item.step == step)
 
+
+
+def visits(report: SimulationReport, step: str) -> list[str]:
+    """Every moment the run was at `step`, in order."""
+    return [i["at"] for i in report.model_dump(mode="json")["path"] if i["step"] == step]
 
 # --------------------------------------------------------------------------- waits
 
@@ -308,6 +304,42 @@ async def test_split_is_deterministic_and_counts_the_holdout(simulator: Simulato
     assert (await play(simulator, definition, contact={"id": in_b})).outcome == "ended:b"
 
 
+FORM = """
+  ask: {wait_for_event: {event: form_submitted, timeout: 2d}, then: check, timeout_next: check}
+  check:
+    if: {property: answer, event: form_submitted, eq: "yes"}
+    then: said_yes
+    else: said_no
+  said_yes: {end: said_yes}
+  said_no: {end: said_no}
+"""
+
+
+@pytest.mark.parametrize(("answer", "outcome"), [("yes", "ended:said_yes"),
+                                                  ("no", "ended:said_no")])
+async def test_an_if_branches_on_the_answer_a_wait_caught(
+    simulator: Simulator, answer: str, outcome: str,
+) -> None:
+    report = await play(simulator, journey(FORM), events=[
+        {"at": "+0s", "event": "go", "properties": {"answer": "no"}},  # the trigger says no
+        {"at": "+3h", "event": "form_submitted", "properties": {"answer": answer}},
+    ])
+    assert report.outcome == outcome, report.path
+    assert report.steps == ["ask", "check", outcome.removeprefix("ended:")]
+    assert visits(report, "check") == ["2026-03-02T12:00:00Z"]
+    assert note(report, "check").startswith("then" if answer == "yes" else "else")
+    assert "caught form_submitted answer" in note(report, "check")
+
+
+async def test_without_a_caught_answer_the_if_takes_else(simulator: Simulator) -> None:
+    report = await play(simulator, journey(FORM), events=[
+        {"at": "+0s", "event": "go", "properties": {"answer": "yes"}},
+    ])
+    assert report.outcome == "ended:said_no"
+    assert visits(report, "check") == ["2026-03-04T09:00:00Z"]  # after the 2d timeout
+    assert "none caught" in note(report, "check")
+
+
 # --------------------------------------------------------------------------- actions
 
 
@@ -393,6 +425,38 @@ async def test_recorded_actions_land_in_the_ledger(simulator: Simulator) -> None
 async def test_end_with_an_outcome(simulator: Simulator) -> None:
     report = await play(simulator, journey("  done: {end: {outcome: opted_out}}\n"))
     assert report.outcome == "ended:opted_out"
+
+
+async def test_a_task_note_shows_the_rendered_title(simulator: Simulator) -> None:
+    report = await play(simulator, journey("""
+  call:
+    task: {queue: sales-calls, title: "Call {{ contact.id }} about {{ event.properties.sku }}"}
+    next: end
+"""), events=[{"at": "+0s", "event": "go", "properties": {"sku": "mug-01"}}])
+    assert [t.title for t in report.tasks] == ["Call c-1 about mug-01"]
+    assert note(report, "call").endswith("in sales-calls: Call c-1 about mug-01")
+    assert "{{" not in note(report, "call")
+
+
+EMI = """
+  due: {wait_until: {attribute: emi_due_date, time: "10:00"}, next: paid, missing: end}
+  paid:
+    update: {set: {emi_due_date: "{{ contact.emi_due_date | add_months: 1 }}"}}
+    next: due
+"""
+
+
+async def test_an_emi_loop_moves_the_due_date_one_calendar_month_each_time(
+    simulator: Simulator,
+) -> None:
+    """31 January, then 28 February (the month is shorter), then 28 March: at 10:00 Bucharest
+    time, 08:00Z in winter and 07:00Z once summer time starts on 29 March."""
+    report = await play(simulator, journey(EMI, key="emi-loop"), now="2026-01-20T09:00:00Z",
+                        contact={"attributes": {"emi_due_date": "2026-01-31"}}, until="+80d")
+    assert report.outcome == "waiting"
+    assert visits(report, "paid") == ["2026-01-31T08:00:00Z", "2026-02-28T08:00:00Z",
+                                      "2026-03-28T08:00:00Z"]
+    assert note(report, "paid") == "set emi_due_date"
 
 
 # --------------------------------------------------------------------------- goals and loops

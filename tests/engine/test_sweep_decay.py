@@ -6,13 +6,11 @@ evaluation deciding segments exactly as ingest decides them for one contact."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
 from sqlalchemy import delete, select
 
@@ -35,15 +33,6 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest_asyncio.fixture
-async def store(any_db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(any_db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def write(folder: Path, name: str, data: Any) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import func, select
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -56,15 +55,6 @@ from tests.engine_support import terminate_leftovers, unique
 from workflows import WORKFLOWS
 
 ENDS_AT_ONCE = {"bye": {"end": "done"}}
-
-
-@pytest_asyncio.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.fixture
@@ -134,48 +124,50 @@ async def entered(store: Store, journey_key: str, contact: str | None = None) ->
 
 
 async def test_segment_sweep_enters_inactive_contacts_once(
-    temporal_env: WorkflowEnvironment, store: Store, catalog: Path
+    temporal_env: WorkflowEnvironment, sqlite_store: Store, catalog: Path
 ) -> None:
     now = datetime.now(UTC)
     key = unique("winback")
-    await publish(store, {"key": key, "name": "Win back",
-                          "trigger": {"segment_entered": "inactive_30d"}, "steps": ENDS_AT_ONCE})
-    await add_contact(store, "gone", now - timedelta(days=31))
-    await add_contact(store, "active", now - timedelta(days=2))
+    await publish(sqlite_store, {
+        "key": key, "name": "Win back",
+        "trigger": {"segment_entered": "inactive_30d"}, "steps": ENDS_AT_ONCE})
+    await add_contact(sqlite_store, "gone", now - timedelta(days=31))
+    await add_contact(sqlite_store, "active", now - timedelta(days=2))
 
-    async with worker(temporal_env, store, catalog) as config:
+    async with worker(temporal_env, sqlite_store, catalog) as config:
         first = await run(temporal_env, SEGMENT_SWEEP_WORKFLOW,
                           SweepInput(config=config, now=now), config.journey_task_queue)
         assert (first.contacts, first.emitted) == (2, 1)
-        async with store.session() as session:
+        async with sqlite_store.session() as session:
             assert await segments_repo.active_segments(session, "gone") == ["inactive_30d"]
             assert await segments_repo.active_segments(session, "active") == []
-        [emitted] = await events(store, "segment_entered")
+        [emitted] = await events(sqlite_store, "segment_entered")
         assert (emitted.contact_id, emitted.properties) == ("gone", {"segment": "inactive_30d"})
         assert emitted.routed_at is not None
-        [entry] = await entered(store, key)
+        [entry] = await entered(sqlite_store, key)
         assert entry.contact_id == "gone"
 
         second = await run(temporal_env, SEGMENT_SWEEP_WORKFLOW,
                            SweepInput(config=config, now=now + timedelta(hours=1)),
                            config.journey_task_queue)
     assert (second.contacts, second.emitted) == (2, 0)
-    assert len(await events(store, "segment_entered")) == 1
-    assert len(await entered(store, key)) == 1
-    async with store.session() as session:
+    assert len(await events(sqlite_store, "segment_entered")) == 1
+    assert len(await entered(sqlite_store, key)) == 1
+    async with sqlite_store.session() as session:
         rows = await session.scalar(select(func.count()).select_from(SegmentMembership))
     assert rows == 1
 
 
 async def test_segment_sweep_continues_as_new_and_covers_everyone(
-    temporal_env: WorkflowEnvironment, store: Store, catalog: Path
+    temporal_env: WorkflowEnvironment, sqlite_store: Store, catalog: Path
 ) -> None:
     now = datetime.now(UTC)
     contacts = [f"c{i}" for i in range(7)]
     for contact in contacts:
-        await add_contact(store, contact, now - timedelta(days=40))
+        await add_contact(sqlite_store, contact, now - timedelta(days=40))
 
-    async with worker(temporal_env, store, catalog, batch_size=2, batches_per_run=1) as config:
+    async with worker(temporal_env, sqlite_store, catalog, batch_size=2,
+                      batches_per_run=1) as config:
         result = await run(temporal_env, SEGMENT_SWEEP_WORKFLOW,
                            SweepInput(config=config, now=now), config.journey_task_queue)
 
@@ -183,7 +175,7 @@ async def test_segment_sweep_continues_as_new_and_covers_everyone(
     assert result.batches == 4
     assert result.runs == 4  # one batch per run: continued as new three times
     assert result.emitted == 7
-    async with store.session() as session:
+    async with sqlite_store.session() as session:
         for contact in contacts:
             assert await segments_repo.active_segments(session, contact) == ["inactive_30d"]
 
@@ -204,19 +196,20 @@ class FlakyRouter(Router):
 
 
 async def test_a_batch_that_fails_midway_is_redone_without_emitting_twice(
-    temporal_env: WorkflowEnvironment, store: Store, catalog: Path
+    temporal_env: WorkflowEnvironment, sqlite_store: Store, catalog: Path
 ) -> None:
     now = datetime.now(UTC)
     key = unique("winback")
-    await publish(store, {"key": key, "name": "Win back",
-                          "trigger": {"segment_entered": "inactive_30d"}, "steps": ENDS_AT_ONCE})
+    await publish(sqlite_store, {
+        "key": key, "name": "Win back",
+        "trigger": {"segment_entered": "inactive_30d"}, "steps": ENDS_AT_ONCE})
     contacts = [f"c{i}" for i in range(5)]
     for contact in contacts:
-        await add_contact(store, contact, now - timedelta(days=40))
+        await add_contact(sqlite_store, contact, now - timedelta(days=40))
     queue = unique("sweeps")
-    router = FlakyRouter(temporal_env.client, store, task_queue=queue, fail_for="c3")
-    sweeps = SweepActivities(store, router=router)
-    activities = [a for a in journey_activities(store) if a.__name__ != "sweep_segments"]
+    router = FlakyRouter(temporal_env.client, sqlite_store, task_queue=queue, fail_for="c3")
+    sweeps = SweepActivities(sqlite_store, router=router)
+    activities = [a for a in journey_activities(sqlite_store) if a.__name__ != "sweep_segments"]
     config = SweepConfig(journeys_dir=str(catalog), journey_task_queue=queue, batch_size=2)
     async with Worker(temporal_env.client, task_queue=queue, workflows=list(WORKFLOWS),
                       activities=[*activities, sweeps.sweep_segments],
@@ -225,20 +218,20 @@ async def test_a_batch_that_fails_midway_is_redone_without_emitting_twice(
             result = await run(temporal_env, SEGMENT_SWEEP_WORKFLOW,
                                SweepInput(config=config, now=now), queue)
         finally:
-            await terminate_leftovers(temporal_env.client, store)
+            await terminate_leftovers(temporal_env.client, sqlite_store)
 
     assert router.failures == 1  # the second batch failed once, after storing its events
     # The failed attempt stored c2's and c3's events; its retry found them stored and only routed
     # them, so the sweep counts 3 newly stored events.
     assert (result.contacts, result.batches, result.emitted) == (5, 3, 3)
-    entered_events = await events(store, "segment_entered")
+    entered_events = await events(sqlite_store, "segment_entered")
     assert sorted(e.contact_id for e in entered_events) == contacts  # none stored twice
     assert all(e.routed_at is not None for e in entered_events)  # the retry routed the rest
-    assert sorted(e.contact_id for e in await entered(store, key)) == contacts
+    assert sorted(e.contact_id for e in await entered(sqlite_store, key)) == contacts
 
 
 async def test_inactivity_decay_on_the_sweep_crosses_a_threshold_and_starts_a_journey(
-    temporal_env: WorkflowEnvironment, store: Store, catalog: Path
+    temporal_env: WorkflowEnvironment, sqlite_store: Store, catalog: Path
 ) -> None:
     """-10 after 7 days without login, applied by the segment sweep: the history says why, and
     falling below 50 emits a routed `score_crossed` that starts the sales team's journey."""
@@ -249,27 +242,27 @@ async def test_inactivity_decay_on_the_sweep_crosses_a_threshold_and_starts_a_jo
         "thresholds: {global: [50]}\n")
     now = datetime.now(UTC)
     key = unique("cooling")
-    await publish(store, {"key": key, "name": "Lead cooling down", "trigger": {
+    await publish(sqlite_store, {"key": key, "name": "Lead cooling down", "trigger": {
         "event": "score_crossed", "where": {"properties.direction": "down"}},
         "steps": ENDS_AT_ONCE})
-    await add_contact(store, "quiet", now - timedelta(days=8))
-    await add_contact(store, "recent", now - timedelta(days=2))
-    async with store.session() as session, session.begin():
+    await add_contact(sqlite_store, "quiet", now - timedelta(days=8))
+    await add_contact(sqlite_store, "recent", now - timedelta(days=2))
+    async with sqlite_store.session() as session, session.begin():
         for contact in ("quiet", "recent"):
             await scores_repo.change_score(session, contact_id=contact, dimension="global",
                                            delta=55, reason="seed", source=None,
                                            workflow_id=None, idempotency_key=None, now=now)
 
-    async with worker(temporal_env, store, catalog) as config:
+    async with worker(temporal_env, sqlite_store, catalog) as config:
         data = SweepInput(config=config, now=now)
         first = await run(temporal_env, SEGMENT_SWEEP_WORKFLOW, data, config.journey_task_queue)
         assert (first.contacts, first.emitted) == (2, 1)
-        [crossed] = await events(store, "score_crossed")
+        [crossed] = await events(sqlite_store, "score_crossed")
         assert crossed.contact_id == "quiet"
         assert crossed.properties == {"dimension": "global", "threshold": 50,
                                       "direction": "down", "total": 45}
         assert crossed.routed_at is not None
-        [entry] = await entered(store, key)
+        [entry] = await entered(sqlite_store, key)
         assert entry.contact_id == "quiet"
         assert entry.trigger_message_id == crossed.message_id
 
@@ -277,8 +270,8 @@ async def test_inactivity_decay_on_the_sweep_crosses_a_threshold_and_starts_a_jo
                           SweepInput(config=config, now=now + timedelta(hours=1)),
                           config.journey_task_queue)
     assert later.emitted == 0
-    assert len(await entered(store, key)) == 1
-    async with store.session() as session:
+    assert len(await entered(sqlite_store, key)) == 1
+    async with sqlite_store.session() as session:
         assert await scores_repo.scores_of(session, "quiet") == {"global": 45}
         assert await scores_repo.scores_of(session, "recent") == {"global": 55}
         [_, decay] = await scores_repo.score_history(session, contact_id="quiet")
@@ -290,22 +283,23 @@ async def test_inactivity_decay_on_the_sweep_crosses_a_threshold_and_starts_a_jo
 
 
 async def test_birthday_reaches_each_contact_on_their_local_day_once(
-    temporal_env: WorkflowEnvironment, store: Store, catalog: Path
+    temporal_env: WorkflowEnvironment, sqlite_store: Store, catalog: Path
 ) -> None:
     key = unique("birthday")
-    await publish(store, {"key": key, "name": "Birthday email", "trigger": {
+    await publish(sqlite_store, {"key": key, "name": "Birthday email", "trigger": {
         "date_attribute": {"attribute": "birthday", "yearly": True, "time": "10:00"}},
         "steps": ENDS_AT_ONCE})
     seen = datetime(2026, 6, 1, tzinfo=UTC)
-    await add_contact(store, "tokyo", seen, {"timezone": "Asia/Tokyo", "birthday": "1990-06-15"})
-    await add_contact(store, "la", seen,
+    await add_contact(sqlite_store, "tokyo", seen,
+                      {"timezone": "Asia/Tokyo", "birthday": "1990-06-15"})
+    await add_contact(sqlite_store, "la", seen,
                       {"timezone": "America/Los_Angeles", "birthday": "1985-06-15"})
-    await add_contact(store, "no-date", seen, {"timezone": "UTC"})
+    await add_contact(sqlite_store, "no-date", seen, {"timezone": "UTC"})
 
     tokyo_morning = datetime(2026, 6, 15, 1, 30, tzinfo=UTC)  # 10:30 in Tokyo; 18:30 the 14th in LA
     la_morning = datetime(2026, 6, 15, 17, 30, tzinfo=UTC)  # 10:30 in LA; 02:30 the 16th in Tokyo
 
-    async with worker(temporal_env, store, catalog) as config:
+    async with worker(temporal_env, sqlite_store, catalog) as config:
         queue = config.journey_task_queue
         early = await run(temporal_env, DATE_SWEEP_WORKFLOW,
                           SweepInput(config=config, now=tokyo_morning - timedelta(hours=1)), queue)
@@ -313,7 +307,7 @@ async def test_birthday_reaches_each_contact_on_their_local_day_once(
         first = await run(temporal_env, DATE_SWEEP_WORKFLOW,
                           SweepInput(config=config, now=tokyo_morning), queue)
         assert first.emitted == 1
-        assert [e.contact_id for e in await entered(store, key)] == ["tokyo"]
+        assert [e.contact_id for e in await entered(sqlite_store, key)] == ["tokyo"]
 
         later = await run(temporal_env, DATE_SWEEP_WORKFLOW,
                           SweepInput(config=config, now=la_morning), queue)
@@ -321,13 +315,13 @@ async def test_birthday_reaches_each_contact_on_their_local_day_once(
                           SweepInput(config=config, now=la_morning + timedelta(hours=1)), queue)
 
     assert (later.emitted, again.emitted) == (1, 0)
-    reached = await events(store, "date_attribute_reached")
+    reached = await events(sqlite_store, "date_attribute_reached")
     assert [(e.contact_id, e.properties) for e in reached] == [
         ("tokyo", {"attribute": "birthday", "journey": key, "date": "2026-06-15"}),
         ("la", {"attribute": "birthday", "journey": key, "date": "2026-06-15"}),
     ]
     assert all(e.routed_at is not None for e in reached)
-    assert sorted(e.contact_id for e in await entered(store, key)) == ["la", "tokyo"]
+    assert sorted(e.contact_id for e in await entered(sqlite_store, key)) == ["la", "tokyo"]
 
 
 def test_due_date_offsets_and_leap_days() -> None:
@@ -352,23 +346,23 @@ def test_due_date_offsets_and_leap_days() -> None:
 
 
 async def test_schedule_occurrence_enters_each_member_once(
-    temporal_env: WorkflowEnvironment, store: Store, catalog: Path
+    temporal_env: WorkflowEnvironment, sqlite_store: Store, catalog: Path
 ) -> None:
     key = unique("weekly")
-    await publish(store, {"key": key, "name": "Weekly progress report", "trigger": {
+    await publish(sqlite_store, {"key": key, "name": "Weekly progress report", "trigger": {
         "schedule": {"cron": "0 9 * * mon", "segment": "vip", "timezone": "Europe/Bucharest"}},
         "steps": ENDS_AT_ONCE})
     seen = datetime.now(UTC)
     for contact in ("ana", "bo", "cy"):
-        await add_contact(store, contact, seen, {"vip": contact != "cy"})
-    async with store.session() as session, session.begin():
+        await add_contact(sqlite_store, contact, seen, {"vip": contact != "cy"})
+    async with sqlite_store.session() as session, session.begin():
         for member in ("ana", "bo"):
             await segments_repo.enter_segment(session, member, "vip", seen)
         await segments_repo.enter_segment(session, "cy", "vip", seen)
         await segments_repo.exit_segment(session, "cy", "vip", seen)  # left: not a member
 
     occurrence = datetime(2026, 6, 1, 6, 0, tzinfo=UTC)
-    async with worker(temporal_env, store, catalog, batch_size=1) as config:
+    async with worker(temporal_env, sqlite_store, catalog, batch_size=1) as config:
         data = ScheduleInput(config=config, journey=key, segment="vip", occurrence=occurrence)
         first = await run(temporal_env, SCHEDULED_ENTRY_WORKFLOW, data,
                           config.journey_task_queue)
@@ -380,12 +374,12 @@ async def test_schedule_occurrence_enters_each_member_once(
     assert (first.contacts, first.emitted) == (2, 2)
     assert (second.contacts, second.emitted) == (2, 0)
     assert next_week.emitted == 2
-    fired = await events(store, "schedule_fired")
+    fired = await events(sqlite_store, "schedule_fired")
     assert [(e.contact_id, e.properties) for e in fired[:2]] == [
         ("ana", {"journey": key, "occurrence": "2026-06-01T06:00:00Z"}),
         ("bo", {"journey": key, "occurrence": "2026-06-01T06:00:00Z"}),
     ]
-    entries = await entered(store, key)
+    entries = await entered(sqlite_store, key)
     assert sorted(e.contact_id for e in entries) == ["ana", "ana", "bo", "bo"]
     assert {e.trigger_message_id for e in entries} == {e.message_id for e in fired}
 
@@ -394,26 +388,26 @@ async def test_schedule_occurrence_enters_each_member_once(
 
 
 async def test_register_schedules_on_a_dev_server(
-    store: Store, catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_store: Store, catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from starter.dev import DevServer, free_port
 
     key = unique("weekly")
-    await publish(store, {"key": key, "name": "Weekly report", "trigger": {
+    await publish(sqlite_store, {"key": key, "name": "Weekly report", "trigger": {
         "schedule": {"cron": "0 9 * * mon", "segment": "vip", "timezone": "Europe/Bucharest"}},
         "steps": ENDS_AT_ONCE})
     queue = unique("sweeps")
     settings = Settings(home=tmp_path / "home", journeys_dir=catalog, journey_task_queue=queue,
                         delivery_task_queue=f"{queue}-delivery")
-    await add_contact(store, "ana", datetime.now(UTC), {"vip": True})
-    async with store.session() as session, session.begin():
+    await add_contact(sqlite_store, "ana", datetime.now(UTC), {"vip": True})
+    async with sqlite_store.session() as session, session.begin():
         await segments_repo.enter_segment(session, "ana", "vip", datetime.now(UTC))
     server = DevServer(db_file=None, log_file=tmp_path / "temporal.log", port=free_port(),
                        headless=True)
     client = await server.start(settings)
     try:
-        first = await register_schedules(client, store, settings)
-        second = await register_schedules(client, store, settings)
+        first = await register_schedules(client, sqlite_store, settings)
+        second = await register_schedules(client, sqlite_store, settings)
         assert first == second == [SEGMENT_SWEEP_SCHEDULE, DATE_SWEEP_SCHEDULE,
                                    journey_schedule_id(key)]
         weekly = await client.get_schedule_handle(journey_schedule_id(key)).describe()
@@ -427,21 +421,22 @@ async def test_register_schedules_on_a_dev_server(
         assert sweep.schedule.action.workflow == SEGMENT_SWEEP_WORKFLOW  # type: ignore[attr-defined]
 
         # An occurrence, triggered now, runs through the real worker and enters the segment.
-        async with running(journey_workers(client, store, journey_queue=queue,
+        async with running(journey_workers(client, sqlite_store, journey_queue=queue,
                                            delivery_queue=f"{queue}-delivery")):
             await client.get_schedule_handle(journey_schedule_id(key)).trigger()
             for _ in range(200):
-                if await entered(store, key):
+                if await entered(sqlite_store, key):
                     break
                 await asyncio.sleep(0.1)
-            [entry] = await entered(store, key)
+            [entry] = await entered(sqlite_store, key)
             assert entry.contact_id == "ana"
-            await terminate_leftovers(client, store)
+            await terminate_leftovers(client, sqlite_store)
 
         # The journey loses its schedule trigger: its schedule goes on the next registration.
-        await publish(store, {"key": key, "name": "Weekly report",
-                              "trigger": {"event": "report_requested"}, "steps": ENDS_AT_ONCE})
-        third = await register_schedules(client, store, settings)
+        await publish(sqlite_store, {
+            "key": key, "name": "Weekly report",
+            "trigger": {"event": "report_requested"}, "steps": ENDS_AT_ONCE})
+        third = await register_schedules(client, sqlite_store, settings)
         assert third == [SEGMENT_SWEEP_SCHEDULE, DATE_SWEEP_SCHEDULE]
         with pytest.raises(RPCError):
             await client.get_schedule_handle(journey_schedule_id(key)).describe()

@@ -17,7 +17,6 @@ from cairn.journey import Journey
 from cairn.store import contacts as contacts_repo
 from cairn.store.db import Store
 from starter.testing import Simulator, parse_scenario
-from tests import engine_support
 from tests.engine_support import (
     MARK_AND_END,
     T0,
@@ -28,9 +27,6 @@ from tests.engine_support import (
     publish,
     unique,
 )
-
-# A fresh store per test (see engine_support); the time-skipping server is per module (conftest).
-store = engine_support.store
 
 STORE_12 = (44.4479, 26.0979)
 """A shop in central Bucharest; the fence around it has a 150 m radius."""

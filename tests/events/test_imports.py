@@ -19,7 +19,6 @@ from cairn.store.db import Store
 from cairn.store.schema import Event
 from starter.api.app import create_app
 from starter.cli.main import app as cli_app
-from tests import engine_support
 from tests.engine_support import (
     MARK_AND_END,
     engine,
@@ -29,9 +28,6 @@ from tests.engine_support import (
     publish,
     unique,
 )
-
-# A fresh store per test (see engine_support); the time-skipping server is per module (conftest).
-store = engine_support.store
 
 MIXED = (
     "userId,email,plan,timezone,orders\n"          # line 1

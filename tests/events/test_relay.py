@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from sqlalchemy import select, update
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -70,15 +69,6 @@ async def main(db_url: str, temporal_address: str, port: int) -> None:
 
 asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 """
-
-
-@pytest_asyncio.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 @asynccontextmanager
@@ -157,10 +147,10 @@ async def api_process(tmp_path: Path, db_url: str) -> AsyncIterator[tuple[str, i
 
 
 async def test_an_event_accepted_by_an_api_killed_before_routing_still_starts_its_journey(
-    temporal_env: WorkflowEnvironment, store: Store, db_url: str, tmp_path: Path
+    temporal_env: WorkflowEnvironment, sqlite_store: Store, db_url: str, tmp_path: Path
 ) -> None:
     key, contact = unique("durable"), unique("c")
-    await publish_waiting_journey(store, key)
+    await publish_waiting_journey(sqlite_store, key)
 
     async with api_process(tmp_path, db_url) as (url, pid):
         async with httpx.AsyncClient() as http:
@@ -168,53 +158,53 @@ async def test_an_event_accepted_by_an_api_killed_before_routing_still_starts_it
                 "userId": contact, "event": "cart_item_added", "messageId": "m-durable",
                 "properties": {"value": 30}, "timestamp": "2026-03-02T09:00:00Z"})
         assert answer.status_code == 202
-        stored = await stored_event(store, "m-durable")
+        stored = await stored_event(sqlite_store, "m-durable")
         assert stored is not None and stored.routed_at is None
         os.kill(pid, signal.SIGKILL)
 
-    row = await stored_event(store, "m-durable")
+    row = await stored_event(sqlite_store, "m-durable")
     assert row is not None and row.routed_at is None, "the killed API must not have routed it"
     wid = workflow_id(key, contact)
 
-    async with engine(temporal_env, store) as ingest:
-        relay = EventRelay(ingest, store, grace=timedelta(0))
+    async with engine(temporal_env, sqlite_store) as ingest:
+        relay = EventRelay(ingest, sqlite_store, grace=timedelta(0))
         assert await relay.pass_once() == 1
 
         handle = temporal_env.client.get_workflow_handle(wid)
         first = await handle.describe()
         assert first.status == WorkflowExecutionStatus.RUNNING
-        routed = await stored_event(store, "m-durable")
+        routed = await stored_event(sqlite_store, "m-durable")
         assert routed is not None and routed.routed_at is not None
         assert await relay.pass_once() == 0  # nothing left to route
 
         # A crash after routing but before `routed_at` was written: the relay routes it again.
-        async with store.session() as session, session.begin():
+        async with sqlite_store.session() as session, session.begin():
             await session.execute(update(Event).where(Event.id == row.id).values(routed_at=None))
         assert await relay.pass_once() == 1
 
         again = await handle.describe()
         assert again.run_id == first.run_id, "routing again must not start a second run"
         assert again.status == WorkflowExecutionStatus.RUNNING
-        async with store.session() as session:
+        async with sqlite_store.session() as session:
             entries = await entries_repo.entries_for(session, key, contact)
         assert [(e.workflow_id, e.trigger_message_id) for e in entries] == [(wid, "m-durable")]
 
 
 async def test_relay_in_the_background_routes_what_was_left(
-    temporal_env: WorkflowEnvironment, store: Store
+    temporal_env: WorkflowEnvironment, sqlite_store: Store
 ) -> None:
     key, contact = unique("background"), unique("c")
-    await publish_waiting_journey(store, key)
-    async with engine(temporal_env, store) as ingest:
+    await publish_waiting_journey(sqlite_store, key)
+    async with engine(temporal_env, sqlite_store) as ingest:
         left = await ingest.track(TrackCall(user_id=contact, event="cart_item_added",
                                             timestamp=T0), route=False)
         assert not left.routed
 
-        relay = EventRelay(ingest, store, interval=timedelta(milliseconds=50),
+        relay = EventRelay(ingest, sqlite_store, interval=timedelta(milliseconds=50),
                            grace=timedelta(0))
         async with relaying(relay):
             async def routed() -> bool:
-                row = await stored_event(store, left.message_id)
+                row = await stored_event(sqlite_store, left.message_id)
                 return row is not None and row.routed_at is not None
 
             await eventually(routed, "routing by the background relay")
@@ -224,41 +214,41 @@ async def test_relay_in_the_background_routes_what_was_left(
         assert described.status == WorkflowExecutionStatus.RUNNING
 
 
-async def test_relay_leaves_events_younger_than_its_grace_to_the_api(store: Store) -> None:
+async def test_relay_leaves_events_younger_than_its_grace_to_the_api(sqlite_store: Store) -> None:
     class Refusing(Ingest):
         async def route_events(self, event_ids: Any) -> dict[int, list[Any]]:
             raise AssertionError(f"nothing is due yet, but the relay routed {list(event_ids)}")
 
-    ingest = Refusing(store, None)
+    ingest = Refusing(sqlite_store, None)
     fresh = await ingest.track(TrackCall(user_id="c-young", event="cart_item_added"),
                                route=False)
 
-    relay = EventRelay(ingest, store, grace=timedelta(minutes=5))
+    relay = EventRelay(ingest, sqlite_store, grace=timedelta(minutes=5))
     assert await relay.pass_once() == 0
-    row = await stored_event(store, fresh.message_id)
+    row = await stored_event(sqlite_store, fresh.message_id)
     assert row is not None and row.routed_at is None
 
 
 async def test_relay_stops_at_a_failure_and_keeps_the_rest_for_later(
-    temporal_env: WorkflowEnvironment, store: Store
+    temporal_env: WorkflowEnvironment, sqlite_store: Store
 ) -> None:
     """With Temporal unreachable nothing is marked routed; once it is back, everything is."""
     key, contact = unique("outage"), unique("c")
-    await publish_waiting_journey(store, key)
+    await publish_waiting_journey(sqlite_store, key)
     from temporalio.client import Client
 
     dead = await Client.connect(f"127.0.0.1:{free_port()}", lazy=True,
                                 data_converter=pydantic_data_converter)
-    down = Ingest(store, Router(dead, store))
+    down = Ingest(sqlite_store, Router(dead, sqlite_store))
     first = await down.track(TrackCall(user_id=contact, event="cart_item_added", timestamp=T0),
                              route=False)
     second = await down.track(TrackCall(user_id=contact, event="cart_item_added",
                                         timestamp=T0 + timedelta(minutes=1)), route=False)
 
-    assert await EventRelay(down, store, grace=timedelta(0)).pass_once() == 0
+    assert await EventRelay(down, sqlite_store, grace=timedelta(0)).pass_once() == 0
     for message_id in (first.message_id, second.message_id):
-        row = await stored_event(store, message_id)
+        row = await stored_event(sqlite_store, message_id)
         assert row is not None and row.routed_at is None
 
-    async with engine(temporal_env, store) as up:
-        assert await EventRelay(up, store, grace=timedelta(0)).pass_once() == 2
+    async with engine(temporal_env, sqlite_store) as up:
+        assert await EventRelay(up, sqlite_store, grace=timedelta(0)).pass_once() == 2

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -38,15 +37,6 @@ from starter.api.app import create_app
 from starter.cli.catalog import current_step, exit_runs, step_counts
 from starter.cli.main import app as cli_app
 from tests.engine_support import T0, engine, finished, publish, unique
-
-
-@pytest_asyncio.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def event(name: str, contact: str, at: datetime = T0, **properties: Any) -> EventMessage:
@@ -72,14 +62,14 @@ ENDS_AT_ONCE = {"bye": {"end": "done"}}
 
 
 async def test_trigger_filter_decides_who_enters(temporal_env: WorkflowEnvironment,
-                                                 store: Store) -> None:
+                                                 sqlite_store: Store) -> None:
     key, contact = unique("filter"), unique("c")
-    journey = await publish(store, {
+    journey = await publish(sqlite_store, {
         "key": key, "name": "Cart reminder", "trigger": {
             "event": "cart_item_added", "where": {"properties.value": {"gte": 20}}},
         "steps": WAIT_A_DAY,
     })
-    async with engine(temporal_env, store) as router:
+    async with engine(temporal_env, sqlite_store) as router:
         small = await router.route(event("cart_item_added", contact, value=10))
         big = await router.route(event("cart_item_added", contact, value=25))
         other = await router.route(event("page_viewed", contact))
@@ -98,7 +88,7 @@ async def test_trigger_filter_decides_who_enters(temporal_env: WorkflowEnvironme
         assert attributes.get(search_attributes.CONTACT) == contact
         assert attributes.get(search_attributes.VERSION) == journey.version
         # The static summary is checked on the dev server (the test server does not keep it).
-        [entry] = await entries(store, key, contact)
+        [entry] = await entries(sqlite_store, key, contact)
         assert entry.workflow_id == started.workflow_id
         assert entry.ended_at is None
 
@@ -107,11 +97,11 @@ async def test_trigger_filter_decides_who_enters(temporal_env: WorkflowEnvironme
 
 
 async def test_never_refuses_a_second_entry(temporal_env: WorkflowEnvironment,
-                                            store: Store) -> None:
+                                            sqlite_store: Store) -> None:
     key, contact = unique("never"), unique("c")
-    await publish(store, {"key": key, "name": "Welcome", "trigger": {"event": "signup"},
-                          "entry": {"reentry": "never"}, "steps": ENDS_AT_ONCE})
-    async with engine(temporal_env, store) as router:
+    await publish(sqlite_store, {"key": key, "name": "Welcome", "trigger": {"event": "signup"},
+                                 "entry": {"reentry": "never"}, "steps": ENDS_AT_ONCE})
+    async with engine(temporal_env, sqlite_store) as router:
         first = only(await router.route(event("signup", contact)), key)
         assert first.action == "started"
         assert first.workflow_id is not None
@@ -121,17 +111,18 @@ async def test_never_refuses_a_second_entry(temporal_env: WorkflowEnvironment,
 
     assert second.action == "refused"
     assert second.reason.startswith("entry: never, entered at 2026-03-02T09:00:00")
-    [entry] = await entries(store, key, contact)
+    [entry] = await entries(sqlite_store, key, contact)
     assert entry.ended_at is not None
 
 
 async def test_after_exit_signals_the_open_entry_then_enters_again(
-    temporal_env: WorkflowEnvironment, store: Store
+    temporal_env: WorkflowEnvironment, sqlite_store: Store
 ) -> None:
     key, contact = unique("after-exit"), unique("c")
-    await publish(store, {"key": key, "name": "Cart", "trigger": {"event": "cart_item_added"},
-                          "entry": {"reentry": "after_exit"}, "steps": WAIT_A_DAY})
-    async with engine(temporal_env, store) as router:
+    await publish(sqlite_store, {
+        "key": key, "name": "Cart", "trigger": {"event": "cart_item_added"},
+        "entry": {"reentry": "after_exit"}, "steps": WAIT_A_DAY})
+    async with engine(temporal_env, sqlite_store) as router:
         first = only(await router.route(event("cart_item_added", contact)), key)
         again = only(await router.route(event("cart_item_added", contact, T0 + timedelta(hours=1))),
                      key)
@@ -139,7 +130,7 @@ async def test_after_exit_signals_the_open_entry_then_enters_again(
         assert first.action == "started"
         assert again.action == "signalled"
         assert again.workflow_id == first.workflow_id
-        assert len(await entries(store, key, contact)) == 1
+        assert len(await entries(sqlite_store, key, contact)) == 1
 
         # The contact leaves (an exit ends the run as any goal would, without waiting a day).
         assert first.workflow_id is not None
@@ -151,20 +142,20 @@ async def test_after_exit_signals_the_open_entry_then_enters_again(
 
         assert later.action == "started"
         assert later.workflow_id == first.workflow_id
-        rows = await entries(store, key, contact)
+        rows = await entries(sqlite_store, key, contact)
         assert len(rows) == 2
         assert sum(row.ended_at is None for row in rows) == 1
 
 
 async def test_concurrent_entries_are_keyed_by_the_event_field(
-    temporal_env: WorkflowEnvironment, store: Store
+    temporal_env: WorkflowEnvironment, sqlite_store: Store
 ) -> None:
     key, contact = unique("orders"), unique("c")
-    await publish(store, {"key": key, "name": "Order follow-up",
-                          "trigger": {"event": "order_placed"},
-                          "entry": {"reentry": "concurrent", "key_by": "properties.order_id"},
-                          "steps": WAIT_A_DAY})
-    async with engine(temporal_env, store) as router:
+    await publish(sqlite_store, {
+        "key": key, "name": "Order follow-up", "trigger": {"event": "order_placed"},
+        "entry": {"reentry": "concurrent", "key_by": "properties.order_id"},
+        "steps": WAIT_A_DAY})
+    async with engine(temporal_env, sqlite_store) as router:
         one = only(await router.route(event("order_placed", contact, order_id="o-1")), key)
         two = only(await router.route(event("order_placed", contact, order_id="o-2")), key)
         same = only(await router.route(event("order_placed", contact, order_id="o-1")), key)
@@ -180,18 +171,18 @@ async def test_concurrent_entries_are_keyed_by_the_event_field(
         assert same.workflow_id == one.workflow_id
         assert keyless.action == "refused"
         assert "properties.order_id" in keyless.reason
-        rows = await entries(store, key, contact)
+        rows = await entries(sqlite_store, key, contact)
         assert sorted(row.entry_key for row in rows) == ["o-1", "o-2"]
 
 
 async def test_min_interval_refuses_entries_too_close_together(
-    temporal_env: WorkflowEnvironment, store: Store
+    temporal_env: WorkflowEnvironment, sqlite_store: Store
 ) -> None:
     key, contact = unique("interval"), unique("c")
-    await publish(store, {"key": key, "name": "Browse", "trigger": {"event": "product_viewed"},
-                          "entry": {"reentry": "after_exit", "min_interval": "1d"},
-                          "steps": ENDS_AT_ONCE})
-    async with engine(temporal_env, store) as router:
+    await publish(sqlite_store, {
+        "key": key, "name": "Browse", "trigger": {"event": "product_viewed"},
+        "entry": {"reentry": "after_exit", "min_interval": "1d"}, "steps": ENDS_AT_ONCE})
+    async with engine(temporal_env, sqlite_store) as router:
         first = only(await router.route(event("product_viewed", contact)), key)
         assert first.action == "started"
         assert first.workflow_id is not None
@@ -205,54 +196,54 @@ async def test_min_interval_refuses_entries_too_close_together(
     assert soon.action == "refused"
     assert soon.reason == "entry: min_interval 1d, last entered at 2026-03-02T09:00:00Z"
     assert later.action == "started"
-    assert len(await entries(store, key, contact)) == 2
+    assert len(await entries(sqlite_store, key, contact)) == 2
 
 
 async def test_routing_the_same_event_twice_enters_once(temporal_env: WorkflowEnvironment,
-                                                        store: Store) -> None:
+                                                        sqlite_store: Store) -> None:
     key, contact = unique("retry"), unique("c")
-    await publish(store, {"key": key, "name": "Retry", "trigger": {"event": "signup"},
-                          "entry": {"reentry": "never"}, "steps": WAIT_A_DAY})
+    await publish(sqlite_store, {"key": key, "name": "Retry", "trigger": {"event": "signup"},
+                                 "entry": {"reentry": "never"}, "steps": WAIT_A_DAY})
     signup = event("signup", contact)
-    async with engine(temporal_env, store) as router:
+    async with engine(temporal_env, sqlite_store) as router:
         first = only(await router.route(signup), key)
         again = only(await router.route(signup), key)
 
     assert first.action == again.action == "started"
     assert again.reason == "already entered with this event"
-    assert len(await entries(store, key, contact)) == 1
+    assert len(await entries(sqlite_store, key, contact)) == 1
 
 
 async def test_an_entry_recorded_before_a_crash_is_started_when_routed_again(
-    temporal_env: WorkflowEnvironment, store: Store
+    temporal_env: WorkflowEnvironment, sqlite_store: Store
 ) -> None:
     key, contact = unique("crash"), unique("c")
-    await publish(store, {"key": key, "name": "Crash", "trigger": {"event": "signup"},
-                          "entry": {"reentry": "never"}, "steps": WAIT_A_DAY})
+    await publish(sqlite_store, {"key": key, "name": "Crash", "trigger": {"event": "signup"},
+                                 "entry": {"reentry": "never"}, "steps": WAIT_A_DAY})
     signup = event("signup", contact)
     # The router died after recording the entry and before starting its run.
-    async with store.session() as session, session.begin():
+    async with sqlite_store.session() as session, session.begin():
         await entries_repo.record_entry(
             session, journey_key=key, version=1, contact_id=contact, entry_key=None,
             workflow_id=workflow_id(key, contact), trigger_message_id=signup.message_id,
             entered_at=T0)
-    async with engine(temporal_env, store) as router:
+    async with engine(temporal_env, sqlite_store) as router:
         decision = only(await router.route(signup), key)
 
         assert decision.action == "started"
         description = await temporal_env.client.get_workflow_handle(
             workflow_id(key, contact)).describe()
         assert description.status == WorkflowExecutionStatus.RUNNING
-    assert len(await entries(store, key, contact)) == 1
+    assert len(await entries(sqlite_store, key, contact)) == 1
 
 
 # --------------------------------------------------------------------------- listening journeys
 
 
 async def test_listening_journeys_hear_the_event(temporal_env: WorkflowEnvironment,
-                                                 store: Store) -> None:
+                                                 sqlite_store: Store) -> None:
     cart, idle, contact = unique("cart"), unique("idle"), unique("c")
-    await publish(store, {
+    await publish(sqlite_store, {
         "key": cart, "name": "Cart", "trigger": {"event": "cart_item_added"},
         "exit": [{"event": "checkout_completed", "goal": "converted"}],
         "steps": {"wait_checkout": {"wait_for_event": {"event": "cart_item_added",
@@ -260,11 +251,11 @@ async def test_listening_journeys_hear_the_event(temporal_env: WorkflowEnvironme
                                     "then": "pause", "timeout_next": "end"},
                   **WAIT_A_DAY},
     })
-    await publish(store, {
+    await publish(sqlite_store, {
         "key": idle, "name": "Idle", "trigger": {"event": "never_sent"},
         "exit": [{"event": "checkout_completed", "goal": "bought"}], "steps": WAIT_A_DAY,
     })
-    async with engine(temporal_env, store) as router:
+    async with engine(temporal_env, sqlite_store) as router:
         added = await router.route(event("cart_item_added", contact))
         # The run just started is not signalled a second time for its own trigger.
         assert [(d.journey, d.action) for d in added] == [(cart, "started")]
@@ -281,18 +272,18 @@ async def test_listening_journeys_hear_the_event(temporal_env: WorkflowEnvironme
 
 
 async def test_a_missing_workflow_is_not_an_error(temporal_env: WorkflowEnvironment,
-                                                  store: Store) -> None:
+                                                  sqlite_store: Store) -> None:
     key, contact = unique("stale"), unique("c")
-    await publish(store, {"key": key, "name": "Stale", "trigger": {"event": "signup"},
-                          "entry": {"reentry": "concurrent", "key_by": "plan"},
-                          "exit": [{"event": "cancelled", "goal": "lost"}],
-                          "steps": WAIT_A_DAY})
+    await publish(sqlite_store, {"key": key, "name": "Stale", "trigger": {"event": "signup"},
+                                 "entry": {"reentry": "concurrent", "key_by": "plan"},
+                                 "exit": [{"event": "cancelled", "goal": "lost"}],
+                                 "steps": WAIT_A_DAY})
     stale = workflow_id(key, contact, "basic")
-    async with store.session() as session, session.begin():
+    async with sqlite_store.session() as session, session.begin():
         await entries_repo.record_entry(
             session, journey_key=key, version=1, contact_id=contact, entry_key="basic",
             workflow_id=stale, trigger_message_id="gone", entered_at=T0)
-    async with engine(temporal_env, store) as router:
+    async with engine(temporal_env, sqlite_store) as router:
         decisions = await router.route(event("cancelled", contact))
 
     assert [(d.workflow_id, d.action, d.reason) for d in decisions] == [
@@ -303,12 +294,13 @@ async def test_a_missing_workflow_is_not_an_error(temporal_env: WorkflowEnvironm
 
 
 async def test_an_event_posted_to_the_api_starts_the_journey(temporal_env: WorkflowEnvironment,
-                                                             store: Store) -> None:
+                                                             sqlite_store: Store) -> None:
     key, contact = unique("api"), unique("c")
-    await publish(store, {"key": key, "name": "Welcome", "trigger": {"event": "signup"},
-                          "steps": WAIT_A_DAY})
-    async with engine(temporal_env, store) as router:
-        app = create_app(store, Ingest(store, router), settings=Settings(database_url=store.url))
+    await publish(sqlite_store, {"key": key, "name": "Welcome", "trigger": {"event": "signup"},
+                                 "steps": WAIT_A_DAY})
+    async with engine(temporal_env, sqlite_store) as router:
+        app = create_app(sqlite_store, Ingest(sqlite_store, router),
+                         settings=Settings(database_url=sqlite_store.url))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://cairn.test") as client:
             response = await client.post("/v1/track", json={
@@ -319,9 +311,9 @@ async def test_an_event_posted_to_the_api_starts_the_journey(temporal_env: Workf
             workflow_id(key, contact)).describe()
         assert description.status == WorkflowExecutionStatus.RUNNING
 
-    [entry] = await entries(store, key, contact)
+    [entry] = await entries(sqlite_store, key, contact)
     assert entry.trigger_message_id == f"{contact}-signup"
-    async with store.session() as session:
+    async with sqlite_store.session() as session:
         assert await events_repo.unrouted_events(session) == []
 
 
@@ -329,12 +321,12 @@ async def test_an_event_posted_to_the_api_starts_the_journey(temporal_env: Workf
 
 
 async def test_runs_shows_the_step_and_exit_removes_the_contact(
-    temporal_env: WorkflowEnvironment, store: Store
+    temporal_env: WorkflowEnvironment, sqlite_store: Store
 ) -> None:
     key, staying, leaving = unique("ops"), unique("c"), unique("c")
-    await publish(store, {"key": key, "name": "Ops", "trigger": {"event": "signup"},
-                          "steps": WAIT_A_DAY})
-    async with engine(temporal_env, store) as router:
+    await publish(sqlite_store, {"key": key, "name": "Ops", "trigger": {"event": "signup"},
+                                 "steps": WAIT_A_DAY})
+    async with engine(temporal_env, sqlite_store) as router:
         for contact in (staying, leaving):
             assert only(await router.route(event("signup", contact)), key).action == "started"
         step, waiting, _until = await current_step(temporal_env.client,
@@ -342,7 +334,7 @@ async def test_runs_shows_the_step_and_exit_removes_the_contact(
         assert step == "pause"
         assert waiting != "-"
 
-        async with store.session() as session:
+        async with sqlite_store.session() as session:
             rows = await entries_repo.open_entries(session, key, leaving)
         never_ran = workflow_id(key, unique("nobody"))
         signalled, ended = await exit_runs(
@@ -354,14 +346,14 @@ async def test_runs_shows_the_step_and_exit_removes_the_contact(
         description = await temporal_env.client.get_workflow_handle(
             workflow_id(key, staying)).describe()
         assert description.status == WorkflowExecutionStatus.RUNNING
-    async with store.session() as session:
+    async with sqlite_store.session() as session:
         still_open = await entries_repo.open_entries(session, key)
     assert [row.contact_id for row in still_open] == [staying]
 
 
 
 async def test_cli_lists_runs_per_step_and_removes_contacts_on_a_dev_server(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    sqlite_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`cairn journeys`, `runs` and `exit` against the real dev server (the test server has no
     visibility listing and keeps no static summaries)."""
@@ -372,9 +364,9 @@ async def test_cli_lists_runs_per_step_and_removes_contacts_on_a_dev_server(
     )
     key, contacts = unique("cli"), [unique("c"), unique("c")]
     try:
-        await publish(store, {"key": key, "name": "Welcome", "trigger": {"event": "signup"},
-                              "steps": WAIT_A_DAY})
-        async with engine(server, store) as router:
+        await publish(sqlite_store, {"key": key, "name": "Welcome", "trigger": {"event": "signup"},
+                                     "steps": WAIT_A_DAY})
+        async with engine(server, sqlite_store) as router:
             for contact in contacts:
                 assert only(await router.route(event("signup", contact)), key).action == "started"
             description = await server.client.get_workflow_handle(
@@ -386,7 +378,7 @@ async def test_cli_lists_runs_per_step_and_removes_contacts_on_a_dev_server(
 
             await eventually(counted, "two runs listed at step pause")
 
-            monkeypatch.setenv("CAIRN_DATABASE_URL", store.url)
+            monkeypatch.setenv("CAIRN_DATABASE_URL", sqlite_store.url)
             monkeypatch.setenv("CAIRN_TEMPORAL_ADDRESS",
                                server.client.service_client.config.target_host)
             monkeypatch.setenv("COLUMNS", "250")

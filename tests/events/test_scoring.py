@@ -4,13 +4,11 @@ threshold crossings as events, decay on entering a segment, idempotency, and fil
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
 from sqlalchemy import select
 
@@ -32,15 +30,6 @@ CATALOG = Path(__file__).resolve().parents[2] / "journeys"
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest_asyncio.fixture
-async def store(any_db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(any_db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def write(folder: Path, name: str, data: Any) -> None:

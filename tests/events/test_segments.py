@@ -4,14 +4,12 @@ store and the real Ingest, and `segment_entered` starting a journey on the time-
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
 from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
@@ -58,15 +56,6 @@ def segment(data: dict[str, Any]) -> Segment:
     assert not problems, problems
     assert found is not None
     return found
-
-
-@pytest_asyncio.fixture
-async def store(any_db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(any_db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def audience(store: Store, *segments: dict[str, Any]) -> ProfileRules:

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from pydantic import ValidationError
-from temporalio.testing import WorkflowEnvironment
 
 from cairn.journey import Journey, Trigger
 from starter.testing import Simulator, parse_scenario
 
 STEPS = {"mark": {"score": {"add": 1}, "next": "end"}}
-
-
-@pytest_asyncio.fixture(scope="module")
-async def simulator(temporal_env: WorkflowEnvironment) -> AsyncIterator[Simulator]:
-    async with Simulator.start(temporal_env) as sim:
-        yield sim
 
 
 def journey(trigger: dict[str, Any]) -> Journey:

@@ -89,6 +89,25 @@ async def test_property_reads_the_event_in_scope() -> None:
     assert (await evaluate(condition({"property": "event", "eq": "purchase"}), scope(event))).result
 
 
+async def test_a_property_condition_reads_the_caught_event_not_the_trigger() -> None:
+    answer = condition({"property": "properties.answer", "event": "form_submitted", "eq": "yes"})
+    trigger = {"event": "go", "properties": {"answer": "no"}}
+    caught = {"form_submitted": {"event": "form_submitted", "properties": {"answer": "yes"}}}
+
+    held = await evaluate(answer, ConditionScope(now=NOW, event=trigger, caught=caught))
+    assert held.result and held.reason == "caught form_submitted properties.answer: holds"
+
+    none = await evaluate(answer, ConditionScope(now=NOW, event=trigger))
+    assert not none.result
+    assert none.reason == "caught form_submitted (none caught) properties.answer: eq 'yes' " \
+                          "failed (missing)"
+    short = condition({"property": "answer", "event": "form_submitted", "eq": "yes"})
+    assert (await evaluate(short, ConditionScope(now=NOW, caught=caught))).result
+    # the trigger is still what a plain property condition reads
+    plain = condition({"property": "answer", "eq": "yes"})
+    assert not (await evaluate(plain, ConditionScope(now=NOW, event=trigger, caught=caught))).result
+
+
 def test_filter_shorthand_is_all_of_property_comparisons() -> None:
     where = condition({"properties.value": {"gte": 20}, "properties.currency": "EUR"})
     ok = {"event": "x", "properties": {"value": 25, "currency": "EUR"}}

@@ -1,4 +1,5 @@
-"""The step graph: checks, loops the interpreter continues-as-new on, and the Mermaid picture."""
+"""The step graph: checks, loops the interpreter continues-as-new on, the Mermaid picture, and
+the words it uses for steps and triggers (`describe_step`, `describe_trigger`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 import starter.cli.journeys  # noqa: F401  (registers validate and graph on the app)
-from cairn.graph import back_edges, check_graph, mermaid
-from cairn.journey import Journey
+from cairn.graph import back_edges, check_graph, describe_step, describe_trigger, mermaid
+from cairn.journey import Journey, Trigger
 from starter.cli.app import app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,3 +171,52 @@ def test_cli_graph_unknown_key_or_broken_file_fails(tmp_path: Path) -> None:
     assert broken.exit_code == 1
     assert f"{tmp_path / 'bad.yaml'}: steps.a.next: unknown step 'b'" in broken.stderr
     assert broken.stdout == ""
+
+
+# --------------------------------------------------------------------------- wording
+
+
+def test_graph_says_remove_from_an_audience() -> None:
+    steps = journey({
+        "join": {"audience": {"sync": "facebook", "audience": "buyers"}, "next": "leave"},
+        "leave": {"audience": {"sync": "google", "audience": "buyers", "action": "remove"},
+                  "next": "end"},
+    })
+    assert describe_step(steps.steps["join"]) == "add to facebook audience buyers"
+    assert describe_step(steps.steps["leave"]) == "remove from google audience buyers"
+    assert "remove from google audience buyers" in mermaid(steps)
+
+
+@pytest.mark.parametrize(("spec", "label"), [
+    ({"attribute": "birthday", "yearly": True, "time": "10:00"}, "on birthday (yearly at 10:00)"),
+    ({"attribute": "emi_due_date", "offset": "-10d"}, "10 days before emi_due_date at 09:00"),
+    ({"attribute": "signup_date", "offset": "1d", "time": "08:30"},
+     "1 day after signup_date at 08:30"),
+    ({"attribute": "renewal", "offset": "-2w", "yearly": True},
+     "14 days before renewal (yearly at 09:00)"),
+    ({"attribute": "starts_at", "offset": "-36h"}, "1d12h before starts_at at 09:00"),
+])
+def test_graph_words_date_attribute_triggers(spec: dict[str, Any], label: str) -> None:
+    trigger = Trigger.model_validate({"date_attribute": spec})
+    assert describe_trigger(trigger) == label
+    chart = mermaid(journey({"hello": {"score": {"add": 1}, "next": "end"}},
+                            trigger={"date_attribute": spec}))
+    assert f'  trigger>"{label}"]' in chart.splitlines()
+
+
+FORM = {
+    "ask": {"wait_for_event": {"event": "form_submitted", "timeout": "2d"}, "then": "check",
+            "timeout_next": "check"},
+    "check": {"if": {"property": "answer", "event": "form_submitted", "eq": "yes"},
+              "then": "said_yes", "else": "said_no"},
+    "said_yes": {"end": "said_yes"},
+    "said_no": {"end": "said_no"},
+}
+"""A form answer that a `wait_for_event` catches and an `if` reads."""
+
+
+def test_graph_keeps_other_triggers_and_names_caught_events() -> None:
+    assert describe_trigger(Trigger(event="cart_item_added")) == "on event cart_item_added"
+    assert describe_trigger(Trigger(segment_entered="vip")) == "on segment_entered vip"
+    chart = mermaid(journey(FORM))
+    assert "if caught form_submitted answer = yes" in chart

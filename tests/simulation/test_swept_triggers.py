@@ -8,25 +8,16 @@ Europe/Bucharest is UTC+2 in winter and UTC+3 in summer (changes on 2026-03-29 a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
-from temporalio.testing import WorkflowEnvironment
 
 from cairn.date_triggers import due_date
 from cairn.journey import Journey
 from starter.testing import SimulationError, SimulationReport, Simulator, parse_scenario
-
-
-@pytest_asyncio.fixture(scope="module")
-async def simulator(temporal_env: WorkflowEnvironment) -> AsyncIterator[Simulator]:
-    async with Simulator.start(temporal_env) as sim:
-        yield sim
 
 
 def journey(key: str, trigger: dict[str, Any], template: str) -> Journey:

@@ -7,13 +7,11 @@ since that is how retried activities and parallel API calls meet them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -31,15 +29,6 @@ from cairn.traits import ContactTraitError
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 BUCHAREST = timezone(timedelta(hours=2))
-
-
-@pytest_asyncio.fixture
-async def store(any_db_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(any_db_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def _count(store: Store, model: Any) -> int:

@@ -1,5 +1,5 @@
-"""The catalog's last five WebEngage journeys, simulated: free trial to paid, EMI reminders,
-weekly progress reports, course recommendations and churn prevention.
+"""The WebEngage journeys of the catalog for an online-learning product, simulated: free trial
+to paid, EMI reminders, weekly progress reports, course recommendations and churn prevention.
 
 Each journey file runs on the real interpreter (Temporal's time-skipping server) with the
 segments it reads loaded from `journeys/segments/`, as they apply live. The journeys that call
@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from temporalio.testing import WorkflowEnvironment
 
 from cairn.catalog_folder import load_segments
 from cairn.channels.base import OutgoingMessage, Provider, Receipt
@@ -200,12 +198,6 @@ def service(services: tuple[Services, StandInServer]) -> Services:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest_asyncio.fixture(scope="module")
-async def simulator(temporal_env: WorkflowEnvironment) -> AsyncIterator[Simulator]:
-    async with Simulator.start(temporal_env) as sim:
-        yield sim
 
 
 MY_SEGMENTS = ("trial_engaged", "active_learners", "about_to_churn")

@@ -1,4 +1,4 @@
-"""The first five WebEngage journeys of the catalog, played by the simulator.
+"""The WebEngage shopping journeys of the catalog, played by the simulator.
 
 app-download-after-checkout, cart-abandonment (docs and two more scenarios), window-shoppers-to-
 buyers, engagement-scoring and cold-user-reactivation: each scenario runs the real interpreter on
@@ -10,19 +10,17 @@ the report's JSON prints them (real processing adds milliseconds after each whol
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from temporalio.testing import WorkflowEnvironment
 
 from cairn.channels.base import OutgoingMessage, Provider, Receipt
 from cairn.channels.registry import ChannelSet, local_channels
@@ -92,12 +90,6 @@ def audience_folder(target: Path, segments: list[str], *, scoring: bool) -> Path
         (target / "scoring").mkdir()
         shutil.copy(JOURNEYS / "scoring" / "engagement.yaml", target / "scoring")
     return target
-
-
-@pytest_asyncio.fixture(scope="module")
-async def simulator(temporal_env: WorkflowEnvironment) -> AsyncIterator[Simulator]:
-    async with Simulator.start(temporal_env) as sim:
-        yield sim
 
 
 def load(key: str) -> Journey:
