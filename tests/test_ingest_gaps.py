@@ -21,7 +21,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from typer.testing import CliRunner
 
 import starter.cli.journeys  # noqa: F401  (registers validate on the app)
-from activities.profile import ProfileActivities
+from activities.update import ProfileActivities
 from cairn.contact import ContactSnapshot
 from cairn.contracts import ProfileUpdateRequest, StepContext
 from cairn.events.calls import TrackCall

@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 
 import starter.cli.journeys  # noqa: F401  (registers validate and graph on the app)
 from activities import ContactActivities, ProfileActivities
-from activities.profile import change_source
+from activities.update import change_source
 from cairn.conditions import Condition, ConditionScope, evaluate, parse_condition
 from cairn.contact import ContactSnapshot
 from cairn.contracts import ConditionRequest, ProfileUpdateRequest, StepContext

@@ -19,10 +19,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities import (
+    ActionActivities,
     ContactActivities,
     DeliveryActivities,
     EntryActivities,
-    LedgerActivities,
     ProfileActivities,
     ScoreActivities,
     TaskActivities,
@@ -418,7 +418,7 @@ async def test_create_task_renders_and_is_idempotent(store: Store) -> None:
 
 
 async def test_record_action_for_each_kind(store: Store) -> None:
-    activities = LedgerActivities(store)
+    activities = ActionActivities(store)
     notify = ActionRequest(
         context=context("alert"), kind="notify",
         notify=Notify(to="slack:#sales", template="hot-lead"),
@@ -467,7 +467,7 @@ async def test_record_action_for_each_kind(store: Store) -> None:
 
 async def test_record_action_without_its_body_is_refused(store: Store) -> None:
     with pytest.raises(ApplicationError) as raised:
-        await env.run(LedgerActivities(store).record_action,
+        await env.run(ActionActivities(store).record_action,
                       ActionRequest(context=context("x"), kind="webhook"))
     assert raised.value.type == "ValidationError" and "webhook" in str(raised.value)
 
