@@ -1,33 +1,55 @@
-"""Every side effect of a journey: contacts and scores, conditions, reachability, delivery, ledger.
+"""Every side effect of a journey: one module per step kind that has one, and what they share.
+
+A step kind that acts on the world has its module here, named after the kind (`send`, `score`,
+`update`, `task`, `notify`, `webhook`, `audience`, `start_journey`): `STEP_ACTIVITIES`. The
+four kinds of `record_action` are told apart inside that one activity (`activities.actions`);
+every call to another system goes through the one exactly-once ledger (`activities.ledger`).
+Reading for decisions is `contacts`, closing entries `entries`, sweeps `sweeps`.
 
 Activities are methods of small classes that hold the store; the worker registers the bound
 methods these functions return. Sends run on their own task queue (`cairn-delivery`), so
 `deliver_message` is listed apart from the rest.
+
+Adding a step kind that acts: its module here (for a `record_action` kind, the functions of
+`actions.Action` and a line in `actions.ACTIONS`; otherwise an activity class, registered in
+`journey_activities`), a line in `STEP_ACTIVITIES`, and a test.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from activities import (
+    audience,
+    notify,
+    score,
+    send,
+    start_journey,
+    task,
+    update,
+    webhook,
+)
+from activities.actions import ActionActivities
 from activities.contacts import ContactActivities
-from activities.delivery import DeliveryActivities
 from activities.entries import EntryActivities
-from activities.ledger import LedgerActivities
-from activities.profile import ProfileActivities
-from activities.scores import ScoreActivities
+from activities.score import ScoreActivities
+from activities.send import DeliveryActivities
 from activities.sweeps import SweepActivities
-from activities.tasks import TaskActivities
+from activities.task import TaskActivities
+from activities.update import ProfileActivities
 from cairn.store.db import Store
 
 if TYPE_CHECKING:
     from cairn.events.ingest import Ingest
 
 __all__ = [
+    "STEP_ACTIVITIES",
+    "ActionActivities",
     "ContactActivities",
     "DeliveryActivities",
     "EntryActivities",
-    "LedgerActivities",
     "ProfileActivities",
     "ScoreActivities",
     "SweepActivities",
@@ -35,6 +57,19 @@ __all__ = [
     "delivery_activities",
     "journey_activities",
 ]
+
+STEP_ACTIVITIES: dict[str, ModuleType] = {
+    "send": send,
+    "score": score,
+    "update": update,
+    "task": task,
+    "notify": notify,
+    "webhook": webhook,
+    "audience": audience,
+    "start_journey": start_journey,
+}
+"""Each step kind that acts on the world, and its module. Kinds not here (waits, `if`, `split`,
+`end`) only read the contact (`load_contact`, `evaluate_condition`) or act in the workflow."""
 
 
 def journey_activities(
@@ -56,7 +91,7 @@ def journey_activities(
         ScoreActivities(store).change_score,
         ProfileActivities(store, ingest=ingest).update_profile,
         TaskActivities(store, delivery.channels).create_task,
-        LedgerActivities(store, delivery.channels).record_action,
+        ActionActivities(store, delivery.channels).record_action,
         EntryActivities(store).finish_entry,
         sweeps.sweep_segments,
         sweeps.sweep_date_attributes,

@@ -541,6 +541,43 @@ def filter_problems(condition: Any, path: str) -> list[tuple[str, str]]:
     return found
 
 
+def _comparison(subject: str, comparison: Comparison) -> str:
+    signs = {"eq": "=", "ne": "≠", "gt": ">", "gte": "≥", "lt": "<", "lte": "≤"}
+    parts = []
+    for op, value in comparison.given().items():
+        if op == "exists":
+            parts.append(f"{subject} {'exists' if value else 'is missing'}")
+        else:
+            parts.append(f"{subject} {signs.get(op, op.replace('_', ' '))} {value}")
+    return " and ".join(parts)
+
+
+def describe_condition(condition: object) -> str:
+    """A one-line reading of a condition (`cart.items > 0`), for graphs and summaries."""
+    if isinstance(condition, AttributeCondition):
+        return _comparison(condition.attribute, condition)
+    if isinstance(condition, ScoreCondition):
+        return _comparison(f"score {condition.score}", condition)
+    if isinstance(condition, PropertyCondition):
+        source = f"caught {condition.event}" if condition.event else "event"
+        return _comparison(f"{source} {condition.property}", condition)
+    if isinstance(condition, InSegmentCondition):
+        return f"in segment {condition.in_segment}"
+    if isinstance(condition, HasDoneCondition):
+        spec = condition.has_done
+        window = f" within {spec.within}" if spec.within else (" since entry" if spec.since else "")
+        return f"did {spec.event} ({_comparison('count', spec.count)}){window}"
+    if isinstance(condition, ReachableCondition):
+        return f"reachable by {condition.reachable.channel}"
+    if isinstance(condition, AllCondition):
+        return " and ".join(f"({describe_condition(c)})" for c in condition.all)
+    if isinstance(condition, AnyCondition):
+        return " or ".join(f"({describe_condition(c)})" for c in condition.any)
+    if isinstance(condition, NotCondition):
+        return f"not ({describe_condition(condition.not_)})"
+    return str(condition)
+
+
 def window_start(spec: HasDone, now: datetime, entered_at: datetime | None) -> datetime | None:
     """Where a has_done count starts: `within` back from now, `since: entry`, or all history."""
     if spec.within:
@@ -570,6 +607,7 @@ __all__ = [
     "caught_events",
     "compare",
     "condition_kind",
+    "describe_condition",
     "evaluate",
     "evaluate_event_filter",
     "event_field",

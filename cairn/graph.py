@@ -11,44 +11,19 @@ import re
 from collections.abc import Iterator
 from datetime import timedelta
 
-from cairn.conditions import (
-    AllCondition,
-    AnyCondition,
-    AttributeCondition,
-    Comparison,
-    HasDoneCondition,
-    InSegmentCondition,
-    NotCondition,
-    PropertyCondition,
-    ReachableCondition,
-    ScoreCondition,
-)
+from cairn.conditions import describe_condition
 from cairn.durations import format_duration, parse_duration
 from cairn.journey import (
     END,
-    AudienceStep,
-    EndStep,
-    IfStep,
+    STEP_MODELS,
     Journey,
-    NotifyStep,
-    ScoreStep,
-    SendStep,
     SplitStep,
-    StartJourneyStep,
     StepBase,
-    TaskStep,
     Trigger,
-    UpdateStep,
-    WaitForEventStep,
-    WaitForWindowStep,
-    WaitStep,
-    WaitUntilStep,
-    WebhookStep,
-    step_kind,
     successors,
 )
 
-WAITING_KINDS = (WaitStep, WaitUntilStep, WaitForWindowStep, WaitForEventStep)
+WAITING_KINDS = tuple(model for model in STEP_MODELS if model.role == "wait")
 """Steps that hand control back to Temporal's timers; a loop needs one to not spin forever."""
 
 GraphProblem = tuple[str, str]
@@ -65,7 +40,7 @@ def route_path(step: str, route: str) -> str:
 
 
 def steps_of(journey: Journey) -> dict[str, StepBase]:
-    """The steps typed by their common base, so `isinstance` narrows them for type checkers."""
+    """The journey's steps by name (typed by their common base; `isinstance` narrows a kind)."""
     return dict(journey.steps)
 
 
@@ -257,84 +232,9 @@ def back_edges(journey: Journey) -> set[tuple[str, str]]:
 # --------------------------------------------------------------------------- description
 
 
-def _comparison(subject: str, comparison: Comparison) -> str:
-    signs = {"eq": "=", "ne": "≠", "gt": ">", "gte": "≥", "lt": "<", "lte": "≤"}
-    parts = []
-    for op, value in comparison.given().items():
-        if op == "exists":
-            parts.append(f"{subject} {'exists' if value else 'is missing'}")
-        else:
-            parts.append(f"{subject} {signs.get(op, op.replace('_', ' '))} {value}")
-    return " and ".join(parts)
-
-
-def describe_condition(condition: object) -> str:
-    """A one-line reading of a condition (`cart.items > 0`), for graphs and summaries."""
-    if isinstance(condition, AttributeCondition):
-        return _comparison(condition.attribute, condition)
-    if isinstance(condition, ScoreCondition):
-        return _comparison(f"score {condition.score}", condition)
-    if isinstance(condition, PropertyCondition):
-        source = f"caught {condition.event}" if condition.event else "event"
-        return _comparison(f"{source} {condition.property}", condition)
-    if isinstance(condition, InSegmentCondition):
-        return f"in segment {condition.in_segment}"
-    if isinstance(condition, HasDoneCondition):
-        spec = condition.has_done
-        window = f" within {spec.within}" if spec.within else (" since entry" if spec.since else "")
-        return f"did {spec.event} ({_comparison('count', spec.count)}){window}"
-    if isinstance(condition, ReachableCondition):
-        return f"reachable by {condition.reachable.channel}"
-    if isinstance(condition, AllCondition):
-        return " and ".join(f"({describe_condition(c)})" for c in condition.all)
-    if isinstance(condition, AnyCondition):
-        return " or ".join(f"({describe_condition(c)})" for c in condition.any)
-    if isinstance(condition, NotCondition):
-        return f"not ({describe_condition(condition.not_)})"
-    return str(condition)
-
-
 def describe_step(step: StepBase) -> str:
     """What a step does, in a few words, read from its definition (not its `summary`)."""
-    if isinstance(step, WaitStep):
-        return f"wait {step.wait}"
-    if isinstance(step, WaitUntilStep):
-        spec = step.wait_until
-        if spec.at is not None:
-            return f"wait until {spec.at.isoformat()}"
-        offset = "" if spec.offset in ("0s", "0") else f" {spec.offset}"
-        clock = f" at {spec.time}" if spec.time else ""
-        return f"wait until {spec.attribute}{offset}{clock}"
-    if isinstance(step, WaitForWindowStep):
-        window = step.wait_for_window
-        return f"wait for {','.join(window.days)} {window.from_}-{window.to}"
-    if isinstance(step, WaitForEventStep):
-        return f"wait for {step.wait_for_event.event} up to {step.wait_for_event.timeout}"
-    if isinstance(step, IfStep):
-        return f"if {describe_condition(step.if_)}"
-    if isinstance(step, SplitStep):
-        return "split" + (f" ({step.split.holdout:g}% holdout)" if step.split.holdout else "")
-    if isinstance(step, SendStep):
-        return f"send {' or '.join(step.send.candidates())}: {step.send.template}"
-    if isinstance(step, ScoreStep):
-        return f"score {step.score.dimension} {step.score.add:+d}"
-    if isinstance(step, UpdateStep):
-        return "update profile"
-    if isinstance(step, WebhookStep):
-        return f"{step.webhook.method} {step.webhook.url}"
-    if isinstance(step, NotifyStep):
-        return f"notify {step.notify.to}: {step.notify.template}"
-    if isinstance(step, TaskStep):
-        return f"task for {step.task.queue}: {step.task.title}"
-    if isinstance(step, AudienceStep):
-        sync = step.audience
-        direction = "to" if sync.action == "add" else "from"
-        return f"{sync.action} {direction} {sync.sync} audience {sync.audience}"
-    if isinstance(step, StartJourneyStep):
-        return f"start journey {step.start_journey.journey}"
-    if isinstance(step, EndStep):
-        return f"end: {step.end.outcome}" if step.end.outcome else "end"
-    return step_kind(step) or type(step).__name__
+    return step.describe()
 
 
 def _days(offset: timedelta) -> str:
@@ -381,14 +281,13 @@ def _node_ids(journey: Journey) -> dict[str, str]:
     return ids
 
 
+SHAPES = {"decide": ("{", "}"), "wait": ("([", "])"), "end": ("((", "))"), "act": ("[", "]")}
+"""A node's Mermaid brackets by its step's role: diamond, stadium, circle, box."""
+
+
 def _shape(step: StepBase, text: str) -> str:
-    if isinstance(step, IfStep | SplitStep):
-        return '{"' + text + '"}'
-    if isinstance(step, WAITING_KINDS):
-        return '(["' + text + '"])'
-    if isinstance(step, EndStep):
-        return '(("' + text + '"))'
-    return '["' + text + '"]'
+    opening, closing = SHAPES[step.role]
+    return f'{opening}"{text}"{closing}'
 
 
 def _edge_label(step: StepBase, route: str) -> str:
@@ -427,7 +326,7 @@ def mermaid(journey: Journey, counts: dict[str, int] | None = None) -> str:
     for name, step in steps_of(journey).items():
         if isinstance(step, SplitStep) and step.split.holdout:
             lines.append(f"  {ids[name]} -->|{step.split.holdout:g}% holdout| finish")
-        if isinstance(step, EndStep):
+        if step.role == "end":
             lines.append(f"  {ids[name]} --> finish")
     for goal in journey.exit:
         lines.append(f"  %% exit goal: {goal.event} -> {goal.goal}")

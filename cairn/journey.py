@@ -2,25 +2,28 @@
 
 A journey file is YAML or JSON; `cairn.journey_files` loads it (with its templates) and checks the
 graph. Each step is a mapping with exactly one kind key (`wait`, `if`, `send`, ...) plus routing
-keys beside it (`next`, `then`/`else`, `then`/`timeout_next`, `paths`). A model dumps back to
-the same shape, so the definition a contact entered with travels in its workflow as written.
+keys beside it (`next`, `then`/`else`, `then`/`timeout_next`, `paths`). Each kind of step is one
+model (its `kind`, `role`, `describe` and routes), listed once in `STEP_MODELS`. A model dumps back
+to the same shape, so the definition a contact entered with travels in its workflow as written.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from functools import reduce
+from operator import or_
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from cairn.conditions import Condition, Spec, parse_condition
+from cairn.conditions import Condition, Spec, describe_condition, parse_condition
 from cairn.durations import Duration, PositiveDuration, TimeOfDay
 
 END = "end"
 """`next: end` finishes the journey (outcome `completed`)."""
 
-CHANNELS = ("email", "sms", "whatsapp", "push", "web_push", "in_app", "on_site")
 Channel = Literal["email", "sms", "whatsapp", "push", "web_push", "in_app", "on_site"]
+CHANNELS: tuple[str, ...] = get_args(Channel)
 Category = Literal["transactional", "marketing"]
 HeldChoice = Literal["wait", "skip"]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -172,44 +175,102 @@ class EndBody(Spec):
 
 # --------------------------------------------------------------------------- steps
 
+StepRole = Literal["wait", "decide", "act", "end"]
+"""What a step does: wait (on a durable timer or for an event), decide where the contact goes,
+act on the world (through an activity), or end. Graphs draw each role in its own shape, and the
+interpreter's handlers are grouped by it (`workflows/steps/waiting.py`, `deciding.py`,
+`acting.py`, `ending.py`)."""
+
 
 class StepBase(Spec):
+    """What every step has. A kind of step is a subclass that names its `kind` (its one kind key,
+    also its field holding the body), its `role`, and says in `describe` what it does."""
+
+    kind: ClassVar[str]
+    role: ClassVar[StepRole]
     summary: str | None = Field(default=None, description="shown in the Temporal UI and graphs")
+
+    def describe(self) -> str:
+        """What the step does, in a few words, read from its definition (not its `summary`):
+        the label of its node in graphs."""
+        return self.kind
+
+    def routes(self) -> list[tuple[str, str]]:
+        """Where the step can go next, as (routing key, step name) pairs, in the order written."""
+        found: list[tuple[str, str]] = []
+        for key in ("next", "then", "else_", "timeout_next", "missing"):
+            target = getattr(self, key, None)
+            if isinstance(target, str):
+                found.append((key.rstrip("_"), target))
+        return found
 
 
 class WaitStep(StepBase):
+    kind = "wait"
+    role = "wait"
     wait: PositiveDuration
     next: str
 
+    def describe(self) -> str:
+        return f"wait {self.wait}"
+
 
 class WaitUntilStep(StepBase):
+    kind = "wait_until"
+    role = "wait"
     wait_until: WaitUntil
     next: str
     missing: str | None = Field(
         default=None, description="where to go when the date attribute is missing (default: next)"
     )
 
+    def describe(self) -> str:
+        spec = self.wait_until
+        if spec.at is not None:
+            return f"wait until {spec.at.isoformat()}"
+        offset = "" if spec.offset in ("0s", "0") else f" {spec.offset}"
+        clock = f" at {spec.time}" if spec.time else ""
+        return f"wait until {spec.attribute}{offset}{clock}"
+
 
 class WaitForWindowStep(StepBase):
+    kind = "wait_for_window"
+    role = "wait"
     wait_for_window: Window
     next: str
 
+    def describe(self) -> str:
+        window = self.wait_for_window
+        return f"wait for {','.join(window.days)} {window.from_}-{window.to}"
+
 
 class WaitForEventStep(StepBase):
+    kind = "wait_for_event"
+    role = "wait"
     wait_for_event: WaitForEvent
     then: str
     timeout_next: str
 
+    def describe(self) -> str:
+        return f"wait for {self.wait_for_event.event} up to {self.wait_for_event.timeout}"
+
 
 class IfStep(StepBase):
+    kind = "if"
+    role = "decide"
     if_: Condition = Field(alias="if")
     then: str
     else_: str = Field(alias="else")
 
     _prepare_if = field_validator("if_", mode="before")(classmethod(lambda cls, v: _where(v)))
 
+    def describe(self) -> str:
+        return f"if {describe_condition(self.if_)}"
+
 
 class SplitStep(StepBase):
+    kind = "split"
+    role = "decide"
     split: Split
 
     @model_validator(mode="before")
@@ -225,48 +286,103 @@ class SplitStep(StepBase):
             data["split"] = body
         return data
 
+    def describe(self) -> str:
+        return "split" + (f" ({self.split.holdout:g}% holdout)" if self.split.holdout else "")
+
+    def routes(self) -> list[tuple[str, str]]:
+        return [*super().routes(),
+                *((f"paths[{i}]", p.next) for i, p in enumerate(self.split.paths))]
+
 
 class SendStep(StepBase):
+    kind = "send"
+    role = "act"
     send: Send
     next: str
 
+    def describe(self) -> str:
+        return f"send {' or '.join(self.send.candidates())}: {self.send.template}"
+
+    def routes(self) -> list[tuple[str, str]]:
+        failure = [("on_failure", self.send.on_failure)] if self.send.on_failure else []
+        return [*super().routes(), *failure]
+
 
 class ScoreStep(StepBase):
+    kind = "score"
+    role = "act"
     score: ScoreChange
     next: str
 
+    def describe(self) -> str:
+        return f"score {self.score.dimension} {self.score.add:+d}"
+
 
 class UpdateStep(StepBase):
+    kind = "update"
+    role = "act"
     update: ProfileUpdate
     next: str
 
+    def describe(self) -> str:
+        return "update profile"
+
 
 class WebhookStep(StepBase):
+    kind = "webhook"
+    role = "act"
     webhook: Webhook
     next: str
 
+    def describe(self) -> str:
+        return f"{self.webhook.method} {self.webhook.url}"
+
 
 class NotifyStep(StepBase):
+    kind = "notify"
+    role = "act"
     notify: Notify
     next: str
 
+    def describe(self) -> str:
+        return f"notify {self.notify.to}: {self.notify.template}"
+
 
 class TaskStep(StepBase):
+    kind = "task"
+    role = "act"
     task: TaskSpec
     next: str
 
+    def describe(self) -> str:
+        return f"task for {self.task.queue}: {self.task.title}"
+
 
 class AudienceStep(StepBase):
+    kind = "audience"
+    role = "act"
     audience: AudienceSync
     next: str
 
+    def describe(self) -> str:
+        sync = self.audience
+        direction = "to" if sync.action == "add" else "from"
+        return f"{sync.action} {direction} {sync.sync} audience {sync.audience}"
+
 
 class StartJourneyStep(StepBase):
+    kind = "start_journey"
+    role = "act"
     start_journey: StartJourney
     next: str
 
+    def describe(self) -> str:
+        return f"start journey {self.start_journey.journey}"
+
 
 class EndStep(StepBase):
+    kind = "end"
+    role = "end"
     end: EndBody = Field(default_factory=EndBody)
 
     @model_validator(mode="before")
@@ -280,33 +396,26 @@ class EndStep(StepBase):
                 return {**data, "end": {"outcome": body}}
         return data
 
+    def describe(self) -> str:
+        return f"end: {self.end.outcome}" if self.end.outcome else "end"
 
-STEP_KINDS: dict[str, type[StepBase]] = {
-    "wait": WaitStep,
-    "wait_until": WaitUntilStep,
-    "wait_for_window": WaitForWindowStep,
-    "wait_for_event": WaitForEventStep,
-    "if": IfStep,
-    "split": SplitStep,
-    "send": SendStep,
-    "score": ScoreStep,
-    "update": UpdateStep,
-    "webhook": WebhookStep,
-    "notify": NotifyStep,
-    "task": TaskStep,
-    "audience": AudienceStep,
-    "start_journey": StartJourneyStep,
-    "end": EndStep,
-}
+
+STEP_MODELS: tuple[type[StepBase], ...] = (
+    WaitStep, WaitUntilStep, WaitForWindowStep, WaitForEventStep,
+    IfStep, SplitStep,
+    SendStep, ScoreStep, UpdateStep, WebhookStep, NotifyStep, TaskStep, AudienceStep,
+    StartJourneyStep,
+    EndStep,
+)
+"""Every kind of step, in the order the language lists them: the one registry of step kinds."""
+
+STEP_KINDS: dict[str, type[StepBase]] = {model.kind: model for model in STEP_MODELS}
 
 
 def step_kind(data: Any) -> str | None:
     """The kind of a step: its one kind key (discriminator of `Step`)."""
     if isinstance(data, StepBase):
-        for kind, model in STEP_KINDS.items():
-            if type(data) is model:
-                return kind
-        return None
+        return data.kind if STEP_KINDS.get(data.kind) is type(data) else None
     if not isinstance(data, dict):
         return None
     kinds = [k for k in STEP_KINDS if k in data]
@@ -315,43 +424,24 @@ def step_kind(data: Any) -> str | None:
     return kinds[0] if len(kinds) == 1 else None
 
 
-Step = Annotated[
-    Annotated[WaitStep, Tag("wait")]
-    | Annotated[WaitUntilStep, Tag("wait_until")]
-    | Annotated[WaitForWindowStep, Tag("wait_for_window")]
-    | Annotated[WaitForEventStep, Tag("wait_for_event")]
-    | Annotated[IfStep, Tag("if")]
-    | Annotated[SplitStep, Tag("split")]
-    | Annotated[SendStep, Tag("send")]
-    | Annotated[ScoreStep, Tag("score")]
-    | Annotated[UpdateStep, Tag("update")]
-    | Annotated[WebhookStep, Tag("webhook")]
-    | Annotated[NotifyStep, Tag("notify")]
-    | Annotated[TaskStep, Tag("task")]
-    | Annotated[AudienceStep, Tag("audience")]
-    | Annotated[StartJourneyStep, Tag("start_journey")]
-    | Annotated[EndStep, Tag("end")],
-    Discriminator(
-        step_kind,
-        custom_error_type="step_kind",
-        custom_error_message="a step needs exactly one kind key: " + ", ".join(STEP_KINDS),
-    ),
-]
-"""Any step; told apart by its one kind key."""
+if TYPE_CHECKING:
+    Step = StepBase
+else:
+    Step = Annotated[
+        reduce(or_, (Annotated[model, Tag(model.kind)] for model in STEP_MODELS)),
+        Discriminator(
+            step_kind,
+            custom_error_type="step_kind",
+            custom_error_message="a step needs exactly one kind key: " + ", ".join(STEP_KINDS),
+        ),
+    ]
+"""Any step; told apart by its one kind key. (Built from `STEP_MODELS`, so type checkers see
+the common base, and `isinstance` narrows a step to its kind.)"""
 
 
 def successors(step: StepBase) -> list[tuple[str, str]]:
     """Where a step can go next, as (routing key, step name) pairs, in the order written."""
-    routes: list[tuple[str, str]] = []
-    for key in ("next", "then", "else_", "timeout_next", "missing"):
-        target = getattr(step, key, None)
-        if isinstance(target, str):
-            routes.append((key.rstrip("_"), target))
-    if isinstance(step, SendStep) and step.send.on_failure:
-        routes.append(("on_failure", step.send.on_failure))
-    if isinstance(step, SplitStep):
-        routes.extend((f"paths[{i}]", p.next) for i, p in enumerate(step.split.paths))
-    return routes
+    return step.routes()
 
 
 # --------------------------------------------------------------------------- journey

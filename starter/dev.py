@@ -38,7 +38,7 @@ from starter.worker import delivery_for, journey_workers, running
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from activities.delivery import DeliveryActivities
+    from activities.send import DeliveryActivities
     from cairn.channels.base import Provider
     from cairn.channels.smtp_sink import SmtpSink
     from cairn.events.ingest import Ingest

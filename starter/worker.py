@@ -22,7 +22,7 @@ from cairn.log import configure, get_logger
 from cairn.settings import Settings
 
 if TYPE_CHECKING:
-    from activities.delivery import DeliveryActivities
+    from activities.send import DeliveryActivities
     from cairn.channels.base import Provider
     from cairn.channels.registry import ChannelSet
     from cairn.delivery_policy import DeliveryPolicy
@@ -100,7 +100,7 @@ async def simulation_workers(
     channels: ChannelSet | None, policy: DeliveryPolicy | None, ingest: Ingest,
 ) -> AsyncIterator[list[Worker]]:
     """Cairn's workers for one simulation run (`cairn.simulation.engine.RunWorkers`)."""
-    from activities.delivery import DeliveryActivities
+    from activities.send import DeliveryActivities
 
     delivery = DeliveryActivities(store, channels, policy)
     workers = journey_workers(client, store, journey_queue=journey_queue,
@@ -156,7 +156,7 @@ def delivery_for(
     """Delivery activities with the configured providers and the delivery policy
     (`journeys/policies/delivery.yaml`); `email` overrides the email provider, as `cairn dev`
     does with its SMTP sink."""
-    from activities.delivery import DeliveryActivities
+    from activities.send import DeliveryActivities
     from cairn.catalog_folder import load_policy
     from cairn.channels.registry import build_channels
 

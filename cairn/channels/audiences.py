@@ -114,27 +114,10 @@ def normalise_zip(value: str | None, country: str | None) -> str | None:
     return text or None
 
 
-@dataclass(frozen=True)
-class NormalisedMember:
-    """One member's identifiers, normalised for one platform but not yet hashed."""
-
-    contact_id: str
-    email: str | None = None
-    phone: str | None = None
-    first_name: str | None = None
-    last_name: str | None = None
-    country: str | None = None
-    zip: str | None = None
-
-    @property
-    def has_full_address(self) -> bool:
-        """Google matches an address only with all four parts."""
-        return bool(self.first_name and self.last_name and self.country and self.zip)
-
-
-def normalise(member: AudienceMember, platform: Platform) -> NormalisedMember:
+def normalise(member: AudienceMember, platform: Platform) -> AudienceMember:
+    """The member with every identifier normalised for the platform (None where unusable)."""
     country = normalise_country(member.country)
-    return NormalisedMember(
+    return AudienceMember(
         contact_id=member.contact_id,
         email=normalise_email(member.email, platform),
         phone=normalise_phone(member.phone, platform),
@@ -145,7 +128,7 @@ def normalise(member: AudienceMember, platform: Platform) -> NormalisedMember:
     )
 
 
-def usable(member: NormalisedMember, platform: Platform) -> bool:
+def usable(member: AudienceMember, platform: Platform) -> bool:
     """Whether the platform can match the member at all.
 
     Email or phone always match. Facebook also matches a full name (with country and zip
@@ -161,14 +144,15 @@ def usable(member: NormalisedMember, platform: Platform) -> bool:
 
 @dataclass(frozen=True)
 class PreparedMembers:
-    """The members worth sending, and how many were dropped for having nothing usable."""
+    """The members worth sending, normalised for the platform, and how many were dropped for
+    having nothing usable."""
 
-    members: list[NormalisedMember]
+    members: list[AudienceMember]
     dropped: int
 
 
 def prepare(members: Iterable[AudienceMember], platform: Platform) -> PreparedMembers:
-    kept: list[NormalisedMember] = []
+    kept: list[AudienceMember] = []
     dropped = 0
     for member in members:
         normalised = normalise(member, platform)

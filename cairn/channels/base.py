@@ -181,7 +181,11 @@ class Notifier(Protocol):
 
 @dataclass(frozen=True)
 class AudienceMember:
-    """Identifiers of one contact for an ad audience, raw: the syncer normalises and hashes."""
+    """Identifiers of one contact for an ad audience.
+
+    A syncer gets them as the contact has them; `cairn.channels.audiences.normalise` gives the
+    same member with each identifier normalised for one platform, which the syncer then hashes.
+    """
 
     contact_id: str
     email: str | None = None
@@ -190,6 +194,11 @@ class AudienceMember:
     last_name: str | None = None
     country: str | None = None
     zip: str | None = None
+
+    @property
+    def has_full_address(self) -> bool:
+        """Google matches an address only with all four parts."""
+        return bool(self.first_name and self.last_name and self.country and self.zip)
 
 
 @runtime_checkable

@@ -26,7 +26,6 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cairn.channels.audiences import (
-    NormalisedMember,
     batches,
     configured_audience,
     prepare,
@@ -83,12 +82,12 @@ class FacebookSettings(BaseSettings):
     timeout: float = 30.0
 
 
-def schema_for(members: list[NormalisedMember]) -> list[str]:
+def schema_for(members: list[AudienceMember]) -> list[str]:
     """The columns at least one member fills: an all-empty column only costs bytes."""
     return [key for key, field in SCHEMA_FIELDS if any(getattr(m, field) for m in members)]
 
 
-def hashed_row(member: NormalisedMember, schema: list[str]) -> list[str]:
+def hashed_row(member: AudienceMember, schema: list[str]) -> list[str]:
     fields = dict(SCHEMA_FIELDS)
     row = []
     for key in schema:

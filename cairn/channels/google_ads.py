@@ -31,7 +31,6 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cairn.channels.audiences import (
-    NormalisedMember,
     batches,
     configured_audience,
     prepare,
@@ -90,7 +89,7 @@ def customer_digits(value: str) -> str:
     return value.replace("-", "").strip()
 
 
-def user_identifiers(member: NormalisedMember) -> list[dict[str, Any]]:
+def user_identifiers(member: AudienceMember) -> list[dict[str, Any]]:
     identifiers: list[dict[str, Any]] = []
     if member.email:
         identifiers.append({"hashedEmail": sha256_hex(member.email)})

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 from temporalio.testing import ActivityEnvironment
 
-from activities.delivery import DeliveryActivities
+from activities.send import DeliveryActivities
 from cairn.channels.base import OutgoingMessage, Provider, Receipt
 from cairn.channels.postmark import PostmarkSettings, parse_postmark_webhook
 from cairn.channels.registry import ChannelSet, local_channels

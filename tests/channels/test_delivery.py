@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.delivery import UNCONFIRMED, DeliveryActivities
+from activities.send import UNCONFIRMED, DeliveryActivities
 from cairn.channels.local import OutboxProvider
 from cairn.channels.postmark import PostmarkProvider, PostmarkSettings
 from cairn.channels.registry import ChannelSet, local_channels

@@ -18,17 +18,17 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities import (
+    ActionActivities,
     ContactActivities,
     DeliveryActivities,
     EntryActivities,
-    LedgerActivities,
     ProfileActivities,
     ScoreActivities,
     TaskActivities,
     delivery_activities,
     journey_activities,
 )
-from activities.profile import change_source
+from activities.update import change_source
 from cairn import contracts
 from cairn.conditions import Condition, parse_condition
 from cairn.contact import ContactSnapshot
@@ -497,7 +497,7 @@ async def test_create_task_renders_and_is_idempotent(store_with_ana: Store) -> N
 
 
 async def test_record_action_for_each_kind(store_with_ana: Store) -> None:
-    activities = LedgerActivities(store_with_ana)
+    activities = ActionActivities(store_with_ana)
     notify = ActionRequest(
         context=context("alert"), kind="notify",
         notify=Notify(to="slack:#sales", template="hot-lead"),
@@ -546,7 +546,7 @@ async def test_record_action_for_each_kind(store_with_ana: Store) -> None:
 
 async def test_record_action_without_its_body_is_refused(store_with_ana: Store) -> None:
     with pytest.raises(ApplicationError) as raised:
-        await env.run(LedgerActivities(store_with_ana).record_action,
+        await env.run(ActionActivities(store_with_ana).record_action,
                       ActionRequest(context=context("x"), kind="webhook"))
     assert raised.value.type == "ValidationError" and "webhook" in str(raised.value)
 

@@ -14,7 +14,7 @@ import httpx
 from fastapi import FastAPI
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from activities.profile import ProfileActivities
+from activities.update import ProfileActivities
 from cairn.contact import ContactSnapshot
 from cairn.contracts import ProfileUpdateRequest, StepContext
 from cairn.events.calls import IdentifyCall, TrackCall

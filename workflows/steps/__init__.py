@@ -1,6 +1,17 @@
-"""One handler per step kind: `async def handler(step, run) -> Next`.
+"""One handler per step kind: `async def handler(step, run) -> Next`, in the module of its role
+(`waiting`, `deciding`, `acting`, `ending`; the role is declared on the step's model).
 
-Adding a step kind means one model in `cairn.journey`, one handler here and one test.
+Adding a step kind:
+- `cairn/journey.py`: its model (a `StepBase` with `kind`, `role` and `describe`, which graphs
+  use) and its place in `STEP_MODELS`;
+- here: its handler in the module of its role, and its line in `HANDLERS`;
+- if it acts on the world: its module `activities/<kind>.py` and its line in
+  `activities.STEP_ACTIVITIES`; then either a `record_action` kind (its body in
+  `cairn.contracts.ActionRequest`, its functions in `activities.actions.ACTIONS`) or an activity
+  of its own (name, request and result in `cairn.contracts`, registered in
+  `activities.journey_activities`);
+- tests: its behaviour, and a saved history that visits it (`tests/engine/test_replay.py` replays
+  every kind). `tests/architecture/test_step_kinds.py` checks that these tables agree.
 """
 
 from __future__ import annotations

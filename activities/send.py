@@ -7,23 +7,23 @@ interpreter waits on a durable timer and asks again. `deliver_message` (delivery
 the template part for the chosen channel and hands the message to the channel's provider.
 
 Exactly once. Every decision lands in the ledger under the send's key (`<workflow id>/<entry>/
-<step>/<iteration>`, plus `/fallback-N` for a fallback channel). Before the provider is called
-the row is committed as `sending`; after it answers, `sent` with the provider's message id. A
-retry that finds `sending` knows an earlier attempt may have reached the provider: it re-sends
-only to a provider that drops duplicate idempotency keys, otherwise it records the send as made
-(`outcome unconfirmed`) rather than risk a second message. A provider error that proves nothing
-went out (connection refused, 429, 5xx answer) removes the `sending` row and lets Temporal retry,
-after the provider's Retry-After when it gave one.
+<step>/<iteration>`, plus `/fallback-N` for a fallback channel), and the call to the provider
+walks the ledger's states (`activities.ledger`): claimed as `sending`, then `sent`, unconfirmed,
+released for a retry, or `failed`. A provider that refuses an address for good (hard bounce, dead
+token) also closes it for the contact, so reachability knows before the next send plans.
+
+Not here: providers themselves (`cairn.channels`), and the actions that are not messages to the
+contact (`activities.actions`).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities.context import (
     TEMPLATE_ERROR,
@@ -32,14 +32,13 @@ from activities.context import (
     permanent,
     step_log,
 )
+from activities.ledger import FAILED, Ledger, Refused
 from cairn.channels.base import OutgoingMessage, Provider, ProviderError
 from cairn.channels.registry import ChannelSet, local_channels
 from cairn.contact import ContactSnapshot
 from cairn.contracts import (
     DELIVER_MESSAGE,
     PREPARE_SEND,
-    PROVIDER_REJECTED,
-    PROVIDER_UNAVAILABLE,
     SEND_STATUSES,
     SendOutcome,
     SendPlan,
@@ -136,6 +135,7 @@ class DeliveryActivities:
         self.policy = policy or DeliveryPolicy()
         self.public_url = public_url
         self.signing_key = signing_key
+        self.ledger = Ledger(store, "delivery", UNCONFIRMED, merges_response=True)
 
     def _ledger_fields(self, request: SendRequest, now: datetime) -> dict[str, Any]:
         context = request.context
@@ -205,7 +205,7 @@ class DeliveryActivities:
     async def _skip(
         self, s: Any, request: SendRequest, status: SendStatus, channel: str | None, reason: str,
     ) -> SendPlan:
-        row, _ = await deliveries_repo.record_delivery(
+        row, _ = await self.ledger.record(
             s, **self._ledger_fields(request, request.context.now),
             channel=channel, status=status, reason=reason, rendered={},
         )
@@ -302,20 +302,13 @@ class DeliveryActivities:
         bound = bound.bind(channel=channel, provider=provider.name)
         prepared: Delivery | TemplateRenderError | tuple[OutgoingMessage, int] | None = None
         async with self.store.session() as s, s.begin():
-            recorded = await deliveries_repo.find_delivery(s, request.ledger_key)
-            if recorded is not None and recorded.status != "sending":
-                bound.info("delivery.duplicate", delivery_id=recorded.id, status=recorded.status)
-                return self._outcome(recorded)
-            if recorded is not None:
-                if not provider.idempotent:
-                    recorded.status = "sent"
-                    recorded.reason = UNCONFIRMED
-                    recorded.sent_at = recorded.sent_at or context.now
-                    recorded.response = {**(recorded.response or {}), "unconfirmed": True}
-                    bound.warning("delivery.unconfirmed", delivery_id=recorded.id)
-                    return self._outcome(recorded)
-                message = self._message_from_row(request, recorded)
-                row_id = recorded.id
+            earlier = await self.ledger.earlier(s, request.ledger_key, now=context.now,
+                                                idempotent=provider.idempotent, log=bound)
+            if earlier is not None and earlier.settled:
+                return self._outcome(earlier.row)
+            if earlier is not None:
+                message = self._message_from_row(request, earlier.row)
+                row_id = earlier.row.id
             else:
                 contact = await contact_snapshot(s, context.contact_id)
                 prepared = await self._prepare_message(s, request, channel, contact, provider)
@@ -328,24 +321,22 @@ class DeliveryActivities:
         try:
             receipt = await provider.send(message)
         except ProviderError as error:
-            return await self._provider_failed(request, provider, message, row_id, error)
-        async with self.store.session() as s, s.begin():
-            row = await s.get(Delivery, row_id)
-            assert row is not None
-            row.status = "sent"
-            row.provider = receipt.provider
-            row.provider_message_id = receipt.provider_message_id
-            row.response = {**(row.response or {}), **receipt.response}
-            row.sent_at = context.now
-            bound.info("delivery.sent", delivery_id=row.id, template=request.send.template,
-                       provider_message_id=receipt.provider_message_id)
-            return self._outcome(row)
+            failed = await self.ledger.failed(row_id, error, idempotent=provider.idempotent,
+                                              now=context.now, log=bound,
+                                              refused=self._refused(message, context.now))
+            return self._outcome(failed)
+        row = await self.ledger.sent(row_id, context.now, response=receipt.response,
+                                     message_id=receipt.provider_message_id,
+                                     provider=receipt.provider)
+        bound.info("delivery.sent", delivery_id=row.id, template=request.send.template,
+                   provider_message_id=receipt.provider_message_id)
+        return self._outcome(row)
 
     async def _prepare_message(
         self, s: Any, request: SendRequest, channel: str, contact: ContactSnapshot,
         provider: Provider,
     ) -> Delivery | TemplateRenderError | tuple[OutgoingMessage, int]:
-        """Check, render and write the `sending` row; or the skip row it wrote, or the
+        """Check, render and claim the row as `sending`; or the skip row it wrote, or the
         template error it recorded as `failed` (raised once that row is committed)."""
         context = request.context
         fields = self._ledger_fields(request, context.now)
@@ -353,7 +344,7 @@ class DeliveryActivities:
                          disabled=self.channels.disabled)
         if closed is not None:
             status, _ = skip_status([(channel, closed)])
-            row, _ = await deliveries_repo.record_delivery(
+            row, _ = await self.ledger.record(
                 s, **fields, channel=channel, status=status, reason=closed.reason, rendered={},
             )
             step_log(context).info("send.skipped", status=status, reason=closed.reason)
@@ -372,8 +363,8 @@ class DeliveryActivities:
         try:
             parts = render(request.send.template, request.template, channel, scope)
         except TemplateRenderError as error:
-            row, _ = await deliveries_repo.record_delivery(
-                s, **fields, channel=channel, status="failed", reason=str(error), rendered={},
+            row, _ = await self.ledger.record(
+                s, **fields, channel=channel, status=FAILED, reason=str(error), rendered={},
             )
             step_log(context).warning("delivery.template_error", template=request.send.template,
                                       error=str(error))
@@ -381,9 +372,8 @@ class DeliveryActivities:
         to = address_of(contact, channel) or contact.id
         headers = (list_unsubscribe_headers(link)
                    if channel == "email" and request.send.category == "marketing" else {})
-        row, _ = await deliveries_repo.record_delivery(
-            s, **fields, channel=channel, provider=provider.name, status="sending",
-            reason=None, rendered=parts,
+        row = await self.ledger.claim(
+            s, **fields, channel=channel, provider=provider.name, reason=None, rendered=parts,
             response=_pending_response(contact, channel, to, headers),
         )
         return self._message(request, channel, to, parts, headers, row), row.id
@@ -413,42 +403,14 @@ class DeliveryActivities:
         return self._message(request, row.channel or "", str(response.get("to") or ""),
                              dict(row.rendered or {}), dict(response.get("headers") or {}), row)
 
-    async def _provider_failed(
-        self, request: SendRequest, provider: Provider, message: OutgoingMessage, row_id: int,
-        error: ProviderError,
-    ) -> SendOutcome:
-        """Record what a provider failure means for the ledger, then answer or raise."""
-        context = request.context
-        bound = step_log(context).bind(channel=message.channel, provider=provider.name)
-        async with self.store.session() as s, s.begin():
-            row = await s.get(Delivery, row_id)
-            assert row is not None
-            if error.outcome_unknown and not provider.idempotent:
-                row.status = "sent"
-                row.reason = f"{UNCONFIRMED}: {error}"
-                row.sent_at = context.now
-                row.response = {**(row.response or {}), "unconfirmed": True}
-                bound.warning("delivery.unconfirmed", delivery_id=row.id, error=str(error))
-                return self._outcome(row)
-            if error.retryable:
-                if not error.outcome_unknown:
-                    # Nothing went out: the next attempt starts afresh (and re-checks consent).
-                    await s.execute(delete(Delivery).where(Delivery.id == row_id))
-                bound.warning("delivery.retry", error=str(error), retry_after=error.retry_after)
-            else:
-                row.status = "failed"
-                row.reason = str(error)
-                row.response = {**(row.response or {}), "status": error.status,
-                                "code": error.code}
-                if error.invalid_recipient:
-                    await self._close_address(s, message, context.now)
-                bound.warning("delivery.rejected", delivery_id=row.id, error=str(error),
-                              invalid_recipient=error.invalid_recipient)
-        # Raised after the commit: the ledger change above must stand whatever Temporal does.
-        if error.retryable:
-            delay = timedelta(seconds=error.retry_after) if error.retry_after is not None else None
-            raise ApplicationError(str(error), type=PROVIDER_UNAVAILABLE, next_retry_delay=delay)
-        raise ApplicationError(str(error), type=PROVIDER_REJECTED, non_retryable=True)
+    def _refused(self, message: OutgoingMessage, now: datetime) -> Refused:
+        """What a permanent refusal adds to the row: the provider's status and code, and for a
+        dead address or token, closing it for the contact."""
+        async def refused(s: AsyncSession, row: Delivery, error: ProviderError) -> None:
+            row.response = {**(row.response or {}), "status": error.status, "code": error.code}
+            if error.invalid_recipient:
+                await self._close_address(s, message, now)
+        return refused
 
     @staticmethod
     async def _close_address(s: Any, message: OutgoingMessage, now: datetime) -> None:

@@ -1,20 +1,20 @@
-"""Tasks for people from journeys: a `task` step opens one in a queue (sales calls, collections).
+"""`task` steps: a task for people opened in a queue (sales calls, collections), once per visit.
 
 Title and note are Liquid texts with the contact and the trigger event in scope, so a task reads
-"Call Ana about order 1042" rather than a template.
+"Call Ana about order 1042" rather than a template. The task's own row (keyed by the step visit)
+is its exactly-once record, not the deliveries ledger; the CRM copy is found again by its marker
+on a retry, and a CRM failure that may pass is retried like any provider's (`ledger.retry_later`).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities.context import TEMPLATE_ERROR, contact_snapshot, permanent, step_log
+from activities.ledger import retry_later
 from cairn.channels.base import OutgoingTask, ProviderError
 from cairn.channels.registry import ChannelSet
-from cairn.contracts import CREATE_TASK, PROVIDER_UNAVAILABLE, TaskRequest, TaskResult
+from cairn.contracts import CREATE_TASK, TaskRequest, TaskResult
 from cairn.durations import parse_duration
 from cairn.store import tasks as tasks_repo
 from cairn.store.db import Store
@@ -77,11 +77,8 @@ class TaskActivities:
             receipt = await self.crm.create_task(task)
         except ProviderError as error:
             if error.retryable:
-                delay = (timedelta(seconds=error.retry_after)
-                         if error.retry_after is not None else None)
                 bound.warning("task.crm_retry", error=str(error))
-                raise ApplicationError(str(error), type=PROVIDER_UNAVAILABLE,
-                                       next_retry_delay=delay) from error
+                raise retry_later(error) from error
             bound.warning("task.crm_refused", error=str(error))
             return
         bound.info("task.mirrored", crm_task=receipt.provider_message_id)
