@@ -38,20 +38,18 @@ from cairn.events.geofencing import Geofencing
 from cairn.events.ingest import Ingest, IngestResult
 from cairn.events.profile_rules import ProfileRules
 from cairn.events.router import RouteDecision, Router
-from cairn.journey import AudienceStep, Journey, NotifyStep, SendStep, WebhookStep
+from cairn.journey import Journey, SendStep
 from cairn.journey_run import STATE_QUERY, JourneyResult, JourneyStateView, PathEntry
 from cairn.log import get_logger
 from cairn.search_attribute_setup import ensure_search_attributes
 from cairn.simulation.errors import SimulationError
 from cairn.simulation.report import (
-    AlertItem,
-    AudienceItem,
+    LEDGER_ITEMS,
     PathItem,
     ScoreItem,
     SendItem,
     SimulationReport,
     TaskItem,
-    WebhookItem,
     utc_text,
 )
 from cairn.simulation.scenario import Scenario, ScenarioEvent
@@ -467,35 +465,10 @@ class _SimulationRun:
             history = await scores.score_history(session, workflow_id=wid)
             task_rows = await tasks.list_tasks(session, workflow_id=wid)
         for row in rows:
-            at = row.sent_at or row.created_at
-            step = steps.get(row.step) if row.step else None
-            if row.kind == "send":
-                report.sends.append(SendItem(at=at, step=row.step, channel=row.channel,
-                                             template=row.template, status=row.status,
-                                             reason=row.reason or ""))
-            elif row.kind == "notify":
-                to = step.notify.to if isinstance(step, NotifyStep) else row.channel
-                template = step.notify.template if isinstance(step, NotifyStep) else row.template
-                report.alerts.append(AlertItem(at=at, step=row.step, to=to, template=template,
-                                               status=row.status))
-            elif row.kind == "webhook":
-                spec = step.webhook if isinstance(step, WebhookStep) else None
-                rendered = row.rendered or {}
-                report.webhooks.append(WebhookItem(
-                    at=at, step=row.step,
-                    method=rendered.get("method") or (spec.method if spec else None),
-                    url=rendered.get("url") or (spec.url if spec else None),
-                    status=row.status,
-                ))
-            elif row.kind == "audience":
-                sync = step.audience if isinstance(step, AudienceStep) else None
-                report.audiences.append(AudienceItem(
-                    at=at, step=row.step,
-                    sync=sync.sync if sync else row.provider,
-                    audience=sync.audience if sync else None,
-                    action=sync.action if sync else None,
-                    status=row.status,
-                ))
+            if row.kind in LEDGER_ITEMS:
+                field, item = LEDGER_ITEMS[row.kind]
+                step = steps.get(row.step) if row.step else None
+                getattr(report, field).append(item.of(row, step))
         # Several entries (workflow ids) add up: each id's rows join the report's.
         report.scores += [ScoreItem(at=h.at, dimension=h.dimension, add=h.delta, total=h.total)
                           for h in history]

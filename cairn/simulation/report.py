@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PrivateAttr
 from temporalio.client import WorkflowHistory
+
+from cairn.journey import AudienceStep, NotifyStep, WebhookStep
+from cairn.store.schema import Delivery
 
 
 def utc_text(moment: datetime) -> str:
@@ -35,13 +38,26 @@ class PathItem(ReportItem):
     note: str
 
 
-class SendItem(ReportItem):
+class LedgerItem(ReportItem):
+    """A report line made from one row of the deliveries ledger and the step that wrote it."""
+
+    @classmethod
+    def of(cls, row: Delivery, step: Any) -> LedgerItem:
+        raise NotImplementedError
+
+
+class SendItem(LedgerItem):
     at: UtcTime
     step: str | None
     channel: str | None
     template: str | None
     status: str
     reason: str = Field(default="", description="why a send was skipped, deferred or failed")
+
+    @classmethod
+    def of(cls, row: Delivery, step: Any) -> SendItem:
+        return cls(at=row.sent_at or row.created_at, step=row.step, channel=row.channel,
+                   template=row.template, status=row.status, reason=row.reason or "")
 
 
 class ScoreItem(ReportItem):
@@ -58,29 +74,62 @@ class TaskItem(ReportItem):
     due: UtcTime | None
 
 
-class AlertItem(ReportItem):
+class AlertItem(LedgerItem):
     at: UtcTime
     step: str | None
     to: str | None
     template: str | None
     status: str
 
+    @classmethod
+    def of(cls, row: Delivery, step: Any) -> AlertItem:
+        notify = step.notify if isinstance(step, NotifyStep) else None
+        return cls(at=row.sent_at or row.created_at, step=row.step,
+                   to=notify.to if notify else row.channel,
+                   template=notify.template if notify else row.template, status=row.status)
 
-class WebhookItem(ReportItem):
+
+class WebhookItem(LedgerItem):
     at: UtcTime
     step: str | None
     method: str | None
     url: str | None
     status: str
 
+    @classmethod
+    def of(cls, row: Delivery, step: Any) -> WebhookItem:
+        spec = step.webhook if isinstance(step, WebhookStep) else None
+        rendered = row.rendered or {}
+        return cls(at=row.sent_at or row.created_at, step=row.step,
+                   method=rendered.get("method") or (spec.method if spec else None),
+                   url=rendered.get("url") or (spec.url if spec else None), status=row.status)
 
-class AudienceItem(ReportItem):
+
+class AudienceItem(LedgerItem):
     at: UtcTime
     step: str | None
     sync: str | None
     audience: str | None
     action: str | None
     status: str
+
+    @classmethod
+    def of(cls, row: Delivery, step: Any) -> AudienceItem:
+        sync = step.audience if isinstance(step, AudienceStep) else None
+        return cls(at=row.sent_at or row.created_at, step=row.step,
+                   sync=sync.sync if sync else row.provider,
+                   audience=sync.audience if sync else None,
+                   action=sync.action if sync else None, status=row.status)
+
+
+LEDGER_ITEMS: dict[str, tuple[str, type[LedgerItem]]] = {
+    "send": ("sends", SendItem),
+    "notify": ("alerts", AlertItem),
+    "webhook": ("webhooks", WebhookItem),
+    "audience": ("audiences", AudienceItem),
+}
+"""Ledger row kind -> the report list its rows join and the line each becomes. Other kinds
+(`start_journey`) show in the path only."""
 
 
 class SimulationReport(BaseModel):
