@@ -26,7 +26,8 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from cairn.conditions import Spec
-from cairn.journey_files import DefinitionFileError, Problem, model_problems, read_document
+from cairn.journey_files import read_document
+from cairn.problems import DefinitionFileError, Problem, model_problems
 from cairn.segments import segment_files
 
 EARTH_RADIUS_M = 6_371_008.8

@@ -33,8 +33,9 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator, model
 
 from cairn.conditions import Condition, Spec, evaluate_event_filter, parse_condition
 from cairn.durations import PositiveDuration, parse_duration
-from cairn.journey_files import DefinitionFileError, Problem, model_problems, read_document
+from cairn.journey_files import read_document
 from cairn.journey_run import EventMessage
+from cairn.problems import DefinitionFileError, Problem, model_problems
 from cairn.segments import segment_files
 
 SEGMENT_ENTERED = "segment_entered"

@@ -52,13 +52,8 @@ from cairn.conditions import (
     read_path,
 )
 from cairn.contact import ContactSnapshot
-from cairn.journey_files import (
-    JOURNEY_SUFFIXES,
-    DefinitionFileError,
-    Problem,
-    model_problems,
-    read_document,
-)
+from cairn.journey_files import JOURNEY_SUFFIXES, read_document
+from cairn.problems import DefinitionFileError, Problem, model_problems
 
 PAGE_VIEWED = "page_viewed"
 """The event name a Segment `page` call is stored under; its `properties.url` is the page."""

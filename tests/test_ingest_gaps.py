@@ -29,7 +29,8 @@ from cairn.events.ingest import Ingest
 from cairn.events.profile_rules import ProfileRules
 from cairn.events.relay import EventRelay
 from cairn.journey import Journey, ProfileUpdate
-from cairn.journey_files import cron_problem, validate
+from cairn.journey_checks import cron_problem
+from cairn.journey_files import validate
 from cairn.scoring import Scoring
 from cairn.segments import parse_segment
 from cairn.settings import Settings

@@ -108,7 +108,8 @@ def graph(
     With a Temporal server reachable (CAIRN_TEMPORAL_ADDRESS), each step shows how many running
     entries are in it right now; without one, the plain graph."""
     from cairn.graph import mermaid
-    from cairn.journey_files import JourneyFileError, find_journey, load_journey
+    from cairn.journey_files import find_journey, load_journey
+    from cairn.problems import JourneyFileError
     from cairn.settings import get_settings
 
     try:

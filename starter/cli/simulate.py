@@ -31,7 +31,8 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def _load(journey_path: Path, scenario_path: Path) -> tuple[Journey, Scenario]:
-    from cairn.journey_files import JourneyFileError, load_journey
+    from cairn.journey_files import load_journey
+    from cairn.problems import JourneyFileError
     from cairn.simulation.engine import ScenarioError, load_scenario
 
     try:
