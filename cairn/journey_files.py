@@ -234,9 +234,9 @@ def _routes_of(raw: dict[str, Any]) -> StepBase:
     if kind == "split":
         body = raw.get("split") if isinstance(raw.get("split"), dict) else {}
         written = raw.get("paths", body.get("paths"))
-        paths = [SplitPath.model_construct(next=p["next"]) for p in written or []
-                 if isinstance(p, dict) and isinstance(p.get("next"), str)] \
-            if isinstance(written, list) else []
+        targets = written if isinstance(written, list) else []
+        paths = [SplitPath.model_construct(next=p["next"]) for p in targets
+                 if isinstance(p, dict) and isinstance(p.get("next"), str)]
         return SplitStep.model_construct(split=Split.model_construct(paths=paths))
     if kind is not None and not issubclass(STEP_KINDS[kind], WAITING_KINDS):
         return STEP_KINDS[kind].model_construct(**routes)
