@@ -305,6 +305,7 @@ async def test_cairn_graph_shows_how_many_contacts_wait_in_each_step(
                          "--journeys-dir", str(REPO / "journeys")],
         capture_output=True, text=True, env=env, timeout=120)
     assert drawn.returncode == 0, drawn.stderr
+    assert drawn.stdout.startswith("flowchart"), "stdout is the graph alone (logs: stderr)"
     [waiting] = [line for line in drawn.stdout.splitlines() if "<b>wait_2h</b>" in line]
     count = int(waiting.rsplit("<br/>", 1)[1].split()[0])
     assert count >= 1 and waiting.endswith(("contact\"])", "contacts\"])"))
