@@ -314,6 +314,21 @@ async def test_cairn_api_names_its_store_and_temporal(
     assert f"API on http://127.0.0.1:{port}" in output
 
 
+def test_the_docs_show_the_dev_server_alone_for_worker_and_api() -> None:
+    operations = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = operations.split("## The dev server alone", 1)[1].split("\n## ", 1)[0]
+    script = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    [server] = [line for line in script.splitlines() if "temporal server start-dev" in line]
+    # only options `cairn dev` itself gives the server, so the line stays one that works
+    known = DevServer(db_file=Path("x.db"), log_file=Path("x.log")).command("temporal")
+    assert {o for o in server.split() if o.startswith("--")} <= set(known)
+    assert "--db-filename" in server
+    assert 'export CAIRN_HOME="$PWD/.cairn"' in script
+    commands = [line.split("#")[0].split() for line in script.splitlines()
+                if line.startswith("cairn ")]
+    assert [c[1] for c in commands] == ["publish", "worker", "api"]
+
+
 # --------------------------------------------------------------------------- the API server
 
 
