@@ -15,10 +15,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from cairn.graph import WAITING_KINDS, check_graph, steps_of
 from cairn.journey import (
@@ -44,6 +44,8 @@ from cairn.templates import part_problems
 JOURNEY_SUFFIXES = (".yaml", ".yml", ".json")
 NOT_JOURNEYS = ("templates", "segments", "scoring")
 """Folders beside the journeys that hold other definitions (never scanned as journeys)."""
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 # --------------------------------------------------------------------------- reading
@@ -226,21 +228,26 @@ def _routes_of(raw: dict[str, Any]) -> StepBase:
     routes = {name: raw[key] for key, name in _ROUTE_FIELDS.items()
               if isinstance(raw.get(key), str)}
     kind = step_kind(raw)
+    body = raw.get(kind) if kind is not None else None
+    body = body if isinstance(body, dict) else {}
     if kind == "send":
-        body = raw.get("send") if isinstance(raw.get("send"), dict) else {}
         on_failure = body.get("on_failure")
-        send = Send.model_construct(on_failure=on_failure if isinstance(on_failure, str) else None)
-        return SendStep.model_construct(send=send, **routes)
+        send = _unchecked(Send, on_failure=on_failure if isinstance(on_failure, str) else None)
+        return _unchecked(SendStep, send=send, **routes)
     if kind == "split":
-        body = raw.get("split") if isinstance(raw.get("split"), dict) else {}
         written = raw.get("paths", body.get("paths"))
         targets = written if isinstance(written, list) else []
-        paths = [SplitPath.model_construct(next=p["next"]) for p in targets
+        paths = [_unchecked(SplitPath, next=p["next"]) for p in targets
                  if isinstance(p, dict) and isinstance(p.get("next"), str)]
-        return SplitStep.model_construct(split=Split.model_construct(paths=paths))
+        return _unchecked(SplitStep, split=_unchecked(Split, paths=paths))
     if kind is not None and not issubclass(STEP_KINDS[kind], WAITING_KINDS):
-        return STEP_KINDS[kind].model_construct(**routes)
-    return _UnreadableStep.model_construct(**routes)
+        return _unchecked(STEP_KINDS[kind], **routes)
+    return _unchecked(_UnreadableStep, **routes)
+
+
+def _unchecked(model: type[Model], **fields: Any) -> Model:
+    """`model` holding `fields` alone, unvalidated: enough for checks that read routes."""
+    return model.model_construct(**fields)
 
 
 def _readable_part_problems(data: dict[str, Any], templates: Path, file: str) -> list[Problem]:
@@ -257,12 +264,11 @@ def _readable_part_problems(data: dict[str, Any], templates: Path, file: str) ->
         try:
             steps[name] = readable[name] = _STEP.validate_python(raw)
         except ValidationError:
-            steps[name] = _routes_of(raw) if isinstance(raw, dict) else (
-                _UnreadableStep.model_construct())
+            steps[name] = _routes_of(raw if isinstance(raw, dict) else {})
     start = data.get("start")
-    graph = Journey.model_construct(steps=steps, start=start if isinstance(start, str) else None)
+    graph = _unchecked(Journey, steps=steps, start=start if isinstance(start, str) else None)
     problems = [Problem(file, where, message) for where, message in check_graph(graph)]
-    sends = Journey.model_construct(steps=readable, templates={})
+    sends = _unchecked(Journey, steps=readable, templates={})
     if data.get("templates"):
         try:
             sends.templates = _INLINE_TEMPLATES.validate_python(data["templates"])
