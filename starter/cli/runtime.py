@@ -135,7 +135,7 @@ async def run_api(settings: Settings) -> None:
             handle = await start_api(create_app(store, ingest, settings=settings),
                                      settings.api_host, settings.api_port)
             output().print(f"API on {handle.url} (docs: {handle.url}/docs). "
-                            "Press Ctrl-C to stop.")
+                           "Press Ctrl-C to stop.")
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({stopped, handle.task}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
