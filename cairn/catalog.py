@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cairn.journey import Journey
-from cairn.journey_files import Problem, journey_files, validate
+from cairn.journey_files import journey_files, validate
 from cairn.log import get_logger
+from cairn.problems import Problem
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
 from cairn.store.schema import JourneyVersion

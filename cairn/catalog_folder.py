@@ -27,7 +27,8 @@ from typing import Any, TypeVar
 
 from cairn.delivery_policy import DeliveryPolicy, PolicyError, parse_policy
 from cairn.geofences import Geofence, GeofenceFileError, parse_geofence
-from cairn.journey_files import JOURNEY_SUFFIXES, Problem, read_document
+from cairn.journey_files import JOURNEY_SUFFIXES, read_document
+from cairn.problems import Problem
 from cairn.scoring import Scoring, ScoringFileError, ScoringRules, parse_scoring
 from cairn.segments import (
     Segment,

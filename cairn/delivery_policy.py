@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError
 
 from cairn.durations import PositiveDuration, parse_duration
 from cairn.journey import Channel, QuietHours, Spec
-from cairn.journey_files import DefinitionFileError, Problem, model_problems
+from cairn.problems import DefinitionFileError, Problem, model_problems
 
 
 class FrequencyCap(Spec):

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from cairn.conditions import Spec
-from cairn.journey_files import DefinitionFileError, Problem, model_problems
+from cairn.problems import DefinitionFileError, Problem, model_problems
 
 EARTH_RADIUS_M = 6_371_008.8
 """Mean Earth radius (IUGG), in metres; the haversine error it brings is well under 0.5%."""

@@ -1,88 +1,51 @@
 """Journey files on disk: reading YAML or JSON into a `Journey` with its templates, and validating
 files and folders so that every problem is reported at once with its file and path.
 
-A problem reads `journeys/x.yaml: steps.remind_sms.send.template: unknown template 'x'`. Checks are
-small functions over a loaded journey (`JOURNEY_CHECKS`); pydantic's errors are translated into
-the same paths in one place (`_readable_path`). This module reads files but never publishes or
-runs anything: the catalog and the CLI build on it.
+A problem reads `journeys/x.yaml: steps.remind_sms.send.template: unknown template 'x'`. The
+wording of problems is `cairn.problems`; the checks beyond the schema are
+`cairn.journey_checks`. A journey with schema errors is still checked as far as it can be (its
+graph and templates, from the steps that are readable), so one run lists everything to fix. This
+module reads files but never publishes or runs anything: the catalog and the CLI build on it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from cairn.conditions import (
-    HasDoneCondition,
-    PropertyCondition,
-    condition_kind,
-    filter_problems,
-    leaves,
-)
-from cairn.graph import check_graph, steps_of
+from cairn.graph import WAITING_KINDS, check_graph, steps_of
 from cairn.journey import (
-    IfStep,
+    END,
+    STEP_KINDS,
     Journey,
     NotifyStep,
+    Send,
     SendStep,
-    UpdateStep,
-    WaitForEventStep,
-    WebhookStep,
+    Split,
+    SplitPath,
+    SplitStep,
+    Step,
+    StepBase,
+    TemplateParts,
+    WaitStep,
     step_kind,
 )
-from cairn.local_time import is_timezone
-from cairn.schedule_times import ALIASES as CRON_ALIASES
-from cairn.schedule_times import Cron, CronError
-from cairn.templates import TemplateRenderError, parse_part, part_problems
-from cairn.update_values import set_problems
+from cairn.journey_checks import JOURNEY_CHECKS, channel_parts, inline_templates
+from cairn.problems import JourneyFileError, Problem, model_problems
+from cairn.templates import part_problems
 
 JOURNEY_SUFFIXES = (".yaml", ".yml", ".json")
 NOT_JOURNEYS = ("templates", "segments", "scoring")
 """Folders beside the journeys that hold other definitions (never scanned as journeys)."""
 
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong in one file: `where` is a path in the file (`steps.x.next`) or a position."""
-
-    file: str
-    where: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.where}: {self.message}" if self.where else (
-            f"{self.file}: {self.message}"
-        )
-
-
-class DefinitionFileError(Exception):
-    """Definition files (segments, scoring rules, geofences) that cannot be used.
-
-    `.problems` lists every fix, each with its file and field; subclasses name what they hold.
-    """
-
-    holds = "definitions"
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{len(problems)} problem(s) to fix in {self.holds}:\n{lines}")
-
-
-class JourneyFileError(Exception):
-    """A journey file that cannot be used; `.problems` lists everything to fix."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{len(problems)} problem(s) to fix:\n{lines}")
+Model = TypeVar("Model", bound=BaseModel)
 
 
 # --------------------------------------------------------------------------- reading
@@ -179,90 +142,6 @@ def _read_json(file: str, text: str) -> tuple[Any, list[Problem]]:
     return data, [Problem(file, "", f"duplicate key '{k}': rename one of them") for k in duplicates]
 
 
-# --------------------------------------------------------------------------- pydantic errors
-
-
-def _is_shorthand_filter(node: Any) -> bool:
-    """`{properties.value: {gte: 20}}`: a filter written without a condition kind key."""
-    return isinstance(node, dict) and condition_kind(node) == "all" and "all" not in node
-
-
-def _readable_path(loc: tuple[int | str, ...], data: Any) -> str:
-    """A pydantic location as the author wrote it: step names, no union tags.
-
-    Pydantic puts the tag of a tagged union into the location (`steps.wait_2h.wait.wait`), and
-    reports a filter shorthand as the `all` of `property` conditions it expands to. Walking the
-    raw data alongside the location tells tags from fields, and maps the expansion back.
-    """
-    parts: list[str] = []
-    node: Any = data
-    union: str | None = None
-    items = list(loc)
-    while items:
-        item = items.pop(0)
-        if union == "step" and isinstance(node, dict) and item == step_kind(node):
-            union = None
-            continue
-        if union == "condition" and isinstance(node, dict) and item == condition_kind(node):
-            union = None
-            if _is_shorthand_filter(node) and len(items) >= 2 and items[0] == "all":
-                index = items[1]
-                keys = list(node)
-                if isinstance(index, int) and index < len(keys):
-                    parts.append(str(keys[index]))
-                    node = node[keys[index]]
-                    # skip the expansion's `all`, index and `property` tag
-                    items = items[3:] if len(items) > 2 and items[2] == "property" else items[2:]
-            continue
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-            node = node[item] if isinstance(node, list) and item < len(node) else None
-        else:
-            parts.append(item)
-            node = node.get(item) if isinstance(node, dict) else None
-        union = _union_at(parts, item)
-    return ".".join(parts).replace(".[", "[")
-
-
-def _union_at(parts: list[str], item: int | str) -> str | None:
-    """Which tagged union (if any) the value at this location is a member of."""
-    if len(parts) == 2 and parts[0] == "steps":
-        return "step"
-    if item in ("if", "where", "not"):
-        return "condition"
-    if isinstance(item, int) and len(parts) >= 2 and parts[-2] in ("all", "any"):
-        return "condition"
-    return None
-
-
-def _readable_message(error: Any) -> str:
-    kind = error["type"]
-    loc = error["loc"]
-    if kind == "step_kind" and isinstance(error.get("input"), dict):
-        return f"{error['msg']} (this step has: {', '.join(map(str, error['input'])) or 'nothing'})"
-    if kind == "extra_forbidden" and loc:
-        return f"unknown field '{loc[-1]}'"
-    if kind == "missing" and loc:
-        return f"missing required field '{loc[-1]}'"
-    message = str(error["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        message = message.removeprefix(prefix)
-    if kind == "literal_error":
-        return message.replace("Input should be", "must be")
-    return message[:1].lower() + message[1:] if not message[:2].isupper() else message
-
-
-def model_problems(file: str, error: ValidationError, data: Any) -> list[Problem]:
-    """Pydantic's errors as problems with the author's paths (the one place they are translated)."""
-    problems = []
-    for item in error.errors():
-        loc = tuple(item["loc"])
-        # an unknown or missing field is reported on the mapping that should (not) hold it
-        owner = loc[:-1] if item["type"] in ("extra_forbidden", "missing") else loc
-        problems.append(Problem(file, _readable_path(owner, data), _readable_message(item)))
-    return problems
-
-
 # --------------------------------------------------------------------------- templates
 
 
@@ -318,196 +197,86 @@ def load_templates(journey: Journey, folder: Path, file: str) -> list[Problem]:
     return problems
 
 
-# --------------------------------------------------------------------------- journey checks
+# --------------------------------------------------------------------------- failed schemas
 
-JourneyCheck = Callable[[Journey], list[tuple[str, str]]]
-
-
-def channel_parts(journey: Journey) -> list[tuple[str, str]]:
-    """A send may use every channel it lists; its template needs a part for each."""
-    problems = []
-    for name, step in steps_of(journey).items():
-        if not isinstance(step, SendStep) or step.send.template not in journey.templates:
-            continue
-        parts = journey.templates[step.send.template]
-        for channel in step.send.candidates():
-            if channel not in parts:
-                where = "channel" if step.send.channel else "channels"
-                problems.append((
-                    f"steps.{name}.send.{where}",
-                    f"template '{step.send.template}' has no '{channel}' part "
-                    f"(it has: {', '.join(parts) or 'none'})",
-                ))
-    return problems
+_STEP: TypeAdapter[StepBase] = TypeAdapter(Step)
+_INLINE_TEMPLATES: TypeAdapter[dict[str, TemplateParts]] = TypeAdapter(dict[str, TemplateParts])
+_ROUTE_FIELDS = {"next": "next", "then": "then", "else": "else_", "timeout_next": "timeout_next",
+                 "missing": "missing"}
+"""Routing keys as written in a step, and the model field each fills."""
 
 
-def inline_templates(journey: Journey) -> list[tuple[str, str]]:
-    """Templates written in the journey file itself get the same checks as template files."""
-    return [
-        (f"templates.{name}.{where}" if where else f"templates.{name}", message)
-        for name, parts in journey.templates.items()
-        for where, message in part_problems(name, parts)
-    ] if journey.templates else []
+class _UnreadableStep(WaitStep):
+    """Stands in for a step that failed its schema, with the routes written in it.
 
-
-def webhook_bodies(journey: Journey) -> list[tuple[str, str]]:
-    """A webhook body is a Liquid template too; a syntax error there would fail at send time."""
-    problems = []
-    for name, step in steps_of(journey).items():
-        if isinstance(step, WebhookStep) and step.webhook.body is not None:
-            try:
-                parse_part(f"steps.{name}", "webhook.body", step.webhook.body)
-            except TemplateRenderError as error:
-                problems.append((f"steps.{name}.webhook.body", str(error)))
-    return problems
-
-
-def timezone(journey: Journey) -> list[tuple[str, str]]:
-    if is_timezone(journey.settings.timezone):
-        return []
-    return [("settings.timezone", f"unknown time zone '{journey.settings.timezone}': use an "
-                                  "IANA name such as 'Europe/Bucharest'")]
-
-
-# --------------------------------------------------------------------------- schedule triggers
-
-
-_DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-
-
-def cron_problem(expression: str) -> str | None:
-    """What is wrong with a `schedule` trigger's cron, or None when Temporal will take it.
-
-    Cairn takes the five classic fields (minute, hour, day of month, month, day of week) with
-    lists, ranges, steps and month and weekday names, and the aliases `@hourly` to `@yearly`:
-    the part of Temporal Schedules' cron syntax whose meaning no one misreads. Temporal would
-    take a sixth field as the year (not seconds, as some cron dialects do), so six or seven fields
-    are refused; the time zone belongs in `timezone`, not in a `CRON_TZ=` prefix.
+    It counts as a waiting step, so no loop through it is reported as busy: whether it waits is
+    unknown until the author fixes it, and a guess would be a false alarm.
     """
-    text = " ".join(expression.split())
-    if text.startswith(("TZ=", "CRON_TZ=")):
-        return "put the time zone in trigger.schedule.timezone, not in the cron"
-    if text.startswith("@"):
-        if text not in CRON_ALIASES:
-            return (f"unknown cron shortcut '{text}': use five fields (minute hour day-of-month "
-                    f"month day-of-week) or one of {', '.join(CRON_ALIASES)}")
-        text = CRON_ALIASES[text]
-    fields = text.split(" ") if text else []
-    if len(fields) != 5:
-        extra = (" (Temporal would read a sixth field as the year, not as seconds)"
-                 if len(fields) > 5 else "")
-        return (f"'{expression}' has {len(fields)} field(s); a cron has five: minute hour "
-                f"day-of-month month day-of-week, e.g. '0 9 * * mon'{extra}")
-    try:
-        cron = Cron.parse(text)
-    except CronError as error:
-        return f"'{expression}': {error}"
-    if min(cron.days) > max(_DAYS_IN_MONTH[m - 1] for m in cron.months):
-        return f"'{expression}' never fires: no chosen month has day {min(cron.days)}"
-    return None
+
+    then: str | None = None
+    else_: str | None = Field(default=None, alias="else")
+    timeout_next: str | None = None
+    missing: str | None = None
 
 
-def schedule_trigger(journey: Journey) -> list[tuple[str, str]]:
-    """A schedule's cron and time zone are checked here, not first by Temporal at publish time."""
-    schedule = journey.trigger.schedule
-    if schedule is None:
+def _routes_of(raw: dict[str, Any]) -> StepBase:
+    """A step's routes read from what the author wrote, without validating the rest of it.
+
+    Sends keep `on_failure` and splits their paths (routes written inside the step's body);
+    waits and steps of no recognisable kind stand in as `_UnreadableStep`.
+    """
+    routes = {name: raw[key] for key, name in _ROUTE_FIELDS.items()
+              if isinstance(raw.get(key), str)}
+    kind = step_kind(raw)
+    body = raw.get(kind) if kind is not None else None
+    body = body if isinstance(body, dict) else {}
+    if kind == "send":
+        on_failure = body.get("on_failure")
+        send = _unchecked(Send, on_failure=on_failure if isinstance(on_failure, str) else None)
+        return _unchecked(SendStep, send=send, **routes)
+    if kind == "split":
+        written = raw.get("paths", body.get("paths"))
+        targets = written if isinstance(written, list) else []
+        paths = [_unchecked(SplitPath, next=p["next"]) for p in targets
+                 if isinstance(p, dict) and isinstance(p.get("next"), str)]
+        return _unchecked(SplitStep, split=_unchecked(Split, paths=paths))
+    if kind is not None and not issubclass(STEP_KINDS[kind], WAITING_KINDS):
+        return _unchecked(STEP_KINDS[kind], **routes)
+    return _unchecked(_UnreadableStep, **routes)
+
+
+def _unchecked(model: type[Model], **fields: Any) -> Model:
+    """`model` holding `fields` alone, unvalidated: enough for checks that read routes."""
+    return model.model_construct(**fields)
+
+
+def _readable_part_problems(data: dict[str, Any], templates: Path, file: str) -> list[Problem]:
+    """Graph and template problems of a journey that failed its schema, from the steps that are
+    readable (unreadable ones keep their routes), so one validation lists everything to fix."""
+    written = data.get("steps")
+    if not isinstance(written, dict) or not written:
         return []
-    problems = []
-    found = cron_problem(schedule.cron)
-    if found is not None:
-        problems.append(("trigger.schedule.cron", found))
-    if not is_timezone(schedule.timezone):
-        problems.append(("trigger.schedule.timezone",
-                         f"unknown time zone '{schedule.timezone}': use an IANA name such as "
-                         "'Europe/Bucharest'"))
+    steps: dict[str, StepBase] = {}
+    readable: dict[str, StepBase] = {}
+    for name, raw in written.items():
+        if not isinstance(name, str) or name == END:
+            continue  # reported by the schema; nothing can route to it by that name
+        try:
+            steps[name] = readable[name] = _STEP.validate_python(raw)
+        except ValidationError:
+            steps[name] = _routes_of(raw if isinstance(raw, dict) else {})
+    start = data.get("start")
+    graph = _unchecked(Journey, steps=steps, start=start if isinstance(start, str) else None)
+    problems = [Problem(file, where, message) for where, message in check_graph(graph)]
+    sends = _unchecked(Journey, steps=readable, templates={})
+    if data.get("templates"):
+        try:
+            sends.templates = _INLINE_TEMPLATES.validate_python(data["templates"])
+        except ValidationError:
+            return problems  # which templates the sends mean is unknown until these are fixed
+    problems += load_templates(sends, templates, file)
+    problems += [Problem(file, where, message) for where, message in channel_parts(sends)]
     return problems
-
-
-# --------------------------------------------------------------------------- conditions in place
-
-_FILTER_ADVICE = {
-    "trigger": "the trigger filter sees only the event (its name, properties and timestamp), "
-               "not the contact; move it into an `if` step at the start of the journey",
-    "exit": "an exit goal's filter sees only the event as it arrives, not the contact; test the "
-            "contact in an `if` step instead",
-    "wait": "a wait's filter sees only the event it waits for, not the contact; test the contact "
-            "in an `if` step after the wait",
-    "has_done": "has_done's `where` sees only each stored event, not the contact; put the "
-                "contact's conditions beside the has_done in an `all`",
-}
-
-
-def _filter_messages(condition: Any, path: str, place: str) -> list[tuple[str, str]]:
-    problems = []
-    for where, kind in filter_problems(condition, path):
-        if kind == "property with event":
-            problems.append((where, "`event:` reads an event caught by a wait_for_event step and "
-                                    "works only in `if` steps; a filter reads the event it "
-                                    "filters, so remove `event:` here"))
-        else:
-            problems.append((where, f"`{kind}` conditions cannot work here: "
-                                    f"{_FILTER_ADVICE[place]}"))
-    return problems
-
-
-def _if_conditions(journey: Journey) -> list[tuple[str, Any]]:
-    """Every leaf condition of the journey's `if` steps, with its path (`steps.x.if.all[0]`)."""
-    return [
-        (where, leaf)
-        for name, step in steps_of(journey).items() if isinstance(step, IfStep)
-        for where, leaf in leaves(step.if_, f"steps.{name}.if")
-    ]
-
-
-def event_filters(journey: Journey) -> list[tuple[str, str]]:
-    """Filters (`where`) are decided on an event alone: a condition on the contact, its history
-    or its channels there would never see them, so it is refused before it silently fails."""
-    problems = []
-    if journey.trigger.where is not None:
-        problems += _filter_messages(journey.trigger.where, "trigger.where", "trigger")
-    for index, goal in enumerate(journey.exit):
-        if goal.where is not None:
-            problems += _filter_messages(goal.where, f"exit[{index}].where", "exit")
-    for name, step in steps_of(journey).items():
-        if isinstance(step, WaitForEventStep) and step.wait_for_event.where is not None:
-            problems += _filter_messages(step.wait_for_event.where,
-                                         f"steps.{name}.wait_for_event.where", "wait")
-    for where, leaf in _if_conditions(journey):
-        if isinstance(leaf, HasDoneCondition) and leaf.has_done.where is not None:
-            problems += _filter_messages(leaf.has_done.where, f"{where}.has_done.where",
-                                         "has_done")
-    return problems
-
-
-def caught_event_conditions(journey: Journey) -> list[tuple[str, str]]:
-    """`{property: ..., event: x}` reads the event `x` a wait caught: some wait must catch it."""
-    caught = list(dict.fromkeys(
-        step.wait_for_event.event for step in steps_of(journey).values()
-        if isinstance(step, WaitForEventStep)
-    ))
-    problems = []
-    for where, leaf in _if_conditions(journey):
-        if isinstance(leaf, PropertyCondition) and leaf.event and leaf.event not in caught:
-            found = (f"its waits catch: {', '.join(caught)}" if caught
-                     else "it has no wait_for_event step")
-            problems.append((f"{where}.event", f"no wait_for_event step of this journey catches "
-                                               f"'{leaf.event}' ({found})"))
-    return problems
-
-
-def update_values(journey: Journey) -> list[tuple[str, str]]:
-    """Liquid in `update.set` values is checked like message templates (syntax, filters)."""
-    return [
-        (f"steps.{name}.update.set.{where}", message)
-        for name, step in steps_of(journey).items() if isinstance(step, UpdateStep)
-        for where, message in set_problems(name, step.update.set)
-    ]
-
-
-JOURNEY_CHECKS: tuple[JourneyCheck, ...] = (
-    check_graph, channel_parts, webhook_bodies, timezone, schedule_trigger, event_filters,
-    caught_event_conditions, update_values,
-)
 
 
 # --------------------------------------------------------------------------- loading
@@ -528,7 +297,8 @@ def _parse_journey(path: Path) -> tuple[Journey | None, list[Problem]]:
     try:
         journey = Journey.model_validate(data)
     except ValidationError as error:
-        return None, problems + model_problems(file, error, data)
+        problems += model_problems(file, error, data)
+        return None, problems + _readable_part_problems(data, path.parent / "templates", file)
     if inline:
         problems += [Problem(file, w, m) for w, m in inline_templates(journey)]
     problems += load_templates(journey, path.parent / "templates", file)
@@ -641,7 +411,6 @@ def find_journey(key: str, folder: Path) -> Path:
 
 
 __all__ = [
-    "JOURNEY_CHECKS", "JourneyFileError", "Problem", "Validation", "cron_problem", "find_journey",
-    "journey_files", "load_journey", "model_problems", "read_document", "validate",
-    "validate_paths",
+    "JOURNEY_SUFFIXES", "Validation", "find_journey", "journey_files", "load_journey",
+    "read_document", "read_template", "validate", "validate_paths",
 ]

@@ -1,7 +1,8 @@
 """structlog set-up: key-value lines for people, JSON lines for machines (`CAIRN_LOG_JSON=1`).
 
 Modules bind context once (`log.bind(journey=..., contact=..., step=...)`) and log events with
-key-value pairs.
+key-value pairs. Every log line goes to stderr, Cairn's and its libraries' alike: stdout belongs to
+a command's output (`cairn graph x > x.mmd`, `cairn simulate --json | jq`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,31 @@ def configure(level: str = "INFO", json: bool = False) -> None:
         logger_factory=lambda *args: _StandardError(),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(name)s %(message)s")
+    _configure_standard_logging(logging.getLevelNamesMapping().get(level.upper(), logging.INFO))
+
+
+_HANDLER = "cairn"
+"""Name of the stderr handler `configure` puts on the root logger when nobody else has one."""
+
+
+def _configure_standard_logging(level: int) -> None:
+    """Libraries' own logs (Temporal, SQLAlchemy, Alembic) go to stderr at the same level.
+
+    A handler someone else installed (a test runner's, an embedding application's) is left as it
+    is; the level of Cairn's own handler follows each call, so a command that sets a quieter
+    level first does not silence the process that starts after it.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.set_name(_HANDLER)
+        handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+        root.addHandler(handler)
+    if any(handler.get_name() == _HANDLER for handler in root.handlers):
+        root.setLevel(level)
+    # Alembic announces its plugins and migration context at INFO each time the store opens;
+    # the store logs what it migrated itself (`store.migrated`).
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

@@ -5,7 +5,7 @@ cron and `time_zone_name`; simulations need the same instants without a Temporal
 module computes them the way Temporal's scheduler does (its `compiledCalendar` in
 `service/worker/scheduler/calendar.go`):
 
-- the syntax is what `cairn.journey_files.cron_problem` accepts: five fields (minute, hour, day of
+- the syntax is what `cairn.journey_checks.cron_problem` accepts: five fields (minute, hour, day of
   month, month, day of week) with lists (`1,15`), ranges (`1-5`), steps (`*/15`, `5/10`: from 5
   to the end by 10), month names (at least three letters) and weekday names (at least two), 0 or
   7 for Sunday, and `@hourly`, `@daily`/`@midnight`, `@weekly`, `@monthly`, `@yearly`/`@annually`;

@@ -33,8 +33,8 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator, model
 
 from cairn.conditions import Condition, Spec, evaluate_event_filter, parse_condition
 from cairn.durations import PositiveDuration, parse_duration
-from cairn.journey_files import DefinitionFileError, Problem, model_problems
 from cairn.journey_run import EventMessage
+from cairn.problems import DefinitionFileError, Problem, model_problems
 
 SEGMENT_ENTERED = "segment_entered"
 SEGMENT_EXITED = "segment_exited"

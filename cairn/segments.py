@@ -52,7 +52,7 @@ from cairn.conditions import (
     read_path,
 )
 from cairn.contact import ContactSnapshot
-from cairn.journey_files import DefinitionFileError, Problem, model_problems
+from cairn.problems import DefinitionFileError, Problem, model_problems
 
 PAGE_VIEWED = "page_viewed"
 """The event name a Segment `page` call is stored under; its `properties.url` is the page."""

@@ -32,6 +32,7 @@ from cairn.events.relay import EventRelay, relaying
 from cairn.log import get_logger
 from cairn.search_attribute_setup import ensure_search_attributes
 from cairn.settings import Settings
+from starter.lifeline import Lifeline, start_tied
 from starter.temporal import TemporalConnectionError, connect
 from starter.worker import delivery_for, journey_workers, running
 
@@ -85,7 +86,8 @@ class DevServer:
     """The `temporal server start-dev` process, or a Temporal server already listening on the port.
 
     The server runs in its own session, so a Ctrl-C in the terminal reaches Cairn first and Cairn
-    stops the workers before the server they talk to.
+    stops the workers before the server they talk to. It is tied to the process that started it
+    (`starter.lifeline`): if that process is killed outright, the server stops too.
     """
 
     db_file: Path | None
@@ -97,6 +99,7 @@ class DevServer:
     headless: bool = False
     reused: bool = field(default=False, init=False)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _lifeline: Lifeline | None = field(default=None, init=False, repr=False)
     _log_handle: IO[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -150,7 +153,7 @@ class DevServer:
             self.db_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._log_handle = self.log_file.open("wb")
-        self.process = subprocess.Popen(
+        self.process, self._lifeline = start_tied(
             self.command(binary),
             stdin=subprocess.DEVNULL,
             stdout=self._log_handle,
@@ -209,6 +212,9 @@ class DevServer:
                     process.kill()
             code = process.wait()
             log.info("dev_server.stopped", address=self.address, code=code)
+        if self._lifeline is not None:
+            self._lifeline.release()
+            self._lifeline = None
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from temporalio.client import Client
@@ -117,9 +118,9 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
 
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
-    """`cairn worker`: connect, check search attributes, open the store, run until stopped."""
+    """`cairn worker`: connect, check search attributes, open the existing store, run until
+    stopped."""
     from cairn.search_attribute_setup import ensure_search_attributes
-    from cairn.store.db import Store
     from starter.temporal import connect
 
     configure(settings.log_level, settings.log_json)
@@ -128,7 +129,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         stop_on_signals(stop)
     client = await connect(settings)
     await ensure_search_attributes(client)
-    store = await Store.open(settings.store_url)
+    store = await open_existing_store(settings.store_url)
     bound = log.bind(address=settings.temporal_address, namespace=settings.temporal_namespace)
     delivery = delivery_for(settings, store)
     try:
@@ -148,6 +149,45 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         await delivery.channels.aclose()
         await store.close()
     bound.info("worker.stopped")
+
+
+async def open_existing_store(url: str) -> Store:
+    """The store at `url`, brought to the current schema, provided it was created before.
+
+    A worker never creates a store: one started in another folder (the default store is under
+    CAIRN_HOME, relative to the working directory) would otherwise work on a new, empty store
+    and every run would fail on contacts it cannot find. `cairn publish`, `cairn api` and
+    `cairn dev` create the store.
+    """
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.engine import make_url
+
+    from cairn.store.db import Store, StoreError
+
+    parsed = make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    missing = StoreError(
+        f"the store {shown} has no Cairn tables, so it is not the store the API and the catalog "
+        "use. Point the worker at that store (CAIRN_HOME as an absolute path, or "
+        "CAIRN_DATABASE_URL), or create this one first with `cairn publish` run with the same "
+        "settings"
+    )
+    database = parsed.database or ""
+    if (parsed.get_backend_name() == "sqlite" and database and database != ":memory:"
+            and not database.startswith("file:") and not Path(database).exists()):
+        raise missing  # checked before opening: opening a SQLite file creates it
+    store = await Store.open(url, migrate=False)
+    try:
+        async with store.engine.connect() as connection:
+            revision = await connection.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision())
+        if revision is None:
+            raise missing
+        await store.migrate()
+    except BaseException:
+        await store.close()
+        raise
+    return store
 
 
 def delivery_for(

@@ -9,18 +9,17 @@ the commands so `cairn --help` stays fast.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from starter.cli.app import app
+from starter.cli.common import errors, fail, load_settings, output, run_job, with_store
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -34,42 +33,12 @@ T = TypeVar("T")
 QUERY_TIMEOUT = timedelta(seconds=5)
 """How long `runs` waits for a run to answer `state` (no worker running: it never will)."""
 
-_err = Console(stderr=True)
-
-
-def _settings() -> Settings:
-    from cairn.log import configure
-    from cairn.settings import get_settings
-
-    settings = get_settings()
-    configure("WARNING" if settings.log_level.upper() == "INFO" else settings.log_level,
-              settings.log_json)
-    return settings
-
-
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
-
 
 def _run(job: Coroutine[Any, Any, T]) -> T:
     from cairn.catalog import CatalogError
     from starter.temporal import TemporalConnectionError
 
-    try:
-        return asyncio.run(job)
-    except (CatalogError, TemporalConnectionError) as error:
-        raise _fail(str(error)) from None
-
-
-async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
-    from cairn.store.db import Store
-
-    store = await Store.open(settings.store_url)
-    try:
-        return await work(store)
-    finally:
-        await store.close()
+    return run_job(job, CatalogError, TemporalConnectionError)
 
 
 async def _maybe_client(settings: Settings) -> Client | None:
@@ -79,8 +48,8 @@ async def _maybe_client(settings: Settings) -> Client | None:
     try:
         return await connect(settings)
     except TemporalConnectionError:
-        _err.print(f"[yellow]Temporal at {settings.temporal_address} does not answer; "
-                   "showing what the store knows.[/yellow]", highlight=False)
+        errors.print(f"[yellow]Temporal at {settings.temporal_address} does not answer; "
+                     "showing what the store knows.[/yellow]", highlight=False)
         return None
 
 
@@ -100,21 +69,21 @@ def publish(
     from cairn.catalog import publish_catalog
     from starter.schedules import register_if_reachable
 
-    settings = _settings()
+    settings = load_settings()
     target = folder or settings.journeys_dir
-    rows = _run(_with_store(settings, lambda store: publish_catalog(store, target)))
-    schedules = _run(_with_store(settings, lambda s: register_if_reachable(s, settings, target)))
+    rows = _run(with_store(settings, lambda store: publish_catalog(store, target)))
+    schedules = _run(with_store(settings, lambda s: register_if_reachable(s, settings, target)))
     table = Table(title=f"published from {target}")
     for column in ("journey", "version", "new", "source"):
         table.add_column(column)
     for row, new in rows:
         table.add_row(row.key, str(row.version), "yes" if new else "no (unchanged)",
                       row.source or "-")
-    Console().print(table)
+    output().print(table)
     if not rows:
-        _err.print(f"no journey files (*.yaml, *.yml, *.json) in {target}")
+        errors.print(f"no journey files (*.yaml, *.yml, *.json) in {target}")
     if schedules is not None:
-        Console().print(f"schedules registered on Temporal: {', '.join(schedules)}")
+        output().print(f"schedules registered on Temporal: {', '.join(schedules)}")
 
 
 # --------------------------------------------------------------------------- journeys
@@ -144,7 +113,7 @@ def journeys() -> None:
     from cairn.store import entries as entries_repo
     from cairn.store import journeys as journeys_repo
 
-    settings = _settings()
+    settings = load_settings()
 
     async def collect(store: Store) -> list[tuple[Any, int, Counter[str] | None]]:
         async with store.session() as session:
@@ -159,13 +128,13 @@ def journeys() -> None:
                 try:
                     steps = await step_counts(client, row.key)
                 except RPCError as error:  # e.g. a server without advanced visibility
-                    _err.print(f"[yellow]Temporal cannot list runs ({error.message}); showing "
-                               "what the store knows.[/yellow]", highlight=False)
+                    errors.print(f"[yellow]Temporal cannot list runs ({error.message}); "
+                                 "showing what the store knows.[/yellow]", highlight=False)
                     client = None
             listed.append((row, open_counts[row.key], steps))
         return listed
 
-    listed = _run(_with_store(settings, collect))
+    listed = _run(with_store(settings, collect))
     table = Table(title="published journeys")
     for column in ("journey", "version", "name", "trigger", "open entries", "per step"):
         table.add_column(column)
@@ -174,7 +143,7 @@ def journeys() -> None:
                     else ", ".join(f"{step}: {n}" for step, n in sorted(steps.items())) or "-")
         trigger = (row.definition.get("trigger") or {}).get("event", "-")
         table.add_row(row.key, str(row.version), row.name, trigger, str(open_count), per_step)
-    Console().print(table)
+    output().print(table)
 
 
 # --------------------------------------------------------------------------- runs
@@ -209,7 +178,7 @@ def runs(
     """Who is where: open entries with their current step and what they wait for."""
     from cairn.store import entries as entries_repo
 
-    settings = _settings()
+    settings = load_settings()
 
     async def collect(store: Store) -> list[tuple[Entry, tuple[str, str, str] | None]]:
         async with store.session() as session:
@@ -218,10 +187,10 @@ def runs(
         return [(row, await current_step(client, row.workflow_id) if client else None)
                 for row in rows]
 
-    listed = _run(_with_store(settings, collect))
+    listed = _run(with_store(settings, collect))
     if not listed:
-        _err.print("nobody is in a journey" + (f" {journey}" if journey else "")
-                   + (f" for contact {contact}" if contact else ""))
+        errors.print("nobody is in a journey" + (f" {journey}" if journey else "")
+                     + (f" for contact {contact}" if contact else ""))
         return
     table = Table(title="open entries")
     for column in ("journey", "contact", "entry key", "entered", "step", "waiting for", "until"):
@@ -230,7 +199,7 @@ def runs(
         step, waiting, until = where or ("?", "(Temporal unreachable)", "-")
         table.add_row(f"{row.journey_key} v{row.version}", row.contact_id, row.entry_key or "-",
                       _when(row.entered_at), step, waiting, until)
-    Console().print(table)
+    output().print(table)
 
 
 # --------------------------------------------------------------------------- exit
@@ -269,8 +238,8 @@ def exit_command(
     from starter.temporal import connect
 
     if bool(contact) == all_:
-        raise _fail("give --contact ID (repeatable) or --all, not both and not neither")
-    settings = _settings()
+        raise fail("give --contact ID (repeatable) or --all, not both and not neither")
+    settings = load_settings()
 
     async def work(store: Store) -> tuple[int, int]:
         from cairn.store import entries as entries_repo
@@ -286,6 +255,6 @@ def exit_command(
         client = await connect(settings)
         return await exit_runs(client, (row.workflow_id for row in rows), reason)
 
-    signalled, gone = _run(_with_store(settings, work))
-    Console().print(f"{signalled} run(s) of {journey} told to exit"
+    signalled, gone = _run(with_store(settings, work))
+    output().print(f"{signalled} run(s) of {journey} told to exit"
                     + (f"; {gone} had already ended" if gone else ""))

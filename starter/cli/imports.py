@@ -14,33 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from starter.cli.app import app
+from starter.cli.common import errors, fail, load_settings, output
 
 if TYPE_CHECKING:
     from cairn.events.imports import ImportSummary
     from cairn.settings import Settings
-
-_err = Console(stderr=True)
-
-
-def _settings() -> Settings:
-    from cairn.log import configure
-    from cairn.settings import get_settings
-
-    settings = get_settings()
-    configure("WARNING" if settings.log_level.upper() == "INFO" else settings.log_level,
-              settings.log_json)
-    return settings
-
-
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
-
 
 async def run_import(settings: Settings, content: bytes, journey: str | None) -> ImportSummary:
     """Open the store (and Temporal, if it answers), import with a progress bar, close."""
@@ -66,14 +48,14 @@ async def run_import(settings: Settings, content: bytes, journey: str | None) ->
                             delivery_task_queue=settings.delivery_task_queue)
         except TemporalConnectionError:
             if journey is not None:
-                _err.print(f"[yellow]Temporal at {settings.temporal_address} does not answer; "
-                           "entries are stored and start when `cairn dev` or `cairn api` "
-                           "runs.[/yellow]", highlight=False)
+                errors.print(f"[yellow]Temporal at {settings.temporal_address} does not "
+                             "answer; entries are stored and start when `cairn dev` or "
+                             "`cairn api` runs.[/yellow]", highlight=False)
         ingest = Ingest(store, router,
                         profile_rules=ProfileRules.from_folder(store, settings.journeys_dir),
                         attribute_changes=True)
         with Progress(TextColumn("[bold]importing"), BarColumn(), MofNCompleteColumn(),
-                      console=_err, transient=False) as bar:
+                      console=errors, transient=False) as bar:
             task = bar.add_task("rows", total=None)
 
             def advance(done: int, total: int) -> None:
@@ -87,7 +69,7 @@ async def run_import(settings: Settings, content: bytes, journey: str | None) ->
 
 
 def _report(summary: ImportSummary) -> None:
-    console = Console()
+    console = output()
     target = f" into journey {summary.journey}" if summary.journey else ""
     console.print(
         f"import {summary.import_id}{escape(target)}: {summary.rows} row(s), "
@@ -115,15 +97,15 @@ def import_command(
     from cairn.events.imports import ImportFileError, ImportJourneyError
     from starter.temporal import TemporalConnectionError
 
-    settings = _settings()
+    settings = load_settings()
     try:
         content = file.read_bytes()
     except OSError as error:
-        raise _fail(f"cannot read {file}: {error}") from None
+        raise fail(f"cannot read {file}: {error}") from None
     try:
         summary = asyncio.run(run_import(settings, content, journey))
     except (ImportFileError, ImportJourneyError, TemporalConnectionError) as error:
-        raise _fail(f"{file}: {error}" if isinstance(error, ImportFileError) else str(error)) \
+        raise fail(f"{file}: {error}" if isinstance(error, ImportFileError) else str(error)) \
             from None
     _report(summary)
     if summary.errors:

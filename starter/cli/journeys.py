@@ -6,12 +6,16 @@ Both work on files alone (no Temporal, no database), so they run in CI and in ed
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cairn.journey import Journey
 from starter.cli.app import app
+from starter.cli.common import load_settings
+
+if TYPE_CHECKING:
+    from cairn.settings import Settings
 
 
 @app.command()
@@ -51,7 +55,7 @@ def _audience_problems(folder: Path, journeys: list[Journey]) -> tuple[list[str]
         load_scoring,
         load_segments,
     )
-    from cairn.journey_files import DefinitionFileError
+    from cairn.problems import DefinitionFileError
 
     problems: list[str] = []
     summary: list[str] = []
@@ -112,34 +116,32 @@ def graph(
     With a Temporal server reachable (CAIRN_TEMPORAL_ADDRESS), each step shows how many running
     entries are in it right now; without one, the plain graph."""
     from cairn.graph import mermaid
-    from cairn.journey_files import JourneyFileError, find_journey, load_journey
-    from cairn.settings import get_settings
+    from cairn.journey_files import find_journey, load_journey
+    from cairn.problems import JourneyFileError
 
+    settings = load_settings()
     try:
         path = Path(journey)
         if not path.is_file():
-            path = find_journey(journey, journeys_dir or get_settings().journeys_dir)
+            path = find_journey(journey, journeys_dir or settings.journeys_dir)
         definition = load_journey(path)
     except JourneyFileError as error:
         for problem in error.problems:
             typer.echo(str(problem), err=True)
         raise typer.Exit(1) from None
-    per_step = _step_counts(definition.key) if counts else None
+    per_step = _step_counts(settings, definition.key) if counts else None
     typer.echo(mermaid(definition, per_step), nl=False)
 
 
-def _step_counts(journey_key: str) -> dict[str, int] | None:
+def _step_counts(settings: Settings, journey_key: str) -> dict[str, int] | None:
     """Running entries per current step from Temporal's visibility; None (and a note on stderr)
     when no server answers or it cannot list runs."""
     import asyncio
 
     from temporalio.service import RPCError
 
-    from cairn.settings import get_settings
     from starter.cli.catalog import step_counts
     from starter.temporal import TemporalConnectionError, connect
-
-    settings = get_settings()
 
     async def collect() -> dict[str, int] | None:
         try:

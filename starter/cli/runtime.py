@@ -17,20 +17,24 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from starter.cli.app import app
+from starter.cli.common import errors, load_settings, output, run_job
 
 if TYPE_CHECKING:
     from cairn.settings import Settings
 
 
-def _settings(**overrides: Any) -> Settings:
-    from cairn.log import configure
-    from cairn.settings import Settings
+def _announce(settings: Settings, temporal: str) -> None:
+    """Name the store and the Temporal this process uses, first thing, on stderr.
 
-    settings = Settings().model_copy(
-        update={name: value for name, value in overrides.items() if value is not None}
-    )
-    configure(settings.log_level, settings.log_json)
-    return settings
+    The default store lives under CAIRN_HOME, which is relative to the working directory: a
+    process started in another folder would use another store without a word.
+    """
+    from sqlalchemy.engine import make_url
+
+    store = make_url(settings.store_url).render_as_string(hide_password=True)
+    errors.print(f"Store: {store}", highlight=False, soft_wrap=True)
+    errors.print(f"Temporal: {temporal}, namespace {settings.temporal_namespace}",
+                 highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -49,20 +53,12 @@ def _interruptible() -> Iterator[None]:
 
 def _run(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a long-running job; known start-up failures become one red line and exit code 1."""
-    from rich.console import Console
-    from rich.markup import escape
-
     from cairn.search_attribute_setup import SearchAttributeError
     from cairn.store.db import StoreError
     from starter.dev import DevError
     from starter.temporal import TemporalConnectionError
 
-    try:
-        asyncio.run(job())
-    except (DevError, StoreError, TemporalConnectionError, SearchAttributeError) as error:
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(str(error))}",
-                                   highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    run_job(job(), DevError, StoreError, TemporalConnectionError, SearchAttributeError)
 
 
 @app.command()
@@ -80,11 +76,12 @@ def dev(
 ) -> None:
     """Run Temporal's dev server, the worker and the API in one terminal (Ctrl-C stops all)."""
     with _interruptible():
-        from starter.dev import run_dev
+        from starter.dev import dev_server_for, run_dev
 
-        settings = _settings(temporal_port=port, ui_port=ui_port, api_port=api_port,
-                             journeys_dir=journeys)
-        _run(lambda: run_dev(settings, publish=not no_publish))
+        settings = load_settings(chatty=True, temporal_port=port, ui_port=ui_port,
+                                 api_port=api_port, journeys_dir=journeys)
+        _announce(settings, f"{dev_server_for(settings).address} (the dev server)")
+        _run(lambda: run_dev(settings, publish=not no_publish, console=output()))
 
 
 @app.command()
@@ -93,7 +90,8 @@ def worker() -> None:
     with _interruptible():
         from starter.worker import run_worker
 
-        settings = _settings()
+        settings = load_settings(chatty=True)
+        _announce(settings, settings.temporal_address)
         _run(lambda: run_worker(settings))
 
 
@@ -104,14 +102,13 @@ def api(
 ) -> None:
     """Serve the HTTP API (ingest, journeys, runs) against CAIRN_TEMPORAL_ADDRESS."""
     with _interruptible():
-        settings = _settings(api_host=host, api_port=port)
+        settings = load_settings(chatty=True, api_host=host, api_port=port)
+        _announce(settings, settings.temporal_address)
         _run(lambda: run_api(settings))
 
 
 async def run_api(settings: Settings) -> None:
     """`cairn api`: route ingested events into Temporal; serve until Ctrl-C or SIGTERM."""
-    from rich.console import Console
-
     from cairn.events.geofencing import Geofencing
     from cairn.events.ingest import Ingest
     from cairn.events.profile_rules import ProfileRules
@@ -137,8 +134,8 @@ async def run_api(settings: Settings) -> None:
         async with relaying(EventRelay(ingest, store)):
             handle = await start_api(create_app(store, ingest, settings=settings),
                                      settings.api_host, settings.api_port)
-            Console().print(f"API on {handle.url} (docs: {handle.url}/docs). "
-                            "Press Ctrl-C to stop.")
+            output().print(f"API on {handle.url} (docs: {handle.url}/docs). "
+                           "Press Ctrl-C to stop.")
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({stopped, handle.task}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()

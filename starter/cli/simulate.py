@@ -34,7 +34,8 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def _load(journey_path: Path, scenario_path: Path) -> tuple[Journey, Scenario]:
-    from cairn.journey_files import JourneyFileError, load_journey
+    from cairn.journey_files import load_journey
+    from cairn.problems import JourneyFileError
     from cairn.simulation.errors import ScenarioError
     from cairn.simulation.scenario import load_scenario
 
@@ -80,7 +81,7 @@ def _core_logs_to_stderr() -> None:
 def _check_audience(folder: Path) -> None:
     """Segments and scoring rules beside the journey apply in the simulation: check them first."""
     from cairn.catalog_folder import load_profile_rules
-    from cairn.journey_files import DefinitionFileError
+    from cairn.problems import DefinitionFileError
 
     try:
         load_profile_rules(folder)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from starter.cli.app import app
+from starter.cli.common import load_settings, output, with_store
+
+if TYPE_CHECKING:
+    from cairn.store.db import Store
 
 
 def _when(moment: object) -> str:
@@ -22,19 +26,13 @@ def tasks(
     status: Annotated[str | None, typer.Option(help="open, claimed or done")] = "open",
 ) -> None:
     """List tasks created by journeys (`task` steps), newest last."""
-    from cairn.settings import get_settings
     from cairn.store import tasks as task_store
-    from cairn.store.db import Store
 
-    async def collect() -> list[task_store.Task]:
-        store = await Store.open(get_settings().store_url)
-        try:
-            async with store.session() as session:
-                return await task_store.list_tasks(session, queue=queue, status=status)
-        finally:
-            await store.close()
+    async def collect(store: Store) -> list[task_store.Task]:
+        async with store.session() as session:
+            return await task_store.list_tasks(session, queue=queue, status=status)
 
-    rows = asyncio.run(collect())
+    rows = asyncio.run(with_store(load_settings(), collect))
     table = Table(title=f"tasks ({status or 'all'})")
     for column in ("id", "queue", "title", "contact", "journey", "due", "status"):
         table.add_column(column)
@@ -43,7 +41,7 @@ def tasks(
             str(row.id), row.queue, row.title, row.contact_id or "-", row.journey_key or "-",
             _when(row.due_at), row.status,
         )
-    Console().print(table)
+    output().print(table)
 
 
 @app.command()
@@ -53,24 +51,17 @@ def outbox(
         "--mail", help="show the email `cairn dev`'s SMTP sink received (<home>/mail)")] = False,
 ) -> None:
     """Show the latest messages and actions recorded in the deliveries ledger, rendered."""
-    from cairn.settings import get_settings
-
     if mail:
         _mail(limit)
         return
     from cairn.store import deliveries
-    from cairn.store.db import Store
 
-    async def collect() -> list[deliveries.Delivery]:
-        store = await Store.open(get_settings().store_url)
-        try:
-            async with store.session() as session:
-                return await deliveries.outbox(session, limit=limit)
-        finally:
-            await store.close()
+    async def collect(store: Store) -> list[deliveries.Delivery]:
+        async with store.session() as session:
+            return await deliveries.outbox(session, limit=limit)
 
     console = Console()
-    for row in asyncio.run(collect()):
+    for row in asyncio.run(with_store(load_settings(), collect)):
         console.rule(
             f"#{row.id} {row.kind} {row.channel or ''} to {row.contact_id or '-'} "
             f"[{row.status}] {_when(row.sent_at or row.created_at)}"
@@ -86,9 +77,8 @@ def outbox(
 def _mail(limit: int) -> None:
     """The messages in the local SMTP sink, newest last, as a mail client would show them."""
     from cairn.channels.smtp_sink import read_sink
-    from cairn.settings import get_settings
 
-    folder = get_settings().mail_dir
+    folder = load_settings().mail_dir
     messages = read_sink(folder)[-limit:]
     console = Console()
     if not messages:
@@ -111,21 +101,15 @@ def claim(
     """Claim an open task."""
     from datetime import UTC, datetime
 
-    from cairn.settings import get_settings
     from cairn.store import tasks as task_store
-    from cairn.store.db import Store
 
-    async def run() -> str:
-        store = await Store.open(get_settings().store_url)
-        try:
-            async with store.session() as s, s.begin():
-                task = await task_store.claim_task(s, task_id, assignee, datetime.now(UTC))
-                return "" if task is None else task.title
-        finally:
-            await store.close()
+    async def claim_it(store: Store) -> str:
+        async with store.session() as s, s.begin():
+            task = await task_store.claim_task(s, task_id, assignee, datetime.now(UTC))
+            return "" if task is None else task.title
 
     try:
-        title = asyncio.run(run())
+        title = asyncio.run(with_store(load_settings(), claim_it))
     except ValueError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(1) from error
@@ -145,33 +129,27 @@ def complete(
     or `cairn api` within seconds)."""
     from datetime import UTC, datetime
 
-    from cairn.settings import get_settings
     from cairn.store import events
     from cairn.store import tasks as task_store
-    from cairn.store.db import Store
     from starter.api.tasks import completion_event
 
-    async def run() -> tuple[bool, bool]:
-        store = await Store.open(get_settings().store_url)
+    async def complete_it(store: Store) -> tuple[bool, bool]:
         now = datetime.now(UTC)
-        try:
-            async with store.session() as s, s.begin():
-                task, changed = await task_store.complete_task(s, task_id, now, outcome=outcome,
-                                                               by=by)
-                if task is None:
-                    return False, False
-                call = completion_event(task, now) if changed else None
-                if call is not None:
-                    await events.record_event(
-                        s, message_id=call.message_id, type="track", contact_id=task.contact_id
-                        or "", name=call.event, properties=call.properties, timestamp=now,
-                        received_at=now,
-                    )
-                return True, changed
-        finally:
-            await store.close()
+        async with store.session() as s, s.begin():
+            task, changed = await task_store.complete_task(s, task_id, now, outcome=outcome,
+                                                           by=by)
+            if task is None:
+                return False, False
+            call = completion_event(task, now) if changed else None
+            if call is not None:
+                await events.record_event(
+                    s, message_id=call.message_id, type="track", contact_id=task.contact_id
+                    or "", name=call.event, properties=call.properties, timestamp=now,
+                    received_at=now,
+                )
+            return True, changed
 
-    found, changed = asyncio.run(run())
+    found, changed = asyncio.run(with_store(load_settings(), complete_it))
     if not found:
         typer.echo(f"no task {task_id}", err=True)
         raise typer.Exit(1)

@@ -21,7 +21,7 @@ from cairn.catalog_folder import (
 )
 from cairn.conditions import HasDoneCondition
 from cairn.delivery_policy import PolicyError
-from cairn.journey_files import DefinitionFileError
+from cairn.problems import DefinitionFileError
 from cairn.scoring import ScoringFileError
 
 BUYERS = "key: buyers\nrule: {has_done: {event: purchase, count: {gte: 1}}}\n"

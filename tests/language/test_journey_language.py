@@ -23,7 +23,8 @@ from cairn.conditions import (
 )
 from cairn.graph import steps_of
 from cairn.journey import STEP_KINDS, IfStep, Journey, UpdateStep, step_kind
-from cairn.journey_files import JourneyFileError, load_journey, validate_paths
+from cairn.journey_files import load_journey, validate_paths
+from cairn.problems import JourneyFileError
 
 REPO = Path(__file__).resolve().parents[2]
 

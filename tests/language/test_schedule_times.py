@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from cairn.journey_files import cron_problem
+from cairn.journey_checks import cron_problem
 from cairn.local_time import TimezoneError
 from cairn.schedule_times import Cron, CronError, cron_occurrences
 

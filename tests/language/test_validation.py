@@ -18,7 +18,9 @@ from typer.testing import CliRunner
 
 import starter.cli.journeys  # noqa: F401  (registers validate and graph on the app)
 from cairn.journey import Journey
-from cairn.journey_files import Problem, cron_problem, validate, validate_paths
+from cairn.journey_checks import cron_problem
+from cairn.journey_files import validate, validate_paths
+from cairn.problems import Problem
 from cairn.settings import Settings
 from starter.cli.app import app
 from starter.schedules import journey_schedule_id, wanted_schedules
@@ -159,6 +161,45 @@ def test_every_model_error_is_listed(catalog: Path) -> None:
     ]
 
 
+# --------------------------------------------------------------------------- schema errors
+
+
+def test_schema_errors_do_not_hide_graph_and_template_problems(catalog: Path) -> None:
+    text = (BASE.replace("wait: 2h", "wait: 2 hours").replace("then: remind_sms", "then: nope")
+            .replace("template: reminder}, next: end}\n  remind_email",
+                     "template: gone}, next: end}\n  remind_email"))
+    assert [p.split(" (")[0] for p in problems_of(catalog, text)] == [
+        f"{catalog}/reminders.yaml: steps.wait_2h.wait: bad duration '2 hours': use a number "
+        "and a unit",
+        f"{catalog}/reminders.yaml: steps.check.then: unknown step 'nope'",
+        f"{catalog}/reminders.yaml: steps.remind_sms: unreachable: no route leads here from the "
+        "first step 'wait_2h'",
+        f"{catalog}/reminders.yaml: steps.remind_sms.send.template: unknown template 'gone'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("steps", "broken"),
+    [
+        ("remind: {send: {channel: fax, template: reminder, on_failure: fallback}, next: end}\n"
+         "fallback: {end: failed}\n", "steps.remind.send.channel"),
+        ("ab: {split: {paths: [{percent: 50, next: a}, {percent: 60, next: b}]}}\n"
+         "a: {end: a}\nb: {end: b}\n", "steps.ab.split"),
+        ("check: {if: {attribute: plan, eq: pro}, then: end, else: again}\n"
+         "again: {wait: soon, next: check}\n", "steps.again.wait"),
+        ("first: {iff: {attribute: plan, eq: pro}, then: a, else: b}\n"
+         "a: {end: a}\nb: {end: b}\n", "steps.first"),
+    ],
+)
+def test_a_step_with_schema_errors_keeps_its_routes(
+    catalog: Path, steps: str, broken: str
+) -> None:
+    """Steps reached only through the broken one are not unreachable; its loop is not busy."""
+    text = ("key: routes\nname: Routes\ntrigger: {event: signed_up}\nsteps:\n"
+            + textwrap.indent(steps, "  "))
+    assert [p.split(": ")[1] for p in problems_of(catalog, text)] == [broken]
+
+
 # --------------------------------------------------------------------------- graph
 
 
@@ -243,6 +284,44 @@ def test_loop_through_a_wait_is_fine(catalog: Path) -> None:
                         "next: end}", "remind_email: {send: {channels: [push, email], template: "
                         "reminder}, next: wait_2h}")
     assert problems_of(catalog, text) == []
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+@pytest.mark.parametrize(
+    ("condition", "path"),
+    [
+        ('{score: global, gte: "abc"}', "steps.check.if.gte"),
+        ('{score: global, lt: "2024-01-31"}', "steps.check.if.lt"),
+        ('{has_done: {event: buy, count: {gte: "two"}}}', "steps.check.if.has_done.count.gte"),
+        ('{attribute: age, gt: "old"}', "steps.check.if.gt"),
+        ('{all: [{attribute: plan, eq: pro}, {property: total, lte: "lots"}]}',
+         "steps.check.if.all[1].lte"),
+    ],
+)
+def test_ordering_against_text_is_a_problem(catalog: Path, condition: str, path: str) -> None:
+    text = BASE.replace("if: {attribute: plan, eq: pro}", f"if: {condition}")
+    found = problems_of(catalog, text)
+    assert [p.split(": ")[1] for p in found] == [path]
+    assert "write" in found[0]
+
+
+@pytest.mark.parametrize(
+    "condition",
+    ['{attribute: age, gte: "20"}', '{attribute: renews_on, lt: "2024-01-31"}',
+     "{attribute: renews_on, lt: 2024-01-31}", "{score: global, gte: 10}",
+     '{attribute: plan, eq: "abc"}'],
+)
+def test_numbers_and_dates_may_be_ordered(catalog: Path, condition: str) -> None:
+    assert problems_of(catalog, BASE.replace("if: {attribute: plan, eq: pro}",
+                                             f"if: {condition}")) == []
+
+
+def test_ordering_in_filters_is_checked_too(catalog: Path) -> None:
+    text = BASE.replace("trigger: {event: signed_up}",
+                        'trigger: {event: signed_up, where: {properties.total: {gte: "big"}}}')
+    assert [p.split(": ")[1] for p in problems_of(catalog, text)] == ["trigger.where.all[0].gte"]
 
 
 # --------------------------------------------------------------------------- templates

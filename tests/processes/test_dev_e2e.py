@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from cairn.settings import Settings
 from cairn.store import deliveries, entries, events
 from cairn.store.schema import Delivery, Event
 from starter.dev import DevStack, EventRelay, dev_stack, free_port, port_is_open
+from tests.processes.liveness import alive
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE = 30.0
@@ -303,6 +305,7 @@ async def test_cairn_graph_shows_how_many_contacts_wait_in_each_step(
                          "--journeys-dir", str(REPO / "journeys")],
         capture_output=True, text=True, env=env, timeout=120)
     assert drawn.returncode == 0, drawn.stderr
+    assert drawn.stdout.startswith("flowchart"), "stdout is the graph alone (logs: stderr)"
     [waiting] = [line for line in drawn.stdout.splitlines() if "<b>wait_2h</b>" in line]
     count = int(waiting.rsplit("<br/>", 1)[1].split()[0])
     assert count >= 1 and waiting.endswith(("contact\"])", "contacts\"])"))
@@ -348,8 +351,46 @@ def test_cairn_dev_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     assert f"http://localhost:{ui_port}" in output
     assert "cart-abandonment v1" in output
     assert "Stopped." in output
+    assert f"Store: sqlite+aiosqlite:///{tmp_path / '.cairn' / 'cairn.db'}" in output
+    assert f"Temporal: 127.0.0.1:{temporal_port} (the dev server), namespace default" in output
     assert not port_is_open("127.0.0.1", temporal_port), "the dev server outlived `cairn dev`"
     assert not port_is_open("127.0.0.1", api_port), "the API outlived `cairn dev`"
+
+
+def test_cairn_dev_killed_outright_takes_its_temporal_server_along(tmp_path: Path) -> None:
+    temporal_port, api_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "CAIRN_HOME": str(tmp_path / ".cairn"),
+        "CAIRN_API_PORT": str(api_port),
+        "CAIRN_SMTP_SINK_PORT": str(free_port()),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = tmp_path / "cairn-dev.out"
+    with log.open("w") as out:
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "starter.cli", "dev", "--port", str(temporal_port),
+             "--ui-port", str(free_port()), "--no-publish"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_for_health(dev, f"http://127.0.0.1:{api_port}/v1/health", log)
+            found = re.search(r"dev_server\.starting .*pid=(\d+)", log.read_text())
+            assert found, log.read_text()
+            server = int(found.group(1))
+            dev.send_signal(signal.SIGKILL)
+            dev.wait(timeout=10)
+            deadline = time.monotonic() + 15
+            while alive(server) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            if dev.poll() is None:
+                dev.kill()
+                dev.wait()
+    if alive(server):
+        os.kill(server, signal.SIGKILL)
+        pytest.fail("the Temporal dev server outlived a `cairn dev` killed with SIGKILL")
+    assert not port_is_open("127.0.0.1", temporal_port)
 
 
 def _wait_for_health(dev: subprocess.Popen[bytes], url: str, log: Path) -> dict[str, object]:

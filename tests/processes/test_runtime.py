@@ -38,6 +38,7 @@ from temporalio.service import TLSConfig
 from cairn import search_attributes
 from cairn.search_attribute_setup import SearchAttributeError, ensure_search_attributes
 from cairn.settings import Settings
+from cairn.store.db import Store
 from starter.dev import (
     ApiStartError,
     DevServer,
@@ -234,10 +235,12 @@ async def test_worker_script_polls_both_queues_and_stops_on_sigterm(
     env = {
         **os.environ,
         "CAIRN_TEMPORAL_ADDRESS": dev_server.address,
-        "CAIRN_HOME": str(tmp_path / ".cairn"),
+        "CAIRN_HOME": ".cairn",  # relative, as by default: the worker names the absolute path
         "CAIRN_JOURNEY_TASK_QUEUE": journeys,
         "CAIRN_DELIVERY_TASK_QUEUE": deliveries,
     }
+    store_url = f"sqlite+aiosqlite:///{tmp_path / '.cairn' / 'cairn.db'}"
+    await (await Store.open(store_url)).close()  # what `cairn publish` or `cairn api` does first
     worker = subprocess.Popen([sys.executable, str(REPO / "worker.py")], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -258,7 +261,72 @@ async def test_worker_script_polls_both_queues_and_stops_on_sigterm(
             worker.wait()
     assert worker.returncode == 0, output
     assert "worker.stopped" in output
-    assert (tmp_path / ".cairn" / "cairn.db").exists()  # the store was opened (and migrated)
+    assert output.startswith(f"Store: {store_url}\nTemporal: {dev_server.address}, namespace "
+                             "default\n"), output
+    assert "setup plugin" not in output, "Alembic's own start-up logs"
+
+
+async def test_cairn_worker_refuses_a_store_without_tables(
+    dev_server: DevServer, tmp_path: Path
+) -> None:
+    env = {**os.environ, "CAIRN_TEMPORAL_ADDRESS": dev_server.address, "CAIRN_HOME": ".cairn"}
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "starter.cli", "worker"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"the store sqlite+aiosqlite:///{tmp_path / '.cairn' / 'cairn.db'} has no Cairn " \
+           "tables" in done.stderr
+    assert "cairn publish" in done.stderr and "CAIRN_HOME" in done.stderr
+    assert not (tmp_path / ".cairn" / "cairn.db").exists(), "the worker made a new, empty store"
+
+
+async def test_cairn_api_names_its_store_and_temporal(
+    dev_server: DevServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {**os.environ, "CAIRN_TEMPORAL_ADDRESS": dev_server.address, "CAIRN_HOME": ".cairn",
+           "CAIRN_API_PORT": str(port), "CAIRN_JOURNEYS_DIR": str(tmp_path / "journeys")}
+    api = subprocess.Popen([sys.executable, "-m", "starter.cli", "api"], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            while True:
+                assert api.poll() is None, api.communicate()
+                assert asyncio.get_running_loop().time() < deadline, "the API never answered"
+                try:
+                    if (await http.get("/v1/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+        api.send_signal(signal.SIGTERM)
+        output, errors = await asyncio.to_thread(api.communicate, timeout=60)
+    finally:
+        if api.poll() is None:
+            api.kill()
+            api.wait()
+    assert api.returncode == 0, errors
+    assert errors.startswith(f"Store: sqlite+aiosqlite:///{tmp_path / '.cairn' / 'cairn.db'}\n"
+                             f"Temporal: {dev_server.address}, namespace default\n"), errors
+    assert "setup plugin" not in errors, "Alembic's own start-up logs"
+    assert f"API on http://127.0.0.1:{port}" in output
+
+
+def test_the_docs_show_the_dev_server_alone_for_worker_and_api() -> None:
+    operations = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = operations.split("## The dev server alone", 1)[1].split("\n## ", 1)[0]
+    script = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    [server] = [line for line in script.splitlines() if "temporal server start-dev" in line]
+    # only options `cairn dev` itself gives the server, so the line stays one that works
+    known = DevServer(db_file=Path("x.db"), log_file=Path("x.log")).command("temporal")
+    assert {o for o in server.split() if o.startswith("--")} <= set(known)
+    assert "--db-filename" in server
+    assert 'export CAIRN_HOME="$PWD/.cairn"' in script
+    commands = [line.split("#")[0].split() for line in script.splitlines()
+                if line.startswith("cairn ")]
+    assert [c[1] for c in commands] == ["publish", "worker", "api"]
 
 
 # --------------------------------------------------------------------------- the API server
