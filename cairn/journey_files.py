@@ -42,8 +42,6 @@ from cairn.problems import JourneyFileError, Problem, model_problems
 from cairn.templates import part_problems
 
 JOURNEY_SUFFIXES = (".yaml", ".yml", ".json")
-NOT_JOURNEYS = ("templates", "segments", "scoring")
-"""Folders beside the journeys that hold other definitions (never scanned as journeys)."""
 
 Model = TypeVar("Model", bound=BaseModel)
 

@@ -32,7 +32,7 @@ def validate(
     problems = [str(problem) for problem in result.problems]
     audience: list[str] = []
     for folder in (path for path in paths if path.is_dir()):
-        found, summary = _audience_problems(folder, [j for _, j in result.journeys])
+        found, summary = _profile_rule_problems(folder, [j for _, j in result.journeys])
         problems += found
         audience += summary
     for problem in problems:
@@ -46,7 +46,7 @@ def validate(
         typer.echo(line)
 
 
-def _audience_problems(folder: Path, journeys: list[Journey]) -> tuple[list[str], list[str]]:
+def _profile_rule_problems(folder: Path, journeys: list[Journey]) -> tuple[list[str], list[str]]:
     """Segments, scoring rules and geofences beside the journeys, and the triggers naming them."""
     from cairn.catalog_folder import (
         POLICY_FILE,

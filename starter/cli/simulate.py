@@ -78,7 +78,7 @@ def _core_logs_to_stderr() -> None:
                         error_if_already_set=False)
 
 
-def _check_audience(folder: Path) -> None:
+def _check_profile_rules(folder: Path) -> None:
     """Segments and scoring rules beside the journey apply in the simulation: check them first."""
     from cairn.catalog_folder import load_profile_rules
     from cairn.problems import DefinitionFileError
@@ -128,7 +128,7 @@ def simulate(
     _core_logs_to_stderr()
     journey, scenario = _load(journey_file, scenario_file)
     folder = journey_file.resolve().parent
-    _check_audience(folder)
+    _check_profile_rules(folder)
     policy = _policy(journey_file)
     try:
         report = asyncio.run(_simulate(journey, scenario, folder, policy))

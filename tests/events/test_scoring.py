@@ -37,7 +37,7 @@ def write(folder: Path, name: str, data: Any) -> None:
     (folder / name).write_text(yaml.safe_dump(data))
 
 
-def scoring_audience(store: Store, tmp_path: Path, rules: dict[str, Any],
+def scoring_rules(store: Store, tmp_path: Path, rules: dict[str, Any],
                      *segments: dict[str, Any]) -> ProfileRules:
     write(tmp_path / "scoring", "rules.yaml", rules)
     parsed = []
@@ -75,7 +75,7 @@ SALES = {
 
 async def test_rules_add_points_per_dimension_with_history(store: Store, tmp_path: Path) -> None:
     contact = unique("c")
-    ingest = Ingest(store, None, profile_rules=scoring_audience(store, tmp_path, SALES))
+    ingest = Ingest(store, None, profile_rules=scoring_rules(store, tmp_path, SALES))
     paper = await ingest.track(track(contact, "whitepaper_downloaded"))
     await ingest.track(track(contact, "price_list_viewed"))
     await ingest.track(track(contact, "purchase", total=40))  # below the filter: no points
@@ -98,7 +98,7 @@ async def test_rules_add_points_per_dimension_with_history(store: Store, tmp_pat
 
 async def test_crossing_50_emits_one_score_crossed_each_way(store: Store, tmp_path: Path) -> None:
     contact = unique("c")
-    ingest = Ingest(store, None, profile_rules=scoring_audience(store, tmp_path, SALES))
+    ingest = Ingest(store, None, profile_rules=scoring_rules(store, tmp_path, SALES))
     await ingest.track(track(contact, "whitepaper_downloaded"))
     await ingest.track(track(contact, "whitepaper_downloaded"))
     assert await events_named(store, contact, "score_crossed") == []
@@ -121,7 +121,7 @@ async def test_crossing_50_emits_one_score_crossed_each_way(store: Store, tmp_pa
 
 async def test_the_same_message_scores_once(store: Store, tmp_path: Path) -> None:
     contact = unique("c")
-    rules = scoring_audience(store, tmp_path, SALES)
+    rules = scoring_rules(store, tmp_path, SALES)
     ingest = Ingest(store, None, profile_rules=rules)
     first = await ingest.track(track(contact, "whitepaper_downloaded"))
     call = track(contact, "whitepaper_downloaded")
@@ -142,7 +142,7 @@ async def test_the_same_message_scores_once(store: Store, tmp_path: Path) -> Non
 
 async def test_entering_inactive_30d_takes_50_points(store: Store, tmp_path: Path) -> None:
     contact = unique("c")
-    rules = scoring_audience(
+    rules = scoring_rules(
         store, tmp_path,
         {"key": "engagement", "rules": [{"event": "form_submitted", "add": 10}],
          "decay": [{"segment_entered": "inactive_30d", "add": -50}]},

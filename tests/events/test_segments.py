@@ -58,7 +58,7 @@ def segment(data: dict[str, Any]) -> Segment:
     return found
 
 
-def audience(store: Store, *segments: dict[str, Any]) -> ProfileRules:
+def profile_rules(store: Store, *segments: dict[str, Any]) -> ProfileRules:
     return ProfileRules(store, [segment(s) for s in segments], Scoring([]))
 
 
@@ -156,7 +156,7 @@ def test_segments_defined_through_each_other_are_refused(tmp_path: Path) -> None
 
 async def test_purchases_over_50_enter_buyers_and_store_segment_entered(store: Store) -> None:
     contact = unique("c")
-    ingest = Ingest(store, None, clock=lambda: T0, profile_rules=audience(store, BUYERS))
+    ingest = Ingest(store, None, clock=lambda: T0, profile_rules=profile_rules(store, BUYERS))
 
     await ingest.track(purchase(contact, 30, T0))
     assert await memberships(store, contact) == []
@@ -180,7 +180,7 @@ async def test_leaving_a_segment_closes_the_membership_and_emits_segment_exited(
 ) -> None:
     contact = unique("c")
     big_cart = {"key": "big_cart", "rule": {"attribute": "cart_value", "gt": 100}}
-    ingest = Ingest(store, None, clock=lambda: T0, profile_rules=audience(store, big_cart))
+    ingest = Ingest(store, None, clock=lambda: T0, profile_rules=profile_rules(store, big_cart))
 
     await ingest.identify(IdentifyCall(user_id=contact, traits={"cart_value": 150}, timestamp=T0))
     left = await ingest.identify(IdentifyCall(user_id=contact, traits={"cart_value": 20},
@@ -199,7 +199,7 @@ async def test_leaving_a_segment_closes_the_membership_and_emits_segment_exited(
 
 async def test_page_visits_by_exact_url_words_and_regular_expression(store: Store) -> None:
     contact = unique("c")
-    rules = audience(
+    rules = profile_rules(
         store,
         {"key": "pricing_page", "rule": {"visited": {"url": "https://shop.example/pricing"}}},
         {"key": "enterprise_interest", "rule": {"visited": {
@@ -239,7 +239,7 @@ async def test_an_event_decided_late_does_not_undo_a_newer_membership(store: Sto
     batch item) may be decided after a newer page view: membership is decided as of the
     contact's latest activity, so the page-visit segment holds."""
     contact = unique("c")
-    rules = audience(store, {"key": "pricing_page", "rule": {"visited": {
+    rules = profile_rules(store, {"key": "pricing_page", "rule": {"visited": {
         "url": "https://shop.example/pricing", "within": "30d"}}})
     ingest = Ingest(store, None, clock=lambda: T0, profile_rules=rules)
     await ingest.page(PageCall(user_id=contact, name="page", timestamp=T0,
@@ -254,7 +254,7 @@ async def test_an_event_decided_late_does_not_undo_a_newer_membership(store: Sto
 
 async def test_last_seen_older_than_and_membership_of_other_segments(store: Store) -> None:
     contact = unique("c")
-    rules = audience(
+    rules = profile_rules(
         store,
         {"key": "inactive_30d", "rule": {"attribute": "last_seen_at", "older_than": "30d"}},
         {"key": "lapsed_buyers", "rule": {"all": [{"in_segment": "inactive_30d"},
@@ -307,7 +307,7 @@ async def test_entering_buyers_starts_a_journey_triggered_by_segment_entered(
                               delivery_queue=f"{queue}-delivery")
     router = Router(temporal_env.client, store, task_queue=queue,
                     delivery_task_queue=f"{queue}-delivery")
-    ingest = Ingest(store, router, clock=lambda: T0, profile_rules=audience(store, BUYERS))
+    ingest = Ingest(store, router, clock=lambda: T0, profile_rules=profile_rules(store, BUYERS))
     async with running(workers):
         small = await ingest.track(purchase(contact, 20, T0))
         assert [r for r in small.routes if r.journey == key] == []
