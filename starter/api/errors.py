@@ -1,11 +1,14 @@
 """How the API says "your input is wrong": a 422 whose `errors` name each field in words.
 
+The answer may echo what was sent; `printable` makes sure it can always be written as JSON.
+
 `body.batch[1].event: Field required`, beside FastAPI's structured `detail`, so a developer can act
 on the message without reading pydantic's error format.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import Request
@@ -18,7 +21,7 @@ from cairn.log import get_logger
 
 log = get_logger(__name__)
 
-_CALL_TAGS = ("track", "identify", "page")
+_CALL_TAGS = ("track", "identify", "page", "screen", "group", "alias")
 """The discriminator tags of batch items, left out of field paths."""
 
 
@@ -67,15 +70,41 @@ def readable_errors(errors: list[Any]) -> list[str]:
 async def validation_failed(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
-    log.info("api.rejected", path=request.url.path, errors=readable_errors(errors))
+    readable = printable(readable_errors(errors))
+    log.info("api.rejected", path=request.url.path, errors=readable)
     return JSONResponse(
         status_code=422,
-        content={"errors": readable_errors(errors), "detail": jsonable_encoder(errors)},
+        content={"errors": readable, "detail": printable(jsonable_encoder(errors, custom_encoder={
+            bytes: lambda raw: raw.decode("utf-8", "backslashreplace")}))},
     )
+
+
+def printable(value: Any) -> Any:
+    """`value` with every text encodable as UTF-8: an answer echoing what the caller sent (a
+    lone surrogate, bytes that are not UTF-8) must not fail to render itself."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {printable(key): printable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [printable(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or Infinity
+    return value
+
+
+async def number_too_large(request: Request, exc: Exception) -> JSONResponse:
+    """An id or number past what the store's integers hold (SQLite raises OverflowError)."""
+    message = (f"a number in the path, query or body is too large for the store (at most "
+               f"{2**63 - 1}): {exc}")
+    log.info("api.rejected", path=request.url.path, errors=[message])
+    return JSONResponse(status_code=422, content={"errors": [message], "detail": [message]})
 
 
 async def trait_refused(request: Request, exc: Exception) -> JSONResponse:
     """A trait the store cannot keep (unknown time zone, over-long phone): the caller's error."""
-    message = f"body.traits.{exc}"
+    message = printable(f"body.traits.{exc}")
     log.info("api.rejected", path=request.url.path, errors=[message])
     return JSONResponse(status_code=422, content={"errors": [message], "detail": [message]})
