@@ -234,7 +234,22 @@ class IdentifyCall(SegmentCall):
     )
 
     type: Literal["identify"] = "identify"
-    traits: dict[str, Any] = Field(default_factory=dict)
+    traits: dict[str, Any] = Field(
+        default_factory=dict,
+        description="merged into the profile; when absent, `context.traits` is read instead "
+                    "(where RudderStack's libraries send them)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _traits_in_context(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("traits"):
+            context = data.get("context")
+            if isinstance(context, dict) and isinstance(context.get("traits"), dict):
+                problem = unstorable(context["traits"], "context.traits")
+                if problem is not None:
+                    raise PydanticCustomError("unstorable", "{problem}", {"problem": problem})
+                return {**data, "traits": context["traits"]}
+        return data
 
     @field_validator("traits", mode="after")
     @classmethod

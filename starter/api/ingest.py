@@ -2,9 +2,9 @@
 `/v1/batch` and `/v1/import` (Segment's other name for batch); `/v1/alias` is with the contacts.
 
 Each call is validated against `cairn.events.calls`, stored by `cairn.events.ingest` and answered
-202 only once it is committed; routing into Temporal runs after the answer (a background task), so
-a Temporal outage delays journeys but never loses an accepted event (it stays unrouted in the store
-and the relay routes it).
+(202 for a single call, 200 for a batch) only once it is committed; routing into Temporal runs
+after the answer (a background task), so a Temporal outage delays journeys but never loses an
+accepted event (it stays unrouted in the store and the relay routes it).
 
 Bodies are read as the official libraries send them (`SegmentRoute`): gzip- or deflate-encoded,
 under any content type, within Segment's limits (`CAIRN_MAX_CALL_BYTES`, `CAIRN_MAX_BATCH_BYTES`).
@@ -250,11 +250,13 @@ def ingest_router(ingest: Ingest) -> APIRouter:
 
     for path, name in (("/v1/batch", "batch"), ("/v1/import", "import")):
         router.add_api_route(
-            path, _batch_endpoint(ingest, path), methods=["POST"], status_code=202,
+            # 200, not 202: RudderStack's libraries count only a 200 as delivered (Segment's
+            # take any 2xx) and retry anything else, sending the whole batch again.
+            path, _batch_endpoint(ingest, path), methods=["POST"], status_code=200,
             response_model=list[Accepted | Refused], name=name,
             summary=("Record several calls at once (Segment batch)" if name == "batch" else
                      "Record several calls at once (Segment import: the same as batch)"),
-            responses={**_BODY_RESPONSES, 202: {
+            responses={**_BODY_RESPONSES, 200: {
                 "description": "the valid items are stored; one answer per item, in order",
                 "content": {"application/json": {"example": _BATCH_ANSWER}}}})
     return router
