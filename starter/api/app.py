@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
 from cairn import __version__
@@ -26,7 +27,12 @@ from cairn.traits import ContactTraitError
 from starter.api.channels import channels_router
 from starter.api.contacts import contacts_router
 from starter.api.entries import entries_router
-from starter.api.errors import number_too_large, trait_refused, validation_failed
+from starter.api.errors import (
+    http_refusal,
+    number_too_large,
+    trait_refused,
+    validation_failed,
+)
 from starter.api.health import health_router
 from starter.api.imports import imports_router
 from starter.api.ingest import ingest_router
@@ -62,6 +68,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_exception_handler(ContactTraitError, trait_refused)
     app.add_exception_handler(OverflowError, number_too_large)
+    app.add_exception_handler(StarletteHTTPException, http_refusal)
     app.include_router(ingest_router(ingest))
     app.include_router(rejected_router(store))
     app.include_router(health_router(store))

@@ -13,9 +13,11 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cairn.log import get_logger
 
@@ -95,16 +97,34 @@ def printable(value: Any) -> Any:
     return value
 
 
+_UNPARSED_BODY = "There was an error parsing the body"
+"""FastAPI's 400 for a JSON body it could not decode (not UTF-8, UTF-16 halves...)."""
+
+
+async def http_refusal(request: Request, exc: Exception) -> Response:
+    """FastAPI's own refusals, except its 400 for an undecodable JSON body: that is the caller's
+    malformed input like any other, so a 422 naming the body (every route documents 422)."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == _UNPARSED_BODY:
+        return refusal(request, "body: not JSON text in UTF-8; send the body as UTF-8 encoded "
+                                "JSON", kind="json_invalid", loc=["body"])
+    return await http_exception_handler(request, exc)
+
+
 async def number_too_large(request: Request, exc: Exception) -> JSONResponse:
     """An id or number past what the store's integers hold (SQLite raises OverflowError)."""
-    message = (f"a number in the path, query or body is too large for the store (at most "
-               f"{2**63 - 1}): {exc}")
-    log.info("api.rejected", path=request.url.path, errors=[message])
-    return JSONResponse(status_code=422, content={"errors": [message], "detail": [message]})
+    return refusal(request, f"a number in the path, query or body is too large for the store "
+                            f"(at most {2**63 - 1}): {exc}", kind="too_large", loc=[])
 
 
 async def trait_refused(request: Request, exc: Exception) -> JSONResponse:
     """A trait the store cannot keep (unknown time zone, over-long phone): the caller's error."""
-    message = printable(f"body.traits.{exc}")
+    return refusal(request, f"body.traits.{exc}", kind="trait", loc=["body", "traits"])
+
+
+def refusal(request: Request, message: str, *, kind: str, loc: list[str | int]) -> JSONResponse:
+    """A 422 with one error, shaped as every other 422: readable `errors`, structured `detail`."""
+    message = printable(message)
     log.info("api.rejected", path=request.url.path, errors=[message])
-    return JSONResponse(status_code=422, content={"errors": [message], "detail": [message]})
+    return JSONResponse(status_code=422, content={
+        "errors": [message], "detail": [{"type": kind, "loc": loc, "msg": message}]})
