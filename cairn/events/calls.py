@@ -64,8 +64,15 @@ STORED_FIELDS = ("userId", "anonymousId", "messageId", "previousId", "groupId", 
 so they are not checked for storable values."""
 
 
-def unstorable(value: Any, where: str) -> str | None:
+MAX_DEPTH = 32
+"""How deeply objects and lists may nest in a stored value: far beyond what events need, far
+below where Python's JSON and validation code run out of stack."""
+
+
+def unstorable(value: Any, where: str, depth: int = 0) -> str | None:
     """Why `value` (found at `where`) cannot be stored, evaluated and routed, or None if it can."""
+    if depth > MAX_DEPTH:
+        return f"{where}: nested more than {MAX_DEPTH} levels deep; flatten it"
     if isinstance(value, str):
         return _unencodable(value, where)
     if isinstance(value, bool):
@@ -82,13 +89,13 @@ def unstorable(value: Any, where: str) -> str | None:
         for key, item in value.items():
             path = f"{where}.{key}" if isinstance(key, str) else f"{where}[{key!r}]"
             problem = (_unencodable(key, f"{where} key") if isinstance(key, str) else None) \
-                or unstorable(item, path)
+                or unstorable(item, path, depth + 1)
             if problem is not None:
                 return problem
         return None
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            problem = unstorable(item, f"{where}[{index}]")
+            problem = unstorable(item, f"{where}[{index}]", depth + 1)
             if problem is not None:
                 return problem
     return None

@@ -29,6 +29,7 @@ from starter.api.contacts import contacts_router
 from starter.api.entries import entries_router
 from starter.api.errors import (
     http_refusal,
+    nested_too_deeply,
     number_too_large,
     trait_refused,
     validation_failed,
@@ -68,6 +69,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_exception_handler(ContactTraitError, trait_refused)
     app.add_exception_handler(OverflowError, number_too_large)
+    app.add_exception_handler(RecursionError, nested_too_deeply)
     app.add_exception_handler(StarletteHTTPException, http_refusal)
     app.include_router(ingest_router(ingest))
     app.include_router(rejected_router(store))

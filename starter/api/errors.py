@@ -71,7 +71,8 @@ def readable_errors(errors: list[Any]) -> list[str]:
 
 async def validation_failed(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = list(exc.errors())
+    errors = [{**error, "input": shallow(error["input"])} if "input" in error else error
+              for error in exc.errors()]
     readable = printable(readable_errors(errors))
     log.info("api.rejected", path=request.url.path, errors=readable)
     return JSONResponse(
@@ -79,6 +80,15 @@ async def validation_failed(request: Request, exc: Exception) -> JSONResponse:
         content={"errors": readable, "detail": printable(jsonable_encoder(errors, custom_encoder={
             bytes: lambda raw: raw.decode("utf-8", "backslashreplace")}))},
     )
+
+
+def shallow(value: Any, depth: int = 4) -> Any:
+    """`value` cut below `depth` levels: an error echoes the input, not a deeply nested bomb."""
+    if isinstance(value, dict):
+        return {k: shallow(v, depth - 1) for k, v in value.items()} if depth > 0 else "{...}"
+    if isinstance(value, list | tuple):
+        return [shallow(v, depth - 1) for v in value] if depth > 0 else "[...]"
+    return value
 
 
 def printable(value: Any) -> Any:
@@ -106,8 +116,8 @@ async def http_refusal(request: Request, exc: Exception) -> Response:
     malformed input like any other, so a 422 naming the body (every route documents 422)."""
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and exc.detail == _UNPARSED_BODY:
-        return refusal(request, "body: not JSON text in UTF-8; send the body as UTF-8 encoded "
-                                "JSON", kind="json_invalid", loc=["body"])
+        return refusal(request, "body: not readable as JSON (not UTF-8, or nested too deeply); "
+                                "send UTF-8 encoded JSON", kind="json_invalid", loc=["body"])
     return await http_exception_handler(request, exc)
 
 
@@ -120,6 +130,12 @@ async def number_too_large(request: Request, exc: Exception) -> JSONResponse:
 async def trait_refused(request: Request, exc: Exception) -> JSONResponse:
     """A trait the store cannot keep (unknown time zone, over-long phone): the caller's error."""
     return refusal(request, f"body.traits.{exc}", kind="trait", loc=["body", "traits"])
+
+
+async def nested_too_deeply(request: Request, exc: Exception) -> JSONResponse:
+    """A body whose nesting ran Python out of stack while it was validated or stored."""
+    return refusal(request, "body: nested too deeply to be stored; flatten it", kind="too_deep",
+                   loc=["body"])
 
 
 def refusal(request: Request, message: str, *, kind: str, loc: list[str | int]) -> JSONResponse:

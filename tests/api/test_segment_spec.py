@@ -382,3 +382,20 @@ async def test_an_import_without_a_file_part_is_a_422(api: httpx.AsyncClient) ->
 
     assert response.status_code == 422, response.text
     assert "`file`" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("depth", [40, 900, 5000])
+async def test_deeply_nested_values_are_refused_not_a_500(
+    api: httpx.AsyncClient, store: Store, depth: int
+) -> None:
+    deep = "[" * depth + "]" * depth
+    alone = await api.post("/v1/track", content='{"userId": "c-1", "event": "e", '
+                                                f'"properties": {{"a": {deep}}}}}')
+    await api.post("/v1/identify", json={"userId": "c-1"})
+    patched = await api.patch("/v1/contacts/c-1", content=f'{{"attributes": {{"a": {deep}}}}}',
+                              headers={"content-type": "application/json"})
+
+    assert alone.status_code == 422, alone.text
+    assert "nested" in alone.json()["errors"][0]
+    assert patched.status_code in (200, 422), patched.text
+    assert "e" not in [row.name for row in await events(store)]
