@@ -399,3 +399,26 @@ async def test_deeply_nested_values_are_refused_not_a_500(
     assert "nested" in alone.json()["errors"][0]
     assert patched.status_code in (200, 422), patched.text
     assert "e" not in [row.name for row in await events(store)]
+
+
+async def test_every_endpoint_and_status_of_the_openapi_is_in_docs_api_md(
+    api: httpx.AsyncClient,
+) -> None:
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(): line for line in docs.splitlines()
+            if line.startswith("| `") and line.count("|") >= 4}
+    spec = (await api.get("/openapi.json")).json()
+
+    missing = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            name = f"`{method.upper()} {path}`"
+            row = rows.get(name)
+            answers = row.rsplit("|", 2)[-2] if row else ""
+            documented = {code.strip() for code in answers.split(",")}
+            if row is None or documented != set(operation["responses"]):
+                missing.append(f"{name}: OpenAPI {sorted(operation['responses'])}, "
+                               f"docs {sorted(documented)}")
+    assert missing == [], "docs/api.md's endpoint table disagrees with the OpenAPI"
