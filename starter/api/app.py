@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
@@ -69,6 +70,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_exception_handler(ContactTraitError, trait_refused)
     app.add_exception_handler(OverflowError, number_too_large)
+    app.add_exception_handler(DBAPIError, number_too_large)  # other database errors: re-raised
     app.add_exception_handler(RecursionError, nested_too_deeply)
     app.add_exception_handler(StarletteHTTPException, http_refusal)
     app.include_router(ingest_router(ingest))

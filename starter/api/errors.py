@@ -122,9 +122,23 @@ async def http_refusal(request: Request, exc: Exception) -> Response:
 
 
 async def number_too_large(request: Request, exc: Exception) -> JSONResponse:
-    """An id or number past what the store's integers hold (SQLite raises OverflowError)."""
-    return refusal(request, f"a number in the path, query or body is too large for the store "
-                            f"(at most {2**63 - 1}): {exc}", kind="too_large", loc=[])
+    """An id or number past what the store's integers hold: SQLite raises OverflowError, and
+    PostgreSQL's driver a DataError caused by one (ids are 32-bit there)."""
+    if not isinstance(exc, OverflowError) and not _caused_by_overflow(exc):
+        raise exc
+    return refusal(request, "a number in the path, query or body is too large for the store's "
+                            "integers (ids are at most 2147483647)", kind="too_large", loc=[])
+
+
+def _caused_by_overflow(error: BaseException) -> bool:
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OverflowError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 async def trait_refused(request: Request, exc: Exception) -> JSONResponse:
