@@ -127,8 +127,9 @@ class SegmentRoute(APIRoute):
             settings: Settings = request.app.state.settings
             limit = settings.max_batch_bytes if batch else settings.max_call_bytes
             setting = "CAIRN_MAX_BATCH_BYTES" if batch else "CAIRN_MAX_CALL_BYTES"
+            advice = "send fewer calls per request" if batch else "send less in one call"
             try:
-                body = await read_body(request, limit, setting)
+                body = await read_body(request, limit, f"{setting}; {advice}")
             except BodyRefused as refused:
                 return JSONResponse(status_code=refused.status, content={"detail": refused.detail})
             return await handle(_as_json_request(request, body))
@@ -137,12 +138,13 @@ class SegmentRoute(APIRoute):
 
 
 async def read_body(request: Request, limit: int, setting: str) -> bytes:
-    """The request's body, inflated, at most `limit` bytes, checked to be UTF-8."""
+    """The request's body, inflated, at most `limit` bytes, checked to be UTF-8; `setting` names
+    the limit's setting (and what to do) in the refusal."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     inflate = _Inflater(encoding)
     too_large = BodyRefused(413, (
         f"the body is over {limit} bytes{' once decompressed' if inflate.active else ''}; "
-        f"the limit is {limit} bytes ({setting}): send fewer calls per request"))
+        f"the limit is {limit} bytes ({setting})"))
     declared = request.headers.get("content-length", "")
     if not inflate.active and declared.isdigit() and int(declared) > limit:
         raise too_large
