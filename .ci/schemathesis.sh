@@ -27,6 +27,7 @@ for _ in $(seq 1 100); do
 done
 
 status=0
+cd "$work"  # schemathesis keeps its cache in the working directory
 schemathesis run "http://127.0.0.1:$port/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --max-examples "${SCHEMATHESIS_EXAMPLES:-100}" --seed "${SCHEMATHESIS_SEED:-1}" \

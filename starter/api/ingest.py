@@ -184,16 +184,15 @@ class _Inflater:
         """Inflate `chunk`, giving at most `room` bytes (the caller refuses the body once full)."""
         if self._zlib is None:
             return chunk
+        first, self._fed = not self._fed, True
         try:
             return self._zlib.decompress(chunk, room)
         except zlib.error as error:
-            if self._fed or self.encoding != "deflate":
+            if not (first and self.encoding == "deflate"):
                 raise BodyRefused(400, f"the body is not valid {self.encoding} ({error}); send "
                                        "it compressed whole, or uncompressed") from None
-            self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, without a header
-            return self.feed(chunk, room)
-        finally:
-            self._fed = True
+        self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, without a header
+        return self.feed(chunk, room)
 
     def finish(self) -> None:
         if self._zlib is not None and self._fed and not self._zlib.eof:

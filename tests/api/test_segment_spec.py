@@ -430,3 +430,13 @@ async def test_every_endpoint_and_status_of_the_openapi_is_in_docs_api_md(
                 missing.append(f"{name}: OpenAPI {sorted(operation['responses'])}, "
                                f"docs {sorted(documented)}")
     assert missing == [], "docs/api.md's endpoint table disagrees with the OpenAPI"
+
+
+async def test_a_deflate_body_that_is_neither_zlib_nor_raw_deflate_is_a_400(
+    api: httpx.AsyncClient,
+) -> None:
+    response = await api.post("/v1/track", content=b"\xff" * 64,
+                              headers={"content-encoding": "deflate"})
+
+    assert response.status_code == 400
+    assert "not valid deflate" in response.json()["detail"]
