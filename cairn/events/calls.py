@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -74,7 +74,7 @@ def unstorable(value: Any, where: str, depth: int = 0) -> str | None:
     if depth > MAX_DEPTH:
         return f"{where}: nested more than {MAX_DEPTH} levels deep; flatten it"
     if isinstance(value, str):
-        return _unencodable(value, where)
+        return _unencodable(value, where) or _edge_date(value, where)
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -112,6 +112,32 @@ def check_profile_traits(traits: dict[str, Any]) -> None:
         merge_subscriptions([], traits["web_push"])
     if traits.get("consent") is not None:
         merge_consent({}, traits["consent"])
+
+
+_DATE_MARGIN = timedelta(days=2)
+_FIRST_DAY = datetime.min.replace(tzinfo=UTC)
+_LAST_DAY = datetime.max.replace(tzinfo=UTC)
+
+
+def _edge_date(text: str, where: str) -> str | None:
+    """A date-time text within two days of year 1 or year 9999: shifting it to UTC, by a time
+    zone or by a wait overflows Python's datetime (segments and conditions compare such texts as
+    dates), so it is refused like an unrepresentable timestamp."""
+    if not (10 <= len(text) <= 40 and text[:4].isdigit() and text[4:5] == "-"):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    try:
+        utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        inside = _FIRST_DAY + _DATE_MARGIN <= utc <= _LAST_DAY - _DATE_MARGIN
+    except OverflowError:
+        inside = False
+    if not inside:
+        return (f"{where}: {text!r} is a date at the edge of what can be computed with (year 1 "
+                "or 9999); send a real date, or null")
+    return None
 
 
 def _unencodable(text: str, where: str) -> str | None:

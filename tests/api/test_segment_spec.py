@@ -351,6 +351,12 @@ async def test_non_utf8_bodies_elsewhere_are_a_4xx_not_a_500(
          "timestamp: 0001-01-01T00:00:00+00:00 is outside the years"),
         ('{"userId": "c-1", "event": "e", "timestamp": "9999-12-31T23:59:59-05:00"}',
          "timestamp: 9999-12-31T23:59:59-05:00 is outside the years"),
+        ('{"userId": "c-1", "event": "e", "properties": {"due": "0001-01-01T00:00:00+01:00"}}',
+         "properties.due: '0001-01-01T00:00:00+01:00' is a date at the edge"),
+        ('{"userId": "c-1", "event": "e", "properties": {"d": ["9999-12-31"]}}',
+         "properties.d[0]: '9999-12-31' is a date at the edge"),
+        ('{"userId": "c-1", "event": "e", "properties": {"a": ' + "[" * 40 + "]" * 40 + '}}',
+         "nested more than 32 levels deep"),
     ],
 )
 async def test_values_that_cannot_be_stored_or_evaluated_are_refused_naming_the_field(
@@ -440,3 +446,23 @@ async def test_a_deflate_body_that_is_neither_zlib_nor_raw_deflate_is_a_400(
 
     assert response.status_code == 400
     assert "not valid deflate" in response.json()["detail"]
+
+
+async def test_an_import_row_with_a_value_that_cannot_be_stored_is_a_bad_row(
+    api: httpx.AsyncClient, store: Store
+) -> None:
+    csv_text = ("userId,birthday,visits,phone\n"
+                "c-1,1990-04-01,3,+40700000000\n"
+                "c-2,0001-01-01,3,\n"
+                f"c-3,1990-04-01,{'9' * 400}.5,\n"  # read as a float: infinity
+                f"c-4,1990-04-01,1,{'9' * 40}\n")
+    response = await api.post("/v1/imports", content=csv_text,
+                              headers={"content-type": "text/csv"})
+
+    assert response.status_code == 200, response.text
+    summary = response.json()
+    assert summary["applied"] == 1
+    assert [(e["line"], e["message"].split(":")[0]) for e in summary["errors"]] == [
+        (3, "birthday"), (4, "visits"), (5, "phone")]
+    assert await contact(store, "c-1") is not None
+    assert await contact(store, "c-2") is None
