@@ -94,17 +94,17 @@ class BodyRefused(Exception):
         self.detail = detail
 
 
-class Problem(BaseModel):
+class BodyProblem(BaseModel):
     """A refusal that names its reason in `detail`."""
 
     detail: str
 
 
 _BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": Problem, "description": "the body is not valid gzip/deflate, or not UTF-8"},
-    413: {"model": Problem, "description": "the body (decompressed) is over the size limit; "
+    400: {"model": BodyProblem, "description": "the body is not valid gzip/deflate, or not UTF-8"},
+    413: {"model": BodyProblem, "description": "the body (decompressed) is over the size limit; "
                                            "`detail` names the limit"},
-    415: {"model": Problem, "description": "a Content-Encoding other than gzip, deflate or "
+    415: {"model": BodyProblem, "description": "a Content-Encoding other than gzip, deflate or "
                                            "identity"},
     422: {"model": ValidationProblem,
           "description": "malformed call, or a body that is not JSON; `errors` names each field"},
