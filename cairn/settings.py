@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     delivery_task_queue: str = DELIVERY_TASK_QUEUE
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Segment's documented limits: a source that respects them is never refused for size.
+    max_call_bytes: int = Field(
+        default=32 * 1024, gt=0,
+        description="largest single call (`/v1/track`...), and largest item of a batch, in bytes")
+    max_batch_bytes: int = Field(
+        default=500 * 1024, gt=0,
+        description="largest `/v1/batch` or `/v1/import` body, in bytes after decompression")
     ui_port: int = 8233
     temporal_port: int = 7233
     journeys_dir: Path = Path("journeys")

@@ -32,13 +32,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cairn.events.calls import BatchCall, IdentifyCall, TrackCall
+from cairn.events.calls import (
+    BatchCall,
+    IdentifyCall,
+    TrackCall,
+    check_profile_traits,
+    unstorable,
+)
 from cairn.events.ingest import Ingest, IngestResult
 from cairn.journey import TRIGGER_EVENTS
 from cairn.local_time import is_timezone
 from cairn.log import get_logger
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
+from cairn.traits import ContactTraitError
 
 log = get_logger(__name__)
 
@@ -220,6 +227,17 @@ def _row(line: int, columns: list[str], id_column: str,
             traits[name] = value  # kept as written: "+40..." must stay text
         else:
             traits[name] = _cell(value)
+    # What an identify call would refuse (a huge number, a date at year 1, an over-long phone) is
+    # this row's problem, not the failure of the whole file.
+    problem = next((found for name, value in traits.items()
+                    if (found := unstorable(value, name)) is not None), None)
+    if problem is None:
+        try:
+            check_profile_traits(traits)
+        except ContactTraitError as error:
+            problem = str(error)
+    if problem is not None:
+        return None, problem
     return ContactRow(line=line, contact_id=contact_id, traits=traits), None
 
 

@@ -20,13 +20,24 @@ from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cairn.events import attribute_changes
-from cairn.events.calls import BatchCall, IdentifyCall, PageCall, SegmentCallType, TrackCall
+from cairn.events.calls import (
+    AliasCall,
+    BatchCall,
+    GroupCall,
+    IdentifyCall,
+    PageCall,
+    ScreenCall,
+    SegmentCallType,
+    TrackCall,
+)
 from cairn.events.geofencing import Geofencing
 from cairn.events.profile_rules import ProfileRules
 from cairn.events.router import RouteDecision, Router
 from cairn.log import get_logger
 from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
+from cairn.store import identity
+from cairn.store import rejected as rejected_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event
 
@@ -37,6 +48,19 @@ IDENTIFY_EVENT = "identify"
 
 PAGE_EVENT = "page_viewed"
 """The event name a `page` call is stored under; `properties.url` is the page visited."""
+
+SCREEN_EVENT = "screen_viewed"
+"""The event name a `screen` call (a mobile app's page) is stored under; `properties.name` is the
+screen."""
+
+GROUP_EVENT = "group"
+"""The event name a `group` call is stored under: `properties` are `groupId` and the `traits`."""
+
+ALIAS_EVENT = "alias"
+"""The event name an `alias` is recorded under (bookkeeping: marked routed at once)."""
+
+GROUP_ATTRIBUTE = "group"
+"""The contact attribute a `group` call sets: `{"id": groupId, ...traits}` (`group.plan`)."""
 
 
 def utc_now() -> datetime:
@@ -100,16 +124,38 @@ class Ingest:
         """Store a `page` call as a `page_viewed` event (URL-visit segments read it), then route."""
         return (await self._ingest([call], route=route))[0]
 
+    async def screen(self, call: ScreenCall, *, route: bool = True) -> IngestResult:
+        """Store a `screen` call as a `screen_viewed` event, then route it."""
+        return (await self._ingest([call], route=route))[0]
+
+    async def group(self, call: GroupCall, *, route: bool = True) -> IngestResult:
+        """Record the contact's group (its `group` attribute) and store a `group` event."""
+        return (await self._ingest([call], route=route))[0]
+
+    async def alias(self, call: AliasCall) -> IngestResult:
+        """Fold `previousId` into `userId` (as `POST /v1/alias`); an alias is never routed.
+
+        Raises `identity.AliasError` for an alias the store refuses.
+        """
+        return (await self._ingest([call], route=False))[0]
+
     async def batch(
-        self, call: BatchCall | Sequence[SegmentCallType], *, route: bool = True
+        self,
+        call: BatchCall | Sequence[SegmentCallType],
+        *,
+        route: bool = True,
+        refused: Sequence[rejected_repo.Refusal] = (),
+        endpoint: str = "/v1/batch",
     ) -> list[IngestResult]:
         """Store every call of a batch in one transaction, in order, then route the new ones.
 
         Each item is stored exactly as its own endpoint would store it (a `page` item as a
-        `page_viewed` event); `call` is a batch body or its items.
+        `page_viewed` event, an `alias` as `/v1/alias` applies it); `call` is a batch body or its
+        items. `refused` are the batch's items the door refused: they are kept in the
+        rejected-calls store in the same transaction (`cairn.store.rejected`).
         """
         calls: list[SegmentCallType] = [*(call.batch if isinstance(call, BatchCall) else call)]
-        return await self._ingest(calls, route=route)
+        return await self._ingest(calls, route=route, refused=refused, endpoint=endpoint)
 
     async def route_events(self, event_ids: Sequence[int]) -> dict[int, list[RouteDecision]]:
         """Route stored events in order and mark each routed; never raises for routing failures.
@@ -164,12 +210,22 @@ class Ingest:
 
     # ------------------------------------------------------------------ storing
 
-    async def _ingest(self, calls: list[SegmentCallType], *, route: bool) -> list[IngestResult]:
+    async def _ingest(
+        self,
+        calls: list[SegmentCallType],
+        *,
+        route: bool,
+        refused: Sequence[rejected_repo.Refusal] = (),
+        endpoint: str = "",
+    ) -> list[IngestResult]:
         received_at = self.clock()
         results: list[IngestResult] = []
         async with self.store.session() as session, session.begin():
             for call in calls:
                 results.append(await self._store(session, call, received_at))
+            if refused:
+                await rejected_repo.record_refusals(session, refused, endpoint=endpoint,
+                                                    received_at=received_at)
         own = [r.event_id for r in results if not r.duplicate]
         fresh = [i for r in results if not r.duplicate for i in (r.event_id, *r.derived)]
         if route and fresh:
@@ -191,15 +247,12 @@ class Ingest:
         self, session: AsyncSession, call: SegmentCallType, received_at: datetime
     ) -> IngestResult:
         timestamp = call.timestamp or received_at
+        if isinstance(call, AliasCall):
+            return await _store_alias(session, call, timestamp, received_at)
         # An anonymous id that an alias linked to a user is that user's (not a new visitor).
         contact_id = await contacts_repo.resolve_contact_id(session, call.user_id,
                                                             call.anonymous_id)
-        if isinstance(call, TrackCall):
-            kind, name, properties = "track", call.event, call.properties
-        elif isinstance(call, PageCall):
-            kind, name, properties = "page", PAGE_EVENT, call.page_properties()
-        else:
-            kind, name, properties = "identify", IDENTIFY_EVENT, call.traits
+        kind, name, properties = _STORED_AS[type(call)](call)
         row, new = await events_repo.record_event(
             session,
             message_id=call.message_id,
@@ -224,12 +277,66 @@ class Ingest:
                         session, source_message_id=call.message_id, contact=contact,
                         before=before, timestamp=timestamp, received_at=received_at)
                 # --- end of attribute_changed hook
+            elif isinstance(call, GroupCall):
+                await _join_group(session, contact_id, call, timestamp)
             else:
                 await contacts_repo.ensure_contact(session, contact_id, timestamp)
         log.info("ingest.stored" if new else "ingest.duplicate", type=kind, event_name=name,
                  message_id=call.message_id, contact=contact_id, event_id=row.id)
         return IngestResult(message_id=call.message_id, event_id=row.id, duplicate=not new,
                             derived=derived)
+
+
+async def _store_alias(
+    session: AsyncSession, call: AliasCall, timestamp: datetime, received_at: datetime
+) -> IngestResult:
+    """Record the alias once per messageId and fold the anonymous contact into the user.
+
+    The alias is bookkeeping, not something journeys hear: it is marked routed at once.
+    """
+    row, new = await events_repo.record_event(
+        session, message_id=call.message_id, type="alias", contact_id=call.user_id,
+        name=ALIAS_EVENT, properties={"previousId": call.previous_id},
+        timestamp=timestamp, received_at=received_at)
+    if new:
+        await identity.alias_contact(session, call.previous_id, call.user_id, timestamp)
+        await events_repo.mark_routed(session, [row.id], received_at)
+    log.info("contact.aliased" if new else "contact.alias_duplicate", contact=call.user_id,
+             message_id=call.message_id)
+    return IngestResult(message_id=call.message_id, event_id=row.id, duplicate=not new)
+
+
+async def _join_group(
+    session: AsyncSession, contact_id: str, call: GroupCall, timestamp: datetime
+) -> None:
+    """Set the contact's `group` attribute: the same group merges its traits, another replaces."""
+    contact = await contacts_repo.writable_contact(session, contact_id, timestamp, seen=True)
+    attributes = dict(contact.attributes or {})
+    current = attributes.get(GROUP_ATTRIBUTE)
+    kept = current if isinstance(current, dict) and current.get("id") == call.group_id else {}
+    attributes[GROUP_ATTRIBUTE] = {**kept, **_json_ready(call.traits), "id": call.group_id}
+    contact.attributes = attributes
+    contact.updated_at = timestamp
+    await session.flush()
+
+
+def _page_stored(call: Any) -> tuple[str, str, dict[str, Any]]:
+    return "page", PAGE_EVENT, call.page_properties()
+
+
+def _screen_stored(call: Any) -> tuple[str, str, dict[str, Any]]:
+    return "screen", SCREEN_EVENT, call.page_properties()
+
+
+_STORED_AS: dict[type, Callable[[Any], tuple[str, str, dict[str, Any]]]] = {
+    TrackCall: lambda call: ("track", call.event, call.properties),
+    IdentifyCall: lambda call: ("identify", IDENTIFY_EVENT, call.traits),
+    PageCall: _page_stored,
+    ScreenCall: _screen_stored,
+    GroupCall: lambda call: ("group", GROUP_EVENT,
+                             {"groupId": call.group_id, "traits": call.traits}),
+}
+"""How each call type is stored: the event's `type`, its name and its properties."""
 
 
 def _json_ready(properties: dict[str, Any]) -> dict[str, Any]:

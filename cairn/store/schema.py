@@ -263,6 +263,21 @@ class SegmentMembership(Base):
     __table_args__ = (Index("ix_memberships_contact", "contact_id", "segment"),)
 
 
+class RejectedCall(Base):
+    """A call of a batch the door refused while storing its neighbours: kept so nothing a
+    source sent disappears unseen (`GET /v1/rejected`, `cairn rejected`)."""
+
+    __tablename__ = "rejected_calls"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    batch_index: Mapped[int | None]
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    call: Mapped[str] = mapped_column(Text)  # the call as received, JSON text (ASCII-escaped)
+    received_at: Mapped[datetime] = mapped_column(index=True)
+
+
 def _utc_on_set(_target: Any, value: Any, _old: Any, _initiator: Any) -> Any:
     return as_utc(value) if isinstance(value, datetime) else value
 

@@ -1,6 +1,7 @@
 """The HTTP API: one FastAPI app over one store, assembled from a router per resource.
 
-- `starter.api.ingest`: Segment-format calls (`/v1/track`, `/v1/identify`, `/v1/page`, `/v1/batch`);
+- `starter.api.ingest`: Segment-format calls (`/v1/track`, `/v1/identify`, `/v1/page`, `/v1/screen`,
+  `/v1/group`, `/v1/batch`, `/v1/import`); `starter.api.rejected`: batch items refused;
 - `starter.api.contacts`: read, change, erase and alias contacts;
 - `starter.api.journeys`, `starter.api.outbox`, `starter.api.tasks`: read views and task work;
 - `starter.api.entries`, `starter.api.imports`: putting contacts into journeys directly or by CSV;
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
 from cairn import __version__
@@ -25,12 +28,19 @@ from cairn.traits import ContactTraitError
 from starter.api.channels import channels_router
 from starter.api.contacts import contacts_router
 from starter.api.entries import entries_router
-from starter.api.errors import trait_refused, validation_failed
+from starter.api.errors import (
+    http_refusal,
+    nested_too_deeply,
+    number_too_large,
+    trait_refused,
+    validation_failed,
+)
 from starter.api.health import health_router
 from starter.api.imports import imports_router
 from starter.api.ingest import ingest_router
 from starter.api.journeys import journeys_router
 from starter.api.outbox import outbox_router
+from starter.api.rejected import rejected_router
 from starter.api.tasks import tasks_router
 
 
@@ -51,14 +61,20 @@ def create_app(
         version=__version__,
         summary="Customer journeys as code, run durably on Temporal.",
         description=(
-            "Send events in the Segment format (`/v1/track`, `/v1/identify`, `/v1/batch`); "
+            "Send events in the Segment format (`/v1/track`, `/v1/identify`, `/v1/page`, "
+            "`/v1/screen`, `/v1/group`, `/v1/alias`, `/v1/batch`); "
             "they start and advance journeys. Read journeys, contacts, deliveries and tasks."
         ),
     )
     app.state.settings = settings
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_exception_handler(ContactTraitError, trait_refused)
+    app.add_exception_handler(OverflowError, number_too_large)
+    app.add_exception_handler(DBAPIError, number_too_large)  # other database errors: re-raised
+    app.add_exception_handler(RecursionError, nested_too_deeply)
+    app.add_exception_handler(StarletteHTTPException, http_refusal)
     app.include_router(ingest_router(ingest))
+    app.include_router(rejected_router(store))
     app.include_router(health_router(store))
     app.include_router(journeys_router(store))
     app.include_router(outbox_router(store))

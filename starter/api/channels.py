@@ -88,6 +88,11 @@ def _answer(result: FeedbackResult | None) -> FeedbackAnswer:
 def channels_router(store: Store, ingest: Ingest, settings: Settings) -> APIRouter:
     router = APIRouter()
     key = settings.signing_key()
+    _NO_MESSAGE: dict[int | str, dict[str, Any]] = {
+        404: {"description": "no such message in this contact's inbox"}}
+    _TWILIO_REFUSALS: dict[int | str, dict[str, Any]] = {
+        400: {"description": "the callback is not one Cairn reads"},
+        403: {"description": "no CAIRN_TWILIO_AUTH_TOKEN, or X-Twilio-Signature does not match"}}
 
     # ------------------------------------------------------------------ unsubscribe
 
@@ -99,7 +104,9 @@ def channels_router(store: Store, ingest: Ingest, settings: Settings) -> APIRout
 
     @router.get("/v1/unsubscribe", response_class=HTMLResponse, tags=["consent"],
                 summary="The unsubscribe page a marketing message links to",
-                responses={200: {"content": {"text/html": {"example": _PAGE_EXAMPLE}}}})
+                responses={200: {"content": {"text/html": {"example": _PAGE_EXAMPLE}}},
+                           400: {"description": "the link is not valid (a page that says so)",
+                                 "content": {"text/html": {}}}})
     async def unsubscribe_page(token: str) -> HTMLResponse:
         try:
             scope = verify(token, key)
@@ -176,13 +183,15 @@ def channels_router(store: Store, ingest: Ingest, settings: Settings) -> APIRout
         return item
 
     @router.post("/v1/contacts/{contact_id}/inbox/{message_id}/read", response_model=InboxItem,
-                 tags=["inbox"], summary="Mark a message read (emits `<channel>_read`)")
+                 tags=["inbox"], summary="Mark a message read (emits `<channel>_read`)",
+                 responses=_NO_MESSAGE)
     async def read(contact_id: str, message_id: int) -> InboxItem:
         return await mark(contact_id, message_id, "read")
 
     @router.post("/v1/contacts/{contact_id}/inbox/{message_id}/dismiss",
                  response_model=InboxItem, tags=["inbox"],
-                 summary="Dismiss a message (emits `<channel>_dismissed`)")
+                 summary="Dismiss a message (emits `<channel>_dismissed`)",
+                 responses=_NO_MESSAGE)
     async def dismiss(contact_id: str, message_id: int) -> InboxItem:
         return await mark(contact_id, message_id, "dismiss")
 
@@ -194,7 +203,9 @@ def channels_router(store: Store, ingest: Ingest, settings: Settings) -> APIRout
         return _answer(await record_feedback(store, ingest, report))
 
     @router.post("/v1/feedback/postmark", response_model=FeedbackAnswer, tags=["feedback"],
-                 summary="Postmark webhooks: delivery, bounce, spam complaint, open, click")
+                 summary="Postmark webhooks: delivery, bounce, spam complaint, open, click",
+                 responses={400: {"description": "the body is not a Postmark webhook"},
+                            401: {"description": "the webhook's credentials do not match"}})
     async def postmark(request: Request) -> FeedbackAnswer:
         """Credentials are checked before the body is read: a caller without them learns
         nothing about what the endpoint accepts, and always gets 401."""
@@ -240,7 +251,8 @@ def channels_router(store: Store, ingest: Ingest, settings: Settings) -> APIRout
         return params
 
     @router.post("/v1/feedback/twilio/status", response_model=FeedbackAnswer,
-                 tags=["feedback"], summary="Twilio status callbacks (delivered, failed, read)")
+                 tags=["feedback"], summary="Twilio status callbacks (delivered, failed, read)",
+                 responses=_TWILIO_REFUSALS)
     async def twilio_status(request: Request) -> FeedbackAnswer:
         from cairn.channels.twilio import parse_status_callback
 
@@ -254,7 +266,8 @@ def channels_router(store: Store, ingest: Ingest, settings: Settings) -> APIRout
     @router.post("/v1/feedback/twilio/inbound", tags=["feedback"],
                  summary="Inbound SMS/WhatsApp: replies, STOP and START keywords",
                  response_class=Response,
-                 responses={200: {"content": {"application/xml": {"example": _TWIML}}}})
+                 responses={200: {"content": {"application/xml": {"example": _TWIML}}},
+                            **_TWILIO_REFUSALS})
     async def twilio_inbound(request: Request) -> Response:
         from cairn.channels.twilio import parse_inbound_message
 

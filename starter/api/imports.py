@@ -90,8 +90,8 @@ def imports_router(ingest: Ingest) -> APIRouter:
         """Header row first: `userId` (or `user_id`, or `email`) identifies the contact, the
         other columns are traits. Bad rows are listed with their line and left out; the others
         are applied. Importing the same file again changes nothing."""
-        content = await _csv_body(request)
         try:
+            content = await _csv_body(request)
             summary, results = await import_csv(ingest, content, journey=journey, route=False)
         except ImportJourneyError as error:
             raise HTTPException(status_code=404 if error.unknown else 422,
