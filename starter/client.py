@@ -45,10 +45,14 @@ class CairnUnavailable(CairnError):
 
 @dataclass(frozen=True)
 class Ack:
-    """Cairn stored the call (`duplicate`: it had stored this messageId before)."""
+    """Cairn's answer for one call: stored (`duplicate`: it had stored this messageId before), or,
+    for an item of a batch, `rejected` with the `errors` naming each bad field (the other items of
+    the batch are stored; the refused one is kept in `GET /v1/rejected`)."""
 
     message_id: str
     duplicate: bool
+    rejected: bool = False
+    errors: tuple[str, ...] = ()
 
 
 def track_call(
@@ -125,7 +129,10 @@ def _answer(response: httpx.Response) -> Any:
 
 
 def _ack(payload: Mapping[str, Any]) -> Ack:
-    return Ack(message_id=str(payload["messageId"]), duplicate=bool(payload["duplicate"]))
+    return Ack(message_id=str(payload.get("messageId", "")),
+               duplicate=bool(payload.get("duplicate", False)),
+               rejected=bool(payload.get("rejected", False)),
+               errors=tuple(str(error) for error in payload.get("errors", ())))
 
 
 def _retryable(response: httpx.Response) -> bool:

@@ -121,3 +121,18 @@ async def test_an_unreachable_api_is_reported_with_what_to_check() -> None:
     async with AsyncCairnClient(f"http://127.0.0.1:{port}", retries=1) as cairn:
         with pytest.raises(CairnUnavailable, match="is `cairn dev` or `cairn api` running"):
             await cairn.track("c-1", "signup")
+
+
+async def test_a_batch_answers_each_call_stored_or_rejected(
+    base_url: str, sqlite_store: Store,
+) -> None:
+    async with AsyncCairnClient(base_url) as cairn:
+        acks = await cairn.batch([
+            track_call("c-1", "signup"),
+            track_call("c-1", "noted", {"note": "x" * 40_000}),  # over the 32 KB a call may hold
+        ])
+
+    assert [ack.rejected for ack in acks] == [False, True]
+    assert acks[1].errors and "32" in " ".join(acks[1].errors)
+    [row] = await stored(sqlite_store)
+    assert (row.message_id, row.name) == (acks[0].message_id, "signup")
