@@ -8,9 +8,14 @@ the template part for the chosen channel and hands the message to the channel's 
 
 Exactly once. Every decision lands in the ledger under the send's key (`<workflow id>/<entry>/
 <step>/<iteration>`, plus `/fallback-N` for a fallback channel), and the call to the provider
-walks the ledger's states (`activities.ledger`): claimed as `sending`, then `sent`, unconfirmed,
+walks the ledger's states (`activities.ledger`): claimed as `sending`, then `sent`, `unconfirmed`,
 released for a retry, or `failed`. A provider that refuses an address for good (hard bounce, dead
 token) also closes it for the contact, so reachability knows before the next send plans.
+
+Unconfirmed sends. When the request went out and no answer came back, a provider whose API can
+tell (`SendLookup`: Postmark, Twilio) is asked whether it accepted the message, and a yes settles
+the row `sent`. Otherwise the delivery policy's `unconfirmed` choice for the channel and category
+decides: `resend` sends it again on Temporal's next attempt, `keep` leaves it `unconfirmed`.
 
 Not here: providers themselves (`cairn.channels`), and the actions that are not messages to the
 contact (`activities.actions`).
@@ -23,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from structlog.typing import FilteringBoundLogger
 from temporalio import activity
 
 from activities.context import (
@@ -32,8 +38,8 @@ from activities.context import (
     permanent,
     step_log,
 )
-from activities.ledger import FAILED, Ledger, Refused
-from cairn.channels.base import OutgoingMessage, Provider, ProviderError
+from activities.ledger import FAILED, UNCONFIRMED, Earlier, Ledger, Refused
+from cairn.channels.base import OutgoingMessage, Provider, ProviderError, SendLookup
 from cairn.channels.registry import ChannelSet, local_channels
 from cairn.contact import ContactSnapshot
 from cairn.contracts import (
@@ -57,9 +63,9 @@ from cairn.store.schema import Delivery
 from cairn.templates import TemplateRenderError, message_scope, render
 from cairn.unsubscribe import UnsubscribeScope, list_unsubscribe_headers, unsubscribe_url
 
-UNCONFIRMED = (
-    "provider outcome unknown after an interrupted attempt; not sent again so it cannot "
-    "arrive twice"
+UNCONFIRMED_REASON = (
+    "provider outcome unknown after an interrupted attempt; the delivery policy decides "
+    "whether it is sent again (unconfirmed: resend) or kept (unconfirmed: keep)"
 )
 
 
@@ -74,7 +80,7 @@ def _status(value: str) -> SendStatus:
     for status in SEND_STATUSES:
         if value == status:
             return status
-    return "sent" if value == "sending" else "failed"
+    return "unconfirmed" if value == "sending" else "failed"
 
 
 def skip_status(blockers: list[tuple[str, Blocker]]) -> tuple[SendStatus, str | None]:
@@ -135,7 +141,7 @@ class DeliveryActivities:
         self.policy = policy or DeliveryPolicy()
         self.public_url = public_url
         self.signing_key = signing_key
-        self.ledger = Ledger(store, "delivery", UNCONFIRMED, merges_response=True)
+        self.ledger = Ledger(store, "delivery", UNCONFIRMED_REASON, merges_response=True)
 
     def _ledger_fields(self, request: SendRequest, now: datetime) -> dict[str, Any]:
         context = request.context
@@ -149,6 +155,7 @@ class DeliveryActivities:
             "template": request.send.template,
             "category": request.send.category,
             "created_at": now,
+            "planned_at": now,
         }
 
     # ------------------------------------------------------------------ planning
@@ -263,7 +270,8 @@ class DeliveryActivities:
                 Delivery.contact_id == request.context.contact_id,
                 Delivery.kind == "send",
                 Delivery.category == "marketing",
-                Delivery.status == "sent",
+                # an unconfirmed send may have arrived: it counts against the cap
+                Delivery.status.in_(("sent", UNCONFIRMED)),
                 Delivery.sent_at > now - longest,
             )
         )).all()
@@ -300,11 +308,14 @@ class DeliveryActivities:
             )
         provider = self.channels.provider(channel)
         bound = bound.bind(channel=channel, provider=provider.name)
+        resend = self.policy.on_unconfirmed(channel, request.send.category) == "resend"
         prepared: Delivery | TemplateRenderError | tuple[OutgoingMessage, int] | None = None
+        earlier: Earlier | None = None
         async with self.store.session() as s, s.begin():
             earlier = await self.ledger.earlier(s, request.ledger_key, now=context.now,
-                                                idempotent=provider.idempotent, log=bound)
-            if earlier is not None and earlier.settled:
+                                                idempotent=provider.idempotent, log=bound,
+                                                resend=resend)
+            if earlier is not None and earlier.settled and not earlier.unconfirmed:
                 return self._outcome(earlier.row)
             if earlier is not None:
                 message = self._message_from_row(request, earlier.row)
@@ -318,19 +329,54 @@ class DeliveryActivities:
                     message, row_id = prepared
         if isinstance(prepared, TemplateRenderError):
             raise permanent(str(prepared), TEMPLATE_ERROR) from prepared
+        if earlier is not None and earlier.unconfirmed:
+            # An earlier attempt may have gone through: ask the provider before anything else.
+            found = await self._look_up(provider, message, row_id, bound)
+            if found is not None or earlier.settled:
+                return self._outcome(found or earlier.row)
+            await self._count_resend(row_id)
+            bound.warning("delivery.resend", delivery_id=row_id)
         try:
             receipt = await provider.send(message)
         except ProviderError as error:
             failed = await self.ledger.failed(row_id, error, idempotent=provider.idempotent,
-                                              now=context.now, log=bound,
+                                              now=context.now, log=bound, resend=resend,
                                               refused=self._refused(message, context.now))
+            if failed.status == UNCONFIRMED:
+                failed = await self._look_up(provider, message, row_id, bound) or failed
             return self._outcome(failed)
         row = await self.ledger.sent(row_id, context.now, response=receipt.response,
                                      message_id=receipt.provider_message_id,
-                                     provider=receipt.provider)
+                                     provider=receipt.provider, accepted_at=receipt.accepted_at)
         bound.info("delivery.sent", delivery_id=row.id, template=request.send.template,
                    provider_message_id=receipt.provider_message_id)
         return self._outcome(row)
+
+    async def _look_up(
+        self, provider: Provider, message: OutgoingMessage, row_id: int,
+        bound: FilteringBoundLogger,
+    ) -> Delivery | None:
+        """The row settled `sent` when the provider's API shows it accepted the message; None
+        when it cannot tell (no lookup, no such message yet, the lookup failed)."""
+        if not isinstance(provider, SendLookup):
+            return None
+        try:
+            receipt = await provider.find_sent(message)
+        except ProviderError as error:
+            bound.warning("delivery.lookup_failed", delivery_id=row_id, error=str(error))
+            return None
+        if receipt is None:
+            bound.info("delivery.lookup_not_found", delivery_id=row_id)
+            return None
+        return await self.ledger.confirmed(row_id, message_id=receipt.provider_message_id,
+                                           accepted_at=receipt.accepted_at,
+                                           response=receipt.response, log=bound)
+
+    async def _count_resend(self, row_id: int) -> None:
+        async with self.store.session() as s, s.begin():
+            row = await s.get(Delivery, row_id)
+            assert row is not None
+            self.ledger.count_resend(row)
 
     async def _prepare_message(
         self, s: Any, request: SendRequest, channel: str, contact: ContactSnapshot,

@@ -88,10 +88,12 @@ class VerdictResult(BaseModel):
 SendStatus = Literal[
     "ready", "sent", "skipped:unreachable", "skipped:consent", "skipped:quiet_hours",
     "skipped:frequency_cap", "deferred:quiet_hours", "deferred:frequency_cap", "failed",
+    "unconfirmed",
 ]
 SEND_STATUSES: tuple[SendStatus, ...] = (
     "ready", "sent", "skipped:unreachable", "skipped:consent", "skipped:quiet_hours",
     "skipped:frequency_cap", "deferred:quiet_hours", "deferred:frequency_cap", "failed",
+    "unconfirmed",
 )
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 """Error type of a provider failure that may pass: Temporal retries (after Retry-After)."""

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.send import UNCONFIRMED, DeliveryActivities
+from activities.send import UNCONFIRMED_REASON, DeliveryActivities
 from cairn.channels.local import OutboxProvider
 from cairn.channels.postmark import PostmarkProvider, PostmarkSettings
 from cairn.channels.registry import ChannelSet, local_channels
@@ -141,7 +141,38 @@ async def test_provider_accepted_but_answered_too_late_is_not_sent_again(
     assert len(accepted_for(script, "eo-2")) == 1
     assert outcome.status == retried.status == "sent"
     [row] = await ledger(sqlite_store, "eo-2")
-    assert row.reason is not None and row.reason.startswith(UNCONFIRMED)
+    # Postmark's message search found it: confirmed, with Postmark's id and time
+    assert row.reason is not None and row.reason.startswith("confirmed by the provider")
+    assert UNCONFIRMED_REASON in row.reason
+    [accepted] = accepted_for(script, "eo-2")
+    assert row.provider_message_id == accepted["MessageID"]
+    assert row.accepted_at is not None and row.response is not None
+    assert row.response["confirmed"] is True
+
+
+async def test_lost_answer_postmark_never_accepted_stays_unconfirmed_or_is_resent(
+    sqlite_store: Store, postmark: tuple[Script, str],
+) -> None:
+    """Postmark's message search finds nothing: a marketing send (`keep`) stays unconfirmed, a
+    transactional one (`resend`) goes again on the retry and reaches Postmark once."""
+    script, url = postmark
+    await add_contact(sqlite_store, "eo-9")
+    activities = DeliveryActivities(sqlite_store, postmark_channels(sqlite_store, url, timeout=0.3))
+    script.slow(0.8, accept=False)
+    kept = request("eo-9").model_copy(update={"channel": "email"})
+    assert (await env.run(activities.deliver_message, kept)).status == "unconfirmed"
+    script.slow(0.8, accept=False)
+    resent = request("eo-9", step="receipt", category="transactional").model_copy(
+        update={"channel": "email"})
+    with pytest.raises(ApplicationError):
+        await env.run(activities.deliver_message, resent)
+    await asyncio.sleep(0.6)
+    assert (await env.run(activities.deliver_message, resent)).status == "sent"
+    assert len(accepted_for(script, "eo-9")) == 1
+    first, second = await ledger(sqlite_store, "eo-9")
+    assert (first.status, first.accepted_at) == ("unconfirmed", None)
+    assert second.status == "sent" and second.response is not None
+    assert second.response["resends"] == 1
 
 
 async def test_worker_killed_after_the_provider_accepted_sends_once(
