@@ -150,7 +150,8 @@ def postmark_app(
         ]
         return JSONResponse({"TotalCount": len(found), "Messages": [
             {"MessageID": m["MessageID"], "To": [{"Email": m["To"]}], "Recipients": [m["To"]],
-             "ReceivedAt": received_at.get(m["MessageID"]), "Status": "Sent", "Subject": m.get("Subject"),
+             "ReceivedAt": received_at.get(m["MessageID"]), "Status": "Sent",
+             "Subject": m.get("Subject"),
              "MessageStream": m.get("MessageStream", "outbound"),
              "Metadata": m.get("Metadata") or {}}
             for m in found[offset:offset + count]
