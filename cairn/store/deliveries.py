@@ -48,6 +48,10 @@ async def deliveries_for(
     return list(await s.scalars(query))
 
 
-async def outbox(s: AsyncSession, limit: int = 50) -> list[Delivery]:
-    """The latest ledger rows, newest first: what Cairn sent, skipped or recorded lately."""
-    return list(await s.scalars(select(Delivery).order_by(Delivery.id.desc()).limit(limit)))
+async def outbox(s: AsyncSession, limit: int = 50, status: str | None = None) -> list[Delivery]:
+    """The latest ledger rows, newest first: what Cairn sent, skipped or recorded lately (with
+    one `status` only, when given: `unconfirmed` lists the sends whose outcome is unknown)."""
+    query = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(Delivery.status == status)
+    return list(await s.scalars(query))
