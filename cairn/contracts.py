@@ -40,6 +40,7 @@ UPDATE_PROFILE = "update_profile"
 CREATE_TASK = "create_task"
 RECORD_ACTION = "record_action"
 FINISH_ENTRY = "finish_entry"
+CLOSE_FAILED_ENTRIES = "close_failed_entries"
 
 
 class StepContext(BaseModel):
@@ -202,3 +203,11 @@ class EntryFinish(BaseModel):
     contact_id: str
     outcome: str
     now: datetime
+    reason: str | None = Field(default=None, description="why a `failed` run failed")
+
+
+class FailedEntrySweep(BaseModel):
+    """Close the open entries whose run ended without closing them (`cairn.failed_runs`)."""
+
+    now: datetime
+    limit: int = 500
