@@ -89,6 +89,7 @@ def journey_activities(
         contacts.load_contact,
         contacts.evaluate_condition,
         delivery.prepare_send,
+        delivery.settle_unconfirmed,
         ScoreActivities(store).change_score,
         ProfileActivities(store, ingest=ingest).update_profile,
         TaskActivities(store, delivery.channels).create_task,

@@ -16,6 +16,8 @@ Unconfirmed sends. When the request went out and no answer came back, a provider
 tell (`SendLookup`: Postmark, Twilio) is asked whether it accepted the message, and a yes settles
 the row `sent`. Otherwise the delivery policy's `unconfirmed` choice for the channel and category
 decides: `resend` sends it again on Temporal's next attempt, `keep` leaves it `unconfirmed`.
+A provider may list a message only some time after accepting it, so `settle_unconfirmed` (run by
+the hourly segment sweep) asks again about the unconfirmed sends.
 
 Not here: providers themselves (`cairn.channels`), and the actions that are not messages to the
 contact (`activities.actions`).
@@ -46,15 +48,18 @@ from cairn.contracts import (
     DELIVER_MESSAGE,
     PREPARE_SEND,
     SEND_STATUSES,
+    SETTLE_UNCONFIRMED,
     SendOutcome,
     SendPlan,
     SendRequest,
     SendStatus,
+    UnconfirmedSweep,
 )
 from cairn.delivery_policy import DeliveryPolicy, cap_hold
 from cairn.durations import parse_time_of_day
 from cairn.journey import QuietHours
 from cairn.local_time import TimezoneError, quiet_hours_end, zone
+from cairn.log import get_logger
 from cairn.reachability import Blocker, blocker, normalised_phone
 from cairn.store import deliveries as deliveries_repo
 from cairn.store import suppressions
@@ -62,6 +67,8 @@ from cairn.store.db import Store
 from cairn.store.schema import Delivery
 from cairn.templates import TemplateRenderError, message_scope, render
 from cairn.unsubscribe import UnsubscribeScope, list_unsubscribe_headers, unsubscribe_url
+
+log = get_logger(__name__)
 
 UNCONFIRMED_REASON = (
     "provider outcome unknown after an interrupted attempt; the delivery policy decides "
@@ -121,6 +128,26 @@ def _pending_response(
     if channel == "web_push":
         pending["keys"] = _web_push_keys(contact, to)
     return pending
+
+
+def _message_of_row(row: Delivery) -> OutgoingMessage:
+    """The message an unconfirmed row holds, as the provider got it (for a lookup)."""
+    response = row.response or {}
+    return OutgoingMessage(
+        channel=row.channel or "", to=str(response.get("to") or ""),
+        parts=dict(row.rendered or {}), category=row.category or "marketing",
+        idempotency_key=row.idempotency_key, contact_id=row.contact_id or "",
+        headers=dict(response.get("headers") or {}),
+        metadata={"journey": row.journey_key or "", "step": row.step or "",
+                  "contact": row.contact_id or "", "template": row.template or "",
+                  "delivery_id": str(row.id)},
+        extra={"now": row.planned_at or row.created_at},
+    )
+
+
+def step_log_of(row: Delivery) -> FilteringBoundLogger:
+    return log.bind(journey=row.journey_key, contact=row.contact_id, step=row.step,
+                    workflow_id=row.workflow_id, delivery_id=row.id)
 
 
 class DeliveryActivities:
@@ -371,6 +398,23 @@ class DeliveryActivities:
         return await self.ledger.confirmed(row_id, message_id=receipt.provider_message_id,
                                            accepted_at=receipt.accepted_at,
                                            response=receipt.response, log=bound)
+
+    @activity.defn(name=SETTLE_UNCONFIRMED)
+    async def settle_unconfirmed(self, request: UnconfirmedSweep) -> int:
+        """Ask the providers that can tell (`SendLookup`) about unconfirmed sends, oldest first;
+        settle those they accepted `sent`. Returns how many were settled."""
+        async with self.store.session() as s:
+            rows = await deliveries_repo.unconfirmed_sends(s, limit=request.limit)
+        settled = 0
+        for row in rows:
+            provider = self.channels.providers.get(row.channel or "")
+            if provider is None or provider.name != row.provider \
+                    or not isinstance(provider, SendLookup):
+                continue
+            bound = step_log_of(row).bind(channel=row.channel, provider=provider.name)
+            if await self._look_up(provider, _message_of_row(row), row.id, bound) is not None:
+                settled += 1
+        return settled
 
     async def _count_resend(self, row_id: int) -> None:
         async with self.store.session() as s, s.begin():

@@ -41,6 +41,7 @@ CREATE_TASK = "create_task"
 RECORD_ACTION = "record_action"
 FINISH_ENTRY = "finish_entry"
 CLOSE_FAILED_ENTRIES = "close_failed_entries"
+SETTLE_UNCONFIRMED = "settle_unconfirmed"
 
 
 class StepContext(BaseModel):
@@ -204,6 +205,12 @@ class EntryFinish(BaseModel):
     outcome: str
     now: datetime
     reason: str | None = Field(default=None, description="why a `failed` run failed")
+
+
+class UnconfirmedSweep(BaseModel):
+    """Ask the providers that can tell about the unconfirmed sends, oldest first."""
+
+    limit: int = 200
 
 
 class FailedEntrySweep(BaseModel):

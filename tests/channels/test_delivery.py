@@ -22,11 +22,18 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.send import UNCONFIRMED_REASON, DeliveryActivities
+from cairn.channels.base import OutgoingMessage
 from cairn.channels.local import OutboxProvider
 from cairn.channels.postmark import PostmarkProvider, PostmarkSettings
 from cairn.channels.registry import ChannelSet, local_channels
 from cairn.contact import ContactSnapshot
-from cairn.contracts import PROVIDER_REJECTED, PROVIDER_UNAVAILABLE, SendRequest, StepContext
+from cairn.contracts import (
+    PROVIDER_REJECTED,
+    PROVIDER_UNAVAILABLE,
+    SendRequest,
+    StepContext,
+    UnconfirmedSweep,
+)
 from cairn.delivery_policy import DeliveryPolicy, FrequencyCap, cap_hold
 from cairn.journey import CHANNELS, Send
 from cairn.store import contacts, deliveries
@@ -399,3 +406,37 @@ def test_no_marketing_message_is_ever_delivered_without_consent_on_its_channel(
 def test_outbox_provider_is_idempotent_and_local() -> None:
     outbox = OutboxProvider(CHANNELS)
     assert outbox.idempotent and outbox.name == "outbox"
+
+
+async def test_the_sweep_settles_unconfirmed_sends_postmark_lists_later(
+    sqlite_store: Store, postmark: tuple[Script, str],
+) -> None:
+    """Postmark took one message whose answer was lost, and never saw the other: the upkeep
+    lookup settles the first `sent` with Postmark's id and leaves the second unconfirmed."""
+    script, url = postmark
+    await add_contact(sqlite_store, "eo-10")
+    channels = postmark_channels(sqlite_store, url)
+    activities = DeliveryActivities(sqlite_store, channels)
+    for key in ("journey/offers/eo-10/took", "journey/offers/eo-10/lost"):
+        async with sqlite_store.session() as s, s.begin():
+            await deliveries.record_delivery(
+                s, idempotency_key=key, kind="send", workflow_id="journey/offers/eo-10",
+                journey_key="offers", step="offer", contact_id="eo-10", channel="email",
+                provider="postmark", template="offer", category="marketing",
+                status="unconfirmed", reason="outcome unknown", rendered={
+                    "subject": "Hello", "body": "Offer"},
+                response={"to": "eo-10@example.com", "unconfirmed": True},
+                created_at=NOW, planned_at=NOW, sent_at=NOW)
+    took = OutgoingMessage(channel="email", to="eo-10@example.com",
+                           parts={"subject": "Hello", "body": "Offer"}, category="marketing",
+                           idempotency_key="journey/offers/eo-10/took", contact_id="eo-10")
+    await channels.provider("email").send(took)  # accepted; its answer "lost"
+
+    settled = await env.run(activities.settle_unconfirmed, UnconfirmedSweep())
+
+    assert settled == 1
+    took_row, lost_row = await ledger(sqlite_store, "eo-10")
+    [accepted] = accepted_for(script, "eo-10")
+    assert (took_row.status, took_row.provider_message_id) == ("sent", accepted["MessageID"])
+    assert took_row.accepted_at is not None
+    assert (lost_row.status, lost_row.accepted_at) == ("unconfirmed", None)
