@@ -84,15 +84,18 @@ def journey_activities(
     delivery = delivery or DeliveryActivities(store)
     contacts = ContactActivities(store, disabled_channels=delivery.channels.disabled)
     sweeps = SweepActivities(store)
+    entries = EntryActivities(store)
     return [
         contacts.load_contact,
         contacts.evaluate_condition,
         delivery.prepare_send,
+        delivery.settle_unconfirmed,
         ScoreActivities(store).change_score,
         ProfileActivities(store, ingest=ingest).update_profile,
         TaskActivities(store, delivery.channels).create_task,
         ActionActivities(store, delivery.channels).record_action,
-        EntryActivities(store).finish_entry,
+        entries.finish_entry,
+        entries.close_failed_entries,
         sweeps.sweep_segments,
         sweeps.sweep_date_attributes,
         sweeps.enter_scheduled,

@@ -8,9 +8,16 @@ the template part for the chosen channel and hands the message to the channel's 
 
 Exactly once. Every decision lands in the ledger under the send's key (`<workflow id>/<entry>/
 <step>/<iteration>`, plus `/fallback-N` for a fallback channel), and the call to the provider
-walks the ledger's states (`activities.ledger`): claimed as `sending`, then `sent`, unconfirmed,
+walks the ledger's states (`activities.ledger`): claimed as `sending`, then `sent`, `unconfirmed`,
 released for a retry, or `failed`. A provider that refuses an address for good (hard bounce, dead
 token) also closes it for the contact, so reachability knows before the next send plans.
+
+Unconfirmed sends. When the request went out and no answer came back, a provider whose API can
+tell (`SendLookup`: Postmark, Twilio) is asked whether it accepted the message, and a yes settles
+the row `sent`. Otherwise the delivery policy's `unconfirmed` choice for the channel and category
+decides: `resend` sends it again on Temporal's next attempt, `keep` leaves it `unconfirmed`.
+A provider may list a message only some time after accepting it, so `settle_unconfirmed` (run by
+the hourly segment sweep) asks again about the unconfirmed sends.
 
 Not here: providers themselves (`cairn.channels`), and the actions that are not messages to the
 contact (`activities.actions`).
@@ -23,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from structlog.typing import FilteringBoundLogger
 from temporalio import activity
 
 from activities.context import (
@@ -32,23 +40,26 @@ from activities.context import (
     permanent,
     step_log,
 )
-from activities.ledger import FAILED, Ledger, Refused
-from cairn.channels.base import OutgoingMessage, Provider, ProviderError
+from activities.ledger import FAILED, UNCONFIRMED, Earlier, Ledger, Refused
+from cairn.channels.base import OutgoingMessage, Provider, ProviderError, SendLookup
 from cairn.channels.registry import ChannelSet, local_channels
 from cairn.contact import ContactSnapshot
 from cairn.contracts import (
     DELIVER_MESSAGE,
     PREPARE_SEND,
     SEND_STATUSES,
+    SETTLE_UNCONFIRMED,
     SendOutcome,
     SendPlan,
     SendRequest,
     SendStatus,
+    UnconfirmedSweep,
 )
 from cairn.delivery_policy import DeliveryPolicy, cap_hold
 from cairn.durations import parse_time_of_day
 from cairn.journey import QuietHours
 from cairn.local_time import TimezoneError, quiet_hours_end, zone
+from cairn.log import get_logger
 from cairn.reachability import Blocker, blocker, normalised_phone
 from cairn.store import deliveries as deliveries_repo
 from cairn.store import suppressions
@@ -57,9 +68,11 @@ from cairn.store.schema import Delivery
 from cairn.templates import TemplateRenderError, message_scope, render
 from cairn.unsubscribe import UnsubscribeScope, list_unsubscribe_headers, unsubscribe_url
 
-UNCONFIRMED = (
-    "provider outcome unknown after an interrupted attempt; not sent again so it cannot "
-    "arrive twice"
+log = get_logger(__name__)
+
+UNCONFIRMED_REASON = (
+    "provider outcome unknown after an interrupted attempt; the delivery policy decides "
+    "whether it is sent again (unconfirmed: resend) or kept (unconfirmed: keep)"
 )
 
 
@@ -74,7 +87,7 @@ def _status(value: str) -> SendStatus:
     for status in SEND_STATUSES:
         if value == status:
             return status
-    return "sent" if value == "sending" else "failed"
+    return "unconfirmed" if value == "sending" else "failed"
 
 
 def skip_status(blockers: list[tuple[str, Blocker]]) -> tuple[SendStatus, str | None]:
@@ -117,6 +130,26 @@ def _pending_response(
     return pending
 
 
+def _message_of_row(row: Delivery) -> OutgoingMessage:
+    """The message an unconfirmed row holds, as the provider got it (for a lookup)."""
+    response = row.response or {}
+    return OutgoingMessage(
+        channel=row.channel or "", to=str(response.get("to") or ""),
+        parts=dict(row.rendered or {}), category=row.category or "marketing",
+        idempotency_key=row.idempotency_key, contact_id=row.contact_id or "",
+        headers=dict(response.get("headers") or {}),
+        metadata={"journey": row.journey_key or "", "step": row.step or "",
+                  "contact": row.contact_id or "", "template": row.template or "",
+                  "delivery_id": str(row.id)},
+        extra={"now": row.planned_at or row.created_at},
+    )
+
+
+def step_log_of(row: Delivery) -> FilteringBoundLogger:
+    return log.bind(journey=row.journey_key, contact=row.contact_id, step=row.step,
+                    workflow_id=row.workflow_id, delivery_id=row.id)
+
+
 class DeliveryActivities:
     """Send planning (journey queue) and delivery through the channel's provider (delivery
     queue). `channels` defaults to the local providers: outbox, and the inbox for in-app."""
@@ -135,7 +168,7 @@ class DeliveryActivities:
         self.policy = policy or DeliveryPolicy()
         self.public_url = public_url
         self.signing_key = signing_key
-        self.ledger = Ledger(store, "delivery", UNCONFIRMED, merges_response=True)
+        self.ledger = Ledger(store, "delivery", UNCONFIRMED_REASON, merges_response=True)
 
     def _ledger_fields(self, request: SendRequest, now: datetime) -> dict[str, Any]:
         context = request.context
@@ -149,6 +182,7 @@ class DeliveryActivities:
             "template": request.send.template,
             "category": request.send.category,
             "created_at": now,
+            "planned_at": now,
         }
 
     # ------------------------------------------------------------------ planning
@@ -263,7 +297,8 @@ class DeliveryActivities:
                 Delivery.contact_id == request.context.contact_id,
                 Delivery.kind == "send",
                 Delivery.category == "marketing",
-                Delivery.status == "sent",
+                # an unconfirmed send may have arrived: it counts against the cap
+                Delivery.status.in_(("sent", UNCONFIRMED)),
                 Delivery.sent_at > now - longest,
             )
         )).all()
@@ -300,11 +335,14 @@ class DeliveryActivities:
             )
         provider = self.channels.provider(channel)
         bound = bound.bind(channel=channel, provider=provider.name)
+        resend = self.policy.on_unconfirmed(channel, request.send.category) == "resend"
         prepared: Delivery | TemplateRenderError | tuple[OutgoingMessage, int] | None = None
+        earlier: Earlier | None = None
         async with self.store.session() as s, s.begin():
             earlier = await self.ledger.earlier(s, request.ledger_key, now=context.now,
-                                                idempotent=provider.idempotent, log=bound)
-            if earlier is not None and earlier.settled:
+                                                idempotent=provider.idempotent, log=bound,
+                                                resend=resend)
+            if earlier is not None and earlier.settled and not earlier.unconfirmed:
                 return self._outcome(earlier.row)
             if earlier is not None:
                 message = self._message_from_row(request, earlier.row)
@@ -318,19 +356,71 @@ class DeliveryActivities:
                     message, row_id = prepared
         if isinstance(prepared, TemplateRenderError):
             raise permanent(str(prepared), TEMPLATE_ERROR) from prepared
+        if earlier is not None and earlier.unconfirmed:
+            # An earlier attempt may have gone through: ask the provider before anything else.
+            found = await self._look_up(provider, message, row_id, bound)
+            if found is not None or earlier.settled:
+                return self._outcome(found or earlier.row)
+            await self._count_resend(row_id)
+            bound.warning("delivery.resend", delivery_id=row_id)
         try:
             receipt = await provider.send(message)
         except ProviderError as error:
             failed = await self.ledger.failed(row_id, error, idempotent=provider.idempotent,
-                                              now=context.now, log=bound,
+                                              now=context.now, log=bound, resend=resend,
                                               refused=self._refused(message, context.now))
+            if failed.status == UNCONFIRMED:
+                failed = await self._look_up(provider, message, row_id, bound) or failed
             return self._outcome(failed)
         row = await self.ledger.sent(row_id, context.now, response=receipt.response,
                                      message_id=receipt.provider_message_id,
-                                     provider=receipt.provider)
+                                     provider=receipt.provider, accepted_at=receipt.accepted_at)
         bound.info("delivery.sent", delivery_id=row.id, template=request.send.template,
                    provider_message_id=receipt.provider_message_id)
         return self._outcome(row)
+
+    async def _look_up(
+        self, provider: Provider, message: OutgoingMessage, row_id: int,
+        bound: FilteringBoundLogger,
+    ) -> Delivery | None:
+        """The row settled `sent` when the provider's API shows it accepted the message; None
+        when it cannot tell (no lookup, no such message yet, the lookup failed)."""
+        if not isinstance(provider, SendLookup):
+            return None
+        try:
+            receipt = await provider.find_sent(message)
+        except ProviderError as error:
+            bound.warning("delivery.lookup_failed", delivery_id=row_id, error=str(error))
+            return None
+        if receipt is None:
+            bound.info("delivery.lookup_not_found", delivery_id=row_id)
+            return None
+        return await self.ledger.confirmed(row_id, message_id=receipt.provider_message_id,
+                                           accepted_at=receipt.accepted_at,
+                                           response=receipt.response, log=bound)
+
+    @activity.defn(name=SETTLE_UNCONFIRMED)
+    async def settle_unconfirmed(self, request: UnconfirmedSweep) -> int:
+        """Ask the providers that can tell (`SendLookup`) about unconfirmed sends, oldest first;
+        settle those they accepted `sent`. Returns how many were settled."""
+        async with self.store.session() as s:
+            rows = await deliveries_repo.unconfirmed_sends(s, limit=request.limit)
+        settled = 0
+        for row in rows:
+            provider = self.channels.providers.get(row.channel or "")
+            if provider is None or provider.name != row.provider \
+                    or not isinstance(provider, SendLookup):
+                continue
+            bound = step_log_of(row).bind(channel=row.channel, provider=provider.name)
+            if await self._look_up(provider, _message_of_row(row), row.id, bound) is not None:
+                settled += 1
+        return settled
+
+    async def _count_resend(self, row_id: int) -> None:
+        async with self.store.session() as s, s.begin():
+            row = await s.get(Delivery, row_id)
+            assert row is not None
+            self.ledger.count_resend(row)
 
     async def _prepare_message(
         self, s: Any, request: SendRequest, channel: str, contact: ContactSnapshot,

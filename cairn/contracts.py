@@ -40,6 +40,8 @@ UPDATE_PROFILE = "update_profile"
 CREATE_TASK = "create_task"
 RECORD_ACTION = "record_action"
 FINISH_ENTRY = "finish_entry"
+CLOSE_FAILED_ENTRIES = "close_failed_entries"
+SETTLE_UNCONFIRMED = "settle_unconfirmed"
 
 
 class StepContext(BaseModel):
@@ -88,10 +90,12 @@ class VerdictResult(BaseModel):
 SendStatus = Literal[
     "ready", "sent", "skipped:unreachable", "skipped:consent", "skipped:quiet_hours",
     "skipped:frequency_cap", "deferred:quiet_hours", "deferred:frequency_cap", "failed",
+    "unconfirmed",
 ]
 SEND_STATUSES: tuple[SendStatus, ...] = (
     "ready", "sent", "skipped:unreachable", "skipped:consent", "skipped:quiet_hours",
     "skipped:frequency_cap", "deferred:quiet_hours", "deferred:frequency_cap", "failed",
+    "unconfirmed",
 )
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 """Error type of a provider failure that may pass: Temporal retries (after Retry-After)."""
@@ -200,3 +204,17 @@ class EntryFinish(BaseModel):
     contact_id: str
     outcome: str
     now: datetime
+    reason: str | None = Field(default=None, description="why a `failed` run failed")
+
+
+class UnconfirmedSweep(BaseModel):
+    """Ask the providers that can tell about the unconfirmed sends, oldest first."""
+
+    limit: int = 200
+
+
+class FailedEntrySweep(BaseModel):
+    """Close the open entries whose run ended without closing them (`cairn.failed_runs`)."""
+
+    now: datetime
+    limit: int = 500

@@ -14,6 +14,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
+from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
     from cairn import search_attributes
@@ -47,6 +48,12 @@ from workflows.steps import HANDLERS
 
 REMOVED = "removed"
 """Outcome of a run ended by `cairn exit` (an operator) rather than by a goal or an `end`."""
+
+FAILED = "failed"
+"""Outcome of a run a step failed (an activity out of retries): its entry closes as failed."""
+
+FAILED_ENTRY_PATCH = "close-entry-on-failure"
+"""Runs that failed before the interpreter closed entries on failure replay without the call."""
 
 
 def _entry_anchor(trigger: EventMessage | None, entered_at: datetime) -> datetime | None:
@@ -123,6 +130,35 @@ class JourneyWorkflow:
 
     @workflow.run
     async def run(self, data: JourneyInput) -> JourneyResult:
+        try:
+            return await self._interpret(data)
+        except FailureError as error:
+            # The run is about to fail: close its entry as failed first, so entry rules and
+            # counts do not see the contact as still in the journey. Terminations and timeouts
+            # run no workflow code; `close_failed_entries` catches those.
+            if workflow.patched(FAILED_ENTRY_PATCH):
+                await self._close_failed(error)
+            raise
+
+    async def _close_failed(self, error: FailureError) -> None:
+        run = self.run_
+        cause = error.cause or error
+        await workflow.execute_activity(
+            FINISH_ENTRY,
+            EntryFinish(
+                workflow_id=workflow.info().workflow_id,
+                journey_key=run.journey.key,
+                contact_id=run.input.contact_id,
+                outcome=FAILED,
+                now=run.now(),
+                reason=f"step {run.state.current}: {type(cause).__name__}: {cause}"[:2000],
+            ),
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=ACTIVITY_RETRY,
+            summary=f"record outcome {FAILED}",
+        )
+
+    async def _interpret(self, data: JourneyInput) -> JourneyResult:
         run, state = self.run_, self.run_.state
         if data.state is None:
             self._label_run()

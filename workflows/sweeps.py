@@ -4,7 +4,10 @@ Three kinds, each a loop of one activity per batch of contact ids, with keyset p
 contact id of a batch is the cursor of the next) carried in the workflow state:
 
 - `SegmentSweepWorkflow` re-decides time-based segments (inactive for 30 days) for everyone, and
-  applies the inactivity decays of the scoring rules (-10 after 7 days without login);
+  applies the inactivity decays of the scoring rules (-10 after 7 days without login); at the
+  end it closes the entries of journey runs that ended without closing them (terminated, timed
+  out: `close_failed_entries`) and asks the providers about unconfirmed sends
+  (`settle_unconfirmed`), so hourly at the latest;
 - `DateAttributeSweepWorkflow` emits `date_attribute_reached` for contacts whose date attribute
   (shifted by the trigger's offset, yearly for birthdays) falls on today in their own time zone;
 - `ScheduledEntryWorkflow` emits `schedule_fired` for every member of a `schedule` trigger's
@@ -24,9 +27,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeKey
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from cairn.contracts import (
+        CLOSE_FAILED_ENTRIES,
+        SETTLE_UNCONFIRMED,
+        FailedEntrySweep,
+        UnconfirmedSweep,
+    )
     from cairn.sweeps import (
         DATE_SWEEP_WORKFLOW,
         ENTER_SCHEDULED,
@@ -46,6 +56,12 @@ from workflows.run import ACTIVITY_RETRY
 BATCH_TIMEOUT = timedelta(minutes=10)
 """One batch (1,000 contacts decided, its events routed) takes seconds; the margin covers a slow
 database, and a batch that really hangs is retried from its cursor."""
+
+CLOSE_FAILED_ENTRIES_PATCH = "segment-sweep-closes-failed-entries"
+"""Sweeps started before the segment sweep closed failed entries and settled unconfirmed sends
+replay without those calls."""
+
+UPKEEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_attempts=3)
 
 SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 """Set by Temporal on runs a Schedule starts: the occurrence, even when the start was late."""
@@ -98,7 +114,29 @@ class SegmentSweepWorkflow:
     async def run(self, data: SweepInput) -> SweepResult:
         now, sweep_id = _started(data)
         batch = SweepBatch(config=data.config, now=now, sweep_id=sweep_id)
-        return await _sweep(SWEEP_SEGMENTS, data, batch)
+        result = await _sweep(SWEEP_SEGMENTS, data, batch)
+        if workflow.patched(CLOSE_FAILED_ENTRIES_PATCH):
+            await _upkeep(CLOSE_FAILED_ENTRIES, FailedEntrySweep(now=now),
+                          "close the entries of runs that failed, were terminated or timed out")
+            await _upkeep(SETTLE_UNCONFIRMED, UnconfirmedSweep(),
+                          "ask the providers about sends whose outcome is unknown")
+        return result
+
+
+async def _upkeep(activity: str, request: object, summary: str) -> None:
+    """One upkeep call after the sweep proper. It repeats every hour, so a failure is logged and
+    left to the next sweep rather than failing a sweep whose segments are done."""
+    try:
+        await workflow.execute_activity(
+            activity,
+            request,
+            result_type=int,
+            start_to_close_timeout=BATCH_TIMEOUT,
+            retry_policy=UPKEEP_RETRY,
+            summary=summary,
+        )
+    except ActivityError as error:
+        workflow.logger.warning("sweep upkeep %s failed: %s", activity, error.cause or error)
 
 
 @workflow.defn(name=DATE_SWEEP_WORKFLOW)

@@ -55,6 +55,8 @@ class Receipt:
     provider: str
     provider_message_id: str | None = None
     response: dict[str, Any] = field(default_factory=dict)
+    accepted_at: datetime | None = None
+    """When the provider says it accepted the message (a lookup); else the ledger's wall clock."""
 
 
 class ProviderError(Exception):
@@ -113,6 +115,16 @@ class Provider(Protocol):
     async def send(self, message: OutgoingMessage) -> Receipt: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SendLookup(Protocol):
+    """A provider whose API can tell whether it accepted a message whose answer never came back
+    (Postmark's outbound message search by metadata, Twilio's message list). `find_sent` answers
+    the receipt of the accepted message, None when the provider has no such message, and raises
+    `ProviderError` when it cannot tell now."""
+
+    async def find_sent(self, message: OutgoingMessage) -> Receipt | None: ...
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:

@@ -3,8 +3,9 @@
 Postmark answers every error with a JSON body `{ErrorCode, Message}`; the HTTP status alone does
 not say whether the recipient is dead (422 covers both an inactive recipient and a missing sender
 signature), so the error code decides `invalid_recipient`. Postmark has no idempotency key, so the
-provider is not idempotent: an attempt whose outcome is unknown is never sent again. The key still
-travels in `Metadata` (`cairn_key`) so a webhook or a message search can match it later.
+provider is not idempotent: an attempt whose outcome is unknown is not sent again blindly. The key
+travels in `Metadata` (`cairn_key`), so a webhook can be matched, and `find_sent` asks Postmark's
+outbound message search (`GET /messages/outbound?metadata_cairn_key=...`) whether it accepted it.
 
 Postmark does not sign webhooks; it can put HTTP Basic credentials in the webhook URL, which
 `parse_postmark_webhook` checks when `CAIRN_POSTMARK_WEBHOOK_USERNAME` is set.
@@ -159,6 +160,35 @@ class PostmarkProvider(HttpClientHolder):
         raise failure
 
 
+    async def find_sent(self, message: OutgoingMessage) -> Receipt | None:
+        """Whether Postmark accepted this message (an attempt whose answer was lost): its
+        outbound message search filtered by the `cairn_key` metadata the send carried."""
+        token = self.settings.server_token.get_secret_value() if self.settings.server_token else ""
+        url = f"{self.settings.base_url.rstrip('/')}/messages/outbound"
+        params = {"count": "1", "offset": "0", "recipient": message.to,
+                  "metadata_cairn_key": message.idempotency_key}
+        try:
+            response = await self._client.get(
+                url, params=params, timeout=self._timeout,
+                headers={"X-Postmark-Server-Token": token, "Accept": "application/json"},
+            )
+        except httpx.TransportError as error:
+            raise ProviderError(PROVIDER, f"message search: no answer: {error!r}",
+                                retryable=True) from error
+        answer = _json(response)
+        if not response.is_success:
+            raise classify_error(response, answer)
+        found = [m for m in answer.get("Messages") or [] if isinstance(m, dict)]
+        if not found:
+            return None
+        accepted = found[0]
+        message_id = accepted.get("MessageID")
+        log.info("postmark.found_sent", key=message.idempotency_key, message_id=message_id)
+        return Receipt(PROVIDER, str(message_id) if message_id else None,
+                       {"MessageID": message_id, "Status": accepted.get("Status")},
+                       accepted_at=_search_time(accepted))
+
+
 def _json(response: httpx.Response) -> dict[str, Any]:
     """Postmark's answer as a dict; proxies and load balancers may answer with HTML or nothing."""
     try:
@@ -224,6 +254,14 @@ def check_basic_auth(authorization: str | None, settings: PostmarkSettings) -> N
 
 
 _LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def _search_time(found: dict[str, Any]) -> datetime | None:
+    """When Postmark received a message found by search; None when it does not say clearly."""
+    try:
+        return _timestamp(found, "ReceivedAt")
+    except FeedbackRejected:
+        return None
 
 
 def _timestamp(body: dict[str, Any], field: str) -> datetime | None:

@@ -17,6 +17,8 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -194,6 +196,42 @@ class TwilioProvider(HttpClientHolder):
                     invalid_recipient=failure.invalid_recipient)
         raise failure
 
+    async def find_sent(self, message: OutgoingMessage) -> Receipt | None:
+        """Whether Twilio accepted this message (an attempt whose answer was lost): the Messages
+        list for its recipient (and sender), newest first, matched by body and created no
+        earlier than `LOOKUP_SLACK` before the send was planned."""
+        form = self._form(message)
+        params = {"To": form["To"], "PageSize": "50"}
+        if "From" in form:
+            params["From"] = form["From"]
+        try:
+            response = await self._client.get(
+                self._url, params=params,
+                auth=(self._settings.account_sid, self._settings.auth_token.get_secret_value()),
+                headers={"Accept": "application/json"}, timeout=self._timeout,
+            )
+        except httpx.TransportError as error:
+            raise ProviderError(PROVIDER, f"message list: no answer: {error!r}",
+                                retryable=True) from error
+        if not response.is_success:
+            raise _classify(response)
+        try:
+            listed = response.json().get("messages") or []
+        except (ValueError, AttributeError):
+            listed = []
+        planned = message.extra.get("now")
+        for found in listed:
+            if not isinstance(found, dict) or found.get("body", "") != form.get("Body", ""):
+                continue
+            created = _twilio_time(found.get("date_created"))
+            if isinstance(planned, datetime) and created is not None \
+                    and created < planned - LOOKUP_SLACK:
+                continue  # the same text sent on an earlier day
+            log.info("twilio_found_sent", channel=message.channel, sid=found.get("sid"))
+            kept = {key: found[key] for key in _KEPT_FIELDS if key in found}
+            return Receipt(PROVIDER, found.get("sid"), kept, accepted_at=created)
+        return None
+
     def _form(self, message: OutgoingMessage) -> dict[str, str]:
         """The Messages resource parameters; a message no sender or body could carry fails here
         rather than as a Twilio 400, with the setting or template part to fix."""
@@ -255,6 +293,20 @@ class TwilioProvider(HttpClientHolder):
         log.info("twilio_sent", channel=message.channel, sid=answer["sid"],
                  status=answer.get("status"))
         return Receipt(PROVIDER, answer["sid"], kept)
+
+
+LOOKUP_SLACK = timedelta(minutes=10)
+"""How long before a send was planned a listed message may have been created and still be it."""
+
+
+def _twilio_time(value: object) -> datetime | None:
+    """Twilio's RFC 2822 times (`Thu, 05 Dec 2026 01:00:00 +0000`); None when absent or bad."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
 
 
 # What a receipt keeps of Twilio's answer: enough to trace the message, not its body.

@@ -142,6 +142,14 @@ class Router:
             journeys.append(cached)
         return journeys
 
+    async def enter_journey(self, journey_key: str, event: EventMessage) -> RouteDecision | None:
+        """Route `event` as a trigger of one published journey only (an operator re-entering a
+        failed entry); entry rules apply. None when the journey is not published."""
+        for journey in await self.published_journeys():
+            if journey.key == journey_key:
+                return await self._trigger(journey, event)
+        return None
+
     # ------------------------------------------------------------------ triggers and entry rules
 
     async def _trigger(self, journey: Journey, event: EventMessage) -> RouteDecision:
@@ -171,6 +179,8 @@ class Router:
 
         async with self.store.session() as session:
             history = await entries_repo.entries_for(session, journey.key, event.contact_id)
+        # A failed run's entry does not count: a broken run must not lock the contact out.
+        history = [e for e in history if entries_repo.counts_for_entry_rules(e)]
         earlier = [e for e in history
                    if e.workflow_id == wid and e.trigger_message_id == event.message_id]
         if earlier:

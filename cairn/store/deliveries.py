@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cairn.store.db import insert_once
 from cairn.store.schema import Delivery
 
-__all__ = ["Delivery", "deliveries_for", "find_delivery", "outbox", "record_delivery"]
+__all__ = ["Delivery", "deliveries_for", "find_delivery", "outbox", "record_delivery",
+           "unconfirmed_sends"]
 
 
 async def find_delivery(s: AsyncSession, idempotency_key: str) -> Delivery | None:
@@ -48,6 +49,18 @@ async def deliveries_for(
     return list(await s.scalars(query))
 
 
-async def outbox(s: AsyncSession, limit: int = 50) -> list[Delivery]:
-    """The latest ledger rows, newest first: what Cairn sent, skipped or recorded lately."""
-    return list(await s.scalars(select(Delivery).order_by(Delivery.id.desc()).limit(limit)))
+async def outbox(s: AsyncSession, limit: int = 50, status: str | None = None) -> list[Delivery]:
+    """The latest ledger rows, newest first: what Cairn sent, skipped or recorded lately (with
+    one `status` only, when given: `unconfirmed` lists the sends whose outcome is unknown)."""
+    query = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(Delivery.status == status)
+    return list(await s.scalars(query))
+
+
+async def unconfirmed_sends(s: AsyncSession, limit: int = 200) -> list[Delivery]:
+    """Sends whose provider call was interrupted and whose outcome is still unknown, oldest
+    first."""
+    query = (select(Delivery).where(Delivery.kind == "send", Delivery.status == "unconfirmed")
+             .order_by(Delivery.id).limit(limit))
+    return list(await s.scalars(query))

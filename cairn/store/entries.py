@@ -2,6 +2,12 @@
 
 A row is open (`ended_at` empty) while its workflow runs; `finish_entry` closes it with the
 outcome (`converted`, `completed`, `ended:<outcome>`, ...). Per-journey counts come from here.
+
+A run that fails, is terminated or times out closes its row as `failed` with the `reason`
+(`cairn.failed_runs`). A failed entry does not count for the entry rules (`reentry: never`,
+`min_interval`, `after_exit`; see `counts_for_entry_rules`): the contact did not get the journey,
+so a broken run must not lock them out of it. An operator re-enters a failed entry after a fix;
+the row then says `failed:reentered` and leaves the list of failed entries.
 """
 
 from __future__ import annotations
@@ -12,6 +18,16 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cairn.store.schema import Entry
+
+FAILED = "failed"
+"""The outcome of an entry whose run failed, was terminated or timed out."""
+REENTERED = "failed:reentered"
+"""The outcome of a failed entry an operator re-entered (the new entry is its own row)."""
+
+
+def counts_for_entry_rules(entry: Entry) -> bool:
+    """Whether the entry rules count this entry: a failed run's entry does not."""
+    return not (entry.outcome or "").startswith(FAILED)
 
 
 async def record_entry(
@@ -82,3 +98,42 @@ async def entries_for(
     if contact_id is not None:
         query = query.where(Entry.contact_id == contact_id)
     return list(await s.scalars(query))
+
+
+async def fail_entry(s: AsyncSession, workflow_id: str, reason: str, now: datetime) -> int:
+    """Close the open entry row(s) of a workflow id as failed, with why; returns how many."""
+    result = await s.execute(
+        update(Entry)
+        .where(Entry.workflow_id == workflow_id, Entry.ended_at.is_(None))
+        .values(ended_at=now, outcome=FAILED, reason=reason[:2000])
+        .execution_options(synchronize_session="fetch")
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def get_entry(s: AsyncSession, entry_id: int) -> Entry | None:
+    return await s.get(Entry, entry_id)
+
+
+async def failed_entries(
+    s: AsyncSession, journey_key: str | None = None, limit: int = 100,
+) -> list[Entry]:
+    """Entries whose run failed and that no operator re-entered yet, newest first."""
+    query = select(Entry).where(Entry.outcome == FAILED).order_by(Entry.id.desc()).limit(limit)
+    if journey_key is not None:
+        query = query.where(Entry.journey_key == journey_key)
+    return list(await s.scalars(query))
+
+
+async def mark_reentered(s: AsyncSession, entry_id: int) -> None:
+    await s.execute(update(Entry).where(Entry.id == entry_id, Entry.outcome == FAILED)
+                    .values(outcome=REENTERED))
+
+
+async def open_entries_before(s: AsyncSession, before: datetime, limit: int) -> list[Entry]:
+    """Open entries recorded before `before` (by entry time), oldest first: those whose run
+    may have ended without closing them."""
+    query = (select(Entry).where(Entry.ended_at.is_(None), Entry.entered_at < before)
+             .order_by(Entry.id).limit(limit))
+    return list(await s.scalars(query))
+

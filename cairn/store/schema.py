@@ -123,7 +123,9 @@ class Entry(Base):
     trigger_message_id: Mapped[str | None] = mapped_column(String(255))
     entered_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
+    # converted | completed | ended:<outcome> | failed (then `reason` says why the run failed)
     outcome: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index("ix_entries_journey_contact", "journey_key", "contact_id"),
@@ -154,12 +156,17 @@ class Delivery(Base):
     provider_message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     template: Mapped[str | None] = mapped_column(String(128))
     category: Mapped[str | None] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(32))
+    # sending | sent | unconfirmed | failed | skipped:* (the state machine: activities.ledger)
+    status: Mapped[str] = mapped_column(String(32), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     rendered: Mapped[dict[str, Any]] = mapped_column(default=dict)
     response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime]
+    # the journey's clock: when the send was due (workflow time, which the simulator moves)
     sent_at: Mapped[datetime | None]
+    planned_at: Mapped[datetime | None]
+    # the wall clock when the provider accepted the message (or a lookup found it accepted)
+    accepted_at: Mapped[datetime | None]
 
 
 class DeliveryFeedback(Base):

@@ -6,7 +6,7 @@
 - `starter.api.journeys`, `starter.api.outbox`, `starter.api.tasks`: read views and task work;
 - `starter.api.entries`, `starter.api.imports`: putting contacts into journeys directly or by CSV;
 - `starter.api.channels`: unsubscribe links, the in-app inbox and provider callbacks;
-- `starter.api.health`: whether the API and its store answer.
+- `starter.api.health`: whether the API is alive (`/v1/health`) and ready (`/v1/ready`).
 
 Endpoints are thin: a pydantic model validates the body, one service call from `cairn` does the
 work, a response model answers. Malformed input gets a 422 naming each field (`starter.api.errors`).
@@ -75,7 +75,7 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, http_refusal)
     app.include_router(ingest_router(ingest))
     app.include_router(rejected_router(store))
-    app.include_router(health_router(store))
+    app.include_router(health_router(store, temporal or _router_client(ingest)))
     app.include_router(journeys_router(store))
     app.include_router(outbox_router(store))
     app.include_router(tasks_router(store, ingest))

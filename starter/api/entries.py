@@ -10,6 +10,11 @@ Unlike `/v1/track`, the entry is routed before answering, so the answer says wha
 (started, signalled, or refused by an entry rule and why). When Temporal cannot be reached the
 request is still accepted: the event waits in the store and the relay routes it later
 (`routed: false`).
+
+Failed entries: `GET /v1/entries?status=failed` lists the entries whose run failed, was
+terminated or timed out (with the reason), and `POST /v1/entries/{id}/reenter` puts the contact
+back into the journey after a fix (`cairn.reentry`). A failed entry does not count for the entry
+rules, so the contact is never locked out by a broken run.
 """
 
 from __future__ import annotations
@@ -17,14 +22,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
+from temporalio.service import RPCError
 
 from cairn.events.calls import TrackCall, new_message_id
 from cairn.events.ingest import Ingest
 from cairn.events.router import RouteDecision
 from cairn.journey import TRIGGER_EVENTS
 from cairn.log import get_logger
+from cairn.reentry import EntryNotFound, ReentryRefused, reenter
 from cairn.store import entries as entries_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
@@ -135,6 +142,55 @@ async def request_entry(ingest: Ingest, key: str, request: EntryRequest) -> Entr
                          routed=result.routed or result.duplicate, decision=decision)
 
 
+class EntryView(BaseModel):
+    """One contact's entry into a journey, as the entry rules read it."""
+
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [{
+        "id": 42, "journey_key": "onboarding", "version": 3, "contact_id": "c-1",
+        "workflow_id": "journey/onboarding/c-1", "trigger_message_id": "m-81",
+        "entered_at": "2026-03-02T09:00:00Z", "ended_at": "2026-03-02T09:05:00Z",
+        "outcome": "failed", "reason": "run terminated: stuck on a provider outage"}]})
+
+    id: int
+    journey_key: str
+    version: int
+    contact_id: str
+    entry_key: str | None = None
+    workflow_id: str
+    trigger_message_id: str | None
+    entered_at: datetime
+    ended_at: datetime | None
+    outcome: str | None
+    reason: str | None = None
+
+
+class ReentryAnswer(BaseModel):
+    """What re-entering a failed entry did: the router's decision for its journey."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True,
+                              json_schema_extra={"examples": [{
+                                  "entryId": 42, "journey": "onboarding",
+                                  "decision": {"action": "started",
+                                               "reason": "trigger api matched; entry: "
+                                                         "after_exit, new entry",
+                                               "version": 4,
+                                               "workflowId": "journey/onboarding/c-1"}}]})
+    entry_id: int = Field(alias="entryId")
+    journey: str
+    decision: EntryDecision
+
+
+async def list_entries(
+    store: Store, status: Literal["failed", "open"], journey: str | None, limit: int,
+) -> list[EntryView]:
+    async with store.session() as session:
+        if status == "failed":
+            rows = await entries_repo.failed_entries(session, journey, limit)
+        else:
+            rows = (await entries_repo.open_entries(session, journey))[:limit]
+    return [EntryView.model_validate(row) for row in rows]
+
+
 def entries_router(ingest: Ingest) -> APIRouter:
     """The entry endpoint over one `Ingest` (whose router decides)."""
     router = APIRouter(tags=["journeys"])
@@ -155,7 +211,54 @@ def entries_router(ingest: Ingest) -> APIRouter:
             raise HTTPException(status_code=404 if error.unknown else 422,
                                 detail=str(error)) from error
 
+    @router.get(
+        "/v1/entries", response_model=list[EntryView],
+        summary="List failed (or open) entries, newest failures first",
+        responses={200: {"description": "the entries"},
+                   422: {"description": "a query parameter is not allowed (`errors` names it)"}},
+    )
+    async def entries(
+        status: Literal["failed", "open"] = Query(
+            "failed", description="`failed`: runs that failed, were terminated or timed out and "
+                                  "were not re-entered; `open`: runs in progress"),
+        journey: str | None = Query(None, max_length=128, description="one journey key"),
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> list[EntryView]:
+        return await list_entries(ingest.store, status, journey, limit)
+
+    @router.post(
+        "/v1/entries/{entry_id}/reenter", response_model=ReentryAnswer, status_code=202,
+        summary="Put the contact of a failed entry back into its journey",
+        responses={
+            404: {"description": "no entry with this id"},
+            409: {"description": "the entry is not failed, its trigger event is gone, or its "
+                                 "journey is not published (`detail` says which)"},
+            422: {"description": "the id is not a positive integer"},
+            503: {"description": "Temporal does not answer, or this API routes nothing"},
+        },
+    )
+    async def reenter_entry(
+        entry_id: int = Path(ge=1, le=2**31 - 1, description="the failed entry's id"),
+    ) -> ReentryAnswer:
+        """Routes the entry's trigger event into its journey again (the published version
+        now); entry rules apply, except that the failed entry does not count."""
+        if ingest.router is None:
+            raise HTTPException(status_code=503, detail="this API routes no events (no Temporal "
+                                "connection); re-enter through `cairn entries --reenter`")
+        try:
+            done = await reenter(ingest.store, ingest.router, entry_id)
+        except EntryNotFound as error:
+            raise HTTPException(status_code=404, detail=str(error)) from error
+        except ReentryRefused as error:
+            raise HTTPException(status_code=409, detail=str(error)) from error
+        except RPCError as error:
+            raise HTTPException(status_code=503, detail=f"Temporal did not answer: "
+                                f"{error.message}; try again") from error
+        return ReentryAnswer(entry_id=entry_id, journey=done.entry.journey_key,
+                             decision=EntryDecision.of(done.decision))
+
     return router
 
 
-__all__ = ["ENTRY_REQUESTED", "EntryAccepted", "EntryRequest", "entries_router", "request_entry"]
+__all__ = ["ENTRY_REQUESTED", "EntryAccepted", "EntryRequest", "EntryView", "entries_router",
+           "request_entry"]

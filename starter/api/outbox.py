@@ -1,4 +1,8 @@
-"""`/v1/outbox`: the delivery ledger, newest first (sends, alerts, webhooks, audience changes)."""
+"""`/v1/outbox`: the delivery ledger, newest first (sends, alerts, webhooks, audience changes).
+
+`status` is the ledger's (`activities.ledger`): `sent`, `unconfirmed` (the provider call was
+interrupted and its outcome is unknown), `failed`, `sending`, `skipped:*`, `recorded`.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +40,8 @@ class DeliveryView(BaseModel):
                     "rendered": {"title": "Your cart", "body": "2 items are waiting"},
                     "created_at": "2026-03-02T11:00:00Z",
                     "sent_at": "2026-03-02T11:00:00Z",
+                    "planned_at": "2026-03-02T11:00:00Z",
+                    "accepted_at": "2026-03-02T11:00:01Z",
                 }
             ]
         },
@@ -57,22 +63,30 @@ class DeliveryView(BaseModel):
     rendered: dict[str, Any]
     created_at: datetime
     sent_at: datetime | None
+    planned_at: datetime | None = None
+    accepted_at: datetime | None = None
 
 
-async def latest_deliveries(store: Store, limit: int) -> list[DeliveryView]:
+async def latest_deliveries(
+    store: Store, limit: int, status: str | None = None,
+) -> list[DeliveryView]:
     async with store.session() as session:
-        rows = await deliveries_repo.outbox(session, limit=limit)
+        rows = await deliveries_repo.outbox(session, limit=limit, status=status)
     return [DeliveryView.model_validate(row) for row in rows]
 
 
 def outbox_router(store: Store) -> APIRouter:
     router = APIRouter(tags=["deliveries"])
 
-    @router.get("/v1/outbox", response_model=list[DeliveryView], 
-             summary="Latest deliveries, newest first")
+    @router.get("/v1/outbox", response_model=list[DeliveryView],
+                summary="Latest deliveries, newest first",
+                responses={200: {"description": "the latest ledger rows"},
+                           422: {"description": "a query parameter is out of range"}})
     async def outbox(
         limit: int = Query(50, ge=1, le=500, description="how many deliveries", examples=[20]),
+        status: str | None = Query(None, max_length=32, examples=["unconfirmed"],
+                                   description="only rows with this status"),
     ) -> list[DeliveryView]:
-        return await latest_deliveries(store, limit)
+        return await latest_deliveries(store, limit, status)
 
     return router

@@ -49,8 +49,13 @@ def outbox(
     limit: Annotated[int, typer.Option(help="how many of the latest deliveries")] = 20,
     mail: Annotated[bool, typer.Option(
         "--mail", help="show the email `cairn dev`'s SMTP sink received (<home>/mail)")] = False,
+    status: Annotated[str | None, typer.Option(
+        help="only rows with this status, e.g. unconfirmed (outcome unknown), failed")] = None,
 ) -> None:
-    """Show the latest messages and actions recorded in the deliveries ledger, rendered."""
+    """Show the latest messages and actions recorded in the deliveries ledger, rendered.
+
+    The status is the ledger's: `sent`, `unconfirmed` (the provider call was interrupted and its
+    outcome is unknown: kept or sent again by the delivery policy), `failed`, `skipped:*`."""
     if mail:
         _mail(limit)
         return
@@ -58,7 +63,7 @@ def outbox(
 
     async def collect(store: Store) -> list[deliveries.Delivery]:
         async with store.session() as session:
-            return await deliveries.outbox(session, limit=limit)
+            return await deliveries.outbox(session, limit=limit, status=status)
 
     console = Console()
     for row in asyncio.run(with_store(load_settings(), collect)):
@@ -66,6 +71,8 @@ def outbox(
             f"#{row.id} {row.kind} {row.channel or ''} to {row.contact_id or '-'} "
             f"[{row.status}] {_when(row.sent_at or row.created_at)}"
         )
+        if row.accepted_at is not None:
+            console.print(f"accepted by the provider at {_when(row.accepted_at)}")
         console.print(f"journey {row.journey_key} step {row.step} template {row.template} "
                       f"via {row.provider or '-'} {row.provider_message_id or ''}".rstrip())
         if row.reason:

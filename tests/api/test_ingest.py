@@ -188,7 +188,7 @@ async def test_health_and_empty_views(api: httpx.AsyncClient) -> None:
     health = await api.get("/v1/health")
 
     assert health.status_code == 200
-    assert health.json()["store"] == "reachable"
+    assert health.json()["status"] == "ok"
     assert (await api.get("/v1/outbox")).json() == []
     assert (await api.get("/v1/tasks")).json() == []
     assert (await api.get("/v1/journeys")).json() == []

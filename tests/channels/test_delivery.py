@@ -21,12 +21,19 @@ from pydantic import SecretStr
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.send import UNCONFIRMED, DeliveryActivities
+from activities.send import UNCONFIRMED_REASON, DeliveryActivities
+from cairn.channels.base import OutgoingMessage
 from cairn.channels.local import OutboxProvider
 from cairn.channels.postmark import PostmarkProvider, PostmarkSettings
 from cairn.channels.registry import ChannelSet, local_channels
 from cairn.contact import ContactSnapshot
-from cairn.contracts import PROVIDER_REJECTED, PROVIDER_UNAVAILABLE, SendRequest, StepContext
+from cairn.contracts import (
+    PROVIDER_REJECTED,
+    PROVIDER_UNAVAILABLE,
+    SendRequest,
+    StepContext,
+    UnconfirmedSweep,
+)
 from cairn.delivery_policy import DeliveryPolicy, FrequencyCap, cap_hold
 from cairn.journey import CHANNELS, Send
 from cairn.store import contacts, deliveries
@@ -141,7 +148,38 @@ async def test_provider_accepted_but_answered_too_late_is_not_sent_again(
     assert len(accepted_for(script, "eo-2")) == 1
     assert outcome.status == retried.status == "sent"
     [row] = await ledger(sqlite_store, "eo-2")
-    assert row.reason is not None and row.reason.startswith(UNCONFIRMED)
+    # Postmark's message search found it: confirmed, with Postmark's id and time
+    assert row.reason is not None and row.reason.startswith("confirmed by the provider")
+    assert UNCONFIRMED_REASON in row.reason
+    [accepted] = accepted_for(script, "eo-2")
+    assert row.provider_message_id == accepted["MessageID"]
+    assert row.accepted_at is not None and row.response is not None
+    assert row.response["confirmed"] is True
+
+
+async def test_lost_answer_postmark_never_accepted_stays_unconfirmed_or_is_resent(
+    sqlite_store: Store, postmark: tuple[Script, str],
+) -> None:
+    """Postmark's message search finds nothing: a marketing send (`keep`) stays unconfirmed, a
+    transactional one (`resend`) goes again on the retry and reaches Postmark once."""
+    script, url = postmark
+    await add_contact(sqlite_store, "eo-9")
+    activities = DeliveryActivities(sqlite_store, postmark_channels(sqlite_store, url, timeout=0.3))
+    script.slow(0.8, accept=False)
+    kept = request("eo-9").model_copy(update={"channel": "email"})
+    assert (await env.run(activities.deliver_message, kept)).status == "unconfirmed"
+    script.slow(0.8, accept=False)
+    resent = request("eo-9", step="receipt", category="transactional").model_copy(
+        update={"channel": "email"})
+    with pytest.raises(ApplicationError):
+        await env.run(activities.deliver_message, resent)
+    await asyncio.sleep(0.6)
+    assert (await env.run(activities.deliver_message, resent)).status == "sent"
+    assert len(accepted_for(script, "eo-9")) == 1
+    first, second = await ledger(sqlite_store, "eo-9")
+    assert (first.status, first.accepted_at) == ("unconfirmed", None)
+    assert second.status == "sent" and second.response is not None
+    assert second.response["resends"] == 1
 
 
 async def test_worker_killed_after_the_provider_accepted_sends_once(
@@ -368,3 +406,37 @@ def test_no_marketing_message_is_ever_delivered_without_consent_on_its_channel(
 def test_outbox_provider_is_idempotent_and_local() -> None:
     outbox = OutboxProvider(CHANNELS)
     assert outbox.idempotent and outbox.name == "outbox"
+
+
+async def test_the_sweep_settles_unconfirmed_sends_postmark_lists_later(
+    sqlite_store: Store, postmark: tuple[Script, str],
+) -> None:
+    """Postmark took one message whose answer was lost, and never saw the other: the upkeep
+    lookup settles the first `sent` with Postmark's id and leaves the second unconfirmed."""
+    script, url = postmark
+    await add_contact(sqlite_store, "eo-10")
+    channels = postmark_channels(sqlite_store, url)
+    activities = DeliveryActivities(sqlite_store, channels)
+    for key in ("journey/offers/eo-10/took", "journey/offers/eo-10/lost"):
+        async with sqlite_store.session() as s, s.begin():
+            await deliveries.record_delivery(
+                s, idempotency_key=key, kind="send", workflow_id="journey/offers/eo-10",
+                journey_key="offers", step="offer", contact_id="eo-10", channel="email",
+                provider="postmark", template="offer", category="marketing",
+                status="unconfirmed", reason="outcome unknown", rendered={
+                    "subject": "Hello", "body": "Offer"},
+                response={"to": "eo-10@example.com", "unconfirmed": True},
+                created_at=NOW, planned_at=NOW, sent_at=NOW)
+    took = OutgoingMessage(channel="email", to="eo-10@example.com",
+                           parts={"subject": "Hello", "body": "Offer"}, category="marketing",
+                           idempotency_key="journey/offers/eo-10/took", contact_id="eo-10")
+    await channels.provider("email").send(took)  # accepted; its answer "lost"
+
+    settled = await env.run(activities.settle_unconfirmed, UnconfirmedSweep())
+
+    assert settled == 1
+    took_row, lost_row = await ledger(sqlite_store, "eo-10")
+    [accepted] = accepted_for(script, "eo-10")
+    assert (took_row.status, took_row.provider_message_id) == ("sent", accepted["MessageID"])
+    assert took_row.accepted_at is not None
+    assert (lost_row.status, lost_row.accepted_at) == ("unconfirmed", None)

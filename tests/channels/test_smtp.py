@@ -8,13 +8,24 @@ only silence after the content is `outcome_unknown`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from activities.send import DeliveryActivities
 from cairn.channels.base import OutgoingMessage, Provider, ProviderError
+from cairn.channels.registry import ChannelSet, local_channels
 from cairn.channels.smtp import SmtpProvider, SmtpSettings, message_id_for
 from cairn.channels.smtp_sink import SmtpSink, read_sink
+from cairn.contact import ContactSnapshot
+from cairn.contracts import PROVIDER_UNAVAILABLE, SendRequest, StepContext
+from cairn.delivery_policy import DeliveryPolicy
+from cairn.journey import Send
+from cairn.store import contacts, deliveries
+from cairn.store.db import Store
 from tests.standins.server import free_port
 from tests.standins.smtp import SmtpScript, SmtpStandIn, self_signed_certificate
 
@@ -343,3 +354,74 @@ async def test_sink_on_a_taken_port_says_what_to_do(tmp_path: Path) -> None:
     port = free_port()
     with SmtpSink(tmp_path, "127.0.0.1", port), pytest.raises(RuntimeError, match="SMTP_PORT"):
         SmtpSink(tmp_path, "127.0.0.1", port).start()
+
+
+# --------------------------------------------------------------------------- unconfirmed sends
+
+NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+async def _delivery(store: Store, relay: SmtpStandIn, on_unconfirmed: str,
+                    ) -> tuple[DeliveryActivities, SendRequest]:
+    snapshot = ContactSnapshot.model_validate({
+        "id": "c-1", "timezone": "UTC", "email": "ana@example.com",
+        "consent": {"marketing": True}, "attributes": {"first_name": "Ana"},
+    })
+    async with store.session() as s, s.begin():
+        await contacts.create_contact(s, snapshot, NOW)
+    providers = dict(local_channels(store).providers)
+    providers["email"] = SmtpProvider(settings(relay.port))
+    policy = DeliveryPolicy.model_validate({"unconfirmed": {"email": on_unconfirmed}})
+    activities = DeliveryActivities(store, ChannelSet(providers=providers), policy)
+    send = Send.model_validate({"channel": "email", "template": "receipt",
+                                "category": "transactional"})
+    request = SendRequest(
+        context=StepContext(workflow_id="journey/orders/c-1", journey_key="orders",
+                            contact_id="c-1", step="receipt", now=NOW),
+        send=send, channel="email",
+        template={"email": {"subject": "Your receipt", "body": "Thanks, {{ contact.first_name }}"}},
+    )
+    return activities, request
+
+
+async def _row(store: Store) -> deliveries.Delivery:
+    async with store.session() as s:
+        [row] = await deliveries.deliveries_for(s, workflow_id="journey/orders/c-1")
+    return row
+
+
+async def test_interrupted_smtp_session_is_unconfirmed_and_kept_under_keep(
+    sqlite_store: Store, relay: SmtpStandIn, script: SmtpScript,
+) -> None:
+    activities, request = await _delivery(sqlite_store, relay, "keep")
+    script.drop_after_data()
+
+    outcome = await ActivityEnvironment().run(activities.deliver_message, request)
+    retried = await ActivityEnvironment().run(activities.deliver_message, request)
+
+    assert outcome.status == retried.status == "unconfirmed"
+    assert len(script.received) == 1
+    row = await _row(sqlite_store)
+    assert (row.status, row.planned_at, row.sent_at, row.accepted_at) == (
+        "unconfirmed", NOW, NOW, None)
+    assert row.reason is not None and "outcome unknown" in row.reason
+
+
+async def test_interrupted_smtp_session_is_delivered_again_under_resend(
+    sqlite_store: Store, relay: SmtpStandIn, script: SmtpScript,
+) -> None:
+    activities, request = await _delivery(sqlite_store, relay, "resend")
+    script.drop_after_data()
+
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(activities.deliver_message, request)
+    assert raised.value.type == PROVIDER_UNAVAILABLE  # Temporal retries: the retry resends
+    assert (await _row(sqlite_store)).status == "unconfirmed"
+    outcome = await ActivityEnvironment().run(activities.deliver_message, request)
+
+    assert outcome.status == "sent"
+    first, second = script.received
+    assert first.message["Message-ID"] == second.message["Message-ID"]  # the same message
+    row = await _row(sqlite_store)
+    assert row.status == "sent" and row.accepted_at is not None and row.planned_at == NOW
+    assert row.response is not None and row.response["resends"] == 1

@@ -3,6 +3,7 @@ signature check and the status-callback and inbound-message parsers."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -17,6 +18,7 @@ from cairn.channels.base import (
     OutgoingMessage,
     Provider,
     ProviderError,
+    SendLookup,
 )
 from cairn.channels.twilio import (
     TwilioProvider,
@@ -538,3 +540,42 @@ def test_whatsapp_reply_with_media_and_quoted_message() -> None:
 def test_inbound_without_sender_is_rejected() -> None:
     with pytest.raises(FeedbackRejected):
         parse_inbound_message({"Body": "STOP"})
+
+
+# --------------------------------------------------------------------------- lost answers
+
+
+async def test_a_lost_answer_is_found_in_twilios_message_list(
+    server: StandInServer, script: Script,
+) -> None:
+    sender = TwilioProvider(settings(server.url, timeout=0.3))
+    script.slow(1.0)
+    message = sms(body="Your code is 4411")
+    try:
+        await send_failure(sender, message)
+        await asyncio.sleep(0.8)
+        found = await sender.find_sent(message)
+        other = await sender.find_sent(sms(body="Another text"))
+    finally:
+        await sender.aclose()
+
+    assert isinstance(sender, SendLookup)
+    [accepted] = script.accepted
+    assert found is not None and found.provider_message_id == accepted["sid"]
+    assert found.accepted_at is not None
+    assert other is None
+
+
+async def test_a_message_twilio_never_took_is_not_found(
+    server: StandInServer, script: Script,
+) -> None:
+    sender = TwilioProvider(settings(server.url, timeout=0.3))
+    script.slow(0.6, accept=False)
+    message = sms(body="Never delivered")
+    try:
+        await send_failure(sender, message)
+        await asyncio.sleep(0.5)
+        assert await sender.find_sent(message) is None
+    finally:
+        await sender.aclose()
+    assert script.accepted == []

@@ -1,7 +1,8 @@
 """The exactly-once ledger, as a channel send and an action (a webhook) walk it.
 
 Both go through the same states under their key: claimed as `sending` before the call, then
-settled `sent`, `sent` but unconfirmed, released for a retry (no row left), or `failed`. Each
+settled `sent`, `unconfirmed` (then kept, confirmed or sent again, by the delivery policy),
+released for a retry (no row left), or `failed`. Each
 test drives both through a scripted target and asserts the ledger row it leaves, column by
 column, since journeys, the simulator and `cairn outbox` read those rows.
 """
@@ -20,7 +21,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.actions import UNCONFIRMED as ACTION_UNCONFIRMED
 from activities.actions import ActionActivities
-from activities.send import UNCONFIRMED as SEND_UNCONFIRMED
+from activities.send import UNCONFIRMED_REASON as SEND_UNCONFIRMED
 from activities.send import DeliveryActivities
 from cairn.channels.base import OutgoingMessage, ProviderError, Receipt
 from cairn.channels.registry import ChannelSet, local_channels
@@ -33,6 +34,7 @@ from cairn.contracts import (
     SendRequest,
     StepContext,
 )
+from cairn.delivery_policy import MAX_RESENDS, DeliveryPolicy
 from cairn.journey import Send, Webhook
 from cairn.store import contacts, deliveries
 from cairn.store.db import Store
@@ -97,10 +99,11 @@ class Sending:
     kind = "send"
     unconfirmed = SEND_UNCONFIRMED
 
-    def __init__(self, store: Store, target: Target) -> None:
+    def __init__(self, store: Store, target: Target, on_unconfirmed: str = "keep") -> None:
         providers = dict(local_channels(store).providers)
         providers["email"] = target  # type: ignore[assignment]
-        self.activities = DeliveryActivities(store, ChannelSet(providers=providers))
+        policy = DeliveryPolicy.model_validate({"unconfirmed": {"email": on_unconfirmed}})
+        self.activities = DeliveryActivities(store, ChannelSet(providers=providers), policy)
 
     async def run(self, now: datetime = NOW) -> Any:
         send = Send.model_validate({"channel": "email", "template": "hi",
@@ -179,9 +182,9 @@ async def test_an_unknown_outcome_is_not_repeated_on_a_target_that_cannot_dedupl
     target = Target(failures=[_unknown()])
     acting = use(store, target)
     result = await acting.run()
-    assert result.status == "sent" and target.calls == 1
+    assert result.status == "unconfirmed" and target.calls == 1
     [row] = await _rows(store)
-    assert row.status == "sent" and row.sent_at == NOW
+    assert row.status == "unconfirmed" and row.sent_at == NOW and row.accepted_at is None
     assert row.reason == f"{use.unconfirmed}: scripted: no answer"
     if use is Sending:
         assert row.response == {"to": "ana@example.com", "unconfirmed": True}
@@ -214,9 +217,9 @@ async def test_a_call_left_sending_is_answered_unconfirmed_on_any_other_target(
     with pytest.raises(ApplicationError):
         await acting.run()
     target.idempotent = False  # the worker that retries has a target that cannot de-duplicate
-    assert (await acting.run(LATER)).status == "sent" and target.calls == 1
+    assert (await acting.run(LATER)).status == "unconfirmed" and target.calls == 1
     [row] = await _rows(store)
-    assert row.status == "sent" and row.reason == use.unconfirmed
+    assert row.status == "unconfirmed" and row.reason == use.unconfirmed
     if use is Sending:
         assert row.sent_at == LATER
         assert row.response == {"to": "ana@example.com", "unconfirmed": True}
@@ -238,3 +241,36 @@ async def test_a_refusal_settles_failed_and_is_not_retried(store: Store, use: An
         assert row.response == {"to": "ana@example.com", "status": 422, "code": "bad"}
     else:
         assert row.response is None
+
+
+async def test_an_unconfirmed_send_is_sent_again_under_resend_until_the_limit(
+    store: Store,
+) -> None:
+    target = Target(failures=[_unknown()])
+    sending = Sending(store, target, on_unconfirmed="resend")
+    with pytest.raises(ApplicationError) as raised:
+        await sending.run()
+    assert raised.value.type == PROVIDER_UNAVAILABLE and not raised.value.non_retryable
+    [pending] = await _rows(store)
+    assert pending.status == "unconfirmed"
+    outcome = await sending.run(LATER)
+    assert outcome.status == "sent" and target.calls == 2
+    [row] = await _rows(store)
+    assert row.status == "sent" and row.provider_message_id == "pm-2"
+    assert row.reason is not None and "sent again" in row.reason
+    assert row.response is not None and row.response["resends"] == 1
+    assert row.planned_at == NOW and row.accepted_at is not None
+
+
+async def test_resend_stops_at_the_limit_and_keeps_the_send_unconfirmed(store: Store) -> None:
+    target = Target(failures=[_unknown() for _ in range(MAX_RESENDS + 1)])
+    sending = Sending(store, target, on_unconfirmed="resend")
+    for _ in range(MAX_RESENDS):
+        with pytest.raises(ApplicationError):
+            await sending.run()
+    outcome = await sending.run()
+    assert outcome.status == "unconfirmed" and target.calls == MAX_RESENDS + 1
+    again = await sending.run(LATER)
+    assert again.status == "unconfirmed" and target.calls == MAX_RESENDS + 1
+    [row] = await _rows(store)
+    assert row.status == "unconfirmed" and row.response["resends"] == MAX_RESENDS

@@ -158,6 +158,36 @@ async def test_segment_sweep_enters_inactive_contacts_once(
     assert rows == 1
 
 
+async def test_segment_sweep_closes_the_entries_of_terminated_runs(
+    temporal_env: WorkflowEnvironment, sqlite_store: Store, catalog: Path
+) -> None:
+    """A terminated run ran no code at its end: the sweep asks Temporal and closes its entry
+    as failed, and leaves the running one alone."""
+    now = datetime.now(UTC)
+    key = unique("stuck")
+    await publish(sqlite_store, {"key": key, "name": "Stuck", "trigger": {"event": "go"},
+                                 "steps": {"pause": {"wait": "30d", "next": "end"}}})
+    async with worker(temporal_env, sqlite_store, catalog) as config:
+        router = Router(temporal_env.client, sqlite_store, task_queue=config.journey_task_queue)
+        for contact in ("stuck-1", "fine-1"):
+            [decision] = await router.route(EventMessage(
+                message_id=f"go-{contact}", event="go", contact_id=contact, properties={},
+                timestamp=now - timedelta(minutes=5)))
+            assert decision.action == "started"
+        stuck = await entered(sqlite_store, key, "stuck-1")
+        await temporal_env.client.get_workflow_handle(stuck[0].workflow_id).terminate(
+            reason="operator: provider outage")
+
+        await run(temporal_env, SEGMENT_SWEEP_WORKFLOW, SweepInput(config=config, now=now),
+                  config.journey_task_queue)
+
+        [closed] = await entered(sqlite_store, key, "stuck-1")
+        [running] = await entered(sqlite_store, key, "fine-1")
+    assert closed.outcome == "failed" and closed.reason is not None
+    assert closed.reason.startswith("run terminated") and "provider outage" in closed.reason
+    assert (running.outcome, running.ended_at) == (None, None)
+
+
 async def test_segment_sweep_continues_as_new_and_covers_everyone(
     temporal_env: WorkflowEnvironment, sqlite_store: Store, catalog: Path
 ) -> None:

@@ -5,6 +5,10 @@ Errors: a wrong token answers 401 with ErrorCode 10; a missing or malformed From
 answers 422 with ErrorCode 300; a recipient in `inactive` answers 422 with ErrorCode 406; an
 unknown message stream answers 422 with ErrorCode 1235. Scripted plans (`script.fail`,
 `script.slow`) apply after the token and JSON checks, like a Postmark outage would.
+
+`GET /messages/outbound` is Postmark's outbound message search: `recipient` and `metadata_<key>`
+filters over the accepted messages, newest first, `{TotalCount, Messages}` with `MessageID`,
+`ReceivedAt`, `Status` and `Metadata`.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ def postmark_app(
     unsubscribed)."""
     dead = {address.lower() for address in inactive}
     known_streams = set(streams)
+    received_at: dict[str, str] = {}  # MessageID -> when the stand-in accepted it
 
     async def send_email(request: Request) -> JSONResponse:
         raw = await request.body()
@@ -117,6 +122,7 @@ def postmark_app(
 
         message_id = str(uuid.uuid4())
         script.accepted.append({**body, "MessageID": message_id})
+        received_at[message_id] = datetime.now(UTC).isoformat()
         await apply_plan(plan)
         return JSONResponse({
             "To": body["To"],
@@ -126,4 +132,30 @@ def postmark_app(
             "Message": "OK",
         })
 
-    return Starlette(routes=[Route("/email", send_email, methods=["POST"])])
+    async def search_outbound(request: Request) -> JSONResponse:
+        if request.headers.get("x-postmark-server-token") != token:
+            return _error(401, 10, "The Server Token you provided in the X-Postmark-Server-Token "
+                                   "request header was invalid. Check it and try again.")
+        query = request.query_params
+        try:
+            count, offset = int(query["count"]), int(query["offset"])
+        except (KeyError, ValueError):
+            return _error(422, 1, "count and offset are required integers.")
+        wanted = {k[len("metadata_"):]: v for k, v in query.items() if k.startswith("metadata_")}
+        recipient = query.get("recipient", "").lower()
+        found = [
+            m for m in reversed(script.accepted)
+            if (not recipient or m["To"].lower() == recipient)
+            and all((m.get("Metadata") or {}).get(k) == v for k, v in wanted.items())
+        ]
+        return JSONResponse({"TotalCount": len(found), "Messages": [
+            {"MessageID": m["MessageID"], "To": [{"Email": m["To"]}], "Recipients": [m["To"]],
+             "ReceivedAt": received_at.get(m["MessageID"]), "Status": "Sent",
+             "Subject": m.get("Subject"),
+             "MessageStream": m.get("MessageStream", "outbound"),
+             "Metadata": m.get("Metadata") or {}}
+            for m in found[offset:offset + count]
+        ]})
+
+    return Starlette(routes=[Route("/email", send_email, methods=["POST"]),
+                             Route("/messages/outbound", search_outbound, methods=["GET"])])

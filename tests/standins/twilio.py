@@ -6,6 +6,9 @@ sender (`From` or `MessagingServiceSid`, 21603), a body or media (21602), WhatsA
 both ends (63007), and numbers the test marks invalid (21211), not mobile (21614) or opted out
 (21610). Accepted messages answer 201 with a message resource whose `sid` is "SM" + 32 hex.
 
+`GET` on the same path is the Messages list: `To` and `From` filters, newest first, `PageSize`,
+`{messages: [...], page, page_size}` with the resources it created.
+
 Plans: `fail(status)` answers that status with Twilio's error shape (code 20429 for 429, 20500
 for 5xx unless a body is given); `slow(seconds)` records the message as accepted, then answers
 late; `slow(seconds, accept=False)` waits and answers 503 without accepting anything.
@@ -139,6 +142,19 @@ def _invalid(account: TwilioAccount, form: dict[str, str]) -> JSONResponse | Non
 def twilio_app(script: Script, account: TwilioAccount | None = None) -> Starlette:
     """The Messages endpoint around `script`; `account` holds credentials and special numbers."""
     account = account or TwilioAccount()
+    created: list[dict[str, Any]] = []  # the message resources, oldest first
+
+    async def list_messages(request: Request) -> JSONResponse:
+        if (_credentials(request) != (account.account_sid, account.auth_token)
+                or request.path_params["account_sid"] != account.account_sid):
+            return twilio_error(401, 20003, "Authenticate")
+        query = request.query_params
+        size = int(query.get("PageSize", "50"))
+        found = [m for m in reversed(created)
+                 if all(m.get(field) == query[name] for name, field in
+                        (("To", "to"), ("From", "from")) if name in query)]
+        return JSONResponse({"messages": found[:size], "page": 0, "page_size": size,
+                             "uri": request.url.path})
 
     async def create_message(request: Request) -> JSONResponse:
         raw = await request.body()
@@ -169,10 +185,13 @@ def twilio_app(script: Script, account: TwilioAccount | None = None) -> Starlett
         resource = _resource(account, form)
         script.accepted.append({"sid": resource["sid"], "form": form,
                                 "path": request.url.path, "auth": credentials})
+        created.append(resource)
         await apply_plan(plan)
         return JSONResponse(resource, status_code=201)
 
     return Starlette(routes=[
         Route("/2010-04-01/Accounts/{account_sid}/Messages.json", create_message,
               methods=["POST"]),
+        Route("/2010-04-01/Accounts/{account_sid}/Messages.json", list_messages,
+              methods=["GET"]),
     ])
