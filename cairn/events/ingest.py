@@ -174,13 +174,12 @@ class Ingest:
         same event, one of them routes it and the other skips it.
 
         Each contact's events are routed in order, in one lane per contact; lanes run side by
-        side (`routing_lanes` at a time). An event behind an earlier one of its contact that is
-        still waiting (failed and due again later, or claimed by another router) is left for
-        later. An event whose routing fails is retried with backoff (`routing_backoff`, doubled
-        per attempt) and quarantined after `max_routing_attempts` failures; the contact's later
-        events wait behind it until then, other contacts' events never do. Failures that are
-        outages (Temporal or the store unreachable) count no attempt: the events of the pass
-        are given back untouched and the relay tries them again.
+        side (`routing_lanes` at a time). An event whose routing fails is retried with backoff
+        (`routing_backoff`, doubled per attempt) and quarantined after `max_routing_attempts`
+        failures; until then the contact's later events wait behind it (they are given back
+        unrouted), while other contacts' events never do. Failures that are outages (Temporal
+        or the store unreachable) count no attempt: the events of the pass are given back
+        untouched and the relay tries them again.
 
         Returns the decisions of the events that were routed.
         """
@@ -223,15 +222,15 @@ class Ingest:
                 log.warning("route.claims_not_renewed", error=str(error))
 
     async def _claim(self, event_ids: list[int], claimant: str) -> list[Event]:
-        """Claim what is routable; give back at once what waits behind a contact's earlier event."""
+        """Claim what is routable; give back at once what waits behind a contact's failing event."""
         now = utc_now()
         async with self.store.session() as session, session.begin():
             rows = await events_repo.claim_events(session, event_ids, claimant, now,
                                                   ROUTING_LEASE)
             if not rows:
                 return []
-            waiting = await events_repo.first_pending_by_contact(
-                session, {row.contact_id for row in rows}, claimant)
+            waiting = await events_repo.first_failing_by_contact(
+                session, {row.contact_id for row in rows})
             blocked = [row.id for row in rows
                        if row.contact_id in waiting and waiting[row.contact_id] < row.id]
             if blocked:

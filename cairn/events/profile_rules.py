@@ -9,13 +9,20 @@ Their message ids derive from the source message id, so handling the source agai
 new. Ingest routes the new events like any other, so journeys trigger on them and they can score
 in turn (a decay on entering `inactive_30d` is a rule on `segment_entered`).
 
-Only the contact concerned is decided here; the sweep that re-decides time-based segments for
-everyone (inactive for 30 days) is not part of this module.
+Only the rules an event can affect are applied (`RuleIndex`, built once from the definitions):
+the scoring rules on its name, and the segments whose rule counts it (`has_done`), with the
+segments that read those (`in_segment`). Every segment is decided for events that change the
+profile (identify, attribute changes, score and segment changes, locations), when a scoring rule
+changed a score, and for the contact's earliest event (so a rule that holds for a contact who has
+done nothing, `not has_done purchase`, is decided for every contact). An event no rule reads costs
+one small query. What time alone changes (`within`, `older_than`) is the segment sweep's job, not
+this module's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,8 +32,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cairn.catalog_folder import load_profile_rules
 from cairn.conditions import (
+    AllCondition,
+    AnyCondition,
+    AttributeCondition,
     ConditionScope,
     HasDone,
+    HasDoneCondition,
+    NotCondition,
     ReachableSpec,
     Verdict,
 )
@@ -48,7 +60,7 @@ from cairn.store import events as events_repo
 from cairn.store import scores as scores_repo
 from cairn.store import segments as segments_repo
 from cairn.store.db import Store
-from cairn.store.schema import ScoreChangeRecord
+from cairn.store.schema import Contact, ScoreChangeRecord
 
 log = get_logger(__name__)
 
@@ -58,8 +70,81 @@ The stored value keeps its first name so existing rows stay readable; in code, "
 only the ad-platform audiences of `audience` steps."""
 
 
+PROFILE_EVENTS = frozenset({
+    "identify", "attribute_changed", SCORE_CROSSED, SEGMENT_ENTERED, SEGMENT_EXITED,
+    "location_updated", "geofence_entered", "geofence_exited",
+})
+"""Events that say the profile changed (traits, scores, memberships, position): any segment may
+read what they changed, so all are decided."""
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _parts(condition: Any) -> list[Any]:
+    """A condition and every condition inside it (not the event filters of `has_done`)."""
+    if isinstance(condition, AllCondition | AnyCondition):
+        inner = condition.all if isinstance(condition, AllCondition) else condition.any
+        return [condition, *(part for child in inner for part in _parts(child))]
+    if isinstance(condition, NotCondition):
+        return [condition, *_parts(condition.not_)]
+    return [condition]
+
+
+def _events_counted(segment: Segment) -> set[str]:
+    """The event names a segment rule counts or sums (`has_done`)."""
+    return {part.has_done.event for part in _parts(segment.rule)
+            if isinstance(part, HasDoneCondition)}
+
+
+def _ages_attribute(segment: Segment) -> bool:
+    """Whether the rule measures an attribute's age (`last_seen_at older_than 30d`): any event
+    moves the contact's clock (and `last_seen_at`), so any event can change the membership."""
+    return any(isinstance(part, AttributeCondition)
+               and (part.older_than is not None or part.newer_than is not None)
+               for part in _parts(segment.rule))
+
+
+@dataclass(frozen=True)
+class RuleIndex:
+    """Which scoring rules and segments each event name can affect; built once per definitions."""
+
+    scored: frozenset[str]
+    """Event names some scoring rule is on."""
+    segments_by_event: dict[str, list[Segment]]
+    """Per event name, the segments to decide (in evaluation order), readers included."""
+    every_event: list[Segment]
+    """Segments that any event can change (attribute ages), readers included."""
+
+    @classmethod
+    def of(cls, segments: list[Segment], scoring: Scoring) -> RuleIndex:
+        readers: dict[str, set[str]] = {}
+        for segment in segments:
+            for used in segment.segments_used():
+                readers.setdefault(used, set()).add(segment.key)
+
+        def with_readers(keys: set[str]) -> list[Segment]:
+            todo = list(keys)
+            while todo:  # a segment reading a decided one is decided after it
+                for reader in readers.get(todo.pop(), set()) - keys:
+                    keys.add(reader)
+                    todo.append(reader)
+            return [segment for segment in segments if segment.key in keys]
+
+        every = {segment.key for segment in segments if _ages_attribute(segment)}
+        by_event: dict[str, set[str]] = {}
+        for segment in segments:
+            for name in _events_counted(segment):
+                by_event.setdefault(name, set(every)).add(segment.key)
+        return cls(
+            scored=frozenset(ref.rule.event for ref in scoring.rules()),
+            segments_by_event={name: with_readers(keys) for name, keys in by_event.items()},
+            every_event=with_readers(every),
+        )
+
+    def segments_for(self, event: str) -> list[Segment]:
+        return self.segments_by_event.get(event, self.every_event)
 
 
 class ProfileRules:
@@ -77,6 +162,7 @@ class ProfileRules:
         self.segments = segments
         self.scoring = scoring
         self.clock = clock
+        self.index = RuleIndex.of(segments, scoring)
 
     @classmethod
     def from_folder(cls, store: Store, folder: Path, **options: Any) -> ProfileRules:
@@ -92,12 +178,21 @@ class ProfileRules:
 
         Safe to call again for the same event: nothing is scored, entered or stored twice.
         """
+        scored = event.event in self.index.scored
+        segments = self._segments_to_decide(event)
+        if not scored and not segments:
+            if not self.segments or not await self._earliest_event(event):
+                return []
+            segments = self.segments
         bound = log.bind(contact=event.contact_id, message_id=event.message_id,
                          event_name=event.event)
         emitted: list[tuple[str, str, dict[str, Any]]] = []
         async with self.store.session() as s, s.begin():
-            emitted += await self._score(s, event, bound)
-            emitted += await self._segment(s, event, bound)
+            if scored:
+                emitted += await self._score(s, event, bound)
+            if scored and await self._rescored(s, event):
+                segments = self.segments
+            emitted += await self._segment(s, event, bound, segments)
             stored: list[int] = []
             for message_id, name, properties in emitted:
                 row, new = await events_repo.record_event(
@@ -110,6 +205,26 @@ class ProfileRules:
                     bound.info("profile_rules.emitted", emitted=name, emitted_id=message_id,
                                **properties)
         return stored
+
+    def _segments_to_decide(self, event: EventMessage) -> list[Segment]:
+        if event.event in PROFILE_EVENTS:
+            return self.segments
+        return self.index.segments_for(event.event)
+
+    async def _earliest_event(self, event: EventMessage) -> bool:
+        """Whether this is (one of) the contact's earliest events: all segments are decided."""
+        async with self.store.session() as session:
+            first = await session.scalar(
+                select(Contact.first_seen_at).where(Contact.id == event.contact_id))
+        return first is None or event.timestamp <= first
+
+    async def _rescored(self, s: AsyncSession, event: EventMessage) -> bool:
+        """Whether this event changed a score (now, or in an earlier pass that a crash cut
+        short): then every segment is decided, as any may read scores."""
+        key = f"score/{event.message_id}/%"
+        found = await s.scalar(select(ScoreChangeRecord.id)
+                               .where(ScoreChangeRecord.idempotency_key.like(key)).limit(1))
+        return found is not None
 
     # ------------------------------------------------------------------ scoring
 
@@ -141,13 +256,16 @@ class ProfileRules:
 
     # ------------------------------------------------------------------ segments
 
-    async def _segment(self, s: AsyncSession, event: EventMessage,
-                       bound: Any) -> list[tuple[str, str, dict[str, Any]]]:
-        if not self.segments:
+    async def _segment(self, s: AsyncSession, event: EventMessage, bound: Any,
+                       segments: Iterable[Segment]) -> list[tuple[str, str, dict[str, Any]]]:
+        segments = list(segments)
+        if not segments:
             return []
         contact = await contacts_repo.snapshot(s, event.contact_id)
         if contact is None:
             return []
+        if contact.first_seen_at is None or event.timestamp <= contact.first_seen_at:
+            segments = self.segments  # the contact's earliest event: decide everything once
         # Membership is the contact's state as of their latest activity, not as of this event:
         # events are routed in the background and may be decided after later ones (a derived
         # score_crossed after a page view); deciding "as of" the older event would undo what
@@ -162,7 +280,7 @@ class ProfileRules:
         )
         emitted = []
         before = set(contact.segments)
-        for decided in await decide(self.segments, contact, scope):
+        for decided in await decide(segments, contact, scope):
             if decided.member and decided.segment not in before:
                 await segments_repo.enter_segment(s, event.contact_id, decided.segment, now)
                 name = SEGMENT_ENTERED

@@ -65,6 +65,29 @@ class RouteDecision:
     reason: str
 
 
+@dataclass(frozen=True)
+class PublishedCatalog:
+    """The published journeys (by key) and, per event name, those it triggers or they hear."""
+
+    versions: tuple[int, ...]
+    """Ids of the published version rows: the catalog is rebuilt when they change."""
+    journeys: tuple[Journey, ...]
+    triggered_by: dict[str, tuple[Journey, ...]]
+    listening_to: dict[str, tuple[Journey, ...]]
+
+    @classmethod
+    def of(cls, versions: tuple[int, ...], journeys: list[Journey]) -> PublishedCatalog:
+        triggered: dict[str, list[Journey]] = {}
+        listening: dict[str, list[Journey]] = {}
+        for journey in journeys:
+            triggered.setdefault(journey.trigger.event_name, []).append(journey)
+            for name in sorted(journey.listens_to()):
+                listening.setdefault(name, []).append(journey)
+        return cls(versions, tuple(journeys),
+                   {name: tuple(found) for name, found in triggered.items()},
+                   {name: tuple(found) for name, found in listening.items()})
+
+
 class Router:
     """Routes events to journeys on Temporal, applying entry rules from the entries table.
 
@@ -88,6 +111,7 @@ class Router:
         self.clock_offset = clock_offset
         self.delivery_task_queue = delivery_task_queue
         self._journeys: dict[tuple[str, int], Journey] = {}
+        self._catalog: PublishedCatalog | None = None
 
     # ------------------------------------------------------------------ the public entry point
 
@@ -104,20 +128,17 @@ class Router:
         """
         bound = log.bind(event_name=event.event, message_id=event.message_id,
                          contact=event.contact_id)
-        journeys = await self.published_journeys()
+        catalog = await self.catalog()
         decisions: list[RouteDecision] = []
         delivered: set[str] = set()
-        for journey in journeys:
-            if journey.trigger.event_name == event.event and journey.trigger.admits(
-                journey.key, event.properties
-            )[0]:
+        for journey in catalog.triggered_by.get(event.event, ()):
+            if journey.trigger.admits(journey.key, event.properties)[0]:
                 decision = await self._trigger(journey, event)
                 decisions.append(decision)
                 if decision.action != "refused" and decision.workflow_id:
                     delivered.add(decision.workflow_id)
-        for journey in journeys:
-            if event.event in journey.listens_to():
-                decisions.extend(await self._signal_entries(journey, event, skip=delivered))
+        for journey in catalog.listening_to.get(event.event, ()):
+            decisions.extend(await self._signal_entries(journey, event, skip=delivered))
         for decision in decisions:
             bound.info(
                 "route.decision",
@@ -131,7 +152,19 @@ class Router:
 
     async def published_journeys(self) -> list[Journey]:
         """The latest published version of every journey, validated once per (key, version)."""
+        return list((await self.catalog()).journeys)
+
+    async def catalog(self) -> PublishedCatalog:
+        """The published journeys, indexed by the events that trigger them and that they hear.
+
+        One small query per call tells which versions are published (`cairn publish` may run in
+        another process); the definitions are loaded and the index rebuilt only when that
+        answer changes.
+        """
         async with self.store.session() as session:
+            published = await journeys_repo.published_ids(session)
+            if self._catalog is not None and self._catalog.versions == published:
+                return self._catalog
             rows = await journeys_repo.published(session)
         journeys = []
         for row in rows:
@@ -140,7 +173,8 @@ class Router:
                 cached = journeys_repo.journey_of(row)
                 self._journeys[(row.key, row.version)] = cached
             journeys.append(cached)
-        return journeys
+        self._catalog = PublishedCatalog.of(tuple(row.id for row in rows), journeys)
+        return self._catalog
 
     # ------------------------------------------------------------------ triggers and entry rules
 

@@ -216,22 +216,17 @@ async def release_claims(s: AsyncSession, event_ids: Iterable[int], claimant: st
         )
 
 
-async def first_pending_by_contact(
-    s: AsyncSession, contact_ids: Iterable[str], claimant: str
-) -> dict[str, int]:
-    """Per contact, the oldest unrouted, unquarantined event not claimed by `claimant`.
-
-    A contact's events are routed in order: an event behind such a one waits for it.
-    """
+async def first_failing_by_contact(s: AsyncSession, contact_ids: Iterable[str]) -> dict[str, int]:
+    """Per contact, the oldest event whose routing failed and that waits for its next try (not
+    routed, not quarantined). A contact's events are routed in order: later ones wait for it."""
     contacts = list(dict.fromkeys(contact_ids))
     found: dict[str, int] = {}
     for start in range(0, len(contacts), 500):
         rows = await s.execute(
             select(Event.contact_id, func.min(Event.id))
             .where(Event.contact_id.in_(contacts[start:start + 500]),
-                   Event.routed_at.is_(None), Event.quarantined_at.is_(None),
-                   or_(Event.routing_claimed_by.is_(None),
-                       Event.routing_claimed_by != claimant))
+                   Event.routing_attempts > 0, Event.routed_at.is_(None),
+                   Event.quarantined_at.is_(None))
             .group_by(Event.contact_id)
         )
         found.update({contact: int(first) for contact, first in rows})
