@@ -10,13 +10,14 @@ new. Ingest routes the new events like any other, so journeys trigger on them an
 in turn (a decay on entering `inactive_30d` is a rule on `segment_entered`).
 
 Only the rules an event can affect are applied (`RuleIndex`, built once from the definitions):
-the scoring rules on its name, and the segments whose rule counts it (`has_done`), with the
-segments that read those (`in_segment`). Every segment is decided for events that change the
-profile (identify, attribute changes, score and segment changes, locations), when a scoring rule
-changed a score, and for the contact's earliest event (so a rule that holds for a contact who has
-done nothing, `not has_done purchase`, is decided for every contact). An event no rule reads costs
-one small query. What time alone changes (`within`, `older_than`) is the segment sweep's job, not
-this module's.
+the scoring rules on its name; the segments whose rule counts it (`has_done`) and the segments
+time changes (`within`, `older_than`: every event moves the contact's clock, so a login lets a
+contact out of `frequent_buyers` when its purchases have aged), with the segments that read those
+(`in_segment`). Every segment is decided for events that change the profile (identify, attribute
+changes, score and segment changes, locations), when a scoring rule changed a score, and for the
+contact's earliest event (a rule such as `not has_done purchase` holds before anything happened).
+The `has_done` questions of one decision are answered from two queries (`BatchHistory`).
+Re-deciding everyone as time passes is the segment sweep's job, not this module's.
 """
 
 from __future__ import annotations
@@ -34,15 +35,11 @@ from cairn.catalog_folder import load_profile_rules
 from cairn.conditions import (
     AllCondition,
     AnyCondition,
-    AttributeCondition,
-    ConditionScope,
-    HasDone,
     HasDoneCondition,
     NotCondition,
     ReachableSpec,
     Verdict,
 )
-from cairn.conditions import window_start as has_done_window
 from cairn.contact import ContactSnapshot
 from cairn.journey_run import EventMessage
 from cairn.log import get_logger
@@ -54,13 +51,14 @@ from cairn.scoring import (
     Scoring,
     crossings,
 )
-from cairn.segments import Segment, decide
+from cairn.segments import Segment, decide, has_done_specs, time_based
 from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
 from cairn.store import scores as scores_repo
 from cairn.store import segments as segments_repo
 from cairn.store.db import Store
 from cairn.store.schema import Contact, ScoreChangeRecord
+from cairn.store.sweeps import BatchHistory
 
 log = get_logger(__name__)
 
@@ -98,14 +96,6 @@ def _events_counted(segment: Segment) -> set[str]:
             if isinstance(part, HasDoneCondition)}
 
 
-def _ages_attribute(segment: Segment) -> bool:
-    """Whether the rule measures an attribute's age (`last_seen_at older_than 30d`): any event
-    moves the contact's clock (and `last_seen_at`), so any event can change the membership."""
-    return any(isinstance(part, AttributeCondition)
-               and (part.older_than is not None or part.newer_than is not None)
-               for part in _parts(segment.rule))
-
-
 @dataclass(frozen=True)
 class RuleIndex:
     """Which scoring rules and segments each event name can affect; built once per definitions."""
@@ -115,7 +105,8 @@ class RuleIndex:
     segments_by_event: dict[str, list[Segment]]
     """Per event name, the segments to decide (in evaluation order), readers included."""
     every_event: list[Segment]
-    """Segments that any event can change (attribute ages), readers included."""
+    """Segments any event can change: those time changes (`within`, `older_than`: an event
+    moves the contact's clock), readers included."""
 
     @classmethod
     def of(cls, segments: list[Segment], scoring: Scoring) -> RuleIndex:
@@ -132,7 +123,7 @@ class RuleIndex:
                     todo.append(reader)
             return [segment for segment in segments if segment.key in keys]
 
-        every = {segment.key for segment in segments if _ages_attribute(segment)}
+        every = time_based(segments)
         by_event: dict[str, set[str]] = {}
         for segment in segments:
             for name in _events_counted(segment):
@@ -272,12 +263,9 @@ class ProfileRules:
         # the newer one established.
         latest = contact.last_seen_at
         now = max(event.timestamp, latest) if latest is not None else event.timestamp
-        scope = ConditionScope(
-            now=now,
-            count_events=lambda spec: self._count(s, event.contact_id, spec, now),
-            sum_events=lambda spec: self._sum(s, event.contact_id, spec, now),
-            reachable=lambda spec: _reachable(contact, spec),
-        )
+        # Every has_done the segments ask about is answered from two queries, not one each.
+        history = BatchHistory(s, [event.contact_id], now, has_done_specs(segments))
+        scope = history.scope(contact, now)
         emitted = []
         before = set(contact.segments)
         for decided in await decide(segments, contact, scope):
@@ -294,22 +282,6 @@ class ProfileRules:
             emitted.append((f"{event.message_id}/{name}/{decided.segment}", name,
                             {"segment": decided.segment}))
         return emitted
-
-    @staticmethod
-    async def _count(s: AsyncSession, contact_id: str, spec: HasDone, now: datetime) -> int:
-        return await events_repo.count_events(
-            s, contact_id, spec.event, since=has_done_window(spec, now, None), until=now,
-            where=spec.where,
-        )
-
-    @staticmethod
-    async def _sum(s: AsyncSession, contact_id: str, spec: HasDone, now: datetime) -> float:
-        """The `sum` property added up over the events `has_done` counts (non-numbers skipped)."""
-        assert spec.sum is not None  # evaluate only asks for sums of has_done with `sum`
-        return await events_repo.sum_event_property(
-            s, contact_id, spec.event, spec.sum, since=has_done_window(spec, now, None),
-            until=now, where=spec.where,
-        )
 
 
 def _reachable(contact: ContactSnapshot, spec: ReachableSpec) -> Verdict:

@@ -16,7 +16,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from cairn.catalog_folder import load_segments
-from cairn.conditions import ConditionScope, HasDone, ReachableSpec, Verdict
+from cairn.conditions import ConditionScope, HasDone, ReachableSpec, Verdict, window_start
 from cairn.contact import ContactSnapshot
 from cairn.events.calls import IdentifyCall, PageCall, TrackCall
 from cairn.events.ingest import Ingest
@@ -37,6 +37,7 @@ from cairn.segments import (
 )
 from cairn.store import contacts as contacts_repo
 from cairn.store import entries as entries_repo
+from cairn.store import events as events_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event, SegmentMembership
@@ -415,13 +416,18 @@ def _at(moment: datetime) -> datetime:
     return moment
 
 
-# The reference: how ingest counts, sums and reaches for one contact (`ProfileRules`).
+# The reference: one query per question, for one contact (the event store's own counts and sums).
 async def _count(s: Any, contact_id: str, now: datetime, spec: HasDone) -> int:
-    return await ProfileRules._count(s, contact_id, spec, now)
+    return await events_repo.count_events(s, contact_id, spec.event,
+                                          since=window_start(spec, now, None), until=now,
+                                          where=spec.where)
 
 
 async def _sum(s: Any, contact_id: str, now: datetime, spec: HasDone) -> float:
-    return await ProfileRules._sum(s, contact_id, spec, now)
+    assert spec.sum is not None
+    return await events_repo.sum_event_property(s, contact_id, spec.event, spec.sum,
+                                                since=window_start(spec, now, None), until=now,
+                                                where=spec.where)
 
 
 def _reachable(contact: ContactSnapshot, spec: ReachableSpec) -> Verdict:
