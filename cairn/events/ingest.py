@@ -263,9 +263,12 @@ class Ingest:
                     await self._release([r.id for r in queue], run.claimant)
                     return
                 continue
-            async with self.store.session() as session, session.begin():
-                await events_repo.mark_routed(session, [row.id], self.clock())
-            run.done[row.id] = decisions
+            if self.router is None:  # hooks applied; the event waits for a router (the relay)
+                await self._release([row.id], run.claimant)
+            else:
+                async with self.store.session() as session, session.begin():
+                    await events_repo.mark_routed(session, [row.id], self.clock())
+                run.done[row.id] = decisions
             if derived:
                 queue.extend(await self._claim(derived, run.claimant))
 
@@ -280,8 +283,9 @@ class Ingest:
             derived.extend(await self.profile_rules.apply(message))
         if self.geofencing is not None:
             derived.extend(await self.geofencing.apply(message))
-        decisions = await self.router.route(message) if self.router is not None else []
-        return decisions, derived
+        if self.router is None:
+            return [], derived
+        return await self.router.route(message), derived
 
     async def _failed(self, row: Event, error: Exception) -> bool:
         """Count a failed attempt: back off, or quarantine after the last one (then True)."""
