@@ -14,6 +14,7 @@ from starter.cli import (  # noqa: F401
     catalog,
     imports,
     journeys,
+    quarantine,
     runtime,
     simulate,
     tasks,
