@@ -231,12 +231,16 @@ class Ingest:
                 return []
             waiting = await events_repo.first_failing_by_contact(
                 session, {row.contact_id for row in rows})
-            blocked = [row.id for row in rows
-                       if row.contact_id in waiting and waiting[row.contact_id] < row.id]
+            # Behind a failing event this call holds, an event stays in its lane (routed if
+            # the failing one is quarantined now); behind one it does not hold, it waits.
+            held = {row.id for row in rows}
+            blocked = [row.id for row in rows if row.contact_id in waiting
+                       and waiting[row.contact_id] < row.id
+                       and waiting[row.contact_id] not in held]
             if blocked:
                 await events_repo.release_claims(session, blocked, claimant)
-        held = set(blocked)
-        return [row for row in rows if row.id not in held]
+        left = set(blocked)
+        return [row for row in rows if row.id not in left]
 
     async def _route_lane(self, lane: list[Event], run: _RoutingPass) -> None:
         """One contact's claimed events, in order; see `route_events`."""
