@@ -144,15 +144,14 @@ async def sum_event_property(
 async def mark_routed(s: AsyncSession, event_ids: Iterable[int], now: datetime) -> None:
     """Note that these events reached every journey that wanted them (and drop their claims)."""
     ids = list(event_ids)
-    if not ids:
-        return
-    await s.execute(
-        update(Event)
-        .where(Event.id.in_(ids), Event.routed_at.is_(None))
-        .values(routed_at=now, routing_claimed_by=None, routing_claimed_at=None,
-                next_routing_at=None)
-        .execution_options(synchronize_session=False)
-    )
+    for start in range(0, len(ids), 500):
+        await s.execute(
+            update(Event)
+            .where(Event.id.in_(ids[start:start + 500]), Event.routed_at.is_(None))
+            .values(routed_at=now, routing_claimed_by=None, routing_claimed_at=None,
+                    next_routing_at=None)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _routable(now: datetime, lease: timedelta) -> tuple[Any, ...]:
