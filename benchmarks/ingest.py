@@ -222,7 +222,11 @@ async def batches(url: str, run: str, count: int, limit: float) -> Phase:
             if time.monotonic() - started > limit:
                 break
             body = {"batch": [call(run, b * 100 + i) for i in range(100)]}
-            answer = await http.post("/v1/batch", json=body)
+            try:
+                answer = await http.post("/v1/batch", json=body)
+            except httpx.TransportError:
+                failures += 1
+                continue
             if answer.status_code == 202:
                 sent += 100
             else:
@@ -241,7 +245,11 @@ async def tracks(url: str, run: str, count: int, limit: float, clients: int = 8)
             for n in counter:
                 if time.monotonic() - started > limit:
                     return
-                answer = await http.post("/v1/track", json=call(run, n))
+                try:
+                    answer = await http.post("/v1/track", json=call(run, n))
+                except httpx.TransportError:
+                    failures += 1
+                    continue
                 if answer.status_code == 202:
                     sent += 1
                 else:
@@ -350,6 +358,8 @@ async def main(batch_count: int, track_count: int, limit: float) -> None:
 
                 for name, phase, seconds in (("batch", cairn_b, batch_drain),
                                              ("track", cairn_t, track_drain)):
+                    if not phase.events:
+                        continue
                     if seconds is None:
                         stored, routed = routed_count(cairn_db, name)
                         print(f"stored -> routed ({name}): only {routed} of {stored} routed "
@@ -359,6 +369,10 @@ async def main(batch_count: int, track_count: int, limit: float) -> None:
                           f"(all {phase.events} routed {seconds:.1f}s after the first call; "
                           f"accepted at {phase.rate:.0f} ev/s, so routing "
                           f"{'kept up' if seconds <= phase.seconds * 1.1 + 0.5 else 'lagged'})")
+                for name, process in (("plain", plain_process), ("cairn", cairn_process)):
+                    if process.poll() is not None:
+                        print(f"the {name} server died ({process.returncode}):\n"
+                              f"{(folder / f'{name}.log').read_text()[-3000:]}")
 
 
 if __name__ == "__main__":
