@@ -151,30 +151,30 @@ async def test_a_poison_event_is_quarantined_and_holds_back_only_its_contacts_la
 
 
 async def test_cli_retry_all_puts_every_quarantined_event_back_in_line(
-    sqlite_store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ingest = Ingest(sqlite_store, None,
-                    profile_rules=OverflowingRules(sqlite_store, [], Scoring(files=[])),
+    ingest = Ingest(store, None,
+                    profile_rules=OverflowingRules(store, [], Scoring(files=[])),
                     routing_backoff=timedelta(0), max_routing_attempts=1)
     ids = []
     for _ in range(2):
-        async with sqlite_store.session() as session, session.begin():
+        async with store.session() as session, session.begin():
             row, _ = await events_repo.record_event(
                 session, message_id=unique("m-poison"), type="track", contact_id=unique("c"),
                 name="signup", properties={}, timestamp=POISON_TIME, received_at=T0)
         ids.append(row.id)
     assert await ingest.route_events(ids) == {}
     for event_id in ids:
-        assert (await row_of(sqlite_store, event_id)).quarantined_at is not None
+        assert (await row_of(store, event_id)).quarantined_at is not None
 
-    missing = await cli(monkeypatch, sqlite_store, ["quarantine", "--retry", "999999"], code=1)
+    missing = await cli(monkeypatch, store, ["quarantine", "--retry", "999999"], code=1)
     assert "no quarantined event 999999" in missing
-    released = await cli(monkeypatch, sqlite_store, ["quarantine", "--all"])
+    released = await cli(monkeypatch, store, ["quarantine", "--all"])
     assert "released 2 event(s)" in released
     for event_id in ids:
-        row = await row_of(sqlite_store, event_id)
+        row = await row_of(store, event_id)
         assert row.quarantined_at is None and row.routing_attempts == 0
-    assert "no quarantined events" in await cli(monkeypatch, sqlite_store, ["quarantine"])
+    assert "no quarantined events" in await cli(monkeypatch, store, ["quarantine"])
 
 
 async def cli(monkeypatch: pytest.MonkeyPatch, store: Store, args: list[str],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -17,11 +17,13 @@ from sqlalchemy import select
 from temporalio.testing import WorkflowEnvironment
 
 from cairn.events import relay as relay_module
+from cairn.events.calls import TrackCall
 from cairn.events.ingest import Ingest
 from cairn.events.relay import EventRelay
 from cairn.events.router import Router
 from cairn.journey_run import workflow_id
 from cairn.settings import Settings
+from cairn.store import events as events_repo
 from cairn.store.db import Store
 from cairn.store.schema import Entry, Event
 from starter.api.app import create_app
@@ -90,3 +92,26 @@ async def test_api_routing_and_relay_passes_at_once_enter_each_contact_once(
         per_workflow = Counter(entry.workflow_id for entry in entries)
         assert set(per_workflow) == {workflow_id(key, contact) for contact in contacts}
         assert [wid for wid, count in per_workflow.items() if count > 1] == []
+
+
+async def test_a_claim_is_exclusive_until_its_lease_lapses(store: Store) -> None:
+    ingest = Ingest(store, None)
+    stored = await ingest.batch([TrackCall(user_id=unique("c"), event="signup", timestamp=T0)
+                                 for _ in range(3)], route=False)
+    ids = [result.event_id for result in stored]
+    lease = timedelta(seconds=30)
+    now = datetime.now(UTC)
+    async with store.session() as session, session.begin():
+        first = await events_repo.claim_events(session, ids, "api", now, lease)
+    async with store.session() as session, session.begin():
+        second = await events_repo.claim_events(session, ids, "relay", now, lease)
+    assert [row.id for row in first] == ids and second == []
+
+    later = now + lease + timedelta(seconds=1)  # the first claimant died: its claims lapse
+    async with store.session() as session, session.begin():
+        taken = await events_repo.claim_events(session, ids, "relay", later, lease)
+        await events_repo.mark_routed(session, [ids[0]], later)
+    assert [row.id for row in taken] == ids
+    async with store.session() as session, session.begin():
+        after = await events_repo.claim_events(session, ids, "other", later + 2 * lease, lease)
+    assert [row.id for row in after] == ids[1:], "a routed event is never claimed again"
