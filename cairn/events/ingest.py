@@ -28,7 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from cairn.events import attribute_changes
 from cairn.events.calls import BatchCall, IdentifyCall, PageCall, SegmentCallType, TrackCall
 from cairn.events.geofencing import Geofencing
-from cairn.events.profile_rules import ProfileRules
+from cairn.events.profile_rules import Prepared, ProfileRules
 from cairn.events.router import RouteDecision, Router
 from cairn.journey_run import EventMessage
 from cairn.log import get_logger
@@ -71,6 +71,8 @@ class _RoutingPass:
     claimant: str
     done: dict[int, list[RouteDecision]] = field(default_factory=dict)
     outage: bool = False
+    prepared: dict[str, Prepared] = field(default_factory=dict)
+    """What the profile rules read ahead for the call's events (`ProfileRules.prepare`)."""
 
 
 def _outage(error: BaseException) -> bool:
@@ -192,6 +194,9 @@ class Ingest:
         for row in rows:
             lanes.setdefault(row.contact_id, []).append(row)
         run = _RoutingPass(claimant)
+        if self.profile_rules is not None and len(rows) > 1:
+            run.prepared = await self.profile_rules.prepare(
+                [events_repo.event_message(row) for row in rows])
         renewing = asyncio.create_task(self._renew_claims(claimant))
         try:
             if len(lanes) == 1 or self.routing_lanes <= 1:
@@ -259,7 +264,8 @@ class Ingest:
                 return
             message = events_repo.event_message(row)
             try:
-                decisions, derived = await self._route_one(message)
+                decisions, derived = await self._route_one(
+                    message, run.prepared.pop(message.message_id, None))
             except Exception as error:
                 if _outage(error):
                     run.outage = True
@@ -281,7 +287,9 @@ class Ingest:
             if derived:
                 queue.extend(await self._claim(derived, run.claimant))
 
-    async def _route_one(self, message: EventMessage) -> tuple[list[RouteDecision], list[int]]:
+    async def _route_one(
+        self, message: EventMessage, prepared: Prepared | None = None
+    ) -> tuple[list[RouteDecision], list[int]]:
         """The hooks, then the router, for one event: (decisions, ids of events it derived)."""
         derived: list[int] = []
         # Profile rules (segments and scoring) run after the commit and before routing, so
@@ -289,7 +297,7 @@ class Ingest:
         # retry (or the relay) applying them again changes nothing. Geofencing stores the fence
         # crossings of a location_updated event. What they store is routed next, in the lane.
         if self.profile_rules is not None:
-            derived.extend(await self.profile_rules.apply(message))
+            derived.extend(await self.profile_rules.apply(message, prepared))
         if self.geofencing is not None:
             derived.extend(await self.geofencing.apply(message))
         if self.router is None:

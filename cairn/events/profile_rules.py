@@ -56,6 +56,7 @@ from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
 from cairn.store import scores as scores_repo
 from cairn.store import segments as segments_repo
+from cairn.store import sweeps as sweeps_repo
 from cairn.store.db import Store
 from cairn.store.schema import Contact, ScoreChangeRecord
 from cairn.store.sweeps import BatchHistory
@@ -138,6 +139,15 @@ class RuleIndex:
         return self.segments_by_event.get(event, self.every_event)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What deciding one event's segments reads, read ahead for many events at once."""
+
+    contact: ContactSnapshot
+    now: datetime
+    history: BatchHistory
+
+
 class ProfileRules:
     """Segments and scoring rules, applied to one contact per stored event."""
 
@@ -164,10 +174,50 @@ class ProfileRules:
         segments, scoring = load_profile_rules(Path(folder))
         return cls(store, segments, scoring, **options)
 
-    async def apply(self, event: EventMessage) -> list[int]:
+    async def prepare(self, events: list[EventMessage]) -> dict[str, Prepared]:
+        """Read ahead, for many contacts at once, what deciding their segments reads.
+
+        For the first of each contact's events among `events` whose segments are decided
+        without scoring (the usual case: an event only time-based segments care about): the
+        contacts in three queries, and their `has_done` answers in two per distinct `now`
+        (events accepted together share one), instead of five queries per event. Pass each
+        event's entry to `apply`. Keyed by message id.
+        """
+        if not self.segments:
+            return {}
+        firsts: dict[str, EventMessage] = {}
+        for event in events:
+            firsts.setdefault(event.contact_id, event)
+        wanted = [event for event in firsts.values()
+                  if event.event not in self.index.scored and self._segments_to_decide(event)]
+        if len(wanted) < 2:
+            return {}
+        specs = has_done_specs(self.segments)
+        prepared: dict[str, Prepared] = {}
+        async with self.store.session() as s:
+            contacts = await sweeps_repo.snapshots(
+                s, await sweeps_repo.contact_rows(s, sorted({e.contact_id for e in wanted})))
+            by_now: dict[datetime, list[tuple[EventMessage, ContactSnapshot]]] = {}
+            for event in wanted:
+                contact = contacts.get(event.contact_id)
+                if contact is None:
+                    continue
+                latest = contact.last_seen_at
+                now = max(event.timestamp, latest) if latest is not None else event.timestamp
+                by_now.setdefault(now, []).append((event, contact))
+            for now, group in by_now.items():
+                history = BatchHistory(s, [contact.id for _, contact in group], now, specs)
+                if specs:  # answer every planned question now, while the session is open
+                    await history.count(group[0][1].id, specs[0])
+                for event, contact in group:
+                    prepared[event.message_id] = Prepared(contact, now, history)
+        return prepared
+
+    async def apply(self, event: EventMessage, prepared: Prepared | None = None) -> list[int]:
         """Score and segment the event's contact; returns the ids of the events it stored.
 
         Safe to call again for the same event: nothing is scored, entered or stored twice.
+        `prepared` is this event's entry from `prepare`, if it has one.
         """
         scored = event.event in self.index.scored
         segments = self._segments_to_decide(event)
@@ -183,7 +233,8 @@ class ProfileRules:
                 emitted += await self._score(s, event, bound)
             if scored and await self._rescored(s, event):
                 segments = self.segments
-            emitted += await self._segment(s, event, bound, segments)
+            emitted += await self._segment(s, event, bound, segments,
+                                           None if scored else prepared)
             stored: list[int] = []
             for message_id, name, properties in emitted:
                 row, new = await events_repo.record_event(
@@ -248,11 +299,13 @@ class ProfileRules:
     # ------------------------------------------------------------------ segments
 
     async def _segment(self, s: AsyncSession, event: EventMessage, bound: Any,
-                       segments: Iterable[Segment]) -> list[tuple[str, str, dict[str, Any]]]:
+                       segments: Iterable[Segment],
+                       prepared: Prepared | None = None) -> list[tuple[str, str, dict[str, Any]]]:
         segments = list(segments)
         if not segments:
             return []
-        contact = await contacts_repo.snapshot(s, event.contact_id)
+        contact = (prepared.contact if prepared is not None
+                   else await contacts_repo.snapshot(s, event.contact_id))
         if contact is None:
             return []
         if contact.first_seen_at is None or event.timestamp <= contact.first_seen_at:
@@ -264,7 +317,8 @@ class ProfileRules:
         latest = contact.last_seen_at
         now = max(event.timestamp, latest) if latest is not None else event.timestamp
         # Every has_done the segments ask about is answered from two queries, not one each.
-        history = BatchHistory(s, [event.contact_id], now, has_done_specs(segments))
+        history = (prepared.history if prepared is not None
+                   else BatchHistory(s, [event.contact_id], now, has_done_specs(segments)))
         scope = history.scope(contact, now)
         emitted = []
         before = set(contact.segments)

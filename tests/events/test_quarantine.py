@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from cairn.events.calls import TrackCall
 from cairn.events.ingest import Ingest
-from cairn.events.profile_rules import ProfileRules
+from cairn.events.profile_rules import Prepared, ProfileRules
 from cairn.events.relay import EventRelay
 from cairn.events.router import Router
 from cairn.journey_run import EventMessage, workflow_id
@@ -46,10 +46,10 @@ POISON_TIME = datetime(1, 1, 1, tzinfo=UTC)
 class OverflowingRules(ProfileRules):
     """The profile-rules hook as it failed in the issue: an event dated year 1 overflows."""
 
-    async def apply(self, event: EventMessage) -> list[int]:
+    async def apply(self, event: EventMessage, prepared: Prepared | None = None) -> list[int]:
         if event.timestamp.year == 1:
             raise OverflowError("date value out of range")
-        return await super().apply(event)
+        return await super().apply(event, prepared)
 
 
 @asynccontextmanager

@@ -432,3 +432,48 @@ async def _sum(s: Any, contact_id: str, now: datetime, spec: HasDone) -> float:
 
 def _reachable(contact: ContactSnapshot, spec: ReachableSpec) -> Verdict:
     return reachability(contact, spec.channel, spec.category)
+
+
+async def test_events_routed_together_decide_as_events_routed_one_by_one(store: Store) -> None:
+    """A batch reads its contacts and their history ahead for all of them (`prepare`); what it
+    decides is what routing the same events one at a time decides."""
+    rules = ProfileRules.from_folder(store, CATALOG)
+    twins = {mode: [unique(f"c-{mode}") for _ in range(3)] for mode in ("together", "alone")}
+    for contacts in twins.values():
+        for contact in contacts:
+            ingest = Ingest(store, None, profile_rules=rules, clock=partial(_at, T0))
+            await ingest.identify(IdentifyCall(user_id=contact, traits={"email": "x@example.com"},
+                                               timestamp=T0))
+            for day in (1, 2):
+                await ingest.track(TrackCall(user_id=contact, event="purchase",
+                                             properties={"total": 40},
+                                             timestamp=T0 + timedelta(days=day)))
+    later = T0 + timedelta(days=40)
+    ingest = Ingest(store, None, profile_rules=rules, clock=partial(_at, later))
+    # An event no rule reads: only the segments time changes are decided for it.
+    read_ahead: list[int] = []
+    prepare = rules.prepare
+
+    async def counted(events: list[EventMessage]) -> dict[str, Any]:
+        found = await prepare(events)
+        read_ahead.append(len(found))
+        return found
+
+    rules.prepare = counted  # type: ignore[method-assign]
+    await ingest.batch([TrackCall(user_id=contact, event="app_opened", timestamp=later)
+                        for contact in twins["together"]])
+    for contact in twins["alone"]:
+        await ingest.track(TrackCall(user_id=contact, event="app_opened", timestamp=later))
+    assert read_ahead == [3], "the batch's contacts were not read ahead together"
+
+    decided: dict[str, list[tuple[list[str], list[str]]]] = {}
+    for mode, contacts in twins.items():
+        for contact in contacts:
+            async with store.session() as session:
+                snapshot = await contacts_repo.snapshot(session, contact)
+            assert snapshot is not None
+            exited = [e.properties["segment"] for e in
+                      await events_named(store, contact, "segment_exited")]
+            decided.setdefault(mode, []).append((snapshot.segments, sorted(exited)))
+    assert decided["together"] == decided["alone"]
+    assert decided["together"] == [(["buyers", "customers"], ["frequent_buyers"])] * 3
