@@ -224,13 +224,16 @@ async def batches(url: str, run: str, count: int, limit: float) -> Phase:
             body = {"batch": [call(run, b * 100 + i) for i in range(100)]}
             try:
                 answer = await http.post("/v1/batch", json=body)
-            except httpx.TransportError:
+            except httpx.TransportError as error:
                 failures += 1
+                print(f"batch {b} to {url}: {type(error).__name__}: {error}", file=sys.stderr)
                 continue
             if answer.status_code == 202:
                 sent += 100
             else:
                 failures += 1
+                print(f"batch {b} to {url}: {answer.status_code} {answer.text[:200]}",
+                      file=sys.stderr)
     return Phase(sent, time.monotonic() - started, failures)
 
 

@@ -144,6 +144,8 @@ class Ingest:
         self.routing_lanes = routing_lanes
         self.routing_backoff = routing_backoff
         self.max_routing_attempts = max_routing_attempts
+        self._soon: list[tuple[list[int], asyncio.Future[None]]] = []
+        self._soon_task: asyncio.Task[None] | None = None
 
     async def track(self, call: TrackCall, *, route: bool = True) -> IngestResult:
         """Store a `track` call (and create or touch its contact) in one transaction, then route."""
@@ -232,6 +234,37 @@ class Ingest:
                     await events_repo.renew_claims(session, claimant, utc_now())
             except OperationalError as error:  # the store is busy: the next renewal may pass
                 log.warning("route.claims_not_renewed", error=str(error))
+
+    async def route_soon(self, event_ids: Sequence[int]) -> None:
+        """Route these events together with those other callers hand in meanwhile; returns once
+        they were routed (or left for the relay).
+
+        For the API's background routing: under load many requests accept events at once, and
+        one `route_events` call for all of them reads ahead for every contact together and
+        claims and marks them in one write each, where a call per request would not.
+        """
+        loop = asyncio.get_running_loop()
+        running = self._soon_task
+        if running is not None and running.get_loop() is not loop:
+            self._soon, running = [], None  # left over from another event loop (tests)
+        done: asyncio.Future[None] = loop.create_future()
+        self._soon.append((list(event_ids), done))
+        if running is None or running.done():
+            self._soon_task = asyncio.create_task(self._route_pending(), name="cairn-routing")
+        await done
+
+    async def _route_pending(self) -> None:
+        while self._soon:
+            taken, self._soon = self._soon, []
+            try:
+                await self.route_events([i for ids, _ in taken for i in ids])
+            except Exception as error:  # the store is away: the relay routes them later
+                log.warning("route.deferred", error=str(error), error_type=type(error).__name__,
+                            events=sum(len(ids) for ids, _ in taken))
+            finally:
+                for _, done in taken:
+                    if not done.done():
+                        done.set_result(None)
 
     async def _claim(self, event_ids: list[int], claimant: str) -> list[Event]:
         """Claim what is routable; give back at once what waits behind a contact's failing event."""
