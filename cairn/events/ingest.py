@@ -29,7 +29,7 @@ from cairn.events import attribute_changes
 from cairn.events.calls import BatchCall, IdentifyCall, PageCall, SegmentCallType, TrackCall
 from cairn.events.geofencing import Geofencing
 from cairn.events.profile_rules import Prepared, ProfileRules
-from cairn.events.router import RouteDecision, Router
+from cairn.events.router import PublishedCatalog, RouteDecision, Router
 from cairn.journey_run import EventMessage
 from cairn.log import get_logger
 from cairn.store import contacts as contacts_repo
@@ -73,6 +73,8 @@ class _RoutingPass:
     outage: bool = False
     prepared: dict[str, Prepared] = field(default_factory=dict)
     """What the profile rules read ahead for the call's events (`ProfileRules.prepare`)."""
+    catalog: PublishedCatalog | None = None
+    """The published journeys the call's events are routed by."""
 
 
 def _outage(error: BaseException) -> bool:
@@ -190,15 +192,22 @@ class Ingest:
         ids = list(dict.fromkeys(event_ids))
         if not ids:
             return {}
+        # The published catalog, read once for the call (before claiming: should the store
+        # fail here, nothing is left claimed).
+        catalog = await self.router.catalog() if self.router is not None else None
         claimant = uuid.uuid4().hex
         rows = await self._claim(ids, claimant)
         lanes: dict[str, list[Event]] = {}
         for row in rows:
             lanes.setdefault(row.contact_id, []).append(row)
-        run = _RoutingPass(claimant)
+        run = _RoutingPass(claimant, catalog=catalog)
         if self.profile_rules is not None and len(rows) > 1:
-            run.prepared = await self.profile_rules.prepare(
-                [events_repo.event_message(row) for row in rows])
+            try:
+                run.prepared = await self.profile_rules.prepare(
+                    [events_repo.event_message(row) for row in rows])
+            except Exception as error:  # each event then reads for itself (and fails there)
+                log.warning("profile_rules.not_prepared", error=str(error),
+                            error_type=type(error).__name__)
         renewing = asyncio.create_task(self._renew_claims(claimant))
         try:
             if len(lanes) == 1 or self.routing_lanes <= 1:
@@ -298,7 +307,7 @@ class Ingest:
             message = events_repo.event_message(row)
             try:
                 decisions, derived = await self._route_one(
-                    message, run.prepared.pop(message.message_id, None))
+                    message, run.prepared.pop(message.message_id, None), run.catalog)
             except Exception as error:
                 if _outage(error):
                     run.outage = True
@@ -321,7 +330,8 @@ class Ingest:
                 queue.extend(await self._claim(derived, run.claimant))
 
     async def _route_one(
-        self, message: EventMessage, prepared: Prepared | None = None
+        self, message: EventMessage, prepared: Prepared | None = None,
+        catalog: PublishedCatalog | None = None,
     ) -> tuple[list[RouteDecision], list[int]]:
         """The hooks, then the router, for one event: (decisions, ids of events it derived)."""
         derived: list[int] = []
@@ -335,7 +345,7 @@ class Ingest:
             derived.extend(await self.geofencing.apply(message))
         if self.router is None:
             return [], derived
-        return await self.router.route(message), derived
+        return await self.router.route(message, catalog), derived
 
     async def _failed(self, row: Event, error: Exception) -> bool:
         """Count a failed attempt: back off, or quarantine after the last one (then True)."""

@@ -115,7 +115,9 @@ class Router:
 
     # ------------------------------------------------------------------ the public entry point
 
-    async def route(self, event: EventMessage) -> list[RouteDecision]:
+    async def route(
+        self, event: EventMessage, catalog: PublishedCatalog | None = None
+    ) -> list[RouteDecision]:
         """Start or signal every journey the event concerns; one decision per journey concerned.
 
         A journey whose trigger matches gets a decision (started, signalled or refused with the
@@ -125,10 +127,14 @@ class Router:
         Temporal errors other than "workflow not found" propagate: the caller keeps the event
         unrouted, and routing it again is safe (entries are keyed by the trigger's message id and
         journeys ignore message ids they have seen).
+
+        `catalog` is the published catalog to route by (`catalog()`), when the caller routes
+        many events at once and read it once for all of them.
         """
         bound = log.bind(event_name=event.event, message_id=event.message_id,
                          contact=event.contact_id)
-        catalog = await self.catalog()
+        if catalog is None:
+            catalog = await self.catalog()
         decisions: list[RouteDecision] = []
         delivered: set[str] = set()
         for journey in catalog.triggered_by.get(event.event, ()):
