@@ -51,7 +51,7 @@ from cairn.scoring import (
     Scoring,
     crossings,
 )
-from cairn.segments import Segment, decide, has_done_specs, time_based
+from cairn.segments import Memo, Segment, decide, has_done_specs, members, time_based
 from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
 from cairn.store import scores as scores_repo
@@ -146,6 +146,8 @@ class Prepared:
     contact: ContactSnapshot
     now: datetime
     history: BatchHistory
+    memo: Memo
+    """Comparison verdicts shared by the contacts read ahead with the same `now`."""
 
 
 class ProfileRules:
@@ -207,10 +209,11 @@ class ProfileRules:
                 by_now.setdefault(now, []).append((event, contact))
             for now, group in by_now.items():
                 history = BatchHistory(s, [contact.id for _, contact in group], now, specs)
+                memo: Memo = {}
                 if specs:  # answer every planned question now, while the session is open
                     await history.count(group[0][1].id, specs[0])
                 for event, contact in group:
-                    prepared[event.message_id] = Prepared(contact, now, history)
+                    prepared[event.message_id] = Prepared(contact, now, history, memo)
         return prepared
 
     async def apply(self, event: EventMessage, prepared: Prepared | None = None) -> list[int]:
@@ -320,8 +323,16 @@ class ProfileRules:
         history = (prepared.history if prepared is not None
                    else BatchHistory(s, [event.contact_id], now, has_done_specs(segments)))
         scope = history.scope(contact, now)
-        emitted = []
         before = set(contact.segments)
+        # Most events change no membership: find out without building reasons (comparisons
+        # memoized across the contacts read ahead together), then decide with reasons only
+        # when something changes.
+        memo = prepared.memo if prepared is not None else None
+        found = await members(segments, contact, scope, memo)
+        if all(member == (key in before) for key, member in found.items()):
+            return []
+        scope = history.scope(contact, now)
+        emitted = []
         for decided in await decide(segments, contact, scope):
             if decided.member and decided.segment not in before:
                 await segments_repo.enter_segment(s, event.contact_id, decided.segment, now)
