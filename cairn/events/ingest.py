@@ -29,7 +29,7 @@ from cairn.events import attribute_changes
 from cairn.events.calls import BatchCall, IdentifyCall, PageCall, SegmentCallType, TrackCall
 from cairn.events.geofencing import Geofencing
 from cairn.events.profile_rules import Prepared, ProfileRules
-from cairn.events.router import PublishedCatalog, RouteDecision, Router
+from cairn.events.router import RouteDecision, Router
 from cairn.journey_run import EventMessage
 from cairn.log import get_logger
 from cairn.store import contacts as contacts_repo
@@ -73,8 +73,6 @@ class _RoutingPass:
     outage: bool = False
     prepared: dict[str, Prepared] = field(default_factory=dict)
     """What the profile rules read ahead for the call's events (`ProfileRules.prepare`)."""
-    catalog: PublishedCatalog | None = None
-    """The published journeys the call's events are routed by."""
 
 
 def _outage(error: BaseException) -> bool:
@@ -200,7 +198,7 @@ class Ingest:
         lanes: dict[str, list[Event]] = {}
         for row in rows:
             lanes.setdefault(row.contact_id, []).append(row)
-        run = _RoutingPass(claimant, catalog=catalog)
+        run = _RoutingPass(claimant)
         if self.profile_rules is not None and len(rows) > 1:
             try:
                 run.prepared = await self.profile_rules.prepare(
@@ -210,17 +208,10 @@ class Ingest:
                             error_type=type(error).__name__)
         renewing = asyncio.create_task(self._renew_claims(claimant))
         try:
-            if len(lanes) == 1 or self.routing_lanes <= 1:
-                for lane in lanes.values():
-                    await self._route_lane(lane, run)
-            else:
-                gate = asyncio.Semaphore(self.routing_lanes)
-
-                async def guarded(lane: list[Event]) -> None:
-                    async with gate:
-                        await self._route_lane(lane, run)
-
-                await asyncio.gather(*(guarded(lane) for lane in lanes.values()))
+            with (self.router.routing_by(catalog)
+                  if self.router is not None and catalog is not None
+                  else contextlib.nullcontext()):
+                await self._route_lanes(lanes, run)
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -243,6 +234,19 @@ class Ingest:
                     await events_repo.renew_claims(session, claimant, utc_now())
             except OperationalError as error:  # the store is busy: the next renewal may pass
                 log.warning("route.claims_not_renewed", error=str(error))
+
+    async def _route_lanes(self, lanes: dict[str, list[Event]], run: _RoutingPass) -> None:
+        if len(lanes) == 1 or self.routing_lanes <= 1:
+            for lane in lanes.values():
+                await self._route_lane(lane, run)
+            return
+        gate = asyncio.Semaphore(self.routing_lanes)
+
+        async def guarded(lane: list[Event]) -> None:
+            async with gate:
+                await self._route_lane(lane, run)
+
+        await asyncio.gather(*(guarded(lane) for lane in lanes.values()))
 
     async def route_soon(self, event_ids: Sequence[int]) -> None:
         """Route these events together with those other callers hand in meanwhile; returns once
@@ -307,7 +311,7 @@ class Ingest:
             message = events_repo.event_message(row)
             try:
                 decisions, derived = await self._route_one(
-                    message, run.prepared.pop(message.message_id, None), run.catalog)
+                    message, run.prepared.pop(message.message_id, None))
             except Exception as error:
                 if _outage(error):
                     run.outage = True
@@ -330,8 +334,7 @@ class Ingest:
                 queue.extend(await self._claim(derived, run.claimant))
 
     async def _route_one(
-        self, message: EventMessage, prepared: Prepared | None = None,
-        catalog: PublishedCatalog | None = None,
+        self, message: EventMessage, prepared: Prepared | None = None
     ) -> tuple[list[RouteDecision], list[int]]:
         """The hooks, then the router, for one event: (decisions, ids of events it derived)."""
         derived: list[int] = []
@@ -345,7 +348,7 @@ class Ingest:
             derived.extend(await self.geofencing.apply(message))
         if self.router is None:
             return [], derived
-        return await self.router.route(message, catalog), derived
+        return await self.router.route(message), derived
 
     async def _failed(self, row: Event, error: Exception) -> bool:
         """Count a failed attempt: back off, or quarantine after the last one (then True)."""

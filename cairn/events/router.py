@@ -12,7 +12,9 @@ The router does not store events (that is `cairn.events.ingest`) and does not in
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -65,6 +67,11 @@ class RouteDecision:
     reason: str
 
 
+_CALL_CATALOG: ContextVar[tuple[Router, PublishedCatalog] | None] = ContextVar(
+    "cairn_call_catalog", default=None)
+"""The catalog `Router.routing_by` holds for the routing call in progress, with its router."""
+
+
 @dataclass(frozen=True)
 class PublishedCatalog:
     """The published journeys (by key) and, per event name, those it triggers or they hear."""
@@ -115,9 +122,7 @@ class Router:
 
     # ------------------------------------------------------------------ the public entry point
 
-    async def route(
-        self, event: EventMessage, catalog: PublishedCatalog | None = None
-    ) -> list[RouteDecision]:
+    async def route(self, event: EventMessage) -> list[RouteDecision]:
         """Start or signal every journey the event concerns; one decision per journey concerned.
 
         A journey whose trigger matches gets a decision (started, signalled or refused with the
@@ -128,13 +133,12 @@ class Router:
         unrouted, and routing it again is safe (entries are keyed by the trigger's message id and
         journeys ignore message ids they have seen).
 
-        `catalog` is the published catalog to route by (`catalog()`), when the caller routes
-        many events at once and read it once for all of them.
+        Inside `routing_by(catalog)` it routes by that catalog instead of reading it again.
         """
         bound = log.bind(event_name=event.event, message_id=event.message_id,
                          contact=event.contact_id)
-        if catalog is None:
-            catalog = await self.catalog()
+        held = _CALL_CATALOG.get()
+        catalog = held[1] if held is not None and held[0] is self else await self.catalog()
         decisions: list[RouteDecision] = []
         delivered: set[str] = set()
         for journey in catalog.triggered_by.get(event.event, ()):
@@ -159,6 +163,16 @@ class Router:
     async def published_journeys(self) -> list[Journey]:
         """The latest published version of every journey, validated once per (key, version)."""
         return list((await self.catalog()).journeys)
+
+    @contextlib.contextmanager
+    def routing_by(self, catalog: PublishedCatalog) -> Iterator[None]:
+        """Route by `catalog` within the block (and the tasks it starts): a caller routing many
+        events at once reads the catalog once for all of them."""
+        token = _CALL_CATALOG.set((self, catalog))
+        try:
+            yield
+        finally:
+            _CALL_CATALOG.reset(token)
 
     async def catalog(self) -> PublishedCatalog:
         """The published journeys, indexed by the events that trigger them and that they hear.

@@ -154,31 +154,38 @@ async def mark_routed(s: AsyncSession, event_ids: Iterable[int], now: datetime) 
         )
 
 
-def _routable(now: datetime, lease: timedelta) -> tuple[Any, ...]:
-    """Unrouted, not quarantined, due for a try, and claimed by nobody (or by a lapsed claim)."""
+def _claimable(now: datetime, lease: timedelta) -> tuple[Any, ...]:
+    """Unrouted, not quarantined, and claimed by nobody (or by a lapsed claim)."""
     return (
         Event.routed_at.is_(None),
         Event.quarantined_at.is_(None),
-        or_(Event.next_routing_at.is_(None), Event.next_routing_at <= now),
         or_(Event.routing_claimed_at.is_(None), Event.routing_claimed_at < now - lease),
     )
+
+
+def _routable(now: datetime, lease: timedelta) -> tuple[Any, ...]:
+    """Claimable, and due for a try (not waiting out the backoff after a failure)."""
+    return (*_claimable(now, lease),
+            or_(Event.next_routing_at.is_(None), Event.next_routing_at <= now))
 
 
 async def claim_events(
     s: AsyncSession, event_ids: Iterable[int], claimant: str, now: datetime, lease: timedelta
 ) -> list[Event]:
-    """Claim the events among these that are routable now for `claimant`; returns them by id.
+    """Claim the events among these that nobody routes now for `claimant`; returns them by id.
 
     One conditional UPDATE per chunk, so of two routers claiming the same event (the API's
     background routing and the relay) exactly one gets it. A claim older than `lease` is taken
     as abandoned (its router died) and can be claimed again. `claimant` should be unique per
-    call, so the rows read back are exactly the ones this call claimed.
+    call, so the rows read back are exactly the ones this call claimed. The backoff after a
+    failure is not checked here: the relay picks only due events (`unrouted_events`), and a
+    caller naming an event (a sweep retrying its batch) may try it at once.
     """
     ids = list(dict.fromkeys(event_ids))
     for start in range(0, len(ids), 500):
         await s.execute(
             update(Event)
-            .where(Event.id.in_(ids[start:start + 500]), *_routable(now, lease))
+            .where(Event.id.in_(ids[start:start + 500]), *_claimable(now, lease))
             .values(routing_claimed_by=claimant, routing_claimed_at=now)
             .execution_options(synchronize_session=False)
         )
