@@ -11,13 +11,19 @@ event concerns (that is `cairn.events.router`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import TypeAdapter
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.service import RPCError, RPCStatusCode
 
 from cairn.events import attribute_changes
 from cairn.events.calls import (
@@ -31,8 +37,9 @@ from cairn.events.calls import (
     TrackCall,
 )
 from cairn.events.geofencing import Geofencing
-from cairn.events.profile_rules import ProfileRules
+from cairn.events.profile_rules import Prepared, ProfileRules
 from cairn.events.router import RouteDecision, Router
+from cairn.journey_run import EventMessage
 from cairn.log import get_logger
 from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
@@ -63,8 +70,52 @@ GROUP_ATTRIBUTE = "group"
 """The contact attribute a `group` call sets: `{"id": groupId, ...traits}` (`group.plan`)."""
 
 
+ROUTING_LANES = 8
+"""Contacts routed side by side by one `route_events` call (each contact's events in order)."""
+
+ROUTING_LEASE = timedelta(seconds=3)
+"""How long a claim on an event holds unless renewed; a router renews its claims every third of
+it while it routes, so a router that died is taken over (by the relay) a few seconds later."""
+
+ROUTING_BACKOFF = timedelta(seconds=2)
+"""The wait after a first failed routing attempt; it doubles with each further failure."""
+
+MAX_ROUTING_ATTEMPTS = 5
+"""Failed routing attempts after which an event is quarantined (about 30 s with the backoff)."""
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass
+class _RoutingPass:
+    """One `route_events` call: its claim token, what it routed, whether an outage stopped it."""
+
+    claimant: str
+    done: dict[int, list[RouteDecision]] = field(default_factory=dict)
+    outage: bool = False
+    prepared: dict[str, Prepared] = field(default_factory=dict)
+    """What the profile rules read ahead for the call's events (`ProfileRules.prepare`)."""
+
+
+def _outage(error: BaseException) -> bool:
+    """Whether a routing failure says nothing about the event: Temporal or the store is away.
+
+    Such failures are not the event's fault, so they count no attempt (an outage must not
+    quarantine everything accepted meanwhile).
+    """
+    if isinstance(error, RPCError):
+        return error.status in _OUTAGE_STATUSES
+    if isinstance(error, OSError | TimeoutError | OperationalError):
+        return True
+    return isinstance(error, RuntimeError) and "client connect" in str(error).lower()
+
+
+_OUTAGE_STATUSES = frozenset({
+    RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED,
+    RPCStatusCode.CANCELLED,
+})
 
 
 @dataclass
@@ -104,6 +155,9 @@ class Ingest:
         profile_rules: ProfileRules | None = None,
         geofencing: Geofencing | None = None,
         attribute_changes: bool = False,
+        routing_lanes: int = ROUTING_LANES,
+        routing_backoff: timedelta = ROUTING_BACKOFF,
+        max_routing_attempts: int = MAX_ROUTING_ATTEMPTS,
     ) -> None:
         self.store = store
         self.router = router
@@ -111,6 +165,11 @@ class Ingest:
         self.profile_rules = profile_rules
         self.geofencing = geofencing
         self.attribute_changes = attribute_changes
+        self.routing_lanes = routing_lanes
+        self.routing_backoff = routing_backoff
+        self.max_routing_attempts = max_routing_attempts
+        self._soon: list[tuple[list[int], asyncio.Future[None]]] = []
+        self._soon_task: asyncio.Task[None] | None = None
 
     async def track(self, call: TrackCall, *, route: bool = True) -> IngestResult:
         """Store a `track` call (and create or touch its contact) in one transaction, then route."""
@@ -158,55 +217,205 @@ class Ingest:
         return await self._ingest(calls, route=route, refused=refused, endpoint=endpoint)
 
     async def route_events(self, event_ids: Sequence[int]) -> dict[int, list[RouteDecision]]:
-        """Route stored events in order and mark each routed; never raises for routing failures.
+        """Route stored events and mark each routed; never raises for routing failures.
 
-        Stops at the first failure, so a contact's later events never overtake an earlier one
-        that could not be routed; the ones left keep `routed_at` NULL. Returns the decisions of
-        the events that were routed.
+        Exactly once: the events are claimed first (`events_repo.claim_events`, a conditional
+        UPDATE with a lease), so when the API's background routing and the relay reach for the
+        same event, one of them routes it and the other skips it.
+
+        Each contact's events are routed in order, in one lane per contact; lanes run side by
+        side (`routing_lanes` at a time). An event whose routing fails is retried with backoff
+        (`routing_backoff`, doubled per attempt) and quarantined after `max_routing_attempts`
+        failures; until then the contact's later events wait behind it (they are given back
+        unrouted), while other contacts' events never do. Failures that are outages (Temporal
+        or the store unreachable) count no attempt: the events of the pass are given back
+        untouched and the relay tries them again.
+
+        Returns the decisions of the events that were routed.
         """
-        done: dict[int, list[RouteDecision]] = {}
-        queue = list(event_ids)
-        for event_id in queue:  # grows with the events the profile rules store
-            async with self.store.session() as session:
-                row = await session.get(Event, event_id)
-            if row is None or row.routed_at is not None:
-                continue
-            message = events_repo.event_message(row)
-            bound = log.bind(message_id=message.message_id, contact=message.contact_id,
-                             event_name=message.event)
-            # --- profile rules (segments and scoring): after the commit, before routing, so
-            # journeys see the new scores and memberships; it is idempotent per message, so a
-            # retry (or the relay) applying it again changes nothing.
-            if self.profile_rules is not None:
-                try:
-                    queue.extend(await self.profile_rules.apply(message))
-                except Exception as error:  # the event stays unrouted and is applied later
-                    bound.warning("profile_rules.deferred", error=str(error),
-                                  error_type=type(error).__name__)
-                    break
-            # --- end of profile rules
-            # --- geofence hook: a location_updated event stores geofence_entered/exited events
-            # for the fences crossed; they join the queue (and then pass the profile rules).
-            if self.geofencing is not None:
-                try:
-                    queue.extend(await self.geofencing.apply(message))
-                except Exception as error:  # the event stays unrouted and is applied later
-                    bound.warning("geofence.deferred", error=str(error),
-                                  error_type=type(error).__name__)
-                    break
-            # --- end of geofence hook
-            if self.router is None:
-                continue
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return {}
+        # The published catalog, read once for the call (before claiming: should the store
+        # fail here, nothing is left claimed).
+        catalog = await self.router.catalog() if self.router is not None else None
+        claimant = uuid.uuid4().hex
+        rows = await self._claim(ids, claimant)
+        lanes: dict[str, list[Event]] = {}
+        for row in rows:
+            lanes.setdefault(row.contact_id, []).append(row)
+        run = _RoutingPass(claimant)
+        if self.profile_rules is not None and len(rows) > 1:
             try:
-                decisions = await self.router.route(message)
-            except Exception as error:  # any failure leaves the event for a later attempt
-                bound.warning("route.deferred", error=str(error), error_type=type(error).__name__,
-                              left_unrouted=len(queue) - len(done))
-                break
+                run.prepared = await self.profile_rules.prepare(
+                    [events_repo.event_message(row) for row in rows])
+            except Exception as error:  # each event then reads for itself (and fails there)
+                log.warning("profile_rules.not_prepared", error=str(error),
+                            error_type=type(error).__name__)
+        renewing = asyncio.create_task(self._renew_claims(claimant))
+        try:
+            with (self.router.routing_by(catalog)
+                  if self.router is not None and catalog is not None
+                  else contextlib.nullcontext()):
+                await self._route_lanes(lanes, run)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+            # One write for the whole call: on SQLite every write transaction queues behind the
+            # others, and a write per event was most of routing's time. Should this write not
+            # happen (a crash), the claims lapse and the relay routes the events again, which
+            # the router makes harmless (entries keyed by the trigger's message id).
+            if run.done:
+                async with self.store.session() as session, session.begin():
+                    await events_repo.mark_routed(session, sorted(run.done), self.clock())
+        return {event_id: run.done[event_id] for event_id in sorted(run.done)}
+
+    async def _renew_claims(self, claimant: str) -> None:
+        """Keep this call's claims alive while it routes (a long pass outlives one lease)."""
+        while True:
+            await asyncio.sleep(ROUTING_LEASE.total_seconds() / 3)
+            try:
+                async with self.store.session() as session, session.begin():
+                    await events_repo.renew_claims(session, claimant, utc_now())
+            except OperationalError as error:  # the store is busy: the next renewal may pass
+                log.warning("route.claims_not_renewed", error=str(error))
+
+    async def _route_lanes(self, lanes: dict[str, list[Event]], run: _RoutingPass) -> None:
+        if len(lanes) == 1 or self.routing_lanes <= 1:
+            for lane in lanes.values():
+                await self._route_lane(lane, run)
+            return
+        gate = asyncio.Semaphore(self.routing_lanes)
+
+        async def guarded(lane: list[Event]) -> None:
+            async with gate:
+                await self._route_lane(lane, run)
+
+        await asyncio.gather(*(guarded(lane) for lane in lanes.values()))
+
+    async def route_soon(self, event_ids: Sequence[int]) -> None:
+        """Route these events together with those other callers hand in meanwhile; returns once
+        they were routed (or left for the relay).
+
+        For the API's background routing: under load many requests accept events at once, and
+        one `route_events` call for all of them reads ahead for every contact together and
+        claims and marks them in one write each, where a call per request would not.
+        """
+        loop = asyncio.get_running_loop()
+        running = self._soon_task
+        if running is not None and running.get_loop() is not loop:
+            self._soon, running = [], None  # left over from another event loop (tests)
+        done: asyncio.Future[None] = loop.create_future()
+        self._soon.append((list(event_ids), done))
+        if running is None or running.done():
+            self._soon_task = asyncio.create_task(self._route_pending(), name="cairn-routing")
+        await done
+
+    async def _route_pending(self) -> None:
+        while self._soon:
+            taken, self._soon = self._soon, []
+            try:
+                await self.route_events([i for ids, _ in taken for i in ids])
+            except Exception as error:  # the store is away: the relay routes them later
+                log.warning("route.deferred", error=str(error), error_type=type(error).__name__,
+                            events=sum(len(ids) for ids, _ in taken))
+            finally:
+                for _, done in taken:
+                    if not done.done():
+                        done.set_result(None)
+
+    async def _claim(self, event_ids: list[int], claimant: str) -> list[Event]:
+        """Claim what is routable; give back at once what waits behind a contact's failing event."""
+        now = utc_now()
+        async with self.store.session() as session, session.begin():
+            rows = await events_repo.claim_events(session, event_ids, claimant, now,
+                                                  ROUTING_LEASE)
+            if not rows:
+                return []
+            waiting = await events_repo.first_failing_by_contact(
+                session, {row.contact_id for row in rows})
+            # Behind a failing event this call holds, an event stays in its lane (routed if
+            # the failing one is quarantined now); behind one it does not hold, it waits.
+            held = {row.id for row in rows}
+            blocked = [row.id for row in rows if row.contact_id in waiting
+                       and waiting[row.contact_id] < row.id
+                       and waiting[row.contact_id] not in held]
+            if blocked:
+                await events_repo.release_claims(session, blocked, claimant)
+        left = set(blocked)
+        return [row for row in rows if row.id not in left]
+
+    async def _route_lane(self, lane: list[Event], run: _RoutingPass) -> None:
+        """One contact's claimed events, in order; see `route_events`."""
+        queue = deque(lane)
+        while queue:
+            row = queue.popleft()
+            if run.outage:
+                await self._release([row.id, *(r.id for r in queue)], run.claimant)
+                return
+            message = events_repo.event_message(row)
+            try:
+                decisions, derived = await self._route_one(
+                    message, run.prepared.pop(message.message_id, None))
+            except Exception as error:
+                if _outage(error):
+                    run.outage = True
+                    log.warning("route.deferred", message_id=message.message_id,
+                                contact=message.contact_id, error=str(error),
+                                error_type=type(error).__name__)
+                    await self._release([row.id, *(r.id for r in queue)], run.claimant)
+                    return
+                if not await self._failed(row, error):
+                    # The contact's later events wait behind the failing one until it is
+                    # quarantined: routing them first could enter a journey out of order.
+                    await self._release([r.id for r in queue], run.claimant)
+                    return
+                continue
+            if self.router is None:  # hooks applied; the event waits for a router (the relay)
+                await self._release([row.id], run.claimant)
+            else:
+                run.done[row.id] = decisions
+            if derived:
+                queue.extend(await self._claim(derived, run.claimant))
+
+    async def _route_one(
+        self, message: EventMessage, prepared: Prepared | None = None
+    ) -> tuple[list[RouteDecision], list[int]]:
+        """The hooks, then the router, for one event: (decisions, ids of events it derived)."""
+        derived: list[int] = []
+        # Profile rules (segments and scoring) run after the commit and before routing, so
+        # journeys see the new scores and memberships; they are idempotent per message, so a
+        # retry (or the relay) applying them again changes nothing. Geofencing stores the fence
+        # crossings of a location_updated event. What they store is routed next, in the lane.
+        if self.profile_rules is not None:
+            derived.extend(await self.profile_rules.apply(message, prepared))
+        if self.geofencing is not None:
+            derived.extend(await self.geofencing.apply(message))
+        if self.router is None:
+            return [], derived
+        return await self.router.route(message), derived
+
+    async def _failed(self, row: Event, error: Exception) -> bool:
+        """Count a failed attempt: back off, or quarantine after the last one (then True)."""
+        attempts = row.routing_attempts + 1
+        now = utc_now()
+        quarantine = attempts >= self.max_routing_attempts
+        next_try = None if quarantine else now + self.routing_backoff * 2 ** (attempts - 1)
+        reason = f"{type(error).__name__}: {error}"[:2000]
+        async with self.store.session() as session, session.begin():
+            await events_repo.record_routing_failure(session, row.id, error=reason, now=now,
+                                                     next_try=next_try)
+        log.warning("route.quarantined" if quarantine else "route.failed",
+                    message_id=row.message_id, contact=row.contact_id, event_name=row.name,
+                    attempts=attempts, error=reason,
+                    next_try=next_try.isoformat() if next_try else None)
+        return quarantine
+
+    async def _release(self, event_ids: list[int], claimant: str) -> None:
+        if event_ids:
             async with self.store.session() as session, session.begin():
-                await events_repo.mark_routed(session, [event_id], self.clock())
-            done[event_id] = decisions
-        return done
+                await events_repo.release_claims(session, event_ids, claimant)
 
     # ------------------------------------------------------------------ storing
 
@@ -281,7 +490,7 @@ class Ingest:
                 await _join_group(session, contact_id, call, timestamp)
             else:
                 await contacts_repo.ensure_contact(session, contact_id, timestamp)
-        log.info("ingest.stored" if new else "ingest.duplicate", type=kind, event_name=name,
+        log.debug("ingest.stored" if new else "ingest.duplicate", type=kind, event_name=name,
                  message_id=call.message_id, contact=contact_id, event_id=row.id)
         return IngestResult(message_id=call.message_id, event_id=row.id, duplicate=not new,
                             derived=derived)

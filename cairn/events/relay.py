@@ -3,8 +3,10 @@
 The API answers 202 once an event is committed and routes it afterwards. If Temporal was down, or
 the process died between the answer and the routing, the event stays in the store with
 `routed_at` empty. The relay, run in the background by `cairn dev` and `cairn api`, picks such
-events up and hands them to `Ingest.route_events`. Routing an event twice is safe: the router keys
-entries by the trigger's message id and journeys ignore message ids they have seen.
+events up and hands them to `Ingest.route_events`, which claims each event before routing it, so
+the relay and the API never route the same event at once. Events whose routing keeps failing are
+retried with backoff, then quarantined (`cairn quarantine`, `GET /v1/quarantine`); they never stop
+the relay.
 
 This module does not decide where an event goes (that is `cairn.events.router`) and does not store
 events (that is `cairn.events.ingest`).
@@ -18,9 +20,9 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from cairn.events.ingest import ROUTING_LEASE
 from cairn.log import get_logger
 from cairn.store import events as events_repo
-from cairn.store.schema import as_utc
 
 if TYPE_CHECKING:
     from cairn.events.ingest import Ingest
@@ -29,16 +31,24 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 BATCH_SIZE = 500
-"""Events read per query; a pass keeps reading batches while whole batches get routed."""
+"""Events read per query; a pass reads on (by id) until no more are due."""
+
+RELAY_INTERVAL = timedelta(seconds=2)
+"""The pause between passes."""
+
+RELAY_GRACE = timedelta(seconds=1)
+"""Events younger than this are left to the API that accepted them (it routes them right after
+its answer). With the interval, an event a dead API left behind is routed within about 3 s."""
 
 
 class EventRelay:
     """Routes accepted events that were left unrouted, oldest first.
 
-    Every `interval` it routes the unrouted events older than `grace`; younger ones are probably
-    being routed by the API that accepted them right now (routing them twice would be harmless,
-    only wasteful). A routing failure stops the pass at that event, so a contact's later events
-    never overtake an earlier one; the next pass tries again.
+    Every `interval` it routes the unrouted events older than `grace` that are due (not waiting
+    for a retry after a failure, not claimed by a live router, not quarantined); younger ones are
+    probably being routed by the API that accepted them right now. Claims make it safe either
+    way: an event is routed by one router only. A failing event holds back only its own
+    contact's later events (see `Ingest.route_events`); the pass goes on with everyone else's.
     """
 
     def __init__(
@@ -46,8 +56,8 @@ class EventRelay:
         ingest: Ingest,
         store: Store,
         *,
-        interval: timedelta = timedelta(seconds=5),
-        grace: timedelta = timedelta(seconds=10),
+        interval: timedelta = RELAY_INTERVAL,
+        grace: timedelta = RELAY_GRACE,
     ) -> None:
         self.ingest = ingest
         self.store = store
@@ -57,17 +67,21 @@ class EventRelay:
     async def pass_once(self) -> int:
         """Route what is due now; returns how many events were routed."""
         routed_total = 0
+        after_id = 0
         while True:
+            now = datetime.now(UTC)
             async with self.store.session() as session:
-                rows = await events_repo.unrouted_events(session, limit=BATCH_SIZE)
-            cutoff = datetime.now(UTC) - self.grace
-            due = [row.id for row in rows if (as_utc(row.received_at) or cutoff) <= cutoff]
-            if not due:
+                rows = await events_repo.unrouted_events(
+                    session, limit=BATCH_SIZE, now=now, lease=ROUTING_LEASE, after_id=after_id,
+                    received_before=now - self.grace)
+            if not rows:
                 return routed_total
-            routed = await self.ingest.route_events(due)
+            after_id = rows[-1].id
+            routed = await self.ingest.route_events([row.id for row in rows])
             routed_total += len(routed)
-            log.info("relay.routed", routed=len(routed), due=len(due))
-            if len(routed) < len(due) or len(rows) < BATCH_SIZE:
+            if routed:
+                log.info("relay.routed", routed=len(routed), due=len(rows))
+            if len(rows) < BATCH_SIZE:
                 return routed_total
 
     async def run(self) -> None:

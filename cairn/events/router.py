@@ -12,7 +12,9 @@ The router does not store events (that is `cairn.events.ingest`) and does not in
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -65,6 +67,34 @@ class RouteDecision:
     reason: str
 
 
+_CALL_CATALOG: ContextVar[tuple[Router, PublishedCatalog] | None] = ContextVar(
+    "cairn_call_catalog", default=None)
+"""The catalog `Router.routing_by` holds for the routing call in progress, with its router."""
+
+
+@dataclass(frozen=True)
+class PublishedCatalog:
+    """The published journeys (by key) and, per event name, those it triggers or they hear."""
+
+    versions: tuple[int, ...]
+    """Ids of the published version rows: the catalog is rebuilt when they change."""
+    journeys: tuple[Journey, ...]
+    triggered_by: dict[str, tuple[Journey, ...]]
+    listening_to: dict[str, tuple[Journey, ...]]
+
+    @classmethod
+    def of(cls, versions: tuple[int, ...], journeys: list[Journey]) -> PublishedCatalog:
+        triggered: dict[str, list[Journey]] = {}
+        listening: dict[str, list[Journey]] = {}
+        for journey in journeys:
+            triggered.setdefault(journey.trigger.event_name, []).append(journey)
+            for name in sorted(journey.listens_to()):
+                listening.setdefault(name, []).append(journey)
+        return cls(versions, tuple(journeys),
+                   {name: tuple(found) for name, found in triggered.items()},
+                   {name: tuple(found) for name, found in listening.items()})
+
+
 class Router:
     """Routes events to journeys on Temporal, applying entry rules from the entries table.
 
@@ -88,6 +118,7 @@ class Router:
         self.clock_offset = clock_offset
         self.delivery_task_queue = delivery_task_queue
         self._journeys: dict[tuple[str, int], Journey] = {}
+        self._catalog: PublishedCatalog | None = None
 
     # ------------------------------------------------------------------ the public entry point
 
@@ -101,23 +132,23 @@ class Router:
         Temporal errors other than "workflow not found" propagate: the caller keeps the event
         unrouted, and routing it again is safe (entries are keyed by the trigger's message id and
         journeys ignore message ids they have seen).
+
+        Inside `routing_by(catalog)` it routes by that catalog instead of reading it again.
         """
         bound = log.bind(event_name=event.event, message_id=event.message_id,
                          contact=event.contact_id)
-        journeys = await self.published_journeys()
+        held = _CALL_CATALOG.get()
+        catalog = held[1] if held is not None and held[0] is self else await self.catalog()
         decisions: list[RouteDecision] = []
         delivered: set[str] = set()
-        for journey in journeys:
-            if journey.trigger.event_name == event.event and journey.trigger.admits(
-                journey.key, event.properties
-            )[0]:
+        for journey in catalog.triggered_by.get(event.event, ()):
+            if journey.trigger.admits(journey.key, event.properties)[0]:
                 decision = await self._trigger(journey, event)
                 decisions.append(decision)
                 if decision.action != "refused" and decision.workflow_id:
                     delivered.add(decision.workflow_id)
-        for journey in journeys:
-            if event.event in journey.listens_to():
-                decisions.extend(await self._signal_entries(journey, event, skip=delivered))
+        for journey in catalog.listening_to.get(event.event, ()):
+            decisions.extend(await self._signal_entries(journey, event, skip=delivered))
         for decision in decisions:
             bound.info(
                 "route.decision",
@@ -131,7 +162,29 @@ class Router:
 
     async def published_journeys(self) -> list[Journey]:
         """The latest published version of every journey, validated once per (key, version)."""
+        return list((await self.catalog()).journeys)
+
+    @contextlib.contextmanager
+    def routing_by(self, catalog: PublishedCatalog) -> Iterator[None]:
+        """Route by `catalog` within the block (and the tasks it starts): a caller routing many
+        events at once reads the catalog once for all of them."""
+        token = _CALL_CATALOG.set((self, catalog))
+        try:
+            yield
+        finally:
+            _CALL_CATALOG.reset(token)
+
+    async def catalog(self) -> PublishedCatalog:
+        """The published journeys, indexed by the events that trigger them and that they hear.
+
+        One small query per call tells which versions are published (`cairn publish` may run in
+        another process); the definitions are loaded and the index rebuilt only when that
+        answer changes.
+        """
         async with self.store.session() as session:
+            published = await journeys_repo.published_ids(session)
+            if self._catalog is not None and self._catalog.versions == published:
+                return self._catalog
             rows = await journeys_repo.published(session)
         journeys = []
         for row in rows:
@@ -140,7 +193,8 @@ class Router:
                 cached = journeys_repo.journey_of(row)
                 self._journeys[(row.key, row.version)] = cached
             journeys.append(cached)
-        return journeys
+        self._catalog = PublishedCatalog.of(tuple(row.id for row in rows), journeys)
+        return self._catalog
 
     async def enter_journey(self, journey_key: str, event: EventMessage) -> RouteDecision | None:
         """Route `event` as a trigger of one published journey only (an operator re-entering a

@@ -7,10 +7,10 @@ a relay can pick up what a crashed API process accepted but never routed (`unrou
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -142,23 +142,144 @@ async def sum_event_property(
 
 
 async def mark_routed(s: AsyncSession, event_ids: Iterable[int], now: datetime) -> None:
-    """Note that these events reached every journey that wanted them."""
+    """Note that these events reached every journey that wanted them (and drop their claims)."""
     ids = list(event_ids)
-    if not ids:
-        return
+    for start in range(0, len(ids), 500):
+        await s.execute(
+            update(Event)
+            .where(Event.id.in_(ids[start:start + 500]), Event.routed_at.is_(None))
+            .values(routed_at=now, routing_claimed_by=None, routing_claimed_at=None,
+                    next_routing_at=None)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _claimable(now: datetime, lease: timedelta) -> tuple[Any, ...]:
+    """Unrouted, not quarantined, and claimed by nobody (or by a lapsed claim)."""
+    return (
+        Event.routed_at.is_(None),
+        Event.quarantined_at.is_(None),
+        or_(Event.routing_claimed_at.is_(None), Event.routing_claimed_at < now - lease),
+    )
+
+
+def _routable(now: datetime, lease: timedelta) -> tuple[Any, ...]:
+    """Claimable, and due for a try (not waiting out the backoff after a failure)."""
+    return (*_claimable(now, lease),
+            or_(Event.next_routing_at.is_(None), Event.next_routing_at <= now))
+
+
+async def claim_events(
+    s: AsyncSession, event_ids: Iterable[int], claimant: str, now: datetime, lease: timedelta
+) -> list[Event]:
+    """Claim the events among these that nobody routes now for `claimant`; returns them by id.
+
+    One conditional UPDATE per chunk, so of two routers claiming the same event (the API's
+    background routing and the relay) exactly one gets it. A claim older than `lease` is taken
+    as abandoned (its router died) and can be claimed again. `claimant` should be unique per
+    call, so the rows read back are exactly the ones this call claimed. The backoff after a
+    failure is not checked here: the relay picks only due events (`unrouted_events`), and a
+    caller naming an event (a sweep retrying its batch) may try it at once.
+    """
+    ids = list(dict.fromkeys(event_ids))
+    for start in range(0, len(ids), 500):
+        await s.execute(
+            update(Event)
+            .where(Event.id.in_(ids[start:start + 500]), *_claimable(now, lease))
+            .values(routing_claimed_by=claimant, routing_claimed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    claimed: list[Event] = []
+    for start in range(0, len(ids), 500):
+        claimed.extend(await s.scalars(
+            select(Event).where(Event.id.in_(ids[start:start + 500]),
+                                Event.routing_claimed_by == claimant,
+                                Event.routed_at.is_(None))
+            .execution_options(populate_existing=True)
+        ))
+    return sorted(claimed, key=lambda row: row.id)
+
+
+async def renew_claims(s: AsyncSession, claimant: str, now: datetime) -> None:
+    """Extend the lease of the claims `claimant` still holds."""
     await s.execute(
         update(Event)
-        .where(Event.id.in_(ids), Event.routed_at.is_(None))
-        .values(routed_at=now)
+        .where(Event.routing_claimed_by == claimant, Event.routed_at.is_(None))
+        .values(routing_claimed_at=now)
         .execution_options(synchronize_session=False)
     )
 
 
-async def unrouted_events(s: AsyncSession, limit: int = 100) -> list[Event]:
-    """Accepted events still waiting to be routed, oldest first."""
-    rows = await s.scalars(
-        select(Event).where(Event.routed_at.is_(None)).order_by(Event.id).limit(limit)
+async def release_claims(s: AsyncSession, event_ids: Iterable[int], claimant: str) -> None:
+    """Give back claims without routing (the events wait for a later try)."""
+    ids = list(event_ids)
+    for start in range(0, len(ids), 500):
+        await s.execute(
+            update(Event)
+            .where(Event.id.in_(ids[start:start + 500]), Event.routing_claimed_by == claimant)
+            .values(routing_claimed_by=None, routing_claimed_at=None)
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def first_failing_by_contact(s: AsyncSession, contact_ids: Iterable[str]) -> dict[str, int]:
+    """Per contact, the oldest event whose routing failed and that waits for its next try (not
+    routed, not quarantined). A contact's events are routed in order: later ones wait for it."""
+    contacts = list(dict.fromkeys(contact_ids))
+    found: dict[str, int] = {}
+    for start in range(0, len(contacts), 500):
+        rows = await s.execute(
+            select(Event.contact_id, func.min(Event.id))
+            .where(Event.contact_id.in_(contacts[start:start + 500]),
+                   Event.routing_attempts > 0, Event.routed_at.is_(None),
+                   Event.quarantined_at.is_(None))
+            .group_by(Event.contact_id)
+        )
+        found.update({contact: int(first) for contact, first in rows})
+    return found
+
+
+async def record_routing_failure(
+    s: AsyncSession,
+    event_id: int,
+    *,
+    error: str,
+    now: datetime,
+    next_try: datetime | None,
+) -> int:
+    """Count a failed routing attempt; `next_try=None` quarantines the event. Returns attempts."""
+    await s.execute(
+        update(Event)
+        .where(Event.id == event_id)
+        .values(routing_attempts=Event.routing_attempts + 1, routing_error=error,
+                next_routing_at=next_try, quarantined_at=None if next_try else now,
+                routing_claimed_by=None, routing_claimed_at=None)
+        .execution_options(synchronize_session=False)
     )
+    attempts = await s.scalar(select(Event.routing_attempts).where(Event.id == event_id))
+    return int(attempts or 0)
+
+
+async def unrouted_events(
+    s: AsyncSession,
+    limit: int = 100,
+    *,
+    now: datetime | None = None,
+    lease: timedelta = timedelta(0),
+    after_id: int = 0,
+    received_before: datetime | None = None,
+) -> list[Event]:
+    """Accepted events still waiting to be routed, oldest first (quarantined ones excluded).
+
+    With `now`, only those routable at that moment (due, and not claimed within `lease`).
+    """
+    query = select(Event).where(Event.routed_at.is_(None), Event.quarantined_at.is_(None),
+                                Event.id > after_id)
+    if now is not None:
+        query = query.where(*_routable(now, lease))
+    if received_before is not None:
+        query = query.where(Event.received_at <= received_before)
+    rows = await s.scalars(query.order_by(Event.id).limit(limit))
     return list(rows)
 
 
@@ -167,6 +288,34 @@ async def unrouted_among(s: AsyncSession, event_ids: Iterable[int]) -> list[int]
     return list(await s.scalars(
         select(Event.id).where(Event.id.in_(list(event_ids)), Event.routed_at.is_(None))
     ))
+
+
+async def quarantined_events(s: AsyncSession, limit: int = 100, after_id: int = 0) -> list[Event]:
+    """Events set aside after too many failed routing attempts, oldest first."""
+    rows = await s.scalars(
+        select(Event).where(Event.quarantined_at.is_not(None), Event.routed_at.is_(None),
+                            Event.id > after_id)
+        .order_by(Event.id).limit(limit)
+    )
+    return list(rows)
+
+
+async def release_from_quarantine(s: AsyncSession, event_ids: Iterable[int] | None) -> list[int]:
+    """Put quarantined events (all of them with None) back in line with fresh attempts; returns
+    the ids released."""
+    query = select(Event.id).where(Event.quarantined_at.is_not(None), Event.routed_at.is_(None))
+    if event_ids is not None:
+        query = query.where(Event.id.in_(list(event_ids)))
+    ids = list(await s.scalars(query.order_by(Event.id)))
+    for start in range(0, len(ids), 500):
+        await s.execute(
+            update(Event)
+            .where(Event.id.in_(ids[start:start + 500]))
+            .values(quarantined_at=None, routing_attempts=0, next_routing_at=None,
+                    routing_claimed_by=None, routing_claimed_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    return ids
 
 
 def event_message(event: Event) -> EventMessage:

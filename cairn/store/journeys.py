@@ -91,14 +91,18 @@ async def publish(
     )
 
 
-async def published(s: AsyncSession) -> list[JourneyVersion]:
-    """The newest active version of every journey key, by key."""
-    newest = (
+def _newest_active() -> Any:
+    return (
         select(JourneyVersion.key, func.max(JourneyVersion.version).label("version"))
         .where(JourneyVersion.active.is_(True))
         .group_by(JourneyVersion.key)
         .subquery()
     )
+
+
+async def published(s: AsyncSession) -> list[JourneyVersion]:
+    """The newest active version of every journey key, by key."""
+    newest = _newest_active()
     rows = await s.scalars(
         select(JourneyVersion)
         .join(newest, (JourneyVersion.key == newest.c.key)
@@ -106,6 +110,19 @@ async def published(s: AsyncSession) -> list[JourneyVersion]:
         .order_by(JourneyVersion.key)
     )
     return list(rows)
+
+
+async def published_ids(s: AsyncSession) -> tuple[int, ...]:
+    """The row ids of what `published` returns, in the same order: a cheap way to tell whether
+    anything was published (or deactivated) since the last look."""
+    newest = _newest_active()
+    rows = await s.scalars(
+        select(JourneyVersion.id)
+        .join(newest, (JourneyVersion.key == newest.c.key)
+              & (JourneyVersion.version == newest.c.version))
+        .order_by(JourneyVersion.key)
+    )
+    return tuple(rows)
 
 
 async def get_version(

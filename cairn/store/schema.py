@@ -88,9 +88,20 @@ class Event(Base):
     timestamp: Mapped[datetime]
     received_at: Mapped[datetime]
     routed_at: Mapped[datetime | None]
+    # Routing bookkeeping (`cairn.events.ingest.Ingest.route_events`): who routes the event now
+    # (a claim with a lease, so the API and the relay never route it at once), how often routing
+    # failed, when to try next, and when it was set aside after too many failures.
+    routing_claimed_by: Mapped[str | None] = mapped_column(String(64))
+    routing_claimed_at: Mapped[datetime | None]
+    routing_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_routing_at: Mapped[datetime | None]
+    routing_error: Mapped[str | None] = mapped_column(Text)
+    quarantined_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_events_contact_name_ts", "contact_id", "name", "timestamp"),
-                      Index("ix_events_unrouted", "routed_at"))
+                      Index("ix_events_unrouted", "routed_at"),
+                      Index("ix_events_quarantined", "quarantined_at"),
+                      Index("ix_events_routing_claimed_by", "routing_claimed_by"))
 
 
 class JourneyVersion(Base):

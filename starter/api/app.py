@@ -40,6 +40,7 @@ from starter.api.imports import imports_router
 from starter.api.ingest import ingest_router
 from starter.api.journeys import journeys_router
 from starter.api.outbox import outbox_router
+from starter.api.quarantine import quarantine_router
 from starter.api.rejected import rejected_router
 from starter.api.tasks import tasks_router
 
@@ -79,6 +80,7 @@ def create_app(
     app.include_router(journeys_router(store))
     app.include_router(outbox_router(store))
     app.include_router(tasks_router(store, ingest))
+    app.include_router(quarantine_router(store))
     app.include_router(contacts_router(store, temporal or _router_client(ingest), ingest=ingest))
     app.include_router(imports_router(ingest))
     app.include_router(entries_router(ingest))

@@ -321,4 +321,4 @@ def _route_later(background: BackgroundTasks, ingest: Ingest, results: list[Inge
     fresh = [event_id for result in results if not result.duplicate
              for event_id in (result.event_id, *result.derived)]
     if fresh:
-        background.add_task(ingest.route_events, fresh)
+        background.add_task(ingest.route_soon, fresh)

@@ -16,7 +16,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from cairn.catalog_folder import load_segments
-from cairn.conditions import ConditionScope, HasDone, ReachableSpec, Verdict
+from cairn.conditions import ConditionScope, HasDone, ReachableSpec, Verdict, window_start
 from cairn.contact import ContactSnapshot
 from cairn.events.calls import IdentifyCall, PageCall, TrackCall
 from cairn.events.ingest import Ingest
@@ -37,6 +37,7 @@ from cairn.segments import (
 )
 from cairn.store import contacts as contacts_repo
 from cairn.store import entries as entries_repo
+from cairn.store import events as events_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
 from cairn.store.schema import Event, SegmentMembership
@@ -415,14 +416,64 @@ def _at(moment: datetime) -> datetime:
     return moment
 
 
-# The reference: how ingest counts, sums and reaches for one contact (`ProfileRules`).
+# The reference: one query per question, for one contact (the event store's own counts and sums).
 async def _count(s: Any, contact_id: str, now: datetime, spec: HasDone) -> int:
-    return await ProfileRules._count(s, contact_id, spec, now)
+    return await events_repo.count_events(s, contact_id, spec.event,
+                                          since=window_start(spec, now, None), until=now,
+                                          where=spec.where)
 
 
 async def _sum(s: Any, contact_id: str, now: datetime, spec: HasDone) -> float:
-    return await ProfileRules._sum(s, contact_id, spec, now)
+    assert spec.sum is not None
+    return await events_repo.sum_event_property(s, contact_id, spec.event, spec.sum,
+                                                since=window_start(spec, now, None), until=now,
+                                                where=spec.where)
 
 
 def _reachable(contact: ContactSnapshot, spec: ReachableSpec) -> Verdict:
     return reachability(contact, spec.channel, spec.category)
+
+
+async def test_events_routed_together_decide_as_events_routed_one_by_one(store: Store) -> None:
+    """A batch reads its contacts and their history ahead for all of them (`prepare`); what it
+    decides is what routing the same events one at a time decides."""
+    rules = ProfileRules.from_folder(store, CATALOG)
+    twins = {mode: [unique(f"c-{mode}") for _ in range(3)] for mode in ("together", "alone")}
+    for contacts in twins.values():
+        for contact in contacts:
+            ingest = Ingest(store, None, profile_rules=rules, clock=partial(_at, T0))
+            await ingest.identify(IdentifyCall(user_id=contact, traits={"email": "x@example.com"},
+                                               timestamp=T0))
+            for day in (1, 2):
+                await ingest.track(TrackCall(user_id=contact, event="purchase",
+                                             properties={"total": 40},
+                                             timestamp=T0 + timedelta(days=day)))
+    later = T0 + timedelta(days=40)
+    ingest = Ingest(store, None, profile_rules=rules, clock=partial(_at, later))
+    # An event no rule reads: only the segments time changes are decided for it.
+    read_ahead: list[int] = []
+    prepare = rules.prepare
+
+    async def counted(events: list[EventMessage]) -> dict[str, Any]:
+        found = await prepare(events)
+        read_ahead.append(len(found))
+        return found
+
+    rules.prepare = counted  # type: ignore[method-assign]
+    await ingest.batch([TrackCall(user_id=contact, event="app_opened", timestamp=later)
+                        for contact in twins["together"]])
+    for contact in twins["alone"]:
+        await ingest.track(TrackCall(user_id=contact, event="app_opened", timestamp=later))
+    assert read_ahead == [3], "the batch's contacts were not read ahead together"
+
+    decided: dict[str, list[tuple[list[str], list[str]]]] = {}
+    for mode, contacts in twins.items():
+        for contact in contacts:
+            async with store.session() as session:
+                snapshot = await contacts_repo.snapshot(session, contact)
+            assert snapshot is not None
+            exited = [e.properties["segment"] for e in
+                      await events_named(store, contact, "segment_exited")]
+            decided.setdefault(mode, []).append((snapshot.segments, sorted(exited)))
+    assert decided["together"] == decided["alone"]
+    assert decided["together"] == [(["buyers", "customers"], ["frequent_buyers"])] * 3
