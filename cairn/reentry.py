@@ -31,14 +31,21 @@ class ReentryRefused(Exception):
     """The entry cannot be re-entered; the message says why and what to do."""
 
 
+class ReentryUnavailable(RuntimeError):
+    """The entry could be re-entered, but this process has no router (no Temporal connection)."""
+
+
 @dataclass(frozen=True)
 class Reentry:
     entry: Entry
     decision: RouteDecision
 
 
-async def reenter(store: Store, router: Router, entry_id: int) -> Reentry:
-    """Route the failed entry's trigger event into its journey again; the router's decision."""
+async def reenter(store: Store, router: Router | None, entry_id: int) -> Reentry:
+    """Route the failed entry's trigger event into its journey again; the router's decision.
+
+    The entry is checked first, so an unknown or unfit entry is said as such even where nothing
+    can be routed (`router` None: `ReentryUnavailable`)."""
     async with store.session() as s:
         entry = await entries_repo.get_entry(s, entry_id)
         if entry is None:
@@ -54,6 +61,9 @@ async def reenter(store: Store, router: Router, entry_id: int) -> Reentry:
         raise ReentryRefused(
             f"entry #{entry_id} has no stored trigger event (started by hand, or the contact "
             "was erased): put the contact in again with a new event")
+    if router is None:
+        raise ReentryUnavailable("this process routes no events (no Temporal connection); "
+                                 "re-enter through `cairn entries --reenter`")
     decision = await router.enter_journey(entry.journey_key, events_repo.event_message(trigger))
     if decision is None:
         raise ReentryRefused(f"journey {entry.journey_key!r} is not published; publish it "

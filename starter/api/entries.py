@@ -31,7 +31,7 @@ from cairn.events.ingest import Ingest
 from cairn.events.router import RouteDecision
 from cairn.journey import TRIGGER_EVENTS
 from cairn.log import get_logger
-from cairn.reentry import EntryNotFound, ReentryRefused, reenter
+from cairn.reentry import EntryNotFound, ReentryRefused, ReentryUnavailable, reenter
 from cairn.store import entries as entries_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
@@ -242,15 +242,14 @@ def entries_router(ingest: Ingest) -> APIRouter:
     ) -> ReentryAnswer:
         """Routes the entry's trigger event into its journey again (the published version
         now); entry rules apply, except that the failed entry does not count."""
-        if ingest.router is None:
-            raise HTTPException(status_code=503, detail="this API routes no events (no Temporal "
-                                "connection); re-enter through `cairn entries --reenter`")
         try:
             done = await reenter(ingest.store, ingest.router, entry_id)
         except EntryNotFound as error:
             raise HTTPException(status_code=404, detail=str(error)) from error
         except ReentryRefused as error:
             raise HTTPException(status_code=409, detail=str(error)) from error
+        except ReentryUnavailable as error:
+            raise HTTPException(status_code=503, detail=str(error)) from error
         except RPCError as error:
             raise HTTPException(status_code=503, detail=f"Temporal did not answer: "
                                 f"{error.message}; try again") from error

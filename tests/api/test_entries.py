@@ -15,6 +15,7 @@ from cairn.events.router import Router
 from cairn.failed_runs import close_failed_runs
 from cairn.journey_run import workflow_id
 from cairn.settings import Settings
+from cairn.store import entries as entries_repo
 from cairn.store.db import Store
 from starter.api.app import create_app
 from tests.engine_support import (
@@ -163,5 +164,10 @@ async def test_reenter_answers_404_409_and_503_naming_why(
         assert "still running" in not_failed.json()["detail"]
         assert too_big.status_code == 422
     async with api_over(store, None) as api:
-        assert (await api.post(f"/v1/entries/{running.id}/reenter")).status_code == 503
+        # Checked before routing: an entry that is not failed is a 409 even without Temporal.
+        assert (await api.post(f"/v1/entries/{running.id}/reenter")).status_code == 409
+        async with store.session() as s, s.begin():
+            await entries_repo.fail_entry(s, running.workflow_id, "broken step", datetime.now(UTC))
+        unavailable = await api.post(f"/v1/entries/{running.id}/reenter")
+        assert unavailable.status_code == 503 and "no Temporal" in unavailable.json()["detail"]
         assert (await api.get("/v1/entries", params={"status": "closed"})).status_code == 422
