@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -60,6 +61,27 @@ async def resolve_contact_id(s: AsyncSession, user_id: str | None, anonymous_id:
         select(Contact.id).where(Contact.anonymous_id == anonymous_id).order_by(Contact.id).limit(1)
     )
     return aliased if aliased is not None else anonymous_id
+
+
+async def resolve_contact_ids(
+    s: AsyncSession, calls: Iterable[tuple[str | None, str | None]]
+) -> list[str]:
+    """`resolve_contact_id` for many (userId, anonymousId) pairs, with one query for all the
+    anonymous ids (chunked far below the databases' parameter limits)."""
+    pairs = list(calls)
+    for user_id, anonymous_id in pairs:
+        if user_id is None and anonymous_id is None:
+            raise ValueError("a call needs userId or anonymousId")
+    anonymous = list(dict.fromkeys(a for u, a in pairs if u is None and a is not None))
+    aliased: dict[str, str] = {}
+    for start in range(0, len(anonymous), 1000):
+        rows = await s.execute(
+            select(Contact.anonymous_id, func.min(Contact.id))
+            .where(Contact.anonymous_id.in_(anonymous[start:start + 1000]))
+            .group_by(Contact.anonymous_id)
+        )
+        aliased.update({str(a): str(c) for a, c in rows})
+    return [u if u is not None else aliased.get(str(a), str(a)) for u, a in pairs]
 
 
 async def snapshot(s: AsyncSession, contact_id: str) -> ContactSnapshot | None:
@@ -172,6 +194,63 @@ async def ensure_contact(s: AsyncSession, contact_id: str, now: datetime) -> Con
     contact = await writable_contact(s, contact_id, now, seen=True)
     await s.flush()
     return contact
+
+
+async def see_contacts(
+    s: AsyncSession, sightings: Mapping[str, tuple[datetime, datetime, datetime]]
+) -> None:
+    """`ensure_contact` for many contacts at once: per contact id, (the time of its first
+    sighting, the earliest, the latest). An unknown contact is created as `ensure_contact` would
+    have created it at its first sighting, then widened; a known one has its seen span widened.
+
+    The known contacts are locked first, in id order (one `SELECT ... FOR UPDATE` on PostgreSQL,
+    the write lock on SQLite), so concurrent writers serialize as with `locked_contact` and two
+    batches cannot deadlock on each other's contacts. Unknown ones are inserted with
+    `ON CONFLICT DO NOTHING`; one that a concurrent writer created meanwhile is then locked and
+    widened one by one.
+    """
+    ids = sorted(sightings)
+    known: dict[str, Contact] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        # The portable lock, as `locked_contact`: SQLite takes the database's write lock here
+        # (a read alone would not), PostgreSQL locks the rows, in id order, in the SELECT.
+        if s.bind.dialect.name == "sqlite":
+            await s.execute(
+                update(Contact).where(Contact.id.in_(chunk))
+                .values(updated_at=Contact.updated_at)
+                .execution_options(synchronize_session=False)
+            )
+        known.update({c.id: c for c in await s.scalars(
+            select(Contact).where(Contact.id.in_(chunk)).order_by(Contact.id)
+            .with_for_update().execution_options(populate_existing=True)
+        )})
+    for contact_id, contact in known.items():
+        _, earliest, latest = sightings[contact_id]
+        mark_seen(contact, earliest)
+        mark_seen(contact, latest)
+    missing = [i for i in ids if i not in known]
+    created: set[str] = set()
+    dialect = postgresql if s.bind.dialect.name == "postgresql" else sqlite
+    for start in range(0, len(missing), 500):
+        rows = []
+        for contact_id in missing[start:start + 500]:
+            first, earliest, latest = sightings[contact_id]
+            rows.append({
+                "id": contact_id, "push_tokens": [], "web_push": [], "consent": {},
+                "suppressed": [], "attributes": {}, "tags": [], "first_seen_at": earliest,
+                "last_seen_at": latest, "created_at": first, "updated_at": first,
+            })
+        created.update(await s.scalars(
+            dialect.insert(Contact).values(rows).on_conflict_do_nothing(
+                index_elements=[Contact.id]).returning(Contact.id)
+        ))
+    for contact_id in missing:
+        if contact_id not in created:  # a concurrent writer created it first
+            _, earliest, latest = sightings[contact_id]
+            contact = await writable_contact(s, contact_id, earliest, seen=True)
+            mark_seen(contact, latest)
+    await s.flush()
 
 
 async def identify(

@@ -78,6 +78,43 @@ async def record_events(s: AsyncSession, events: list[dict[str, Any]]) -> int:
         return stored
 
 
+async def stored_message_ids(s: AsyncSession, message_ids: Iterable[str]) -> dict[str, int]:
+    """Which of these message ids are stored already, with their events' ids."""
+    ids = list(dict.fromkeys(message_ids))
+    found: dict[str, int] = {}
+    for start in range(0, len(ids), 1000):
+        rows = await s.execute(select(Event.message_id, Event.id).where(
+            Event.message_id.in_(ids[start:start + 1000])))
+        found.update({str(m): int(i) for m, i in rows})
+    return found
+
+
+async def insert_events(s: AsyncSession, events: list[dict[str, Any]]) -> list[tuple[int, bool]]:
+    """Store events whose message ids were not stored (each given as `record_event`'s arguments,
+    message ids distinct) in one statement per chunk; returns (id, newly stored) per event, in
+    the order given, ids ascending in that order.
+
+    When a concurrent writer stored one of them first, the savepoint is rolled back and they are
+    stored one by one (`record_event` finds the winner's row: that one answers not new).
+    """
+    if not events:
+        return []
+    try:
+        async with s.begin_nested():
+            ids: list[int] = []
+            for start in range(0, len(events), 500):
+                ids.extend(await s.scalars(
+                    insert(Event).returning(Event.id, sort_by_parameter_order=True),
+                    events[start:start + 500]))
+        return [(i, True) for i in ids]
+    except IntegrityError:
+        stored: list[tuple[int, bool]] = []
+        for event in events:
+            row, created = await record_event(s, **event)
+            stored.append((row.id, created))
+        return stored
+
+
 def _window(query: Any, since: datetime | None, until: datetime | None) -> Any:
     if since is not None:
         query = query.where(Event.timestamp >= since)
