@@ -242,8 +242,8 @@ async def see_contacts(
                 "last_seen_at": latest, "created_at": first, "updated_at": first,
             })
         created.update(await s.scalars(
-            dialect.insert(Contact).values(rows).on_conflict_do_nothing(
-                index_elements=[Contact.id]).returning(Contact.id)
+            dialect.insert(Contact.__table__).values(rows).on_conflict_do_nothing(
+                index_elements=["id"]).returning(Contact.__table__.c.id)
         ))
     for contact_id in missing:
         if contact_id not in created:  # a concurrent writer created it first

@@ -91,22 +91,21 @@ async def stored_message_ids(s: AsyncSession, message_ids: Iterable[str]) -> dic
 
 async def insert_events(s: AsyncSession, events: list[dict[str, Any]]) -> list[tuple[int, bool]]:
     """Store events whose message ids were not stored (each given as `record_event`'s arguments,
-    message ids distinct) in one statement per chunk; returns (id, newly stored) per event, in
-    the order given, ids ascending in that order.
+    message ids distinct) with one executemany; returns (id, newly stored) per event, in the
+    order given, ids ascending in that order (the rows are inserted in that order).
 
-    When a concurrent writer stored one of them first, the savepoint is rolled back and they are
-    stored one by one (`record_event` finds the winner's row: that one answers not new).
+    The ids are read back by message id (an INSERT ... RETURNING that keeps the order is run
+    row by row on SQLite). When a concurrent writer stored one of them first, the savepoint is
+    rolled back and they are stored one by one (`record_event` finds the winner's row: that one
+    answers not new).
     """
     if not events:
         return []
     try:
         async with s.begin_nested():
-            ids: list[int] = []
-            for start in range(0, len(events), 500):
-                ids.extend(await s.scalars(
-                    insert(Event).returning(Event.id, sort_by_parameter_order=True),
-                    events[start:start + 500]))
-        return [(i, True) for i in ids]
+            await s.execute(insert(Event.__table__), events)
+        found = await stored_message_ids(s, [e["message_id"] for e in events])
+        return [(found[e["message_id"]], True) for e in events]
     except IntegrityError:
         stored: list[tuple[int, bool]] = []
         for event in events:
