@@ -16,10 +16,11 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from cairn.contact import ContactSnapshot
 from cairn.store.schema import Contact, Score
@@ -210,25 +211,42 @@ async def see_contacts(
     widened one by one.
     """
     ids = sorted(sightings)
-    known: dict[str, Contact] = {}
+    table = Contact.__table__
+    known: dict[str, tuple[datetime | None, datetime | None]] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
         # The portable lock, as `locked_contact`: SQLite takes the database's write lock here
         # (a read alone would not), PostgreSQL locks the rows, in id order, in the SELECT.
         if s.bind.dialect.name == "sqlite":
             await s.execute(
-                update(Contact).where(Contact.id.in_(chunk))
-                .values(updated_at=Contact.updated_at)
-                .execution_options(synchronize_session=False)
+                update(table).where(table.c.id.in_(chunk))
+                .values(updated_at=table.c.updated_at)
             )
-        known.update({c.id: c for c in await s.scalars(
-            select(Contact).where(Contact.id.in_(chunk)).order_by(Contact.id)
-            .with_for_update().execution_options(populate_existing=True)
-        )})
-    for contact_id, contact in known.items():
+        rows = await s.execute(
+            select(table.c.id, table.c.first_seen_at, table.c.last_seen_at)
+            .where(table.c.id.in_(chunk)).order_by(table.c.id).with_for_update()
+        )
+        known.update({str(i): (first, last) for i, first, last in rows})
+    widened = []
+    for contact_id, (first, last) in known.items():
         _, earliest, latest = sightings[contact_id]
-        mark_seen(contact, earliest)
-        mark_seen(contact, latest)
+        new_first = earliest if first is None or earliest < first else first
+        new_last = latest if last is None or latest > last else last
+        if (new_first, new_last) != (first, last):
+            widened.append({"b_id": contact_id, "b_first": new_first, "b_last": new_last})
+    if widened:
+        await s.execute(
+            update(table).where(table.c.id == bindparam("b_id"))
+            .values(first_seen_at=bindparam("b_first", type_=table.c.first_seen_at.type),
+                    last_seen_at=bindparam("b_last", type_=table.c.last_seen_at.type)),
+            widened,
+        )
+        # Contacts this session holds (an identify earlier in the batch) see the new span.
+        spans = {w["b_id"]: (w["b_first"], w["b_last"]) for w in widened}
+        for held in list(s.identity_map.values()):
+            if isinstance(held, Contact) and held.id in spans:
+                set_committed_value(held, "first_seen_at", spans[held.id][0])
+                set_committed_value(held, "last_seen_at", spans[held.id][1])
     missing = [i for i in ids if i not in known]
     created: set[str] = set()
     dialect = postgresql if s.bind.dialect.name == "postgresql" else sqlite

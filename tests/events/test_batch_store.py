@@ -72,6 +72,11 @@ def _batch(p: str) -> list[SegmentCallType]:
                                   "messageId": f"{p}m9"}),
         TrackCall.model_validate({"userId": f"{p}new1", "event": "signed_up",
                                   "timestamp": _at(3), "messageId": f"{p}m6"}),
+        # an identify after a run that saw the same contact, then another run
+        IdentifyCall.model_validate({"userId": f"{p}new1", "traits": {"tier": 2},
+                                     "timestamp": _at(-5), "messageId": f"{p}m10"}),
+        TrackCall.model_validate({"userId": f"{p}new1", "event": "late",
+                                  "timestamp": _at(40), "messageId": f"{p}m11"}),
     ]
 
 
@@ -108,7 +113,8 @@ async def test_a_batch_stores_what_one_call_at_a_time_stores(store: Store) -> No
 
     assert _answers(in_batch, "a-") == _answers(one_by_one, "b-")
     assert [r.duplicate for r in in_batch] == [False, False, False, True, True, False, False,
-                                               False, False, False, False, True]
+                                               False, False, False, False, True, False,
+                                               False]
     assert in_batch[4].event_id == in_batch[0].event_id  # the first m1 won
     batch_events, batch_contacts = await _stored(store, "a-")
     single_events, single_contacts = await _stored(store, "b-")
@@ -122,15 +128,15 @@ async def test_a_batch_stores_what_one_call_at_a_time_stores(store: Store) -> No
     assert by_message["m0"][3] == "opened"
     assert by_message["m6"][3] == "screen_viewed"  # the later m6 answered duplicate
     contacts = {row[0]: row for row in batch_contacts}
-    assert contacts["new1"][2:5] == (T0 + timedelta(minutes=2), T0 + timedelta(minutes=6),
+    assert contacts["new1"][2:5] == (T0 + timedelta(minutes=-5), T0 + timedelta(minutes=40),
                                      T0 + timedelta(minutes=3))
-    assert contacts["new1"][6] == {"plan": "pro"}
+    assert contacts["new1"][6] == {"plan": "pro", "tier": 2}
     assert contacts["known"][2:4] == (T0 + timedelta(minutes=1), T0 + timedelta(minutes=20))
     assert contacts["anon2"][2:4] == (T0 + timedelta(minutes=2), T0 + timedelta(hours=1))
     assert "anon1" not in contacts
     # each contact's events have ids ascending in call order
     new1 = [row[0] for row in batch_events if row[2] == "new1"]
-    assert new1 == ["m1", "m4", "m5", "m6"]
+    assert new1 == ["m1", "m4", "m5", "m6", "m10", "m11"]
 
 
 async def test_a_batch_of_tracks_only_answers_in_call_order(store: Store) -> None:
