@@ -250,19 +250,18 @@ async def see_contacts(
     missing = [i for i in ids if i not in known]
     created: set[str] = set()
     dialect = postgresql if s.bind.dialect.name == "postgresql" else sqlite
-    for start in range(0, len(missing), 500):
-        rows = []
-        for contact_id in missing[start:start + 500]:
-            first, earliest, latest = sightings[contact_id]
-            rows.append({
-                "id": contact_id, "push_tokens": [], "web_push": [], "consent": {},
-                "suppressed": [], "attributes": {}, "tags": [], "first_seen_at": earliest,
-                "last_seen_at": latest, "created_at": first, "updated_at": first,
-            })
+    rows = []
+    for contact_id in missing:
+        first, earliest, latest = sightings[contact_id]
+        rows.append({
+            "id": contact_id, "push_tokens": [], "web_push": [], "consent": {},
+            "suppressed": [], "attributes": {}, "tags": [], "first_seen_at": earliest,
+            "last_seen_at": latest, "created_at": first, "updated_at": first,
+        })
+    if rows:  # an executemany: its statement is compiled once, whatever the number of rows
         created.update(await s.scalars(
-            dialect.insert(Contact.__table__).values(rows).on_conflict_do_nothing(
-                index_elements=["id"]).returning(Contact.__table__.c.id)
-        ))
+            dialect.insert(table).on_conflict_do_nothing(index_elements=["id"])
+            .returning(table.c.id), rows))
     for contact_id in missing:
         if contact_id not in created:  # a concurrent writer created it first
             _, earliest, latest = sightings[contact_id]

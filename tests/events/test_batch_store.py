@@ -160,3 +160,30 @@ async def test_a_batch_of_tracks_only_answers_in_call_order(store: Store) -> Non
         T0 + timedelta(minutes=60 - 119), T0 + timedelta(minutes=60), T0 + timedelta(minutes=60))
     again = await ingest.batch(calls[:3], route=False)
     assert [(r.event_id, r.duplicate) for r in again] == [(i, True) for i in ids[:3]]
+
+
+async def test_concurrent_batches_on_the_same_contacts_lose_no_sighting(store: Store) -> None:
+    import asyncio
+
+    ingest = Ingest(store, router=None, clock=lambda: T0)
+
+    def calls(side: int) -> list[SegmentCallType]:
+        return [TrackCall.model_validate({"userId": f"u{i % 10}", "event": "e",
+                                          "timestamp": _at(side * 100 + i),
+                                          "messageId": f"s{side}-{i}"}) for i in range(50)]
+
+    await ingest.batch([TrackCall.model_validate({"userId": "u0", "event": "e",
+                                                  "timestamp": _at(500), "messageId": "first"})],
+                       route=False)
+    answers = await asyncio.gather(*(ingest.batch(calls(side), route=False)
+                                     for side in range(4)))
+    assert all(not r.duplicate for results in answers for r in results)
+    async with store.session() as s:
+        stored = {e.message_id for e in await s.scalars(select(Event))}
+        contacts = {c.id: c for c in await s.scalars(select(Contact))}
+    assert stored == {"first"} | {f"s{side}-{i}" for side in range(4) for i in range(50)}
+    assert sorted(contacts) == [f"u{i}" for i in range(10)]
+    for i in range(10):
+        seen = (contacts[f"u{i}"].first_seen_at, contacts[f"u{i}"].last_seen_at)
+        assert seen == (T0 + timedelta(minutes=i),
+                        T0 + timedelta(minutes=500 if i == 0 else 300 + 40 + i)), i
