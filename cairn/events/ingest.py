@@ -430,8 +430,18 @@ class Ingest:
         received_at = self.clock()
         results: list[IngestResult] = []
         async with self.store.session() as session, session.begin():
-            for call in calls:
-                results.append(await self._store(session, call, received_at))
+            start = 0
+            while start < len(calls):
+                end = start
+                while end < len(calls) and type(calls[end]) in _PLAIN_CALLS:
+                    end += 1
+                if end - start > 1:  # a run of plain events: stored set-based
+                    results.extend(await self._store_plain(session, calls[start:end],
+                                                           received_at))
+                else:
+                    end = max(end, start + 1)
+                    results.append(await self._store(session, calls[start], received_at))
+                start = end
             if refused:
                 await rejected_repo.record_refusals(session, refused, endpoint=endpoint,
                                                     received_at=received_at)
@@ -450,6 +460,51 @@ class Ingest:
             if len(results) == 1 and results[0].routed:
                 for event_id in derived:
                     results[0].routes = [*results[0].routes, *routed[event_id]]
+        return results
+
+    async def _store_plain(
+        self, session: AsyncSession, calls: list[SegmentCallType], received_at: datetime
+    ) -> list[IngestResult]:
+        """Store a run of plain event calls (track, page, screen) with a few statements for all
+        of them, with exactly the results `_store` gives one call at a time: anonymous ids
+        resolved in one query, stored message ids found in one (inside the run the first call
+        of a message id wins, later ones answer duplicate), the contacts created or seen in a
+        few (`contacts_repo.see_contacts`), the new events inserted in one, ids in call order.
+        """
+        contact_ids = await contacts_repo.resolve_contact_ids(
+            session, [(call.user_id, call.anonymous_id) for call in calls])
+        stored = await events_repo.stored_message_ids(session, [c.message_id for c in calls])
+        first_of: dict[str, int] = {}  # message id -> index in `fresh` of its first call
+        fresh: list[dict[str, Any]] = []
+        sightings: dict[str, tuple[datetime, datetime, datetime]] = {}
+        for call, contact_id in zip(calls, contact_ids, strict=True):
+            if call.message_id in stored or call.message_id in first_of:
+                continue
+            timestamp = call.timestamp or received_at
+            kind, name, properties = _STORED_AS[type(call)](call)
+            first_of[call.message_id] = len(fresh)
+            fresh.append({"message_id": call.message_id, "type": kind,
+                          "contact_id": contact_id, "name": name,
+                          "properties": _json_ready(properties), "timestamp": timestamp,
+                          "received_at": received_at})
+            first, earliest, latest = sightings.get(contact_id,
+                                                    (timestamp, timestamp, timestamp))
+            sightings[contact_id] = (first, min(earliest, timestamp), max(latest, timestamp))
+        await contacts_repo.see_contacts(session, sightings)
+        inserted = await events_repo.insert_events(session, fresh)
+        results: list[IngestResult] = []
+        answered: set[str] = set()
+        for call in calls:
+            if call.message_id in stored:
+                event_id, new = stored[call.message_id], False
+            else:
+                event_id, new = inserted[first_of[call.message_id]]
+                new = new and call.message_id not in answered
+            answered.add(call.message_id)
+            results.append(IngestResult(message_id=call.message_id, event_id=event_id,
+                                        duplicate=not new))
+        log.debug("ingest.stored_run", calls=len(calls),
+                  stored=sum(1 for r in results if not r.duplicate))
         return results
 
     async def _store(
@@ -527,6 +582,12 @@ async def _join_group(
     contact.attributes = attributes
     contact.updated_at = timestamp
     await session.flush()
+
+
+_PLAIN_CALLS = frozenset({TrackCall, PageCall, ScreenCall})
+"""Calls stored as an event plus a sighting of the contact, nothing else: a batch stores runs of
+them set-based (`Ingest._store_plain`); identify, group and alias merge into the contact and go
+one at a time."""
 
 
 def _page_stored(call: Any) -> tuple[str, str, dict[str, Any]]:

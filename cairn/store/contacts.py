@@ -16,9 +16,11 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from cairn.contact import ContactSnapshot
 from cairn.store.schema import Contact, Score
@@ -60,6 +62,27 @@ async def resolve_contact_id(s: AsyncSession, user_id: str | None, anonymous_id:
         select(Contact.id).where(Contact.anonymous_id == anonymous_id).order_by(Contact.id).limit(1)
     )
     return aliased if aliased is not None else anonymous_id
+
+
+async def resolve_contact_ids(
+    s: AsyncSession, calls: Iterable[tuple[str | None, str | None]]
+) -> list[str]:
+    """`resolve_contact_id` for many (userId, anonymousId) pairs, with one query for all the
+    anonymous ids (chunked far below the databases' parameter limits)."""
+    pairs = list(calls)
+    for user_id, anonymous_id in pairs:
+        if user_id is None and anonymous_id is None:
+            raise ValueError("a call needs userId or anonymousId")
+    anonymous = list(dict.fromkeys(a for u, a in pairs if u is None and a is not None))
+    aliased: dict[str, str] = {}
+    for start in range(0, len(anonymous), 1000):
+        rows = await s.execute(
+            select(Contact.anonymous_id, func.min(Contact.id))
+            .where(Contact.anonymous_id.in_(anonymous[start:start + 1000]))
+            .group_by(Contact.anonymous_id)
+        )
+        aliased.update({str(a): str(c) for a, c in rows})
+    return [u if u is not None else aliased.get(str(a), str(a)) for u, a in pairs]
 
 
 async def snapshot(s: AsyncSession, contact_id: str) -> ContactSnapshot | None:
@@ -172,6 +195,79 @@ async def ensure_contact(s: AsyncSession, contact_id: str, now: datetime) -> Con
     contact = await writable_contact(s, contact_id, now, seen=True)
     await s.flush()
     return contact
+
+
+async def see_contacts(
+    s: AsyncSession, sightings: Mapping[str, tuple[datetime, datetime, datetime]]
+) -> None:
+    """`ensure_contact` for many contacts at once: per contact id, (the time of its first
+    sighting, the earliest, the latest). An unknown contact is created as `ensure_contact` would
+    have created it at its first sighting, then widened; a known one has its seen span widened.
+
+    The known contacts are locked first, in id order (one `SELECT ... FOR UPDATE` on PostgreSQL,
+    the write lock on SQLite), so concurrent writers serialize as with `locked_contact` and two
+    batches cannot deadlock on each other's contacts. Unknown ones are inserted with
+    `ON CONFLICT DO NOTHING`; one that a concurrent writer created meanwhile is then locked and
+    widened one by one.
+    """
+    ids = sorted(sightings)
+    table = Contact.__table__
+    known: dict[str, tuple[datetime | None, datetime | None]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        # The portable lock, as `locked_contact`: SQLite takes the database's write lock here
+        # (a read alone would not), PostgreSQL locks the rows, in id order, in the SELECT.
+        if s.bind.dialect.name == "sqlite":
+            await s.execute(
+                update(table).where(table.c.id.in_(chunk))
+                .values(updated_at=table.c.updated_at)
+            )
+        rows = await s.execute(
+            select(table.c.id, table.c.first_seen_at, table.c.last_seen_at)
+            .where(table.c.id.in_(chunk)).order_by(table.c.id).with_for_update()
+        )
+        known.update({str(i): (first, last) for i, first, last in rows})
+    widened = []
+    for contact_id, (first, last) in known.items():
+        _, earliest, latest = sightings[contact_id]
+        new_first = earliest if first is None or earliest < first else first
+        new_last = latest if last is None or latest > last else last
+        if (new_first, new_last) != (first, last):
+            widened.append({"b_id": contact_id, "b_first": new_first, "b_last": new_last})
+    if widened:
+        await s.execute(
+            update(table).where(table.c.id == bindparam("b_id"))
+            .values(first_seen_at=bindparam("b_first", type_=table.c.first_seen_at.type),
+                    last_seen_at=bindparam("b_last", type_=table.c.last_seen_at.type)),
+            widened,
+        )
+        # Contacts this session holds (an identify earlier in the batch) see the new span.
+        spans = {w["b_id"]: (w["b_first"], w["b_last"]) for w in widened}
+        for held in list(s.identity_map.values()):
+            if isinstance(held, Contact) and held.id in spans:
+                set_committed_value(held, "first_seen_at", spans[held.id][0])
+                set_committed_value(held, "last_seen_at", spans[held.id][1])
+    missing = [i for i in ids if i not in known]
+    created: set[str] = set()
+    dialect = postgresql if s.bind.dialect.name == "postgresql" else sqlite
+    rows = []
+    for contact_id in missing:
+        first, earliest, latest = sightings[contact_id]
+        rows.append({
+            "id": contact_id, "push_tokens": [], "web_push": [], "consent": {},
+            "suppressed": [], "attributes": {}, "tags": [], "first_seen_at": earliest,
+            "last_seen_at": latest, "created_at": first, "updated_at": first,
+        })
+    if rows:  # an executemany: its statement is compiled once, whatever the number of rows
+        created.update(await s.scalars(
+            dialect.insert(table).on_conflict_do_nothing(index_elements=["id"])
+            .returning(table.c.id), rows))
+    for contact_id in missing:
+        if contact_id not in created:  # a concurrent writer created it first
+            _, earliest, latest = sightings[contact_id]
+            contact = await writable_contact(s, contact_id, earliest, seen=True)
+            mark_seen(contact, latest)
+    await s.flush()
 
 
 async def identify(

@@ -78,6 +78,42 @@ async def record_events(s: AsyncSession, events: list[dict[str, Any]]) -> int:
         return stored
 
 
+async def stored_message_ids(s: AsyncSession, message_ids: Iterable[str]) -> dict[str, int]:
+    """Which of these message ids are stored already, with their events' ids."""
+    ids = list(dict.fromkeys(message_ids))
+    found: dict[str, int] = {}
+    for start in range(0, len(ids), 1000):
+        rows = await s.execute(select(Event.message_id, Event.id).where(
+            Event.message_id.in_(ids[start:start + 1000])))
+        found.update({str(m): int(i) for m, i in rows})
+    return found
+
+
+async def insert_events(s: AsyncSession, events: list[dict[str, Any]]) -> list[tuple[int, bool]]:
+    """Store events whose message ids were not stored (each given as `record_event`'s arguments,
+    message ids distinct) with one executemany; returns (id, newly stored) per event, in the
+    order given, ids ascending in that order (the rows are inserted in that order).
+
+    The ids are read back by message id (an INSERT ... RETURNING that keeps the order is run
+    row by row on SQLite). When a concurrent writer stored one of them first, the savepoint is
+    rolled back and they are stored one by one (`record_event` finds the winner's row: that one
+    answers not new).
+    """
+    if not events:
+        return []
+    try:
+        async with s.begin_nested():
+            await s.execute(insert(Event.__table__), events)
+        found = await stored_message_ids(s, [e["message_id"] for e in events])
+        return [(found[e["message_id"]], True) for e in events]
+    except IntegrityError:
+        stored: list[tuple[int, bool]] = []
+        for event in events:
+            row, created = await record_event(s, **event)
+            stored.append((row.id, created))
+        return stored
+
+
 def _window(query: Any, since: datetime | None, until: datetime | None) -> Any:
     if since is not None:
         query = query.where(Event.timestamp >= since)
