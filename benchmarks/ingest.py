@@ -228,7 +228,7 @@ async def batches(url: str, run: str, count: int, limit: float) -> Phase:
                 failures += 1
                 print(f"batch {b} to {url}: {type(error).__name__}: {error}", file=sys.stderr)
                 continue
-            if answer.status_code == 202:
+            if answer.is_success:  # Cairn answers a batch 200, a single call 202
                 sent += 100
             else:
                 failures += 1
@@ -253,7 +253,7 @@ async def tracks(url: str, run: str, count: int, limit: float, clients: int = 8)
                 except httpx.TransportError:
                     failures += 1
                     continue
-                if answer.status_code == 202:
+                if answer.is_success:
                     sent += 1
                 else:
                     failures += 1
