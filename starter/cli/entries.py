@@ -59,6 +59,10 @@ def entries(
             return (await entries_repo.open_entries(session, journey))[:limit]
 
     rows = asyncio.run(with_store(settings, collect))
+    if not rows:
+        output().print(f"No {'failed' if failed else 'open'} entries"
+                       + (f" in journey {journey}" if journey else ""))
+        return
     table = Table(title=f"{'failed' if failed else 'open'} entries")
     columns = ("id", "journey", "contact", "entered", "ended", "reason") if failed \
         else ("id", "journey", "contact", "entered", "run")

@@ -65,6 +65,8 @@ async def test_sweep_lists_and_reenters_a_terminated_run(
 
         refused = await _cli("--reenter", str(failed.id))
         assert refused.exit_code == 1 and "only failed entries" in refused.output
+        listed = await _cli()  # the re-entered one is no longer waiting for an operator
+        assert listed.exit_code == 0 and "No failed entries" in listed.output
     finally:
         for row in await entries_of(store, key):
             if row.ended_at is None:
