@@ -156,6 +156,7 @@ class SegmentCall(BaseModel):
     timestamp without a UTC offset is read as UTC, and every timestamp is kept as aware UTC.
     """
 
+    # Subclasses add only their examples: pydantic merges a subclass's config into this one.
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     user_id: str | None = Field(default=None, alias="userId", max_length=255)
@@ -224,8 +225,6 @@ class TrackCall(SegmentCall):
     """`track`: the contact did something (`event`), with `properties`."""
 
     model_config = ConfigDict(
-        extra="allow",
-        populate_by_name=True,
         json_schema_extra={
             "examples": [
                 {
@@ -248,8 +247,6 @@ class IdentifyCall(SegmentCall):
     """`identify`: who the contact is (`traits` merged into the profile)."""
 
     model_config = ConfigDict(
-        extra="allow",
-        populate_by_name=True,
         json_schema_extra={
             "examples": [
                 {
@@ -304,8 +301,6 @@ class PageCall(SegmentCall):
     """
 
     model_config = ConfigDict(
-        extra="allow",
-        populate_by_name=True,
         json_schema_extra={
             "examples": [
                 {
@@ -340,8 +335,6 @@ class ScreenCall(PageCall):
     """
 
     model_config = ConfigDict(
-        extra="allow",
-        populate_by_name=True,
         json_schema_extra={
             "examples": [
                 {
@@ -367,8 +360,6 @@ class GroupCall(SegmentCall):
     """
 
     model_config = ConfigDict(
-        extra="allow",
-        populate_by_name=True,
         json_schema_extra={
             "examples": [
                 {
@@ -400,8 +391,6 @@ class AliasCall(SegmentCall):
     """
 
     model_config = ConfigDict(
-        extra="allow",
-        populate_by_name=True,
         json_schema_extra={"examples": [{
             "previousId": "anon-7f3a", "userId": "c-1", "messageId": "msg-0006"}]},
     )

@@ -244,11 +244,10 @@ def _row(line: int, columns: list[str], id_column: str,
 async def check_journey(store: Store, key: str) -> None:
     """Raise `ImportJourneyError` unless `key` is published with an `imported` trigger."""
     async with store.session() as session:
-        row = await journeys_repo.get_version(session, key)
-    if row is None:
+        journey = await journeys_repo.published_journey(session, key)
+    if journey is None:
         raise ImportJourneyError(f"no published journey {key!r}; publish it first "
                                  "(cairn publish)", unknown=True)
-    journey = journeys_repo.journey_of(row)
     if journey.trigger.kind != "imported":
         raise ImportJourneyError(
             f"journey {key!r} starts on {journey.trigger.describe()}, not from imports; give it "

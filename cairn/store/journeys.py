@@ -136,6 +136,12 @@ async def get_version(
     )
 
 
+async def published_journey(s: AsyncSession, key: str) -> Journey | None:
+    """The newest published version of journey `key`, validated; None if it was never published."""
+    row = await latest_version(s, key)
+    return journey_of(row) if row is not None else None
+
+
 def journey_of(row: JourneyVersion) -> Journey:
     """The validated journey of a stored version, with its version number set."""
     return Journey.model_validate({**row.definition, "version": row.version})

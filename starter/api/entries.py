@@ -104,11 +104,10 @@ class EntryJourneyError(LookupError):
 async def check_api_journey(store: Store, key: str) -> None:
     """Raise `EntryJourneyError` unless `key` is published with `trigger: {api: true}`."""
     async with store.session() as session:
-        row = await journeys_repo.get_version(session, key)
-    if row is None:
+        journey = await journeys_repo.published_journey(session, key)
+    if journey is None:
         raise EntryJourneyError(f"no published journey {key!r}; publish it first "
                                 "(cairn publish)", unknown=True)
-    journey = journeys_repo.journey_of(row)
     if journey.trigger.kind != "api":
         raise EntryJourneyError(
             f"journey {key!r} starts on {journey.trigger.describe()}; only journeys with "
