@@ -262,6 +262,23 @@ async def tracks(url: str, run: str, count: int, limit: float, clients: int = 8)
     return Phase(sent, time.monotonic() - started, failures)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process, its threads and its child processes (Cairn's routing
+    process) used so far (Linux /proc)."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+    tree, total = {pid}, 0.0
+    for _ in range(3):  # children, grandchildren
+        tree |= {p for p, fields in stats.items() if int(fields[1]) in tree}
+    for p in tree:
+        if p in stats:
+            total += int(stats[p][11]) + int(stats[p][12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def routed_count(db_file: Path, prefix: str) -> tuple[int, int]:
     """(stored, routed) events of a phase in Cairn's store."""
     with contextlib.closing(sqlite3.connect(db_file, timeout=30)) as db:
@@ -322,7 +339,8 @@ def line(name: str, plain: Phase, cairn: Phase) -> str:
             f"   ratio {ratio:.2f}x{failed}")
 
 
-async def main(batch_count: int, track_count: int, limit: float) -> None:
+async def main(batch_count: int, track_count: int, limit: float,
+               profile: Path | None = None) -> None:
     from starter.dev import free_port
 
     with tempfile.TemporaryDirectory(prefix="cairn-ingest-bench-") as tmp:
@@ -339,6 +357,12 @@ async def main(batch_count: int, track_count: int, limit: float) -> None:
                 cairn_url = f"http://127.0.0.1:{cairn_port}"
                 await wait_healthy(plain_url, plain_process, folder / "plain.log")
                 await wait_healthy(cairn_url, cairn_process, folder / "cairn.log")
+                spy = (subprocess.Popen(["py-spy", "record", "--subprocesses",
+                                         "--pid", str(cairn_process.pid),
+                                         "--output", str(profile), "--format", "speedscope"
+                                         if profile.suffix == ".json" else "flamegraph"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       if profile is not None else None)
                 print(f"{journeys} journeys published from journeys/, events '{EVENT}' (used by "
                       f"no journey or rule) over {CONTACTS} contacts; {os.cpu_count()} CPUs, "
                       f"Python {sys.version.split()[0]}, SQLite files, Temporal dev server")
@@ -347,17 +371,31 @@ async def main(batch_count: int, track_count: int, limit: float) -> None:
                 await batches(cairn_url, "warm", 2, limit)
                 await drain(cairn_db, "warm", time.monotonic(), 200, limit)
 
+                cpu = {"plain": plain_process.pid, "cairn": cairn_process.pid}
+
+                def used(side: str, before: float, events: int) -> str:
+                    spent = cpu_seconds(cpu[side]) - before
+                    return f"{side} {1000 * spent / max(events, 1):.2f} s"
+
+                before = cpu_seconds(cpu["plain"])
                 plain_b = await batches(plain_url, "batch", batch_count, limit)
-                started = time.monotonic()
+                plain_cpu = used("plain", before, plain_b.events)
+                started, before = time.monotonic(), cpu_seconds(cpu["cairn"])
                 cairn_b = await batches(cairn_url, "batch", batch_count, limit)
                 batch_drain = await drain(cairn_db, "batch", started, cairn_b.events, limit)
                 print(line("/v1/batch (100/call)", plain_b, cairn_b))
+                print(f"{'':22} server CPU per 1000 events: {plain_cpu}, "
+                      f"{used('cairn', before, cairn_b.events)} (stored and routed)")
 
+                before = cpu_seconds(cpu["plain"])
                 plain_t = await tracks(plain_url, "track", track_count, limit)
-                started = time.monotonic()
+                plain_cpu = used("plain", before, plain_t.events)
+                started, before = time.monotonic(), cpu_seconds(cpu["cairn"])
                 cairn_t = await tracks(cairn_url, "track", track_count, limit)
                 track_drain = await drain(cairn_db, "track", started, cairn_t.events, limit)
                 print(line("/v1/track (8 clients)", plain_t, cairn_t))
+                print(f"{'':22} server CPU per 1000 events: {plain_cpu}, "
+                      f"{used('cairn', before, cairn_t.events)} (stored and routed)")
 
                 for name, phase, seconds in (("batch", cairn_b, batch_drain),
                                              ("track", cairn_t, track_drain)):
@@ -372,6 +410,9 @@ async def main(batch_count: int, track_count: int, limit: float) -> None:
                           f"(all {phase.events} routed {seconds:.1f}s after the first call; "
                           f"accepted at {phase.rate:.0f} ev/s, so routing "
                           f"{'kept up' if seconds <= phase.seconds * 1.1 + 0.5 else 'lagged'})")
+                if spy is not None:  # py-spy writes its profile when interrupted
+                    spy.send_signal(2)
+                    spy.wait(60)
                 for name, process in (("plain", plain_process), ("cairn", cairn_process)):
                     if process.poll() is not None:
                         print(f"the {name} server died ({process.returncode}):\n"
@@ -391,5 +432,8 @@ if __name__ == "__main__":
     parser.add_argument("--tracks", type=int, default=2000, help="track calls per side")
     parser.add_argument("--seconds", type=float, default=60.0,
                         help="time limit per phase and side (and for draining)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="record the Cairn API with py-spy (pip install py-spy) into this "
+                             "file (.svg flame graph, or .json for speedscope)")
     options = parser.parse_args()
-    asyncio.run(main(options.batches, options.tracks, options.seconds))
+    asyncio.run(main(options.batches, options.tracks, options.seconds, options.profile))

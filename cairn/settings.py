@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     max_batch_bytes: int = Field(
         default=500 * 1024, gt=0,
         description="largest `/v1/batch` or `/v1/import` body, in bytes after decompression")
+    routing_process: bool = Field(
+        default=True,
+        description="`cairn api` routes accepted events in a process of its own (both cores "
+                    "at work: the API stores and answers, the other process routes); false "
+                    "routes inside the API process, after each answer")
     ui_port: int = 8233
     temporal_port: int = 7233
     journeys_dir: Path = Path("journeys")

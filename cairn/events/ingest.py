@@ -36,9 +36,9 @@ from cairn.events.calls import (
     SegmentCallType,
     TrackCall,
 )
-from cairn.events.geofencing import Geofencing
+from cairn.events.geofencing import LOCATION_UPDATED, Geofencing
 from cairn.events.profile_rules import Prepared, ProfileRules
-from cairn.events.router import RouteDecision, Router
+from cairn.events.router import PublishedCatalog, RouteDecision, Router
 from cairn.journey_run import EventMessage
 from cairn.log import get_logger
 from cairn.store import contacts as contacts_repo
@@ -79,6 +79,13 @@ it while it routes, so a router that died is taken over (by the relay) a few sec
 
 ROUTING_BACKOFF = timedelta(seconds=2)
 """The wait after a first failed routing attempt; it doubles with each further failure."""
+
+QUIET_DECISIONS_EVERY = timedelta(minutes=1)
+"""How often `cairn api` re-decides a contact's time-based segments for events nothing else
+hears (`Ingest.quiet_decisions_every`; the simulator decides every time)."""
+
+DECISIONS_REMEMBERED = 200_000
+"""Contacts whose latest decision a routing process remembers (the oldest half is forgotten)."""
 
 MAX_ROUTING_ATTEMPTS = 5
 """Failed routing attempts after which an event is quarantined (about 30 s with the backoff)."""
@@ -140,7 +147,11 @@ class Ingest:
 
     `clock` gives the receive time, and the event time of calls without a timestamp; simulations
     pass their own. `profile_rules` (segments and scoring) and `geofencing` (fence crossings of
-    `location_updated` events) see every event just before it is routed. `attribute_changes`
+    `location_updated` events) see every event just before it is routed. With
+    `background_routing=False`, `route_soon` leaves the events to another process's relay
+    (`cairn api` routes in a process of its own, `starter.routing`). `quiet_decisions_every`
+    decides a contact's time-based segments at most that often for events nothing else hears
+    (see `_route_recently_decided`). `attribute_changes`
     stores an `attribute_changed` event per trait an identify changes
     (`cairn.events.attribute_changes`);
     the `cairn dev` / `cairn api` processes, imports and simulations switch it on.
@@ -158,6 +169,8 @@ class Ingest:
         routing_lanes: int = ROUTING_LANES,
         routing_backoff: timedelta = ROUTING_BACKOFF,
         max_routing_attempts: int = MAX_ROUTING_ATTEMPTS,
+        background_routing: bool = True,
+        quiet_decisions_every: timedelta = timedelta(0),
     ) -> None:
         self.store = store
         self.router = router
@@ -168,8 +181,14 @@ class Ingest:
         self.routing_lanes = routing_lanes
         self.routing_backoff = routing_backoff
         self.max_routing_attempts = max_routing_attempts
+        self.background_routing = background_routing
+        self.quiet_decisions_every = quiet_decisions_every
+        self._decided: dict[str, datetime] = {}
+        """Per contact, the time of the latest event its segments were decided for."""
         self._soon: list[tuple[list[int], asyncio.Future[None]]] = []
         self._soon_task: asyncio.Task[None] | None = None
+        self._arriving: list[tuple[SegmentCallType, asyncio.Future[IngestResult]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def track(self, call: TrackCall, *, route: bool = True) -> IngestResult:
         """Store a `track` call (and create or touch its contact) in one transaction, then route."""
@@ -245,6 +264,9 @@ class Ingest:
         for row in rows:
             lanes.setdefault(row.contact_id, []).append(row)
         run = _RoutingPass(claimant)
+        if self.router is not None and catalog is not None:
+            self._route_recently_decided(lanes, run, catalog)
+        rows = [row for lane in lanes.values() for row in lane]
         if self.profile_rules is not None and len(rows) > 1:
             try:
                 run.prepared = await self.profile_rules.prepare(
@@ -252,6 +274,7 @@ class Ingest:
             except Exception as error:  # each event then reads for itself (and fails there)
                 log.warning("profile_rules.not_prepared", error=str(error),
                             error_type=type(error).__name__)
+        await self._route_quiet_lanes(lanes, run, catalog)
         renewing = asyncio.create_task(self._renew_claims(claimant))
         try:
             with (self.router.routing_by(catalog)
@@ -270,6 +293,81 @@ class Ingest:
                 async with self.store.session() as session, session.begin():
                     await events_repo.mark_routed(session, sorted(run.done), self.clock())
         return {event_id: run.done[event_id] for event_id in sorted(run.done)}
+
+    def _route_recently_decided(self, lanes: dict[str, list[Event]], run: _RoutingPass,
+                                catalog: PublishedCatalog) -> None:
+        """Route at once the quiet lanes of contacts whose segments were decided moments ago.
+
+        A quiet event (`_route_quiet_lanes`) can change a membership only through time: a
+        window that elapsed or an age that was reached since the contact's last decision. Within
+        `quiet_decisions_every` of that decision the answer is taken as the same; a threshold
+        crossed in between is found by the next decision, or by the segment sweep, which
+        re-decides every contact as time passes anyway (hourly). So a contact's quiet events
+        cost one decision per window, not one each; bursts (a session's page views and clicks)
+        are the common case on a busy site. Zero (the default) decides every time.
+        """
+        window = self.quiet_decisions_every
+        if not window:
+            return
+        for contact_id, lane in list(lanes.items()):
+            decided = self._decided.get(contact_id)
+            if decided is None or not all(
+                    decided <= row.timestamp < decided + window
+                    and self._quiet(row.name, catalog) for row in lane):
+                continue
+            for row in lane:
+                run.done[row.id] = []
+            del lanes[contact_id]
+
+    def _remember_decided(self, contact_id: str, moment: datetime) -> None:
+        if not self.quiet_decisions_every:
+            return
+        if len(self._decided) >= DECISIONS_REMEMBERED:  # forget the oldest half
+            for stale in list(self._decided)[:DECISIONS_REMEMBERED // 2]:
+                del self._decided[stale]
+        self._decided.pop(contact_id, None)
+        self._decided[contact_id] = moment
+
+    async def _route_quiet_lanes(self, lanes: dict[str, list[Event]], run: _RoutingPass,
+                                 catalog: PublishedCatalog | None) -> None:
+        """Route at once, without a transaction per event, the lanes whose events nothing hears.
+
+        A quiet event triggers no journey, no journey waits for it, and the profile rules read
+        nothing of it but the contact's clock (`ProfileRules.reads_only_the_clock`); most of a
+        busy site's events are such. Routing one is deciding the contact's time-based segments
+        again, as of the contact's latest activity, which is the same answer for all of the
+        contact's events in this pass: it is decided once, from what `prepare` read ahead for
+        every contact together. A lane whose decision changes a membership, or that holds the
+        contact's earliest event (every segment is decided then), is left to the usual path,
+        which records the change.
+        """
+        if self.router is None or catalog is None:
+            return
+        rules = self.profile_rules
+        for contact_id, lane in list(lanes.items()):
+            if not all(self._quiet(row.name, catalog) for row in lane):
+                continue
+            if rules is not None and rules.segments:
+                prepared = run.prepared.get(lane[0].message_id)
+                if prepared is None:
+                    continue
+                first_seen = prepared.contact.first_seen_at
+                if first_seen is None or any(row.timestamp <= first_seen for row in lane):
+                    continue
+                if not await rules.unchanged(prepared, lane[0].name):
+                    continue
+                run.prepared.pop(lane[0].message_id, None)
+            for row in lane:
+                run.done[row.id] = []
+            self._remember_decided(contact_id, max(row.timestamp for row in lane))
+            del lanes[contact_id]
+
+    def _quiet(self, event_name: str, catalog: PublishedCatalog) -> bool:
+        if event_name in catalog.triggered_by or event_name in catalog.listening_to:
+            return False
+        if self.geofencing is not None and event_name == LOCATION_UPDATED:
+            return False
+        return self.profile_rules is None or self.profile_rules.reads_only_the_clock(event_name)
 
     async def _renew_claims(self, claimant: str) -> None:
         """Keep this call's claims alive while it routes (a long pass outlives one lease)."""
@@ -302,6 +400,8 @@ class Ingest:
         one `route_events` call for all of them reads ahead for every contact together and
         claims and marks them in one write each, where a call per request would not.
         """
+        if not self.background_routing:  # another process routes (`starter.routing`)
+            return
         loop = asyncio.get_running_loop()
         running = self._soon_task
         if running is not None and running.get_loop() is not loop:
@@ -376,6 +476,7 @@ class Ingest:
                 await self._release([row.id], run.claimant)
             else:
                 run.done[row.id] = decisions
+                self._remember_decided(row.contact_id, row.timestamp)
             if derived:
                 queue.extend(await self._claim(derived, run.claimant))
 
@@ -420,6 +521,57 @@ class Ingest:
     # ------------------------------------------------------------------ storing
 
     async def _ingest(
+        self,
+        calls: list[SegmentCallType],
+        *,
+        route: bool,
+        refused: Sequence[rejected_repo.Refusal] = (),
+        endpoint: str = "",
+    ) -> list[IngestResult]:
+        if not route and not refused and len(calls) == 1:
+            return [await self._store_together(calls[0])]
+        return await self._store_calls(calls, route=route, refused=refused, endpoint=endpoint)
+
+    async def _store_together(self, call: SegmentCallType) -> IngestResult:
+        """Store one call in the transaction of the calls that arrive while one is being
+        written (a group commit), and return once it is committed.
+
+        Under load many single calls (`/v1/track` from many clients) arrive at once; a
+        transaction each makes them queue for the store's write lock one after another, while
+        one transaction for all of them costs little more than one. The calls are stored in the
+        order they arrived, exactly as one at a time would store them (`_store_calls`); should
+        the shared transaction fail, each call is stored again on its own, so a call's failure
+        is only ever its own.
+        """
+        loop = asyncio.get_running_loop()
+        writer = self._writer
+        if writer is not None and writer.get_loop() is not loop:
+            self._arriving, writer = [], None  # left over from another event loop (tests)
+        stored: asyncio.Future[IngestResult] = loop.create_future()
+        self._arriving.append((call, stored))
+        if writer is None or writer.done():
+            self._writer = asyncio.create_task(self._write_arriving(), name="cairn-ingest")
+        return await stored
+
+    async def _write_arriving(self) -> None:
+        while self._arriving:
+            taken, self._arriving = self._arriving, []
+            try:
+                results = await self._store_calls([call for call, _ in taken], route=False)
+            except Exception as error:
+                if len(taken) == 1:
+                    _settle(taken[0][1], error=error)
+                    continue
+                for call, stored in taken:
+                    try:
+                        _settle(stored, (await self._store_calls([call], route=False))[0])
+                    except Exception as own:
+                        _settle(stored, error=own)
+                continue
+            for (_, stored), result in zip(taken, results, strict=True):
+                _settle(stored, result)
+
+    async def _store_calls(
         self,
         calls: list[SegmentCallType],
         *,
@@ -549,6 +701,17 @@ class Ingest:
                  message_id=call.message_id, contact=contact_id, event_id=row.id)
         return IngestResult(message_id=call.message_id, event_id=row.id, duplicate=not new,
                             derived=derived)
+
+
+def _settle(stored: asyncio.Future[IngestResult], result: IngestResult | None = None, *,
+            error: Exception | None = None) -> None:
+    if stored.done():  # the caller went away (its request was cancelled); the call is stored
+        return
+    if error is not None:
+        stored.set_exception(error)
+    else:
+        assert result is not None
+        stored.set_result(result)
 
 
 async def _store_alias(

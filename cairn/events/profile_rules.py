@@ -176,6 +176,23 @@ class ProfileRules:
         segments, scoring = load_profile_rules(Path(folder))
         return cls(store, segments, scoring, **options)
 
+    def reads_only_the_clock(self, event_name: str) -> bool:
+        """Whether an event of this name changes nothing here but the contact's clock: no scoring
+        rule is on it, no segment counts it, it is no profile change. Such an event can only move
+        the time-based segments (`RuleIndex.every_event`), which `unchanged` checks."""
+        return (event_name not in self.index.scored and event_name not in PROFILE_EVENTS
+                and event_name not in self.index.segments_by_event)
+
+    async def unchanged(self, prepared: Prepared, event_name: str) -> bool:
+        """Whether deciding `event_name`'s segments, as read ahead in `prepared`, changes no
+        membership (then `apply` would store and record nothing)."""
+        segments = self._segments_to_decide_name(event_name)
+        contact = prepared.contact
+        found = await members(segments, contact, prepared.history.scope(contact, prepared.now),
+                              prepared.memo)
+        before = set(contact.segments)
+        return all(member == (key in before) for key, member in found.items())
+
     async def prepare(self, events: list[EventMessage]) -> dict[str, Prepared]:
         """Read ahead, for many contacts at once, what deciding their segments reads.
 
@@ -252,9 +269,12 @@ class ProfileRules:
         return stored
 
     def _segments_to_decide(self, event: EventMessage) -> list[Segment]:
-        if event.event in PROFILE_EVENTS:
+        return self._segments_to_decide_name(event.event)
+
+    def _segments_to_decide_name(self, event_name: str) -> list[Segment]:
+        if event_name in PROFILE_EVENTS:
             return self.segments
-        return self.index.segments_for(event.event)
+        return self.index.segments_for(event_name)
 
     async def _earliest_event(self, event: EventMessage) -> bool:
         """Whether this is (one of) the contact's earliest events: all segments are decided."""

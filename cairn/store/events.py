@@ -319,6 +319,18 @@ async def unrouted_events(
     return list(rows)
 
 
+async def unrouted_event_ids(
+    s: AsyncSession, limit: int, *, now: datetime, lease: timedelta, after_id: int = 0,
+    received_before: datetime | None = None,
+) -> list[int]:
+    """`unrouted_events` (routable at `now`), ids only: what a relay hands to the router."""
+    query = select(Event.id).where(Event.routed_at.is_(None), Event.quarantined_at.is_(None),
+                                   Event.id > after_id, *_routable(now, lease))
+    if received_before is not None:
+        query = query.where(Event.received_at <= received_before)
+    return list(await s.scalars(query.order_by(Event.id).limit(limit)))
+
+
 async def unrouted_among(s: AsyncSession, event_ids: Iterable[int]) -> list[int]:
     """Which of these events are still waiting to be routed."""
     return list(await s.scalars(

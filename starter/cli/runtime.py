@@ -117,6 +117,7 @@ async def run_api(settings: Settings) -> None:
     from cairn.store.db import Store
     from starter.api.app import create_app
     from starter.dev import start_api, stop_api
+    from starter.routing import routing_process
     from starter.temporal import connect
     from starter.worker import stop_on_signals
 
@@ -130,8 +131,10 @@ async def run_api(settings: Settings) -> None:
         ingest = Ingest(store, router,
                         profile_rules=ProfileRules.from_folder(store, settings.journeys_dir),
                         geofencing=Geofencing.from_folder(store, settings.journeys_dir),
-                        attribute_changes=True)
-        async with relaying(EventRelay(ingest, store)):
+                        attribute_changes=True,
+                        background_routing=not settings.routing_process)
+        async with (routing_process(settings) if settings.routing_process
+                    else relaying(EventRelay(ingest, store))):
             handle = await start_api(create_app(store, ingest, settings=settings),
                                      settings.api_host, settings.api_port)
             output().print(f"API on {handle.url} (docs: {handle.url}/docs). "
