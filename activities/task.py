@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from activities.context import TEMPLATE_ERROR, contact_snapshot, permanent, step_log
+from activities.context import (
+    TEMPLATE_ERROR,
+    contact_snapshot,
+    permanent,
+    step_log,
+    template_scope,
+)
 from activities.ledger import retry_later
 from cairn.channels.base import OutgoingTask, ProviderError
 from cairn.channels.registry import ChannelSet
@@ -18,7 +24,7 @@ from cairn.contracts import CREATE_TASK, TaskRequest, TaskResult
 from cairn.durations import parse_duration
 from cairn.store import tasks as tasks_repo
 from cairn.store.db import Store
-from cairn.templates import TemplateRenderError, message_scope, render_text
+from cairn.templates import TemplateRenderError, render_text
 
 
 class TaskActivities:
@@ -36,9 +42,7 @@ class TaskActivities:
         bound = step_log(context)
         async with self.store.session() as s, s.begin():
             contact = await contact_snapshot(s, context.contact_id)
-            scope = message_scope(
-                contact.as_scope(), request.trigger.as_scope() if request.trigger else None, {}
-            )
+            scope = await template_scope(s, contact, request.trigger, {})
             name = f"task at step {context.step}"
             try:
                 title = render_text(name, "title", spec.title, scope).strip()

@@ -27,11 +27,14 @@ from cairn.journey import (
     StartJourney,
     TaskSpec,
     TemplateParts,
+    WaitUntil,
     Webhook,
+    Window,
 )
 from cairn.journey_run import EventMessage
 
 LOAD_CONTACT = "load_contact"
+PLAN_WAIT = "plan_wait"
 EVALUATE_CONDITION = "evaluate_condition"
 PREPARE_SEND = "prepare_send"
 DELIVER_MESSAGE = "deliver_message"
@@ -68,6 +71,22 @@ class StepContext(BaseModel):
 
 class LoadContactRequest(BaseModel):
     contact_id: str
+
+
+class WaitPlanRequest(BaseModel):
+    """A wait on the contact's own date or hours (`wait_until` an attribute, `wait_for_window`):
+    the activity reads the date and the time zone, the run gets only the deadline."""
+
+    context: StepContext
+    wait_until: WaitUntil | None = None
+    window: Window | None = None
+    default_timezone: str = "UTC"
+
+
+class WaitPlan(BaseModel):
+    deadline: datetime | None = Field(
+        default=None, description="None: the date attribute is missing or not a date"
+    )
 
 
 class ConditionRequest(BaseModel):
