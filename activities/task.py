@@ -37,7 +37,7 @@ class TaskActivities:
     @activity.defn(name=CREATE_TASK)
     async def create_task(self, request: TaskRequest) -> TaskResult:
         """Open the task once per step visit, due `due` after the journey's now; answers its
-        id and rendered title (the one stored first, on a retry) for the journey's path."""
+        id for the journey's path (the rendered title stays in the store)."""
         context, spec = request.context, request.task
         bound = step_log(context)
         async with self.store.session() as s, s.begin():
@@ -70,7 +70,8 @@ class TaskActivities:
                 contact_id=context.contact_id, note=note, contact_email=contact.email,
                 due_at=due_at, queue=spec.queue,
             ))
-        return TaskResult(task_id=task_id, title=title)
+        # The rendered title names the contact: it stays in the store, out of the run's history.
+        return TaskResult(task_id=task_id)
 
     async def _mirror(self, request: TaskRequest, task: OutgoingTask) -> None:
         """Create the CRM task once (the sink finds its earlier task by a marker on retries);

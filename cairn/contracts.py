@@ -194,7 +194,10 @@ class TaskRequest(BaseModel):
 
 class TaskResult(BaseModel):
     task_id: int
-    title: str | None = Field(default=None, description="the title as rendered for the contact")
+    title: str | None = Field(
+        default=None,
+        description="no longer set: the rendered title names the contact (it is in the store)",
+    )
 
 
 class ActionRequest(BaseModel):

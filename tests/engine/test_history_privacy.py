@@ -10,7 +10,8 @@ email, phone, push tokens and custom trait values, and every event property and 
 What counts as a personal value (the needles):
 - strings of at least 4 characters, and numbers of at least 4 digits: shorter ones (`pro`, `RO`,
   `42`, booleans) are too generic to identify anyone and occur by chance in any text;
-- not the contact's id, the event names or message ids: identifiers the journey must carry;
+- not the contact's id, the event names or message ids, nor an entry key (the event field that
+  `entry.key_by` names, e.g. an order id): identifiers the run must carry (in its workflow id);
 - not a value the journey definition itself spells (a condition's `premium`, a template's text):
   that is the author's data, and the definition travels in the input by design;
 - not dates and times (a `now`-relative scenario moment is also a journey time), nor time-zone
@@ -32,6 +33,7 @@ from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowHistory
 
+from cairn.conditions import event_field
 from cairn.journey import Journey
 from cairn.journey_files import journey_files, load_journey
 from cairn.simulation.scenario import Scenario
@@ -76,6 +78,9 @@ def personal_values(journey: Journey, scenario: Scenario) -> set[str]:
     definition = json.dumps(journey.model_dump(mode="json"), ensure_ascii=False)
     identifiers = {contact.id, *(e.event or "" for e in scenario.events),
                    *(e.message_id or "" for e in scenario.events)}
+    if journey.entry.key_by is not None:
+        identifiers |= {str(event_field({"properties": e.properties}, journey.entry.key_by))
+                        for e in scenario.events}
     needles = set()
     for value in _leaves(raw):
         if isinstance(value, bool) or value is None:
