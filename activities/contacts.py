@@ -101,6 +101,7 @@ class ContactActivities:
                     sum_events=sum_events,
                     reachable=reachable,
                     caught=await caught_scope(s, request.caught_events),
+                    show_values=False,  # the reason goes into the journey's path
                 ),
             )
         bound.info("condition.decided", result=verdict.result, reason=verdict.reason)
