@@ -369,8 +369,8 @@ class Router:
         """The event as the journey's runs of these versions get it: no properties, and the
         filters (waits, exit goals) it meets decided here, on the definition of each version."""
         matches: list[str] = []
-        for version in _unique(str(v) for v in versions if v is not None):
-            definition = await self._definition(journey, int(version))
+        for version in dict.fromkeys(v for v in versions if v is not None):
+            definition = await self._definition(journey, version)
             if definition is not None:
                 matches += event_matches(definition, event)
         return event.reference(matches)
