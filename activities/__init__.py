@@ -69,7 +69,8 @@ STEP_ACTIVITIES: dict[str, ModuleType] = {
     "start_journey": start_journey,
 }
 """Each step kind that acts on the world, and its module. Kinds not here (waits, `if`, `split`,
-`end`) only read the contact (`load_contact`, `evaluate_condition`) or act in the workflow."""
+`end`) only read the contact (`plan_wait`, `evaluate_condition`; `load_contact` for runs
+started before `plan_wait`) or act in the workflow."""
 
 
 def journey_activities(
@@ -87,6 +88,7 @@ def journey_activities(
     entries = EntryActivities(store)
     return [
         contacts.load_contact,
+        contacts.plan_wait,
         contacts.evaluate_condition,
         delivery.prepare_send,
         delivery.settle_unconfirmed,

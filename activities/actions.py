@@ -27,6 +27,7 @@ from activities.context import (
     contact_snapshot,
     permanent,
     step_log,
+    template_scope,
 )
 from activities.ledger import Ledger
 from cairn.channels.base import ProviderError
@@ -35,7 +36,7 @@ from cairn.contact import ContactSnapshot
 from cairn.contracts import RECORD_ACTION, ActionRequest, ActionResult
 from cairn.store.db import Store
 from cairn.store.schema import Delivery
-from cairn.templates import TemplateRenderError, message_scope
+from cairn.templates import TemplateRenderError
 
 OUTBOX = "outbox"
 RECORDED = "recorded"
@@ -100,11 +101,7 @@ class ActionActivities:
             if earlier is not None and earlier.settled:
                 return _result(earlier.row)
             contact = await contact_snapshot(s, context.contact_id)
-            scope = message_scope(
-                contact.as_scope(),
-                request.trigger.as_scope() if request.trigger else None,
-                request.journey_context,
-            )
+            scope = await template_scope(s, contact, request.trigger, request.journey_context)
             columns = self._columns(action, request, spec, contact, scope)
             if earlier is not None:
                 row = earlier.row

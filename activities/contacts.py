@@ -9,20 +9,24 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from activities.context import contact_snapshot, step_log
+from activities.context import caught_scope, contact_snapshot, event_scope, step_log
 from cairn.conditions import ConditionScope, HasDone, ReachableSpec, Verdict, evaluate, window_start
 from cairn.contact import ContactSnapshot
 from cairn.contracts import (
     EVALUATE_CONDITION,
     LOAD_CONTACT,
+    PLAN_WAIT,
     ConditionRequest,
     LoadContactRequest,
     VerdictResult,
+    WaitPlan,
+    WaitPlanRequest,
 )
 from cairn.log import get_logger
 from cairn.reachability import reachability
 from cairn.store import events as events_repo
 from cairn.store.db import Store
+from cairn.wait_times import attribute_deadline, window_deadline
 
 log = get_logger(__name__)
 
@@ -41,6 +45,23 @@ class ContactActivities:
             snapshot = await contact_snapshot(s, request.contact_id)
         log.debug("contact.loaded", contact=request.contact_id)
         return snapshot
+
+    @activity.defn(name=PLAN_WAIT)
+    async def plan_wait(self, request: WaitPlanRequest) -> WaitPlan:
+        """When a wait on the contact's date attribute or local hours ends: the date and the
+        time zone are read here, so only the deadline enters the run's history."""
+        context = request.context
+        async with self.store.session() as s:
+            contact = await contact_snapshot(s, context.contact_id)
+        if request.wait_until is not None:
+            deadline = attribute_deadline(request.wait_until, contact.attributes,
+                                          contact.timezone, request.default_timezone)
+        else:
+            assert request.window is not None
+            deadline = window_deadline(request.window, context.now, contact.timezone,
+                                       request.default_timezone)
+        step_log(context).debug("wait.planned", deadline=deadline)
+        return WaitPlan(deadline=deadline)
 
     @activity.defn(name=EVALUATE_CONDITION)
     async def evaluate_condition(self, request: ConditionRequest) -> VerdictResult:
@@ -75,11 +96,12 @@ class ContactActivities:
                 ConditionScope(
                     now=context.now,
                     contact=contact.as_scope(),
-                    event=request.trigger.as_scope() if request.trigger else None,
+                    event=await event_scope(s, request.trigger),
                     count_events=count_events,
                     sum_events=sum_events,
                     reachable=reachable,
-                    caught=request.caught_events,
+                    caught=await caught_scope(s, request.caught_events),
+                    show_values=False,  # the reason goes into the journey's path
                 ),
             )
         bound.info("condition.decided", result=verdict.result, reason=verdict.reason)

@@ -1,4 +1,11 @@
-"""What every activity shares: its bound logger, the contact it acts for, its permanent errors.
+"""What every activity shares: its bound logger, the contact it acts for, the events it reads,
+its permanent errors.
+
+Events reach journeys by reference (`cairn.journey_run.EventMessage`): the trigger, and the events
+`wait_for_event` steps caught (kept in the journey's context under `events`), carry no
+properties. `event_scope` and `journey_scope` read them back from the store for the conditions and
+templates that need them; a message of an older run that still carries its properties is used as
+it is.
 
 Permanent errors are non-retryable `ApplicationError`s whose `type` the interpreter's retry policy
 names (`ContactNotFound`, `TemplateError`, `ValidationError`): retrying cannot fix them, so the
@@ -7,6 +14,8 @@ journey takes its failure branch at once instead of burning its retries.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.ext.asyncio import AsyncSession
 from structlog.typing import FilteringBoundLogger
 from temporalio import activity
@@ -14,8 +23,11 @@ from temporalio.exceptions import ApplicationError
 
 from cairn.contact import ContactSnapshot
 from cairn.contracts import StepContext
+from cairn.journey_run import CAUGHT_EVENTS, EventMessage
 from cairn.log import get_logger
 from cairn.store import contacts as contacts_repo
+from cairn.store import events as events_repo
+from cairn.templates import message_scope
 
 CONTACT_NOT_FOUND = "ContactNotFound"
 TEMPLATE_ERROR = "TemplateError"
@@ -48,3 +60,45 @@ async def contact_snapshot(s: AsyncSession, contact_id: str) -> ContactSnapshot:
             CONTACT_NOT_FOUND,
         )
     return found
+
+
+async def _stored_scope(s: AsyncSession, reference: dict[str, Any]) -> dict[str, Any]:
+    """An event kept by reference, with its properties read from the store (as it was kept when
+    the store no longer has it: an erased contact's events are gone)."""
+    if reference.get("properties") or not isinstance(reference.get("message_id"), str):
+        return reference
+    row = await events_repo.event_by_message_id(s, reference["message_id"])
+    if row is None:
+        return reference
+    return events_repo.event_message(row).as_scope()
+
+
+async def event_scope(s: AsyncSession, message: EventMessage | None) -> dict[str, Any] | None:
+    """The event as conditions and templates read it (`event.properties.*`), from the store."""
+    if message is None:
+        return None
+    return await _stored_scope(s, message.as_scope())
+
+
+async def caught_scope(s: AsyncSession, caught: dict[str, Any]) -> dict[str, Any]:
+    """Caught events (event name -> kept reference), each read back from the store."""
+    return {name: await _stored_scope(s, kept) if isinstance(kept, dict) else kept
+            for name, kept in caught.items()}
+
+
+async def journey_scope(s: AsyncSession, journey_context: dict[str, Any]) -> dict[str, Any]:
+    """The journey's context as templates read it (`journey.events.<name>.properties.*`)."""
+    caught = journey_context.get(CAUGHT_EVENTS)
+    if not isinstance(caught, dict):
+        return journey_context
+    return {**journey_context, CAUGHT_EVENTS: await caught_scope(s, caught)}
+
+
+async def template_scope(
+    s: AsyncSession, contact: ContactSnapshot, trigger: EventMessage | None,
+    journey_context: dict[str, Any],
+) -> dict[str, Any]:
+    """What a template sees: the contact now, the trigger and the journey's context, with the
+    events read back from the store."""
+    return message_scope(contact.as_scope(), await event_scope(s, trigger),
+                         await journey_scope(s, journey_context))

@@ -39,6 +39,7 @@ from activities.context import (
     contact_snapshot,
     permanent,
     step_log,
+    template_scope,
 )
 from activities.ledger import FAILED, UNCONFIRMED, Earlier, Ledger, Refused
 from cairn.channels.base import OutgoingMessage, Provider, ProviderError, SendLookup
@@ -65,7 +66,7 @@ from cairn.store import deliveries as deliveries_repo
 from cairn.store import suppressions
 from cairn.store.db import Store
 from cairn.store.schema import Delivery
-from cairn.templates import TemplateRenderError, message_scope, render
+from cairn.templates import TemplateRenderError, render
 from cairn.unsubscribe import UnsubscribeScope, list_unsubscribe_headers, unsubscribe_url
 
 log = get_logger(__name__)
@@ -444,11 +445,7 @@ class DeliveryActivities:
             UnsubscribeScope(contact.id, channel, request.send.topic),
             self.signing_key,
         )
-        scope = message_scope(
-            contact.as_scope(),
-            request.trigger.as_scope() if request.trigger else None,
-            request.journey_context,
-        )
+        scope = await template_scope(s, contact, request.trigger, request.journey_context)
         scope["unsubscribe_url"] = link
         try:
             parts = render(request.send.template, request.template, channel, scope)

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from activities.context import TEMPLATE_ERROR, contact_snapshot, permanent, step_log
+from activities.context import (
+    TEMPLATE_ERROR,
+    contact_snapshot,
+    permanent,
+    step_log,
+    template_scope,
+)
 from activities.ledger import retry_later
 from cairn.channels.base import OutgoingTask, ProviderError
 from cairn.channels.registry import ChannelSet
@@ -18,7 +24,7 @@ from cairn.contracts import CREATE_TASK, TaskRequest, TaskResult
 from cairn.durations import parse_duration
 from cairn.store import tasks as tasks_repo
 from cairn.store.db import Store
-from cairn.templates import TemplateRenderError, message_scope, render_text
+from cairn.templates import TemplateRenderError, render_text
 
 
 class TaskActivities:
@@ -31,14 +37,12 @@ class TaskActivities:
     @activity.defn(name=CREATE_TASK)
     async def create_task(self, request: TaskRequest) -> TaskResult:
         """Open the task once per step visit, due `due` after the journey's now; answers its
-        id and rendered title (the one stored first, on a retry) for the journey's path."""
+        id for the journey's path (the rendered title stays in the store)."""
         context, spec = request.context, request.task
         bound = step_log(context)
         async with self.store.session() as s, s.begin():
             contact = await contact_snapshot(s, context.contact_id)
-            scope = message_scope(
-                contact.as_scope(), request.trigger.as_scope() if request.trigger else None, {}
-            )
+            scope = await template_scope(s, contact, request.trigger, {})
             name = f"task at step {context.step}"
             try:
                 title = render_text(name, "title", spec.title, scope).strip()
@@ -66,7 +70,8 @@ class TaskActivities:
                 contact_id=context.contact_id, note=note, contact_email=contact.email,
                 due_at=due_at, queue=spec.queue,
             ))
-        return TaskResult(task_id=task_id, title=title)
+        # The rendered title names the contact: it stays in the store, out of the run's history.
+        return TaskResult(task_id=task_id)
 
     async def _mirror(self, request: TaskRequest, task: OutgoingTask) -> None:
         """Create the CRM task once (the sink finds its earlier task by a marker on retries);

@@ -27,13 +27,14 @@ from activities.context import (
     contact_snapshot,
     permanent,
     step_log,
+    template_scope,
 )
 from cairn.contracts import UPDATE_PROFILE, ProfileUpdateRequest, StepContext
 from cairn.events import attribute_changes
 from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
 from cairn.store.db import Store
-from cairn.templates import TemplateRenderError, message_scope
+from cairn.templates import TemplateRenderError
 from cairn.traits import ContactTraitError, profile_traits
 from cairn.update_values import has_templates, render_values
 
@@ -66,10 +67,7 @@ async def _rendered(s: AsyncSession, request: ProfileUpdateRequest) -> dict[str,
     """The step's `set` values with their Liquid rendered on the contact as it is now."""
     context = request.context
     contact = await contact_snapshot(s, context.contact_id)
-    scope = message_scope(
-        contact.as_scope(), request.trigger.as_scope() if request.trigger else None,
-        request.journey_context,
-    )
+    scope = await template_scope(s, contact, request.trigger, request.journey_context)
     scope["now"] = context.now.isoformat().replace("+00:00", "Z")
     try:
         return render_values(context.step, request.update.set, scope)

@@ -311,6 +311,9 @@ class ConditionScope:
     sum_events: HasDoneSummer | None = None
     caught: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Events caught by `wait_for_event` steps, by event name (the last of each), as mappings."""
+    show_values: bool = True
+    """Whether a reason may quote the value that failed a comparison (`eq 'pro' failed
+    ('basic')`); off where the reason enters a run's Temporal history (a journey's path)."""
 
 
 _MISSING = object()
@@ -368,8 +371,11 @@ def _ordered(left: Any, right: Any) -> tuple[Any, Any] | None:
     return None
 
 
-def compare(value: Any, comparison: Comparison, now: datetime) -> tuple[bool, str]:
-    """Apply every operator; return whether all hold and the first one that failed."""
+def compare(
+    value: Any, comparison: Comparison, now: datetime, *, show_value: bool = True,
+) -> tuple[bool, str]:
+    """Apply every operator; return whether all hold and the first one that failed (quoting the
+    value that failed it unless `show_value` is off)."""
     present = value is not _MISSING and value is not None
     for op, expected in comparison.given().items():
         if op == "exists":
@@ -407,7 +413,8 @@ def compare(value: Any, comparison: Comparison, now: datetime) -> tuple[bool, st
                 a, b = pair
                 ok = {"gt": a > b, "gte": a >= b, "lt": a < b, "lte": a <= b}[op]
         if not ok:
-            shown = "missing" if not present else repr(value)
+            shown = ("missing" if not present
+                     else repr(value) if show_value else "value not shown")
             return False, f"{op} {expected!r} failed ({shown})"
     return True, "holds"
 
@@ -416,7 +423,7 @@ async def evaluate(condition: Any, scope: ConditionScope) -> Verdict:
     """Decide a condition in a scope; the reason names what decided it."""
     if isinstance(condition, AttributeCondition):
         value = read_path(scope.contact.get("attributes") or {}, condition.attribute)
-        ok, why = compare(value, condition, scope.now)
+        ok, why = compare(value, condition, scope.now, show_value=scope.show_values)
         return Verdict(ok, f"attribute {condition.attribute}: {why}")
     if isinstance(condition, ScoreCondition):
         scores = scope.contact.get("scores") or {}
@@ -427,11 +434,11 @@ async def evaluate(condition: Any, scope: ConditionScope) -> Verdict:
         if condition.event is not None:
             caught = scope.caught.get(condition.event)
             value = event_field(caught, condition.property)
-            ok, why = compare(value, condition, scope.now)
+            ok, why = compare(value, condition, scope.now, show_value=scope.show_values)
             status = "" if caught is not None else " (none caught)"
             return Verdict(ok, f"caught {condition.event}{status} {condition.property}: {why}")
         value = event_field(scope.event, condition.property)
-        ok, why = compare(value, condition, scope.now)
+        ok, why = compare(value, condition, scope.now, show_value=scope.show_values)
         return Verdict(ok, f"event {condition.property}: {why}")
     if isinstance(condition, InSegmentCondition):
         member = condition.in_segment in (scope.contact.get("segments") or [])

@@ -27,11 +27,14 @@ from cairn.journey import (
     StartJourney,
     TaskSpec,
     TemplateParts,
+    WaitUntil,
     Webhook,
+    Window,
 )
 from cairn.journey_run import EventMessage
 
 LOAD_CONTACT = "load_contact"
+PLAN_WAIT = "plan_wait"
 EVALUATE_CONDITION = "evaluate_condition"
 PREPARE_SEND = "prepare_send"
 DELIVER_MESSAGE = "deliver_message"
@@ -68,6 +71,22 @@ class StepContext(BaseModel):
 
 class LoadContactRequest(BaseModel):
     contact_id: str
+
+
+class WaitPlanRequest(BaseModel):
+    """A wait on the contact's own date or hours (`wait_until` an attribute, `wait_for_window`):
+    the activity reads the date and the time zone, the run gets only the deadline."""
+
+    context: StepContext
+    wait_until: WaitUntil | None = None
+    window: Window | None = None
+    default_timezone: str = "UTC"
+
+
+class WaitPlan(BaseModel):
+    deadline: datetime | None = Field(
+        default=None, description="None: the date attribute is missing or not a date"
+    )
 
 
 class ConditionRequest(BaseModel):
@@ -175,7 +194,10 @@ class TaskRequest(BaseModel):
 
 class TaskResult(BaseModel):
     task_id: int
-    title: str | None = Field(default=None, description="the title as rendered for the contact")
+    title: str | None = Field(
+        default=None,
+        description="no longer set: the rendered title names the contact (it is in the store)",
+    )
 
 
 class ActionRequest(BaseModel):

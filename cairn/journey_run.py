@@ -12,12 +12,17 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from cairn.journey import Journey
+from cairn.conditions import evaluate_event_filter
+from cairn.journey import Journey, WaitForEventStep
 
 WORKFLOW_NAME = "JourneyWorkflow"
 EVENT_SIGNAL = "event"
 EXIT_SIGNAL = "exit"
 STATE_QUERY = "state"
+CAUGHT_EVENTS = "events"
+"""Where a caught event is kept in the journey context, by name: templates read it as
+`journey.events.<name>`, `if` conditions as `{property: ..., event: <name>}`. Kept by reference
+(no properties); activities read it back from the store."""
 JOURNEY_TASK_QUEUE = "cairn-journeys"
 DELIVERY_TASK_QUEUE = "cairn-delivery"
 
@@ -29,16 +34,88 @@ def workflow_id(journey_key: str, contact_id: str, entry_key: str | None = None)
 
 
 class EventMessage(BaseModel):
-    """An event as a journey hears it (trigger, signal to a wait or an exit goal)."""
+    """An event as a journey hears it (trigger, signal to a wait or an exit goal): by reference.
+
+    What travels to a journey is the stored event's identity (`message_id`, unique in the store;
+    `event_id`, its row), its name and time, never its properties: Temporal histories keep what
+    they carry, and properties hold names, addresses and free text. Activities read the
+    properties from the store where they need them (`activities.context.journey_scope`). What the
+    workflow itself decides on an event's properties (a `wait_for_event` or exit goal `where`)
+    the router decides when it sends the reference, and says so in `matches`.
+
+    `properties` stays for the messages of runs started before: a message that carries them (and
+    no `matches`) is decided on them, as it was. The router's own messages (`route`) carry them
+    too; `reference()` is what leaves the router.
+    """
 
     message_id: str
     event: str
     contact_id: str
     properties: dict[str, Any] = Field(default_factory=dict)
     timestamp: datetime
+    event_id: int | None = Field(default=None, description="the stored event's row id")
+    matches: list[str] | None = Field(
+        default=None,
+        description="keys of the run's filtered waits and exit goals this event meets "
+                    "(`match_key`); None on a message sent before references",
+    )
+    attributes: list[str] = Field(
+        default_factory=list, description="names of the traits an `attribute_changed` changed"
+    )
 
     def as_scope(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude={"event_id", "matches", "attributes"})
+
+    @property
+    def by_reference(self) -> bool:
+        """Sent without properties: filters were decided by the router (see `matches`)."""
+        return self.matches is not None
+
+    def reference(self, matches: list[str]) -> EventMessage:
+        """The message a journey gets: identity, name, time, the filters it meets; no values."""
+        changed = self.properties.get("attribute") if self.event == "attribute_changed" else None
+        return EventMessage(
+            message_id=self.message_id, event=self.event, contact_id=self.contact_id,
+            timestamp=self.timestamp, event_id=self.event_id, matches=sorted(set(matches)),
+            attributes=[changed] if isinstance(changed, str) else [],
+        )
+
+    def meets(self, key: str, where: Any) -> bool:
+        """Whether the event meets a filter of the run: decided by the router for a reference,
+        on the carried properties for a message of an older run."""
+        if self.by_reference:
+            return key in (self.matches or [])
+        return evaluate_event_filter(where, self.as_scope(), self.timestamp).result
+
+
+def goal_key(version: int | None, index: int) -> str:
+    """`matches` key of a journey version's exit goal (by its place in `exit`)."""
+    return f"v{version}/exit/{index}"
+
+
+def wait_key(version: int | None, step: str) -> str:
+    """`matches` key of a journey version's `wait_for_event` step."""
+    return f"v{version}/wait/{step}"
+
+
+def event_matches(journey: Journey, event: EventMessage) -> list[str]:
+    """The keys of the journey's filtered waits and exit goals that the (full) event meets.
+
+    Filters are decided as the workflow decided them before references: on the event's own
+    scope at the event's own time, so the answer is the same wherever it is computed.
+    """
+    scope = event.as_scope()
+    keys = []
+    for index, goal in enumerate(journey.exit):
+        if goal.event == event.event and goal.where is not None and \
+                evaluate_event_filter(goal.where, scope, event.timestamp).result:
+            keys.append(goal_key(journey.version, index))
+    for name, step in journey.steps.items():
+        if isinstance(step, WaitForEventStep) and step.wait_for_event.event == event.event:
+            where = step.wait_for_event.where
+            if where is not None and evaluate_event_filter(where, scope, event.timestamp).result:
+                keys.append(wait_key(journey.version, name))
+    return keys
 
 
 class ExitRequest(BaseModel):

@@ -18,7 +18,6 @@ from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
     from cairn import search_attributes
-    from cairn.conditions import evaluate_event_filter
     from cairn.contracts import FINISH_ENTRY, EntryFinish
     from cairn.journey import step_kind
     from cairn.journey_run import (
@@ -33,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         JourneyResult,
         JourneyState,
         JourneyStateView,
+        goal_key,
     )
 
 from workflows.run import (
@@ -95,12 +95,11 @@ class JourneyWorkflow:
         del state.heard[:-HEARD_LIMIT]
         if self.run_.exit_outcome is not None or state.outcome is not None:
             return
-        for goal in self.run_.journey.exit:
+        journey = self.run_.journey
+        for index, goal in enumerate(journey.exit):
             if goal.event != message.event:
                 continue
-            if goal.where is None or evaluate_event_filter(
-                goal.where, message.as_scope(), message.timestamp
-            ).result:
+            if goal.where is None or message.meets(goal_key(journey.version, index), goal.where):
                 self.run_.exit_outcome = goal.goal
                 return
 

@@ -39,6 +39,7 @@ from cairn.journey_run import (
     WORKFLOW_NAME,
     EventMessage,
     JourneyInput,
+    event_matches,
     workflow_id,
 )
 from cairn.log import get_logger
@@ -253,7 +254,8 @@ class Router:
                     f"{_iso(last.entered_at)}",
                     wid,
                 )
-        return await self._enter(journey, event, entry_key, wid, running=bool(running))
+        return await self._enter(journey, event, entry_key, wid,
+                                 running=[e.version for e in running])
 
     async def _enter(
         self,
@@ -262,7 +264,7 @@ class Router:
         entry_key: str | None,
         wid: str,
         *,
-        running: bool,
+        running: list[int],
     ) -> RouteDecision:
         """Signal-with-start the entry's workflow; keep the entry row only if a new run started.
 
@@ -290,7 +292,7 @@ class Router:
                 entered_at=event.timestamp,
             )
         try:
-            handle = await self._signal_with_start(journey, event, entry_key, wid)
+            handle = await self._signal_with_start(journey, event, entry_key, wid, running)
             started = await self._started_by(handle, event)
         except BaseException:
             await self._discard_entry(row.id)
@@ -318,7 +320,7 @@ class Router:
         if row.ended_at is not None:
             return RouteDecision(journey.key, journey.version, wid, "started",
                                  "already entered with this event")
-        handle = await self._signal_with_start(journey, event, entry_key, wid)
+        handle = await self._signal_with_start(journey, event, entry_key, wid, [row.version])
         if await self._started_by(handle, event):
             return RouteDecision(journey.key, journey.version, wid, "started",
                                  "already entered with this event")
@@ -326,8 +328,12 @@ class Router:
                              "routed again; the event went to the run now in place")
 
     async def _signal_with_start(
-        self, journey: Journey, event: EventMessage, entry_key: str | None, wid: str
+        self, journey: Journey, event: EventMessage, entry_key: str | None, wid: str,
+        running: list[int],
     ) -> WorkflowHandle[object, object]:
+        """Start the entry's run with the event's reference (or signal the run already there,
+        whose version `running` names: the reference says which filters it meets in either)."""
+        reference = await self._reference(journey, event, [journey.version, *running])
         attributes = TypedSearchAttributes([
             SearchAttributePair(search_attributes.JOURNEY, journey.key),
             SearchAttributePair(search_attributes.CONTACT, event.contact_id),
@@ -338,7 +344,7 @@ class Router:
             journey=journey,
             contact_id=event.contact_id,
             entry_key=entry_key,
-            trigger=event,
+            trigger=reference,
             clock_offset_seconds=self.clock_offset.total_seconds(),
             delivery_task_queue=self.delivery_task_queue,
         )
@@ -348,7 +354,7 @@ class Router:
             id=wid,
             task_queue=self.task_queue,
             start_signal=EVENT_SIGNAL,
-            start_signal_args=[event],
+            start_signal_args=[reference],
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             search_attributes=attributes,
@@ -356,6 +362,33 @@ class Router:
             static_summary=f"{journey.name} for {event.contact_id}",
         )
         return handle
+
+    async def _reference(
+        self, journey: Journey, event: EventMessage, versions: Iterable[int | None],
+    ) -> EventMessage:
+        """The event as the journey's runs of these versions get it: no properties, and the
+        filters (waits, exit goals) it meets decided here, on the definition of each version."""
+        matches: list[str] = []
+        for version in dict.fromkeys(v for v in versions if v is not None):
+            definition = await self._definition(journey, version)
+            if definition is not None:
+                matches += event_matches(definition, event)
+        return event.reference(matches)
+
+    async def _definition(self, journey: Journey, version: int) -> Journey | None:
+        """Version `version` of the journey (the run's definition travels with the run; the
+        entries table says which one it is)."""
+        if journey.version == version:
+            return journey
+        cached = self._journeys.get((journey.key, version))
+        if cached is None:
+            async with self.store.session() as session:
+                row = await journeys_repo.get_version(session, journey.key, version)
+            if row is None:
+                return None
+            cached = journeys_repo.journey_of(row)
+            self._journeys[(journey.key, version)] = cached
+        return cached
 
     async def _started_by(
         self, handle: WorkflowHandle[object, object], event: EventMessage
@@ -384,6 +417,7 @@ class Router:
         """
         async with self.store.session() as session:
             open_rows = await entries_repo.open_entries(session, journey.key, event.contact_id)
+        versions = {row.workflow_id: row.version for row in open_rows}
         targets = _unique(row.workflow_id for row in open_rows)
         if journey.entry.reentry != "concurrent":
             targets = _unique([*targets, workflow_id(journey.key, event.contact_id)])
@@ -391,8 +425,9 @@ class Router:
         for wid in targets:
             if wid in skip:
                 continue
+            reference = await self._reference(journey, event, [versions.get(wid, journey.version)])
             try:
-                await self.client.get_workflow_handle(wid).signal(EVENT_SIGNAL, event)
+                await self.client.get_workflow_handle(wid).signal(EVENT_SIGNAL, reference)
             except RPCError as error:
                 if error.status != RPCStatusCode.NOT_FOUND:
                     raise

@@ -374,6 +374,7 @@ def event_message(event: Event) -> EventMessage:
         contact_id=event.contact_id,
         properties=dict(event.properties or {}),
         timestamp=event.timestamp,
+        event_id=event.id,
     )
 
 

@@ -134,7 +134,8 @@ def test_activity_lists_cover_every_action_name() -> None:
 
     store: Any = object()
     everything = {
-        contracts.LOAD_CONTACT, contracts.EVALUATE_CONDITION, contracts.PREPARE_SEND,
+        contracts.LOAD_CONTACT, contracts.PLAN_WAIT, contracts.EVALUATE_CONDITION,
+        contracts.PREPARE_SEND,
         contracts.DELIVER_MESSAGE, contracts.CHANGE_SCORE, contracts.UPDATE_PROFILE,
         contracts.CREATE_TASK, contracts.RECORD_ACTION, contracts.FINISH_ENTRY,
         contracts.CLOSE_FAILED_ENTRIES, contracts.SETTLE_UNCONFIRMED,

@@ -108,6 +108,19 @@ async def test_a_property_condition_reads_the_caught_event_not_the_trigger() -> 
     assert not (await evaluate(plain, ConditionScope(now=NOW, event=trigger, caught=caught))).result
 
 
+async def test_a_reason_for_a_journey_path_does_not_quote_the_contact_value() -> None:
+    """Reasons enter the run's Temporal history (the path): the failing value stays out."""
+    email = condition({"attribute": "email_domain", "eq": "example.org"})
+    contact = {"attributes": {"email_domain": "ana-private.ro"}}
+    shown = await evaluate(email, ConditionScope(now=NOW, contact=contact))
+    assert shown.reason == "attribute email_domain: eq 'example.org' failed ('ana-private.ro')"
+    hidden = await evaluate(email, ConditionScope(now=NOW, contact=contact, show_values=False))
+    assert not hidden.result
+    assert hidden.reason == "attribute email_domain: eq 'example.org' failed (value not shown)"
+    missing = await evaluate(email, ConditionScope(now=NOW, show_values=False))
+    assert missing.reason.endswith("failed (missing)")
+
+
 def test_filter_shorthand_is_all_of_property_comparisons() -> None:
     where = condition({"properties.value": {"gte": 20}, "properties.currency": "EUR"})
     ok = {"event": "x", "properties": {"value": 25, "currency": "EUR"}}

@@ -158,7 +158,7 @@ async def task(step: TaskStep, run: JourneyRun) -> Next:
         TaskResult,
         step.summary or f"task for {spec.queue}",
     )
-    run.note(f"task #{result.task_id} in {spec.queue}: {result.title or spec.title}")
+    run.note(f"task #{result.task_id} in {spec.queue}")
     return Next.to(step.next)
 
 

@@ -6,24 +6,30 @@ absolute and kept in state, so continue-as-new never restarts a wait.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from cairn.conditions import evaluate_event_filter, read_path
     from cairn.contact import ContactSnapshot
-    from cairn.contracts import LOAD_CONTACT, LoadContactRequest
-    from cairn.durations import format_duration, parse_duration, parse_time_of_day
+    from cairn.contracts import (
+        LOAD_CONTACT,
+        PLAN_WAIT,
+        LoadContactRequest,
+        WaitPlan,
+        WaitPlanRequest,
+    )
+    from cairn.durations import format_duration, parse_duration
     from cairn.journey import WaitForEventStep, WaitForWindowStep, WaitStep, WaitUntilStep
-    from cairn.journey_run import EventMessage
-    from cairn.local_time import at_local, next_window_start, zone
+    from cairn.journey_run import CAUGHT_EVENTS, EventMessage, wait_key
+    from cairn.wait_times import attribute_deadline, window_deadline
 
 from workflows.run import JourneyRun, Next, Waited
 
-CAUGHT_KEY = "events"
-"""Where a caught event is kept in the journey context, by name: templates read it as
-`journey.events.<name>`, `if` conditions as `{property: ..., event: <name>}`."""
+PLAN_WAIT_PATCH = "plan-wait-in-activity"
+"""Runs before it read the whole contact (`load_contact`) to compute these deadlines."""
+
+CAUGHT_KEY = CAUGHT_EVENTS
 
 
 def _label(step: WaitStep | WaitUntilStep | WaitForWindowStep | WaitForEventStep, text: str) -> str:
@@ -39,6 +45,8 @@ async def wait(step: WaitStep, run: JourneyRun) -> Next:
 
 
 async def _load_contact(run: JourneyRun, why: str) -> ContactSnapshot:
+    """The whole contact, read by the runs started before `plan_wait` (their histories replay
+    this call); newer runs never hold the contact's values."""
     snapshot: ContactSnapshot = await run.act(
         LOAD_CONTACT, LoadContactRequest(contact_id=run.input.contact_id), ContactSnapshot,
         f"read contact for {why}",
@@ -46,16 +54,9 @@ async def _load_contact(run: JourneyRun, why: str) -> ContactSnapshot:
     return snapshot
 
 
-def _date_of(value: object) -> date | datetime | None:
-    if isinstance(value, str):
-        text = value.strip().replace("Z", "+00:00")
-        try:
-            if len(text) == 10:
-                return date.fromisoformat(text)
-            return datetime.fromisoformat(text)
-        except ValueError:
-            return None
-    return None
+async def _plan(run: JourneyRun, request: WaitPlanRequest, why: str) -> datetime | None:
+    plan: WaitPlan = await run.act(PLAN_WAIT, request, WaitPlan, f"plan wait {why}")
+    return plan.deadline
 
 
 async def wait_until(step: WaitUntilStep, run: JourneyRun) -> Next:
@@ -67,23 +68,18 @@ async def wait_until(step: WaitUntilStep, run: JourneyRun) -> Next:
             deadline = spec.at
         else:
             assert spec.attribute is not None
-            contact = await _load_contact(run, step.summary or run.step)
-            tz = zone(contact.timezone, run.journey.settings.timezone)
-            raw = read_path(contact.attributes, spec.attribute)
-            anchor = _date_of(raw)
-            if anchor is None:
-                run.note(f"attribute {spec.attribute} missing or not a date ({raw!r})")
-                return Next.to(step.missing or step.next)
-            offset = parse_duration(spec.offset)
-            if spec.time is not None:
-                day = anchor if not isinstance(anchor, datetime) else anchor.astimezone(tz).date()
-                local_day = (datetime.combine(day, datetime.min.time()) + offset).date()
-                deadline = at_local(local_day, parse_time_of_day(spec.time), tz)
-            elif isinstance(anchor, datetime):
-                moment = anchor if anchor.tzinfo else anchor.replace(tzinfo=tz)
-                deadline = moment + offset
+            why = step.summary or run.step
+            default_tz = run.journey.settings.timezone
+            if workflow.patched(PLAN_WAIT_PATCH):
+                deadline = await _plan(run, WaitPlanRequest(
+                    context=run.context(), wait_until=spec, default_timezone=default_tz), why)
             else:
-                deadline = at_local(anchor, datetime.min.time(), tz) + offset
+                contact = await _load_contact(run, why)
+                deadline = attribute_deadline(spec, contact.attributes, contact.timezone,
+                                              default_tz)
+            if deadline is None:
+                run.note(f"attribute {spec.attribute} missing or not a date")
+                return Next.to(step.missing or step.next)
     if deadline <= run.now() and run.state.deadline is None:
         run.note(f"{deadline.isoformat()} already passed")
         return Next.to(step.next)
@@ -97,11 +93,15 @@ async def wait_for_window(step: WaitForWindowStep, run: JourneyRun) -> Next:
     window = step.wait_for_window
     deadline = run.state.deadline
     if deadline is None:
-        contact = await _load_contact(run, step.summary or run.step)
-        deadline = next_window_start(
-            run.now(), contact.timezone, window.days, parse_time_of_day(window.from_),
-            parse_time_of_day(window.to), run.journey.settings.timezone,
-        )
+        why = step.summary or run.step
+        default_tz = run.journey.settings.timezone
+        if workflow.patched(PLAN_WAIT_PATCH):
+            deadline = await _plan(run, WaitPlanRequest(
+                context=run.context(), window=window, default_timezone=default_tz), why)
+            assert deadline is not None
+        else:
+            contact = await _load_contact(run, why)
+            deadline = window_deadline(window, run.now(), contact.timezone, default_tz)
         if deadline <= run.now():
             run.note(f"inside window {window.from_}-{window.to} {','.join(window.days)}")
             return Next.to(step.next)
@@ -119,9 +119,9 @@ def _matching(step: WaitForEventStep, run: JourneyRun) -> EventMessage | None:
     for message in run.heard_since(since):
         if message.event != spec.event or message.message_id == trigger_id:
             continue
-        if spec.where is not None and not evaluate_event_filter(
-            spec.where, message.as_scope(), message.timestamp
-        ).result:
+        if spec.where is not None and not message.meets(
+            wait_key(run.journey.version, run.step), spec.where
+        ):
             continue
         return message
     return None

@@ -1,0 +1,171 @@
+"""No personal data in Temporal histories: the whole catalog, simulated, scanned payload by payload.
+
+Every journey of `journeys/` is played with the scenario on its docs page (`docs/journeys/<key>.md`,
+the one `cairn simulate` examples use) with plain JSON payloads (no codec), its workflow histories
+are fetched, and every piece of text in them (each payload's JSON: inputs, signals, activity inputs
+and results, query state carried through continue-as-new; search attributes, memo, static summaries
+and details, failure messages) is searched for the scenario's personal values: the contact's
+email, phone, push tokens and custom trait values, and every event property and identify trait.
+
+What counts as a personal value (the needles):
+- strings of at least 4 characters, and numbers of at least 4 digits: shorter ones (`pro`, `RO`,
+  `42`, booleans) are too generic to identify anyone and occur by chance in any text;
+- not the contact's id, the event names or message ids, nor an entry key (the event field that
+  `entry.key_by` names, e.g. an order id): identifiers the run must carry (in its workflow id);
+- not a value the journey definition itself spells (a condition's `premium`, a template's text):
+  that is the author's data, and the definition travels in the input by design;
+- not dates and times (a `now`-relative scenario moment is also a journey time), nor time-zone
+  names: the journey's decisions are times, and those are not the contact's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from zoneinfo import available_timezones
+
+import yaml
+from google.protobuf.message import Message
+from temporalio.api.common.v1 import Payload
+from temporalio.client import WorkflowHistory
+
+from cairn.conditions import event_field
+from cairn.journey import Journey
+from cairn.journey_files import journey_files, load_journey
+from cairn.simulation.scenario import Scenario
+from starter.testing import Simulator, parse_scenario, policy_beside
+
+ROOT = Path(__file__).resolve().parents[2]
+YAML_BLOCK = re.compile(r"```yaml\n(.*?)```", re.DOTALL)
+TIME_ZONES = available_timezones()
+MOMENT = re.compile(r"^[+-]?\d{4}-\d{2}-\d{2}([T ][\d:.]+)?(Z|[+-]\d{2}:?\d{2})?$")
+
+
+def catalog() -> list[tuple[Journey, Path, Scenario]]:
+    """Each catalog journey with the scenario of its docs page."""
+    found = []
+    for path in journey_files(ROOT / "journeys"):
+        journey = load_journey(path)
+        page = ROOT / "docs" / "journeys" / f"{journey.key}.md"
+        blocks = YAML_BLOCK.findall(page.read_text(encoding="utf-8"))
+        assert blocks, f"{page.name} has no scenario"
+        found.append((journey, path, parse_scenario(yaml.safe_load(blocks[0]))))
+    return found
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _leaves(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value
+
+
+def personal_values(journey: Journey, scenario: Scenario) -> set[str]:
+    """The scenario's values that would identify or describe the contact (rule in the docstring)."""
+    contact = scenario.contact
+    raw: list[Any] = [contact.email, contact.phone, contact.push_tokens,
+                      [w.endpoint for w in contact.web_push], contact.attributes]
+    for event in scenario.events:
+        raw += [event.properties, event.traits]
+    definition = json.dumps(journey.model_dump(mode="json"), ensure_ascii=False)
+    identifiers = {contact.id, *(e.event or "" for e in scenario.events),
+                   *(e.message_id or "" for e in scenario.events)}
+    if journey.entry.key_by is not None:
+        identifiers |= {str(event_field({"properties": e.properties}, journey.entry.key_by))
+                        for e in scenario.events}
+    needles = set()
+    for value in _leaves(raw):
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int | float):
+            text = str(value)
+            if len(re.sub(r"\D", "", text)) < 4:
+                continue
+        else:
+            text = str(value).strip()
+            if len(text) < 4 or MOMENT.match(text) or text in TIME_ZONES:
+                continue
+        if text in identifiers or text in definition:
+            continue
+        needles.add(text)
+    return needles
+
+
+def _texts(message: Message) -> Iterator[str]:
+    """Every string in a history event, with each payload's data decoded as text."""
+    if isinstance(message, Payload):
+        yield message.data.decode("utf-8", errors="replace")
+        for value in message.metadata.values():
+            yield value.decode("utf-8", errors="replace")
+        return
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry:
+                for key, item in value.items():
+                    yield str(key)
+                    yield from (_texts(item) if isinstance(item, Message) else [str(item)])
+            elif isinstance(value, Message):
+                yield from _texts(value)
+            else:
+                for item in value:
+                    yield from _texts(item)
+        elif field.type == field.TYPE_STRING:
+            yield from ([value] if isinstance(value, str) else value)
+
+
+def leaks(histories: dict[str, list[WorkflowHistory]], needles: set[str]) -> list[str]:
+    """`<workflow id> #<event id> <event type>: <value>` for each needle found in a history."""
+    found = []
+    for wid, runs in histories.items():
+        for history in runs:
+            for event in history.events:
+                text = "\n".join(_texts(event))
+                for needle in needles:
+                    if needle in text:
+                        found.append(f"{wid} #{event.event_id} "
+                                     f"{event.WhichOneof('attributes')}: {needle!r}")
+    return found
+
+
+def test_the_needles_follow_the_rule() -> None:
+    journey = Journey.model_validate({
+        "key": "k", "name": "K", "trigger": {"event": "purchase"},
+        "steps": {"s": {"if": {"attribute": "plan", "eq": "premium"}, "then": "end",
+                        "else": "end"}},
+    })
+    scenario = parse_scenario({
+        "now": "2026-03-02T09:00:00Z",
+        "contact": {"id": "ana-1", "email": "ana@example.com", "phone": "+40722000111",
+                    "timezone": "Europe/Bucharest",
+                    "attributes": {"first_name": "Ana", "last_name": "Popescu", "plan": "premium",
+                                   "vip": True, "age": 41, "ssn": 1900512123456}},
+        "events": [{"at": "+0s", "event": "purchase",
+                    "properties": {"country": "RO", "total": 64.5, "due": "2026-03-20",
+                                   "address": {"line1": "Strada Lipscani 12"}}}],
+    })
+    assert personal_values(journey, scenario) == {
+        "ana@example.com", "+40722000111", "Popescu", "1900512123456", "Strada Lipscani 12"}
+
+
+async def test_no_history_of_the_catalog_holds_personal_data(simulator: Simulator) -> None:
+    found: list[str] = []
+    played = 0
+    for journey, path, scenario in catalog():
+        report = await simulator.run(journey, scenario, keep_histories=True,
+                                     audience_folder=path.parent, policy=policy_beside(path))
+        assert report.histories, f"{journey.key}: the scenario started no run"
+        played += 1
+        found += [f"{journey.key}: {hit}"
+                  for hit in leaks(report.histories, personal_values(journey, scenario))]
+    assert played >= 27
+    if found and (dump := os.environ.get("HISTORY_SCAN_DUMP")):
+        Path(dump).write_text("\n".join(found), encoding="utf-8")
+    assert not found, f"{len(found)} personal values in histories:\n" + "\n".join(found[:80])
