@@ -15,6 +15,7 @@ from cairn.events.ingest import Ingest
 from cairn.settings import Settings
 from cairn.store.db import Store
 from starter.api.app import create_app
+from tests.api_support import admin
 
 
 @pytest_asyncio.fixture
@@ -22,7 +23,8 @@ async def api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the API over `store`; its Ingest has no router, so no journey starts."""
     app = create_app(store, Ingest(store, None), settings=Settings(database_url=store.url))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://cairn.test") as client:
+                                 base_url="http://cairn.test",
+                                 auth=admin(app.state.store)) as client:
         yield client
 
 

@@ -41,6 +41,7 @@ from cairn.store.db import Store
 from cairn.store.schema import Delivery, DeliveryFeedback, Event, InboxMessage
 from cairn.unsubscribe import UnsubscribeScope, unsubscribe_url
 from starter.api.app import create_app
+from tests.api_support import admin
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 PUBLIC_URL = "https://cairn.example.com"
@@ -93,7 +94,8 @@ def settings(store: Store, tmp_path: Path) -> Settings:
 async def api(store: Store, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(store, Ingest(store, None), settings=settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://cairn.test") as client:
+                                 base_url="http://cairn.test",
+                                 auth=admin(app.state.store)) as client:
         yield client
 
 
