@@ -26,7 +26,6 @@ class InboxTokenError(ValueError):
     """A token that is malformed, altered, signed with another key, expired, or another's."""
 
 
-@dataclass(frozen=True)
 class InboxTokenForAnother(InboxTokenError):
     """A genuine token, but for another contact's inbox."""
 

@@ -27,7 +27,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.routing import APIRoute
 from fastapi.security.http import HTTPBase
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
 from cairn import inbox_tokens
 from cairn.events.ingest import utc_now
@@ -220,18 +220,21 @@ def requires(scope: str) -> Any:
 # ---------------------------------------------------------------------------- the route table
 
 
-def api_routes(routes: list[BaseRoute]) -> Iterator[APIRoute]:
-    """Every API route of an app or router, through included routers."""
+def api_routes(routes: list[BaseRoute]) -> Iterator[Route]:
+    """Every route of an app or router (its own documentation's too), through included
+    routers."""
     for route in routes:
         original = getattr(route, "original_router", None)
         if original is not None:
             yield from api_routes(original.routes)
-        elif isinstance(route, APIRoute):
+        elif isinstance(route, Route):
             yield route
 
 
-def requirement_of(route: APIRoute) -> Requirement | None:
+def requirement_of(route: Route) -> Requirement | None:
     """The key requirement on a route, if it has one (directly or through its router)."""
+    if not isinstance(route, APIRoute):
+        return None
     for dependency in route.dependant.dependencies:
         if isinstance(dependency.call, Requirement):
             return dependency.call
@@ -249,7 +252,7 @@ def document_keys(app: FastAPI) -> None:
     """Name 401 and 403, and the scope needed, on every route that needs a key."""
     needs = {(route.path, method.lower()): requirement
              for route in api_routes(app.routes) if (requirement := requirement_of(route))
-             for method in route.methods}
+             for method in route.methods or ()}
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
