@@ -68,8 +68,14 @@ def keys_router(store: Store) -> APIRouter:
 
     @router.post("/v1/keys/{name}/revoke", response_model=KeyView,
                  summary="Revoke an API key at once (it stays listed)",
-                 responses={404: {"description": "no key of this name"}})
+                 responses={404: {"description": "no key of this name"},
+                            409: {"description": "it is the key of this request"}})
     async def revoke_key(name: str, request: Request) -> KeyView:
+        """Not the key the request is made with: that would lock its caller out mid-task (use
+        another admin key, or `cairn keys revoke`)."""
+        if request.state.caller.name == name:
+            raise HTTPException(409, f"{name!r} is the key of this request: revoke it with "
+                                     "another admin key, or with `cairn keys revoke`")
         async with store.session() as s, s.begin():
             try:
                 key = await keys_repo.revoke_key(s, name, utc_now())

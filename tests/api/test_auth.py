@@ -155,10 +155,13 @@ async def test_a_revoked_key_is_refused_at_once_and_stays_listed(
         listed = (await admin_client.get("/v1/keys")).json()
         duplicate = await admin_client.post("/v1/keys", json={"name": "source", "scope": "read"})
         missing = await admin_client.post("/v1/keys/nobody/revoke")
+        own_name = next(key["name"] for key in listed if key["scope"] == "admin")
+        itself = await admin_client.post(f"/v1/keys/{own_name}/revoke")
     [source] = [key for key in listed if key["name"] == "source"]
     assert source["scope"] == "write" and source["last_used_at"] is not None
     assert "secret" not in source and secret not in str(listed)
     assert (duplicate.status_code, missing.status_code) == (409, 404)
+    assert itself.status_code == 409 and "key of this request" in itself.json()["detail"]
 
 
 async def test_last_used_is_written_once_a_minute_not_per_request(
