@@ -15,7 +15,7 @@ from cairn.events.ingest import Ingest
 from cairn.settings import Settings
 from cairn.store.db import Store
 from starter.api.app import create_app
-from tests.api_support import admin, new_key
+from tests.api_support import admin, api_client, new_key
 
 
 @pytest_asyncio.fixture
@@ -26,6 +26,14 @@ async def api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://cairn.test",
                                  auth=admin(app.state.store)) as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def anonymous_api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the API over `store` that sends no key (every keyed route answers 401)."""
+    app = create_app(store, Ingest(store, None), settings=Settings(database_url=store.url))
+    async with api_client(app, scope=None) as client:
         yield client
 
 
