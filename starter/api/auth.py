@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.routing import APIRoute
@@ -157,8 +158,11 @@ class Requirement:
         if caller is None:
             raise unauthorized("unknown API key: check it, or create one with `cairn keys create`")
         if caller.revoked:
+            log.info("api.key_refused", key=caller.name, reason="revoked", path=request.url.path)
             raise unauthorized(f"the API key {caller.name!r} is revoked: use another one")
         if not keys_repo.grants(caller.scope, self.scope):
+            log.info("api.key_refused", key=caller.name, reason="scope", scope=caller.scope,
+                     needed=self.scope, path=request.url.path)
             raise HTTPException(403, f"the API key {caller.name!r} has scope {caller.scope!r}; "
                                      f"{request.method} {request.url.path} needs a "
                                      f"{self.scope!r} or 'admin' key")
@@ -210,6 +214,8 @@ def refuse_foreign_origin(request: Request) -> None:
     origin = request.headers.get("origin")
     if origin is None or request.method in SAFE_METHODS:
         return
+    if urlsplit(origin).netloc == request.headers.get("host"):
+        return  # the API's own pages (`/docs`): the same origin, not another site
     if origin not in request.app.state.settings.cors_origins:
         raise HTTPException(403, f"calls from web pages of {origin} are not allowed: add it to "
                                  "CAIRN_CORS_ORIGINS")

@@ -296,6 +296,9 @@ async def test_a_page_of_another_origin_cannot_change_anything_even_with_a_key(
                                  headers={**bearer(secret), "origin": "https://evil.example"})
     assert (forged.status_code, patched.status_code) == (403, 403)
     assert "CAIRN_CORS_ORIGINS" in forged.json()["detail"]
+    own_docs = await nobody.post("/v1/track", json={"userId": "c-1", "event": "tried"},
+                                 headers={**bearer(secret), "origin": "http://cairn.test"})
+    assert own_docs.status_code == 202  # the API's own /docs page, same origin
     reading = await nobody.get("/v1/journeys",
                                headers={**bearer(secret), "origin": "https://evil.example"})
     assert reading.status_code == 200  # CORS keeps the answer from the page itself
