@@ -133,13 +133,14 @@ BASIC = _Scheme(scheme="basic", scheme_name="basic", auto_error=False,
 class Requirement:
     """The dependency `requires(scope)` puts on a route."""
 
-    def describe(self) -> str:
-        return f"Needs an API key of scope `{self.scope}` (or `admin`)."
-
     def __init__(self, scope: str) -> None:
         if scope not in keys_repo.SCOPES:
             raise ValueError(f"unknown scope {scope!r}")
         self.scope = scope
+
+    def describe(self) -> str:
+        """What the route's OpenAPI description says it needs."""
+        return f"Needs an API key of scope `{self.scope}` (or `admin`)."
 
     async def __call__(self, request: Request, _bearer: None = Depends(BEARER),
                        _basic: None = Depends(BASIC)) -> Caller:
