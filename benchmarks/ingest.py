@@ -198,6 +198,10 @@ async def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) ->
 # --------------------------------------------------------------------------- load
 
 
+KEY_HEADERS: dict[str, str] = {}
+"""The write key both servers are sent (Cairn checks it, as it does every client's)."""
+
+
 def call(run: str, n: int) -> dict[str, Any]:
     return {"type": "track", "userId": f"bench-{n % CONTACTS}", "event": EVENT,
             "messageId": f"{run}-{n}", "properties": {"n": n, "plan": "free"}}
@@ -217,7 +221,7 @@ class Phase:
 async def batches(url: str, run: str, count: int, limit: float) -> Phase:
     sent = failures = 0
     started = time.monotonic()
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=KEY_HEADERS) as http:
         for b in range(count):
             if time.monotonic() - started > limit:
                 break
@@ -244,7 +248,7 @@ async def tracks(url: str, run: str, count: int, limit: float, clients: int = 8)
 
     async def client() -> None:
         nonlocal sent, failures
-        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=60, headers=KEY_HEADERS) as http:
             for n in counter:
                 if time.monotonic() - started > limit:
                     return
@@ -318,13 +322,19 @@ async def temporal(folder: Path) -> AsyncIterator[str]:
 
 
 async def publish(db_file: Path) -> int:
+    """Publish the catalog into Cairn's store, and make the write key the load sends."""
     from cairn.catalog import publish_catalog
+    from cairn.events.ingest import utc_now
     from cairn.log import configure
+    from cairn.store import keys
     from cairn.store.db import Store
 
     configure("WARNING")
     store = await Store.open(f"sqlite+aiosqlite:///{db_file}")
     try:
+        async with store.session() as s, s.begin():
+            secret = await keys.create_key(s, "benchmark", "write", utc_now())
+        KEY_HEADERS["authorization"] = f"Bearer {secret}"  # the plain server ignores it
         return len(await publish_catalog(store, ROOT / "journeys"))
     finally:
         await store.close()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cairn.journey_run import DELIVERY_TASK_QUEUE, JOURNEY_TASK_QUEUE
 
@@ -73,6 +73,20 @@ class Settings(BaseSettings):
         description="signs unsubscribe links; default: a random key kept in <home>/secret_key",
     )
     smtp_sink_port: int = Field(default=1025, description="`cairn dev`'s local SMTP sink")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="web origins allowed to call the API from a browser, comma-separated "
+                    "(`https://app.example.com`); none by default: CORS closed")
+    inbox_token_seconds: int = Field(
+        default=900, gt=0, le=86_400,
+        description="how long an inbox token (`POST /v1/contacts/{id}/inbox-token`) is valid")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        return value
 
     @property
     def mail_dir(self) -> Path:

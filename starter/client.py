@@ -4,14 +4,18 @@ Every call gets its `messageId` here, before the first attempt, so a retry after
 dropped connection is recognised by the API as the same call and stored once. Calls are validated
 locally with the same models the API uses, so a typo fails in the caller's code, not in a log.
 
-    with CairnClient("http://127.0.0.1:8000") as cairn:
+    with CairnClient("http://127.0.0.1:8000", key=WRITE_KEY) as cairn:
         cairn.identify("c-1", {"email": "ana@example.com", "timezone": "Europe/Bucharest"})
         cairn.track("c-1", "cart_item_added", {"value": 25})
+
+The key (`cairn keys create NAME --scope write`) is sent as `Authorization: Bearer KEY`; without
+`key=`, the client takes `CAIRN_KEY` from the environment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +41,10 @@ class CairnRejected(CairnError):
     def __init__(self, errors: list[str]) -> None:
         self.errors = errors
         super().__init__("Cairn rejected the call: " + "; ".join(errors))
+
+
+class CairnRefused(CairnError):
+    """The API refused the key: none, unknown or revoked (401), or its scope is too small (403)."""
 
 
 class CairnUnavailable(CairnError):
@@ -120,12 +128,20 @@ def _answer(response: httpx.Response) -> Any:
     if response.status_code == 422:
         payload = response.json()
         raise CairnRejected(list(payload.get("errors") or [str(payload.get("detail"))]))
+    if response.status_code in (401, 403):
+        raise CairnRefused(f"Cairn refused the key ({response.status_code}): "
+                           f"{response.text[:300]}; pass key= or set CAIRN_KEY")
     if response.status_code >= 400:
         raise CairnUnavailable(
             f"Cairn answered {response.status_code} to {response.request.method} "
             f"{response.request.url.path}: {response.text[:300]}"
         )
     return response.json()
+
+
+def _key_headers(key: str | None) -> dict[str, str]:
+    key = key or os.environ.get("CAIRN_KEY")
+    return {"authorization": f"Bearer {key}"} if key else {}
 
 
 def _ack(payload: Mapping[str, Any]) -> Ack:
@@ -150,12 +166,14 @@ class CairnClient:
         self,
         base_url: str = "http://127.0.0.1:8000",
         *,
+        key: str | None = None,
         timeout: float = 10.0,
         retries: int = 2,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.retries = retries
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
+                                  headers=_key_headers(key))
 
     def track(self, user_id: str | None, event: str, properties: Mapping[str, Any] | None = None,
               **options: Any) -> Ack:
@@ -204,12 +222,14 @@ class AsyncCairnClient:
         self,
         base_url: str = "http://127.0.0.1:8000",
         *,
+        key: str | None = None,
         timeout: float = 10.0,
         retries: int = 2,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.retries = retries
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport,
+                                       headers=_key_headers(key))
 
     async def track(self, user_id: str | None, event: str,
                     properties: Mapping[str, Any] | None = None, **options: Any) -> Ack:

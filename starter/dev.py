@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -296,6 +297,8 @@ class DevStack:
     ingest: Ingest
     mail: str | None = None
     """Where email goes under `cairn dev` (the local SMTP sink), when it runs."""
+    keys: DevKeys | None = None
+    """The development write and admin keys (`<home>/dev-keys.sh`)."""
 
     @property
     def api_url(self) -> str | None:
@@ -402,7 +405,7 @@ async def dev_stack(
                         mail = (f"SMTP {sink.host}:{sink.port} -> {settings.mail_dir} "
                                 "(cairn outbox --mail)") if sink is not None else None
                         yield DevStack(settings, server, client, store, published, api, ingest,
-                                       mail)
+                                       mail, await dev_keys(settings, store))
                     finally:
                         if api is not None:
                             await stop_api(api)
@@ -414,6 +417,57 @@ async def dev_stack(
             await store.close()
     finally:
         await server.stop()
+
+
+# --------------------------------------------------------------------------- development keys
+
+DEV_KEYS_FILE = "dev-keys.sh"
+"""In the home: `export CAIRN_WRITE_KEY=...` and `export CAIRN_ADMIN_KEY=...`, mode 0600, so
+`. .cairn/dev-keys.sh` gives a shell both keys."""
+
+
+@dataclass(frozen=True)
+class DevKeys:
+    """The keys `cairn dev` makes on its first start and reuses afterwards."""
+
+    write: str
+    admin: str
+    file: Path
+
+
+async def dev_keys(settings: Settings, store: Store) -> DevKeys:
+    """The development keys kept in `<home>/dev-keys.sh`, made (and the file written, 0600) when
+    the file is missing or its keys are not valid keys of this store (a new store, a revoked
+    key)."""
+    import re
+
+    from cairn.events.ingest import utc_now
+    from cairn.store import keys as keys_repo
+
+    path = settings.home / DEV_KEYS_FILE
+    found: dict[str, str] = {}
+    if path.exists():
+        found = dict(re.findall(r"^export (CAIRN_\w+_KEY)=(\S+)$", path.read_text(), re.M))
+    secrets: dict[str, str] = {}
+    async with store.session() as s, s.begin():
+        for scope, variable in (("write", "CAIRN_WRITE_KEY"), ("admin", "CAIRN_ADMIN_KEY")):
+            secret = found.get(variable)
+            key = await keys_repo.key_with_secret(s, secret) if secret else None
+            if key is None or key.revoked_at is not None or key.scope != scope:
+                name, n = f"dev-{scope}", 1
+                while await keys_repo.key_named(s, name) is not None:  # an older dev key's
+                    n += 1
+                    name = f"dev-{scope}-{n}"
+                secret = await keys_repo.create_key(s, name, scope, utc_now())
+            secrets[variable] = secret
+    text = "".join(f"export {variable}={secret}\n" for variable, secret in secrets.items())
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(text)
+    path.chmod(0o600)  # also a file made earlier with looser permissions
+    return DevKeys(secrets["CAIRN_WRITE_KEY"], secrets["CAIRN_ADMIN_KEY"], path)
 
 
 # --------------------------------------------------------------------------- the `cairn dev` job
@@ -456,6 +510,11 @@ def describe(stack: DevStack) -> list[tuple[str, str]]:
     if stack.api_url:
         rows.append(("API", stack.api_url))
         rows.append(("API docs", f"{stack.api_url}/docs"))
+    if stack.keys is not None:
+        rows.append(("Write key", f"{stack.keys.write}  (ingest: track, identify, batch...)"))
+        rows.append(("Admin key", f"{stack.keys.admin}  (everything)"))
+        rows.append(("Keys file", f"{stack.keys.file} (`. {stack.keys.file}` exports "
+                                  "CAIRN_WRITE_KEY and CAIRN_ADMIN_KEY)"))
     rows.append(("Store", make_url(stack.settings.store_url).render_as_string(hide_password=True)))
     rows.append(("Mail", stack.mail or f"sent by {stack.settings.email_provider}"))
     journeys = ", ".join(

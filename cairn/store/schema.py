@@ -281,6 +281,21 @@ class SegmentMembership(Base):
     __table_args__ = (Index("ix_memberships_contact", "contact_id", "segment"),)
 
 
+class ApiKey(Base):
+    """A key the API accepts (`cairn keys`): its scope and a hash of its secret, never the
+    secret itself (`cairn.store.keys`)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    scope: Mapped[str] = mapped_column(String(16))  # write | read | admin
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256, hex
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
 class RejectedCall(Base):
     """A call of a batch the door refused while storing its neighbours: kept so nothing a
     source sent disappears unseen (`GET /v1/rejected`, `cairn rejected`)."""

@@ -6,6 +6,7 @@
 - `starter.api.journeys`, `starter.api.outbox`, `starter.api.tasks`: read views and task work;
 - `starter.api.entries`, `starter.api.imports`: putting contacts into journeys directly or by CSV;
 - `starter.api.channels`: unsubscribe links, the in-app inbox and provider callbacks;
+- `starter.api.keys`: API keys (`starter.api.auth` checks them on every other route);
 - `starter.api.health`: whether the API is alive (`/v1/health`) and ready (`/v1/ready`).
 
 Endpoints are thin: a pydantic model validates the body, one service call from `cairn` does the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
@@ -25,6 +27,7 @@ from cairn.events.ingest import Ingest
 from cairn.settings import Settings, get_settings
 from cairn.store.db import Store
 from cairn.traits import ContactTraitError
+from starter.api.auth import Keyring, document_keys
 from starter.api.channels import channels_router
 from starter.api.contacts import contacts_router
 from starter.api.entries import entries_router
@@ -39,6 +42,7 @@ from starter.api.health import health_router
 from starter.api.imports import imports_router
 from starter.api.ingest import ingest_router
 from starter.api.journeys import journeys_router
+from starter.api.keys import keys_router
 from starter.api.outbox import outbox_router
 from starter.api.quarantine import quarantine_router
 from starter.api.rejected import rejected_router
@@ -68,6 +72,15 @@ def create_app(
         ),
     )
     app.state.settings = settings
+    app.state.store = store
+    app.state.keyring = Keyring(store)
+    if settings.cors_origins:
+        # Closed unless origins are listed: a web page of another origin can neither read an
+        # answer nor send a call with an Authorization header (its preflight is refused).
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                           allow_headers=["authorization", "content-type", "content-encoding"],
+                           max_age=600)
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_exception_handler(ContactTraitError, trait_refused)
     app.add_exception_handler(OverflowError, number_too_large)
@@ -85,6 +98,8 @@ def create_app(
     app.include_router(imports_router(ingest))
     app.include_router(entries_router(ingest))
     app.include_router(channels_router(store, ingest, settings))
+    app.include_router(keys_router(store))
+    document_keys(app)
     return app
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import html
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict
 
+from cairn import inbox_tokens
 from cairn.channels.base import FeedbackEvent, FeedbackRejected
 from cairn.events.calls import TrackCall
 from cairn.events.feedback import FeedbackResult, record_feedback
@@ -31,6 +32,7 @@ from cairn.store import inbox as inbox_repo
 from cairn.store import suppressions
 from cairn.store.db import Store
 from cairn.unsubscribe import UnsubscribeScope, UnsubscribeTokenError, verify
+from starter.api.auth import InboxAccess, requires
 
 log = get_logger(__name__)
 
@@ -58,6 +60,16 @@ class InboxItem(BaseModel):
     created_at: datetime
     read_at: datetime | None
     dismissed_at: datetime | None
+
+
+class InboxToken(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "contact_id": "c-1", "token": "inbox.eyJjIjoiYy0xIiwiZSI6MTc3MjQ0MzcwMH0.3q2-7w",
+        "expires_at": "2026-03-02T09:15:00Z"}]})
+
+    contact_id: str
+    token: str
+    expires_at: datetime
 
 
 class FeedbackAnswer(BaseModel):
@@ -153,7 +165,19 @@ def channels_router(store: Store, ingest: Ingest, settings: Settings) -> APIRout
 
     # ------------------------------------------------------------------ inbox
 
+    @router.post("/v1/contacts/{contact_id}/inbox-token", response_model=InboxToken,
+                 dependencies=[requires("read")], tags=["inbox"],
+                 summary="A short-lived token for a front end to read this contact's inbox")
+    async def inbox_token(contact_id: str) -> InboxToken:
+        """Your backend calls this for the signed-in contact and hands the token to its front
+        end, which sends it as `Authorization: Bearer TOKEN` to this contact's inbox routes
+        (and no others) until `expires_at` (`CAIRN_INBOX_TOKEN_SECONDS`, default 15 minutes)."""
+        token, expires = inbox_tokens.issue(
+            contact_id, utc_now(), timedelta(seconds=settings.inbox_token_seconds), key)
+        return InboxToken(contact_id=contact_id, token=token, expires_at=expires)
+
     @router.get("/v1/contacts/{contact_id}/inbox", response_model=list[InboxItem],
+                dependencies=[Depends(InboxAccess("read", key))],
                 tags=["inbox"], summary="In-app and on-site messages of a contact, newest first")
     async def inbox(contact_id: str, channel: Literal["in_app", "on_site"] | None = None,
                     include_dismissed: bool = False,
@@ -183,13 +207,15 @@ def channels_router(store: Store, ingest: Ingest, settings: Settings) -> APIRout
         return item
 
     @router.post("/v1/contacts/{contact_id}/inbox/{message_id}/read", response_model=InboxItem,
-                 tags=["inbox"], summary="Mark a message read (emits `<channel>_read`)",
+                 dependencies=[Depends(InboxAccess("write", key))], tags=["inbox"],
+                 summary="Mark a message read (emits `<channel>_read`)",
                  responses=_NO_MESSAGE)
     async def read(contact_id: str, message_id: int) -> InboxItem:
         return await mark(contact_id, message_id, "read")
 
     @router.post("/v1/contacts/{contact_id}/inbox/{message_id}/dismiss",
                  response_model=InboxItem, tags=["inbox"],
+                 dependencies=[Depends(InboxAccess("write", key))],
                  summary="Dismiss a message (emits `<channel>_dismissed`)",
                  responses=_NO_MESSAGE)
     async def dismiss(contact_id: str, message_id: int) -> InboxItem:
@@ -205,7 +231,9 @@ def channels_router(store: Store, ingest: Ingest, settings: Settings) -> APIRout
     @router.post("/v1/feedback/postmark", response_model=FeedbackAnswer, tags=["feedback"],
                  summary="Postmark webhooks: delivery, bounce, spam complaint, open, click",
                  responses={400: {"description": "the body is not a Postmark webhook"},
-                            401: {"description": "the webhook's credentials do not match"}})
+                            401: {"description": "the webhook's credentials do not match"},
+                            403: {"description": "refused: CAIRN_POSTMARK_WEBHOOK_USERNAME and "
+                                                 "CAIRN_POSTMARK_WEBHOOK_PASSWORD are not set"}})
     async def postmark(request: Request) -> FeedbackAnswer:
         """Credentials are checked before the body is read: a caller without them learns
         nothing about what the endpoint accepts, and always gets 401."""
@@ -216,6 +244,12 @@ def channels_router(store: Store, ingest: Ingest, settings: Settings) -> APIRout
         )
 
         postmark_settings = PostmarkSettings()
+        if not (postmark_settings.webhook_username and postmark_settings.webhook_password
+                and postmark_settings.webhook_password.get_secret_value()):
+            raise HTTPException(403, "Postmark webhooks are refused until "
+                                     "CAIRN_POSTMARK_WEBHOOK_USERNAME and "
+                                     "CAIRN_POSTMARK_WEBHOOK_PASSWORD are set (Postmark sends "
+                                     "them as Basic credentials from the webhook URL)")
         authorization = request.headers.get("authorization")
         try:
             check_basic_auth(authorization, postmark_settings)

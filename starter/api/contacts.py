@@ -36,6 +36,7 @@ from cairn.store import events as events_repo
 from cairn.store import identity
 from cairn.store.db import Store
 from cairn.traits import ContactTraitError
+from starter.api.auth import requires
 
 if TYPE_CHECKING:
     from cairn.events.ingest import Ingest
@@ -358,7 +359,8 @@ def contacts_router(
     """
     router = APIRouter(tags=["contacts"])
 
-    @router.get("/v1/contacts/{contact_id}", response_model=ContactSnapshot,
+    @router.get("/v1/contacts/{contact_id}", dependencies=[requires("read")],
+                response_model=ContactSnapshot,
                 summary="Read a contact: profile, channels, consent, scores, segments",
                 responses={**_NOT_FOUND, **_SNAPSHOT_EXAMPLE})
     async def read_contact(contact_id: str) -> ContactSnapshot:
@@ -368,7 +370,8 @@ def contacts_router(
             raise _not_found(contact_id)
         return snapshot
 
-    @router.patch("/v1/contacts/{contact_id}", response_model=ContactSnapshot,
+    @router.patch("/v1/contacts/{contact_id}", dependencies=[requires("admin")],
+                  response_model=ContactSnapshot,
                   summary="Change profile, channels, consent and subscription preferences",
                   responses={**_NOT_FOUND, **_SNAPSHOT_EXAMPLE,
                              422: {"description": "a field is invalid; `errors` names it"}})
@@ -383,7 +386,8 @@ def contacts_router(
             background.add_task(ingest.route_events, update.changes)
         return update.snapshot
 
-    @router.delete("/v1/contacts/{contact_id}", response_model=ErasureReport,
+    @router.delete("/v1/contacts/{contact_id}", dependencies=[requires("admin")],
+                   response_model=ErasureReport,
                    summary="Erase a contact: end its journeys, delete all its data",
                    responses={**_NOT_FOUND, 503: {
                        "description": "journeys are running and Temporal is not reachable"}})
@@ -395,7 +399,8 @@ def contacts_router(
         except TemporalUnavailableError as error:
             raise HTTPException(status_code=503, detail=str(error)) from error
 
-    @router.post("/v1/alias", response_model=AliasResult, status_code=200,
+    @router.post("/v1/alias", dependencies=[requires("write")],
+                 response_model=AliasResult, status_code=200,
                  summary="Link an anonymous id to a user id (Segment alias)",
                  responses={422: {"description": "malformed call; `errors` names each field"}})
     async def alias_call(call: AliasCall) -> AliasResult:

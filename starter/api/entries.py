@@ -35,6 +35,7 @@ from cairn.reentry import EntryNotFound, ReentryRefused, ReentryUnavailable, ree
 from cairn.store import entries as entries_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
+from starter.api.auth import requires
 
 log = get_logger(__name__)
 
@@ -195,7 +196,8 @@ def entries_router(ingest: Ingest) -> APIRouter:
     router = APIRouter(tags=["journeys"])
 
     @router.post(
-        "/v1/journeys/{key}/entries", response_model=EntryAccepted, status_code=202,
+        "/v1/journeys/{key}/entries", dependencies=[requires("admin")],
+        response_model=EntryAccepted, status_code=202,
         summary="Put a contact into a journey whose trigger is `api: true`",
         responses={404: {"description": "no published journey with this key"},
                    422: {"description": "the journey does not take API entries, or the body "
@@ -211,7 +213,7 @@ def entries_router(ingest: Ingest) -> APIRouter:
                                 detail=str(error)) from error
 
     @router.get(
-        "/v1/entries", response_model=list[EntryView],
+        "/v1/entries", dependencies=[requires("read")], response_model=list[EntryView],
         summary="List failed (or open) entries, newest failures first",
         responses={200: {"description": "the entries"},
                    422: {"description": "a query parameter is not allowed (`errors` names it)"}},
@@ -226,7 +228,8 @@ def entries_router(ingest: Ingest) -> APIRouter:
         return await list_entries(ingest.store, status, journey, limit)
 
     @router.post(
-        "/v1/entries/{entry_id}/reenter", response_model=ReentryAnswer, status_code=202,
+        "/v1/entries/{entry_id}/reenter", dependencies=[requires("admin")],
+        response_model=ReentryAnswer, status_code=202,
         summary="Put the contact of a failed entry back into its journey",
         responses={
             404: {"description": "no entry with this id"},

@@ -22,6 +22,7 @@ from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request
 from cairn.events.imports import ImportFileError, ImportJourneyError, ImportSummary, import_csv
 from cairn.events.ingest import Ingest
 from cairn.log import get_logger
+from starter.api.auth import requires
 
 log = get_logger(__name__)
 
@@ -64,7 +65,8 @@ def imports_router(ingest: Ingest) -> APIRouter:
     router = APIRouter(tags=["imports"])
 
     @router.post(
-        "/v1/imports", response_model=ImportSummary, status_code=200,
+        "/v1/imports", dependencies=[requires("admin")],
+        response_model=ImportSummary, status_code=200,
         summary="Import contacts from CSV; optionally start a journey for each good row",
         openapi_extra={"requestBody": {"content": {
             "text/csv": {"schema": {"type": "string"}, "example": _CSV_EXAMPLE},

@@ -38,6 +38,7 @@ from cairn.events.calls import (
 from cairn.events.ingest import Ingest, IngestResult
 from cairn.settings import Settings
 from cairn.store.rejected import Refusal
+from starter.api.auth import requirement_of, requires
 from starter.api.errors import ValidationProblem, readable_errors
 
 BATCH_PATHS = ("/v1/batch", "/v1/import")
@@ -122,8 +123,12 @@ class SegmentRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
         batch = self.path in BATCH_PATHS
+        requirement = requirement_of(self)
 
         async def read_then_handle(request: Request) -> Response:
+            if requirement is not None:
+                # The key first: a caller without one never gets a body inflated or parsed.
+                await requirement.authenticate(request)
             settings: Settings = request.app.state.settings
             limit = settings.max_batch_bytes if batch else settings.max_call_bytes
             setting = "CAIRN_MAX_BATCH_BYTES" if batch else "CAIRN_MAX_CALL_BYTES"
@@ -213,7 +218,8 @@ def _as_json_request(request: Request, body: bytes) -> Request:
 
 def ingest_router(ingest: Ingest) -> APIRouter:
     """The Segment calls, stored through `ingest` and routed after the answer."""
-    router = APIRouter(tags=["ingest"], route_class=SegmentRoute)
+    router = APIRouter(tags=["ingest"], route_class=SegmentRoute,
+                       dependencies=[requires("write")])
 
     @router.post("/v1/track", status_code=202, response_model=Accepted,
                  summary="Record an event (Segment track)", responses=_BODY_RESPONSES)

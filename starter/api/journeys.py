@@ -11,6 +11,7 @@ from cairn.journey import Trigger
 from cairn.store import entries as entries_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
+from starter.api.auth import requires
 
 
 class JourneySummary(BaseModel):
@@ -63,7 +64,8 @@ async def published_journeys(store: Store) -> list[JourneySummary]:
 def journeys_router(store: Store) -> APIRouter:
     router = APIRouter(tags=["journeys"])
 
-    @router.get("/v1/journeys", response_model=list[JourneySummary], 
+    @router.get("/v1/journeys", dependencies=[requires("read")],
+                response_model=list[JourneySummary], 
              summary="List published journeys with their open entries")
     async def journeys() -> list[JourneySummary]:
         return await published_journeys(store)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from cairn.store import deliveries as deliveries_repo
 from cairn.store.db import Store
+from starter.api.auth import requires
 
 
 class DeliveryView(BaseModel):
@@ -78,7 +79,7 @@ async def latest_deliveries(
 def outbox_router(store: Store) -> APIRouter:
     router = APIRouter(tags=["deliveries"])
 
-    @router.get("/v1/outbox", response_model=list[DeliveryView],
+    @router.get("/v1/outbox", dependencies=[requires("read")], response_model=list[DeliveryView],
                 summary="Latest deliveries, newest first",
                 responses={200: {"description": "the latest ledger rows"},
                            422: {"description": "a query parameter is out of range"}})

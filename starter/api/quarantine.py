@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cairn.events import quarantine
 from cairn.store.db import Store
+from starter.api.auth import requires
 
 
 class QuarantinedView(BaseModel):
@@ -51,7 +52,8 @@ class Released(BaseModel):
 def quarantine_router(store: Store) -> APIRouter:
     router = APIRouter(tags=["quarantine"])
 
-    @router.get("/v1/quarantine", response_model=list[QuarantinedView],
+    @router.get("/v1/quarantine", dependencies=[requires("read")],
+                response_model=list[QuarantinedView],
                 summary="Events whose routing kept failing",
                 responses={200: {"description": "quarantined events, oldest first"}})
     async def listed(
@@ -61,13 +63,14 @@ def quarantine_router(store: Store) -> APIRouter:
         found = await quarantine.quarantined(store, limit=limit, after_id=after)
         return [QuarantinedView.model_validate(event) for event in found]
 
-    @router.post("/v1/quarantine/retry", response_model=Released,
+    @router.post("/v1/quarantine/retry", dependencies=[requires("admin")], response_model=Released,
                  summary="Put every quarantined event back in line",
                  responses={200: {"description": "the ids released (may be empty)"}})
     async def retry_all() -> Released:
         return Released(released=await quarantine.release(store))
 
-    @router.post("/v1/quarantine/{event_id}/retry", response_model=Released,
+    @router.post("/v1/quarantine/{event_id}/retry", dependencies=[requires("admin")],
+                 response_model=Released,
                  summary="Put one quarantined event back in line",
                  responses={200: {"description": "released; the relay routes it next pass"},
                             404: {"description": "no quarantined event with this id"}})

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cairn.store import rejected as rejected_repo
 from cairn.store.db import Store
+from starter.api.auth import requires
 
 
 class RejectedCallView(BaseModel):
@@ -39,7 +40,8 @@ def rejected_router(store: Store) -> APIRouter:
     """The rejected-calls view over one store."""
     router = APIRouter(tags=["ingest"])
 
-    @router.get("/v1/rejected", response_model=list[RejectedCallView],
+    @router.get("/v1/rejected", dependencies=[requires("read")],
+                response_model=list[RejectedCallView],
                 summary="List batch items that were refused, newest first",
                 responses={422: {"description": "`limit` or `endpoint` is invalid"}})
     async def list_rejected(

@@ -20,6 +20,7 @@ from cairn.log import get_logger
 from cairn.store import tasks as tasks_repo
 from cairn.store.db import Store
 from cairn.store.schema import Task
+from starter.api.auth import requires
 
 log = get_logger(__name__)
 
@@ -104,7 +105,7 @@ def completion_event(task: Task, when: datetime) -> TrackCall | None:
 def tasks_router(store: Store, ingest: Ingest) -> APIRouter:
     router = APIRouter(tags=["tasks"])
 
-    @router.get("/v1/tasks", response_model=list[TaskView], 
+    @router.get("/v1/tasks", dependencies=[requires("read")], response_model=list[TaskView], 
              summary="Tasks for people created by journeys")
     async def tasks(
         queue: str | None = Query(None, description="only this queue", examples=["sales-calls"]),
@@ -113,7 +114,8 @@ def tasks_router(store: Store, ingest: Ingest) -> APIRouter:
         return await task_list(store, queue, status)
 
 
-    @router.post("/v1/tasks/{task_id}/claim", response_model=TaskView,
+    @router.post("/v1/tasks/{task_id}/claim", dependencies=[requires("admin")],
+                 response_model=TaskView,
                  summary="Claim an open task for someone",
                  responses={404: {"description": "no such task"},
                             409: {"description": "done, or claimed by someone else"}})
@@ -129,7 +131,8 @@ def tasks_router(store: Store, ingest: Ingest) -> APIRouter:
         log.info("task.claimed", task_id=task_id, assignee=body.assignee)
         return view
 
-    @router.post("/v1/tasks/{task_id}/complete", response_model=TaskView,
+    @router.post("/v1/tasks/{task_id}/complete", dependencies=[requires("admin")],
+                 response_model=TaskView,
                  summary="Complete a task; its journey hears `task_completed`",
                  responses={404: {"description": "no such task"}})
     async def complete(task_id: int, body: Completion) -> TaskView:

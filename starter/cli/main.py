@@ -15,6 +15,7 @@ from starter.cli import (  # noqa: F401
     entries,
     imports,
     journeys,
+    keys,
     quarantine,
     rejected,
     runtime,

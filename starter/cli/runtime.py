@@ -21,6 +21,7 @@ from starter.cli.common import errors, load_settings, output, run_job
 
 if TYPE_CHECKING:
     from cairn.settings import Settings
+    from cairn.store.db import Store
 
 
 def _announce(settings: Settings, temporal: str) -> None:
@@ -107,6 +108,13 @@ def api(
         _run(lambda: run_api(settings))
 
 
+async def _usable_keys(store: Store) -> int:
+    from cairn.store import keys as keys_repo
+
+    async with store.session() as s:
+        return sum(1 for key in await keys_repo.all_keys(s) if key.revoked_at is None)
+
+
 async def run_api(settings: Settings) -> None:
     """`cairn api`: route ingested events into Temporal; serve until Ctrl-C or SIGTERM."""
     from cairn.events.geofencing import Geofencing
@@ -139,6 +147,9 @@ async def run_api(settings: Settings) -> None:
                                      settings.api_host, settings.api_port)
             output().print(f"API on {handle.url} (docs: {handle.url}/docs). "
                            "Press Ctrl-C to stop.")
+            if not await _usable_keys(store):
+                errors.print("No API keys yet: every call but the probes is refused with 401. "
+                             "Make one with `cairn keys create NAME --scope write|read|admin`.")
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({stopped, handle.task}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()

@@ -15,15 +15,32 @@ from cairn.events.ingest import Ingest
 from cairn.settings import Settings
 from cairn.store.db import Store
 from starter.api.app import create_app
+from tests.api_support import admin, api_client, new_key
 
 
 @pytest_asyncio.fixture
 async def api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the API over `store`; its Ingest has no router, so no journey starts."""
+    """A client of the API over `store`, calling as an admin key; its Ingest has no router, so
+    no journey starts. `api_client(app, scope=None)` (tests.api_support) calls without a key."""
     app = create_app(store, Ingest(store, None), settings=Settings(database_url=store.url))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://cairn.test") as client:
+                                 base_url="http://cairn.test",
+                                 auth=admin(app.state.store)) as client:
         yield client
+
+
+@pytest_asyncio.fixture
+async def anonymous_api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the API over `store` that sends no key (every keyed route answers 401)."""
+    app = create_app(store, Ingest(store, None), settings=Settings(database_url=store.url))
+    async with api_client(app, scope=None) as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def write_key(sqlite_store: Store) -> str:
+    """A write key in the store the served API (`base_url`) reads."""
+    return await new_key(sqlite_store, "write")
 
 
 @pytest_asyncio.fixture

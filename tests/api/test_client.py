@@ -15,11 +15,13 @@ from cairn.store.schema import Event
 from starter.client import (
     AsyncCairnClient,
     CairnClient,
+    CairnRefused,
     CairnRejected,
     CairnUnavailable,
     identify_call,
     track_call,
 )
+from tests.api_support import new_key
 
 
 async def stored(store: Store) -> list[Event]:
@@ -28,9 +30,9 @@ async def stored(store: Store) -> list[Event]:
 
 
 async def test_async_client_tracks_identifies_and_batches(
-    base_url: str, sqlite_store: Store
+    base_url: str, sqlite_store: Store, write_key: str
 ) -> None:
-    async with AsyncCairnClient(base_url, timeout=5) as cairn:
+    async with AsyncCairnClient(base_url, key=write_key, timeout=5) as cairn:
         identified = await cairn.identify("c-1", {"email": "ana@example.com", "plan": "pro"})
         tracked = await cairn.track("c-1", "cart_item_added", {"value": 25},
                                     timestamp=datetime(2026, 3, 2, 9, tzinfo=UTC),
@@ -62,9 +64,11 @@ async def test_async_client_tracks_identifies_and_batches(
     assert other is not None and other.timezone == "Europe/Bucharest"
 
 
-async def test_sync_client_over_real_http(base_url: str, sqlite_store: Store) -> None:
+async def test_sync_client_over_real_http(
+    base_url: str, sqlite_store: Store, write_key: str
+) -> None:
     def send() -> str:
-        with CairnClient(base_url, timeout=5) as cairn:
+        with CairnClient(base_url, key=write_key, timeout=5) as cairn:
             return cairn.track(None, "page_viewed", {"url": "/pricing"},
                                anonymous_id="anon-1").message_id
 
@@ -74,8 +78,10 @@ async def test_sync_client_over_real_http(base_url: str, sqlite_store: Store) ->
     assert (row.message_id, row.contact_id, row.name) == (message_id, "anon-1", "page_viewed")
 
 
-async def test_malformed_calls_fail_in_the_caller(base_url: str, sqlite_store: Store) -> None:
-    async with AsyncCairnClient(base_url) as cairn:
+async def test_malformed_calls_fail_in_the_caller(
+    base_url: str, sqlite_store: Store, write_key: str
+) -> None:
+    async with AsyncCairnClient(base_url, key=write_key) as cairn:
         with pytest.raises(CairnRejected, match="userId or anonymousId"):
             await cairn.track(None, "signup")
         with pytest.raises(CairnRejected, match="event"):
@@ -96,9 +102,9 @@ async def test_an_unreachable_api_is_reported_with_what_to_check() -> None:
 
 
 async def test_a_batch_answers_each_call_stored_or_rejected(
-    base_url: str, sqlite_store: Store,
+    base_url: str, sqlite_store: Store, write_key: str,
 ) -> None:
-    async with AsyncCairnClient(base_url) as cairn:
+    async with AsyncCairnClient(base_url, key=write_key) as cairn:
         acks = await cairn.batch([
             track_call("c-1", "signup"),
             track_call("c-1", "noted", {"note": "x" * 40_000}),  # over the 32 KB a call may hold
@@ -108,3 +114,19 @@ async def test_a_batch_answers_each_call_stored_or_rejected(
     assert acks[1].errors and "32" in " ".join(acks[1].errors)
     [row] = await stored(sqlite_store)
     assert (row.message_id, row.name) == (acks[0].message_id, "signup")
+
+
+async def test_the_key_is_sent_and_a_missing_or_read_key_is_refused_by_name(
+    base_url: str, sqlite_store: Store, write_key: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read_key = await new_key(sqlite_store, "read")
+    async with AsyncCairnClient(base_url, retries=0) as nobody:
+        with pytest.raises(CairnRefused, match="401"):
+            await nobody.track("c-1", "signup")
+    async with AsyncCairnClient(base_url, key=read_key, retries=0) as reader:
+        with pytest.raises(CairnRefused, match="403"):
+            await reader.track("c-1", "signup")
+    monkeypatch.setenv("CAIRN_KEY", write_key)
+    async with AsyncCairnClient(base_url) as from_environment:
+        await from_environment.track("c-1", "signup")
+    assert [row.name for row in await stored(sqlite_store)] == ["signup"]

@@ -39,6 +39,7 @@ from cairn.store.schema import (
 )
 from starter.api.app import create_app
 from starter.worker import journey_workers, running
+from tests.api_support import admin
 from tests.engine_support import events_named
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -50,7 +51,8 @@ def unique(prefix: str) -> str:
 
 def http_client(store: Store, ingest: Ingest, **options: Any) -> httpx.AsyncClient:
     app = create_app(store, ingest, settings=Settings(database_url=store.url), **options)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cairn.test")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cairn.test",
+                             auth=admin(app.state.store))
 
 
 async def identify(api: httpx.AsyncClient, contact: str, **traits: Any) -> None:

@@ -18,6 +18,7 @@ from cairn.settings import Settings
 from cairn.store import entries as entries_repo
 from cairn.store.db import Store
 from starter.api.app import create_app
+from tests.api_support import admin
 from tests.engine_support import (
     MARK_AND_END,
     engine,
@@ -33,7 +34,8 @@ from tests.engine_support import (
 async def api_over(store: Store, router: Router | None) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(store, Ingest(store, router), settings=Settings(database_url=store.url))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://cairn.test") as client:
+                                 base_url="http://cairn.test",
+                                 auth=admin(app.state.store)) as client:
         yield client
 
 

@@ -41,6 +41,7 @@ from cairn.store.db import Store
 from cairn.store.schema import Delivery, DeliveryFeedback, Event, InboxMessage
 from cairn.unsubscribe import UnsubscribeScope, unsubscribe_url
 from starter.api.app import create_app
+from tests.api_support import admin, basic
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 PUBLIC_URL = "https://cairn.example.com"
@@ -89,11 +90,32 @@ def settings(store: Store, tmp_path: Path) -> Settings:
                     secret_key=SecretStr(SECRET))
 
 
+POSTMARK_USER, POSTMARK_PASSWORD = "postmark", "s3cret"
+
+
+class PostmarkOrAdmin(httpx.Auth):
+    """Postmark's Basic credentials on its webhook (as Postmark sends them), an admin key on
+    every other route; a request naming its own Authorization keeps it."""
+
+    def __init__(self, store: Store) -> None:
+        self.admin = admin(store)
+
+    async def async_auth_flow(self, request: httpx.Request) -> Any:
+        if request.url.path == "/v1/feedback/postmark" and "authorization" not in request.headers:
+            request.headers.update(basic(POSTMARK_USER, POSTMARK_PASSWORD))
+        async for prepared in self.admin.async_auth_flow(request):
+            yield prepared
+
+
 @pytest_asyncio.fixture
-async def api(store: Store, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def api(store: Store, settings: Settings,
+              monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
+    monkeypatch.setenv("CAIRN_POSTMARK_WEBHOOK_USERNAME", POSTMARK_USER)
+    monkeypatch.setenv("CAIRN_POSTMARK_WEBHOOK_PASSWORD", POSTMARK_PASSWORD)
     app = create_app(store, Ingest(store, None), settings=settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://cairn.test") as client:
+                                 base_url="http://cairn.test",
+                                 auth=PostmarkOrAdmin(store)) as client:
         yield client
 
 
@@ -575,13 +597,13 @@ async def test_postmark_webhook_requires_basic_auth_when_configured(
     body = postmark_open("pm-1", "p-6@example.com")
 
     refused = [
-        await api.post("/v1/feedback/postmark", json=body),
+        await api.post("/v1/feedback/postmark", json=body, auth=None),
         await api.post("/v1/feedback/postmark", json=body, auth=("postmark", "wrong")),
         await api.post("/v1/feedback/postmark", json=body, auth=("someone", "s3cret")),
         await api.post("/v1/feedback/postmark", json=body,
                        headers={"authorization": "Bearer s3cret"}),
         # Credentials are checked before the body is even read.
-        await api.post("/v1/feedback/postmark", content=b"{not json",
+        await api.post("/v1/feedback/postmark", content=b"{not json", auth=None,
                        headers={"content-type": "application/json"}),
     ]
     assert [r.status_code for r in refused] == [401] * 5
@@ -606,6 +628,22 @@ async def test_postmark_malformed_webhooks_are_refused_by_name(
     bad_time = await api.post("/v1/feedback/postmark",
                               json={**postmark_open("pm-1", "x@y.z"), "ReceivedAt": "soon"})
     assert bad_time.status_code == 400 and "ReceivedAt" in bad_time.json()["detail"]
+    assert await feedback_rows(store) == []
+
+
+async def test_postmark_webhooks_are_refused_while_no_credentials_are_configured(
+    api: httpx.AsyncClient, store: Store, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = postmark_open("pm-1", "p-6@example.com")
+    monkeypatch.delenv("CAIRN_POSTMARK_WEBHOOK_PASSWORD")
+    only_user = await api.post("/v1/feedback/postmark", json=body)
+    monkeypatch.delenv("CAIRN_POSTMARK_WEBHOOK_USERNAME")
+    unconfigured = [await api.post("/v1/feedback/postmark", json=body),
+                    await api.post("/v1/feedback/postmark", json=body, auth=None)]
+    for refused in (only_user, *unconfigured):
+        assert refused.status_code == 403, refused.text
+        assert "CAIRN_POSTMARK_WEBHOOK_USERNAME" in refused.json()["detail"]
+        assert "CAIRN_POSTMARK_WEBHOOK_PASSWORD" in refused.json()["detail"]
     assert await feedback_rows(store) == []
 
 

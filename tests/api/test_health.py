@@ -92,3 +92,12 @@ async def test_ready_documents_its_answers(store: Store) -> None:
 
     assert set(spec["paths"]["/v1/ready"]["get"]["responses"]) == {"200", "503"}
     assert set(spec["paths"]["/v1/health"]["get"]["responses"]) == {"200"}
+
+
+async def test_the_probes_answer_without_a_key(anonymous_api: httpx.AsyncClient) -> None:
+    """Load balancers and orchestrators call them with no credentials; everything else is shut."""
+    health = await anonymous_api.get("/v1/health")
+    ready = await anonymous_api.get("/v1/ready")
+    contacts = await anonymous_api.get("/v1/contacts/c-1")
+    assert health.status_code == 200 and ready.status_code in (200, 503)
+    assert contacts.status_code == 401

@@ -35,6 +35,7 @@ from starter.api.app import create_app
 from starter.api.errors import readable_errors
 from starter.cli.main import app
 from starter.dev import free_port
+from tests.api_support import admin
 from tests.engine_support import T0, events_named
 
 
@@ -281,7 +282,8 @@ async def test_an_accepted_event_survives_a_temporal_outage(store: Store) -> Non
     app = create_app(store, ingest, settings=Settings(database_url=store.url))
 
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://cairn.test") as client:
+                                 base_url="http://cairn.test",
+                                 auth=admin(app.state.store)) as client:
         response = await client.post("/v1/track", json={
             "userId": "c-9", "event": "signup", "messageId": "outage-1"})
 
@@ -382,7 +384,8 @@ async def test_a_trait_the_store_cannot_keep_is_a_422_naming_it(db_url: str) -> 
     try:
         app = create_app(store, Ingest(store, None), settings=Settings(database_url=db_url))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://cairn.test") as client:
+                                     base_url="http://cairn.test",
+                                     auth=admin(app.state.store)) as client:
             answer = await client.post(
                 "/v1/identify", json={"userId": "c-tz", "traits": {"timezone": "Europe/Nowhere"}}
             )
@@ -400,7 +403,8 @@ async def test_a_page_view_is_stored_as_page_viewed_with_its_url(db_url: str) ->
     try:
         app = create_app(store, Ingest(store, None), settings=Settings(database_url=db_url))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://cairn.test") as client:
+                                     base_url="http://cairn.test",
+                                     auth=admin(app.state.store)) as client:
             answer = await client.post("/v1/page", json={
                 "userId": "c-page", "name": "Pricing", "messageId": "page-1",
                 "context": {"page": {"url": "https://shop.example/pricing"}}})
@@ -430,7 +434,8 @@ async def test_a_page_item_in_a_batch_is_stored_and_decides_url_segments_like_v1
             "timestamp": T0.isoformat()}
     app = create_app(store, ingest, settings=Settings(database_url=store.url))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://cairn.test") as api:
+                                 base_url="http://cairn.test",
+                                 auth=admin(app.state.store)) as api:
         alone = await api.post("/v1/page", json={"userId": "c-page", "messageId": "p-1", **page})
         batched = await api.post("/v1/batch", json={"batch": [
             {"type": "identify", "userId": "c-batch", "traits": {"plan": "pro"}},

@@ -45,10 +45,10 @@ async def assert_every_call_stored(store: Store, errors: list[Any]) -> None:
 
 
 async def test_segment_analytics_python_delivers_every_call(
-    base_url: str, sqlite_store: Store
+    base_url: str, sqlite_store: Store, write_key: str
 ) -> None:
     errors: list[Any] = []
-    client = SegmentClient("write-key", host=base_url, gzip=True, max_retries=0,
+    client = SegmentClient(write_key, host=base_url, gzip=True, max_retries=0,
                            on_error=lambda error, batch: errors.append(error))
 
     await asyncio.to_thread(send_every_call, client)
@@ -56,12 +56,28 @@ async def test_segment_analytics_python_delivers_every_call(
     await assert_every_call_stored(sqlite_store, errors)
 
 
-async def test_rudder_sdk_python_delivers_every_call(base_url: str, sqlite_store: Store) -> None:
+async def test_rudder_sdk_python_delivers_every_call(
+    base_url: str, sqlite_store: Store, write_key: str
+) -> None:
     errors: list[Any] = []
-    client = RudderClient("write-key", host=base_url, max_retries=0,
+    client = RudderClient(write_key, host=base_url, max_retries=0,
                           on_error=lambda error, batch: errors.append(error))
     assert client.gzip  # RudderStack compresses by default
 
     await asyncio.to_thread(send_every_call, client)
 
     await assert_every_call_stored(sqlite_store, errors)
+
+
+async def test_a_source_with_a_wrong_write_key_delivers_nothing(
+    base_url: str, sqlite_store: Store
+) -> None:
+    errors: list[Any] = []
+    client = SegmentClient("not-a-cairn-key", host=base_url, gzip=True, max_retries=0,
+                           on_error=lambda error, batch: errors.append(error))
+
+    await asyncio.to_thread(send_every_call, client)
+
+    assert errors and all("401" in str(error) for error in errors), errors
+    async with sqlite_store.session() as session:
+        assert list(await session.scalars(select(Event))) == []

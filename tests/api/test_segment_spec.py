@@ -23,6 +23,7 @@ from cairn.store.db import Store
 from cairn.store.schema import Contact, Event, RejectedCall
 from starter.api.app import create_app
 from starter.cli.main import app as cli
+from tests.api_support import admin
 
 
 async def events(store: Store) -> list[Event]:
@@ -193,7 +194,8 @@ def test_cairn_rejected_lists_the_refused_calls(tmp_path: Any, monkeypatch: Any)
         try:
             application = create_app(store, Ingest(store, None), settings=get_settings())
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application),
-                                         base_url="http://cairn.test") as client:
+                                         base_url="http://cairn.test",
+                                         auth=admin(application.state.store)) as client:
                 answer = await client.post("/v1/batch", json={"batch": [
                     {"type": "track", "userId": "c-1", "event": "ok"},
                     {"type": "track", "userId": "c-1", "messageId": "cli-bad"}]})
@@ -293,7 +295,8 @@ async def test_the_limits_are_settings(store: Store) -> None:
     settings = Settings(database_url=store.url, max_call_bytes=100, max_batch_bytes=300)
     application = create_app(store, Ingest(store, None), settings=settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application),
-                                 base_url="http://cairn.test") as client:
+                                 base_url="http://cairn.test",
+                                 auth=admin(application.state.store)) as client:
         small = await client.post("/v1/track", content=_track())
         large = await client.post("/v1/track", json={"userId": "c-1", "event": "e" * 120})
 

@@ -25,8 +25,10 @@ from cairn.settings import Settings
 from cairn.store import contacts as contacts_repo
 from cairn.store.db import Store
 from starter.api.app import create_app
+from starter.api.auth import Keyring
 from starter.api.contacts import contacts_router
 from starter.testing import Scenario, Simulator, parse_scenario
+from tests.api_support import admin
 from tests.engine_support import (
     MARK_AND_END,
     T0,
@@ -105,7 +107,8 @@ async def test_a_plan_change_starts_the_journey_and_a_same_plan_identify_does_no
         # Through the HTTP API: the change is routed after the answer, like the identify.
         app = create_app(store, ingest, settings=Settings(database_url=store.url))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://cairn.test") as api:
+                                     base_url="http://cairn.test",
+                                     auth=admin(app.state.store)) as api:
             answer = await api.post("/v1/identify", json={
                 "userId": "c-4", "traits": {"plan": "pro"},
                 "timestamp": (T0 + timedelta(minutes=30)).isoformat()})
@@ -131,7 +134,8 @@ async def attribute_of(store: Store, contact_id: str, name: str) -> Any:
 
 def api_client(store: Store, ingest: Ingest) -> httpx.AsyncClient:
     app = create_app(store, ingest, settings=Settings(database_url=store.url))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cairn.test")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cairn.test",
+                             auth=admin(app.state.store))
 
 
 # --------------------------------------------------------------------------- update steps
@@ -251,9 +255,11 @@ async def test_patch_announces_changes_and_starts_attribute_changed_journeys(
 
         # Given the Ingest, the PATCH routes its changes right after the answer.
         bare = FastAPI()
+        bare.state.store, bare.state.keyring = store, Keyring(store)
         bare.include_router(contacts_router(store, None, ingest=ingest))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=bare),
-                                     base_url="http://cairn.test") as api:
+                                     base_url="http://cairn.test",
+                                     auth=admin(bare.state.store)) as api:
             answer = await api.patch("/v1/contacts/c-b", json={"attributes": {"plan": "pro"}})
         assert answer.status_code == 200, answer.text
         [change_b] = await events_named(store, "attribute_changed", "c-b")

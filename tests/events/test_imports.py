@@ -19,6 +19,7 @@ from cairn.store.db import Store
 from cairn.store.schema import Event
 from starter.api.app import create_app
 from starter.cli.main import app as cli_app
+from tests.api_support import admin
 from tests.engine_support import (
     MARK_AND_END,
     engine,
@@ -149,7 +150,8 @@ async def test_the_api_imports_text_and_multipart(store: Store) -> None:
                           "steps": MARK_AND_END})
     app = create_app(store, Ingest(store, None), settings=Settings(database_url=store.url))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://cairn.test") as api:
+                                 base_url="http://cairn.test",
+                                 auth=admin(app.state.store)) as api:
         answer = await api.post(f"/v1/imports?journey={key}", content=MIXED,
                                 headers={"content-type": "text/csv"})
         assert answer.status_code == 200, answer.text

@@ -37,6 +37,7 @@ from cairn.store.schema import Event
 from starter.api.app import create_app
 from starter.cli.main import app as cli_app
 from starter.worker import journey_workers, running
+from tests.api_support import admin
 from tests.engine_support import T0, terminate_leftovers, unique
 from tests.events.test_relay import publish_waiting_journey
 
@@ -126,7 +127,8 @@ async def test_a_poison_event_is_quarantined_and_holds_back_only_its_contacts_la
         # Listed by the API and the CLI.
         app = create_app(store, ingest, settings=Settings(database_url=store.url))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://cairn.test") as api:
+                                     base_url="http://cairn.test",
+                                     auth=admin(app.state.store)) as api:
             listed = await api.get("/v1/quarantine")
             assert listed.status_code == 200, listed.text
             [shown] = listed.json()

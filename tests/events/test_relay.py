@@ -38,6 +38,7 @@ from cairn.store.db import Store
 from cairn.store.schema import Event
 from starter.dev import free_port
 from starter.worker import journey_workers, running
+from tests.api_support import bearer, new_key
 from tests.engine_support import T0, terminate_leftovers, unique
 
 DEADLINE = 60.0
@@ -152,8 +153,9 @@ async def test_an_event_accepted_by_an_api_killed_before_routing_still_starts_it
     key, contact = unique("durable"), unique("c")
     await publish_waiting_journey(sqlite_store, key)
 
+    write_key = await new_key(sqlite_store, "write")
     async with api_process(tmp_path, db_url) as (url, pid):
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(headers=bearer(write_key)) as http:
             answer = await http.post(f"{url}/v1/track", json={
                 "userId": contact, "event": "cart_item_added", "messageId": "m-durable",
                 "properties": {"value": 30}, "timestamp": "2026-03-02T09:00:00Z"})

@@ -36,6 +36,7 @@ from cairn.store.db import Store
 from starter.api.app import create_app
 from starter.cli.catalog import current_step, exit_runs, step_counts
 from starter.cli.main import app as cli_app
+from tests.api_support import admin
 from tests.engine_support import T0, engine, finished, publish, unique
 
 
@@ -302,7 +303,8 @@ async def test_an_event_posted_to_the_api_starts_the_journey(temporal_env: Workf
         app = create_app(sqlite_store, Ingest(sqlite_store, router),
                          settings=Settings(database_url=sqlite_store.url))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://cairn.test") as client:
+                                     base_url="http://cairn.test",
+                                     auth=admin(app.state.store)) as client:
             response = await client.post("/v1/track", json={
                 "userId": contact, "event": "signup", "messageId": f"{contact}-signup"})
         # The ASGI transport returns once the background routing has run.

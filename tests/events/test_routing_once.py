@@ -27,6 +27,7 @@ from cairn.store import events as events_repo
 from cairn.store.db import Store
 from cairn.store.schema import Entry, Event
 from starter.api.app import create_app
+from tests.api_support import admin
 from tests.engine_support import T0, unique
 from tests.events.test_relay import engine, publish_waiting_journey
 
@@ -59,7 +60,8 @@ async def test_api_routing_and_relay_passes_at_once_enter_each_contact_once(
             for i, contact in enumerate(contacts)
         ]
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://cairn.test") as api:
+                                     base_url="http://cairn.test",
+                                     auth=admin(app.state.store)) as api:
             # Stored first without routing (the API's background routing is what races below).
             api_ingest.router, router = None, api_ingest.router
             answer = await api.post("/v1/batch", json={"batch": calls})

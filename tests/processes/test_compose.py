@@ -78,6 +78,12 @@ def test_ports_are_the_documented_ones(compose: dict[str, Any]) -> None:
     assert environment(found["api"])["CAIRN_API_HOST"] == "0.0.0.0"
 
 
+def test_every_port_is_published_on_the_host_loopback_only(compose: dict[str, Any]) -> None:
+    published = [(name, str(entry)) for name, service in compose["services"].items()
+                 for entry in service.get("ports") or []]
+    assert published and [p for p in published if not p[1].startswith("127.0.0.1:")] == []
+
+
 def test_temporal_keeps_its_state_in_the_postgresql_service(compose: dict[str, Any]) -> None:
     found = services(compose)
     temporal = environment(found["temporal"])

@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -74,8 +75,9 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DevSt
 
 @pytest_asyncio.fixture
 async def http(stack: DevStack) -> AsyncIterator[httpx.AsyncClient]:
-    assert stack.api_url is not None
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=10) as client:
+    assert stack.api_url is not None and stack.keys is not None
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=10,
+                                 headers={"authorization": f"Bearer {stack.keys.admin}"}) as client:
         yield client
 
 
@@ -246,7 +248,7 @@ templates:
 
 
 async def test_an_open_reported_by_the_provider_webhook_moves_the_journey_on(
-    stack: DevStack, http: httpx.AsyncClient, tmp_path: Path
+    stack: DevStack, http: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The SMTP message's id comes back in a Postmark `Open` webhook: Cairn turns it into
     `email_opened` for the contact, and the journey waiting for it ends instead of texting."""
@@ -267,10 +269,13 @@ async def test_an_open_reported_by_the_provider_webhook_moves_the_journey_on(
     webhook: dict[str, object] = {"RecordType": "Open", "MessageID": row.provider_message_id,
                "Recipient": f"{contact}@example.com", "ReceivedAt": "2026-03-02T09:05:00Z",
                "FirstOpen": True, "Metadata": {}, "MessageStream": "outbound"}
-    answer = await http.post("/v1/feedback/postmark", json=webhook)
+    monkeypatch.setenv("CAIRN_POSTMARK_WEBHOOK_USERNAME", "postmark")
+    monkeypatch.setenv("CAIRN_POSTMARK_WEBHOOK_PASSWORD", "s3cret")
+    postmark = ("postmark", "s3cret")
+    answer = await http.post("/v1/feedback/postmark", json=webhook, auth=postmark)
     assert answer.status_code == 200, answer.text
     assert answer.json()["event"] == "email_opened"
-    again = await http.post("/v1/feedback/postmark", json=webhook)
+    again = await http.post("/v1/feedback/postmark", json=webhook, auth=postmark)
     assert again.json()["duplicate"] is True
 
     handle = stack.client.get_workflow_handle(f"journey/e2e-opened/{contact}",
@@ -339,6 +344,14 @@ def test_cairn_dev_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             assert health["status"] == "ok"
             assert httpx.get(f"http://127.0.0.1:{ui_port}/", timeout=10).status_code == 200
             assert (tmp_path / ".cairn" / "temporal.db").exists()
+            keys_file = tmp_path / ".cairn" / "dev-keys.sh"
+            assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+            admin_key = re.search(r"CAIRN_ADMIN_KEY=(\S+)", keys_file.read_text())
+            assert admin_key is not None
+            journeys = f"http://127.0.0.1:{api_port}/v1/journeys"
+            assert httpx.get(journeys, timeout=10).status_code == 401
+            assert httpx.get(journeys, timeout=10, headers={
+                "authorization": f"Bearer {admin_key.group(1)}"}).status_code == 200
             dev.send_signal(signal.SIGINT)
             code = dev.wait(timeout=60)
         finally:
@@ -351,6 +364,7 @@ def test_cairn_dev_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     assert f"http://localhost:{ui_port}" in output
     assert "cart-abandonment v1" in output
     assert "Stopped." in output
+    assert re.search(rf"Admin key:?\s+{admin_key.group(1)}", output), output
     assert f"Store: sqlite+aiosqlite:///{tmp_path / '.cairn' / 'cairn.db'}" in output
     assert f"Temporal: 127.0.0.1:{temporal_port} (the dev server), namespace default" in output
     assert not port_is_open("127.0.0.1", temporal_port), "the dev server outlived `cairn dev`"
