@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, overload
 
 from pydantic import TypeAdapter
 from sqlalchemy.exc import OperationalError
@@ -46,6 +46,7 @@ from cairn.store import events as events_repo
 from cairn.store import identity
 from cairn.store import rejected as rejected_repo
 from cairn.store.db import Store
+from cairn.store.events import ClaimedEvent
 from cairn.store.schema import Event
 
 log = get_logger(__name__)
@@ -258,15 +259,25 @@ class Ingest:
         # The published catalog, read once for the call (before claiming: should the store
         # fail here, nothing is left claimed).
         catalog = await self.router.catalog() if self.router is not None else None
+        settled: dict[int, list[RouteDecision]] = {}
+        if self.quiet_decisions_every and self.router is not None and catalog is not None:
+            settled = await self._route_recently_decided(ids, catalog)
+            ids = [event_id for event_id in ids if event_id not in settled]
+            if not ids:
+                return settled
         claimant = uuid.uuid4().hex
-        rows = await self._claim(ids, claimant)
+        heads = await self._claim(ids, claimant, heads=True)
+        run = _RoutingPass(claimant, done=dict(settled))
+        by_contact: dict[str, list[ClaimedEvent]] = {}
+        for head in heads:
+            by_contact.setdefault(head.contact_id, []).append(head)
+        # The rest is read whole (properties and all) for the hooks and the router.
+        async with self.store.session() as session:
+            rows = await events_repo.events_by_id(
+                session, [head.id for lane in by_contact.values() for head in lane])
         lanes: dict[str, list[Event]] = {}
         for row in rows:
             lanes.setdefault(row.contact_id, []).append(row)
-        run = _RoutingPass(claimant)
-        if self.router is not None and catalog is not None:
-            self._route_recently_decided(lanes, run, catalog)
-        rows = [row for lane in lanes.values() for row in lane]
         if self.profile_rules is not None and len(rows) > 1:
             try:
                 run.prepared = await self.profile_rules.prepare(
@@ -289,14 +300,17 @@ class Ingest:
             # others, and a write per event was most of routing's time. Should this write not
             # happen (a crash), the claims lapse and the relay routes the events again, which
             # the router makes harmless (entries keyed by the trigger's message id).
-            if run.done:
+            if run.done.keys() - settled.keys():
                 async with self.store.session() as session, session.begin():
-                    await events_repo.mark_routed(session, sorted(run.done), self.clock())
+                    await events_repo.mark_routed(session, sorted(run.done.keys()
+                                                                  - settled.keys()), self.clock())
         return {event_id: run.done[event_id] for event_id in sorted(run.done)}
 
-    def _route_recently_decided(self, lanes: dict[str, list[Event]], run: _RoutingPass,
-                                catalog: PublishedCatalog) -> None:
-        """Route at once the quiet lanes of contacts whose segments were decided moments ago.
+    async def _route_recently_decided(
+        self, event_ids: list[int], catalog: PublishedCatalog
+    ) -> dict[int, list[RouteDecision]]:
+        """Route at once, and without claiming them, the quiet events of contacts whose
+        segments were decided moments ago; returns them (each with no decision).
 
         A quiet event (`_route_quiet_lanes`) can change a membership only through time: a
         window that elapsed or an age that was reached since the contact's last decision. Within
@@ -304,20 +318,35 @@ class Ingest:
         crossed in between is found by the next decision, or by the segment sweep, which
         re-decides every contact as time passes anyway (hourly). So a contact's quiet events
         cost one decision per window, not one each; bursts (a session's page views and clicks)
-        are the common case on a busy site. Zero (the default) decides every time.
+        are the common case on a busy site. Routing such an event reaches no journey and
+        decides nothing, so two routers doing it at once would do no harm: it is marked routed
+        in one conditional write for all of them, without the claim the other events need.
+        A contact whose earlier event waits for a retry keeps its order: its events go the
+        usual way.
         """
         window = self.quiet_decisions_every
-        if not window:
-            return
-        for contact_id, lane in list(lanes.items()):
-            decided = self._decided.get(contact_id)
-            if decided is None or not all(
-                    decided <= row.timestamp < decided + window
-                    and self._quiet(row.name, catalog) for row in lane):
-                continue
-            for row in lane:
-                run.done[row.id] = []
-            del lanes[contact_id]
+        now = utc_now()
+        async with self.store.session() as session:
+            heads = await events_repo.routable_heads(session, event_ids, now, ROUTING_LEASE)
+            lanes: dict[str, list[ClaimedEvent]] = {}
+            for head in heads:
+                lanes.setdefault(head.contact_id, []).append(head)
+            candidates = [contact for contact in lanes if contact in self._decided]
+            failing = (await events_repo.first_failing_by_contact(session, candidates)
+                       if candidates else {})
+        quiet: list[int] = []
+        for contact_id in candidates:
+            decided = self._decided[contact_id]
+            if contact_id not in failing and all(
+                    decided <= head.timestamp < decided + window
+                    and self._quiet(head.name, catalog) for head in lanes[contact_id]):
+                quiet.extend(head.id for head in lanes[contact_id])
+        if not quiet:
+            return {}
+        async with self.store.session() as session, session.begin():
+            marked = await events_repo.mark_routed_if_unclaimed(session, quiet, self.clock(),
+                                                                now, ROUTING_LEASE)
+        return {event_id: [] for event_id in sorted(marked)}
 
     def _remember_decided(self, contact_id: str, moment: datetime) -> None:
         if not self.quiet_decisions_every:
@@ -425,12 +454,23 @@ class Ingest:
                     if not done.done():
                         done.set_result(None)
 
-    async def _claim(self, event_ids: list[int], claimant: str) -> list[Event]:
-        """Claim what is routable; give back at once what waits behind a contact's failing event."""
+    @overload
+    async def _claim(self, event_ids: list[int], claimant: str) -> list[Event]: ...
+
+    @overload
+    async def _claim(self, event_ids: list[int], claimant: str, *,
+                     heads: Literal[True]) -> list[ClaimedEvent]: ...
+
+    async def _claim(self, event_ids: list[int], claimant: str, *,
+                     heads: bool = False) -> list[Event] | list[ClaimedEvent]:
+        """Claim what is routable; give back at once what waits behind a contact's failing event.
+
+        With `heads`, only what routing reads first is read back (`events_repo.ClaimedEvent`).
+        """
         now = utc_now()
         async with self.store.session() as session, session.begin():
-            rows = await events_repo.claim_events(session, event_ids, claimant, now,
-                                                  ROUTING_LEASE)
+            claim = events_repo.claim_event_heads if heads else events_repo.claim_events
+            rows: list[Any] = await claim(session, event_ids, claimant, now, ROUTING_LEASE)
             if not rows:
                 return []
             waiting = await events_repo.first_failing_by_contact(

@@ -7,6 +7,7 @@ a relay can pick up what a crashed API process accepted but never routed (`unrou
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -217,14 +218,7 @@ async def claim_events(
     failure is not checked here: the relay picks only due events (`unrouted_events`), and a
     caller naming an event (a sweep retrying its batch) may try it at once.
     """
-    ids = list(dict.fromkeys(event_ids))
-    for start in range(0, len(ids), 500):
-        await s.execute(
-            update(Event)
-            .where(Event.id.in_(ids[start:start + 500]), *_claimable(now, lease))
-            .values(routing_claimed_by=claimant, routing_claimed_at=now)
-            .execution_options(synchronize_session=False)
-        )
+    ids = await _claim(s, event_ids, claimant, now, lease)
     claimed: list[Event] = []
     for start in range(0, len(ids), 500):
         claimed.extend(await s.scalars(
@@ -234,6 +228,89 @@ async def claim_events(
             .execution_options(populate_existing=True)
         ))
     return sorted(claimed, key=lambda row: row.id)
+
+
+@dataclass(frozen=True)
+class ClaimedEvent:
+    """What routing reads of a claimed event before it knows whether anything hears it."""
+
+    id: int
+    message_id: str
+    contact_id: str
+    name: str
+    timestamp: datetime
+    routing_attempts: int
+
+
+async def claim_event_heads(
+    s: AsyncSession, event_ids: Iterable[int], claimant: str, now: datetime, lease: timedelta
+) -> list[ClaimedEvent]:
+    """`claim_events`, reading back only the events' heads (not their properties): most events
+    are heard by nothing, and routing one reads no more than this (`events_by_id` the rest)."""
+    ids = await _claim(s, event_ids, claimant, now, lease)
+    heads: list[ClaimedEvent] = []
+    for start in range(0, len(ids), 500):
+        heads.extend(ClaimedEvent(*row) for row in await s.execute(
+            select(Event.id, Event.message_id, Event.contact_id, Event.name, Event.timestamp,
+                   Event.routing_attempts)
+            .where(Event.id.in_(ids[start:start + 500]), Event.routing_claimed_by == claimant,
+                   Event.routed_at.is_(None))))
+    return sorted(heads, key=lambda head: head.id)
+
+
+async def routable_heads(
+    s: AsyncSession, event_ids: Iterable[int], now: datetime, lease: timedelta
+) -> list[ClaimedEvent]:
+    """The heads of those of these events that are unrouted and claimed by nobody (nor by a
+    lapsed claim), by id; nothing is claimed."""
+    ids = list(dict.fromkeys(event_ids))
+    heads: list[ClaimedEvent] = []
+    for start in range(0, len(ids), 500):
+        heads.extend(ClaimedEvent(*row) for row in await s.execute(
+            select(Event.id, Event.message_id, Event.contact_id, Event.name, Event.timestamp,
+                   Event.routing_attempts)
+            .where(Event.id.in_(ids[start:start + 500]), *_claimable(now, lease))))
+    return sorted(heads, key=lambda head: head.id)
+
+
+async def mark_routed_if_unclaimed(
+    s: AsyncSession, event_ids: Iterable[int], routed_at: datetime, now: datetime,
+    lease: timedelta,
+) -> list[int]:
+    """Mark routed those of these events nobody claims (nor routed meanwhile); returns them."""
+    ids = list(dict.fromkeys(event_ids))
+    marked: list[int] = []
+    for start in range(0, len(ids), 500):
+        marked.extend(await s.scalars(
+            update(Event)
+            .where(Event.id.in_(ids[start:start + 500]), *_claimable(now, lease))
+            .values(routed_at=routed_at, next_routing_at=None)
+            .returning(Event.id)
+            .execution_options(synchronize_session=False)))
+    return marked
+
+
+async def events_by_id(s: AsyncSession, event_ids: Iterable[int]) -> list[Event]:
+    """Stored events by id, in id order."""
+    ids = list(dict.fromkeys(event_ids))
+    found: list[Event] = []
+    for start in range(0, len(ids), 500):
+        found.extend(await s.scalars(select(Event).where(Event.id.in_(ids[start:start + 500]))))
+    return sorted(found, key=lambda row: row.id)
+
+
+async def _claim(
+    s: AsyncSession, event_ids: Iterable[int], claimant: str, now: datetime, lease: timedelta
+) -> list[int]:
+    ids = list(dict.fromkeys(event_ids))
+    for start in range(0, len(ids), 500):
+        await s.execute(
+            update(Event)
+            .where(Event.id.in_(ids[start:start + 500]), *_claimable(now, lease))
+            .values(routing_claimed_by=claimant, routing_claimed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return ids
 
 
 async def renew_claims(s: AsyncSession, claimant: str, now: datetime) -> None:

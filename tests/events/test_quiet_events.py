@@ -126,8 +126,14 @@ async def test_within_the_window_a_contacts_quiet_events_share_one_decision(
     async with store.session() as session, session.begin():
         await enter_segment(session, first, "inactive_30d", now)
     shared.clock = partial(_at, now + timedelta(seconds=30))
-    await shared.batch([TrackCall(user_id=c, event=QUIET, timestamp=now + timedelta(seconds=30))
-                        for c in (first, other)])
+    within = await shared.batch([TrackCall(user_id=c, event=QUIET,
+                                           timestamp=now + timedelta(seconds=30))
+                                 for c in (first, other)])
+    assert all(result.routed and result.routes == [] for result in within)
+    async with store.session() as session:
+        rows = await session.scalars(select(Event).where(
+            Event.id.in_([result.event_id for result in within])))
+        assert all(row.routed_at is not None and row.routing_claimed_by is None for row in rows)
     assert "inactive_30d" in await segments_of(store, first)
     shared.clock = partial(_at, now + timedelta(minutes=2))
     await shared.batch([TrackCall(user_id=c, event=QUIET, timestamp=now + timedelta(minutes=2))
