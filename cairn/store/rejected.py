@@ -3,7 +3,8 @@
 A Segment or RudderStack library treats any 2xx as delivered and does not retry, so a refused item
 of an accepted batch would otherwise vanish. Each is kept here with the endpoint, its index in the
 batch, the reason and the call as it arrived (JSON text), for an operator to read and fix at the
-source. Nothing here is routed or replayed.
+source. Nothing here is routed or replayed. Refused calls are kept for `KEPT_FOR`: each write
+removes those older (the table stays bounded by what a month of refusals holds).
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cairn.store.schema import RejectedCall
+
+KEPT_FOR = timedelta(days=30)
+"""How long a refused call is kept."""
 
 MAX_KEPT_CHARS = 64 * 1024
 """The longest call text kept; a longer one (only possible past the per-call limit) is cut."""
@@ -43,7 +47,7 @@ def call_text(call: Any) -> str:
 async def record_refusals(
     s: AsyncSession, refusals: Sequence[Refusal], *, endpoint: str, received_at: datetime,
 ) -> None:
-    """Keep the refused calls of one request."""
+    """Keep the refused calls of one request (and forget those older than `KEPT_FOR`)."""
     rows = [
         {"endpoint": endpoint, "batch_index": refusal.index,
          "message_id": _message_id(refusal.message_id), "reason": refusal.reason,
@@ -52,6 +56,8 @@ async def record_refusals(
     ]
     if rows:
         await s.execute(insert(RejectedCall), rows)
+        await s.execute(delete(RejectedCall)
+                        .where(RejectedCall.received_at < received_at - KEPT_FOR))
 
 
 def _message_id(value: str | None) -> str | None:
