@@ -421,10 +421,11 @@ async def main(batch_count: int, track_count: int, limit: float,
                     if seconds is None:
                         print(f"stored -> routed ({name}): not all routed within {limit:.0f}s")
                         continue
+                    kept_up = seconds <= phase.seconds * 1.1 + 0.5 * rounds
                     print(f"stored -> routed ({name}):  {phase.events / seconds:8.0f} ev/s "
                           f"(each round's events all routed {seconds / rounds:.1f}s after its "
                           f"first call on average; accepted at {phase.rate:.0f} ev/s, so routing "
-                          f"{'kept up' if seconds <= phase.seconds * 1.1 + 0.5 * rounds else 'lagged'})")
+                          f"{'kept up' if kept_up else 'lagged'})")
                 if spy is not None:  # py-spy writes its profile when interrupted
                     spy.send_signal(2)
                     spy.wait(60)

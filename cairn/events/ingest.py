@@ -47,7 +47,7 @@ from cairn.store import identity
 from cairn.store import rejected as rejected_repo
 from cairn.store.db import Store
 from cairn.store.events import ClaimedEvent
-from cairn.store.schema import Event
+from cairn.store.schema import Contact, Event
 
 log = get_logger(__name__)
 
@@ -734,7 +734,16 @@ class Ingest:
                         before=before, timestamp=timestamp, received_at=received_at)
                 # --- end of attribute_changed hook
             elif isinstance(call, GroupCall):
-                await _join_group(session, contact_id, call, timestamp)
+                # The group is a trait (`group`): joining or changing it is announced as an
+                # identify's trait change is.
+                before = (await attribute_changes.values_before(session, contact_id,
+                                                                [GROUP_ATTRIBUTE])
+                          if self.attribute_changes else {})
+                contact = await _join_group(session, contact_id, call, timestamp)
+                if before:
+                    derived = await attribute_changes.record_changes(
+                        session, source_message_id=call.message_id, contact=contact,
+                        before=before, timestamp=timestamp, received_at=received_at)
             else:
                 await contacts_repo.ensure_contact(session, contact_id, timestamp)
         log.debug("ingest.stored" if new else "ingest.duplicate", type=kind, event_name=name,
@@ -775,7 +784,7 @@ async def _store_alias(
 
 async def _join_group(
     session: AsyncSession, contact_id: str, call: GroupCall, timestamp: datetime
-) -> None:
+) -> Contact:
     """Set the contact's `group` attribute: the same group merges its traits, another replaces."""
     contact = await contacts_repo.writable_contact(session, contact_id, timestamp, seen=True)
     attributes = dict(contact.attributes or {})
@@ -785,6 +794,7 @@ async def _join_group(
     contact.attributes = attributes
     contact.updated_at = timestamp
     await session.flush()
+    return contact
 
 
 _PLAIN_CALLS = frozenset({TrackCall, PageCall, ScreenCall})

@@ -17,7 +17,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from activities.update import ProfileActivities
 from cairn.contact import ContactSnapshot
 from cairn.contracts import ProfileUpdateRequest, StepContext
-from cairn.events.calls import IdentifyCall, TrackCall
+from cairn.events.calls import GroupCall, IdentifyCall, TrackCall
 from cairn.events.ingest import Ingest, IngestResult
 from cairn.events.relay import EventRelay
 from cairn.journey import Journey, ProfileUpdate
@@ -72,6 +72,25 @@ async def test_changed_traits_are_announced_with_from_and_to(store: Store) -> No
     await identify(ingest, "c-1", 5, consent={"email": True})
     assert (await changes(store, "c-1"))[4:] == [
         {"attribute": "consent", "from": None, "to": {"email": True}}]
+
+
+async def test_joining_or_changing_a_group_is_announced_like_a_trait(store: Store) -> None:
+    ingest = Ingest(store, None, attribute_changes=True)
+
+    async def group(minutes: int, group_id: str, message_id: str, **traits: Any) -> None:
+        await ingest.group(GroupCall(user_id="c-g", group_id=group_id, traits=traits,
+                                     message_id=message_id,
+                                     timestamp=T0 + timedelta(minutes=minutes)))
+
+    await group(0, "acme", "g-1", plan="pro")
+    await group(1, "acme", "g-1", plan="enterprise")  # a repeated messageId: nothing new
+    await group(2, "acme", "g-2", plan="pro")  # the same group, the same traits: no change
+    await group(3, "acme", "g-3", plan="enterprise")
+    assert await changes(store, "c-g") == [
+        {"attribute": "group", "from": None, "to": {"id": "acme", "plan": "pro"}},
+        {"attribute": "group", "from": {"id": "acme", "plan": "pro"},
+         "to": {"id": "acme", "plan": "enterprise"}},
+    ]
 
 
 async def test_change_events_are_opt_in_for_embedded_ingest(store: Store) -> None:
