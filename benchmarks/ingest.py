@@ -6,9 +6,10 @@ in a temporary folder:
 * **plain**: `/v1/track` and `/v1/batch` validated by small pydantic models, then the same rows
   Cairn writes (the event, its contact inserted if new and marked seen) inserted with SQLAlchemy
   in one transaction per request. Nothing else.
-* **cairn**: what `cairn api` runs (`starter.cli.runtime.run_api`): the real API, `Ingest` with
-  the profile rules, geofencing and attribute changes of the catalog in `journeys/` (published
-  first), routing after the 202 and the relay, against a Temporal dev server started here.
+* **cairn**: what `cairn api` runs (`starter.cli.runtime.run_api`): the real API with its keys
+  (the load sends a write key), `Ingest` with the profile rules, geofencing and attribute changes
+  of the catalog in `journeys/` (published first), and its routing process (`starter.routing`),
+  against a Temporal dev server started here.
 
 The events are ones no journey or rule uses (`bench_noop`), so the figures measure the door and
 the routing path, not journeys. One load generator (httpx) sends, per phase, a bounded number of
@@ -19,9 +20,13 @@ events within a time limit:
 3. for Cairn, stored -> routed: from the first call of a phase until its last event is routed
    (`routed_at` set), read from Cairn's store.
 
-It prints both sides, the ratio, and the drain rate. It asserts nothing.
+Each phase runs in `--rounds` rounds; a round sends its share of the calls to each side, the side
+that goes first alternating, because the load of a shared machine drifts. It prints both sides,
+the ratio, the servers' CPU per 1000 events (Cairn's includes its routing process) and the drain
+rate. It asserts nothing. `--profile FILE` records the Cairn server and its routing process with
+py-spy.
 
-    python benchmarks/ingest.py [--batches 40] [--tracks 2000] [--seconds 60]
+    python benchmarks/ingest.py [--batches 40] [--tracks 2000] [--seconds 60] [--rounds 3]
 """
 
 from __future__ import annotations
