@@ -68,6 +68,18 @@ class Settings(BaseSettings):
         description="signs unsubscribe links; default: a random key kept in <home>/secret_key",
     )
     smtp_sink_port: int = Field(default=1025, description="`cairn dev`'s local SMTP sink")
+    payload_encryption: bool = Field(
+        default=True,
+        description="encrypt Temporal payloads (AES-256-GCM, per-contact data keys); "
+                    "false only for tests that must read histories in clear")
+    master_keys: SecretStr | None = Field(
+        default=None,
+        description="master keys wrapping the data keys: `id:base64-of-32-bytes`, comma "
+                    "separated, newest first (it encrypts; all decrypt); default: a key "
+                    "generated once in <home>/master_key")
+    codec_cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins (the Temporal UI's) allowed to call /codec/encode and /codec/decode")
 
     @property
     def mail_dir(self) -> Path:

@@ -22,13 +22,12 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from sqlalchemy.engine import make_url
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from cairn.search_attribute_setup import ensure_search_attributes
 from cairn.settings import Settings, get_settings
 from cairn.store.db import Store
-from starter.testing import Simulator
+from starter.testing import Simulator, simulation_data_converter
 
 _exit_status: list[int] = []
 
@@ -91,7 +90,9 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=_binary("temporal-test-server"),
-        data_converter=pydantic_data_converter,
+        # Encrypted as live, unless the shell sets CAIRN_PAYLOAD_ENCRYPTION=false (a module
+        # that must read histories in clear overrides this fixture instead).
+        data_converter=simulation_data_converter(),
     )
     try:
         await ensure_search_attributes(env.client)
