@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cairn.private_files import write_private
 from cairn.journey_run import DELIVERY_TASK_QUEUE, JOURNEY_TASK_QUEUE
 
 
@@ -92,9 +93,10 @@ class Settings(BaseSettings):
             return self.secret_key.get_secret_value().encode()
         path = self.home / "secret_key"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(32), encoding="utf-8")
-            path.chmod(0o600)
+            try:
+                write_private(path, secrets.token_urlsafe(32))
+            except FileExistsError:
+                pass  # another process of the same home made it first
         return path.read_text(encoding="utf-8").strip().encode()
 
     @property

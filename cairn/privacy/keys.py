@@ -32,6 +32,7 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from cairn.private_files import write_private
 from cairn.settings import Settings
 from cairn.store import data_keys as data_keys_repo
 from cairn.store.db import Store
@@ -121,15 +122,6 @@ def new_master_key(prefix: str = "key") -> MasterKey:
 
 def format_master_key(key: MasterKey) -> str:
     return f"{key.id}:{base64.b64encode(key.secret).decode()}"
-
-
-def write_private(path: Path, text: str) -> None:
-    """Create `path` readable by its owner only (0600) before anything is written into it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-        file.write(text)
-    path.chmod(0o600)
 
 
 def master_keys(settings: Settings) -> list[MasterKey]:
