@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -10,8 +11,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cairn.private_files import write_private
 from cairn.journey_run import DELIVERY_TASK_QUEUE, JOURNEY_TASK_QUEUE
+from cairn.private_files import write_private
 
 
 class Settings(BaseSettings):
@@ -93,10 +94,9 @@ class Settings(BaseSettings):
             return self.secret_key.get_secret_value().encode()
         path = self.home / "secret_key"
         if not path.exists():
-            try:
+            # another process of the same home may have made it first
+            with contextlib.suppress(FileExistsError):
                 write_private(path, secrets.token_urlsafe(32))
-            except FileExistsError:
-                pass  # another process of the same home made it first
         return path.read_text(encoding="utf-8").strip().encode()
 
     @property

@@ -2,9 +2,9 @@
 
 Every process (dev job, worker, API, CLI commands) connects through `connect`, so address,
 namespace, TLS, API key and the data converter (pydantic values, encrypted by the payload codec of
-`cairn.privacy.codec` unless CAIRN_PAYLOAD_ENCRYPTION is false) are decided in one place. It does not start
-servers (that is `starter.dev`), does not register workflows (that is `starter.worker`) and does
-not register search attributes (that is `cairn.search_attribute_setup`).
+`cairn.privacy.codec` unless CAIRN_PAYLOAD_ENCRYPTION is false) are decided in one place. It does
+not start servers (that is `starter.dev`), does not register workflows (that is `starter.worker`)
+and does not register search attributes (that is `cairn.search_attribute_setup`).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import secrets
@@ -26,7 +27,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -131,10 +131,9 @@ def master_keys(settings: Settings) -> list[MasterKey]:
         return parse_master_keys(settings.master_keys.get_secret_value())
     path = settings.home / MASTER_KEY_FILE
     if not path.exists():
-        try:
+        # another process of the same home may have made it first
+        with contextlib.suppress(FileExistsError):
             write_private(path, format_master_key(new_master_key("dev")) + "\n")
-        except FileExistsError:
-            pass  # another process of the same home made it first
     return parse_master_keys(path.read_text(encoding="utf-8"))
 
 

@@ -26,8 +26,8 @@ from typing import Any, Protocol, Self
 
 from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHistory
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.converter import DataConverter
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from cairn.channels.registry import ChannelSet

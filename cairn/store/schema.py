@@ -8,11 +8,11 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     DateTime,
-    LargeBinary,
     Dialect,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,

@@ -6,7 +6,7 @@
 - `starter.api.journeys`, `starter.api.outbox`, `starter.api.tasks`: read views and task work;
 - `starter.api.entries`, `starter.api.imports`: putting contacts into journeys directly or by CSV;
 - `starter.api.channels`: unsubscribe links, the in-app inbox and provider callbacks;
-- `starter.api.codec`: Temporal's remote codec (`/codec/decode`, `/codec/encode`) for the UI and CLI;
+- `starter.api.codec`: Temporal's remote codec (`/codec/decode`, `/codec/encode`) for UI and CLI;
 - `starter.api.health`: whether the API is alive (`/v1/health`) and ready (`/v1/ready`).
 
 Endpoints are thin: a pydantic model validates the body, one service call from `cairn` does the

@@ -153,7 +153,9 @@ def codec_router(data_keys: Callable[[], DataKeys], *, encrypt: bool = True) -> 
     return router
 
 
-def api_data_keys(settings: Settings, store: Store, client: Client | None) -> Callable[[], DataKeys]:
+def api_data_keys(
+    settings: Settings, store: Store, client: Client | None
+) -> Callable[[], DataKeys]:
     """The data keys the API decodes with: its Temporal client's (one cache, so an erasure
     through this API forgets the key at once), else the settings' master keys over `store`."""
     made: list[DataKeys] = []

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
@@ -16,7 +17,8 @@ from cairn.contact import ContactSnapshot
 from cairn.events.ingest import Ingest
 from cairn.events.router import Router
 from cairn.journey import Journey
-from cairn.journey_run import STATE_QUERY, JourneyResult, JourneyStateView, workflow_id
+from cairn.journey_run import JourneyResult, workflow_id
+from cairn.privacy.keys import ErasedDataKeyError
 from cairn.reachability import reachability
 from cairn.settings import Settings
 from cairn.store import contacts as contacts_repo
@@ -303,7 +305,8 @@ async def test_delete_erases_every_trace_of_the_contact_and_only_of_it(
     report = answer.json()
     assert report["journeys_ended"] == [] and report["journeys_still_ending"] == []
     assert report["erased"] == {"contacts": 1, "events": 1, "deliveries": 1, "scores": 1,
-                                "score_changes": 1, "memberships": 1, "tasks": 1, "entries": 0}
+                                "score_changes": 1, "memberships": 1, "tasks": 1, "entries": 0,
+                                "inbox_messages": 0, "feedback": 0}
     for table in (Contact, Event, Delivery, Score, ScoreChangeRecord, SegmentMembership, Task):
         assert await rows(store, table, "c-gone") == 0, table.__tablename__
         assert await rows(store, table, "c-kept") == 1, table.__tablename__
@@ -346,10 +349,13 @@ async def test_delete_ends_running_journeys_first(
 
         assert answer.status_code == 200, answer.text
         assert answer.json()["journeys_ended"] == [wid]
-        result = await handle.result()
-        assert result.outcome == "removed"
-        state = await handle.query(STATE_QUERY, result_type=JourneyStateView)
-        assert "contact erased" in state.path[-1].note
+        assert answer.json()["journeys_terminated"] == []
+        assert answer.json()["data_key_destroyed"] is True
+        # It exited when asked (not terminated); what it returned was the contact's, and the
+        # contact's data key is gone with the contact.
+        assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+        with pytest.raises(ErasedDataKeyError):
+            await handle.result()
         for table in (Contact, Event, Entry):
             assert await rows(store, table, contact) == 0, table.__tablename__
 
