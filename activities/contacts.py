@@ -82,5 +82,7 @@ class ContactActivities:
                     caught=request.caught_events,
                 ),
             )
-        bound.info("condition.decided", result=verdict.result, reason=verdict.reason)
+        # The reason quotes the values that decided (traits, properties): it goes to the run's
+        # path, not to the log.
+        bound.info("condition.decided", result=verdict.result)
         return VerdictResult(result=verdict.result, reason=verdict.reason)

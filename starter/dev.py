@@ -253,8 +253,10 @@ async def start_api(
     app: FastAPI, host: str, port: int, *, timeout: float = 30.0
 ) -> ApiHandle:
     """Serve `app` with uvicorn in this loop; return once it listens (or raise ApiStartError)."""
+    # log_config=None: uvicorn's records go through Cairn's handler, whose formatter hides the
+    # values a traceback of a failed request would quote (`cairn.log.redact`).
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="auto")
+                            lifespan="auto", log_config=None)
     server = ApiServer(config)
 
     async def serve() -> None:

@@ -175,7 +175,9 @@ class Store:
             # It holds contacts' personal data: owner only (SQLite gives -wal/-shm its mode).
             private_database(path, create=True)
         try:
-            engine = create_async_engine(parsed, **_engine_options(parsed))
+            # hide_parameters: a database error's message (and so any traceback logged) shows
+            # the statement but never the values bound to it (contacts' traits, events).
+            engine = create_async_engine(parsed, hide_parameters=True, **_engine_options(parsed))
         except (InvalidRequestError, ModuleNotFoundError) as error:
             raise StoreError(
                 f"cannot open {parsed.render_as_string(hide_password=True)!r}: {error}. The store "
