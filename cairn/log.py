@@ -87,6 +87,9 @@ def _configure_standard_logging(level: int) -> None:
     # Alembic announces its plugins and migration context at INFO each time the store opens;
     # the store logs what it migrated itself (`store.migrated`).
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
+    # aiosqlite logs every statement with its bound values at DEBUG: contacts' traits and
+    # events. Never below INFO, whatever CAIRN_LOG_LEVEL says.
+    logging.getLogger("aiosqlite").setLevel(max(level, logging.INFO))
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
