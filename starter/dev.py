@@ -483,6 +483,8 @@ def describe(stack: DevStack) -> list[tuple[str, str]]:
     if stack.api_url:
         rows.append(("API", stack.api_url))
         rows.append(("API docs", f"{stack.api_url}/docs"))
+        rows.append(("Codec", f"{stack.api_url}/codec (the UI decrypts payloads through it; "
+                              f"`temporal workflow show --codec-endpoint {stack.api_url}/codec`)"))
     rows.append(("Store", make_url(stack.settings.store_url).render_as_string(hide_password=True)))
     rows.append(("Mail", stack.mail or f"sent by {stack.settings.email_provider}"))
     journeys = ", ".join(
