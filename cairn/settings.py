@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cairn.journey_run import DELIVERY_TASK_QUEUE, JOURNEY_TASK_QUEUE
 from cairn.private_files import write_private
@@ -79,9 +80,20 @@ class Settings(BaseSettings):
         description="master keys wrapping the data keys: `id:base64-of-32-bytes`, comma "
                     "separated, newest first (it encrypts; all decrypt); default: a key "
                     "generated once in <home>/master_key")
-    codec_cors_origins: list[str] = Field(
+    codec_cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="origins (the Temporal UI's) allowed to call /codec/encode and /codec/decode")
+
+    @field_validator("codec_cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        """A JSON list (as the environment gives lists) or comma-separated origins."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
 
     @property
     def mail_dir(self) -> Path:
