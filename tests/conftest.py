@@ -22,12 +22,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from sqlalchemy.engine import make_url
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from cairn.search_attribute_setup import ensure_search_attributes
 from cairn.settings import Settings, get_settings
 from cairn.store.db import Store
-from starter.testing import Simulator, simulation_data_converter
+from starter.testing import Simulator
 
 _exit_status: list[int] = []
 
@@ -90,9 +91,10 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=_binary("temporal-test-server"),
-        # Encrypted as live, unless the shell sets CAIRN_PAYLOAD_ENCRYPTION=false (a module
-        # that must read histories in clear overrides this fixture instead).
-        data_converter=simulation_data_converter(),
+        # In clear: tests start runs with this client and read them back through `connect`
+        # (CLI commands), whose keys live in each test's store. The codec's own tests
+        # (tests/privacy, tests/api/test_codec.py) run encrypted clients on this server.
+        data_converter=pydantic_data_converter,
     )
     try:
         await ensure_search_attributes(env.client)
