@@ -386,3 +386,21 @@ def data_keys_for(settings: Settings, store: Store | None = None) -> DataKeys | 
         return None
     ring = MasterKeyRing(master_keys(settings))
     return DataKeys(ring, SqlDataKeyStore(store, url=None if store else settings.store_url))
+
+
+async def rewrap_data_keys(store: Store, ring: MasterKeyRing, *, batch: int = 500) -> int:
+    """Wrap every live data key under the ring's current (first) master key, so the master keys
+    after it can be dropped from CAIRN_MASTER_KEYS; returns how many keys were rewrapped. The
+    data keys themselves do not change, so no payload needs re-encrypting."""
+    total = 0
+    while True:
+        async with store.session() as s, s.begin():
+            rows = await data_keys_repo.wrapped_data_keys(s, not_under=ring.current.id,
+                                                          limit=batch)
+            for row in rows:
+                assert row.master_key_id is not None and row.wrapped is not None
+                secret = ring.unwrap(row.master_key_id, row.id, row.wrapped)
+                row.master_key_id, row.wrapped = ring.wrap(row.id, secret)
+        total += len(rows)
+        if len(rows) < batch:
+            return total
