@@ -8,7 +8,8 @@ In order, all before the answer and within about 1.5 s, however its runs behave:
    down) is terminated; a terminate that Temporal does not confirm in time goes on in the
    background;
 3. in one transaction: the contact's rows (profile, events, deliveries, scores and their history,
-   segment memberships, tasks, entries, inbox messages, delivery feedback) are deleted, its data
+   segment memberships, tasks, entries, inbox messages, delivery feedback, refused batch calls
+   naming it) are deleted, its data
    key is destroyed, and an audit record (`erasures`) keeps that it happened: the contact id's
    SHA-256, when, by which key name, how many rows went and how the runs ended;
 4. the data key is forgotten by this process's codec (other processes stop using it within their
@@ -39,6 +40,7 @@ from cairn.store import contacts as contacts_repo
 from cairn.store import data_keys as data_keys_repo
 from cairn.store import entries as entries_repo
 from cairn.store import identity
+from cairn.store import rejected as rejected_repo
 from cairn.store.db import Store
 from cairn.store.schema import DeliveryFeedback, ErasureRecord, InboxMessage
 
@@ -176,6 +178,7 @@ async def erase_contact(
                 delete(table).where(table.contact_id == contact_id)
                 .execution_options(synchronize_session=False))
             counts[name] = int(getattr(deleted, "rowcount", 0) or 0)
+        counts["rejected_calls"] = await rejected_repo.erase_rejected_of(session, contact_id)
         destroyed = await data_keys_repo.destroy_data_key(session, owner, now)
         session.add(ErasureRecord(
             contact_hash=contact_hash(contact_id), erased_at=now, erased_by=erased_by,

@@ -164,7 +164,7 @@ class ErasureReport(BaseModel):
         "journeys_terminated": [], "journeys_still_ending": [],
         "erased": {"contacts": 1, "events": 12, "deliveries": 3, "scores": 1,
                    "score_changes": 4, "memberships": 2, "tasks": 0, "entries": 1,
-                   "inbox_messages": 0, "feedback": 1},
+                   "inbox_messages": 0, "feedback": 1, "rejected_calls": 0},
         "data_key_destroyed": True}]})
 
     contact_id: str
@@ -347,9 +347,10 @@ def contacts_router(
     async def delete_contact(contact_id: str, request: Request) -> ErasureReport:
         """Ends every running journey of the contact (exit reason "contact erased"; a run that
         does not end within a second is terminated), then deletes profile, events, deliveries,
-        scores, segment memberships, tasks, entries, inbox and delivery feedback, and destroys
-        the contact's data key, so its payloads left in Temporal histories cannot be read. An
-        audit record keeps that it happened, without personal data. Answers within 2 s."""
+        scores, segment memberships, tasks, entries, inbox, delivery feedback and refused calls,
+        and destroys the contact's data key, so its payloads left in Temporal histories cannot
+        be read. An audit record keeps that it happened, without personal data. Answers within
+        2 s."""
         # The name of the API key that called (the keys' dependency sets it), for the audit.
         erased_by = getattr(request.state, "api_key_name", None)
         try:

@@ -24,7 +24,7 @@ from cairn.journey_run import workflow_id
 from cairn.privacy.erasure import contact_hash
 from cairn.settings import Settings
 from cairn.store.db import Store
-from cairn.store.schema import Contact, ErasureRecord, Event
+from cairn.store.schema import Contact, ErasureRecord, Event, RejectedCall
 from starter.api.app import create_app
 from starter.worker import running, workflow_runner
 from tests.engine_support import publish, terminate_leftovers
@@ -66,6 +66,9 @@ async def test_erasure_with_a_stuck_run_answers_within_2s_and_ends_the_run(
                 transport=httpx.ASGITransport(app=app), base_url="http://cairn.test") as api:
             assert (await api.post("/v1/track", json={
                 "userId": contact, "event": "signup"})).status_code == 202
+            for who in (contact, f"{contact}-other"):  # a batch item refused, kept as sent
+                assert (await api.post("/v1/batch", json={"batch": [
+                    {"type": "track", "userId": who, "event": 7}]})).status_code == 200
             for _ in range(200):
                 if len(attempts) >= 2:
                     break
@@ -93,6 +96,10 @@ async def test_erasure_with_a_stuck_run_answers_within_2s_and_ends_the_run(
                 (audit,) = (await session.scalars(select(ErasureRecord).where(
                     ErasureRecord.contact_hash == contact_hash(contact)))).all()
             assert audit.counts["events"] == 1
+            assert report["erased"]["rejected_calls"] == 1
+            async with store.session() as session:
+                kept = (await session.scalars(select(RejectedCall))).all()
+            assert [f"{contact}-other" in row.call for row in kept] == [True]
             assert (audit.runs_ended, audit.runs_terminated) == (0, 1)
             assert contact not in repr(vars(audit))
     finally:
