@@ -104,5 +104,7 @@ class ContactActivities:
                     show_values=False,  # the reason goes into the journey's path
                 ),
             )
-        bound.info("condition.decided", result=verdict.result, reason=verdict.reason)
+        # The reason quotes the values that decided (traits, properties): it goes to the run's
+        # path, not to the log.
+        bound.info("condition.decided", result=verdict.result)
         return VerdictResult(result=verdict.result, reason=verdict.reason)

@@ -33,6 +33,20 @@ def workflow_id(journey_key: str, contact_id: str, entry_key: str | None = None)
     return f"{base}/{entry_key}" if entry_key else base
 
 
+def contact_of_workflow(workflow_id: str | None) -> str | None:
+    """The contact a journey run belongs to, read from its id (`workflow_id`'s inverse);
+    None for other workflows (sweeps, schedules) and for a bare `journey/<key>` prefix.
+
+    Journey keys never hold a `/`; a contact id that does is read up to its first `/`, since
+    the id alone cannot tell it from an entry key.
+    """
+    if not workflow_id or not workflow_id.startswith("journey/"):
+        return None
+    _, _, rest = workflow_id[len("journey/"):].partition("/")
+    contact, _, _ = rest.partition("/")
+    return contact or None
+
+
 class EventMessage(BaseModel):
     """An event as a journey hears it (trigger, signal to a wait or an exit goal): by reference.
 

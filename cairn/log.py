@@ -8,6 +8,7 @@ a command's output (`cairn graph x > x.mmd`, `cairn simulate --json | jq`).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
@@ -46,6 +47,24 @@ def configure(level: str = "INFO", json: bool = False) -> None:
     _configure_standard_logging(logging.getLevelNamesMapping().get(level.upper(), logging.INFO))
 
 
+_QUOTED_INPUT = re.compile(r"input_value=.*?(?=, input_type=)", re.DOTALL)
+_BOUND_PARAMETERS = re.compile(r"\[parameters: .*?\]$", re.MULTILINE)
+
+
+def redact(text: str) -> str:
+    """A traceback without the values exceptions quote: pydantic's `input_value=...` (a
+    request body, a contact) and a database error's bound `[parameters: ...]`."""
+    return _BOUND_PARAMETERS.sub("[parameters hidden]",
+                                 _QUOTED_INPUT.sub("input_value=<hidden>", text))
+
+
+class RedactingFormatter(logging.Formatter):
+    """Libraries' log lines with their tracebacks `redact`ed."""
+
+    def formatException(self, ei: object) -> str:
+        return redact(super().formatException(ei))  # type: ignore[arg-type]
+
+
 _HANDLER = "cairn"
 """Name of the stderr handler `configure` puts on the root logger when nobody else has one."""
 
@@ -61,13 +80,16 @@ def _configure_standard_logging(level: int) -> None:
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.set_name(_HANDLER)
-        handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+        handler.setFormatter(RedactingFormatter("%(name)s %(message)s"))
         root.addHandler(handler)
     if any(handler.get_name() == _HANDLER for handler in root.handlers):
         root.setLevel(level)
     # Alembic announces its plugins and migration context at INFO each time the store opens;
     # the store logs what it migrated itself (`store.migrated`).
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
+    # aiosqlite logs every statement with its bound values at DEBUG: contacts' traits and
+    # events. Never below INFO, whatever CAIRN_LOG_LEVEL says.
+    logging.getLogger("aiosqlite").setLevel(max(level, logging.INFO))
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -11,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cairn.journey_run import DELIVERY_TASK_QUEUE, JOURNEY_TASK_QUEUE
+from cairn.private_files import write_private
 
 
 class Settings(BaseSettings):
@@ -88,6 +91,34 @@ class Settings(BaseSettings):
             return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
         return value
 
+    payload_encryption: bool = Field(
+        default=True,
+        description="encrypt Temporal payloads (AES-256-GCM, per-contact data keys); "
+                    "false only for tests that must read histories in clear")
+    master_keys: SecretStr | None = Field(
+        default=None,
+        description="master keys wrapping the data keys: `id:base64-of-32-bytes`, comma "
+                    "separated, newest first (it encrypts; all decrypt); default: a key "
+                    "generated once in <home>/master_key")
+    codec_ui_without_key: bool = Field(
+        default=False,
+        description="let the Temporal UI (an Origin in codec_cors_origins) call the codec "
+                    "endpoints without a key; `cairn dev` sets it for its own UI")
+    codec_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins (the Temporal UI's) allowed to call /codec/encode and /codec/decode")
+
+    @field_validator("codec_cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        """A JSON list (as the environment gives lists) or comma-separated origins."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
+
     @property
     def mail_dir(self) -> Path:
         """Where `cairn dev`'s SMTP sink keeps the messages it received."""
@@ -99,9 +130,9 @@ class Settings(BaseSettings):
             return self.secret_key.get_secret_value().encode()
         path = self.home / "secret_key"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(32), encoding="utf-8")
-            path.chmod(0o600)
+            # another process of the same home may have made it first
+            with contextlib.suppress(FileExistsError):
+                write_private(path, secrets.token_urlsafe(32))
         return path.read_text(encoding="utf-8").strip().encode()
 
     @property

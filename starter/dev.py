@@ -31,6 +31,7 @@ from temporalio.client import Client
 from cairn import search_attributes
 from cairn.events.relay import EventRelay, relaying
 from cairn.log import get_logger
+from cairn.private_files import private_database
 from cairn.search_attribute_setup import ensure_search_attributes
 from cairn.settings import Settings
 from starter.lifeline import Lifeline, start_tied
@@ -98,6 +99,7 @@ class DevServer:
     ip: str = "127.0.0.1"
     namespace: str = "default"
     headless: bool = False
+    codec_endpoint: str | None = None
     reused: bool = field(default=False, init=False)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _lifeline: Lifeline | None = field(default=None, init=False, repr=False)
@@ -122,6 +124,9 @@ class DevServer:
             args += ["--db-filename", str(self.db_file), "--sqlite-pragma", "journal_mode=wal",
                      "--sqlite-pragma", "synchronous=normal"]
         args += ["--headless"] if self.headless else ["--ui-port", str(self.ui_port)]
+        if not self.headless and self.codec_endpoint:
+            # The UI asks Cairn's API to decrypt the payloads it shows (POST <endpoint>/decode).
+            args += ["--ui-codec-endpoint", self.codec_endpoint]
         if self.namespace != "default":
             args += ["--namespace", self.namespace]
         for name, kind in search_attributes.CLI_TYPES.items():
@@ -152,14 +157,18 @@ class DevServer:
             )
         if self.db_file is not None:
             self.db_file.parent.mkdir(parents=True, exist_ok=True)
+            private_database(self.db_file)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._log_handle = self.log_file.open("wb")
+        self.log_file.chmod(0o600)
         self.process, self._lifeline = start_tied(
             self.command(binary),
             stdin=subprocess.DEVNULL,
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # The server's SQLite files hold every payload and search attribute: owner only.
+            umask=0o077,
         )
         log.info("dev_server.starting", address=self.address, pid=self.process.pid,
                  log=str(self.log_file))
@@ -245,8 +254,10 @@ async def start_api(
     app: FastAPI, host: str, port: int, *, timeout: float = 30.0
 ) -> ApiHandle:
     """Serve `app` with uvicorn in this loop; return once it listens (or raise ApiStartError)."""
+    # log_config=None: uvicorn's records go through Cairn's handler, whose formatter hides the
+    # values a traceback of a failed request would quote (`cairn.log.redact`).
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="auto")
+                            lifespan="auto", log_config=None)
     server = ApiServer(config)
 
     async def serve() -> None:
@@ -305,10 +316,25 @@ class DevStack:
         return self.api.url if self.api else None
 
 
+def codec_endpoint(settings: Settings) -> str:
+    """Where the Temporal UI and CLI reach the API's codec (`/codec/decode`, `/codec/encode`)."""
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
+    return f"http://{host}:{settings.api_port}/codec"
+
+
+def with_ui_origin(settings: Settings) -> Settings:
+    """The settings with the dev UI allowed to call the codec endpoints (unless already set)."""
+    if settings.codec_cors_origins:
+        return settings
+    return settings.model_copy(update={"codec_ui_without_key": True, "codec_cors_origins": [
+        f"http://localhost:{settings.ui_port}", f"http://127.0.0.1:{settings.ui_port}"]})
+
+
 def dev_server_for(settings: Settings, *, headless: bool = False) -> DevServer:
     """The dev server `cairn dev` starts for these settings (state and log in `settings.home`)."""
     home = settings.home
     return DevServer(
+        codec_endpoint=codec_endpoint(settings),
         db_file=(home / "temporal.db").resolve(),
         log_file=(home / "temporal.log").resolve(),
         port=settings.temporal_port,
@@ -358,6 +384,7 @@ async def dev_stack(
     from starter.schedules import register_schedules
 
     settings.home.mkdir(parents=True, exist_ok=True)
+    settings = with_ui_origin(settings)
     server = dev_server_for(settings, headless=headless)
     client = await server.start(settings)
     try:
@@ -510,6 +537,9 @@ def describe(stack: DevStack) -> list[tuple[str, str]]:
     if stack.api_url:
         rows.append(("API", stack.api_url))
         rows.append(("API docs", f"{stack.api_url}/docs"))
+        rows.append(("Codec", f"{stack.api_url}/codec (the UI decrypts payloads through it; "
+                              f"`temporal workflow show --codec-endpoint {stack.api_url}/codec "
+                              "--codec-auth \"Bearer $CAIRN_ADMIN_KEY\"`)"))
     if stack.keys is not None:
         rows.append(("Write key", f"{stack.keys.write}  (ingest: track, identify, batch...)"))
         rows.append(("Admin key", f"{stack.keys.admin}  (everything)"))

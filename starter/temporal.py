@@ -1,9 +1,10 @@
 """The way Cairn's processes reach Temporal: one connection recipe.
 
 Every process (dev job, worker, API, CLI commands) connects through `connect`, so address,
-namespace, TLS, API key and the pydantic data converter are decided in one place. It does not start
-servers (that is `starter.dev`), does not register workflows (that is `starter.worker`) and does
-not register search attributes (that is `cairn.search_attribute_setup`).
+namespace, TLS, API key and the data converter (pydantic values, encrypted by the payload codec of
+`cairn.privacy.codec` unless CAIRN_PAYLOAD_ENCRYPTION is false) are decided in one place. It does
+not start servers (that is `starter.dev`), does not register workflows (that is `starter.worker`)
+and does not register search attributes (that is `cairn.search_attribute_setup`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import TLSConfig
 
 from cairn.log import get_logger
+from cairn.privacy.codec import cairn_data_converter
+from cairn.privacy.keys import data_keys_for
 from cairn.settings import Settings
 
 log = get_logger(__name__)
@@ -54,7 +56,8 @@ def _read(path: Path, setting: str) -> bytes:
 async def connect(
     settings: Settings, *, address: str | None = None, timeout: timedelta | None = None
 ) -> Client:
-    """A client for `settings.temporal_address` (or `address`) using the pydantic data converter.
+    """A client for `settings.temporal_address` (or `address`) with Cairn's data converter
+    (pydantic values; payloads encrypted under the data keys in the settings' store).
 
     `timeout` bounds the connection attempt; probes use it because a port held by a program that
     accepts TCP but does not speak gRPC would otherwise keep the attempt waiting.
@@ -69,7 +72,7 @@ async def connect(
         namespace=settings.temporal_namespace,
         tls=tls_config(settings),
         api_key=settings.temporal_api_key,
-        data_converter=pydantic_data_converter,
+        data_converter=cairn_data_converter(data_keys_for(settings)),
     )
     try:
         if timeout is None:

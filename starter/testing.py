@@ -42,7 +42,7 @@ from cairn.catalog_folder import load_policy
 from cairn.delivery_policy import DeliveryPolicy
 from cairn.journey import Journey
 from cairn.simulation import engine
-from cairn.simulation.engine import DEFAULT_STEP_TIMEOUT, RunWorkers
+from cairn.simulation.engine import DEFAULT_STEP_TIMEOUT, RunWorkers, simulation_data_converter
 from cairn.simulation.errors import ScenarioError, SimulationError
 from cairn.simulation.report import SimulationReport
 from cairn.simulation.scenario import Scenario, load_scenario, parse_scenario
@@ -61,6 +61,7 @@ __all__ = [
     "policy_beside",
     "simulate",
     "simulate_sync",
+    "simulation_data_converter",
 ]
 
 

@@ -91,6 +91,9 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=_binary("temporal-test-server"),
+        # In clear: tests start runs with this client and read them back through `connect`
+        # (CLI commands), whose keys live in each test's store. The codec's own tests
+        # (tests/privacy, tests/api/test_codec.py) run encrypted clients on this server.
         data_converter=pydantic_data_converter,
     )
     try:

@@ -109,8 +109,9 @@ async def record_changes(
         )
         if fresh:
             stored.append(row.id)
+            # The attribute's name only: its values are the contact's personal data.
             log.info("attribute.changed", contact=contact.id, message_id=source_message_id,
-                     attribute=name, old=properties["from"], new=new)
+                     attribute=name)
     return stored
 
 

@@ -86,7 +86,7 @@ class Geofencing:
         bound = log.bind(contact=event.contact_id, message_id=event.message_id)
         position = _position(event.properties)
         if position is None:
-            bound.warning("geofence.bad_location", properties=event.properties,
+            bound.warning("geofence.bad_location", properties=sorted(event.properties),
                           hint="location_updated needs numeric properties latitude (-90..90) "
                                "and longitude (-180..180)")
             return []

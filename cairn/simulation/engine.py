@@ -26,7 +26,7 @@ from typing import Any, Protocol, Self
 
 from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
@@ -41,7 +41,10 @@ from cairn.events.router import RouteDecision, Router
 from cairn.journey import Journey, SendStep
 from cairn.journey_run import STATE_QUERY, JourneyResult, JourneyStateView, PathEntry
 from cairn.log import get_logger
+from cairn.privacy.codec import cairn_data_converter
+from cairn.privacy.keys import DataKeys
 from cairn.search_attribute_setup import ensure_search_attributes
+from cairn.settings import get_settings
 from cairn.simulation.errors import SimulationError
 from cairn.simulation.report import (
     LEDGER_ITEMS,
@@ -62,6 +65,14 @@ log = get_logger(__name__)
 
 DEFAULT_STEP_TIMEOUT = timedelta(minutes=5)
 """Real time one clock advance may take before the simulation is declared stuck."""
+
+
+def simulation_data_converter() -> DataConverter:
+    """The data converter of a simulation's own test server: encrypted as live (unless
+    CAIRN_PAYLOAD_ENCRYPTION is false), under keys that live as long as the process, since a
+    simulation's store is thrown away after it."""
+    return cairn_data_converter(DataKeys.in_memory() if get_settings().payload_encryption
+                                else None)
 
 
 class _Clock:
@@ -189,7 +200,7 @@ class Simulator:
         if env is None:
             env = await WorkflowEnvironment.start_time_skipping(
                 test_server_existing_path=find_test_server(),
-                data_converter=pydantic_data_converter,
+                data_converter=simulation_data_converter(),
             )
         try:
             await ensure_search_attributes(env.client)

@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from cairn.log import get_logger
+from cairn.private_files import private_database
 
 log = get_logger(__name__)
 
@@ -171,8 +172,12 @@ class Store:
         path = _sqlite_file(parsed)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            # It holds contacts' personal data: owner only (SQLite gives -wal/-shm its mode).
+            private_database(path, create=True)
         try:
-            engine = create_async_engine(parsed, **_engine_options(parsed))
+            # hide_parameters: a database error's message (and so any traceback logged) shows
+            # the statement but never the values bound to it (contacts' traits, events).
+            engine = create_async_engine(parsed, hide_parameters=True, **_engine_options(parsed))
         except (InvalidRequestError, ModuleNotFoundError) as error:
             raise StoreError(
                 f"cannot open {parsed.render_as_string(hide_password=True)!r}: {error}. The store "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cairn.store.schema import RejectedCall
@@ -77,4 +77,16 @@ async def latest_rejected(
     return list(await s.scalars(query))
 
 
-__all__ = ["Refusal", "RejectedCall", "call_text", "latest_rejected", "record_refusals"]
+__all__ = ["Refusal", "RejectedCall", "call_text", "erase_rejected_of", "latest_rejected",
+           "record_refusals"]
+
+
+async def erase_rejected_of(s: AsyncSession, contact_id: str) -> int:
+    """Delete the refused calls made for a contact (erasure): those whose kept JSON names it as
+    `userId`, `anonymousId` or `previousId`; returns how many."""
+    quoted = json.dumps(contact_id, ensure_ascii=True)
+    named = [RejectedCall.call.contains(f'"{field}": {quoted}', autoescape=True)
+             for field in ("userId", "anonymousId", "previousId")]
+    deleted = await s.execute(
+        delete(RejectedCall).where(or_(*named)).execution_options(synchronize_session=False))
+    return int(getattr(deleted, "rowcount", 0) or 0)

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -309,6 +310,40 @@ class RejectedCall(Base):
     reason: Mapped[str] = mapped_column(Text)
     call: Mapped[str] = mapped_column(Text)  # the call as received, JSON text (ASCII-escaped)
     received_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class DataKey(Base):
+    """A data key (DEK) that encrypts the Temporal payloads of one contact's runs, or of the
+    runs that belong to no contact (`owner` "system"), wrapped by a master key.
+
+    Erasure destroys the key: `wrapped` becomes NULL and `owner` no longer names the contact, so
+    the payloads it encrypted can never be read again; the row stays so a decode can say why.
+    """
+
+    __tablename__ = "data_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # "contact:<contact id>" | "system" | "erased:<id>" once destroyed
+    owner: Mapped[str] = mapped_column(String(320), unique=True)
+    master_key_id: Mapped[str | None] = mapped_column(String(64))
+    wrapped: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+    destroyed_at: Mapped[datetime | None]
+
+
+class ErasureRecord(Base):
+    """That an erasure happened: when, by whom, how much went; no personal data (the contact id
+    only as a SHA-256 hash, which answers "was c-1 erased?" without listing who was)."""
+
+    __tablename__ = "erasures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    contact_hash: Mapped[str] = mapped_column(String(64), index=True)
+    erased_at: Mapped[datetime]
+    erased_by: Mapped[str | None] = mapped_column(String(128))
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    runs_ended: Mapped[int] = mapped_column(default=0)
+    runs_terminated: Mapped[int] = mapped_column(default=0)
 
 
 def _utc_on_set(_target: Any, value: Any, _old: Any, _initiator: Any) -> Any:

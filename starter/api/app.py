@@ -7,6 +7,7 @@
 - `starter.api.entries`, `starter.api.imports`: putting contacts into journeys directly or by CSV;
 - `starter.api.channels`: unsubscribe links, the in-app inbox and provider callbacks;
 - `starter.api.keys`: API keys (`starter.api.auth` checks them on every other route);
+- `starter.api.codec`: Temporal's remote codec (`/codec/decode`, `/codec/encode`) for UI and CLI;
 - `starter.api.health`: whether the API is alive (`/v1/health`) and ready (`/v1/ready`).
 
 Endpoints are thin: a pydantic model validates the body, one service call from `cairn` does the
@@ -29,6 +30,7 @@ from cairn.store.db import Store
 from cairn.traits import ContactTraitError
 from starter.api.auth import Keyring, document_keys
 from starter.api.channels import channels_router
+from starter.api.codec import CodecCors, api_data_keys, codec_router
 from starter.api.contacts import contacts_router
 from starter.api.entries import entries_router
 from starter.api.errors import (
@@ -99,6 +101,10 @@ def create_app(
     app.include_router(entries_router(ingest))
     app.include_router(channels_router(store, ingest, settings))
     app.include_router(keys_router(store))
+    app.include_router(codec_router(
+        api_data_keys(settings, store, temporal or _router_client(ingest)),
+        encrypt=settings.payload_encryption))
+    app.add_middleware(CodecCors, origins=settings.codec_cors_origins)
     document_keys(app)
     return app
 

@@ -167,9 +167,43 @@ class Requirement:
             raise HTTPException(403, f"the API key {caller.name!r} has scope {caller.scope!r}; "
                                      f"{request.method} {request.url.path} needs a "
                                      f"{self.scope!r} or 'admin' key")
-        refuse_foreign_origin(request)
+        self.check_origin(request)
         request.state.caller = caller
         return caller
+
+    def check_origin(self, request: Request) -> None:
+        refuse_foreign_origin(request)
+
+
+class CodecAccess(Requirement):
+    """The remote-codec routes (`/codec/decode`, `/codec/encode`): an admin key, sent by the
+    Temporal CLI (`--codec-auth`) or a UI that passes one, from the UI's origins
+    (`CAIRN_CODEC_CORS_ORIGINS`) too. `cairn dev` also lets its own UI in without a key
+    (`CAIRN_CODEC_UI_WITHOUT_KEY`): the dev server's UI has no way to send one, and it runs on
+    the developer's machine beside the key file anyway."""
+
+    def __init__(self) -> None:
+        super().__init__("admin")
+
+    def describe(self) -> str:
+        return ("Needs an API key of scope `admin`; `cairn dev` also answers its own Temporal "
+                "UI (an Origin in `CAIRN_CODEC_CORS_ORIGINS`) without one.")
+
+    async def authenticate(self, request: Request) -> Caller:
+        settings = request.app.state.settings
+        origin = request.headers.get("origin")
+        if (settings.codec_ui_without_key and origin in settings.codec_cors_origins
+                and not request.headers.get("authorization")):
+            caller = Caller(id=0, name="the Temporal UI of cairn dev", scope="admin",
+                            revoked=False)
+            request.state.caller = caller
+            return caller
+        return await super().authenticate(request)
+
+    def check_origin(self, request: Request) -> None:
+        if request.headers.get("origin") in request.app.state.settings.codec_cors_origins:
+            return
+        refuse_foreign_origin(request)
 
 
 class InboxAccess(Requirement):

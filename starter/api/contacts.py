@@ -12,26 +12,24 @@ function below does the work against the store (and Temporal, for erasure).
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from temporalio.client import Client, WorkflowFailureError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client
 
 from cairn.contact import ContactSnapshot, WebPushSubscription
 from cairn.events import attribute_changes
 from cairn.events.calls import new_message_id
 from cairn.journey import CHANNELS, Channel
-from cairn.journey_run import EXIT_SIGNAL, ExitRequest
 from cairn.local_time import is_timezone
 from cairn.log import get_logger
+from cairn.privacy import erasure
+from cairn.privacy.erasure import TemporalUnavailableError
 from cairn.reachability import normalised_phone, valid_email
 from cairn.store import contacts as contacts_repo
-from cairn.store import entries as entries_repo
 from cairn.store import events as events_repo
 from cairn.store import identity
 from cairn.store.db import Store
@@ -43,19 +41,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-ERASE_REASON = "contact erased"
-"""The reason recorded in the path of every journey an erasure ends."""
-
-ERASE_WAIT = timedelta(seconds=15)
-"""How long an erasure waits for the contact's journeys to end before deleting their data."""
-
 CATEGORIES = ("marketing", "transactional")
 
 ConsentAnswer = bool | dict[Literal["marketing", "transactional"], bool]
-
-
-class TemporalUnavailableError(RuntimeError):
-    """Erasure needs Temporal to end running journeys, and this API has no Temporal client."""
 
 
 # --------------------------------------------------------------------------- request models
@@ -174,15 +162,22 @@ class ErasureReport(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "contact_id": "c-1", "journeys_ended": ["journey/cart-abandonment/c-1"],
-        "journeys_still_ending": [],
+        "journeys_terminated": [], "journeys_still_ending": [],
         "erased": {"contacts": 1, "events": 12, "deliveries": 3, "scores": 1,
-                   "score_changes": 4, "memberships": 2, "tasks": 0, "entries": 1}}]})
+                   "score_changes": 4, "memberships": 2, "tasks": 0, "entries": 1,
+                   "inbox_messages": 0, "feedback": 1, "rejected_calls": 0},
+        "data_key_destroyed": True}]})
 
     contact_id: str
-    journeys_ended: list[str]
+    journeys_ended: list[str] = Field(description="exited on their own when asked")
+    journeys_terminated: list[str] = Field(
+        default_factory=list, description="did not exit within a second: terminated")
     journeys_still_ending: list[str] = Field(
-        description="signalled to exit but not finished within the wait; they end on their own")
+        description="being terminated in the background (Temporal did not confirm in time)")
     erased: dict[str, int]
+    data_key_destroyed: bool = Field(
+        default=False, description="the contact's payload key is gone: what histories still "
+                                   "hold of the contact cannot be decrypted any more")
 
 
 # --------------------------------------------------------------------------- services
@@ -257,58 +252,20 @@ async def update_contact(store: Store, contact_id: str, patch: ContactPatch) -> 
     return ContactUpdate(snapshot=snapshot, changes=changes)
 
 
-async def end_journeys(
-    client: Client, workflow_ids: list[str], *, wait: timedelta = ERASE_WAIT
-) -> tuple[list[str], list[str]]:
-    """Signal `exit` to each run and wait (bounded) for it to close; (ended, still ending)."""
-
-    async def end(wid: str) -> bool:
-        handle = client.get_workflow_handle(wid)
-        try:
-            await handle.signal(EXIT_SIGNAL, ExitRequest(reason=ERASE_REASON))
-        except RPCError as error:
-            if error.status != RPCStatusCode.NOT_FOUND:
-                raise
-            return True  # gone already
-        try:
-            await asyncio.wait_for(handle.result(), wait.total_seconds())
-        except WorkflowFailureError:
-            return True  # closed, just not successfully
-        except TimeoutError:
-            return False
-        return True
-
-    unique = list(dict.fromkeys(workflow_ids))
-    closed = await asyncio.gather(*(end(wid) for wid in unique))
-    ended = [wid for wid, done in zip(unique, closed, strict=True) if done]
-    still = [wid for wid, done in zip(unique, closed, strict=True) if not done]
-    return ended, still
-
-
-async def erase(store: Store, client: Client | None, contact_id: str) -> ErasureReport:
-    """End the contact's running journeys, then delete everything stored about the contact."""
-    bound = log.bind(contact=contact_id)
-    async with store.session() as session:
-        if await contacts_repo.get_contact(session, contact_id) is None:
-            raise _not_found(contact_id)
-        running = [row.workflow_id
-                   for row in await entries_repo.open_entries(session, contact_id=contact_id)]
-    ended: list[str] = []
-    still: list[str] = []
-    if running:
-        if client is None:
-            raise TemporalUnavailableError(
-                f"contact {contact_id!r} is in {len(running)} running journey(s) and this API "
-                "has no Temporal connection to end them; start the API with Temporal reachable "
-                "(CAIRN_TEMPORAL_ADDRESS) and erase again"
-            )
-        ended, still = await end_journeys(client, running)
-    async with store.session() as session, session.begin():
-        erased = await identity.erase_contact(session, contact_id)
-    bound.info("contact.erased", journeys_ended=len(ended), journeys_still_ending=len(still),
-               events=erased.events, deliveries=erased.deliveries)
-    return ErasureReport(contact_id=contact_id, journeys_ended=ended,
-                         journeys_still_ending=still, erased=vars(erased).copy())
+async def erase(
+    store: Store, client: Client | None, contact_id: str, *, erased_by: str | None = None
+) -> ErasureReport:
+    """End the contact's runs (terminating those that do not exit within a second), delete
+    everything stored about it and destroy its data key: `cairn.privacy.erasure`."""
+    try:
+        done = await erasure.erase_contact(store, client, contact_id, erased_by=erased_by)
+    except erasure.ContactNotFoundError as error:
+        raise _not_found(contact_id) from error
+    return ErasureReport(
+        contact_id=contact_id, journeys_ended=done.journeys_ended,
+        journeys_terminated=done.journeys_terminated,
+        journeys_still_ending=done.journeys_still_ending, erased=done.erased,
+        data_key_destroyed=done.data_key_destroyed)
 
 
 async def alias(store: Store, call: AliasCall) -> AliasResult:
@@ -391,11 +348,17 @@ def contacts_router(
                    summary="Erase a contact: end its journeys, delete all its data",
                    responses={**_NOT_FOUND, 503: {
                        "description": "journeys are running and Temporal is not reachable"}})
-    async def delete_contact(contact_id: str) -> ErasureReport:
-        """Ends every running journey of the contact (exit reason "contact erased"), then deletes
-        profile, events, deliveries, scores, segment memberships, tasks and entries."""
+    async def delete_contact(contact_id: str, request: Request) -> ErasureReport:
+        """Ends every running journey of the contact (exit reason "contact erased"; a run that
+        does not end within a second is terminated), then deletes profile, events, deliveries,
+        scores, segment memberships, tasks, entries, inbox, delivery feedback and refused calls,
+        and destroys the contact's data key, so its payloads left in Temporal histories cannot
+        be read. An audit record keeps that it happened, without personal data. Answers within
+        2 s."""
+        # The name of the API key that called (the keys' dependency sets it), for the audit.
+        erased_by = getattr(request.state, "api_key_name", None)
         try:
-            return await erase(store, temporal, contact_id)
+            return await erase(store, temporal, contact_id, erased_by=erased_by)
         except TemporalUnavailableError as error:
             raise HTTPException(status_code=503, detail=str(error)) from error
 

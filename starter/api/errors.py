@@ -46,6 +46,12 @@ class ValidationProblem(BaseModel):
     detail: list[dict[str, Any]]
 
 
+def fields_of(messages: list[str]) -> list[str]:
+    """The fields refusal messages name (`body.traits.timezone`), without what follows: the
+    message may quote the value sent, which is personal data and stays out of the log."""
+    return [message.partition(":")[0] for message in messages]
+
+
 def readable_errors(errors: list[Any]) -> list[str]:
     """`body.batch[1].event: Field required` for each pydantic error.
 
@@ -74,7 +80,7 @@ async def validation_failed(request: Request, exc: Exception) -> JSONResponse:
     errors = [{**error, "input": shallow(error["input"])} if "input" in error else error
               for error in exc.errors()]
     readable = printable(readable_errors(errors))
-    log.info("api.rejected", path=request.url.path, errors=readable)
+    log.info("api.rejected", path=request.url.path, fields=fields_of(readable))
     return JSONResponse(
         status_code=422,
         content={"errors": readable, "detail": printable(jsonable_encoder(errors, custom_encoder={
@@ -155,6 +161,6 @@ async def nested_too_deeply(request: Request, exc: Exception) -> JSONResponse:
 def refusal(request: Request, message: str, *, kind: str, loc: list[str | int]) -> JSONResponse:
     """A 422 with one error, shaped as every other 422: readable `errors`, structured `detail`."""
     message = printable(message)
-    log.info("api.rejected", path=request.url.path, errors=[message])
+    log.info("api.rejected", path=request.url.path, fields=fields_of([message]))
     return JSONResponse(status_code=422, content={
         "errors": [message], "detail": [{"type": kind, "loc": loc, "msg": message}]})

@@ -12,6 +12,7 @@ import sys
 # Each module registers its commands on `app`; heavy imports stay inside the command functions.
 from starter.cli import (  # noqa: F401
     catalog,
+    data_keys,
     entries,
     imports,
     journeys,

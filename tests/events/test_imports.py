@@ -194,6 +194,8 @@ async def test_the_cli_imports_with_a_journey_and_exits_1_on_bad_rows(
         monkeypatch.setenv("CAIRN_DATABASE_URL", store.url)
         monkeypatch.setenv("CAIRN_TEMPORAL_ADDRESS",
                            temporal_env.client.service_client.config.target_host)
+        # The workers here decode with the test server's clear converter.
+        monkeypatch.setenv("CAIRN_PAYLOAD_ENCRYPTION", "false")
         monkeypatch.setenv("CAIRN_JOURNEY_TASK_QUEUE", router.task_queue)
         assert router.delivery_task_queue is not None
         monkeypatch.setenv("CAIRN_DELIVERY_TASK_QUEUE", router.delivery_task_queue)

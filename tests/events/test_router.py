@@ -359,6 +359,8 @@ async def test_cli_lists_runs_per_step_and_removes_contacts_on_a_dev_server(
 ) -> None:
     """`cairn journeys`, `runs` and `exit` against the real dev server (the test server has no
     visibility listing and keeps no static summaries)."""
+    # The workers here decode with the clear converter the CLI must use too.
+    monkeypatch.setenv("CAIRN_PAYLOAD_ENCRYPTION", "false")
     server = await WorkflowEnvironment.start_local(
         dev_server_existing_path=shutil.which("temporal"),
         data_converter=pydantic_data_converter,

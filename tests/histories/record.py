@@ -25,6 +25,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
+# Saved histories must replay anywhere: recorded in clear, not under a simulation's throwaway keys.
+os.environ["CAIRN_PAYLOAD_ENCRYPTION"] = "false"
 
 from cairn.journey_files import load_journey  # noqa: E402
 from cairn.log import configure, get_logger  # noqa: E402

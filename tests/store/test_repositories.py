@@ -7,6 +7,7 @@ since that is how retried activities and parallel API calls meet them.
 from __future__ import annotations
 
 import asyncio
+import stat
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from sqlalchemy import Connection, func, inspect, select, text
 from cairn.conditions import Condition, parse_condition
 from cairn.contact import ContactSnapshot
 from cairn.journey import Journey
+from cairn.settings import Settings
 from cairn.store import contacts, deliveries, entries, events, journeys, scores, segments, tasks
 from cairn.store.db import Store, StoreError, alembic_config
 from cairn.store.schema import Base, Delivery, Event, ScoreChangeRecord, Task
@@ -542,3 +544,19 @@ async def test_create_task_once_per_key(store: Store) -> None:
         done = await tasks.list_tasks(s, status="done")
     assert [t.title for t in done] == ["Call Ana"]
     assert done[0].due_at == NOW + timedelta(days=2) and done[0].due_at.tzinfo is not None
+
+
+async def test_the_store_and_the_signing_key_are_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "home" / "cairn.db"
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with store.session() as session, session.begin():
+            await session.execute(text("CREATE TABLE probe (x INTEGER)"))
+    finally:
+        await store.close()
+    made = [p for p in path.parent.iterdir() if p.name.startswith("cairn.db")]
+    assert path in made
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in made} == {
+        p.name: 0o600 for p in made}
+    Settings(home=tmp_path / "home").signing_key()
+    assert stat.S_IMODE((tmp_path / "home" / "secret_key").stat().st_mode) == 0o600
