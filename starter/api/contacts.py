@@ -356,7 +356,8 @@ def contacts_router(
         be read. An audit record keeps that it happened, without personal data. Answers within
         2 s."""
         # The name of the API key that called (the keys' dependency sets it), for the audit.
-        erased_by = getattr(request.state, "api_key_name", None)
+        caller = getattr(request.state, "caller", None)
+        erased_by = caller.name if caller is not None else None
         try:
             return await erase(store, temporal, contact_id, erased_by=erased_by)
         except TemporalUnavailableError as error:

@@ -103,6 +103,7 @@ async def test_erasure_with_a_stuck_run_answers_within_2s_and_ends_the_run(
                 kept = (await session.scalars(select(RejectedCall))).all()
             assert [f"{contact}-other" in row.call for row in kept] == [True]
             assert (audit.runs_ended, audit.runs_terminated) == (0, 1)
+            assert audit.erased_by is not None and audit.erased_by.startswith("test-admin")
             assert contact not in repr(vars(audit))
     finally:
         await terminate_leftovers(client, store)
