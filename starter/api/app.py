@@ -4,6 +4,7 @@
   `/v1/group`, `/v1/batch`, `/v1/import`); `starter.api.rejected`: batch items refused;
 - `starter.api.contacts`: read, change, erase and alias contacts;
 - `starter.api.journeys`, `starter.api.outbox`, `starter.api.tasks`: read views and task work;
+  `starter.api.reports`: a journey's funnel and message metrics;
 - `starter.api.entries`, `starter.api.imports`: putting contacts into journeys directly or by CSV;
 - `starter.api.channels`: unsubscribe links, the in-app inbox and provider callbacks;
 - `starter.api.keys`: API keys (`starter.api.auth` checks them on every other route);
@@ -46,6 +47,7 @@ from starter.api.keys import keys_router
 from starter.api.outbox import outbox_router
 from starter.api.quarantine import quarantine_router
 from starter.api.rejected import rejected_router
+from starter.api.reports import reports_router
 from starter.api.tasks import tasks_router
 
 
@@ -91,6 +93,7 @@ def create_app(
     app.include_router(rejected_router(store))
     app.include_router(health_router(store, temporal or _router_client(ingest)))
     app.include_router(journeys_router(store))
+    app.include_router(reports_router(store))
     app.include_router(outbox_router(store))
     app.include_router(tasks_router(store, ingest))
     app.include_router(quarantine_router(store))
