@@ -18,6 +18,7 @@ from starter.cli import (  # noqa: F401
     keys,
     quarantine,
     rejected,
+    report,
     runtime,
     simulate,
     tasks,
