@@ -15,6 +15,7 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import TLSConfig
+from temporalio.runtime import Runtime
 
 from cairn.log import get_logger
 from cairn.settings import Settings
@@ -52,10 +53,12 @@ def _read(path: Path, setting: str) -> bytes:
 
 
 async def connect(
-    settings: Settings, *, address: str | None = None, timeout: timedelta | None = None
+    settings: Settings, *, address: str | None = None, timeout: timedelta | None = None,
+    runtime: Runtime | None = None,
 ) -> Client:
     """A client for `settings.temporal_address` (or `address`) using the pydantic data converter.
 
+    `runtime` is the Temporal runtime to use (the worker's exports metrics; default the SDK's).
     `timeout` bounds the connection attempt; probes use it because a port held by a program that
     accepts TCP but does not speak gRPC would otherwise keep the attempt waiting.
     """
@@ -70,6 +73,7 @@ async def connect(
         tls=tls_config(settings),
         api_key=settings.temporal_api_key,
         data_converter=pydantic_data_converter,
+        runtime=runtime,
     )
     try:
         if timeout is None:

@@ -8,7 +8,8 @@
 - `starter.api.entries`, `starter.api.imports`: putting contacts into journeys directly or by CSV;
 - `starter.api.channels`: unsubscribe links, the in-app inbox and provider callbacks;
 - `starter.api.keys`: API keys (`starter.api.auth` checks them on every other route);
-- `starter.api.health`: whether the API is alive (`/v1/health`) and ready (`/v1/ready`).
+- `starter.api.health`: whether the API is alive (`/v1/health`) and ready (`/v1/ready`);
+  `starter.api.metrics`: Prometheus counters (`/metrics`).
 
 Endpoints are thin: a pydantic model validates the body, one service call from `cairn` does the
 work, a response model answers. Malformed input gets a 422 naming each field (`starter.api.errors`).
@@ -44,6 +45,7 @@ from starter.api.imports import imports_router
 from starter.api.ingest import ingest_router
 from starter.api.journeys import journeys_router
 from starter.api.keys import keys_router
+from starter.api.metrics import metrics_router
 from starter.api.outbox import outbox_router
 from starter.api.quarantine import quarantine_router
 from starter.api.rejected import rejected_router
@@ -102,6 +104,7 @@ def create_app(
     app.include_router(entries_router(ingest))
     app.include_router(channels_router(store, ingest, settings))
     app.include_router(keys_router(store))
+    app.include_router(metrics_router())
     document_keys(app)
     return app
 

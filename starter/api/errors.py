@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cairn.log import get_logger
+from cairn.metrics import count_rejected
 
 log = get_logger(__name__)
 
@@ -75,6 +76,7 @@ async def validation_failed(request: Request, exc: Exception) -> JSONResponse:
               for error in exc.errors()]
     readable = printable(readable_errors(errors))
     log.info("api.rejected", path=request.url.path, errors=readable)
+    count_rejected(request.url.path)
     return JSONResponse(
         status_code=422,
         content={"errors": readable, "detail": printable(jsonable_encoder(errors, custom_encoder={
@@ -156,5 +158,6 @@ def refusal(request: Request, message: str, *, kind: str, loc: list[str | int]) 
     """A 422 with one error, shaped as every other 422: readable `errors`, structured `detail`."""
     message = printable(message)
     log.info("api.rejected", path=request.url.path, errors=[message])
+    count_rejected(request.url.path)
     return JSONResponse(status_code=422, content={
         "errors": [message], "detail": [{"type": kind, "loc": loc, "msg": message}]})
