@@ -14,8 +14,8 @@ from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import TLSConfig
 from temporalio.runtime import Runtime
+from temporalio.service import TLSConfig
 
 from cairn.log import get_logger
 from cairn.settings import Settings
