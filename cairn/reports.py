@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from statistics import median
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -147,7 +147,37 @@ class MessageFigures(BaseModel):
     rates: MessageRates
 
 
+_FUNNEL_EXAMPLE: dict[str, Any] = {
+    "version": None, "entries": 10, "active": 0, "completed": 7, "conversions": 3,
+    "conversion_rate": 0.3, "conversion_interval": [0.1078, 0.6032],
+    "median_seconds_to_convert": 3600.0,
+    "goals": [{"goal": "converted", "conversions": 3, "rate": 0.3,
+               "median_seconds_to_convert": 3600.0}],
+    "ended": {}, "removed": 0, "failed": 0, "reentered": 0,
+}
+_MESSAGE_EXAMPLE: dict[str, Any] = {
+    "step": "email_reminder", "template": "cart-reminder-similar", "channel": "email",
+    "variant": None, "sent": 5, "delivered": 2, "opened": 2, "clicked": 1, "replied": 0,
+    "bounced": 1, "complained": 0, "unsubscribed": 0, "undelivered": 0, "failed": 0,
+    "unconfirmed": 0, "sending": 0,
+    "skipped": {"consent": 1, "unreachable": 0, "frequency_cap": 0, "quiet_hours": 0},
+    "rates": {"delivery": 0.4, "open": 0.4, "click": 0.2, "click_to_open": 0.5, "reply": 0.0,
+              "bounce": 0.2, "complaint": 0.0, "unsubscribe": 0.0, "failure": 0.0,
+              "skip": 0.1667},
+}
+
+
 class JourneyReport(BaseModel):
+    """How a journey performs: the entry funnel and the messages (docs/analytics.md)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "journey": "cart-abandonment", "name": "Reduce cart abandonment", "version": None,
+        "since": None, "until": None, "generated_at": "2026-03-03T09:00:00Z",
+        "funnel": _FUNNEL_EXAMPLE, "versions": [{**_FUNNEL_EXAMPLE, "version": 1}],
+        "steps": [], "messages": [_MESSAGE_EXAMPLE],
+        "notes": ["per-step figures need step transitions in the store: not recorded yet"],
+    }]})
+
     journey: str
     name: str | None
     version: int | None = Field(description="the version reported on; null: every version")
