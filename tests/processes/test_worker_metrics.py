@@ -18,6 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from cairn.metrics import ACTIVITY_FAILURES
+from cairn.store.db import Store
 from starter.worker_metrics import ActivityFailures, serve_worker_metrics
 from tests.engine_support import unique
 
@@ -80,3 +81,40 @@ async def test_the_metrics_port_serves_cairn_and_temporal_sdk_metrics(
         assert any("activity" in name for name in sdk), sorted(sdk)
     finally:
         endpoint.close()
+
+
+async def test_run_worker_serves_its_metrics_on_the_configured_port(
+    temporal_env: WorkflowEnvironment, sqlite_store: Store,
+) -> None:
+    from cairn.settings import Settings
+    from starter.worker import run_worker
+
+    port = _free_port()
+    settings = Settings(database_url=sqlite_store.url,
+                        temporal_address=temporal_env.client.service_client.config.target_host,
+                        temporal_namespace=temporal_env.client.namespace,
+                        journey_task_queue=unique("journeys"),
+                        delivery_task_queue=unique("delivery"),
+                        worker_metrics_port=port, worker_metrics_host="127.0.0.1")
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(settings, stop=stop))
+    try:
+        text = ""
+        for _ in range(100):
+            try:
+                text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+                if "temporal_request" in text:
+                    break
+            except OSError:
+                pass
+            assert not worker.done(), worker.exception()
+            await asyncio.sleep(0.1)
+        assert "cairn_sends_total" in text and "temporal_request" in text
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 30)
+    try:
+        await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+        raise AssertionError("the metrics port should be closed with the worker")
+    except OSError:
+        pass
