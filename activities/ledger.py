@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from structlog.typing import FilteringBoundLogger
 from temporalio.exceptions import ApplicationError
 
+from cairn import metrics
 from cairn.channels.base import ProviderError
 from cairn.contracts import PROVIDER_REJECTED, PROVIDER_UNAVAILABLE
 from cairn.delivery_policy import MAX_RESENDS
@@ -147,14 +148,19 @@ class Ledger:
     @staticmethod
     async def claim(s: AsyncSession, **columns: Any) -> Delivery:
         """Write the row as `sending`; the caller commits it before making the call."""
-        row, _ = await deliveries_repo.record_delivery(s, status=SENDING, **columns)
+        row, new = await deliveries_repo.record_delivery(s, status=SENDING, **columns)
+        if new:
+            _count(row)
         return row
 
     @staticmethod
     async def record(s: AsyncSession, **columns: Any) -> tuple[Delivery, bool]:
         """Write a row that needs no call, settled (`status` given): the row, and whether it is
         new (False: an earlier attempt wrote it)."""
-        return await deliveries_repo.record_delivery(s, **columns)
+        row, new = await deliveries_repo.record_delivery(s, **columns)
+        if new:
+            _count(row)
+        return row, new
 
     async def sent(
         self, row_id: int, now: datetime, *, response: Any, message_id: str | None,
@@ -176,7 +182,8 @@ class Ledger:
                 else response
             row.sent_at = now
             row.accepted_at = accepted_at or datetime.now(UTC)
-            return row
+        _count(row)
+        return row
 
     async def confirmed(
         self, row_id: int, *, message_id: str | None, accepted_at: datetime | None,
@@ -193,7 +200,8 @@ class Ledger:
             row.response = {**(row.response or {}), **response, "confirmed": True}
             log.info(f"{self.events}.confirmed", delivery_id=row.id,
                      provider_message_id=message_id)
-            return row
+        _count(row)
+        return row
 
     async def failed(
         self, row_id: int, error: ProviderError, *, idempotent: bool, now: datetime,
@@ -225,6 +233,8 @@ class Ledger:
                     await refused(s, row, error)
                 log.warning(f"{self.events}.rejected", delivery_id=row.id, error=str(error),
                             invalid_recipient=error.invalid_recipient)
+        if row.status == FAILED:
+            _count(row)
         # Raised after the commit: the ledger change above must stand whatever Temporal does
         # (an unconfirmed row to resend is found by the retry, which sends it again).
         if error.outcome_unknown and not idempotent:
@@ -232,7 +242,18 @@ class Ledger:
         raise retry_later(error) if error.retryable else refusal(error)
 
     def _settle_unconfirmed(self, row: Delivery, reason: str) -> None:
+        _count_status(row, UNCONFIRMED)
         row.status = UNCONFIRMED
         row.reason = reason
         if self.merges_response:
             row.response = {**(row.response or {}), "unconfirmed": True}
+
+
+def _count(row: Delivery) -> None:
+    _count_status(row, row.status)
+
+
+def _count_status(row: Delivery, status: str) -> None:
+    """A send row reached `status` (`cairn_sends_total`); actions are not sends."""
+    if row.kind == "send":
+        metrics.SENDS.labels(channel=row.channel or "", status=status).inc()

@@ -42,6 +42,7 @@ from activities.context import (
     template_scope,
 )
 from activities.ledger import FAILED, UNCONFIRMED, Earlier, Ledger, Refused
+from cairn import metrics
 from cairn.channels.base import OutgoingMessage, Provider, ProviderError, SendLookup
 from cairn.channels.registry import ChannelSet, local_channels
 from cairn.contact import ContactSnapshot
@@ -232,6 +233,7 @@ class DeliveryActivities:
                     return await self._skip(s, request, skipped, chosen, reason)
                 bound.info("send.deferred", channel=chosen, until=until.isoformat(),
                            reason=reason)
+                metrics.SEND_HOLDS.labels(reason=status.removeprefix("deferred:")).inc()
                 return SendPlan(status=status, channel=chosen, hold_until=until, reason=reason)
         reason = f"{chosen}: reachable for {request.send.category}"
         bound.info("send.ready", channel=chosen)

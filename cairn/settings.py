@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     delivery_task_queue: str = DELIVERY_TASK_QUEUE
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    worker_metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="serve the worker's Prometheus metrics (Cairn's counters and the Temporal "
+                    "SDK's) on http://<worker_metrics_host>:<port>/metrics; unset: off")
+    worker_metrics_host: str = Field(
+        default="0.0.0.0", description="the address the worker's metrics port listens on")
     # Segment's documented limits: a source that respects them is never refused for size.
     max_call_bytes: int = Field(
         default=32 * 1024, gt=0,

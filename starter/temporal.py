@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
 from cairn.log import get_logger
@@ -54,11 +55,13 @@ def _read(path: Path, setting: str) -> bytes:
 
 
 async def connect(
-    settings: Settings, *, address: str | None = None, timeout: timedelta | None = None
+    settings: Settings, *, address: str | None = None, timeout: timedelta | None = None,
+    runtime: Runtime | None = None,
 ) -> Client:
     """A client for `settings.temporal_address` (or `address`) with Cairn's data converter
     (pydantic values; payloads encrypted under the data keys in the settings' store).
 
+    `runtime` is the Temporal runtime to use (the worker's exports metrics; default the SDK's).
     `timeout` bounds the connection attempt; probes use it because a port held by a program that
     accepts TCP but does not speak gRPC would otherwise keep the attempt waiting.
     """
@@ -73,6 +76,7 @@ async def connect(
         tls=tls_config(settings),
         api_key=settings.temporal_api_key,
         data_converter=cairn_data_converter(data_keys_for(settings)),
+        runtime=runtime,
     )
     try:
         if timeout is None:

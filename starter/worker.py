@@ -21,6 +21,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from cairn.journey_run import DELIVERY_TASK_QUEUE, JOURNEY_TASK_QUEUE
 from cairn.log import configure, get_logger
 from cairn.settings import Settings
+from starter.worker_metrics import ActivityFailures, serve_worker_metrics
 
 if TYPE_CHECKING:
     from activities.send import DeliveryActivities
@@ -77,11 +78,13 @@ def journey_workers(
         workflows=list(WORKFLOWS),
         activities=journey_activities(store, delivery, ingest),
         workflow_runner=workflow_runner(),
+        interceptors=[ActivityFailures()],
     )
     delivery_worker = Worker(
         client,
         task_queue=delivery_queue,
         activities=delivery_activities(store, delivery),
+        interceptors=[ActivityFailures()],
     )
     return [journey_worker, delivery_worker]
 
@@ -127,9 +130,16 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     if stop is None:
         stop = asyncio.Event()
         stop_on_signals(stop)
-    client = await connect(settings)
-    await ensure_search_attributes(client)
-    store = await open_existing_store(settings.store_url)
+    endpoint = (serve_worker_metrics(settings.worker_metrics_port, settings.worker_metrics_host)
+                if settings.worker_metrics_port else None)
+    try:
+        client = await connect(settings, runtime=endpoint.runtime if endpoint else None)
+        await ensure_search_attributes(client)
+        store = await open_existing_store(settings.store_url)
+    except BaseException:
+        if endpoint is not None:
+            endpoint.close()
+        raise
     bound = log.bind(address=settings.temporal_address, namespace=settings.temporal_namespace)
     delivery = delivery_for(settings, store)
     try:
@@ -148,6 +158,8 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     finally:
         await delivery.channels.aclose()
         await store.close()
+        if endpoint is not None:
+            endpoint.close()
     bound.info("worker.stopped")
 
 

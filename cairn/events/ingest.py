@@ -25,6 +25,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.service import RPCError, RPCStatusCode
 
+from cairn import metrics
 from cairn.events import attribute_changes
 from cairn.events.calls import (
     AliasCall,
@@ -304,6 +305,7 @@ class Ingest:
                 async with self.store.session() as session, session.begin():
                     await events_repo.mark_routed(session, sorted(run.done.keys()
                                                                   - settled.keys()), self.clock())
+                metrics.EVENTS_ROUTED.inc(len(run.done.keys() - settled.keys()))
         return {event_id: run.done[event_id] for event_id in sorted(run.done)}
 
     async def _route_recently_decided(
@@ -346,6 +348,7 @@ class Ingest:
         async with self.store.session() as session, session.begin():
             marked = await events_repo.mark_routed_if_unclaimed(session, quiet, self.clock(),
                                                                 now, ROUTING_LEASE)
+        metrics.EVENTS_ROUTED.inc(len(marked))
         return {event_id: [] for event_id in sorted(marked)}
 
     def _remember_decided(self, contact_id: str, moment: datetime) -> None:
@@ -637,6 +640,10 @@ class Ingest:
             if refused:
                 await rejected_repo.record_refusals(session, refused, endpoint=endpoint,
                                                     received_at=received_at)
+        for stored_call, result in zip(calls, results, strict=False):
+            if not result.duplicate:
+                metrics.EVENTS_ACCEPTED.labels(type=stored_call.type).inc()
+        metrics.count_rejected(endpoint, len(refused))
         own = [r.event_id for r in results if not r.duplicate]
         fresh = [i for r in results if not r.duplicate for i in (r.event_id, *r.derived)]
         if route and fresh:

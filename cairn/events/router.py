@@ -29,7 +29,7 @@ from temporalio.common import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from cairn import search_attributes
+from cairn import metrics, search_attributes
 from cairn.conditions import evaluate_event_filter, event_field
 from cairn.durations import parse_duration
 from cairn.journey import Journey
@@ -298,6 +298,7 @@ class Router:
             await self._discard_entry(row.id)
             raise
         if started:
+            metrics.ENTRIES.labels(journey=journey.key).inc()
             return RouteDecision(journey.key, journey.version, wid, "started",
                                  _entered_reason(journey))
         await self._discard_entry(row.id)

@@ -180,6 +180,10 @@ class Delivery(Base):
     # the wall clock when the provider accepted the message (or a lookup found it accepted)
     accepted_at: Mapped[datetime | None]
 
+    # The journey report reads a journey's sends in a window (`cairn.reports`).
+    __table_args__ = (Index("ix_deliveries_journey_kind_created", "journey_key", "kind",
+                            "created_at"),)
+
 
 class DeliveryFeedback(Base):
     """What providers reported after a send (delivered, bounced, opened, clicked, replied, ...).

@@ -4,11 +4,13 @@
   `/v1/group`, `/v1/batch`, `/v1/import`); `starter.api.rejected`: batch items refused;
 - `starter.api.contacts`: read, change, erase and alias contacts;
 - `starter.api.journeys`, `starter.api.outbox`, `starter.api.tasks`: read views and task work;
+  `starter.api.reports`: a journey's funnel and message metrics;
 - `starter.api.entries`, `starter.api.imports`: putting contacts into journeys directly or by CSV;
 - `starter.api.channels`: unsubscribe links, the in-app inbox and provider callbacks;
 - `starter.api.keys`: API keys (`starter.api.auth` checks them on every other route);
 - `starter.api.codec`: Temporal's remote codec (`/codec/decode`, `/codec/encode`) for UI and CLI;
-- `starter.api.health`: whether the API is alive (`/v1/health`) and ready (`/v1/ready`).
+- `starter.api.health`: whether the API is alive (`/v1/health`) and ready (`/v1/ready`);
+  `starter.api.metrics`: Prometheus counters (`/metrics`).
 
 Endpoints are thin: a pydantic model validates the body, one service call from `cairn` does the
 work, a response model answers. Malformed input gets a 422 naming each field (`starter.api.errors`).
@@ -45,9 +47,11 @@ from starter.api.imports import imports_router
 from starter.api.ingest import ingest_router
 from starter.api.journeys import journeys_router
 from starter.api.keys import keys_router
+from starter.api.metrics import metrics_router
 from starter.api.outbox import outbox_router
 from starter.api.quarantine import quarantine_router
 from starter.api.rejected import rejected_router
+from starter.api.reports import reports_router
 from starter.api.tasks import tasks_router
 
 
@@ -93,6 +97,7 @@ def create_app(
     app.include_router(rejected_router(store))
     app.include_router(health_router(store, temporal or _router_client(ingest)))
     app.include_router(journeys_router(store))
+    app.include_router(reports_router(store))
     app.include_router(outbox_router(store))
     app.include_router(tasks_router(store, ingest))
     app.include_router(quarantine_router(store))
@@ -105,6 +110,7 @@ def create_app(
         api_data_keys(settings, store, temporal or _router_client(ingest)),
         encrypt=settings.payload_encryption))
     app.add_middleware(CodecCors, origins=settings.codec_cors_origins)
+    app.include_router(metrics_router())
     document_keys(app)
     return app
 

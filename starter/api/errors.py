@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cairn.log import get_logger
+from cairn.metrics import count_rejected
 
 log = get_logger(__name__)
 
@@ -81,6 +82,7 @@ async def validation_failed(request: Request, exc: Exception) -> JSONResponse:
               for error in exc.errors()]
     readable = printable(readable_errors(errors))
     log.info("api.rejected", path=request.url.path, fields=fields_of(readable))
+    count_rejected(request.url.path)
     return JSONResponse(
         status_code=422,
         content={"errors": readable, "detail": printable(jsonable_encoder(errors, custom_encoder={
@@ -162,5 +164,6 @@ def refusal(request: Request, message: str, *, kind: str, loc: list[str | int]) 
     """A 422 with one error, shaped as every other 422: readable `errors`, structured `detail`."""
     message = printable(message)
     log.info("api.rejected", path=request.url.path, fields=fields_of([message]))
+    count_rejected(request.url.path)
     return JSONResponse(status_code=422, content={
         "errors": [message], "detail": [{"type": kind, "loc": loc, "msg": message}]})

@@ -19,6 +19,7 @@ from starter.cli import (  # noqa: F401
     keys,
     quarantine,
     rejected,
+    report,
     runtime,
     simulate,
     tasks,

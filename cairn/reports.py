@@ -1,0 +1,406 @@
+"""The journey report: how a journey performs, from what the store already knows.
+
+One service function, `journey_report`, answers `GET /v1/journeys/{key}/report`, `cairn report`
+and (later) the console, with one pydantic model:
+
+- **funnel**: the entries of a journey (one version, or all) entered within a window: how many,
+  how many are still active, completed, converted by each exit goal (with the conversion rate, its
+  Wilson interval and the median time to convert), ended at an `end` step with an outcome,
+  removed, failed; the same per version;
+- **messages**: per send step, template and channel (and variant, once send steps have variants:
+  the key already has the field) what the deliveries ledger and the providers' feedback say:
+  sent, delivered, opened, clicked, replied, bounced, complained, unsubscribed, undelivered,
+  failed, unconfirmed, still sending, and skipped by reason, with rates per message sent;
+- **steps**: per-step figures (reached, waiting, left by each branch) need step transitions in
+  the store, which the runs do not record yet; the list is empty until they do.
+
+Attribution: a provider report names its send (`delivery_feedback.delivery_id`, found by the
+provider's message id); an in-app message is its inbox row (read = opened); an unsubscribe that
+names no message (the signed link, an SMS STOP) goes to the contact's last message on that
+channel sent before it (last touch). Opens, clicks and the rest count messages, not events: a
+message opened three times is one opened message.
+
+Not here: statistics (`cairn.statistics`), the doors that print or serve the report.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime
+from statistics import median
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Select, and_, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cairn.journey import Journey
+from cairn.statistics import rate, wilson_interval
+from cairn.store import journeys as journeys_repo
+from cairn.store.db import Store
+from cairn.store.entries import FAILED, REENTERED
+from cairn.store.schema import Delivery, DeliveryFeedback, Entry, Event, InboxMessage
+
+__all__ = [
+    "GoalFigures", "JourneyReport", "MessageFigures", "MessageRates", "StepFigures",
+    "UnknownJourney", "VersionFunnel", "journey_report",
+]
+
+COMPLETED = "completed"
+REMOVED = "removed"
+ENDED_PREFIX = "ended:"
+SKIP_REASONS = ("consent", "unreachable", "frequency_cap", "quiet_hours")
+"""Every `skipped:<reason>` a send writes to the ledger (`activities.send`)."""
+FEEDBACK_COLUMNS = {"delivered": "delivered", "opened": "opened", "clicked": "clicked",
+                    "replied": "replied", "bounced": "bounced", "complained": "complained",
+                    "unsubscribed": "unsubscribed", "failed": "undelivered"}
+"""Provider feedback kinds (`cairn.channels.base.FeedbackEvent`) and the column each counts in;
+`resubscribed` is no reaction to a message and is left out."""
+INBOX_CHANNELS = ("in_app", "on_site")
+LINK_UNSUBSCRIBE_EVENT = "unsubscribed"
+"""The event the signed unsubscribe link records (`starter/api/channels.py`)."""
+
+
+class UnknownJourney(LookupError):
+    """No version of the journey was ever published and no entry names it."""
+
+
+class GoalFigures(BaseModel):
+    goal: str = Field(description="the exit goal's name, as in the journey's `exit`")
+    conversions: int
+    rate: float | None = Field(description="conversions / entries")
+    median_seconds_to_convert: float | None = Field(
+        description="median time from entry to this goal, in seconds")
+
+
+class VersionFunnel(BaseModel):
+    """The entry funnel of a set of entries (one version, or all of them)."""
+
+    version: int | None = Field(description="the journey version; null: every version")
+    entries: int
+    active: int = Field(description="entries whose run has not finished")
+    completed: int = Field(description="reached an `end` step without an outcome")
+    conversions: int = Field(description="left by an exit goal (every goal)")
+    conversion_rate: float | None
+    conversion_interval: tuple[float, float] | None = Field(
+        description="95 % Wilson interval of the conversion rate")
+    median_seconds_to_convert: float | None
+    goals: list[GoalFigures]
+    ended: dict[str, int] = Field(
+        description="reached an `end` step with an outcome: outcome -> entries "
+                    "(`holdout` for a split's holdout)")
+    removed: int = Field(description="removed by an operator (`cairn exit`) or an erasure")
+    failed: int = Field(description="the run failed, was terminated or timed out (re-entered "
+                                    "ones included)")
+    reentered: int = Field(description="failed entries an operator re-entered")
+
+
+class StepFigures(BaseModel):
+    """Per-step figures: coming with step transitions recorded in the store (issue 13)."""
+
+    step: str
+    reached: int
+    waiting: int
+    left: dict[str, int] = Field(description="branch or route -> entries that left by it")
+    exited: dict[str, int] = Field(description="exit goal -> entries caught at this step")
+
+
+class MessageRates(BaseModel):
+    """Rates per message sent (null when nothing was sent); `failure` (refused) is per message
+    attempted (sent, failed, unconfirmed) and `skip` per message planned (attempted and skipped)."""
+
+    delivery: float | None
+    open: float | None
+    click: float | None
+    click_to_open: float | None
+    reply: float | None
+    bounce: float | None
+    complaint: float | None
+    unsubscribe: float | None
+    failure: float | None
+    skip: float | None
+
+
+class MessageFigures(BaseModel):
+    """One message of the journey: a send step, its template and channel (and variant)."""
+
+    step: str
+    template: str | None
+    channel: str | None
+    variant: str | None = Field(default=None,
+                                description="the send's variant, once send steps have them")
+    sent: int
+    delivered: int
+    opened: int
+    clicked: int
+    replied: int
+    bounced: int
+    complained: int
+    unsubscribed: int
+    undelivered: int = Field(description="accepted, then reported not delivered (a carrier's "
+                                         "`failed`/`undelivered`)")
+    failed: int = Field(description="refused by the provider, or the template did not render")
+    unconfirmed: int = Field(description="the provider call's outcome is unknown")
+    sending: int = Field(description="claimed, the provider call not answered yet")
+    skipped: dict[str, int] = Field(description="not sent, by reason: consent, unreachable, "
+                                                "frequency_cap, quiet_hours")
+    rates: MessageRates
+
+
+_FUNNEL_EXAMPLE: dict[str, Any] = {
+    "version": None, "entries": 10, "active": 0, "completed": 7, "conversions": 3,
+    "conversion_rate": 0.3, "conversion_interval": [0.1078, 0.6032],
+    "median_seconds_to_convert": 3600.0,
+    "goals": [{"goal": "converted", "conversions": 3, "rate": 0.3,
+               "median_seconds_to_convert": 3600.0}],
+    "ended": {}, "removed": 0, "failed": 0, "reentered": 0,
+}
+_MESSAGE_EXAMPLE: dict[str, Any] = {
+    "step": "email_reminder", "template": "cart-reminder-similar", "channel": "email",
+    "variant": None, "sent": 5, "delivered": 2, "opened": 2, "clicked": 1, "replied": 0,
+    "bounced": 1, "complained": 0, "unsubscribed": 0, "undelivered": 0, "failed": 0,
+    "unconfirmed": 0, "sending": 0,
+    "skipped": {"consent": 1, "unreachable": 0, "frequency_cap": 0, "quiet_hours": 0},
+    "rates": {"delivery": 0.4, "open": 0.4, "click": 0.2, "click_to_open": 0.5, "reply": 0.0,
+              "bounce": 0.2, "complaint": 0.0, "unsubscribe": 0.0, "failure": 0.0,
+              "skip": 0.1667},
+}
+
+
+class JourneyReport(BaseModel):
+    """How a journey performs: the entry funnel and the messages (docs/analytics.md)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "journey": "cart-abandonment", "name": "Reduce cart abandonment", "version": None,
+        "since": None, "until": None, "generated_at": "2026-03-03T09:00:00Z",
+        "funnel": _FUNNEL_EXAMPLE, "versions": [{**_FUNNEL_EXAMPLE, "version": 1}],
+        "steps": [], "messages": [_MESSAGE_EXAMPLE],
+        "notes": ["per-step figures need step transitions in the store: not recorded yet"],
+    }]})
+
+    journey: str
+    name: str | None
+    version: int | None = Field(description="the version reported on; null: every version")
+    since: datetime | None = Field(description="entries (and sends) from this time on")
+    until: datetime | None = Field(description="entries (and sends) before this time")
+    generated_at: datetime
+    funnel: VersionFunnel
+    versions: list[VersionFunnel] = Field(description="the funnel per version, oldest first")
+    steps: list[StepFigures] = Field(
+        default_factory=list,
+        description="per-step figures (reached, waiting, left by branch); empty until step "
+                    "transitions are recorded in the store")
+    messages: list[MessageFigures]
+    notes: list[str] = Field(default_factory=list)
+
+
+async def journey_report(
+    store: Store, key: str, *, version: int | None = None, since: datetime | None = None,
+    until: datetime | None = None, now: datetime | None = None,
+) -> JourneyReport:
+    """The report of journey `key`: entries entered in [since, until) and the sends of those
+    entries' runs made in that window. Raises `UnknownJourney`."""
+    async with store.session() as s:
+        definition = await journeys_repo.get_version(s, key, version)
+        entries = await _entry_rows(s, key, version, since, until)
+        if definition is None and not entries:
+            known = f" version {version}" if version is not None else ""
+            raise UnknownJourney(f"no journey {key!r}{known}: publish it first "
+                                 "(`cairn publish`), or check the key with `cairn journeys`")
+        goals = _goal_names(journeys_repo.journey_of(definition)) if definition else []
+        messages = await _messages(s, key, version, since, until)
+    by_version: dict[int, list[tuple[str | None, datetime, datetime | None]]] = defaultdict(list)
+    for row in entries:
+        by_version[row[0]].append(row[1:])
+    versions = [_funnel(v, rows, goals) for v, rows in sorted(by_version.items())]
+    notes = ["per-step figures need step transitions in the store: not recorded yet",
+             "sends held by quiet hours or a frequency cap are written to the ledger only when "
+             "they go or are skipped; the worker's cairn_send_holds_total counts the holds"]
+    return JourneyReport(
+        journey=key, name=definition.name if definition else None, version=version,
+        since=since, until=until, generated_at=now or datetime.now(UTC),
+        funnel=_funnel(version, [r[1:] for r in entries], goals), versions=versions,
+        messages=messages, notes=notes,
+    )
+
+
+def _goal_names(journey: Journey) -> list[str]:
+    return list(dict.fromkeys(goal.goal for goal in journey.exit))
+
+
+def _window(query: Select[Any], column: Any, since: datetime | None,
+            until: datetime | None) -> Select[Any]:
+    if since is not None:
+        query = query.where(column >= since)
+    if until is not None:
+        query = query.where(column < until)
+    return query
+
+
+async def _entry_rows(
+    s: AsyncSession, key: str, version: int | None, since: datetime | None,
+    until: datetime | None,
+) -> list[tuple[int, str | None, datetime, datetime | None]]:
+    query = select(Entry.version, Entry.outcome, Entry.entered_at, Entry.ended_at).where(
+        Entry.journey_key == key)
+    if version is not None:
+        query = query.where(Entry.version == version)
+    query = _window(query, Entry.entered_at, since, until).order_by(Entry.id)
+    return [(v, o, a, b) for v, o, a, b in (await s.execute(query)).all()]
+
+
+def _funnel(version: int | None, rows: list[tuple[str | None, datetime, datetime | None]],
+            goals: list[str]) -> VersionFunnel:
+    entries = len(rows)
+    active = completed = removed = failed = reentered = 0
+    ended: dict[str, int] = {}
+    to_goal: dict[str, list[float]] = {goal: [] for goal in goals}
+    for outcome, entered_at, ended_at in rows:
+        if ended_at is None or outcome is None:
+            active += 1
+        elif outcome == COMPLETED:
+            completed += 1
+        elif outcome == REMOVED:
+            removed += 1
+        elif outcome in (FAILED, REENTERED):
+            failed += 1
+            reentered += outcome == REENTERED
+        elif outcome.startswith(ENDED_PREFIX):
+            name = outcome[len(ENDED_PREFIX):]
+            ended[name] = ended.get(name, 0) + 1
+        else:
+            # Any other outcome is an exit goal's name (a goal the current definition may no
+            # longer have: it still counts for the entries that reached it).
+            to_goal.setdefault(outcome, []).append((ended_at - entered_at).total_seconds())
+    every = [seconds for durations in to_goal.values() for seconds in durations]
+    conversions = len(every)
+    interval = wilson_interval(conversions, entries)
+    return VersionFunnel(
+        version=version, entries=entries, active=active, completed=completed,
+        conversions=conversions, conversion_rate=rate(conversions, entries),
+        conversion_interval=(interval.low, interval.high) if interval else None,
+        median_seconds_to_convert=median(every) if every else None,
+        goals=[GoalFigures(goal=goal, conversions=len(durations),
+                           rate=rate(len(durations), entries),
+                           median_seconds_to_convert=median(durations) if durations else None)
+               for goal, durations in to_goal.items()],
+        ended=dict(sorted(ended.items())), removed=removed, failed=failed, reentered=reentered,
+    )
+
+
+MessageKey = tuple[str, str | None, str | None]
+
+
+def _sends(key: str, version: int | None, since: datetime | None,
+           until: datetime | None) -> Any:
+    """The journey's send rows in the window (of the runs of one version's entries, if given)."""
+    clause = and_(Delivery.kind == "send", Delivery.journey_key == key)
+    if version is not None:
+        runs = select(Entry.workflow_id).where(Entry.journey_key == key, Entry.version == version)
+        clause = and_(clause, Delivery.workflow_id.in_(runs))
+    if since is not None:
+        clause = and_(clause, Delivery.created_at >= since)
+    if until is not None:
+        clause = and_(clause, Delivery.created_at < until)
+    return clause
+
+
+async def _messages(
+    s: AsyncSession, key: str, version: int | None, since: datetime | None,
+    until: datetime | None,
+) -> list[MessageFigures]:
+    sends = _sends(key, version, since, until)
+    counts: dict[MessageKey, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    ledger = (select(Delivery.step, Delivery.template, Delivery.channel, Delivery.status,
+                     func.count()).where(sends)
+              .group_by(Delivery.step, Delivery.template, Delivery.channel, Delivery.status))
+    for step, template, channel, status, n in (await s.execute(ledger)).all():
+        counts[(step or "", template, channel)][status] += n
+    feedback = (select(Delivery.step, Delivery.template, Delivery.channel, DeliveryFeedback.kind,
+                       func.count(func.distinct(DeliveryFeedback.delivery_id)))
+                .join(Delivery, Delivery.id == DeliveryFeedback.delivery_id).where(sends)
+                .group_by(Delivery.step, Delivery.template, Delivery.channel,
+                          DeliveryFeedback.kind))
+    for step, template, channel, kind, n in (await s.execute(feedback)).all():
+        column = FEEDBACK_COLUMNS.get(kind)
+        if column is not None:
+            counts[(step or "", template, channel)][column] += n
+    inbox = (select(Delivery.step, Delivery.template, Delivery.channel,
+                    func.count(InboxMessage.read_at))
+             .join(InboxMessage, InboxMessage.delivery_key == Delivery.idempotency_key)
+             .where(sends).group_by(Delivery.step, Delivery.template, Delivery.channel))
+    for step, template, channel, n in (await s.execute(inbox)).all():
+        counts[(step or "", template, channel)]["opened"] += n
+    for message, n in (await _unattributed_unsubscribes(s, sends)).items():
+        counts[message]["unsubscribed"] += n
+    return [_message_figures(message, tally) for message, tally in sorted(
+        counts.items(), key=lambda item: (item[0][0], item[0][1] or "", item[0][2] or ""))]
+
+
+async def _unattributed_unsubscribes(s: AsyncSession, sends: Any) -> dict[MessageKey, int]:
+    """Unsubscribes that name no message (the signed link's event, an SMS STOP): each goes to
+    the contact's last message sent on that channel before it, if that one is in `sends`."""
+    contacts = select(Delivery.contact_id).where(sends, Delivery.status == "sent")
+    found: list[tuple[str, str | None, datetime]] = []
+    link = select(Event.contact_id, Event.properties, Event.timestamp).where(
+        Event.name == LINK_UNSUBSCRIBE_EVENT, Event.contact_id.in_(contacts))
+    for contact_id, properties, at in (await s.execute(link)).all():
+        found.append((contact_id, (properties or {}).get("channel"), at))
+    reports = select(DeliveryFeedback.contact_id, DeliveryFeedback.channel,
+                     DeliveryFeedback.occurred_at).where(
+        DeliveryFeedback.kind == "unsubscribed", DeliveryFeedback.delivery_id.is_(None),
+        DeliveryFeedback.contact_id.in_(contacts))
+    found += [(c, ch, at) for c, ch, at in (await s.execute(reports)).all() if c is not None]
+    tally: dict[MessageKey, int] = defaultdict(int)
+    for contact_id, channel, at in found:
+        if not channel:
+            continue
+        last = (select(Delivery.id, Delivery.step, Delivery.template, Delivery.channel)
+                .where(Delivery.kind == "send", Delivery.status == "sent",
+                       Delivery.contact_id == contact_id, Delivery.channel == channel,
+                       Delivery.sent_at <= at)
+                .order_by(Delivery.sent_at.desc(), Delivery.id.desc()).limit(1))
+        row = (await s.execute(last)).first()
+        if row is None:
+            continue
+        in_report = await s.scalar(select(func.count()).where(sends, Delivery.id == row[0]))
+        if in_report:
+            tally[(row[1] or "", row[2], row[3])] += 1
+    return tally
+
+
+def _message_figures(message: MessageKey, tally: dict[str, int]) -> MessageFigures:
+    step, template, channel = message
+    sent = tally.get("sent", 0)
+    delivered = tally.get("delivered", 0)
+    if channel in INBOX_CHANNELS:
+        delivered = max(delivered, sent)  # placed in the inbox is delivered
+    skipped = {reason: tally.get(f"skipped:{reason}", 0) for reason in SKIP_REASONS}
+    for status, n in tally.items():  # a reason written by a newer version still shows
+        if status.startswith("skipped:") and status[8:] not in skipped:
+            skipped[status[8:]] = n
+    failed, unconfirmed = tally.get("failed", 0), tally.get("unconfirmed", 0)
+    attempted = sent + failed + unconfirmed
+    opened, clicked = tally.get("opened", 0), tally.get("clicked", 0)
+
+    def per_sent(n: int) -> float | None:
+        return rate(min(n, sent), sent)
+
+    return MessageFigures(
+        step=step, template=template, channel=channel, sent=sent, delivered=delivered,
+        opened=opened, clicked=clicked, replied=tally.get("replied", 0),
+        bounced=tally.get("bounced", 0), complained=tally.get("complained", 0),
+        unsubscribed=tally.get("unsubscribed", 0), undelivered=tally.get("undelivered", 0),
+        failed=failed, unconfirmed=unconfirmed, sending=tally.get("sending", 0),
+        skipped=skipped,
+        rates=MessageRates(
+            delivery=per_sent(delivered), open=per_sent(opened), click=per_sent(clicked),
+            click_to_open=rate(min(clicked, opened), opened), reply=per_sent(tally.get(
+                "replied", 0)),
+            bounce=per_sent(tally.get("bounced", 0)),
+            complaint=per_sent(tally.get("complained", 0)),
+            unsubscribe=per_sent(tally.get("unsubscribed", 0)),
+            failure=rate(failed, attempted),
+            skip=rate(sum(skipped.values()), attempted + sum(skipped.values())),
+        ),
+    )

@@ -1,0 +1,163 @@
+"""`cairn report JOURNEY`: how a journey performs, printed (or as the API's JSON).
+
+The figures are `cairn.reports.journey_report`'s, the same as `GET /v1/journeys/{key}/report`:
+the entry funnel with bars, then a table of the messages with their rates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime, time
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from starter.cli.app import app
+from starter.cli.common import fail, load_settings, output, with_store
+
+if TYPE_CHECKING:
+    from cairn.reports import JourneyReport, MessageFigures, VersionFunnel
+    from cairn.store.db import Store
+
+BAR_WIDTH = 30
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """`2026-03-01` (midnight UTC), an ISO datetime, or a duration back from now (`7d`, `12h`)."""
+    from cairn.durations import parse_duration
+
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            moment = datetime.combine(date.fromisoformat(text), time(0))
+        except ValueError:
+            raise ValueError(f"--since {text!r}: give a date (2026-03-01), a time "
+                             "(2026-03-01T09:00:00Z) or a duration back from now (7d)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@app.command()
+def report(
+    journey: Annotated[str, typer.Argument(help="the journey key, e.g. cart-abandonment")],
+    version: Annotated[int | None, typer.Option(min=1, help="one version (default: all)")]
+    = None,
+    since: Annotated[str | None, typer.Option(
+        help="entries from: a date (2026-03-01), a time, or back from now (7d)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the API's JSON")] = False,
+) -> None:
+    """The journey's entry funnel (with bars) and its messages' metrics."""
+    from cairn.reports import UnknownJourney, journey_report
+
+    settings = load_settings()
+    now = datetime.now(UTC)
+    try:
+        start = parse_since(since, now) if since else None
+    except ValueError as error:
+        raise fail(str(error), 2) from None
+
+    async def collect(store: Store) -> JourneyReport:
+        return await journey_report(store, journey, version=version, since=start, now=now)
+
+    try:
+        found = asyncio.run(with_store(settings, collect))
+    except UnknownJourney as error:
+        raise fail(str(error)) from None
+    if as_json:
+        typer.echo(found.model_dump_json(indent=2))
+        return
+    print_report(found)
+
+
+def print_report(found: JourneyReport) -> None:
+    console = output()
+    window = f" since {found.since:%Y-%m-%d %H:%M}Z" if found.since else ""
+    which = f"version {found.version}" if found.version is not None else "all versions"
+    console.print(f"[bold]{escape(found.journey)}[/bold] {escape(found.name or '')} "
+                  f"({which}{window})")
+    console.print(_funnel_table(found.funnel))
+    console.print(_conversion_line(found.funnel))
+    if len(found.versions) > 1:
+        by_version = Table(title="per version")
+        for column in ("version", "entries", "active", "conversions", "rate"):
+            by_version.add_column(column, justify="right")
+        for funnel in found.versions:
+            by_version.add_row(str(funnel.version), str(funnel.entries), str(funnel.active),
+                               str(funnel.conversions), _percent(funnel.conversion_rate))
+        console.print(by_version)
+    if found.messages:
+        console.print(_message_table(found.messages))
+    else:
+        console.print("No messages sent in this window")
+    console.print("[dim]per-step figures: coming once step transitions are recorded[/dim]")
+
+
+def _funnel_table(funnel: VersionFunnel) -> Table:
+    table = Table(title="entry funnel")
+    table.add_column("", no_wrap=True)
+    table.add_column("entries", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("", no_wrap=True)
+    total = funnel.entries
+    rows: list[tuple[str, int]] = [("entered", total), ("active", funnel.active),
+                                   ("completed", funnel.completed)]
+    rows += [(f"goal {goal.goal}", goal.conversions) for goal in funnel.goals]
+    rows += [(f"ended {name}", n) for name, n in funnel.ended.items()]
+    rows += [("removed", funnel.removed), ("failed", funnel.failed)]
+    for label, n in rows:
+        share = n / total if total else 0.0
+        table.add_row(escape(label), str(n), _percent(share if total else None),
+                      "█" * round(share * BAR_WIDTH))
+    return table
+
+
+def _conversion_line(funnel: VersionFunnel) -> str:
+    conversion = _percent(funnel.conversion_rate)
+    if funnel.conversion_interval is not None:
+        low, high = funnel.conversion_interval
+        conversion += f" (95% {low:.1%}-{high:.1%})"
+    median = funnel.median_seconds_to_convert
+    return (f"conversions {funnel.conversions}, rate {conversion}"
+            + (f", median time to convert {_duration(median)}" if median else ""))
+
+
+def _message_table(messages: list[MessageFigures]) -> Table:
+    table = Table(title="messages")
+    for column in ("step", "template", "channel"):
+        table.add_column(column, no_wrap=True)
+    for column in ("sent", "delivered", "opened", "clicked", "bounced", "complained", "unsub",
+                   "failed", "unconfirmed", "skipped"):
+        table.add_column(column, justify="right")
+    for m in messages:
+        skipped = ", ".join(f"{reason} {n}" for reason, n in m.skipped.items() if n) or "0"
+        table.add_row(
+            escape(m.step), escape(m.template or "-"), m.channel or "-", str(m.sent),
+            _with_rate(m.delivered, m.rates.delivery), _with_rate(m.opened, m.rates.open),
+            _with_rate(m.clicked, m.rates.click), _with_rate(m.bounced, m.rates.bounce),
+            _with_rate(m.complained, m.rates.complaint),
+            _with_rate(m.unsubscribed, m.rates.unsubscribe),
+            str(m.failed + m.undelivered), str(m.unconfirmed), skipped,
+        )
+    return table
+
+
+def _with_rate(n: int, share: float | None) -> str:
+    return f"{n} ({share:.0%})" if share is not None and n else str(n)
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{share:.1%}"
+
+
+def _duration(seconds: float) -> str:
+    minutes = seconds / 60
+    if minutes < 120:
+        return f"{minutes:.0f}m"
+    hours = minutes / 60
+    return f"{hours:.1f}h" if hours < 48 else f"{hours / 24:.1f}d"

@@ -1,0 +1,167 @@
+"""The journey report from stored entries, deliveries and feedback with known outcomes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from cairn.reports import UnknownJourney, journey_report
+from cairn.store.db import Store
+from cairn.store.schema import Delivery, DeliveryFeedback, Entry, Event, InboxMessage
+from tests.engine_support import publish
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+KEY = "cart-abandonment"
+DEFINITION: dict[str, Any] = {
+    "key": KEY, "name": "Reduce cart abandonment",
+    "trigger": {"event": "cart_item_added"},
+    "exit": [{"event": "checkout_completed", "goal": "converted"},
+             {"event": "cart_emptied", "goal": "gave_up"}],
+    "start": "email_reminder",
+    "steps": {"email_reminder": {"send": {"channel": "email", "template": "cart-reminder"},
+                                 "next": "end"}},
+}
+
+
+def entry(n: int, outcome: str | None, *, version: int = 1, minutes: float = 0,
+          entered: datetime = T0) -> Entry:
+    return Entry(journey_key=KEY, version=version, contact_id=f"c-{n}", entry_key=None,
+                 workflow_id=f"journey/{KEY}/c-{n}", trigger_message_id=None, entered_at=entered,
+                 ended_at=None if outcome is None else entered + timedelta(minutes=minutes),
+                 outcome=outcome)
+
+
+def send(n: int, status: str, *, step: str = "email_reminder", channel: str = "email",
+         template: str = "cart-reminder", at: datetime = T0 + timedelta(hours=2),
+         message_id: str | None = None) -> Delivery:
+    return Delivery(idempotency_key=f"journey/{KEY}/c-{n}/{step}/0", kind="send",
+                    workflow_id=f"journey/{KEY}/c-{n}", journey_key=KEY, step=step,
+                    contact_id=f"c-{n}", channel=channel, provider="postmark",
+                    provider_message_id=message_id, template=template, category="marketing",
+                    status=status, reason=None, rendered={}, response=None, created_at=at,
+                    sent_at=at if status == "sent" else None, planned_at=at, accepted_at=None)
+
+
+def feedback(n: int, delivery: Delivery | None, kind: str, *, channel: str = "email",
+             at: datetime = T0 + timedelta(hours=3)) -> DeliveryFeedback:
+    return DeliveryFeedback(
+        dedupe_key=f"feedback/{n}/{kind}/{at.isoformat()}",
+        delivery_id=delivery.id if delivery is not None else None, contact_id=f"c-{n}",
+        provider="postmark", kind=kind, channel=channel, recipient=None, permanent=False,
+        detail={}, occurred_at=at, received_at=at)
+
+
+async def add(store: Store, *rows: Any) -> list[Any]:
+    async with store.session() as s, s.begin():
+        s.add_all(rows)
+        await s.flush()
+        return list(rows)
+
+
+async def test_the_funnel_counts_each_outcome_per_goal_and_version(store: Store) -> None:
+    await publish(store, DEFINITION)
+    await add(
+        store,
+        entry(1, "converted", minutes=30), entry(2, "converted", minutes=90),
+        entry(3, "converted", minutes=60), entry(4, "gave_up", minutes=10),
+        entry(5, "completed", minutes=120), entry(6, "ended:holdout"),
+        entry(7, "removed"), entry(8, "failed"), entry(9, "failed:reentered"),
+        entry(10, None), entry(11, None),
+        entry(12, "converted", version=2, minutes=5),
+        entry(13, "converted", minutes=1, entered=T0 - timedelta(days=3)),
+    )
+    report = await journey_report(store, KEY, since=T0 - timedelta(hours=1), now=T0)
+    funnel = report.funnel
+    assert (funnel.entries, funnel.active, funnel.completed) == (12, 2, 1)
+    assert (funnel.removed, funnel.failed, funnel.reentered) == (1, 2, 1)
+    assert funnel.ended == {"holdout": 1}
+    assert funnel.conversions == 5
+    assert funnel.conversion_rate == pytest.approx(5 / 12)
+    assert funnel.median_seconds_to_convert == 30 * 60  # 5, 10, 30, 60, 90 minutes
+    goals = {g.goal: g for g in funnel.goals}
+    assert goals["converted"].conversions == 4
+    assert goals["converted"].median_seconds_to_convert == 45 * 60  # 5, 30, 60, 90
+    assert goals["gave_up"].conversions == 1
+    assert goals["gave_up"].rate == pytest.approx(1 / 12)
+    assert [(v.version, v.entries, v.conversions) for v in report.versions] == [(1, 11, 4),
+                                                                              (2, 1, 1)]
+    assert report.steps == []
+    assert funnel.conversion_interval is not None
+    low, high = funnel.conversion_interval
+    assert low < 5 / 12 < high
+
+    one = await journey_report(store, KEY, version=1, now=T0)
+    assert one.funnel.entries == 12  # the entry three days earlier counts without a window
+    assert [v.version for v in one.versions] == [1]
+
+
+async def test_message_metrics_count_ledger_statuses_and_attributed_feedback(
+    store: Store,
+) -> None:
+    await publish(store, DEFINITION)
+    sent = await add(store, *(send(n, "sent", message_id=f"pm-{n}") for n in range(1, 11)))
+    await add(
+        store,
+        send(11, "failed"), send(12, "unconfirmed"), send(13, "sending"),
+        send(14, "skipped:consent"), send(15, "skipped:consent"),
+        send(16, "skipped:unreachable"), send(17, "skipped:quiet_hours"),
+        send(18, "skipped:frequency_cap"),
+        send(19, "sent", step="inbox_note", channel="in_app", template="cart-note"),
+        send(20, "sent", step="inbox_note", channel="in_app", template="cart-note"),
+        Delivery(idempotency_key="other/1", kind="notify", journey_key=KEY, step="alert",
+                 status="recorded", rendered={}, created_at=T0),
+    )
+    delivered = [feedback(n, sent[n - 1], "delivered") for n in range(1, 10)]
+    opened = [feedback(n, sent[n - 1], "opened") for n in (1, 2, 3, 4, 5, 6)]
+    opened_again = feedback(1, sent[0], "opened", at=T0 + timedelta(hours=5))
+    clicked = [feedback(n, sent[n - 1], "clicked") for n in (1, 2)]
+    await add(store, *delivered, *opened, opened_again, *clicked,
+              feedback(10, sent[9], "bounced"), feedback(9, sent[8], "complained"),
+              feedback(8, sent[7], "resubscribed"))
+    # Unsubscribes naming no message: the signed link's event, and a report without a delivery.
+    await add(
+        store,
+        Event(message_id="unsubscribe/abc", type="track", contact_id="c-3", name="unsubscribed",
+              properties={"channel": "email", "source": "link"},
+              timestamp=T0 + timedelta(hours=4), received_at=T0 + timedelta(hours=4)),
+        feedback(4, None, "unsubscribed", at=T0 + timedelta(hours=4)),
+        # before any message: nothing to attribute it to
+        Event(message_id="unsubscribe/early", type="track", contact_id="c-5",
+              name="unsubscribed", properties={"channel": "email"}, timestamp=T0,
+              received_at=T0),
+        InboxMessage(delivery_key=f"journey/{KEY}/c-19/inbox_note/0", contact_id="c-19",
+                     channel="in_app", journey_key=KEY, template="cart-note", parts={},
+                     created_at=T0, read_at=T0 + timedelta(hours=3)),
+        InboxMessage(delivery_key=f"journey/{KEY}/c-20/inbox_note/0", contact_id="c-20",
+                     channel="in_app", journey_key=KEY, template="cart-note", parts={},
+                     created_at=T0),
+    )
+    report = await journey_report(store, KEY, now=T0)
+    rows = {m.step: m for m in report.messages}
+    assert set(rows) == {"email_reminder", "inbox_note"}
+    email = rows["email_reminder"]
+    assert (email.template, email.channel, email.variant) == ("cart-reminder", "email", None)
+    assert (email.sent, email.delivered, email.opened, email.clicked) == (10, 9, 6, 2)
+    assert (email.bounced, email.complained, email.unsubscribed) == (1, 1, 2)
+    assert (email.failed, email.unconfirmed, email.sending) == (1, 1, 1)
+    assert email.skipped == {"consent": 2, "unreachable": 1, "frequency_cap": 1,
+                             "quiet_hours": 1}
+    assert email.rates.delivery == pytest.approx(0.9)
+    assert email.rates.open == pytest.approx(0.6)
+    assert email.rates.click == pytest.approx(0.2)
+    assert email.rates.click_to_open == pytest.approx(2 / 6)
+    assert email.rates.unsubscribe == pytest.approx(0.2)
+    assert email.rates.failure == pytest.approx(1 / 12)
+    assert email.rates.skip == pytest.approx(5 / 17)
+    inbox = rows["inbox_note"]
+    assert (inbox.sent, inbox.delivered, inbox.opened) == (2, 2, 1)
+
+    later = await journey_report(store, KEY, since=T0 + timedelta(hours=3), now=T0)
+    assert later.messages == []
+
+
+async def test_an_unknown_journey_is_refused(store: Store) -> None:
+    with pytest.raises(UnknownJourney, match="publish it first"):
+        await journey_report(store, "nope")
