@@ -441,6 +441,9 @@ BatchItem = Annotated[
 BATCH_ITEM: TypeAdapter[Any] = TypeAdapter(BatchItem)
 """Validates one batch item on its own, so one bad item does not refuse its neighbours."""
 
+BATCH_ITEMS: TypeAdapter[list[Any]] = TypeAdapter(list[BatchItem])
+"""Validates a whole batch's items at once (when all are valid, the usual case)."""
+
 
 class BatchCall(BaseModel):
     """`batch` (Segment): several calls at once, stored together in order.

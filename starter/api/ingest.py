@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cairn.events.calls import (
     BATCH_ITEM,
+    BATCH_ITEMS,
     BatchBody,
     GroupCall,
     IdentifyCall,
@@ -287,7 +288,14 @@ def _batch_endpoint(
         calls: list[SegmentCallType] = []
         refused: list[Refusal] = []
         answers: list[Refused | int] = []  # an int: the position of the item's stored call
-        for index, item in enumerate(body.batch):
+        if limit is None:
+            try:  # the usual batch, every item valid: checked in one go
+                calls = BATCH_ITEMS.validate_python(body.batch)
+            except ValidationError:
+                calls = []  # item by item, to say which are refused and why
+            else:
+                answers = list(range(len(calls)))
+        for index, item in enumerate(body.batch if not answers else ()):
             errors = _item_errors(index, item, limit)
             if isinstance(errors, list):
                 message_id = item.get("messageId")
@@ -300,8 +308,11 @@ def _batch_endpoint(
                 calls.append(errors)
         results = await ingest.batch(calls, route=False, refused=refused, endpoint=path)
         _route_later(background, ingest, results)
-        return [Accepted.of(results[answer]) if isinstance(answer, int) else answer
-                for answer in answers]
+        # Answered as built, without validating the answer again (`response_model` documents it).
+        return JSONResponse([  # type: ignore[return-value]
+            {"messageId": results[answer].message_id, "duplicate": results[answer].duplicate}
+            if isinstance(answer, int) else answer.model_dump(by_alias=True)
+            for answer in answers], background=background)
 
     return batch
 
