@@ -13,7 +13,20 @@ folder), one SQLite store and workers in this process:
 
 For each it prints completed runs per second (N runs started together, until the last one ends),
 and event-to-first-send latency p50 / p99: from the call that starts the run (the track call, or
-`start_workflow`) to the commit of the delivery row. It prints figures; it asserts nothing.
+`start_workflow`) to the commit of the delivery row. Then, per run, what each side costs:
+
+* from the runs' histories (a sample of the loaded runs): history events, workflow tasks,
+  activities (regular and local), search-attribute upserts, timers, signals, payload bytes (the
+  `data` of every payload in the history: inputs, results, signals, markers, memo, search
+  attributes), and Temporal billable actions counted the way Temporal Cloud bills them: the
+  workflow start, each signal (signal-with-start: a start and a signal), each activity attempt
+  started, each local activity (its marker), each timer started and each search-attribute upsert;
+  not counted: workflow tasks, patch (version) markers, completions;
+* from the store's engine (every statement the process ran during the loaded phase, the
+  cairn side's ingest and routing included): SQL statements, commits, and new database
+  connections opened.
+
+It prints figures; it asserts nothing.
 
     python benchmarks/engine_overhead.py --runs 200
 """
@@ -38,7 +51,10 @@ with workflow.unsafe.imports_passed_through():
     import uuid
     from pathlib import Path
 
+    from google.protobuf.message import Message
     from sqlalchemy import event as orm_event
+    from temporalio.api.common.v1 import Payload
+    from temporalio.api.enums.v1 import EventType
     from temporalio.client import Client
     from temporalio.worker import Worker
 
@@ -187,6 +203,117 @@ class SendClock:
             self.sent_at.setdefault(row.contact_id, time.monotonic())
 
 
+class StoreCounter:
+    """Statements, commits and new connections on the store's engine (SQLAlchemy events)."""
+
+    def __init__(self, store: Store) -> None:
+        self.statements = self.commits = self.connections = 0
+        engine = store.engine.sync_engine
+        orm_event.listen(engine, "before_cursor_execute", self._statement)
+        orm_event.listen(engine, "commit", self._commit)
+        orm_event.listen(engine.pool, "connect", self._connect)
+
+    def _statement(self, *_: object) -> None:
+        self.statements += 1
+
+    def _commit(self, *_: object) -> None:
+        self.commits += 1
+
+    def _connect(self, *_: object) -> None:
+        self.connections += 1
+
+    def snapshot(self) -> tuple[int, int, int]:
+        return self.statements, self.commits, self.connections
+
+
+@dataclass
+class RunCost:
+    """Per-run figures from histories, and from the store over the loaded phase."""
+
+    histories: int = 0
+    events: float = 0
+    workflow_tasks: float = 0
+    activities: float = 0
+    local_activities: float = 0
+    upserts: float = 0
+    timers: float = 0
+    signals: float = 0
+    markers: float = 0
+    payload_bytes: float = 0
+    actions: float = 0
+    statements: float = 0
+    commits: float = 0
+    connections: float = 0
+
+
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
+
+
+def payload_bytes(message: object) -> int:
+    """The `data` bytes of every payload inside a protobuf message."""
+    if isinstance(message, Payload):
+        return len(message.data)
+    total = 0
+    for descriptor, value in message.ListFields():  # type: ignore[attr-defined]
+        if descriptor.message_type is None:
+            continue
+        if isinstance(value, Message):
+            total += payload_bytes(value)
+        elif descriptor.message_type.GetOptions().map_entry:
+            total += sum(payload_bytes(item) for item in value.values())
+        else:
+            total += sum(payload_bytes(item) for item in value)
+    return total
+
+
+async def history_cost(client: Client, workflow_ids: list[str], cost: RunCost) -> None:
+    """Add the histories' figures (every run of each workflow id, continue-as-new included)."""
+    for wid in workflow_ids:
+        history = await client.get_workflow_handle(wid).fetch_history()
+        cost.histories += 1
+        for event in history.events:
+            cost.events += 1
+            cost.payload_bytes += payload_bytes(event)
+            kind = event.event_type
+            if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+                cost.actions += 1
+            elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+                cost.workflow_tasks += 1
+            elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                cost.activities += 1
+            elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                cost.actions += event.activity_task_started_event_attributes.attempt
+            elif kind == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
+                cost.upserts += 1
+                cost.actions += 1
+            elif kind == EventType.EVENT_TYPE_TIMER_STARTED:
+                cost.timers += 1
+                cost.actions += 1
+            elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+                cost.signals += 1
+                cost.actions += 1
+            elif kind == EventType.EVENT_TYPE_MARKER_RECORDED:
+                if event.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER:
+                    cost.local_activities += 1
+                    cost.actions += 1
+                else:
+                    cost.markers += 1
+
+
+def per_run(cost: RunCost, runs: int, store_delta: tuple[int, int, int]) -> RunCost:
+    n = max(cost.histories, 1)
+    return RunCost(
+        histories=cost.histories,
+        events=cost.events / n, workflow_tasks=cost.workflow_tasks / n,
+        activities=cost.activities / n, local_activities=cost.local_activities / n,
+        upserts=cost.upserts / n, timers=cost.timers / n, signals=cost.signals / n,
+        markers=cost.markers / n, payload_bytes=cost.payload_bytes / n,
+        actions=cost.actions / n,
+        statements=store_delta[0] / runs, commits=store_delta[1] / runs,
+        connections=store_delta[2] / runs,
+    )
+
+
 async def seed_contacts(store: Store, prefix: str, count: int) -> list[str]:
     ids = [f"{prefix}-{i:05d}" for i in range(count)]
     now = datetime.now(UTC)
@@ -225,6 +352,10 @@ class CairnSide:
         result = await self.ingest.track(TrackCall(user_id=contact_id, event="bench_go"))
         assert result.routes and result.routes[0].action == "started", result.routes
 
+    @staticmethod
+    def workflow_id(contact_id: str) -> str:
+        return workflow_id("bench", contact_id)
+
     async def finish(self, contact_id: str) -> None:
         handle = self.client.get_workflow_handle(workflow_id("bench", contact_id),
                                                  result_type=JourneyResult)
@@ -252,6 +383,10 @@ class MinimalSide:
     async def start(self, contact_id: str) -> None:
         await self.client.start_workflow(MinimalJourney.run, contact_id,
                                          id=f"minimal/{contact_id}", task_queue=MINIMAL_QUEUE)
+
+    @staticmethod
+    def workflow_id(contact_id: str) -> str:
+        return f"minimal/{contact_id}"
 
     async def finish(self, contact_id: str) -> None:
         assert await self.client.get_workflow_handle(f"minimal/{contact_id}").result() == (
@@ -295,10 +430,11 @@ async def measure_idle(side: Side, ids: list[str], clock: SendClock) -> Figures:
 class SideFigures:
     loaded: Figures
     idle: Figures
+    cost: RunCost
 
 
-async def bench(side: Side, store: Store, clock: SendClock, *, runs: int, concurrency: int,
-                warmup: int, idle_runs: int) -> SideFigures:
+async def bench(side: Side, store: Store, clock: SendClock, counter: StoreCounter, *, runs: int,
+                concurrency: int, warmup: int, idle_runs: int, sample: int) -> SideFigures:
     tag = f"{side.name[0]}-{uuid.uuid4().hex[:6]}"
     async with running(side.workers()):
         if warmup:
@@ -306,9 +442,14 @@ async def bench(side: Side, store: Store, clock: SendClock, *, runs: int, concur
                           concurrency=concurrency)
         idle = await measure_idle(side, await seed_contacts(store, f"{tag}-idle", idle_runs),
                                   clock)
-        loaded = await measure(side, await seed_contacts(store, f"{tag}-run", runs), clock,
-                               concurrency=concurrency)
-    return SideFigures(loaded, idle)
+        ids = await seed_contacts(store, f"{tag}-run", runs)
+        before = counter.snapshot()
+        loaded = await measure(side, ids, clock, concurrency=concurrency)
+        after = counter.snapshot()
+    cost = RunCost()
+    await history_cost(side.client, [side.workflow_id(c) for c in ids[:sample]], cost)
+    delta = (after[0] - before[0], after[1] - before[1], after[2] - before[2])
+    return SideFigures(loaded, idle, per_run(cost, runs, delta))
 
 
 def report(cairn: SideFigures, minimal: SideFigures, concurrency: int) -> None:
@@ -329,6 +470,24 @@ def report(cairn: SideFigures, minimal: SideFigures, concurrency: int) -> None:
     print()
     print("latency: from the call that starts the run (track / start_workflow) to the insert of "
           "its delivery row; it includes the journey's 1 s wait")
+    print()
+    print(f"per run (histories of {cairn.cost.histories} loaded runs per side; store figures over "
+          "the whole loaded phase)")
+    print(f"{'':28} {'cairn':>9} {'minimal':>9}")
+    rows = [
+        ("history events", "events"), ("workflow tasks", "workflow_tasks"),
+        ("activities", "activities"), ("local activities", "local_activities"),
+        ("search-attribute upserts", "upserts"), ("timers", "timers"),
+        ("signals", "signals"), ("patch markers", "markers"),
+        ("payload bytes", "payload_bytes"), ("billable actions", "actions"),
+        ("SQL statements", "statements"), ("SQL commits", "commits"),
+        ("new DB connections", "connections"),
+    ]
+    for label, attribute in rows:
+        print(f"{label:28} {getattr(cairn.cost, attribute):>9.1f} "
+              f"{getattr(minimal.cost, attribute):>9.1f}")
+    print("billable actions: workflow start, signals, activity attempts, local activities, "
+          "timers, search-attribute upserts")
 
 
 def runs_label(runs: int, concurrency: int) -> str:
@@ -336,7 +495,7 @@ def runs_label(runs: int, concurrency: int) -> str:
             "(throughput: runs completed per second; latency under that load)")
 
 
-async def main(runs: int, concurrency: int, warmup: int, idle_runs: int) -> None:
+async def main(runs: int, concurrency: int, warmup: int, idle_runs: int, sample: int) -> None:
     configure("WARNING")
     with tempfile.TemporaryDirectory(prefix="cairn-bench-") as tmp:
         folder = Path(tmp)
@@ -346,15 +505,16 @@ async def main(runs: int, concurrency: int, warmup: int, idle_runs: int) -> None
         store = await Store.open(f"sqlite+aiosqlite:///{folder / 'cairn.db'}")
         clock = SendClock()
         clock.install()
+        counter = StoreCounter(store)
         try:
             print(f"temporal dev server {server.address} (SQLite file), store {store.url}, "
                   f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
             cairn_side = CairnSide(client, store)
             await cairn_side.publish(folder / "journeys")
             options = {"runs": runs, "concurrency": concurrency, "warmup": warmup,
-                       "idle_runs": idle_runs}
-            minimal = await bench(MinimalSide(client, store), store, clock, **options)
-            cairn = await bench(cairn_side, store, clock, **options)
+                       "idle_runs": idle_runs, "sample": min(runs, sample)}
+            minimal = await bench(MinimalSide(client, store), store, clock, counter, **options)
+            cairn = await bench(cairn_side, store, clock, counter, **options)
             report(cairn, minimal, concurrency)
         finally:
             await store.close()
@@ -370,10 +530,13 @@ def cli() -> None:
                         help="runs per side before measuring (default 10)")
     parser.add_argument("--idle-runs", type=int, default=10,
                         help="runs per side one at a time, for latency without load (default 10)")
+    parser.add_argument("--histories", type=int, default=50,
+                        help="loaded runs per side whose histories are counted (default 50)")
     args = parser.parse_args()
     code = 0
     try:
-        asyncio.run(main(args.runs, args.concurrency, args.warmup, args.idle_runs))
+        asyncio.run(main(args.runs, args.concurrency, args.warmup, args.idle_runs,
+                         args.histories))
     except KeyboardInterrupt:
         code = 130
     sys.stdout.flush()

@@ -40,7 +40,6 @@ from workflows.run import (
     ACTIVITY_TIMEOUT,
     ANCHOR_SLACK,
     HEARD_LIMIT,
-    LEAN_RUN_PATCH,
     SEEN_IDS_LIMIT,
     JourneyRun,
     Next,
@@ -168,7 +167,7 @@ class JourneyWorkflow:
 
     async def _interpret(self, data: JourneyInput) -> JourneyResult:
         run, state = self.run_, self.run_.state
-        run.lean = workflow.patched(LEAN_RUN_PATCH)
+        run.lean = data.lean  # LEAN_RUN_PATCH
         if data.state is None:
             self._label_run()
         visited_this_run: set[str] = set()
@@ -217,7 +216,8 @@ class JourneyWorkflow:
         run = self.run_
         await workflow.wait_condition(workflow.all_handlers_finished)
         run.state.runs += 1
-        workflow.continue_as_new(run.input.model_copy(update={"state": run.state}))
+        # the next run has a history of its own: it may take the lean sequence (LEAN_RUN_PATCH)
+        workflow.continue_as_new(run.input.model_copy(update={"state": run.state, "lean": True}))
 
     async def _finish(self, outcome: str) -> JourneyResult:
         run, state = self.run_, self.run_.state

@@ -49,11 +49,16 @@ ACTIVITY_RETRY = RetryPolicy(
 Result = TypeVar("Result", bound=BaseModel)
 
 LEAN_RUN_PATCH = "lean-run"
-"""Runs started before it did more per run, and replay so: they upserted `CairnStep` at every
-step (and the labels the router had already set), decided `if` and closed the entry in regular
-activities, and asked `prepare_send` before each `deliver_message`. Newer runs upsert the step only
-when they wait on it (and `end`), read and close with local activities, and let
-`deliver_message` plan the send itself."""
+"""Runs started before the lean sequence did more per run, and replay so: they upserted
+`CairnStep` at every step (and the labels the router had already set), decided `if` and closed
+the entry in regular activities, and asked `prepare_send` before each `deliver_message`. Lean runs
+upsert the step only when they wait on it (and `end`), read and close with local activities, and
+let `deliver_message` plan the send itself.
+
+Not a `workflow.patched` marker: the SDK upserts the `TemporalChangeVersion` search attribute with
+each patch, one more upsert (a billable action) in every run. The choice travels in the input
+instead (`JourneyInput.lean`, set by the router and at every continue-as-new), which the inputs of
+runs recorded before it lack, so they replay as recorded."""
 
 ANCHOR_SLACK = timedelta(minutes=1)
 """How long after its anchor the journey's clock stays on it (see `JourneyRun.now`)."""

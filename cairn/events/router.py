@@ -347,6 +347,7 @@ class Router:
             trigger=reference,
             clock_offset_seconds=self.clock_offset.total_seconds(),
             delivery_task_queue=self.delivery_task_queue,
+            lean=True,
         )
         handle: WorkflowHandle[object, object] = await self.client.start_workflow(
             WORKFLOW_NAME,
