@@ -69,7 +69,7 @@ with workflow.unsafe.imports_passed_through():
     from cairn.store.db import Store
     from cairn.store.schema import Delivery
     from starter.dev import DevServer, free_port
-    from starter.worker import journey_workers, running, workflow_runner
+    from starter.worker import STORE_POOL_SIZE, journey_workers, running, workflow_runner
 
 BENCH_JOURNEY = """\
 key: bench
@@ -502,7 +502,8 @@ async def main(runs: int, concurrency: int, warmup: int, idle_runs: int, sample:
         server = DevServer(db_file=folder / "temporal.db", log_file=folder / "temporal.log",
                            port=free_port(), headless=True)
         client = await server.start(Settings(home=folder))
-        store = await Store.open(f"sqlite+aiosqlite:///{folder / 'cairn.db'}")
+        store = await Store.open(f"sqlite+aiosqlite:///{folder / 'cairn.db'}",
+                                 pool_size=STORE_POOL_SIZE)
         clock = SendClock()
         clock.install()
         counter = StoreCounter(store)

@@ -225,9 +225,7 @@ class JourneyWorkflow:
             reason = state.context.get("removed_reason") if outcome == REMOVED else None
             state.path[-1].note += f" | exit: {reason or outcome}"
         state.outcome = outcome
-        if run.lean:
-            run.label_step("end")
-        else:
+        if not run.lean:  # a lean run's CairnStep keeps the last step it waited in
             workflow.upsert_search_attributes([search_attributes.STEP.value_set("end")])
         workflow.set_current_details(f"finished: **{outcome}**")
         await self._finish_entry(EntryFinish(

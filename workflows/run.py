@@ -52,7 +52,8 @@ LEAN_RUN_PATCH = "lean-run"
 """Runs started before the lean sequence did more per run, and replay so: they upserted
 `CairnStep` at every step (and the labels the router had already set), decided `if` and closed
 the entry in regular activities, and asked `prepare_send` before each `deliver_message`. Lean runs
-upsert the step only when they wait on it (and `end`), read and close with local activities, and
+upsert the step only when they wait on it (views list running runs, so a closed run keeps the
+last step it waited in), read and close with local activities, and
 let `deliver_message` plan the send itself.
 
 Not a `workflow.patched` marker: the SDK upserts the `TemporalChangeVersion` search attribute with
