@@ -547,7 +547,12 @@ def cli() -> None:
 
 if __name__ == "__main__":
     # Run under the module's importable name: the sandbox then re-imports a cached module per
-    # run instead of recompiling `__main__` from source each time.
+    # run instead of recompiling `__main__` from source each time. Its bytecode is written here
+    # even under PYTHONDONTWRITEBYTECODE, as Cairn's worker does for the workflow modules
+    # (`starter.worker.compile_workflow_code`), so neither side compiles per run.
+    import py_compile
+
+    py_compile.compile(__file__, quiet=True)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import engine_overhead
 
