@@ -7,9 +7,11 @@ folder), one SQLite store and workers in this process:
   through `Ingest.track` (event stored, contact touched, router applies entry rules, records the
   entry and signal-with-starts the run); the real interpreter and activities (condition read from
   the store, send prepared, rendered and written to the deliveries ledger on `cairn-delivery`).
-* **minimal**: a hand-written workflow started with `start_workflow`: `sleep 1s`, one activity that
-  reads the contact from the same store and checks the plan, one activity on a delivery queue that
-  writes the ledger row.
+* **minimal**: a hand-written workflow started with `start_workflow`: a sleep until 1 s after the
+  start call's time, to the second (the journey's wait counts from its event the same way, so
+  under load neither side starts a timer for a moment already past), one activity that reads the
+  contact from the same store and checks the plan, one activity on a delivery queue that writes
+  the ledger row.
 
 For each it prints completed runs per second (N runs started together, until the last one ends),
 and event-to-first-send latency p50 / p99: from the call that starts the run (the track call, or
@@ -97,6 +99,13 @@ email:
 
 
 @dataclass
+class MinimalStart:
+    contact_id: str
+    at: datetime
+    """When the run was asked for (the event's time, as Cairn's trigger carries it)."""
+
+
+@dataclass
 class MinimalSend:
     workflow_id: str
     contact_id: str
@@ -147,8 +156,13 @@ class MinimalJourney:
     """trigger -> wait 1s -> if plan = pro -> send, written by hand."""
 
     @workflow.run
-    async def run(self, contact_id: str) -> str:
-        await workflow.sleep(timedelta(seconds=1))
+    async def run(self, start: MinimalStart) -> str:
+        # Like the journey's wait: 1 s counted from the event, to the second; a run that starts
+        # later than that (under load) finds it over and starts no timer.
+        contact_id = start.contact_id
+        remaining = start.at.replace(microsecond=0) + timedelta(seconds=1) - workflow.now()
+        if remaining > timedelta(0):
+            await workflow.sleep(remaining)
         is_pro = await workflow.execute_activity(
             "minimal_check_plan", contact_id, result_type=bool,
             start_to_close_timeout=timedelta(seconds=30),
@@ -203,6 +217,17 @@ class SendClock:
             self.sent_at.setdefault(row.contact_id, time.monotonic())
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process (its own threads), from /proc; 0 where there is none."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class StoreCounter:
     """Statements, commits and new connections on the store's engine (SQLAlchemy events)."""
 
@@ -244,6 +269,8 @@ class RunCost:
     statements: float = 0
     commits: float = 0
     connections: float = 0
+    worker_cpu_ms: float = 0
+    server_cpu_ms: float = 0
 
 
 LOCAL_ACTIVITY_MARKER = "core_local_activity"
@@ -300,7 +327,8 @@ async def history_cost(client: Client, workflow_ids: list[str], cost: RunCost) -
                     cost.markers += 1
 
 
-def per_run(cost: RunCost, runs: int, store_delta: tuple[int, int, int]) -> RunCost:
+def per_run(cost: RunCost, runs: int, store_delta: tuple[int, int, int],
+            cpu: tuple[float, float]) -> RunCost:
     n = max(cost.histories, 1)
     return RunCost(
         histories=cost.histories,
@@ -311,6 +339,7 @@ def per_run(cost: RunCost, runs: int, store_delta: tuple[int, int, int]) -> RunC
         actions=cost.actions / n,
         statements=store_delta[0] / runs, commits=store_delta[1] / runs,
         connections=store_delta[2] / runs,
+        worker_cpu_ms=cpu[0] * 1000 / runs, server_cpu_ms=cpu[1] * 1000 / runs,
     )
 
 
@@ -381,7 +410,8 @@ class MinimalSide:
         ]
 
     async def start(self, contact_id: str) -> None:
-        await self.client.start_workflow(MinimalJourney.run, contact_id,
+        await self.client.start_workflow(MinimalJourney.run,
+                                         MinimalStart(contact_id, datetime.now(UTC)),
                                          id=f"minimal/{contact_id}", task_queue=MINIMAL_QUEUE)
 
     @staticmethod
@@ -433,28 +463,58 @@ class SideFigures:
     cost: RunCost
 
 
-async def bench(side: Side, store: Store, clock: SendClock, counter: StoreCounter, *, runs: int,
-                concurrency: int, warmup: int, idle_runs: int, sample: int) -> SideFigures:
-    tag = f"{side.name[0]}-{uuid.uuid4().hex[:6]}"
-    async with running(side.workers()):
-        if warmup:
-            await measure(side, await seed_contacts(store, f"{tag}-warm", warmup), clock,
-                          concurrency=concurrency)
-        idle = await measure_idle(side, await seed_contacts(store, f"{tag}-idle", idle_runs),
-                                  clock)
-        ids = await seed_contacts(store, f"{tag}-run", runs)
-        before = counter.snapshot()
-        loaded = await measure(side, ids, clock, concurrency=concurrency)
-        after = counter.snapshot()
-    cost = RunCost()
-    await history_cost(side.client, [side.workflow_id(c) for c in ids[:sample]], cost)
-    delta = (after[0] - before[0], after[1] - before[1], after[2] - before[2])
-    return SideFigures(loaded, idle, per_run(cost, runs, delta))
+async def bench(sides: list[Side], store: Store, clock: SendClock, counter: StoreCounter, *,
+                runs: int, concurrency: int, warmup: int, idle_runs: int, sample: int,
+                rounds: int, server_pid: int | None) -> dict[str, SideFigures]:
+    """Each side's figures. The loaded runs go in `rounds` rounds, the sides taking turns (and
+    turns about who goes first), so a machine whose load changes during the benchmark weighs on
+    both sides alike; each side's workers run only during its own turns, after `warmup` runs."""
+    tags = {side.name: f"{side.name[0]}-{uuid.uuid4().hex[:6]}" for side in sides}
+    idle: dict[str, Figures] = {}
+    loaded: dict[str, list[Figures]] = {side.name: [] for side in sides}
+    counted: dict[str, list[int]] = {side.name: [0, 0, 0] for side in sides}
+    cpu: dict[str, list[float]] = {side.name: [0.0, 0.0] for side in sides}
+    ids: dict[str, list[str]] = {side.name: [] for side in sides}
+    per_round = [runs // rounds + (1 if i < runs % rounds else 0) for i in range(rounds)]
+    for number, count in enumerate(per_round):
+        order = sides if number % 2 == 0 else list(reversed(sides))
+        for side in order:
+            tag = f"{tags[side.name]}-{number}"
+            async with running(side.workers()):
+                if warmup:
+                    await measure(side, await seed_contacts(store, f"{tag}-warm", warmup), clock,
+                                  concurrency=concurrency)
+                if number == 0:
+                    idle[side.name] = await measure_idle(
+                        side, await seed_contacts(store, f"{tag}-idle", idle_runs), clock)
+                batch = await seed_contacts(store, f"{tag}-run", count)
+                before = counter.snapshot()
+                cpu_before = (cpu_seconds(None), cpu_seconds(server_pid))
+                loaded[side.name].append(await measure(side, batch, clock,
+                                                       concurrency=concurrency))
+                after = counter.snapshot()
+                cpu[side.name][0] += cpu_seconds(None) - cpu_before[0]
+                cpu[side.name][1] += cpu_seconds(server_pid) - cpu_before[1]
+            ids[side.name] += batch
+            for index in range(3):
+                counted[side.name][index] += after[index] - before[index]
+    figures: dict[str, SideFigures] = {}
+    for side in sides:
+        parts = loaded[side.name]
+        total = Figures(side.name, sum(p.runs for p in parts), sum(p.seconds for p in parts),
+                        [latency for p in parts for latency in p.latencies])
+        cost = RunCost()
+        await history_cost(side.client, [side.workflow_id(c) for c in ids[side.name][:sample]],
+                           cost)
+        delta = (counted[side.name][0], counted[side.name][1], counted[side.name][2])
+        figures[side.name] = SideFigures(total, idle[side.name],
+                                         per_run(cost, runs, delta, (cpu[side.name][0], cpu[side.name][1])))
+    return figures
 
 
-def report(cairn: SideFigures, minimal: SideFigures, concurrency: int) -> None:
+def report(cairn: SideFigures, minimal: SideFigures, concurrency: int, rounds: int) -> None:
     print()
-    print(f"{runs_label(cairn.loaded.runs, concurrency)}")
+    print(f"{runs_label(cairn.loaded.runs, concurrency)}, in {rounds} rounds, sides taking turns")
     print(f"{'':9} {'seconds':>8} {'runs/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for figures in (cairn.loaded, minimal.loaded):
         print(f"{figures.name:9} {figures.seconds:>8.2f} {figures.throughput:>8.1f} "
@@ -482,12 +542,20 @@ def report(cairn: SideFigures, minimal: SideFigures, concurrency: int) -> None:
         ("payload bytes", "payload_bytes"), ("billable actions", "actions"),
         ("SQL statements", "statements"), ("SQL commits", "commits"),
         ("new DB connections", "connections"),
+        ("CPU ms, this process", "worker_cpu_ms"), ("CPU ms, Temporal server", "server_cpu_ms"),
     ]
     for label, attribute in rows:
         print(f"{label:28} {getattr(cairn.cost, attribute):>9.1f} "
               f"{getattr(minimal.cost, attribute):>9.1f}")
     print("billable actions: workflow start, signals, activity attempts, local activities, "
           "timers, search-attribute upserts")
+    print("CPU: this process (workers, ingest, router, store) and the Temporal dev server, "
+          "during the loaded runs")
+    cpu_cairn = cairn.cost.worker_cpu_ms + cairn.cost.server_cpu_ms
+    cpu_minimal = minimal.cost.worker_cpu_ms + minimal.cost.server_cpu_ms
+    if cpu_cairn:
+        print(f"CPU per run, both processes: cairn {cpu_cairn:.0f} ms, minimal "
+              f"{cpu_minimal:.0f} ms; ratio minimal / cairn {cpu_minimal / cpu_cairn:.2f}")
 
 
 def runs_label(runs: int, concurrency: int) -> str:
@@ -495,7 +563,8 @@ def runs_label(runs: int, concurrency: int) -> str:
             "(throughput: runs completed per second; latency under that load)")
 
 
-async def main(runs: int, concurrency: int, warmup: int, idle_runs: int, sample: int) -> None:
+async def main(runs: int, concurrency: int, warmup: int, idle_runs: int, sample: int,
+               rounds: int) -> None:
     configure("WARNING")
     with tempfile.TemporaryDirectory(prefix="cairn-bench-") as tmp:
         folder = Path(tmp)
@@ -512,11 +581,12 @@ async def main(runs: int, concurrency: int, warmup: int, idle_runs: int, sample:
                   f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
             cairn_side = CairnSide(client, store)
             await cairn_side.publish(folder / "journeys")
-            options = {"runs": runs, "concurrency": concurrency, "warmup": warmup,
-                       "idle_runs": idle_runs, "sample": min(runs, sample)}
-            minimal = await bench(MinimalSide(client, store), store, clock, counter, **options)
-            cairn = await bench(cairn_side, store, clock, counter, **options)
-            report(cairn, minimal, concurrency)
+            figures = await bench([MinimalSide(client, store), cairn_side], store, clock,
+                                  counter, runs=runs, concurrency=concurrency, warmup=warmup,
+                                  idle_runs=idle_runs, sample=min(runs, sample),
+                                  rounds=max(1, min(rounds, runs)),
+                                  server_pid=server.process.pid if server.process else None)
+            report(figures["cairn"], figures["minimal"], concurrency, rounds)
         finally:
             await store.close()
             await server.stop()
@@ -528,16 +598,19 @@ def cli() -> None:
     parser.add_argument("--concurrency", type=int, default=50,
                         help="runs being started at the same time (default 50)")
     parser.add_argument("--warmup", type=int, default=10,
-                        help="runs per side before measuring (default 10)")
+                        help="runs per side before measuring, in each round (default 10)")
     parser.add_argument("--idle-runs", type=int, default=10,
                         help="runs per side one at a time, for latency without load (default 10)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="rounds the loaded runs are split into, the sides taking turns "
+                             "(default 2)")
     parser.add_argument("--histories", type=int, default=50,
                         help="loaded runs per side whose histories are counted (default 50)")
     args = parser.parse_args()
     code = 0
     try:
         asyncio.run(main(args.runs, args.concurrency, args.warmup, args.idle_runs,
-                         args.histories))
+                         args.histories, args.rounds))
     except KeyboardInterrupt:
         code = 130
     sys.stdout.flush()
