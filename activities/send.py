@@ -491,7 +491,8 @@ class DeliveryActivities:
             UnsubscribeScope(contact.id, channel, request.send.topic),
             self.signing_key,
         )
-        scope = await template_scope(s, contact, request.trigger, request.journey_context)
+        scope = await template_scope(s, contact, request.trigger, request.journey_context,
+                                     template=request.template)
         scope["unsubscribe_url"] = link
         try:
             parts = render(request.send.template, request.template, channel, scope)
