@@ -4,7 +4,9 @@
 for the send's category and topic, or a skip; for marketing, whether quiet hours or a frequency
 cap hold it and until when (or, when the journey says so, skips it). It never sleeps: the
 interpreter waits on a durable timer and asks again. `deliver_message` (delivery queue) renders
-the template part for the chosen channel and hands the message to the channel's provider.
+the template part for the chosen channel and hands the message to the channel's provider; given
+no channel (what lean runs send, `workflows.run.LEAN_RUN_PATCH`), it makes `prepare_send`'s
+decision itself, in the transaction that claims the ledger row, so a send costs one activity.
 
 Exactly once. Every decision lands in the ledger under the send's key (`<workflow id>/<entry>/
 <step>/<iteration>`, plus `/fallback-N` for a fallback channel), and the call to the provider
