@@ -363,6 +363,7 @@ class DeliveryActivities:
                     channel = plan.channel
                 else:
                     channel = row.channel
+            assert channel is not None  # a row without one is a skip, answered above
             provider = self.channels.provider(channel)
             bound = bound.bind(channel=channel, provider=provider.name)
             resend = self.policy.on_unconfirmed(channel, request.send.category) == "resend"

@@ -507,8 +507,8 @@ async def bench(sides: list[Side], store: Store, clock: SendClock, counter: Stor
         await history_cost(side.client, [side.workflow_id(c) for c in ids[side.name][:sample]],
                            cost)
         delta = (counted[side.name][0], counted[side.name][1], counted[side.name][2])
-        figures[side.name] = SideFigures(total, idle[side.name],
-                                         per_run(cost, runs, delta, (cpu[side.name][0], cpu[side.name][1])))
+        used = (cpu[side.name][0], cpu[side.name][1])
+        figures[side.name] = SideFigures(total, idle[side.name], per_run(cost, runs, delta, used))
     return figures
 
 
