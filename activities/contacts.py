@@ -7,10 +7,21 @@ contact's channels for `reachable`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio import activity
 
 from activities.context import caught_scope, contact_snapshot, event_scope, step_log
-from cairn.conditions import ConditionScope, HasDone, ReachableSpec, Verdict, evaluate, window_start
+from cairn.conditions import (
+    ConditionScope,
+    HasDone,
+    PropertyCondition,
+    ReachableSpec,
+    Verdict,
+    evaluate,
+    leaves,
+    window_start,
+)
 from cairn.contact import ContactSnapshot
 from cairn.contracts import (
     EVALUATE_CONDITION,
@@ -29,6 +40,12 @@ from cairn.store.db import Store
 from cairn.wait_times import attribute_deadline, window_deadline
 
 log = get_logger(__name__)
+
+
+def reads_trigger(condition: Any) -> bool:
+    """Whether a condition reads the trigger event (a `property` without `event`)."""
+    return any(isinstance(leaf, PropertyCondition) and leaf.event is None
+               for _, leaf in leaves(condition, ""))
 
 
 class ContactActivities:
@@ -96,7 +113,9 @@ class ContactActivities:
                 ConditionScope(
                     now=context.now,
                     contact=contact.as_scope(),
-                    event=await event_scope(s, request.trigger),
+                    # read from the store only when a `property` condition looks at it
+                    event=(await event_scope(s, request.trigger)
+                           if reads_trigger(request.condition) else None),
                     count_events=count_events,
                     sum_events=sum_events,
                     reachable=reachable,

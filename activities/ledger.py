@@ -171,19 +171,28 @@ class Ledger:
         async with self.store.session() as s, s.begin():
             row = await s.get(Delivery, row_id)
             assert row is not None
-            if row.status == UNCONFIRMED:
-                row.reason = (f"sent again after an unconfirmed attempt ({resends_of(row)} "
-                              "resend(s)); the contact may have it twice")
-            row.status = SENT
-            if provider is not None:
-                row.provider = provider
-            row.provider_message_id = message_id
-            row.response = {**(row.response or {}), **response} if self.merges_response \
-                else response
-            row.sent_at = now
-            row.accepted_at = accepted_at or datetime.now(UTC)
+            self.settle_sent(row, now, response=response, message_id=message_id,
+                             provider=provider, accepted_at=accepted_at)
+            return row
+
+    def settle_sent(
+        self, row: Delivery, now: datetime, *, response: Any, message_id: str | None,
+        provider: str | None = None, accepted_at: datetime | None = None,
+    ) -> None:
+        """`sent` on a row in the caller's transaction: for a target that records only (the
+        outbox), whose claim and settlement commit together since nothing left the process."""
+        if row.status == UNCONFIRMED:
+            row.reason = (f"sent again after an unconfirmed attempt ({resends_of(row)} "
+                          "resend(s)); the contact may have it twice")
+        row.status = SENT
+        if provider is not None:
+            row.provider = provider
+        row.provider_message_id = message_id
+        row.response = {**(row.response or {}), **response} if self.merges_response \
+            else response
+        row.sent_at = now
+        row.accepted_at = accepted_at or datetime.now(UTC)
         _count(row)
-        return row
 
     async def confirmed(
         self, row_id: int, *, message_id: str | None, accepted_at: datetime | None,

@@ -4,7 +4,9 @@
 for the send's category and topic, or a skip; for marketing, whether quiet hours or a frequency
 cap hold it and until when (or, when the journey says so, skips it). It never sleeps: the
 interpreter waits on a durable timer and asks again. `deliver_message` (delivery queue) renders
-the template part for the chosen channel and hands the message to the channel's provider.
+the template part for the chosen channel and hands the message to the channel's provider; given
+no channel (what lean runs send, `workflows.run.LEAN_RUN_PATCH`), it makes `prepare_send`'s
+decision itself, in the transaction that claims the ledger row, so a send costs one activity.
 
 Exactly once. Every decision lands in the ledger under the send's key (`<workflow id>/<entry>/
 <step>/<iteration>`, plus `/fallback-N` for a fallback channel), and the call to the provider
@@ -32,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from structlog.typing import FilteringBoundLogger
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.context import (
     TEMPLATE_ERROR,
@@ -43,12 +46,13 @@ from activities.context import (
 )
 from activities.ledger import FAILED, UNCONFIRMED, Earlier, Ledger, Refused
 from cairn import metrics
-from cairn.channels.base import OutgoingMessage, Provider, ProviderError, SendLookup
+from cairn.channels.base import OutgoingMessage, Provider, ProviderError, Receipt, SendLookup
 from cairn.channels.registry import ChannelSet, local_channels
 from cairn.contact import ContactSnapshot
 from cairn.contracts import (
     DELIVER_MESSAGE,
     PREPARE_SEND,
+    PROVIDER_REJECTED,
     SEND_STATUSES,
     SETTLE_UNCONFIRMED,
     SendOutcome,
@@ -208,36 +212,42 @@ class DeliveryActivities:
                 bound.info("send.plan_recorded", status=recorded.status, channel=recorded.channel)
                 return _plan_of(recorded)
             contact = await contact_snapshot(s, context.contact_id)
-            blockers: list[tuple[str, Blocker]] = []
-            chosen: str | None = None
-            for candidate in request.candidates():
-                found = blocker(contact, candidate, request.send.category,
-                                topic=request.send.topic, disabled=self.channels.disabled)
-                if found is None:
-                    chosen = candidate
-                    break
-                blockers.append((candidate, found))
-            if chosen is None:
-                status, shown = skip_status(blockers)
-                return await self._skip(s, request, status, shown,
-                                        "; ".join(b.reason for _, b in blockers))
-            hold = self._quiet_until(request, contact, chosen)
-            if hold is None and request.send.category == "marketing":
-                hold = await self._cap_until(s, request, chosen)
-            if hold is not None:
-                status, until, reason = hold
-                if request.when_held == "skip":
-                    skipped: SendStatus = ("skipped:quiet_hours"
-                                           if status == "deferred:quiet_hours"
-                                           else "skipped:frequency_cap")
-                    return await self._skip(s, request, skipped, chosen, reason)
-                bound.info("send.deferred", channel=chosen, until=until.isoformat(),
-                           reason=reason)
-                metrics.SEND_HOLDS.labels(reason=status.removeprefix("deferred:")).inc()
-                return SendPlan(status=status, channel=chosen, hold_until=until, reason=reason)
-        reason = f"{chosen}: reachable for {request.send.category}"
+            return await self._decide(s, request, contact)
+
+    async def _decide(
+        self, s: AsyncSession, request: SendRequest, contact: ContactSnapshot,
+    ) -> SendPlan:
+        """The plan for a send no row records yet (a skip is recorded in `s`)."""
+        bound = step_log(request.context)
+        blockers: list[tuple[str, Blocker]] = []
+        chosen: str | None = None
+        for candidate in request.candidates():
+            found = blocker(contact, candidate, request.send.category,
+                            topic=request.send.topic, disabled=self.channels.disabled)
+            if found is None:
+                chosen = candidate
+                break
+            blockers.append((candidate, found))
+        if chosen is None:
+            status, shown = skip_status(blockers)
+            return await self._skip(s, request, status, shown,
+                                    "; ".join(b.reason for _, b in blockers))
+        hold = self._quiet_until(request, contact, chosen)
+        if hold is None and request.send.category == "marketing":
+            hold = await self._cap_until(s, request, chosen)
+        if hold is not None:
+            status, until, reason = hold
+            if request.when_held == "skip":
+                skipped: SendStatus = ("skipped:quiet_hours"
+                                       if status == "deferred:quiet_hours"
+                                       else "skipped:frequency_cap")
+                return await self._skip(s, request, skipped, chosen, reason)
+            bound.info("send.deferred", channel=chosen, until=until.isoformat(), reason=reason)
+            metrics.SEND_HOLDS.labels(reason=status.removeprefix("deferred:")).inc()
+            return SendPlan(status=status, channel=chosen, hold_until=until, reason=reason)
         bound.info("send.ready", channel=chosen)
-        return SendPlan(status="ready", channel=chosen, reason=reason)
+        return SendPlan(status="ready", channel=chosen,
+                        reason=f"{chosen}: reachable for {request.send.category}")
 
     async def _skip(
         self, s: Any, request: SendRequest, status: SendStatus, channel: str | None, reason: str,
@@ -322,41 +332,73 @@ class DeliveryActivities:
     async def deliver_message(self, request: SendRequest) -> SendOutcome:
         """Render the template for the chosen channel and send it through the provider, once.
 
-        A second call with the same key returns the first outcome. The contact is checked again
-        (an unsubscribe may have arrived since the plan): a channel that closed meanwhile records
-        a skip instead of a send. A template that cannot render is recorded as `failed` and
-        raised as a permanent `TemplateError`; a provider's permanent refusal as a permanent
-        `ProviderRejected` (the step then tries its next channel).
+        Without a channel in the request it first plans the send as `prepare_send` does, in the
+        same transaction as the ledger claim: a hold comes back as `deferred:*` with
+        `hold_until` (the run waits and calls again), a skip is recorded and returned. A second
+        call with the same key returns the first outcome. The contact is checked again (an
+        unsubscribe may have arrived since the plan): a channel that closed meanwhile records a
+        skip instead of a send. A template that cannot render is recorded as `failed` and raised
+        as a permanent `TemplateError`; a provider's permanent refusal as a permanent
+        `ProviderRejected` (the step then tries its next channel), naming the channel in its
+        details when this call chose it.
         """
         context = request.context
         bound = step_log(context)
-        channel = request.channel
-        if channel is None:
-            raise permanent(
-                "deliver_message needs the channel chosen by prepare_send (request.channel)",
-                VALIDATION_ERROR,
-            )
-        provider = self.channels.provider(channel)
-        bound = bound.bind(channel=channel, provider=provider.name)
-        resend = self.policy.on_unconfirmed(channel, request.send.category) == "resend"
         prepared: Delivery | TemplateRenderError | tuple[OutgoingMessage, int] | None = None
         earlier: Earlier | None = None
+        sent: Receipt | None = None
         async with self.store.session() as s, s.begin():
-            earlier = await self.ledger.earlier(s, request.ledger_key, now=context.now,
-                                                idempotent=provider.idempotent, log=bound,
-                                                resend=resend)
+            channel = request.channel
+            contact: ContactSnapshot | None = None
+            recorded = True
+            if channel is None:
+                row = await deliveries_repo.find_delivery(s, request.ledger_key)
+                if row is not None and (row.channel is None or row.status.startswith("skipped:")):
+                    return self._outcome(row)
+                if row is None:
+                    recorded = False
+                    contact = await contact_snapshot(s, context.contact_id)
+                    plan = await self._decide(s, request, contact)
+                    if plan.status != "ready" or plan.channel is None:
+                        return SendOutcome(status=plan.status, channel=plan.channel,
+                                           reason=plan.reason, hold_until=plan.hold_until)
+                    channel = plan.channel
+                else:
+                    channel = row.channel
+            assert channel is not None  # a row without one is a skip, answered above
+            provider = self.channels.provider(channel)
+            bound = bound.bind(channel=channel, provider=provider.name)
+            resend = self.policy.on_unconfirmed(channel, request.send.category) == "resend"
+            if recorded:
+                earlier = await self.ledger.earlier(s, request.ledger_key, now=context.now,
+                                                    idempotent=provider.idempotent, log=bound,
+                                                    resend=resend)
             if earlier is not None and earlier.settled and not earlier.unconfirmed:
                 return self._outcome(earlier.row)
             if earlier is not None:
                 message = self._message_from_row(request, earlier.row)
                 row_id = earlier.row.id
             else:
-                contact = await contact_snapshot(s, context.contact_id)
+                contact = contact or await contact_snapshot(s, context.contact_id)
                 prepared = await self._prepare_message(s, request, channel, contact, provider)
                 if isinstance(prepared, Delivery):
                     return self._outcome(prepared)
                 if not isinstance(prepared, TemplateRenderError):
                     message, row_id = prepared
+                    if getattr(provider, "records_only", False):
+                        # Nothing leaves the process: the claim and its settlement commit
+                        # together, so the send costs one transaction.
+                        sent = await provider.send(message)
+                        claimed = await s.get(Delivery, row_id)
+                        assert claimed is not None
+                        self.ledger.settle_sent(
+                            claimed, context.now, response=sent.response,
+                            message_id=sent.provider_message_id, provider=sent.provider,
+                            accepted_at=sent.accepted_at)
+        if sent is not None:
+            bound.info("delivery.sent", delivery_id=row_id, template=request.send.template,
+                       provider_message_id=sent.provider_message_id)
+            return SendOutcome(status="sent", channel=channel, delivery_id=row_id, reason="")
         if isinstance(prepared, TemplateRenderError):
             raise permanent(str(prepared), TEMPLATE_ERROR) from prepared
         if earlier is not None and earlier.unconfirmed:
@@ -369,9 +411,16 @@ class DeliveryActivities:
         try:
             receipt = await provider.send(message)
         except ProviderError as error:
-            failed = await self.ledger.failed(row_id, error, idempotent=provider.idempotent,
-                                              now=context.now, log=bound, resend=resend,
-                                              refused=self._refused(message, context.now))
+            try:
+                failed = await self.ledger.failed(row_id, error, idempotent=provider.idempotent,
+                                                  now=context.now, log=bound, resend=resend,
+                                                  refused=self._refused(message, context.now))
+            except ApplicationError as refused:
+                if request.channel is None and refused.type == PROVIDER_REJECTED:
+                    # the run did not choose the channel: say which one to exclude next
+                    raise ApplicationError(str(refused), channel, type=PROVIDER_REJECTED,
+                                           non_retryable=True) from error
+                raise
             if failed.status == UNCONFIRMED:
                 failed = await self._look_up(provider, message, row_id, bound) or failed
             return self._outcome(failed)
@@ -447,7 +496,8 @@ class DeliveryActivities:
             UnsubscribeScope(contact.id, channel, request.send.topic),
             self.signing_key,
         )
-        scope = await template_scope(s, contact, request.trigger, request.journey_context)
+        scope = await template_scope(s, contact, request.trigger, request.journey_context,
+                                     template=request.template)
         scope["unsubscribe_url"] = link
         try:
             parts = render(request.send.template, request.template, channel, scope)

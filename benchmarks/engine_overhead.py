@@ -7,13 +7,28 @@ folder), one SQLite store and workers in this process:
   through `Ingest.track` (event stored, contact touched, router applies entry rules, records the
   entry and signal-with-starts the run); the real interpreter and activities (condition read from
   the store, send prepared, rendered and written to the deliveries ledger on `cairn-delivery`).
-* **minimal**: a hand-written workflow started with `start_workflow`: `sleep 1s`, one activity that
-  reads the contact from the same store and checks the plan, one activity on a delivery queue that
-  writes the ledger row.
+* **minimal**: a hand-written workflow started with `start_workflow`: a sleep until 1 s after the
+  start call's time, to the second (the journey's wait counts from its event the same way, so
+  under load neither side starts a timer for a moment already past), one activity that reads the
+  contact from the same store and checks the plan, one activity on a delivery queue that writes
+  the ledger row.
 
 For each it prints completed runs per second (N runs started together, until the last one ends),
 and event-to-first-send latency p50 / p99: from the call that starts the run (the track call, or
-`start_workflow`) to the commit of the delivery row. It prints figures; it asserts nothing.
+`start_workflow`) to the commit of the delivery row. Then, per run, what each side costs:
+
+* from the runs' histories (a sample of the loaded runs): history events, workflow tasks,
+  activities (regular and local), search-attribute upserts, timers, signals, payload bytes (the
+  `data` of every payload in the history: inputs, results, signals, markers, memo, search
+  attributes), and Temporal billable actions counted the way Temporal Cloud bills them: the
+  workflow start, each signal (signal-with-start: a start and a signal), each activity attempt
+  started, each local activity (its marker), each timer started and each search-attribute upsert;
+  not counted: workflow tasks, patch (version) markers, completions;
+* from the store's engine (every statement the process ran during the loaded phase, the
+  cairn side's ingest and routing included): SQL statements, commits, and new database
+  connections opened.
+
+It prints figures; it asserts nothing.
 
     python benchmarks/engine_overhead.py --runs 200
 """
@@ -38,7 +53,10 @@ with workflow.unsafe.imports_passed_through():
     import uuid
     from pathlib import Path
 
+    from google.protobuf.message import Message
     from sqlalchemy import event as orm_event
+    from temporalio.api.common.v1 import Payload
+    from temporalio.api.enums.v1 import EventType
     from temporalio.client import Client
     from temporalio.worker import Worker
 
@@ -53,7 +71,7 @@ with workflow.unsafe.imports_passed_through():
     from cairn.store.db import Store
     from cairn.store.schema import Delivery
     from starter.dev import DevServer, free_port
-    from starter.worker import journey_workers, running, workflow_runner
+    from starter.worker import STORE_POOL_SIZE, journey_workers, running, workflow_runner
 
 BENCH_JOURNEY = """\
 key: bench
@@ -78,6 +96,13 @@ email:
 
 
 # --------------------------------------------------------------------------- the minimal workflow
+
+
+@dataclass
+class MinimalStart:
+    contact_id: str
+    at: datetime
+    """When the run was asked for (the event's time, as Cairn's trigger carries it)."""
 
 
 @dataclass
@@ -131,8 +156,13 @@ class MinimalJourney:
     """trigger -> wait 1s -> if plan = pro -> send, written by hand."""
 
     @workflow.run
-    async def run(self, contact_id: str) -> str:
-        await workflow.sleep(timedelta(seconds=1))
+    async def run(self, start: MinimalStart) -> str:
+        # Like the journey's wait: 1 s counted from the event, to the second; a run that starts
+        # later than that (under load) finds it over and starts no timer.
+        contact_id = start.contact_id
+        remaining = start.at.replace(microsecond=0) + timedelta(seconds=1) - workflow.now()
+        if remaining > timedelta(0):
+            await workflow.sleep(remaining)
         is_pro = await workflow.execute_activity(
             "minimal_check_plan", contact_id, result_type=bool,
             start_to_close_timeout=timedelta(seconds=30),
@@ -187,6 +217,132 @@ class SendClock:
             self.sent_at.setdefault(row.contact_id, time.monotonic())
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process (its own threads), from /proc; 0 where there is none."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class StoreCounter:
+    """Statements, commits and new connections on the store's engine (SQLAlchemy events)."""
+
+    def __init__(self, store: Store) -> None:
+        self.statements = self.commits = self.connections = 0
+        engine = store.engine.sync_engine
+        orm_event.listen(engine, "before_cursor_execute", self._statement)
+        orm_event.listen(engine, "commit", self._commit)
+        orm_event.listen(engine.pool, "connect", self._connect)
+
+    def _statement(self, *_: object) -> None:
+        self.statements += 1
+
+    def _commit(self, *_: object) -> None:
+        self.commits += 1
+
+    def _connect(self, *_: object) -> None:
+        self.connections += 1
+
+    def snapshot(self) -> tuple[int, int, int]:
+        return self.statements, self.commits, self.connections
+
+
+@dataclass
+class RunCost:
+    """Per-run figures from histories, and from the store over the loaded phase."""
+
+    histories: int = 0
+    events: float = 0
+    workflow_tasks: float = 0
+    activities: float = 0
+    local_activities: float = 0
+    upserts: float = 0
+    timers: float = 0
+    signals: float = 0
+    markers: float = 0
+    payload_bytes: float = 0
+    actions: float = 0
+    statements: float = 0
+    commits: float = 0
+    connections: float = 0
+    worker_cpu_ms: float = 0
+    server_cpu_ms: float = 0
+
+
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
+
+
+def payload_bytes(message: object) -> int:
+    """The `data` bytes of every payload inside a protobuf message."""
+    if isinstance(message, Payload):
+        return len(message.data)
+    total = 0
+    for descriptor, value in message.ListFields():  # type: ignore[attr-defined]
+        if descriptor.message_type is None:
+            continue
+        if isinstance(value, Message):
+            total += payload_bytes(value)
+        elif descriptor.message_type.GetOptions().map_entry:
+            total += sum(payload_bytes(item) for item in value.values())
+        else:
+            total += sum(payload_bytes(item) for item in value)
+    return total
+
+
+async def history_cost(client: Client, workflow_ids: list[str], cost: RunCost) -> None:
+    """Add the histories' figures (every run of each workflow id, continue-as-new included)."""
+    for wid in workflow_ids:
+        history = await client.get_workflow_handle(wid).fetch_history()
+        cost.histories += 1
+        for event in history.events:
+            cost.events += 1
+            cost.payload_bytes += payload_bytes(event)
+            kind = event.event_type
+            if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+                cost.actions += 1
+            elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+                cost.workflow_tasks += 1
+            elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                cost.activities += 1
+            elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                cost.actions += event.activity_task_started_event_attributes.attempt
+            elif kind == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
+                cost.upserts += 1
+                cost.actions += 1
+            elif kind == EventType.EVENT_TYPE_TIMER_STARTED:
+                cost.timers += 1
+                cost.actions += 1
+            elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+                cost.signals += 1
+                cost.actions += 1
+            elif kind == EventType.EVENT_TYPE_MARKER_RECORDED:
+                if event.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER:
+                    cost.local_activities += 1
+                    cost.actions += 1
+                else:
+                    cost.markers += 1
+
+
+def per_run(cost: RunCost, runs: int, store_delta: tuple[int, int, int],
+            cpu: tuple[float, float]) -> RunCost:
+    n = max(cost.histories, 1)
+    return RunCost(
+        histories=cost.histories,
+        events=cost.events / n, workflow_tasks=cost.workflow_tasks / n,
+        activities=cost.activities / n, local_activities=cost.local_activities / n,
+        upserts=cost.upserts / n, timers=cost.timers / n, signals=cost.signals / n,
+        markers=cost.markers / n, payload_bytes=cost.payload_bytes / n,
+        actions=cost.actions / n,
+        statements=store_delta[0] / runs, commits=store_delta[1] / runs,
+        connections=store_delta[2] / runs,
+        worker_cpu_ms=cpu[0] * 1000 / runs, server_cpu_ms=cpu[1] * 1000 / runs,
+    )
+
+
 async def seed_contacts(store: Store, prefix: str, count: int) -> list[str]:
     ids = [f"{prefix}-{i:05d}" for i in range(count)]
     now = datetime.now(UTC)
@@ -225,6 +381,10 @@ class CairnSide:
         result = await self.ingest.track(TrackCall(user_id=contact_id, event="bench_go"))
         assert result.routes and result.routes[0].action == "started", result.routes
 
+    @staticmethod
+    def workflow_id(contact_id: str) -> str:
+        return workflow_id("bench", contact_id)
+
     async def finish(self, contact_id: str) -> None:
         handle = self.client.get_workflow_handle(workflow_id("bench", contact_id),
                                                  result_type=JourneyResult)
@@ -250,8 +410,13 @@ class MinimalSide:
         ]
 
     async def start(self, contact_id: str) -> None:
-        await self.client.start_workflow(MinimalJourney.run, contact_id,
+        await self.client.start_workflow(MinimalJourney.run,
+                                         MinimalStart(contact_id, datetime.now(UTC)),
                                          id=f"minimal/{contact_id}", task_queue=MINIMAL_QUEUE)
+
+    @staticmethod
+    def workflow_id(contact_id: str) -> str:
+        return f"minimal/{contact_id}"
 
     async def finish(self, contact_id: str) -> None:
         assert await self.client.get_workflow_handle(f"minimal/{contact_id}").result() == (
@@ -295,25 +460,61 @@ async def measure_idle(side: Side, ids: list[str], clock: SendClock) -> Figures:
 class SideFigures:
     loaded: Figures
     idle: Figures
+    cost: RunCost
 
 
-async def bench(side: Side, store: Store, clock: SendClock, *, runs: int, concurrency: int,
-                warmup: int, idle_runs: int) -> SideFigures:
-    tag = f"{side.name[0]}-{uuid.uuid4().hex[:6]}"
-    async with running(side.workers()):
-        if warmup:
-            await measure(side, await seed_contacts(store, f"{tag}-warm", warmup), clock,
-                          concurrency=concurrency)
-        idle = await measure_idle(side, await seed_contacts(store, f"{tag}-idle", idle_runs),
-                                  clock)
-        loaded = await measure(side, await seed_contacts(store, f"{tag}-run", runs), clock,
-                               concurrency=concurrency)
-    return SideFigures(loaded, idle)
+async def bench(sides: list[Side], store: Store, clock: SendClock, counter: StoreCounter, *,
+                runs: int, concurrency: int, warmup: int, idle_runs: int, sample: int,
+                rounds: int, server_pid: int | None) -> dict[str, SideFigures]:
+    """Each side's figures. The loaded runs go in `rounds` rounds, the sides taking turns (and
+    turns about who goes first), so a machine whose load changes during the benchmark weighs on
+    both sides alike; each side's workers run only during its own turns, after `warmup` runs."""
+    tags = {side.name: f"{side.name[0]}-{uuid.uuid4().hex[:6]}" for side in sides}
+    idle: dict[str, Figures] = {}
+    loaded: dict[str, list[Figures]] = {side.name: [] for side in sides}
+    counted: dict[str, list[int]] = {side.name: [0, 0, 0] for side in sides}
+    cpu: dict[str, list[float]] = {side.name: [0.0, 0.0] for side in sides}
+    ids: dict[str, list[str]] = {side.name: [] for side in sides}
+    per_round = [runs // rounds + (1 if i < runs % rounds else 0) for i in range(rounds)]
+    for number, count in enumerate(per_round):
+        order = sides if number % 2 == 0 else list(reversed(sides))
+        for side in order:
+            tag = f"{tags[side.name]}-{number}"
+            async with running(side.workers()):
+                if warmup:
+                    await measure(side, await seed_contacts(store, f"{tag}-warm", warmup), clock,
+                                  concurrency=concurrency)
+                if number == 0:
+                    idle[side.name] = await measure_idle(
+                        side, await seed_contacts(store, f"{tag}-idle", idle_runs), clock)
+                batch = await seed_contacts(store, f"{tag}-run", count)
+                before = counter.snapshot()
+                cpu_before = (cpu_seconds(None), cpu_seconds(server_pid))
+                loaded[side.name].append(await measure(side, batch, clock,
+                                                       concurrency=concurrency))
+                after = counter.snapshot()
+                cpu[side.name][0] += cpu_seconds(None) - cpu_before[0]
+                cpu[side.name][1] += cpu_seconds(server_pid) - cpu_before[1]
+            ids[side.name] += batch
+            for index in range(3):
+                counted[side.name][index] += after[index] - before[index]
+    figures: dict[str, SideFigures] = {}
+    for side in sides:
+        parts = loaded[side.name]
+        total = Figures(side.name, sum(p.runs for p in parts), sum(p.seconds for p in parts),
+                        [latency for p in parts for latency in p.latencies])
+        cost = RunCost()
+        await history_cost(side.client, [side.workflow_id(c) for c in ids[side.name][:sample]],
+                           cost)
+        delta = (counted[side.name][0], counted[side.name][1], counted[side.name][2])
+        used = (cpu[side.name][0], cpu[side.name][1])
+        figures[side.name] = SideFigures(total, idle[side.name], per_run(cost, runs, delta, used))
+    return figures
 
 
-def report(cairn: SideFigures, minimal: SideFigures, concurrency: int) -> None:
+def report(cairn: SideFigures, minimal: SideFigures, concurrency: int, rounds: int) -> None:
     print()
-    print(f"{runs_label(cairn.loaded.runs, concurrency)}")
+    print(f"{runs_label(cairn.loaded.runs, concurrency)}, in {rounds} rounds, sides taking turns")
     print(f"{'':9} {'seconds':>8} {'runs/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for figures in (cairn.loaded, minimal.loaded):
         print(f"{figures.name:9} {figures.seconds:>8.2f} {figures.throughput:>8.1f} "
@@ -329,6 +530,32 @@ def report(cairn: SideFigures, minimal: SideFigures, concurrency: int) -> None:
     print()
     print("latency: from the call that starts the run (track / start_workflow) to the insert of "
           "its delivery row; it includes the journey's 1 s wait")
+    print()
+    print(f"per run (histories of {cairn.cost.histories} loaded runs per side; store figures over "
+          "the whole loaded phase)")
+    print(f"{'':28} {'cairn':>9} {'minimal':>9}")
+    rows = [
+        ("history events", "events"), ("workflow tasks", "workflow_tasks"),
+        ("activities", "activities"), ("local activities", "local_activities"),
+        ("search-attribute upserts", "upserts"), ("timers", "timers"),
+        ("signals", "signals"), ("patch markers", "markers"),
+        ("payload bytes", "payload_bytes"), ("billable actions", "actions"),
+        ("SQL statements", "statements"), ("SQL commits", "commits"),
+        ("new DB connections", "connections"),
+        ("CPU ms, this process", "worker_cpu_ms"), ("CPU ms, Temporal server", "server_cpu_ms"),
+    ]
+    for label, attribute in rows:
+        print(f"{label:28} {getattr(cairn.cost, attribute):>9.1f} "
+              f"{getattr(minimal.cost, attribute):>9.1f}")
+    print("billable actions: workflow start, signals, activity attempts, local activities, "
+          "timers, search-attribute upserts")
+    print("CPU: this process (workers, ingest, router, store) and the Temporal dev server, "
+          "during the loaded runs")
+    cpu_cairn = cairn.cost.worker_cpu_ms + cairn.cost.server_cpu_ms
+    cpu_minimal = minimal.cost.worker_cpu_ms + minimal.cost.server_cpu_ms
+    if cpu_cairn:
+        print(f"CPU per run, both processes: cairn {cpu_cairn:.0f} ms, minimal "
+              f"{cpu_minimal:.0f} ms; ratio minimal / cairn {cpu_minimal / cpu_cairn:.2f}")
 
 
 def runs_label(runs: int, concurrency: int) -> str:
@@ -336,26 +563,30 @@ def runs_label(runs: int, concurrency: int) -> str:
             "(throughput: runs completed per second; latency under that load)")
 
 
-async def main(runs: int, concurrency: int, warmup: int, idle_runs: int) -> None:
+async def main(runs: int, concurrency: int, warmup: int, idle_runs: int, sample: int,
+               rounds: int) -> None:
     configure("WARNING")
     with tempfile.TemporaryDirectory(prefix="cairn-bench-") as tmp:
         folder = Path(tmp)
         server = DevServer(db_file=folder / "temporal.db", log_file=folder / "temporal.log",
                            port=free_port(), headless=True)
         client = await server.start(Settings(home=folder))
-        store = await Store.open(f"sqlite+aiosqlite:///{folder / 'cairn.db'}")
+        store = await Store.open(f"sqlite+aiosqlite:///{folder / 'cairn.db'}",
+                                 pool_size=STORE_POOL_SIZE)
         clock = SendClock()
         clock.install()
+        counter = StoreCounter(store)
         try:
             print(f"temporal dev server {server.address} (SQLite file), store {store.url}, "
                   f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
             cairn_side = CairnSide(client, store)
             await cairn_side.publish(folder / "journeys")
-            options = {"runs": runs, "concurrency": concurrency, "warmup": warmup,
-                       "idle_runs": idle_runs}
-            minimal = await bench(MinimalSide(client, store), store, clock, **options)
-            cairn = await bench(cairn_side, store, clock, **options)
-            report(cairn, minimal, concurrency)
+            figures = await bench([MinimalSide(client, store), cairn_side], store, clock,
+                                  counter, runs=runs, concurrency=concurrency, warmup=warmup,
+                                  idle_runs=idle_runs, sample=min(runs, sample),
+                                  rounds=max(1, min(rounds, runs)),
+                                  server_pid=server.process.pid if server.process else None)
+            report(figures["cairn"], figures["minimal"], concurrency, rounds)
         finally:
             await store.close()
             await server.stop()
@@ -367,13 +598,19 @@ def cli() -> None:
     parser.add_argument("--concurrency", type=int, default=50,
                         help="runs being started at the same time (default 50)")
     parser.add_argument("--warmup", type=int, default=10,
-                        help="runs per side before measuring (default 10)")
+                        help="runs per side before measuring, in each round (default 10)")
     parser.add_argument("--idle-runs", type=int, default=10,
                         help="runs per side one at a time, for latency without load (default 10)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="rounds the loaded runs are split into, the sides taking turns "
+                             "(default 2)")
+    parser.add_argument("--histories", type=int, default=50,
+                        help="loaded runs per side whose histories are counted (default 50)")
     args = parser.parse_args()
     code = 0
     try:
-        asyncio.run(main(args.runs, args.concurrency, args.warmup, args.idle_runs))
+        asyncio.run(main(args.runs, args.concurrency, args.warmup, args.idle_runs,
+                         args.histories, args.rounds))
     except KeyboardInterrupt:
         code = 130
     sys.stdout.flush()
@@ -383,7 +620,12 @@ def cli() -> None:
 
 if __name__ == "__main__":
     # Run under the module's importable name: the sandbox then re-imports a cached module per
-    # run instead of recompiling `__main__` from source each time.
+    # run instead of recompiling `__main__` from source each time. Its bytecode is written here
+    # even under PYTHONDONTWRITEBYTECODE, as Cairn's worker does for the workflow modules
+    # (`starter.worker.compile_workflow_code`), so neither side compiles per run.
+    import py_compile
+
+    py_compile.compile(__file__, quiet=True)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import engine_overhead
 

@@ -132,7 +132,10 @@ class SendRequest(BaseModel):
     journey_context: dict[str, Any] = Field(default_factory=dict)
     quiet_hours: QuietHours | None = None
     default_timezone: str = "UTC"
-    channel: str | None = Field(default=None, description="set by the interpreter for delivery")
+    channel: str | None = Field(
+        default=None,
+        description="the channel prepare_send chose; none: deliver_message plans the send itself",
+    )
     when_held: HeldChoice = "wait"
     exclude: list[str] = Field(
         default_factory=list, description="channels a provider refused for good on this visit"
@@ -159,10 +162,14 @@ class SendPlan(BaseModel):
 
 
 class SendOutcome(BaseModel):
+    """What `deliver_message` did; when it planned the send itself (no channel in the request),
+    possibly that it holds it (`deferred:*`) until `hold_until`."""
+
     status: SendStatus
     channel: str | None = None
     delivery_id: int | None = None
     reason: str = ""
+    hold_until: datetime | None = None
 
 
 class ScoreRequest(BaseModel):

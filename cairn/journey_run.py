@@ -201,6 +201,12 @@ class JourneyInput(BaseModel):
     delivery_task_queue: str | None = Field(
         default=None, description="queue of the send activities (default: paired with the run's)"
     )
+    lean: bool = Field(
+        default=False,
+        description="run the lean sequence of commands (`workflows.run.LEAN_RUN_PATCH`); set for "
+                    "every new run, absent from the inputs of runs recorded before it, which "
+                    "replay as they were recorded",
+    )
     history_limit: int | None = Field(
         default=None, ge=10,
         description="continue as new once a run's history has this many events, besides when "

@@ -49,10 +49,36 @@ for every run would cost far more than the interpreter itself, and they keep no 
 """
 
 
+ACTIVITY_SLOTS = 16
+"""Activities (and, apart, local activities) a worker runs at once on each of its queues."""
+
+STORE_POOL_SIZE = ACTIVITY_SLOTS
+"""Store connections a worker process keeps (opened when first needed), besides the pool's
+overflow of 10: about one per activity running at once, so activities rarely open and close an
+overflow connection. Not more: SQLite serialises writers, and many connections waiting on its
+lock time out sooner than the same work queued for a connection in the pool."""
+
+
 def workflow_runner() -> SandboxedWorkflowRunner:
     """The sandbox every journey runs in, with Cairn's heavy pure modules passed through."""
     restrictions = SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH_MODULES)
     return SandboxedWorkflowRunner(restrictions=restrictions)
+
+
+def compile_workflow_code() -> None:
+    """Write the bytecode of the workflow modules where it is missing or stale.
+
+    The sandbox imports a workflow's modules afresh for every new run; without cached bytecode
+    (an editable install run with PYTHONDONTWRITEBYTECODE=1, say) each of those imports compiles
+    the source again, a large share of a short run's cost. A wheel install has it already;
+    where the folder is not writable this does nothing.
+    """
+    import compileall
+
+    import workflows
+
+    with contextlib.suppress(OSError):
+        compileall.compile_dir(Path(workflows.__file__).parent, quiet=2)
 
 
 def journey_workers(
@@ -72,6 +98,8 @@ def journey_workers(
     from activities import delivery_activities, journey_activities
     from workflows import WORKFLOWS
 
+    compile_workflow_code()
+
     journey_worker = Worker(
         client,
         task_queue=journey_queue,
@@ -79,12 +107,15 @@ def journey_workers(
         activities=journey_activities(store, delivery, ingest),
         workflow_runner=workflow_runner(),
         interceptors=[ActivityFailures()],
+        max_concurrent_activities=ACTIVITY_SLOTS,
+        max_concurrent_local_activities=ACTIVITY_SLOTS,
     )
     delivery_worker = Worker(
         client,
         task_queue=delivery_queue,
         activities=delivery_activities(store, delivery),
         interceptors=[ActivityFailures()],
+        max_concurrent_activities=ACTIVITY_SLOTS,
     )
     return [journey_worker, delivery_worker]
 
@@ -188,7 +219,7 @@ async def open_existing_store(url: str) -> Store:
     if (parsed.get_backend_name() == "sqlite" and database and database != ":memory:"
             and not database.startswith("file:") and not Path(database).exists()):
         raise missing  # checked before opening: opening a SQLite file creates it
-    store = await Store.open(url, migrate=False)
+    store = await Store.open(url, migrate=False, pool_size=STORE_POOL_SIZE)
     try:
         async with store.engine.connect() as connection:
             revision = await connection.run_sync(

@@ -142,23 +142,32 @@ class JourneyWorkflow:
     async def _close_failed(self, error: FailureError) -> None:
         run = self.run_
         cause = error.cause or error
+        await self._finish_entry(EntryFinish(
+            workflow_id=workflow.info().workflow_id,
+            journey_key=run.journey.key,
+            contact_id=run.input.contact_id,
+            outcome=FAILED,
+            now=run.now(),
+            reason=f"step {run.state.current}: {type(cause).__name__}: {cause}"[:2000],
+        ))
+
+    async def _finish_entry(self, request: EntryFinish) -> None:
+        """Close the run's entry: a local activity in lean runs (an idempotent update of one row
+        needs no task queue), a regular one in the runs before `LEAN_RUN_PATCH`."""
+        if self.run_.lean:
+            await workflow.execute_local_activity(
+                FINISH_ENTRY, request, start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY, summary=f"record outcome {request.outcome}",
+            )
+            return
         await workflow.execute_activity(
-            FINISH_ENTRY,
-            EntryFinish(
-                workflow_id=workflow.info().workflow_id,
-                journey_key=run.journey.key,
-                contact_id=run.input.contact_id,
-                outcome=FAILED,
-                now=run.now(),
-                reason=f"step {run.state.current}: {type(cause).__name__}: {cause}"[:2000],
-            ),
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            retry_policy=ACTIVITY_RETRY,
-            summary=f"record outcome {FAILED}",
+            FINISH_ENTRY, request, start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=ACTIVITY_RETRY, summary=f"record outcome {request.outcome}",
         )
 
     async def _interpret(self, data: JourneyInput) -> JourneyResult:
         run, state = self.run_, self.run_.state
+        run.lean = data.lean  # LEAN_RUN_PATCH
         if data.state is None:
             self._label_run()
         visited_this_run: set[str] = set()
@@ -176,7 +185,8 @@ class JourneyWorkflow:
             kind = step_kind(step)
             assert kind is not None
             run.begin_step(kind)
-            workflow.upsert_search_attributes([search_attributes.STEP.value_set(name)])
+            if not run.lean:
+                workflow.upsert_search_attributes([search_attributes.STEP.value_set(name)])
             after: Next = await HANDLERS[kind](step, run)
             if after.resume:
                 await self._continue_as_new()
@@ -191,6 +201,9 @@ class JourneyWorkflow:
     def _label_run(self) -> None:
         """Search attributes for runs not started by the router (which sets them at start)."""
         run = self.run_
+        if run.lean and workflow.info().typed_search_attributes.get(
+                search_attributes.JOURNEY) is not None:
+            return
         pairs: list[SearchAttributeUpdate[Any]] = [
             search_attributes.JOURNEY.value_set(run.journey.key),
             search_attributes.CONTACT.value_set(run.input.contact_id),
@@ -203,7 +216,8 @@ class JourneyWorkflow:
         run = self.run_
         await workflow.wait_condition(workflow.all_handlers_finished)
         run.state.runs += 1
-        workflow.continue_as_new(run.input.model_copy(update={"state": run.state}))
+        # the next run has a history of its own: it may take the lean sequence (LEAN_RUN_PATCH)
+        workflow.continue_as_new(run.input.model_copy(update={"state": run.state, "lean": True}))
 
     async def _finish(self, outcome: str) -> JourneyResult:
         run, state = self.run_, self.run_.state
@@ -211,20 +225,15 @@ class JourneyWorkflow:
             reason = state.context.get("removed_reason") if outcome == REMOVED else None
             state.path[-1].note += f" | exit: {reason or outcome}"
         state.outcome = outcome
-        workflow.upsert_search_attributes([search_attributes.STEP.value_set("end")])
+        if not run.lean:  # a lean run's CairnStep keeps the last step it waited in
+            workflow.upsert_search_attributes([search_attributes.STEP.value_set("end")])
         workflow.set_current_details(f"finished: **{outcome}**")
-        await workflow.execute_activity(
-            FINISH_ENTRY,
-            EntryFinish(
-                workflow_id=workflow.info().workflow_id,
-                journey_key=run.journey.key,
-                contact_id=run.input.contact_id,
-                outcome=outcome,
-                now=run.now(),
-            ),
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            retry_policy=ACTIVITY_RETRY,
-            summary=f"record outcome {outcome}",
-        )
+        await self._finish_entry(EntryFinish(
+            workflow_id=workflow.info().workflow_id,
+            journey_key=run.journey.key,
+            contact_id=run.input.contact_id,
+            outcome=outcome,
+            now=run.now(),
+        ))
         return JourneyResult(outcome=outcome, path=state.path, path_dropped=state.path_dropped)
 

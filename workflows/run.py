@@ -19,6 +19,7 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
+    from cairn import search_attributes
     from cairn.contracts import StepContext
     from cairn.journey import END, Journey
     from cairn.journey_run import (
@@ -46,6 +47,19 @@ ACTIVITY_RETRY = RetryPolicy(
 )
 
 Result = TypeVar("Result", bound=BaseModel)
+
+LEAN_RUN_PATCH = "lean-run"
+"""Runs started before the lean sequence did more per run, and replay so: they upserted
+`CairnStep` at every step (and the labels the router had already set), decided `if` and closed
+the entry in regular activities, and asked `prepare_send` before each `deliver_message`. Lean runs
+upsert the step only when they wait on it (views list running runs, so a closed run keeps the
+last step it waited in), read and close with local activities, and
+let `deliver_message` plan the send itself.
+
+Not a `workflow.patched` marker: the SDK upserts the `TemporalChangeVersion` search attribute with
+each patch, one more upsert (a billable action) in every run. The choice travels in the input
+instead (`JourneyInput.lean`, set by the router and at every continue-as-new), which the inputs of
+runs recorded before it lack, so they replay as recorded."""
 
 ANCHOR_SLACK = timedelta(minutes=1)
 """How long after its anchor the journey's clock stays on it (see `JourneyRun.now`)."""
@@ -86,6 +100,8 @@ class JourneyRun:
         self.state = state
         self.exit_outcome: str | None = None
         self.offset = timedelta(seconds=data.clock_offset_seconds)
+        self.lean = False
+        """Whether this run does the lean sequence of commands (`LEAN_RUN_PATCH`)."""
 
     # ------------------------------------------------------------------ time
 
@@ -159,6 +175,13 @@ class JourneyRun:
         self.state.deadline = None
         self.state.waiting_for = None
 
+    def label_step(self, name: str) -> None:
+        """Set `CairnStep` to `name` unless it already says so (the router sets the first step
+        at start; continue-as-new keeps the attributes), so operators see where runs wait."""
+        current = workflow.info().typed_search_attributes.get(search_attributes.STEP)
+        if current != name:
+            workflow.upsert_search_attributes([search_attributes.STEP.value_set(name)])
+
     # ------------------------------------------------------------------ waiting
 
     def continue_suggested(self) -> bool:
@@ -184,6 +207,8 @@ class JourneyRun:
         """
         self.state.deadline = deadline
         self.state.waiting_for = summary
+        if self.lean:
+            self.label_step(self.step)
 
         def settled() -> bool:
             return (
@@ -228,8 +253,23 @@ class JourneyRun:
         *,
         delivery: bool = False,
         timeout: timedelta = ACTIVITY_TIMEOUT,
+        local: bool = False,
     ) -> Any:
-        """Run an activity with Cairn's timeouts and retries, labelled for the Temporal UI."""
+        """Run an activity with Cairn's timeouts and retries, labelled for the Temporal UI.
+
+        `local`: run it as a local activity in this worker (for reads and bookkeeping that need
+        no queue of their own): its result is a marker in the history, with no schedule, start
+        and completion events nor a round trip through the server's task queue.
+        """
+        if local:
+            return await workflow.execute_local_activity(
+                name,
+                request,
+                result_type=result_type,
+                start_to_close_timeout=timeout,
+                retry_policy=ACTIVITY_RETRY,
+                summary=summary,
+            )
         return await workflow.execute_activity(
             name,
             request,

@@ -24,6 +24,8 @@ class OutboxProvider:
 
     name = OUTBOX
     idempotent = True  # nothing leaves the machine: a second record is the same record
+    records_only = True
+    """The ledger row is the whole send: its claim and settlement may commit together."""
 
     def __init__(self, channels: tuple[str, ...]) -> None:
         self.channels = channels

@@ -166,18 +166,25 @@ class Store:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool = True) -> Store:
-        """Connect to `url` (creating a SQLite file's folder) and bring the schema to head."""
+    async def open(cls, url: str, *, migrate: bool = True, pool_size: int | None = None) -> Store:
+        """Connect to `url` (creating a SQLite file's folder) and bring the schema to head.
+
+        `pool_size`: connections the pool keeps (opened when first needed); a process that runs
+        N activities at once sizes it to N, so none opens and closes an overflow connection.
+        """
         parsed = _async_url(url)
         path = _sqlite_file(parsed)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             # It holds contacts' personal data: owner only (SQLite gives -wal/-shm its mode).
             private_database(path, create=True)
+        options = _engine_options(parsed)
+        if pool_size is not None:
+            options["pool_size"] = pool_size
         try:
             # hide_parameters: a database error's message (and so any traceback logged) shows
             # the statement but never the values bound to it (contacts' traits, events).
-            engine = create_async_engine(parsed, hide_parameters=True, **_engine_options(parsed))
+            engine = create_async_engine(parsed, hide_parameters=True, **options)
         except (InvalidRequestError, ModuleNotFoundError) as error:
             raise StoreError(
                 f"cannot open {parsed.render_as_string(hide_password=True)!r}: {error}. The store "

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
@@ -371,8 +371,19 @@ async def test_cli_lists_runs_per_step_and_removes_contacts_on_a_dev_server(
         await publish(sqlite_store, {"key": key, "name": "Welcome", "trigger": {"event": "signup"},
                                      "steps": WAIT_A_DAY})
         async with engine(server, sqlite_store) as router:
+            described: list[str] = []
+            real_describe = WorkflowHandle.describe
+
+            async def counting_describe(self: WorkflowHandle[Any, Any], **kw: Any) -> Any:
+                described.append(self.id)
+                return await real_describe(self, **kw)
+
+            monkeypatch.setattr(WorkflowHandle, "describe", counting_describe)
             for contact in contacts:
                 assert only(await router.route(event("signup", contact)), key).action == "started"
+            monkeypatch.undo()
+            # the dev server reports signal-with-start's `started`: the router trusts it
+            assert described == []
             description = await server.client.get_workflow_handle(
                 workflow_id(key, contacts[0])).describe()
             assert await description.static_summary() == f"Welcome for {contacts[0]}"

@@ -67,6 +67,17 @@ RECORDINGS: dict[str, Recording] = {
                                    "email_reminder"), first_send_at="2026-03-03T06:00:00Z"),
     "answers": Recording(HERE / "journeys/answers.yaml", HERE / "scenarios/answers.yaml",
                          "completed", ("wait_answer", "happy", "move_due", "pause", "again")),
+    # The lean sequence of commands (`workflows.run.LEAN_RUN_PATCH`): the recordings above were
+    # made before it and are kept as they are; these record the same journeys as lean runs.
+    "lean-cart-quiet-hours": Recording(
+        ROOT / "journeys/cart-abandonment.yaml", HERE / "scenarios/cart-quiet-hours.yaml",
+        "completed", ("wait_2h", "still_in_cart", "push_or_email", "push_reminder",
+                      "email_reminder"), first_send_at="2026-03-03T06:00:00Z"),
+    "lean-actions": Recording(HERE / "journeys/actions.yaml", HERE / "scenarios/actions.yaml",
+                              "completed", ("welcome", "add_points", "tag", "enrich", "alert",
+                                            "call", "retarget", "hand_off")),
+    "lean-loop": Recording(HERE / "journeys/loop.yaml", HERE / "scenarios/loop.yaml", "waiting",
+                           ("monthly", "remind", "monthly", "remind", "monthly")),
 }
 """Name -> recording. An empty `outcome` accepts any (the split's path depends on the contact)."""
 

@@ -65,6 +65,8 @@ async def send(step: SendStep, run: JourneyRun) -> Next:
         when_held=spec.when_held or run.journey.settings.when_held or "wait",
     )
     label = step.summary or f"{run.step}: {spec.template} via {'/'.join(spec.candidates())}"
+    if run.lean:
+        return await _send_planned_in_delivery(step, run, request, label)
     refused: list[str] = []  # holds and refusals on this visit, all said in the path
     while True:
         plan = await _plan(request, run, label, step.next, refused)
@@ -99,6 +101,69 @@ async def send(step: SendStep, run: JourneyRun) -> Next:
         if outcome.status == "failed" and spec.on_failure:
             return Next.to(spec.on_failure)
         return Next.to(step.next)
+
+
+async def _send_planned_in_delivery(
+    step: SendStep, run: JourneyRun, request: SendRequest, label: str,
+) -> Next:
+    """The send of a lean run: one `deliver_message` plans and sends (no channel in the request).
+
+    It answers `deferred:*` with `hold_until` when quiet hours or a cap hold the message (the run
+    waits on a durable timer, then asks again), `skipped:*` when no channel may be used, or the
+    delivery's outcome; a provider's refusal for good names the refused channel in its details,
+    and the next candidate is tried under its own ledger key.
+    """
+    spec = step.send
+    trail: list[str] = []  # holds and refusals on this visit, all said in the path
+    holds = 0
+    while True:
+        try:
+            outcome: SendOutcome = await run.act(
+                DELIVER_MESSAGE, request, SendOutcome, f"send {label}", delivery=True)
+        except ActivityError as error:
+            cause = error.cause or error
+            channel = _refused_channel(cause)
+            trail.append(f"failed on {channel or 'its channel'}: {cause}")
+            run.note("; ".join(trail))
+            rejected = isinstance(cause, ApplicationError) and cause.type == PROVIDER_REJECTED
+            remaining = [c for c in request.candidates() if c != channel]
+            if rejected and channel and remaining:
+                request = request.model_copy(update={
+                    "exclude": [*request.exclude, channel],
+                    "attempt": request.attempt + 1,
+                    "context": run.context(),
+                })
+                holds = 0
+                continue
+            return Next.to(spec.on_failure or step.next)
+        if outcome.status.startswith("deferred:") and outcome.hold_until is not None:
+            trail.append(f"{outcome.status} until {outcome.hold_until.isoformat()}")
+            run.note("; ".join(trail))
+            reason = "quiet hours" if outcome.status == "deferred:quiet_hours" else "frequency cap"
+            waited = await run.wait(outcome.hold_until, f"{reason}: hold {label}")
+            if waited is not Waited.ELAPSED:
+                return run.after_wait(waited, step.next)
+            holds += 1
+            if holds >= MAX_HOLDS:
+                run.note("failed: still held after repeated holds")
+                return Next.to(spec.on_failure or step.next)
+            request.context = run.context()
+            continue
+        if outcome.status.startswith("skipped:"):
+            run.note(f"{outcome.status}: {outcome.reason}")
+            return Next.to(step.next)
+        run.note("; ".join([*trail, f"{outcome.status} on {outcome.channel}"]))
+        if outcome.status == "failed" and spec.on_failure:
+            return Next.to(spec.on_failure)
+        return Next.to(step.next)
+
+
+def _refused_channel(cause: BaseException) -> str | None:
+    """The channel a planning delivery names in a refusal's details."""
+    if isinstance(cause, ApplicationError) and cause.details:
+        channel = cause.details[0]
+        return channel if isinstance(channel, str) else None
+    return None
 
 
 async def _plan(

@@ -37,6 +37,7 @@ async def if_(step: IfStep, run: JourneyRun) -> Next:
         ),
         VerdictResult,
         step.summary or f"decide {run.step}",
+        local=run.lean,  # a read: no queue, no history events of its own
     )
     branch, target = ("then", step.then) if verdict.result else ("else", step.else_)
     run.note(f"{branch}: {verdict.reason}")
