@@ -378,10 +378,11 @@ async def test_cli_lists_runs_per_step_and_removes_contacts_on_a_dev_server(
                 described.append(self.id)
                 return await real_describe(self, **kw)
 
-            monkeypatch.setattr(WorkflowHandle, "describe", counting_describe)
-            for contact in contacts:
-                assert only(await router.route(event("signup", contact)), key).action == "started"
-            monkeypatch.undo()
+            with pytest.MonkeyPatch.context() as patch:  # (monkeypatch.undo would undo the env)
+                patch.setattr(WorkflowHandle, "describe", counting_describe)
+                for contact in contacts:
+                    decision = only(await router.route(event("signup", contact)), key)
+                    assert decision.action == "started"
             # the dev server reports signal-with-start's `started`: the router trusts it
             assert described == []
             description = await server.client.get_workflow_handle(
