@@ -21,12 +21,19 @@ definitions come from the catalog folder (`cairn.catalog_folder.current_profile_
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
 from temporalio import activity
 
+from activities.broadcast import BroadcastEntry
+from activities.send import DeliveryActivities
 from cairn.catalog_folder import current_profile_rules
 from cairn.date_triggers import (
     SWEEP_EVENT_TYPE,
@@ -34,7 +41,7 @@ from cairn.date_triggers import (
     due_date,
     schedule_trigger_event,
 )
-from cairn.events.ingest import Ingest
+from cairn.events.ingest import ROUTING_LEASE, Ingest
 from cairn.events.profile_rules import PROFILE_RULES_EVENT_TYPE, ProfileRules
 from cairn.events.router import Router
 from cairn.journey import TRIGGER_EVENTS, Journey
@@ -55,6 +62,7 @@ from cairn.store import sweeps as sweeps_repo
 from cairn.store.db import Store
 from cairn.sweeps import (
     ENTER_SCHEDULED,
+    PLAN_SCHEDULED,
     SWEEP_DATE_ATTRIBUTES,
     SWEEP_SEGMENTS,
     SweepBatch,
@@ -74,11 +82,14 @@ def utc_now() -> datetime:
 
 
 class SweepActivities:
-    """Sweep batches over the store; `router` overrides the one built from the activity's client."""
+    """Sweep batches over the store; `router` overrides the one built from the activity's client;
+    `delivery` (channels, delivery policy) sends for schedule journeys with no later step."""
 
-    def __init__(self, store: Store, *, router: Router | None = None) -> None:
+    def __init__(self, store: Store, *, router: Router | None = None,
+                 delivery: DeliveryActivities | None = None) -> None:
         self.store = store
         self.router = router
+        self.delivery = delivery
 
     # ------------------------------------------------------------------ segments
 
@@ -215,23 +226,92 @@ class SweepActivities:
 
     # ------------------------------------------------------------------ schedules
 
+    @activity.defn(name=PLAN_SCHEDULED)
+    async def plan_scheduled(self, batch: SweepBatch) -> list[str]:
+        """The bounds of a schedule occurrence's batches (`sweeps_repo.scheduled_bounds`)."""
+        async with self.store.session() as s:
+            return await sweeps_repo.scheduled_bounds(s, batch.segment, batch.config.batch_size)
+
     @activity.defn(name=ENTER_SCHEDULED)
     async def enter_scheduled(self, batch: SweepBatch) -> SweepBatchResult:
         """Emit `schedule_fired` for one batch of the contacts a journey's schedule occurrence
-        enters: the open members of `batch.segment`, or every contact.
+        enters: the open members of `batch.segment`, or every contact (after `batch.after`: up
+        to `batch.upto`, or `batch_size` of them).
 
         Message ids are `schedule/<journey>/<occurrence>/<contact>`, so an occurrence run twice
-        enters no one twice.
+        enters no one twice. When the journey is the only one the events concern, the batch
+        enters together (`activities.broadcast`): entry rules with one read, entries in one
+        write, runs started side by side, and for a journey with no later step than a send,
+        the sends made here, without a run per contact.
         """
         assert batch.journey is not None, "a schedule batch names its journey"
         async with self.store.session() as s:
-            ids = await sweeps_repo.scheduled_contact_ids(s, batch.segment, batch.after,
-                                                          batch.config.batch_size)
+            ids = await sweeps_repo.scheduled_contact_ids(
+                s, batch.segment, batch.after,
+                None if batch.upto is not None else batch.config.batch_size, batch.upto)
         rows: list[tuple[str, str, dict[str, Any]]] = []
         for cid in ids:
             message_id, properties = schedule_trigger_event(batch.journey, batch.now, cid)
             rows.append((message_id, cid, properties))
-        return await self._emit(batch, TRIGGER_EVENTS["schedule"], rows, ids)
+        name = TRIGGER_EVENTS["schedule"]
+        router = self._router(batch.config)
+        rules = self._profile_rules(batch.config)
+        if router is not None and rows and rules.reads_only_the_clock(name):
+            journey = await self._entering_alone(router, batch.journey, name, rows[0][2])
+            if journey is not None:
+                return await self._enter_together(batch, journey, router, name, rows, ids)
+        return await self._emit(batch, name, rows, ids)
+
+    async def _entering_alone(self, router: Router, key: str, name: str,
+                              properties: dict[str, Any]) -> Journey | None:
+        """The journey, when its trigger is the only thing the batch's events concern."""
+        catalog = await router.catalog()
+        if catalog.listening_to.get(name):
+            return None
+        admitting = [j for j in catalog.triggered_by.get(name, ())
+                     if j.trigger.admits(j.key, properties)[0]]
+        return admitting[0] if [j.key for j in admitting] == [key] else None
+
+    async def _enter_together(self, batch: SweepBatch, journey: Journey, router: Router,
+                              name: str, rows: list[tuple[str, str, dict[str, Any]]],
+                              ids: list[str]) -> SweepBatchResult:
+        """Store the batch's events, claim them, enter them together, mark them routed."""
+        emitted = await self._store_events(batch, name, rows)
+        claimant = uuid.uuid4().hex
+        message_ids = [message_id for message_id, _, _ in rows]
+        async with self.store.session() as s, s.begin():
+            stored = await events_repo.unrouted_by_message_ids(s, message_ids)
+            claimed = await events_repo.claim_events(s, stored, claimant, utc_now(),
+                                                     ROUTING_LEASE)
+        acting = (activity.info().workflow_id if activity.in_activity()
+                  else f"broadcast/{journey.key}/{batch.now.isoformat()}")
+        renewing = asyncio.create_task(_renew_claims(self.store, claimant))
+        try:
+            entered = await BroadcastEntry(self.store, router, self.delivery).enter(
+                journey, [events_repo.event_message(row) for row in claimed], acting=acting)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+        async with self.store.session() as s, s.begin():
+            await events_repo.mark_routed(s, [row.id for row in claimed], utc_now())
+        actions = Counter(d.action for d in entered.decisions)
+        log.info("sweep.batch.entered", sweep=batch.sweep_id, journey=journey.key,
+                 acting=acting, after=batch.after, contacts=len(ids), emitted=emitted,
+                 started=actions["started"], signalled=actions["signalled"],
+                 refused=actions["refused"], sends=entered.sends)
+        return SweepBatchResult(contacts=len(ids), last=ids[-1] if ids else None,
+                                emitted=emitted, routed=len(claimed))
+
+    async def _store_events(self, batch: SweepBatch, name: str,
+                            rows: list[tuple[str, str, dict[str, Any]]]) -> int:
+        now = utc_now()
+        async with self.store.session() as s, s.begin():
+            return await events_repo.record_events(s, [
+                {"message_id": message_id, "type": SWEEP_EVENT_TYPE, "contact_id": contact_id,
+                 "name": name, "properties": properties, "timestamp": batch.now,
+                 "received_at": now}
+                for message_id, contact_id, properties in rows])
 
     # ------------------------------------------------------------------ shared
 
@@ -259,13 +339,17 @@ class SweepActivities:
         return SweepBatchResult(contacts=len(ids), last=ids[-1] if ids else None,
                                 emitted=emitted, routed=routed)
 
+    def _router(self, config: SweepConfig) -> Router | None:
+        """The router given, else one on the activity's client (None outside Temporal)."""
+        if self.router is None and activity.in_activity():
+            return Router(activity.client(), self.store, task_queue=config.journey_task_queue,
+                          delivery_task_queue=config.delivery_task_queue)
+        return self.router
+
     async def _route(self, config: SweepConfig, rules: ProfileRules,
                      event_ids: list[int]) -> int:
         """Route stored events like ingested ones; raise when some could not be routed."""
-        router = self.router
-        if router is None and activity.in_activity():
-            router = Router(activity.client(), self.store, task_queue=config.journey_task_queue,
-                            delivery_task_queue=config.delivery_task_queue)
+        router = self._router(config)
         if router is None or not event_ids:
             return 0  # outside Temporal: the relay routes them
         done = await Ingest(self.store, router, profile_rules=rules).route_events(event_ids)
@@ -279,6 +363,17 @@ class SweepActivities:
                     f"{still[0]}); the batch is retried, and the relay routes them meanwhile"
                 )
         return len(done)
+
+
+async def _renew_claims(store: Store, claimant: str) -> None:
+    """Keep a batch's claims on its events alive while it enters them (see `Ingest`)."""
+    while True:
+        await asyncio.sleep(ROUTING_LEASE.total_seconds() / 3)
+        try:
+            async with store.session() as session, session.begin():
+                await events_repo.renew_claims(session, claimant, utc_now())
+        except OperationalError as error:  # the store is busy: the next renewal may pass
+            log.warning("sweep.claims_not_renewed", error=str(error))
 
 
 def _change_event(message_id: str, contact_id: str, name: str, properties: dict[str, Any],

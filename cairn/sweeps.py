@@ -20,6 +20,7 @@ SWEEP_EVERY = timedelta(hours=1)
 SWEEP_SEGMENTS = "sweep_segments"
 SWEEP_DATE_ATTRIBUTES = "sweep_date_attributes"
 ENTER_SCHEDULED = "enter_scheduled"
+PLAN_SCHEDULED = "plan_scheduled"
 
 SEGMENT_SWEEP_WORKFLOW = "SegmentSweepWorkflow"
 DATE_SWEEP_WORKFLOW = "DateAttributeSweepWorkflow"
@@ -37,6 +38,9 @@ class SweepConfig(BaseModel):
         "contacts per activity: a batch is decided with a few queries whatever its size, so "
         "bigger batches cost fewer round trips"))
     batches_per_run: int = Field(default=20, ge=1, description="continue-as-new after these")
+    parallel_batches: int = Field(default=8, ge=1, le=64, description=(
+        "batches of a schedule's occurrence entered at once: each is an activity, so the "
+        "workers of the journey queue share them"))
 
 
 class SweepInput(BaseModel):
@@ -60,6 +64,9 @@ class ScheduleInput(SweepInput):
     occurrence: datetime | None = Field(
         default=None, description="default: the Schedule's scheduled start time"
     )
+    bounds: list[str] | None = Field(default=None, description=(
+        "the last contact id of each batch but the last, read once when the occurrence starts "
+        "(its batches then run side by side)"))
 
 
 class SweepBatch(BaseModel):
@@ -69,6 +76,9 @@ class SweepBatch(BaseModel):
     now: datetime = Field(description="the moment judged; for a schedule, its occurrence")
     sweep_id: str
     after: str | None = None
+    upto: str | None = Field(default=None, description=(
+        "the last contact id of the batch (its bound, inclusive): the contacts in (after, "
+        "upto] whatever their number; without it, `config.batch_size` after `after`"))
     journey: str | None = None
     segment: str | None = None
 

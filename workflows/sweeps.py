@@ -24,6 +24,7 @@ the contracts both sides share are in `cairn/sweeps.py`.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -40,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from cairn.sweeps import (
         DATE_SWEEP_WORKFLOW,
         ENTER_SCHEDULED,
+        PLAN_SCHEDULED,
         SCHEDULED_ENTRY_WORKFLOW,
         SEGMENT_SWEEP_WORKFLOW,
         SWEEP_DATE_ATTRIBUTES,
@@ -158,7 +160,13 @@ class DateAttributeSweepWorkflow:
 
 @workflow.defn(name=SCHEDULED_ENTRY_WORKFLOW)
 class ScheduledEntryWorkflow:
-    """One occurrence of a `schedule` trigger: every member of its segment enters, once."""
+    """One occurrence of a `schedule` trigger: every member of its segment enters, once.
+
+    The batches run side by side (`config.parallel_batches` at a time), so every worker of the
+    journey queue takes a share: the bounds of the batches are read once, at the start of the
+    occurrence, and carried across continue-as-new. Occurrences started before that replay
+    their batches one after another.
+    """
 
     @workflow.run
     async def run(self, data: ScheduleInput) -> SweepResult:
@@ -169,7 +177,51 @@ class ScheduledEntryWorkflow:
         data.sweep_id = data.sweep_id or f"schedule/{data.journey}"
         batch = SweepBatch(config=data.config, now=data.now, sweep_id=data.sweep_id,
                            journey=data.journey, segment=data.segment)
+        if data.bounds is not None or workflow.patched(PARALLEL_BATCHES_PATCH):
+            return await _side_by_side(data, batch)
         return await _sweep(ENTER_SCHEDULED, data, batch)
+
+
+PARALLEL_BATCHES_PATCH = "schedule-batches-side-by-side"
+"""Occurrences started before their batches ran side by side replay them one after another."""
+
+
+async def _side_by_side(data: ScheduleInput, batch: SweepBatch) -> SweepResult:
+    """Enter the batches between the bounds, `parallel_batches` at a time, in waves."""
+    config = data.config
+    if data.bounds is None:
+        data.bounds = await workflow.execute_activity(
+            PLAN_SCHEDULED, batch, result_type=list[str],
+            start_to_close_timeout=BATCH_TIMEOUT, retry_policy=ACTIVITY_RETRY,
+            summary="read the bounds of the batches")
+    bounds: list[str | None] = [None, *data.bounds, None]
+    total = len(bounds) - 1
+    in_this_run = 0
+    while data.batches < total:
+        wave = range(data.batches, min(total, data.batches + config.parallel_batches))
+        results: list[SweepBatchResult] = await asyncio.gather(*(
+            workflow.execute_activity(
+                ENTER_SCHEDULED,
+                batch.model_copy(update={"after": bounds[i], "upto": bounds[i + 1]}),
+                result_type=SweepBatchResult,
+                start_to_close_timeout=BATCH_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
+                summary=f"batch {i + 1} of {total} after {bounds[i] or 'the first contact'}",
+            ) for i in wave))
+        for result in results:
+            data.contacts += result.contacts
+            data.emitted += result.emitted
+        data.batches += len(results)
+        in_this_run += len(results)
+        workflow.set_current_details(
+            f"{data.contacts} contacts in {data.batches} of {total} batches; "
+            f"{data.emitted} events emitted")
+        if data.batches < total and (in_this_run >= config.batches_per_run
+                                     or workflow.info().is_continue_as_new_suggested()):
+            data.runs += 1
+            workflow.continue_as_new(data)
+    return SweepResult(contacts=data.contacts, batches=data.batches, emitted=data.emitted,
+                       runs=data.runs)
 
 
 __all__ = [

@@ -186,7 +186,8 @@ async def close_entries(s: AsyncSession, acting: str, contact_ids: Sequence[str]
     for start in range(0, len(contact_ids), 500):
         await s.execute(
             update(Entry)
-            .where(Entry.workflow_id == acting, Entry.contact_id.in_(contact_ids[start:start + 500]),
+            .where(Entry.workflow_id == acting,
+                   Entry.contact_id.in_(contact_ids[start:start + 500]),
                    Entry.ended_at.is_(None))
             .values(ended_at=now, outcome=outcome)
             .execution_options(synchronize_session=False))
