@@ -16,7 +16,8 @@ One `temporal server start-dev` (started here, SQLite file in a temporary folder
 
 Each worker process runs Cairn's workers (`starter.worker.journey_workers`: the interpreter and
 its activities, the delivery queue) and the raw workflow's worker. It prints, per side, contacts
-and contacts per second, and the ratio of each Cairn side to raw. It asserts nothing.
+and contacts per second, and the ratio of each Cairn side to raw (raw is measured before and after the Cairn sides, and
+the mean taken, since a shared machine's load drifts). It asserts nothing.
 
     python benchmarks/broadcast.py [--contacts 2000] [--workers 1] [--batch-size 250]
                                    [--parallel 8] [--database-url URL]
@@ -87,12 +88,13 @@ class RawActivities:
         self.store = store
 
     @activity.defn(name="raw_send")
-    async def send(self, contact_id: str) -> int:
+    async def send(self, run_id: str) -> int:
+        contact_id = run_id.split("/")[-1]
         async with self.store.session() as session, session.begin():
             now = datetime.now(UTC)
             row, _ = await deliveries.record_delivery(
-                session, idempotency_key=f"raw/{contact_id}/mail/1", kind="send",
-                workflow_id=f"raw/{contact_id}", journey_key="raw", step="mail",
+                session, idempotency_key=f"raw/{run_id}/mail/1", kind="send",
+                workflow_id=f"raw/{run_id}", journey_key="raw", step="mail",
                 contact_id=contact_id, channel="email", provider="outbox", template="bcast-news",
                 category="marketing", status="sent", rendered={"subject": "News"},
                 created_at=now, sent_at=now)
@@ -103,9 +105,9 @@ class RawActivities:
 @workflow.defn(name="RawBroadcast")
 class RawBroadcast:
     @workflow.run
-    async def run(self, contact_id: str) -> int:
+    async def run(self, run_id: str) -> int:
         result: int = await workflow.execute_activity(
-            "raw_send", contact_id, start_to_close_timeout=timedelta(seconds=30))
+            "raw_send", run_id, start_to_close_timeout=timedelta(seconds=30))
         return result
 
 
@@ -152,17 +154,19 @@ async def until_rows(store: Store, journey_key: str, count: int) -> None:
         await asyncio.sleep(0.1)
 
 
-async def measure_raw(client: Client, store: Store, count: int) -> float:
+async def measure_raw(client: Client, store: Store, count: int, round_: int) -> float:
     gate = asyncio.Semaphore(64)
+    before = await count_rows(store, "raw")
 
     async def start(i: int) -> None:
+        run_id = f"{round_}/r-{i:06d}"
         async with gate:
-            await client.start_workflow(RawBroadcast.run, f"r-{i:06d}", id=f"raw/r-{i:06d}",
+            await client.start_workflow(RawBroadcast.run, run_id, id=f"raw/{run_id}",
                                         task_queue=RAW_QUEUE)
 
     began = time.monotonic()
     await asyncio.gather(*(start(i) for i in range(count)))
-    await until_rows(store, "raw", count)
+    await until_rows(store, "raw", before + count)
     return time.monotonic() - began
 
 
@@ -231,13 +235,20 @@ async def main(contacts: int, workers: int, batch_size: int, parallel: int,
             config = SweepConfig(journeys_dir=str(catalog), journey_task_queue=JOURNEY_QUEUE,
                                  delivery_task_queue=DELIVERY_QUEUE, batch_size=batch_size,
                                  parallel_batches=parallel)
-            raw = await measure_raw(client, store, contacts)
-            print(f"raw    {contacts:>7} workflows   {raw:>7.1f} s  "
-                  f"{contacts / raw:>8.1f} contacts/s", flush=True)
+            first_raw = await measure_raw(client, store, contacts, 1)
+            print(f"raw    {contacts:>7} workflows   {first_raw:>7.1f} s  "
+                  f"{contacts / first_raw:>8.1f} contacts/s  (before)", flush=True)
+            measured = []
             for key, sends in (("bcast-send", True), ("bcast-wait", False)):
                 entered, seconds, result = await measure_broadcast(
                     client, store, key, contacts, config, sends=sends)
-                label = "send" if sends else "wait"
+                measured.append(("send" if sends else "wait", entered, seconds, result))
+            second_raw = await measure_raw(client, store, contacts, 2)
+            print(f"raw    {contacts:>7} workflows   {second_raw:>7.1f} s  "
+                  f"{contacts / second_raw:>8.1f} contacts/s  (after)", flush=True)
+            raw = (first_raw + second_raw) / 2
+            print(f"raw    mean {contacts / raw:.1f} contacts/s", flush=True)
+            for label, entered, seconds, result in measured:
                 print(f"{label:<6} {result.contacts:>7} contacts    {seconds:>7.1f} s  "
                       f"{contacts / seconds:>8.1f} contacts/s  ratio to raw "
                       f"{raw / seconds:.2f}  ({result.batches} batches; occurrence done after "
