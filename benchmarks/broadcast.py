@@ -16,8 +16,9 @@ One `temporal server start-dev` (started here, SQLite file in a temporary folder
 
 Each worker process runs Cairn's workers (`starter.worker.journey_workers`: the interpreter and
 its activities, the delivery queue) and the raw workflow's worker. It prints, per side, contacts
-and contacts per second, and the ratio of each Cairn side to raw (raw is measured before and after the Cairn sides, and
-the mean taken, since a shared machine's load drifts). It asserts nothing.
+and contacts per second, and the ratio of each Cairn side to raw (raw is measured before and
+after the Cairn sides, and the mean taken, since a shared machine's load drifts). It asserts
+nothing.
 
     python benchmarks/broadcast.py [--contacts 2000] [--workers 1] [--batch-size 250]
                                    [--parallel 8] [--database-url URL]
