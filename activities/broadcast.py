@@ -23,11 +23,13 @@ channel refused for good when `channels:` names another to fall back to.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.exceptions import ApplicationError
 
 from activities.context import contact_snapshot, step_log, template_scope
@@ -62,6 +64,8 @@ from cairn.unsubscribe import UnsubscribeScope, list_unsubscribe_headers, unsubs
 
 log = get_logger(__name__)
 
+WithEntries = Callable[[AsyncSession], Awaitable[None]]
+
 SEND_CONCURRENCY = 32
 """Provider calls in flight at once for one batch."""
 
@@ -95,9 +99,13 @@ class BroadcastEntry:
         self.delivery = delivery or DeliveryActivities(store)
 
     async def enter(self, journey: Journey, events: list[EventMessage], *,
-                    acting: str) -> BatchEntered:
+                    acting: str, with_entries: WithEntries | None = None) -> BatchEntered:
         """Enter `events` (one per contact, each admitted by the journey's trigger); `acting`
-        is the workflow id of the run entering the batch, which acts for inline contacts."""
+        is the workflow id of the run entering the batch, which acts for inline contacts.
+
+        `with_entries` runs in the transaction that records the entries (the caller marks the
+        events routed there: from then on the entries say what happens to each contact, and
+        a redone batch reads them, so no relay needs to route the events again)."""
         plan = await plan_entries(self.store, journey, events, acting=acting)
         done = BatchEntered(decisions=list(plan.refused))
         inline = inline_path(journey)
@@ -105,22 +113,27 @@ class BroadcastEntry:
             async with self.store.session() as s, s.begin():
                 await record_entries(s, journey, plan.new,
                                      lambda e: workflow_id(journey.key, e.contact_id))
+                if with_entries is not None:
+                    await with_entries(s)
             done.decisions += await start_runs(self.router, journey, plan.new)
         else:
             await self._act(journey, inline, plan.new, [e for e, _ in plan.resumed], acting,
-                            done)
+                            done, with_entries)
         done.decisions += await route_one_by_one(self.router, plan.by_router)
         return done
 
     # ------------------------------------------------------------------ inline contacts
 
     async def _act(self, journey: Journey, inline: InlinePath, new: list[EventMessage],
-                   resumed: list[EventMessage], acting: str, done: BatchEntered) -> None:
+                   resumed: list[EventMessage], acting: str, done: BatchEntered,
+                   with_entries: WithEntries | None) -> None:
         now = datetime.now(UTC)
         everyone = [*new, *resumed]
         if inline.send is None:  # the journey ends at once: entering is all there is
             async with self.store.session() as s, s.begin():
                 await record_entries(s, journey, new, lambda e: acting)
+                if with_entries is not None:
+                    await with_entries(s)
                 await close_entries(s, acting, [e.contact_id for e in everyone],
                                     inline.outcome, now)
             done.decisions += [self._acted(journey, acting) for _ in everyone]
@@ -153,6 +166,8 @@ class BroadcastEntry:
             fresh = {e.contact_id for e in new}
             await move_entries(s, acting, [e.contact_id for e in own_run
                                            if e.contact_id not in fresh], journey)
+            if with_entries is not None:
+                await with_entries(s)
         fallbacks, retrying, retry = await self._call(claimed, done)
         for request, row in earlier:  # a crash left these: settle them as a run's retry would
             outcome = await self.delivery.deliver_message(

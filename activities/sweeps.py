@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
 from activities.broadcast import BroadcastEntry
@@ -280,21 +281,29 @@ class SweepActivities:
         claimant = uuid.uuid4().hex
         message_ids = [message_id for message_id, _, _ in rows]
         async with self.store.session() as s, s.begin():
-            stored = await events_repo.unrouted_by_message_ids(s, message_ids)
-            claimed = await events_repo.claim_events(s, stored, claimant, utc_now(),
-                                                     ROUTING_LEASE)
+            stored = await events_repo.events_by_message_ids(s, message_ids)
+            claimed = await events_repo.claim_events(
+                s, [row.id for row in stored if row.routed_at is None], claimant, utc_now(),
+                ROUTING_LEASE)
+        # The events this batch enters: those it claimed, and those an earlier attempt marked
+        # routed (their entries say how far it got). One the relay routes right now is its.
+        mine = {row.id for row in claimed}
+        entering = [row for row in stored if row.id in mine or row.routed_at is not None]
         acting = (activity.info().workflow_id if activity.in_activity()
                   else f"broadcast/{journey.key}/{batch.now.isoformat()}")
+
+        async def routed(session: AsyncSession) -> None:
+            await events_repo.mark_routed(session, sorted(mine), utc_now())
+
         renewing = asyncio.create_task(_renew_claims(self.store, claimant))
         try:
             entered = await BroadcastEntry(self.store, router, self.delivery).enter(
-                journey, [events_repo.event_message(row) for row in claimed], acting=acting)
+                journey, [events_repo.event_message(row) for row in entering], acting=acting,
+                with_entries=routed)
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
-        async with self.store.session() as s, s.begin():
-            await events_repo.mark_routed(s, [row.id for row in claimed], utc_now())
         actions = Counter(d.action for d in entered.decisions)
         log.info("sweep.batch.entered", sweep=batch.sweep_id, journey=journey.key,
                  acting=acting, after=batch.after, contacts=len(ids), emitted=emitted,

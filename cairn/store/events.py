@@ -338,13 +338,13 @@ async def unrouted_among(s: AsyncSession, event_ids: Iterable[int]) -> list[int]
     ))
 
 
-async def unrouted_by_message_ids(s: AsyncSession, message_ids: list[str]) -> list[int]:
-    """The stored events among these message ids that are still waiting to be routed."""
-    found: list[int] = []
+async def events_by_message_ids(s: AsyncSession, message_ids: list[str]) -> list[Event]:
+    """The stored events of these message ids, by id."""
+    found: list[Event] = []
     for start in range(0, len(message_ids), 500):
-        found += await s.scalars(select(Event.id).where(
-            Event.message_id.in_(message_ids[start:start + 500]), Event.routed_at.is_(None)))
-    return found
+        found += await s.scalars(select(Event).where(
+            Event.message_id.in_(message_ids[start:start + 500])))
+    return sorted(found, key=lambda row: row.id)
 
 
 async def quarantined_events(s: AsyncSession, limit: int = 100, after_id: int = 0) -> list[Event]:
