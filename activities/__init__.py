@@ -102,6 +102,8 @@ def journey_activities(
         sweeps.sweep_date_attributes,
         sweeps.enter_scheduled,
         sweeps.plan_scheduled,
+        sweeps.enter_imported,
+        sweeps.plan_imported,
     ]
 
 

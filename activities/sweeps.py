@@ -61,8 +61,11 @@ from cairn.store import scores as scores_repo
 from cairn.store import segments as segments_repo
 from cairn.store import sweeps as sweeps_repo
 from cairn.store.db import Store
+from cairn.store.schema import Event
 from cairn.sweeps import (
+    ENTER_IMPORTED,
     ENTER_SCHEDULED,
+    PLAN_IMPORTED,
     PLAN_SCHEDULED,
     SWEEP_DATE_ATTRIBUTES,
     SWEEP_SEGMENTS,
@@ -260,8 +263,48 @@ class SweepActivities:
         if router is not None and rows and rules.reads_only_the_clock(name):
             journey = await self._entering_alone(router, batch.journey, name, rows[0][2])
             if journey is not None:
-                return await self._enter_together(batch, journey, router, name, rows, ids)
+                emitted = await self._store_events(batch, name, rows)
+                async with self.store.session() as s:
+                    stored = await events_repo.events_by_message_ids(
+                        s, [message_id for message_id, _, _ in rows])
+                routed = await self._enter_together(batch, journey, router, stored)
+                return SweepBatchResult(contacts=len(ids), last=ids[-1] if ids else None,
+                                        emitted=emitted, routed=routed)
         return await self._emit(batch, name, rows, ids)
+
+    # ------------------------------------------------------------------ imports
+
+    @activity.defn(name=PLAN_IMPORTED)
+    async def plan_imported(self, batch: SweepBatch) -> list[str]:
+        """The bounds of an import's entries (`sweeps_repo.imported_bounds`)."""
+        assert batch.import_id is not None and batch.journey is not None
+        async with self.store.session() as s:
+            return await sweeps_repo.imported_bounds(s, batch.import_id, batch.journey,
+                                                     batch.config.batch_size)
+
+    @activity.defn(name=ENTER_IMPORTED)
+    async def enter_imported(self, batch: SweepBatch) -> SweepBatchResult:
+        """Enter one batch of an import's `journey_imported` events into its journey: together
+        when the journey is the only one they concern, else routed one by one."""
+        assert batch.import_id is not None and batch.journey is not None
+        async with self.store.session() as s:
+            stored = await sweeps_repo.imported_events(
+                s, batch.import_id, batch.journey, batch.after,
+                None if batch.upto is not None else batch.config.batch_size, batch.upto)
+        name = TRIGGER_EVENTS["imported"]
+        router = self._router(batch.config)
+        rules = self._profile_rules(batch.config)
+        routed = 0
+        if router is not None and stored and rules.reads_only_the_clock(name):
+            journey = await self._entering_alone(router, batch.journey, name,
+                                                 dict(stored[0].properties or {}))
+            if journey is not None:
+                routed = await self._enter_together(batch, journey, router, stored)
+                stored = []
+        if stored:
+            routed = await self._route(batch.config, rules,
+                                       [row.id for row in stored if row.routed_at is None])
+        return SweepBatchResult(contacts=len(stored), routed=routed)
 
     async def _entering_alone(self, router: Router, key: str, name: str,
                               properties: dict[str, Any]) -> Journey | None:
@@ -274,14 +317,11 @@ class SweepActivities:
         return admitting[0] if [j.key for j in admitting] == [key] else None
 
     async def _enter_together(self, batch: SweepBatch, journey: Journey, router: Router,
-                              name: str, rows: list[tuple[str, str, dict[str, Any]]],
-                              ids: list[str]) -> SweepBatchResult:
-        """Store the batch's events, claim them, enter them together, mark them routed."""
-        emitted = await self._store_events(batch, name, rows)
+                              stored: list[Event]) -> int:
+        """Claim the batch's stored events, enter them together, mark them routed (with the
+        entries); returns how many this attempt routed."""
         claimant = uuid.uuid4().hex
-        message_ids = [message_id for message_id, _, _ in rows]
         async with self.store.session() as s, s.begin():
-            stored = await events_repo.events_by_message_ids(s, message_ids)
             claimed = await events_repo.claim_events(
                 s, [row.id for row in stored if row.routed_at is None], claimant, utc_now(),
                 ROUTING_LEASE)
@@ -306,11 +346,10 @@ class SweepActivities:
                 await renewing
         actions = Counter(d.action for d in entered.decisions)
         log.info("sweep.batch.entered", sweep=batch.sweep_id, journey=journey.key,
-                 acting=acting, after=batch.after, contacts=len(ids), emitted=emitted,
+                 acting=acting, after=batch.after, events=len(entering),
                  started=actions["started"], signalled=actions["signalled"],
                  refused=actions["refused"], sends=entered.sends)
-        return SweepBatchResult(contacts=len(ids), last=ids[-1] if ids else None,
-                                emitted=emitted, routed=len(claimed))
+        return len(claimed)
 
     async def _store_events(self, batch: SweepBatch, name: str,
                             rows: list[tuple[str, str, dict[str, Any]]]) -> int:

@@ -21,10 +21,13 @@ SWEEP_SEGMENTS = "sweep_segments"
 SWEEP_DATE_ATTRIBUTES = "sweep_date_attributes"
 ENTER_SCHEDULED = "enter_scheduled"
 PLAN_SCHEDULED = "plan_scheduled"
+ENTER_IMPORTED = "enter_imported"
+PLAN_IMPORTED = "plan_imported"
 
 SEGMENT_SWEEP_WORKFLOW = "SegmentSweepWorkflow"
 DATE_SWEEP_WORKFLOW = "DateAttributeSweepWorkflow"
 SCHEDULED_ENTRY_WORKFLOW = "ScheduledEntryWorkflow"
+IMPORT_ENTRY_WORKFLOW = "ImportEntryWorkflow"
 
 
 
@@ -69,6 +72,21 @@ class ScheduleInput(SweepInput):
         "(its batches then run side by side)"))
 
 
+class ImportInput(SweepInput):
+    """An import's entries into a journey: the `journey_imported` events the import stored
+    (message ids `import/<import id>/<line>/journey/<journey>`), entered in batches side by
+    side; `bounds` as for a schedule, but message ids."""
+
+    journey: str
+    import_id: str
+    bounds: list[str] | None = None
+
+
+def import_entry_id(import_id: str, journey: str) -> str:
+    """The workflow id entering an import into a journey: one per (import, journey)."""
+    return f"cairn/import/{import_id}/{journey}"
+
+
 class SweepBatch(BaseModel):
     """One batch: the contacts after `after`, in id order, at most `config.batch_size`."""
 
@@ -81,6 +99,8 @@ class SweepBatch(BaseModel):
         "upto] whatever their number; without it, `config.batch_size` after `after`"))
     journey: str | None = None
     segment: str | None = None
+    import_id: str | None = Field(default=None, description=(
+        "for an import's entries: `after` and `upto` are message ids of its events"))
 
 
 class SweepBatchResult(BaseModel):

@@ -6,16 +6,18 @@ Imports here are limited to `cairn` models and pure helpers, so the Temporal san
 from workflows.journey import JourneyWorkflow
 from workflows.sweeps import (
     DateAttributeSweepWorkflow,
+    ImportEntryWorkflow,
     ScheduledEntryWorkflow,
     SegmentSweepWorkflow,
 )
 
 WORKFLOWS = [JourneyWorkflow, SegmentSweepWorkflow, DateAttributeSweepWorkflow,
-             ScheduledEntryWorkflow]
+             ScheduledEntryWorkflow, ImportEntryWorkflow]
 
 __all__ = [
     "WORKFLOWS",
     "DateAttributeSweepWorkflow",
+    "ImportEntryWorkflow",
     "JourneyWorkflow",
     "ScheduledEntryWorkflow",
     "SegmentSweepWorkflow",

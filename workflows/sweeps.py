@@ -40,12 +40,16 @@ with workflow.unsafe.imports_passed_through():
     )
     from cairn.sweeps import (
         DATE_SWEEP_WORKFLOW,
+        ENTER_IMPORTED,
         ENTER_SCHEDULED,
+        IMPORT_ENTRY_WORKFLOW,
+        PLAN_IMPORTED,
         PLAN_SCHEDULED,
         SCHEDULED_ENTRY_WORKFLOW,
         SEGMENT_SWEEP_WORKFLOW,
         SWEEP_DATE_ATTRIBUTES,
         SWEEP_SEGMENTS,
+        ImportInput,
         ScheduleInput,
         SweepBatch,
         SweepBatchResult,
@@ -178,20 +182,36 @@ class ScheduledEntryWorkflow:
         batch = SweepBatch(config=data.config, now=data.now, sweep_id=data.sweep_id,
                            journey=data.journey, segment=data.segment)
         if data.bounds is not None or workflow.patched(PARALLEL_BATCHES_PATCH):
-            return await _side_by_side(data, batch)
+            return await _side_by_side(data, batch, PLAN_SCHEDULED, ENTER_SCHEDULED)
         return await _sweep(ENTER_SCHEDULED, data, batch)
+
+
+@workflow.defn(name=IMPORT_ENTRY_WORKFLOW)
+class ImportEntryWorkflow:
+    """An import's contacts enter a journey: its `journey_imported` events, in batches side by
+    side, each entered together as a schedule's are (`activities.broadcast`)."""
+
+    @workflow.run
+    async def run(self, data: ImportInput) -> SweepResult:
+        data.now = data.now or workflow.now()
+        data.sweep_id = data.sweep_id or workflow.info().workflow_id
+        batch = SweepBatch(config=data.config, now=data.now, sweep_id=data.sweep_id,
+                           journey=data.journey, import_id=data.import_id)
+        return await _side_by_side(data, batch, PLAN_IMPORTED, ENTER_IMPORTED)
 
 
 PARALLEL_BATCHES_PATCH = "schedule-batches-side-by-side"
 """Occurrences started before their batches ran side by side replay them one after another."""
 
 
-async def _side_by_side(data: ScheduleInput, batch: SweepBatch) -> SweepResult:
-    """Enter the batches between the bounds, `parallel_batches` at a time, in waves."""
+async def _side_by_side(data: ScheduleInput | ImportInput, batch: SweepBatch, plan: str,
+                        enter: str) -> SweepResult:
+    """Enter the batches between the bounds (read by `plan` once), `parallel_batches` at a
+    time, in waves of `enter` activities."""
     config = data.config
     if data.bounds is None:
         data.bounds = await workflow.execute_activity(
-            PLAN_SCHEDULED, batch, result_type=list[str],
+            plan, batch, result_type=list[str],
             start_to_close_timeout=BATCH_TIMEOUT, retry_policy=ACTIVITY_RETRY,
             summary="read the bounds of the batches")
     bounds: list[str | None] = [None, *data.bounds, None]
@@ -201,7 +221,7 @@ async def _side_by_side(data: ScheduleInput, batch: SweepBatch) -> SweepResult:
         wave = range(data.batches, min(total, data.batches + config.parallel_batches))
         results: list[SweepBatchResult] = await asyncio.gather(*(
             workflow.execute_activity(
-                ENTER_SCHEDULED,
+                enter,
                 batch.model_copy(update={"after": bounds[i], "upto": bounds[i + 1]}),
                 result_type=SweepBatchResult,
                 start_to_close_timeout=BATCH_TIMEOUT,
@@ -226,6 +246,7 @@ async def _side_by_side(data: ScheduleInput, batch: SweepBatch) -> SweepResult:
 
 __all__ = [
     "DateAttributeSweepWorkflow",
+    "ImportEntryWorkflow",
     "ScheduledEntryWorkflow",
     "SegmentSweepWorkflow",
 ]

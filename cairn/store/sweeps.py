@@ -100,6 +100,39 @@ async def scheduled_contact_ids(
     return list(await s.scalars(query))
 
 
+async def imported_events(
+    s: AsyncSession, import_id: str, journey: str, after: str | None, limit: int | None,
+    upto: str | None = None,
+) -> list[Event]:
+    """The `journey_imported` events an import stored for a journey, by message id (after the
+    cursor, up to `upto` inclusive, at most `limit`)."""
+    query = select(Event).where(Event.message_id.startswith(f"import/{import_id}/",
+                                                            autoescape=True),
+                                Event.message_id.endswith(f"/journey/{journey}",
+                                                          autoescape=True))
+    if upto is not None:
+        query = query.where(Event.message_id <= upto)
+    if after is not None:
+        query = query.where(Event.message_id > after)
+    query = query.order_by(Event.message_id)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(await s.scalars(query))
+
+
+async def imported_bounds(s: AsyncSession, import_id: str, journey: str,
+                          batch_size: int) -> list[str]:
+    """The last message id of every full batch of an import's entries but the last batch."""
+    bounds: list[str] = []
+    after: str | None = None
+    while True:
+        page = await imported_events(s, import_id, journey, after, batch_size + 1)
+        if len(page) <= batch_size:
+            return bounds
+        after = page[batch_size - 1].message_id
+        bounds.append(after)
+
+
 async def scheduled_bounds(s: AsyncSession, segment: str | None, batch_size: int) -> list[str]:
     """The last contact id of every full batch of a schedule's contacts but the last batch:
     the bounds that let the batches run side by side. Reads ids only, a page at a time."""
