@@ -294,17 +294,16 @@ class SweepActivities:
         name = TRIGGER_EVENTS["imported"]
         router = self._router(batch.config)
         rules = self._profile_rules(batch.config)
-        routed = 0
+        result = SweepBatchResult(contacts=len(stored))
         if router is not None and stored and rules.reads_only_the_clock(name):
             journey = await self._entering_alone(router, batch.journey, name,
                                                  dict(stored[0].properties or {}))
             if journey is not None:
-                routed = await self._enter_together(batch, journey, router, stored)
-                stored = []
-        if stored:
-            routed = await self._route(batch.config, rules,
-                                       [row.id for row in stored if row.routed_at is None])
-        return SweepBatchResult(contacts=len(stored), routed=routed)
+                result.routed = await self._enter_together(batch, journey, router, stored)
+                return result
+        result.routed = await self._route(batch.config, rules,
+                                          [row.id for row in stored if row.routed_at is None])
+        return result
 
     async def _entering_alone(self, router: Router, key: str, name: str,
                               properties: dict[str, Any]) -> Journey | None:
