@@ -9,10 +9,14 @@ One `temporal server start-dev` (started here, SQLite file in a temporary folder
 * **send**: a published journey `trigger: schedule over segment readers -> send email -> end`;
   one `ScheduledEntryWorkflow` occurrence (what the journey's Temporal Schedule starts) enters
   the N members, measured until the occurrence ends and the N ledger rows are `sent`.
-* **wait**: the same with `wait 30d -> send email`: every contact gets its own run, measured until
-  the occurrence ends (N entries recorded, N runs started) and a probe run queued behind them on
-  the journey queue has finished (so the runs' first workflow tasks, up to their timers, are
-  done too, within a few tasks).
+* **import**: `import_csv` (what `cairn import --journey` and `POST /v1/imports` run) of a CSV
+  naming the N contacts into a journey `trigger: imported -> send email -> end`, measured until
+  the N ledger rows are `sent` (the rows stored and the traits routed in this process, the
+  entries entered by an `ImportEntryWorkflow` on the workers).
+* **wait**: the same as **send** with `wait 30d -> send email`: every contact gets its own run,
+  measured until the occurrence ends (N entries recorded, N runs started) and a probe run
+  queued behind them on the journey queue has finished (so the runs' first workflow tasks, up
+  to their timers, are done too, within a few tasks).
 
 Each worker process runs Cairn's workers (`starter.worker.journey_workers`: the interpreter and
 its activities, the delivery queue) and the raw workflow's worker. It prints, per side, contacts
@@ -47,6 +51,9 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
 
     from cairn.catalog import publish_catalog
+    from cairn.events.imports import import_csv
+    from cairn.events.ingest import Ingest
+    from cairn.events.router import Router
     from cairn.log import configure
     from cairn.settings import Settings
     from cairn.store import contacts as contacts_repo
@@ -75,6 +82,13 @@ name: Broadcast, wait then email
 trigger: {schedule: {cron: "0 9 1 * *", segment: readers}}
 steps:
   pause: {wait: 30d, next: mail}
+  mail: {send: {channel: email, template: bcast-news}, next: end}
+"""
+IMPORT_JOURNEY = """\
+key: bcast-import
+name: Imported, one email
+trigger: {imported: true}
+steps:
   mail: {send: {channel: email, template: bcast-news}, next: end}
 """
 TEMPLATE = """\
@@ -193,6 +207,21 @@ async def measure_broadcast(client: Client, store: Store, key: str, count: int,
     return entered, time.monotonic() - began, result
 
 
+async def measure_import(client: Client, store: Store, count: int,
+                         config: SweepConfig) -> tuple[float, float]:
+    """`cairn import --journey bcast-import` of a CSV naming the N contacts, in this process:
+    rows stored (traits and entry events), the traits routed, the entries handed to an
+    `ImportEntryWorkflow` on the workers; until the N ledger rows are there."""
+    ingest = Ingest(store, Router(client, store, task_queue=JOURNEY_QUEUE,
+                                  delivery_task_queue=DELIVERY_QUEUE))
+    rows = "userId,first_name\n" + "".join(f"r-{i:06d},Ana\n" for i in range(count))
+    began = time.monotonic()
+    await import_csv(ingest, rows, journey="bcast-import", entries=config)
+    stored = time.monotonic() - began
+    await until_rows(store, "bcast-import", count)
+    return stored, time.monotonic() - began
+
+
 def start_workers(count: int, address: str, database_url: str) -> list[subprocess.Popen[str]]:
     here = Path(__file__).resolve()
     procs = []
@@ -225,6 +254,7 @@ async def main(contacts: int, workers: int, batch_size: int, parallel: int,
             (catalog / "templates").mkdir(parents=True)
             (catalog / "bcast-send.yaml").write_text(SEND_JOURNEY)
             (catalog / "bcast-wait.yaml").write_text(WAIT_JOURNEY)
+            (catalog / "bcast-import.yaml").write_text(IMPORT_JOURNEY)
             (catalog / "templates" / "bcast-news.yaml").write_text(TEMPLATE)
             await publish_catalog(store, catalog)
             await seed(store, contacts)
@@ -244,6 +274,9 @@ async def main(contacts: int, workers: int, batch_size: int, parallel: int,
                 entered, seconds, result = await measure_broadcast(
                     client, store, key, contacts, config, sends=sends)
                 measured.append(("send" if sends else "wait", entered, seconds, result))
+            imported, seconds = await measure_import(client, store, contacts, config)
+            measured.append(("import", imported, seconds,
+                             SweepResult(contacts=contacts, batches=0, emitted=0, runs=1)))
             second_raw = await measure_raw(client, store, contacts, 2)
             print(f"raw    {contacts:>7} workflows   {second_raw:>7.1f} s  "
                   f"{contacts / second_raw:>8.1f} contacts/s  (after)", flush=True)
@@ -252,7 +285,8 @@ async def main(contacts: int, workers: int, batch_size: int, parallel: int,
             for label, entered, seconds, result in measured:
                 print(f"{label:<6} {result.contacts:>7} contacts    {seconds:>7.1f} s  "
                       f"{contacts / seconds:>8.1f} contacts/s  ratio to raw "
-                      f"{raw / seconds:.2f}  ({result.batches} batches; occurrence done after "
+                      f"{raw / seconds:.2f}  ({result.batches} batches; "
+                      f"{'rows stored' if label == 'import' else 'occurrence done'} after "
                       f"{entered:.1f} s)", flush=True)
         finally:
             for proc in procs:
