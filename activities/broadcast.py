@@ -4,10 +4,11 @@ Used by the activity that enters a schedule's batch (`activities.sweeps.enter_sc
 entry rules and the starting of runs are the core's (`cairn.events.bulk_entry`); what is here is
 the part that acts: for a journey whose path is `[send ->] end` (`inline_path`), contacts get no
 run of their own. The batch checks each contact as `prepare_send` would (reachability, consent,
-quiet hours, frequency caps), renders the template and claims the ledger rows `sending` in one
-transaction (with the entries), calls the provider for each side by side, then settles the rows
-`sent` and closes the entries in a second one. So a 1,000-contact batch writes twice, where runs
-of their own would write about five times each.
+quiet hours, frequency caps) and renders the template, reading only; then claims the ledger rows
+`sending` (and writes the skips) in one statement of one transaction, with the entries; calls the
+provider for each side by side; then settles the rows `sent` in one statement and closes the
+entries in a second transaction. So a batch writes twice whatever its size, where runs of their
+own would write about five times per contact.
 
 Who acted. The ledger row and the entry of such a contact carry the workflow id of the run that
 entered the batch (the broadcast: `cairn outbox` and `GET /v1/outbox` show it); the ledger key is
@@ -28,12 +29,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.exceptions import ApplicationError
 
 from activities.context import contact_snapshot, step_log, template_scope
-from activities.ledger import SENT, Ledger
+from activities.ledger import SENDING, SENT, Ledger
 from activities.send import (
     DeliveryActivities,
     _pending_response,
@@ -82,11 +84,28 @@ class BatchEntered:
 
 
 @dataclass
+class _Planned:
+    """A contact's ledger row as checked and rendered, before it is written."""
+
+    event: EventMessage
+    request: SendRequest
+    columns: dict[str, Any]
+    to: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def claims(self) -> bool:
+        return bool(self.columns["status"] == SENDING)
+
+
+@dataclass
 class _Claimed:
     event: EventMessage
     request: SendRequest
     message: OutgoingMessage
     row_id: int
+    pending: dict[str, Any]
+    """The row's response as claimed (what a retry needs), which the provider's answer joins."""
 
 
 class BroadcastEntry:
@@ -140,10 +159,12 @@ class BroadcastEntry:
             return
         requests = {e.contact_id: self._request(journey, inline, e, acting, now)
                     for e in everyone}
-        claimed: list[_Claimed] = []
+        planned: list[_Planned] = []
         earlier: list[tuple[SendRequest, Delivery]] = []
         own_run: list[EventMessage] = []
-        async with self.store.session() as s, s.begin():
+        # Checks and rendering read only: the write transaction below holds no lock meanwhile
+        # (on SQLite one writer at a time, so the batches side by side would queue behind it).
+        async with self.store.session() as s:
             recorded = await _rows_by_key(s, [r.ledger_key for r in requests.values()])
             for event in everyone:
                 request = requests[event.contact_id]
@@ -154,11 +175,25 @@ class BroadcastEntry:
                     else:
                         done.count(row.status)
                     continue
-                found = await self._check_and_claim(s, request, event, done)
-                if isinstance(found, _Claimed):
-                    claimed.append(found)
+                found = await self._check(s, request, event, done)
+                if isinstance(found, _Planned):
+                    planned.append(found)
                 elif found == "own run":
                     own_run.append(event)
+        claimed: list[_Claimed] = []
+        async with self.store.session() as s, s.begin():
+            rows = await _write_rows(s, [p.columns for p in planned])
+            for plan in planned:
+                row = rows.get(plan.columns["idempotency_key"])
+                if row is None:  # another attempt wrote it meanwhile: settle it as a retry
+                    earlier.append((plan.request, await _row(s, plan)))
+                    continue
+                if plan.claims:
+                    message = self.delivery._message(plan.request, plan.columns["channel"],
+                                                     plan.to, plan.columns["rendered"],
+                                                     plan.headers, row)
+                    claimed.append(_Claimed(plan.event, plan.request, message, row.id,
+                                            dict(plan.columns["response"])))
             held = {e.contact_id for e in own_run}
             await record_entries(s, journey, new,
                                  lambda e: (workflow_id(journey.key, e.contact_id)
@@ -206,11 +241,11 @@ class BroadcastEntry:
             when_held=spec.when_held or journey.settings.when_held or "wait",
         )
 
-    async def _check_and_claim(self, s: Any, request: SendRequest, event: EventMessage,
-                               done: BatchEntered) -> _Claimed | str | None:
-        """`prepare_send`'s checks and `deliver_message`'s claim for one contact, in the
-        batch's transaction: the claimed message, "own run" (held, or not in the store), or
-        None (a skip or a template error, recorded)."""
+    async def _check(self, s: Any, request: SendRequest, event: EventMessage,
+                     done: BatchEntered) -> _Planned | str:
+        """`prepare_send`'s checks and `deliver_message`'s rendering for one contact: the
+        ledger row to write (a claim, a skip, a template error), or "own run" (held, or not in
+        the store)."""
         delivery, context = self.delivery, request.context
         try:
             contact = await contact_snapshot(s, context.contact_id)
@@ -228,10 +263,10 @@ class BroadcastEntry:
         fields = delivery._ledger_fields(request, context.now)
         if chosen is None:
             status, shown = skip_status(blockers)
-            await Ledger.record(s, **fields, channel=shown, status=status,
-                                reason="; ".join(b.reason for _, b in blockers), rendered={})
             done.count(status)
-            return None
+            return _Planned(event, request, {**fields, "channel": shown, "status": status,
+                                             "reason": "; ".join(b.reason for _, b in blockers),
+                                             "rendered": {}})
         hold = delivery._quiet_until(request, contact, chosen)
         if hold is None and request.send.category == "marketing":
             hold = await delivery._cap_until(s, request, chosen)
@@ -242,10 +277,9 @@ class BroadcastEntry:
                 return "own run"
             skipped = ("skipped:quiet_hours" if status == "deferred:quiet_hours"
                        else "skipped:frequency_cap")
-            await Ledger.record(s, **fields, channel=chosen, status=skipped, reason=reason,
-                                rendered={})
             done.count(skipped)
-            return None
+            return _Planned(event, request, {**fields, "channel": chosen, "status": skipped,
+                                             "reason": reason, "rendered": {}})
         provider = delivery.channels.provider(chosen)
         link = unsubscribe_url(delivery.public_url,
                                UnsubscribeScope(contact.id, chosen, request.send.topic),
@@ -255,20 +289,19 @@ class BroadcastEntry:
         try:
             parts = render(request.send.template, request.template, chosen, scope)
         except TemplateRenderError as error:
-            await Ledger.record(s, **fields, channel=chosen, status="failed", reason=str(error),
-                                rendered={})
             step_log(context).warning("delivery.template_error", error=str(error))
             done.count("failed")
-            return None
+            return _Planned(event, request, {**fields, "channel": chosen, "status": "failed",
+                                             "reason": str(error), "rendered": {}})
         to = address_of(contact, chosen) or contact.id
         headers = (list_unsubscribe_headers(link)
                    if chosen == "email" and request.send.category == "marketing" else {})
-        row = await Ledger.claim(s, **fields, channel=chosen, provider=provider.name,
-                                 reason=None, rendered=parts,
-                                 response=_pending_response(contact, chosen, to, headers))
-        claimed = request.model_copy(update={"channel": chosen})
-        message = delivery._message(claimed, chosen, to, parts, headers, row)
-        return _Claimed(event, claimed, message, row.id)
+        return _Planned(
+            event, request.model_copy(update={"channel": chosen}),
+            {**fields, "channel": chosen, "provider": provider.name, "status": SENDING,
+             "reason": None, "rendered": parts,
+             "response": _pending_response(contact, chosen, to, headers)},
+            to=to, headers=headers)
 
     async def _call(self, claimed: list[_Claimed], done: BatchEntered,
                     ) -> tuple[list[EventMessage], set[str], ApplicationError | None]:
@@ -292,19 +325,20 @@ class BroadcastEntry:
         sent = [(item, receipt) for item, receipt in results
                 if not isinstance(receipt, ProviderError)]
         if sent:
+            accepted = datetime.now(UTC)
             async with self.store.session() as s, s.begin():
-                rows = {row.id: row for row in await s.scalars(select(Delivery).where(
-                    Delivery.id.in_([item.row_id for item, _ in sent])))}
-                accepted = datetime.now(UTC)
-                for item, receipt in sent:
-                    row = rows[item.row_id]
-                    row.status = SENT
-                    row.provider = receipt.provider or row.provider
-                    row.provider_message_id = receipt.provider_message_id
-                    row.response = {**(row.response or {}), **(receipt.response or {})}
-                    row.sent_at = item.request.context.now
-                    row.accepted_at = receipt.accepted_at or accepted
-                    done.count(SENT)
+                # One UPDATE statement for the batch (by primary key, executemany).
+                await s.execute(update(Delivery), [
+                    {"id": item.row_id, "status": SENT,
+                     "provider": (receipt.provider
+                                  or delivery.channels.provider(item.message.channel).name),
+                     "provider_message_id": receipt.provider_message_id,
+                     "response": {**item.pending, **(receipt.response or {})},
+                     "sent_at": item.request.context.now,
+                     "accepted_at": receipt.accepted_at or accepted}
+                    for item, receipt in sent])
+            for _ in sent:
+                done.count(SENT)
         fallbacks: list[EventMessage] = []
         retry: ApplicationError | None = None
         retrying: set[str] = set()
@@ -331,6 +365,33 @@ class BroadcastEntry:
         log.info("broadcast.sent", sends=len(claimed), sent=len(sent),
                  failed=len(results) - len(sent))
         return fallbacks, retrying, retry
+
+
+async def _write_rows(s: AsyncSession, columns: list[dict[str, Any]]) -> dict[str, Delivery]:
+    """Insert the ledger rows whose keys are free, in one statement; returns the rows this
+    call wrote, by key (a key another attempt wrote meanwhile is left out)."""
+    if not columns:
+        return {}
+    keys = [c["idempotency_key"] for c in columns]
+    taken = set(await _rows_by_key(s, keys))
+    new = [c for c in columns if c["idempotency_key"] not in taken]
+    try:
+        async with s.begin_nested():
+            await s.execute(insert(Delivery), new)
+    except IntegrityError:  # a concurrent attempt: one by one, each finding the winner's row
+        mine = []
+        for c in new:
+            _, created = await Ledger.record(s, **c)
+            if created:
+                mine.append(c["idempotency_key"])
+        new = [c for c in new if c["idempotency_key"] in mine]
+    written = {c["idempotency_key"] for c in new}
+    return {key: row for key, row in (await _rows_by_key(s, sorted(written))).items()}
+
+
+async def _row(s: AsyncSession, plan: _Planned) -> Delivery:
+    found = await _rows_by_key(s, [plan.columns["idempotency_key"]])
+    return found[plan.columns["idempotency_key"]]
 
 
 async def _rows_by_key(s: Any, keys: list[str]) -> dict[str, Delivery]:
