@@ -66,7 +66,8 @@ from cairn.unsubscribe import UnsubscribeScope, list_unsubscribe_headers, unsubs
 
 log = get_logger(__name__)
 
-WithEntries = Callable[[AsyncSession], Awaitable[None]]
+WithEntries = Callable[[AsyncSession], Awaitable[set[str]]]
+"""Run in the entries' transaction; returns the message ids of the events still held."""
 
 SEND_CONCURRENCY = 32
 """Provider calls in flight at once for one batch."""
@@ -122,19 +123,20 @@ class BroadcastEntry:
         """Enter `events` (one per contact, each admitted by the journey's trigger); `acting`
         is the workflow id of the run entering the batch, which acts for inline contacts.
 
-        `with_entries` runs in the transaction that records the entries (the caller marks the
-        events routed there: from then on the entries say what happens to each contact, and
-        a redone batch reads them, so no relay needs to route the events again)."""
+        `with_entries` runs first in the transaction that records the entries and returns the
+        message ids of the events this batch still holds: the caller marks its events routed
+        there, where its claim on them stands. From then on the entries say what happens to
+        each contact (a redone batch reads them), so no relay routes those events again; an
+        event whose claim lapsed (a relay took it meanwhile) is left to that relay."""
         plan = await plan_entries(self.store, journey, events, acting=acting)
         done = BatchEntered(decisions=list(plan.refused))
         inline = inline_path(journey)
         if inline is None:
             async with self.store.session() as s, s.begin():
-                await record_entries(s, journey, plan.new,
+                new = await _held(s, with_entries, plan.new)
+                await record_entries(s, journey, new,
                                      lambda e: workflow_id(journey.key, e.contact_id))
-                if with_entries is not None:
-                    await with_entries(s)
-            done.decisions += await start_runs(self.router, journey, plan.new)
+            done.decisions += await start_runs(self.router, journey, new)
         else:
             await self._act(journey, inline, plan.new, [e for e, _ in plan.resumed], acting,
                             done, with_entries)
@@ -150,9 +152,10 @@ class BroadcastEntry:
         everyone = [*new, *resumed]
         if inline.send is None:  # the journey ends at once: entering is all there is
             async with self.store.session() as s, s.begin():
+                everyone = await _held(s, with_entries, everyone)
+                kept = {e.contact_id for e in everyone}
+                new = [e for e in new if e.contact_id in kept]
                 await record_entries(s, journey, new, lambda e: acting)
-                if with_entries is not None:
-                    await with_entries(s)
                 await close_entries(s, acting, [e.contact_id for e in everyone],
                                     inline.outcome, now)
             done.decisions += [self._acted(journey, acting) for _ in everyone]
@@ -182,6 +185,12 @@ class BroadcastEntry:
                     own_run.append(event)
         claimed: list[_Claimed] = []
         async with self.store.session() as s, s.begin():
+            kept = {e.contact_id for e in await _held(s, with_entries, everyone)}
+            everyone = [e for e in everyone if e.contact_id in kept]
+            new = [e for e in new if e.contact_id in kept]
+            planned = [p for p in planned if p.event.contact_id in kept]
+            own_run = [e for e in own_run if e.contact_id in kept]
+            earlier = [(r, row) for r, row in earlier if r.context.contact_id in kept]
             rows = await _write_rows(s, [p.columns for p in planned])
             for plan in planned:
                 row = rows.get(plan.columns["idempotency_key"])
@@ -201,8 +210,6 @@ class BroadcastEntry:
             fresh = {e.contact_id for e in new}
             await move_entries(s, acting, [e.contact_id for e in own_run
                                            if e.contact_id not in fresh], journey)
-            if with_entries is not None:
-                await with_entries(s)
         fallbacks, retrying, retry = await self._call(claimed, done)
         for request, row in earlier:  # a crash left these: settle them as a run's retry would
             outcome = await self.delivery.deliver_message(
@@ -365,6 +372,14 @@ class BroadcastEntry:
         log.info("broadcast.sent", sends=len(claimed), sent=len(sent),
                  failed=len(results) - len(sent))
         return fallbacks, retrying, retry
+
+
+async def _held(s: AsyncSession, with_entries: WithEntries | None,
+                events: list[EventMessage]) -> list[EventMessage]:
+    if with_entries is None:
+        return events
+    held = await with_entries(s)
+    return [e for e in events if e.message_id in held]
 
 
 async def _write_rows(s: AsyncSession, columns: list[dict[str, Any]]) -> dict[str, Delivery]:

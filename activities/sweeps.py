@@ -331,8 +331,12 @@ class SweepActivities:
         acting = (activity.info().workflow_id if activity.in_activity()
                   else f"broadcast/{journey.key}/{batch.now.isoformat()}")
 
-        async def routed(session: AsyncSession) -> None:
-            await events_repo.mark_routed(session, sorted(mine), utc_now())
+        before = {row.message_id for row in entering if row.routed_at is not None}
+
+        async def routed(session: AsyncSession) -> set[str]:
+            marked = await events_repo.mark_routed_if_claimed(session, sorted(mine), claimant,
+                                                              utc_now())
+            return before | marked
 
         renewing = asyncio.create_task(_renew_claims(self.store, claimant))
         try:
