@@ -68,6 +68,7 @@ with workflow.unsafe.imports_passed_through():
 
 JOURNEY_QUEUE, DELIVERY_QUEUE, RAW_QUEUE = "bench-journeys", "bench-delivery", "bench-raw"
 SEGMENT = "readers"
+PROBE_WAIT = 300
 
 SEND_JOURNEY = """\
 key: bcast-send
@@ -201,9 +202,13 @@ async def measure_broadcast(client: Client, store: Store, key: str, count: int,
         # A probe behind the runs on the same queue: an occurrence over an empty segment.
         probe = ScheduleInput(config=config, journey=key, segment="nobody",
                               occurrence=datetime.now(UTC))
-        await client.execute_workflow(SCHEDULED_ENTRY_WORKFLOW, probe,
-                                      id=f"probe/{uuid.uuid4().hex[:8]}",
-                                      task_queue=JOURNEY_QUEUE, result_type=SweepResult)
+        try:
+            await asyncio.wait_for(client.execute_workflow(
+                SCHEDULED_ENTRY_WORKFLOW, probe, id=f"probe/{uuid.uuid4().hex[:8]}",
+                task_queue=JOURNEY_QUEUE, result_type=SweepResult), PROBE_WAIT)
+        except TimeoutError:
+            print(f"wait   the runs' first workflow tasks did not drain within {PROBE_WAIT} s "
+                  "(workers stopped polling the journey queue; see README)", flush=True)
     return entered, time.monotonic() - began, result
 
 
@@ -274,9 +279,13 @@ async def main(contacts: int, workers: int, batch_size: int, parallel: int,
                 entered, seconds, result = await measure_broadcast(
                     client, store, key, contacts, config, sends=sends)
                 measured.append(("send" if sends else "wait", entered, seconds, result))
+                print(f"{measured[-1][0]:<6} {contacts:>7} contacts    {seconds:>7.1f} s  "
+                      f"{contacts / seconds:>8.1f} contacts/s", flush=True)
             imported, seconds = await measure_import(client, store, contacts, config)
             measured.append(("import", imported, seconds,
                              SweepResult(contacts=contacts, batches=0, emitted=0, runs=1)))
+            print(f"import {contacts:>7} contacts    {seconds:>7.1f} s  "
+                  f"{contacts / seconds:>8.1f} contacts/s", flush=True)
             second_raw = await measure_raw(client, store, contacts, 2)
             print(f"raw    {contacts:>7} workflows   {second_raw:>7.1f} s  "
                   f"{contacts / second_raw:>8.1f} contacts/s  (after)", flush=True)
