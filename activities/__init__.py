@@ -84,7 +84,7 @@ def journey_activities(
     """
     delivery = delivery or DeliveryActivities(store)
     contacts = ContactActivities(store, disabled_channels=delivery.channels.disabled)
-    sweeps = SweepActivities(store)
+    sweeps = SweepActivities(store, delivery=delivery)
     entries = EntryActivities(store)
     return [
         contacts.load_contact,
@@ -101,6 +101,9 @@ def journey_activities(
         sweeps.sweep_segments,
         sweeps.sweep_date_attributes,
         sweeps.enter_scheduled,
+        sweeps.plan_scheduled,
+        sweeps.enter_imported,
+        sweeps.plan_imported,
     ]
 
 

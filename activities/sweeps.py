@@ -21,12 +21,20 @@ definitions come from the catalog folder (`cairn.catalog_folder.current_profile_
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
+from activities.broadcast import BroadcastEntry
+from activities.send import DeliveryActivities
 from cairn.catalog_folder import current_profile_rules
 from cairn.date_triggers import (
     SWEEP_EVENT_TYPE,
@@ -34,7 +42,7 @@ from cairn.date_triggers import (
     due_date,
     schedule_trigger_event,
 )
-from cairn.events.ingest import Ingest
+from cairn.events.ingest import ROUTING_LEASE, Ingest
 from cairn.events.profile_rules import PROFILE_RULES_EVENT_TYPE, ProfileRules
 from cairn.events.router import Router
 from cairn.journey import TRIGGER_EVENTS, Journey
@@ -53,8 +61,12 @@ from cairn.store import scores as scores_repo
 from cairn.store import segments as segments_repo
 from cairn.store import sweeps as sweeps_repo
 from cairn.store.db import Store
+from cairn.store.schema import Event
 from cairn.sweeps import (
+    ENTER_IMPORTED,
     ENTER_SCHEDULED,
+    PLAN_IMPORTED,
+    PLAN_SCHEDULED,
     SWEEP_DATE_ATTRIBUTES,
     SWEEP_SEGMENTS,
     SweepBatch,
@@ -74,11 +86,14 @@ def utc_now() -> datetime:
 
 
 class SweepActivities:
-    """Sweep batches over the store; `router` overrides the one built from the activity's client."""
+    """Sweep batches over the store; `router` overrides the one built from the activity's client;
+    `delivery` (channels, delivery policy) sends for schedule journeys with no later step."""
 
-    def __init__(self, store: Store, *, router: Router | None = None) -> None:
+    def __init__(self, store: Store, *, router: Router | None = None,
+                 delivery: DeliveryActivities | None = None) -> None:
         self.store = store
         self.router = router
+        self.delivery = delivery
 
     # ------------------------------------------------------------------ segments
 
@@ -215,23 +230,139 @@ class SweepActivities:
 
     # ------------------------------------------------------------------ schedules
 
+    @activity.defn(name=PLAN_SCHEDULED)
+    async def plan_scheduled(self, batch: SweepBatch) -> list[str]:
+        """The bounds of a schedule occurrence's batches (`sweeps_repo.scheduled_bounds`)."""
+        async with self.store.session() as s:
+            return await sweeps_repo.scheduled_bounds(s, batch.segment, batch.config.batch_size)
+
     @activity.defn(name=ENTER_SCHEDULED)
     async def enter_scheduled(self, batch: SweepBatch) -> SweepBatchResult:
         """Emit `schedule_fired` for one batch of the contacts a journey's schedule occurrence
-        enters: the open members of `batch.segment`, or every contact.
+        enters: the open members of `batch.segment`, or every contact (after `batch.after`: up
+        to `batch.upto`, or `batch_size` of them).
 
         Message ids are `schedule/<journey>/<occurrence>/<contact>`, so an occurrence run twice
-        enters no one twice.
+        enters no one twice. When the journey is the only one the events concern, the batch
+        enters together (`activities.broadcast`): entry rules with one read, entries in one
+        write, runs started side by side, and for a journey with no later step than a send,
+        the sends made here, without a run per contact.
         """
         assert batch.journey is not None, "a schedule batch names its journey"
         async with self.store.session() as s:
-            ids = await sweeps_repo.scheduled_contact_ids(s, batch.segment, batch.after,
-                                                          batch.config.batch_size)
+            ids = await sweeps_repo.scheduled_contact_ids(
+                s, batch.segment, batch.after,
+                None if batch.upto is not None else batch.config.batch_size, batch.upto)
         rows: list[tuple[str, str, dict[str, Any]]] = []
         for cid in ids:
             message_id, properties = schedule_trigger_event(batch.journey, batch.now, cid)
             rows.append((message_id, cid, properties))
-        return await self._emit(batch, TRIGGER_EVENTS["schedule"], rows, ids)
+        name = TRIGGER_EVENTS["schedule"]
+        router = self._router(batch.config)
+        rules = self._profile_rules(batch.config)
+        if router is not None and rows and rules.reads_only_the_clock(name):
+            journey = await self._entering_alone(router, batch.journey, name, rows[0][2])
+            if journey is not None:
+                emitted = await self._store_events(batch, name, rows)
+                async with self.store.session() as s:
+                    stored = await events_repo.events_by_message_ids(
+                        s, [message_id for message_id, _, _ in rows])
+                routed = await self._enter_together(batch, journey, router, stored)
+                return SweepBatchResult(contacts=len(ids), last=ids[-1] if ids else None,
+                                        emitted=emitted, routed=routed)
+        return await self._emit(batch, name, rows, ids)
+
+    # ------------------------------------------------------------------ imports
+
+    @activity.defn(name=PLAN_IMPORTED)
+    async def plan_imported(self, batch: SweepBatch) -> list[str]:
+        """The bounds of an import's entries (`sweeps_repo.imported_bounds`)."""
+        assert batch.import_id is not None and batch.journey is not None
+        async with self.store.session() as s:
+            return await sweeps_repo.imported_bounds(s, batch.import_id, batch.journey,
+                                                     batch.config.batch_size)
+
+    @activity.defn(name=ENTER_IMPORTED)
+    async def enter_imported(self, batch: SweepBatch) -> SweepBatchResult:
+        """Enter one batch of an import's `journey_imported` events into its journey: together
+        when the journey is the only one they concern, else routed one by one."""
+        assert batch.import_id is not None and batch.journey is not None
+        async with self.store.session() as s:
+            stored = await sweeps_repo.imported_events(
+                s, batch.import_id, batch.journey, batch.after,
+                None if batch.upto is not None else batch.config.batch_size, batch.upto)
+        name = TRIGGER_EVENTS["imported"]
+        router = self._router(batch.config)
+        rules = self._profile_rules(batch.config)
+        result = SweepBatchResult(contacts=len(stored))
+        if router is not None and stored and rules.reads_only_the_clock(name):
+            journey = await self._entering_alone(router, batch.journey, name,
+                                                 dict(stored[0].properties or {}))
+            if journey is not None:
+                result.routed = await self._enter_together(batch, journey, router, stored)
+                return result
+        result.routed = await self._route(batch.config, rules,
+                                          [row.id for row in stored if row.routed_at is None])
+        return result
+
+    async def _entering_alone(self, router: Router, key: str, name: str,
+                              properties: dict[str, Any]) -> Journey | None:
+        """The journey, when its trigger is the only thing the batch's events concern."""
+        catalog = await router.catalog()
+        if catalog.listening_to.get(name):
+            return None
+        admitting = [j for j in catalog.triggered_by.get(name, ())
+                     if j.trigger.admits(j.key, properties)[0]]
+        return admitting[0] if [j.key for j in admitting] == [key] else None
+
+    async def _enter_together(self, batch: SweepBatch, journey: Journey, router: Router,
+                              stored: list[Event]) -> int:
+        """Claim the batch's stored events, enter them together, mark them routed (with the
+        entries); returns how many this attempt routed."""
+        claimant = uuid.uuid4().hex
+        async with self.store.session() as s, s.begin():
+            claimed = await events_repo.claim_events(
+                s, [row.id for row in stored if row.routed_at is None], claimant, utc_now(),
+                ROUTING_LEASE)
+        # The events this batch enters: those it claimed, and those an earlier attempt marked
+        # routed (their entries say how far it got). One the relay routes right now is its.
+        mine = {row.id for row in claimed}
+        entering = [row for row in stored if row.id in mine or row.routed_at is not None]
+        acting = (activity.info().workflow_id if activity.in_activity()
+                  else f"broadcast/{journey.key}/{batch.now.isoformat()}")
+
+        before = {row.message_id for row in entering if row.routed_at is not None}
+
+        async def routed(session: AsyncSession) -> set[str]:
+            marked = await events_repo.mark_routed_if_claimed(session, sorted(mine), claimant,
+                                                              utc_now())
+            return before | marked
+
+        renewing = asyncio.create_task(_renew_claims(self.store, claimant))
+        try:
+            entered = await BroadcastEntry(self.store, router, self.delivery).enter(
+                journey, [events_repo.event_message(row) for row in entering], acting=acting,
+                with_entries=routed)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+        actions = Counter(d.action for d in entered.decisions)
+        log.info("sweep.batch.entered", sweep=batch.sweep_id, journey=journey.key,
+                 acting=acting, after=batch.after, events=len(entering),
+                 started=actions["started"], signalled=actions["signalled"],
+                 refused=actions["refused"], sends=entered.sends)
+        return len(claimed)
+
+    async def _store_events(self, batch: SweepBatch, name: str,
+                            rows: list[tuple[str, str, dict[str, Any]]]) -> int:
+        now = utc_now()
+        async with self.store.session() as s, s.begin():
+            return await events_repo.record_events(s, [
+                {"message_id": message_id, "type": SWEEP_EVENT_TYPE, "contact_id": contact_id,
+                 "name": name, "properties": properties, "timestamp": batch.now,
+                 "received_at": now}
+                for message_id, contact_id, properties in rows])
 
     # ------------------------------------------------------------------ shared
 
@@ -259,13 +390,17 @@ class SweepActivities:
         return SweepBatchResult(contacts=len(ids), last=ids[-1] if ids else None,
                                 emitted=emitted, routed=routed)
 
+    def _router(self, config: SweepConfig) -> Router | None:
+        """The router given, else one on the activity's client (None outside Temporal)."""
+        if self.router is None and activity.in_activity():
+            return Router(activity.client(), self.store, task_queue=config.journey_task_queue,
+                          delivery_task_queue=config.delivery_task_queue)
+        return self.router
+
     async def _route(self, config: SweepConfig, rules: ProfileRules,
                      event_ids: list[int]) -> int:
         """Route stored events like ingested ones; raise when some could not be routed."""
-        router = self.router
-        if router is None and activity.in_activity():
-            router = Router(activity.client(), self.store, task_queue=config.journey_task_queue,
-                            delivery_task_queue=config.delivery_task_queue)
+        router = self._router(config)
         if router is None or not event_ids:
             return 0  # outside Temporal: the relay routes them
         done = await Ingest(self.store, router, profile_rules=rules).route_events(event_ids)
@@ -279,6 +414,17 @@ class SweepActivities:
                     f"{still[0]}); the batch is retried, and the relay routes them meanwhile"
                 )
         return len(done)
+
+
+async def _renew_claims(store: Store, claimant: str) -> None:
+    """Keep a batch's claims on its events alive while it enters them (see `Ingest`)."""
+    while True:
+        await asyncio.sleep(ROUTING_LEASE.total_seconds() / 3)
+        try:
+            async with store.session() as session, session.begin():
+                await events_repo.renew_claims(session, claimant, utc_now())
+        except OperationalError as error:  # the store is busy: the next renewal may pass
+            log.warning("sweep.claims_not_renewed", error=str(error))
 
 
 def _change_event(message_id: str, contact_id: str, name: str, properties: dict[str, Any],

@@ -20,10 +20,14 @@ SWEEP_EVERY = timedelta(hours=1)
 SWEEP_SEGMENTS = "sweep_segments"
 SWEEP_DATE_ATTRIBUTES = "sweep_date_attributes"
 ENTER_SCHEDULED = "enter_scheduled"
+PLAN_SCHEDULED = "plan_scheduled"
+ENTER_IMPORTED = "enter_imported"
+PLAN_IMPORTED = "plan_imported"
 
 SEGMENT_SWEEP_WORKFLOW = "SegmentSweepWorkflow"
 DATE_SWEEP_WORKFLOW = "DateAttributeSweepWorkflow"
 SCHEDULED_ENTRY_WORKFLOW = "ScheduledEntryWorkflow"
+IMPORT_ENTRY_WORKFLOW = "ImportEntryWorkflow"
 
 
 
@@ -37,6 +41,9 @@ class SweepConfig(BaseModel):
         "contacts per activity: a batch is decided with a few queries whatever its size, so "
         "bigger batches cost fewer round trips"))
     batches_per_run: int = Field(default=20, ge=1, description="continue-as-new after these")
+    parallel_batches: int = Field(default=8, ge=1, le=64, description=(
+        "batches of a schedule's occurrence entered at once: each is an activity, so the "
+        "workers of the journey queue share them"))
 
 
 class SweepInput(BaseModel):
@@ -60,6 +67,24 @@ class ScheduleInput(SweepInput):
     occurrence: datetime | None = Field(
         default=None, description="default: the Schedule's scheduled start time"
     )
+    bounds: list[str] | None = Field(default=None, description=(
+        "the last contact id of each batch but the last, read once when the occurrence starts "
+        "(its batches then run side by side)"))
+
+
+class ImportInput(SweepInput):
+    """An import's entries into a journey: the `journey_imported` events the import stored
+    (message ids `import/<import id>/<line>/journey/<journey>`), entered in batches side by
+    side; `bounds` as for a schedule, but message ids."""
+
+    journey: str
+    import_id: str
+    bounds: list[str] | None = None
+
+
+def import_entry_id(import_id: str, journey: str) -> str:
+    """The workflow id entering an import into a journey: one per (import, journey)."""
+    return f"cairn/import/{import_id}/{journey}"
 
 
 class SweepBatch(BaseModel):
@@ -69,8 +94,13 @@ class SweepBatch(BaseModel):
     now: datetime = Field(description="the moment judged; for a schedule, its occurrence")
     sweep_id: str
     after: str | None = None
+    upto: str | None = Field(default=None, description=(
+        "the last contact id of the batch (its bound, inclusive): the contacts in (after, "
+        "upto] whatever their number; without it, `config.batch_size` after `after`"))
     journey: str | None = None
     segment: str | None = None
+    import_id: str | None = Field(default=None, description=(
+        "for an import's entries: `after` and `upto` are message ids of its events"))
 
 
 class SweepBatchResult(BaseModel):

@@ -71,12 +71,22 @@ def journey_schedule_id(journey_key: str) -> str:
     return f"{JOURNEY_SCHEDULE_PREFIX}{journey_key}"
 
 
+ENTRY_BATCH_SIZE = 250
+"""Contacts per batch when a schedule's occurrence or an import enters a journey: the batches
+run side by side (`parallel_batches`), so smaller ones spread a broadcast over more workers."""
+
+
 def sweep_config(settings: Settings) -> SweepConfig:
     return SweepConfig(
         journeys_dir=str(Path(settings.journeys_dir).resolve()),
         journey_task_queue=settings.journey_task_queue,
         delivery_task_queue=settings.delivery_task_queue,
     )
+
+
+def entry_config(settings: Settings) -> SweepConfig:
+    """The batches of a broadcast's entries (a schedule's occurrence, an import)."""
+    return sweep_config(settings).model_copy(update={"batch_size": ENTRY_BATCH_SIZE})
 
 
 def wanted_schedules(journeys: list[Journey], settings: Settings) -> dict[str, Schedule]:
@@ -109,7 +119,8 @@ def wanted_schedules(journeys: list[Journey], settings: Settings) -> dict[str, S
         wanted[journey_schedule_id(journey.key)] = Schedule(
             action=ScheduleActionStartWorkflow(
                 SCHEDULED_ENTRY_WORKFLOW,
-                ScheduleInput(config=config, journey=journey.key, segment=trigger.segment),
+                ScheduleInput(config=entry_config(settings), journey=journey.key,
+                              segment=trigger.segment),
                 id=f"cairn/schedule/{journey.key}",
                 task_queue=queue,
                 static_summary=f"{journey.name}: everyone in {trigger.segment or 'the store'}",
@@ -177,6 +188,7 @@ __all__ = [
     "JOURNEY_SCHEDULE_PREFIX",
     "SEGMENT_SWEEP_SCHEDULE",
     "ScheduleRegistrationError",
+    "entry_config",
     "journey_schedule_id",
     "register_if_reachable",
     "register_schedules",

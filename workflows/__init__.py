@@ -14,12 +14,14 @@ from typing import Any
 __all__ = [
     "WORKFLOWS",
     "DateAttributeSweepWorkflow",
+    "ImportEntryWorkflow",
     "JourneyWorkflow",
     "ScheduledEntryWorkflow",
     "SegmentSweepWorkflow",
 ]
 
-_SWEEPS = ("DateAttributeSweepWorkflow", "ScheduledEntryWorkflow", "SegmentSweepWorkflow")
+_SWEEPS = ("DateAttributeSweepWorkflow", "ImportEntryWorkflow", "ScheduledEntryWorkflow",
+           "SegmentSweepWorkflow")
 
 
 def __getattr__(name: str) -> Any:
@@ -36,10 +38,11 @@ def __getattr__(name: str) -> Any:
         from workflows.journey import JourneyWorkflow
         from workflows.sweeps import (
             DateAttributeSweepWorkflow,
+            ImportEntryWorkflow,
             ScheduledEntryWorkflow,
             SegmentSweepWorkflow,
         )
 
         return [JourneyWorkflow, SegmentSweepWorkflow, DateAttributeSweepWorkflow,
-                ScheduledEntryWorkflow]
+                ScheduledEntryWorkflow, ImportEntryWorkflow]
     raise AttributeError(f"module 'workflows' has no attribute {name!r}")

@@ -24,6 +24,7 @@ the contracts both sides share are in `cairn/sweeps.py`.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -39,11 +40,16 @@ with workflow.unsafe.imports_passed_through():
     )
     from cairn.sweeps import (
         DATE_SWEEP_WORKFLOW,
+        ENTER_IMPORTED,
         ENTER_SCHEDULED,
+        IMPORT_ENTRY_WORKFLOW,
+        PLAN_IMPORTED,
+        PLAN_SCHEDULED,
         SCHEDULED_ENTRY_WORKFLOW,
         SEGMENT_SWEEP_WORKFLOW,
         SWEEP_DATE_ATTRIBUTES,
         SWEEP_SEGMENTS,
+        ImportInput,
         ScheduleInput,
         SweepBatch,
         SweepBatchResult,
@@ -158,7 +164,13 @@ class DateAttributeSweepWorkflow:
 
 @workflow.defn(name=SCHEDULED_ENTRY_WORKFLOW)
 class ScheduledEntryWorkflow:
-    """One occurrence of a `schedule` trigger: every member of its segment enters, once."""
+    """One occurrence of a `schedule` trigger: every member of its segment enters, once.
+
+    The batches run side by side (`config.parallel_batches` at a time), so every worker of the
+    journey queue takes a share: the bounds of the batches are read once, at the start of the
+    occurrence, and carried across continue-as-new. Occurrences started before that replay
+    their batches one after another.
+    """
 
     @workflow.run
     async def run(self, data: ScheduleInput) -> SweepResult:
@@ -169,11 +181,72 @@ class ScheduledEntryWorkflow:
         data.sweep_id = data.sweep_id or f"schedule/{data.journey}"
         batch = SweepBatch(config=data.config, now=data.now, sweep_id=data.sweep_id,
                            journey=data.journey, segment=data.segment)
+        if data.bounds is not None or workflow.patched(PARALLEL_BATCHES_PATCH):
+            return await _side_by_side(data, batch, PLAN_SCHEDULED, ENTER_SCHEDULED)
         return await _sweep(ENTER_SCHEDULED, data, batch)
+
+
+@workflow.defn(name=IMPORT_ENTRY_WORKFLOW)
+class ImportEntryWorkflow:
+    """An import's contacts enter a journey: its `journey_imported` events, in batches side by
+    side, each entered together as a schedule's are (`activities.broadcast`)."""
+
+    @workflow.run
+    async def run(self, data: ImportInput) -> SweepResult:
+        data.now = data.now or workflow.now()
+        data.sweep_id = data.sweep_id or workflow.info().workflow_id
+        batch = SweepBatch(config=data.config, now=data.now, sweep_id=data.sweep_id,
+                           journey=data.journey, import_id=data.import_id)
+        return await _side_by_side(data, batch, PLAN_IMPORTED, ENTER_IMPORTED)
+
+
+PARALLEL_BATCHES_PATCH = "schedule-batches-side-by-side"
+"""Occurrences started before their batches ran side by side replay them one after another."""
+
+
+async def _side_by_side(data: ScheduleInput | ImportInput, batch: SweepBatch, plan: str,
+                        enter: str) -> SweepResult:
+    """Enter the batches between the bounds (read by `plan` once), `parallel_batches` at a
+    time, in waves of `enter` activities."""
+    config = data.config
+    if data.bounds is None:
+        data.bounds = await workflow.execute_activity(
+            plan, batch, result_type=list[str],
+            start_to_close_timeout=BATCH_TIMEOUT, retry_policy=ACTIVITY_RETRY,
+            summary="read the bounds of the batches")
+    bounds: list[str | None] = [None, *data.bounds, None]
+    total = len(bounds) - 1
+    in_this_run = 0
+    while data.batches < total:
+        wave = range(data.batches, min(total, data.batches + config.parallel_batches))
+        results: list[SweepBatchResult] = await asyncio.gather(*(
+            workflow.execute_activity(
+                enter,
+                batch.model_copy(update={"after": bounds[i], "upto": bounds[i + 1]}),
+                result_type=SweepBatchResult,
+                start_to_close_timeout=BATCH_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
+                summary=f"batch {i + 1} of {total} after {bounds[i] or 'the first contact'}",
+            ) for i in wave))
+        for result in results:
+            data.contacts += result.contacts
+            data.emitted += result.emitted
+        data.batches += len(results)
+        in_this_run += len(results)
+        workflow.set_current_details(
+            f"{data.contacts} contacts in {data.batches} of {total} batches; "
+            f"{data.emitted} events emitted")
+        if data.batches < total and (in_this_run >= config.batches_per_run
+                                     or workflow.info().is_continue_as_new_suggested()):
+            data.runs += 1
+            workflow.continue_as_new(data)
+    return SweepResult(contacts=data.contacts, batches=data.batches, emitted=data.emitted,
+                       runs=data.runs)
 
 
 __all__ = [
     "DateAttributeSweepWorkflow",
+    "ImportEntryWorkflow",
     "ScheduledEntryWorkflow",
     "SegmentSweepWorkflow",
 ]

@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError
 
 from cairn.events.calls import (
     BatchCall,
@@ -45,6 +48,7 @@ from cairn.local_time import is_timezone
 from cairn.log import get_logger
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
+from cairn.sweeps import IMPORT_ENTRY_WORKFLOW, ImportInput, SweepConfig, import_entry_id
 from cairn.traits import ContactTraitError
 
 log = get_logger(__name__)
@@ -254,6 +258,51 @@ async def check_journey(store: Store, key: str) -> None:
             "`trigger: {imported: true}` to start it for imported contacts", unknown=False)
 
 
+def _entry_event(message_id: str) -> bool:
+    return "/journey/" in message_id
+
+
+async def route_import(ingest: Ingest, results: list[IngestResult], *, import_id: str,
+                       journey: str | None, entries: SweepConfig | None) -> bool:
+    """Route what an import stored; True when all of it was routed or handed on.
+
+    With `entries` (how the workers' entry batches run) and a router, the journey's entries
+    are not routed here one by one: an `ImportEntryWorkflow` enters them on the workers, in
+    batches side by side, each entered together (`activities.broadcast`). The traits' events
+    are routed here (segments, scoring, attribute changes). Without Temporal the entry events
+    wait for the relay, like any event stored while Temporal was away.
+    """
+    together = journey is not None and entries is not None and ingest.router is not None
+    fresh = [i for r in results if not r.duplicate
+             and not (together and _entry_event(r.message_id))
+             for i in (r.event_id, *r.derived)]
+    done = await ingest.route_events(fresh) if fresh else {}
+    routed = all(i in done for i in fresh)
+    if together and any(_entry_event(r.message_id) for r in results):
+        assert journey is not None and entries is not None and ingest.router is not None
+        routed = await start_import_entry(ingest.router.client, import_id, journey,
+                                          entries) and routed
+    return routed
+
+
+async def start_import_entry(client: Client, import_id: str, journey: str,
+                             entries: SweepConfig) -> bool:
+    """Start (or find running) the workflow entering an import into a journey."""
+    try:
+        await client.start_workflow(
+            IMPORT_ENTRY_WORKFLOW, ImportInput(config=entries, journey=journey,
+                                               import_id=import_id),
+            id=import_entry_id(import_id, journey), task_queue=entries.journey_task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=f"import {import_id} into {journey}")
+    except RPCError as error:
+        log.warning("import.entries_not_started", import_id=import_id, journey=journey,
+                    error=str(error))
+        return False
+    return True
+
+
 async def import_csv(
     ingest: Ingest,
     content: bytes | str,
@@ -261,13 +310,15 @@ async def import_csv(
     journey: str | None = None,
     route: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    entries: SweepConfig | None = None,
 ) -> tuple[ImportSummary, list[IngestResult]]:
     """Apply a CSV file's good rows, report its bad ones; returns the summary and the results.
 
     With `journey`, each good row also stores a `journey_imported` event. `route=False` stores
-    only (the caller routes later, as the API does after answering). `progress(done, total)` is
-    called after each chunk of rows. Raises `ImportFileError` for a file that cannot be read at
-    all and `ImportJourneyError` for a journey that cannot take imported contacts.
+    only (the caller routes later with `route_import`, as the API does after answering).
+    `entries` hands the journey's entries to the workers (`route_import`). `progress(done,
+    total)` is called after each chunk of rows. Raises `ImportFileError` for a file that cannot
+    be read at all and `ImportJourneyError` for a journey that cannot take imported contacts.
     """
     raw, text = _text(content)
     import_id = import_id_of(raw)
@@ -276,6 +327,7 @@ async def import_csv(
         await check_journey(ingest.store, journey)
     good, bad, read = read_rows(text)
     results: list[IngestResult] = []
+    routed_all = True
     applied = duplicates = 0
     total = len(good)
     if progress is not None:
@@ -292,7 +344,13 @@ async def import_csv(
                     user_id=row.contact_id, event=IMPORTED_EVENT, message_id=f"{base}/journey/"
                     f"{journey}", properties={"journey": journey, "import_id": import_id,
                                               "line": row.line}))
-        chunk_results = await ingest.batch(BatchCall(batch=calls), route=route)
+        chunk_results = await ingest.batch(BatchCall(batch=calls), route=False)
+        if route:
+            chunk_routed = await route_import(ingest, [r for r in chunk_results
+                                                       if not _entry_event(r.message_id)],
+                                              import_id=import_id, journey=journey,
+                                              entries=entries)
+            routed_all = routed_all and chunk_routed
         results += chunk_results
         for row in chunk:
             base = f"import/{import_id}/{row.line}"
@@ -304,7 +362,12 @@ async def import_csv(
                 applied += 1
         if progress is not None:
             progress(min(start + CHUNK_ROWS, total), total)
-    routed = all(r.routed or r.duplicate for r in results) if route else False
+    if route:
+        # The entries last: the traits they read are routed (segments decided) by now.
+        entered = await route_import(ingest, [r for r in results if _entry_event(r.message_id)],
+                                     import_id=import_id, journey=journey, entries=entries)
+        routed_all = routed_all and entered
+    routed = routed_all if route else False
     summary = ImportSummary(import_id=import_id, journey=journey, rows=read, applied=applied,
                             duplicates=duplicates, skipped=len(bad), errors=bad, routed=routed)
     bound.info("import.done", rows=read, applied=applied, duplicates=duplicates,
@@ -323,4 +386,6 @@ __all__ = [
     "import_csv",
     "import_id_of",
     "read_rows",
+    "route_import",
+    "start_import_entry",
 ]

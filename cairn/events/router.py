@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func, or_, select
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
     SearchAttributePair,
@@ -298,6 +298,7 @@ class Router:
             await self._discard_entry(row.id)
             raise
         if started:
+            await self._drop_twins(wid, event.message_id)
             metrics.ENTRIES.labels(journey=journey.key).inc()
             return RouteDecision(journey.key, journey.version, wid, "started",
                                  _entered_reason(journey))
@@ -409,6 +410,20 @@ class Router:
         description = await run.describe()
         memo = await description.memo()
         return bool(memo.get(TRIGGER_MEMO) == event.message_id)
+
+    async def _drop_twins(self, wid: str, message_id: str) -> None:
+        """Keep one entry row for the run this event started. Two routers can route the same
+        event at once (a claim that lapsed under load, taken by the relay of another process):
+        both record a row before either sees the other's, and both read back the run's memo
+        as theirs. Each keeps the oldest row, so they agree."""
+        # A failed entry re-entered with the same event is history, not a twin.
+        twins = (Entry.workflow_id == wid, Entry.trigger_message_id == message_id,
+                 or_(Entry.outcome.is_(None),
+                     Entry.outcome.not_like(f"{entries_repo.FAILED}%")))
+        async with self.store.session() as session, session.begin():
+            first = await session.scalar(select(func.min(Entry.id)).where(*twins))
+            if first is not None:
+                await session.execute(delete(Entry).where(*twins, Entry.id > first))
 
     async def _discard_entry(self, entry_id: int) -> None:
         """Remove a provisional entry row: no run started for it."""

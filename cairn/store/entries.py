@@ -100,6 +100,21 @@ async def entries_for(
     return list(await s.scalars(query))
 
 
+async def entries_for_contacts(
+    s: AsyncSession, journey_key: str, contact_ids: list[str]
+) -> dict[str, list[Entry]]:
+    """Every entry of these contacts into one journey, oldest first, by contact (a batch of
+    contacts entering together reads its entry rules' history at once)."""
+    found: dict[str, list[Entry]] = {}
+    for start in range(0, len(contact_ids), 500):
+        query = (select(Entry).where(Entry.journey_key == journey_key,
+                                     Entry.contact_id.in_(contact_ids[start:start + 500]))
+                 .order_by(Entry.id))
+        for row in await s.scalars(query):
+            found.setdefault(row.contact_id, []).append(row)
+    return found
+
+
 async def fail_entry(s: AsyncSession, workflow_id: str, reason: str, now: datetime) -> int:
     """Close the open entry row(s) of a workflow id as failed, with why; returns how many."""
     result = await s.execute(

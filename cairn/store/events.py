@@ -415,6 +415,32 @@ async def unrouted_among(s: AsyncSession, event_ids: Iterable[int]) -> list[int]
     ))
 
 
+async def mark_routed_if_claimed(s: AsyncSession, event_ids: list[int], claimant: str,
+                                 now: datetime) -> set[str]:
+    """Mark routed those of these events `claimant` still holds; returns their message ids
+    (an event whose claim lapsed and that another router took is not marked)."""
+    marked: set[str] = set()
+    for start in range(0, len(event_ids), 500):
+        marked.update(await s.scalars(
+            update(Event)
+            .where(Event.id.in_(event_ids[start:start + 500]),
+                   Event.routing_claimed_by == claimant, Event.routed_at.is_(None))
+            .values(routed_at=now, routing_claimed_by=None, routing_claimed_at=None,
+                    next_routing_at=None)
+            .returning(Event.message_id)
+            .execution_options(synchronize_session=False)))
+    return marked
+
+
+async def events_by_message_ids(s: AsyncSession, message_ids: list[str]) -> list[Event]:
+    """The stored events of these message ids, by id."""
+    found: list[Event] = []
+    for start in range(0, len(message_ids), 500):
+        found += await s.scalars(select(Event).where(
+            Event.message_id.in_(message_ids[start:start + 500])))
+    return sorted(found, key=lambda row: row.id)
+
+
 async def quarantined_events(s: AsyncSession, limit: int = 100, after_id: int = 0) -> list[Event]:
     """Events set aside after too many failed routing attempts, oldest first."""
     rows = await s.scalars(

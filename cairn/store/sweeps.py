@@ -76,21 +76,74 @@ async def contacts_after(s: AsyncSession, after: str | None, limit: int) -> list
 
 
 async def scheduled_contact_ids(
-    s: AsyncSession, segment: str | None, after: str | None, limit: int
+    s: AsyncSession, segment: str | None, after: str | None, limit: int | None,
+    upto: str | None = None,
 ) -> list[str]:
-    """The next `limit` contacts after the cursor that a schedule enters: the open members of
-    `segment`, or every contact when there is none."""
+    """The next `limit` contacts after the cursor (and up to `upto`, inclusive, when given)
+    that a schedule enters: the open members of `segment`, or every contact when there is
+    none."""
     if segment is None:
-        query = _page(select(Contact.id), Contact.id, after, limit)
+        query, column = select(Contact.id), Contact.id
     else:
-        query = _page(
-            select(SegmentMembership.contact_id).distinct().where(
-                SegmentMembership.segment == segment,
-                SegmentMembership.exited_at.is_(None),
-            ),
-            SegmentMembership.contact_id, after, limit,
+        query = select(SegmentMembership.contact_id).distinct().where(
+            SegmentMembership.segment == segment,
+            SegmentMembership.exited_at.is_(None),
         )
+        column = SegmentMembership.contact_id
+    if upto is not None:
+        query = query.where(column <= upto)
+    if after is not None:
+        query = query.where(column > after)
+    query = query.order_by(column)
+    if limit is not None:
+        query = query.limit(limit)
     return list(await s.scalars(query))
+
+
+async def imported_events(
+    s: AsyncSession, import_id: str, journey: str, after: str | None, limit: int | None,
+    upto: str | None = None,
+) -> list[Event]:
+    """The `journey_imported` events an import stored for a journey, by message id (after the
+    cursor, up to `upto` inclusive, at most `limit`)."""
+    query = select(Event).where(Event.message_id.startswith(f"import/{import_id}/",
+                                                            autoescape=True),
+                                Event.message_id.endswith(f"/journey/{journey}",
+                                                          autoescape=True))
+    if upto is not None:
+        query = query.where(Event.message_id <= upto)
+    if after is not None:
+        query = query.where(Event.message_id > after)
+    query = query.order_by(Event.message_id)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(await s.scalars(query))
+
+
+async def imported_bounds(s: AsyncSession, import_id: str, journey: str,
+                          batch_size: int) -> list[str]:
+    """The last message id of every full batch of an import's entries but the last batch."""
+    bounds: list[str] = []
+    after: str | None = None
+    while True:
+        page = await imported_events(s, import_id, journey, after, batch_size + 1)
+        if len(page) <= batch_size:
+            return bounds
+        after = page[batch_size - 1].message_id
+        bounds.append(after)
+
+
+async def scheduled_bounds(s: AsyncSession, segment: str | None, batch_size: int) -> list[str]:
+    """The last contact id of every full batch of a schedule's contacts but the last batch:
+    the bounds that let the batches run side by side. Reads ids only, a page at a time."""
+    bounds: list[str] = []
+    after: str | None = None
+    while True:
+        page = await scheduled_contact_ids(s, segment, after, batch_size + 1)
+        if len(page) <= batch_size:
+            return bounds
+        after = page[batch_size - 1]
+        bounds.append(after)
 
 
 async def unrouted_sweep_events(

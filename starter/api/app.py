@@ -53,6 +53,7 @@ from starter.api.quarantine import quarantine_router
 from starter.api.rejected import rejected_router
 from starter.api.reports import reports_router
 from starter.api.tasks import tasks_router
+from starter.schedules import entry_config
 
 
 def create_app(
@@ -102,7 +103,7 @@ def create_app(
     app.include_router(tasks_router(store, ingest))
     app.include_router(quarantine_router(store))
     app.include_router(contacts_router(store, temporal or _router_client(ingest), ingest=ingest))
-    app.include_router(imports_router(ingest))
+    app.include_router(imports_router(ingest, entry_config(settings) if settings else None))
     app.include_router(entries_router(ingest))
     app.include_router(channels_router(store, ingest, settings))
     app.include_router(keys_router(store))

@@ -19,9 +19,16 @@ from email.message import EmailMessage
 
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request
 
-from cairn.events.imports import ImportFileError, ImportJourneyError, ImportSummary, import_csv
+from cairn.events.imports import (
+    ImportFileError,
+    ImportJourneyError,
+    ImportSummary,
+    import_csv,
+    route_import,
+)
 from cairn.events.ingest import Ingest
 from cairn.log import get_logger
+from cairn.sweeps import SweepConfig
 from starter.api.auth import requires
 
 log = get_logger(__name__)
@@ -60,8 +67,9 @@ async def _csv_body(request: Request) -> bytes:
     return body
 
 
-def imports_router(ingest: Ingest) -> APIRouter:
-    """The import endpoint over one `Ingest` (which decides whether entries are routed)."""
+def imports_router(ingest: Ingest, entries: SweepConfig | None = None) -> APIRouter:
+    """The import endpoint over one `Ingest` (which decides whether entries are routed);
+    `entries` hands a journey's entries to the workers (`cairn.events.imports.route_import`)."""
     router = APIRouter(tags=["imports"])
 
     @router.post(
@@ -100,10 +108,9 @@ def imports_router(ingest: Ingest) -> APIRouter:
                                 detail=str(error)) from error
         except ImportFileError as error:
             raise HTTPException(status_code=422, detail=f"body: {error}") from error
-        fresh: list[int] = [i for r in results if not r.duplicate
-                            for i in (r.event_id, *r.derived)]
-        if fresh:
-            background.add_task(ingest.route_events, fresh)
+        if any(not r.duplicate for r in results):
+            background.add_task(route_import, ingest, results, import_id=summary.import_id,
+                                journey=journey, entries=entries)
         return summary
 
     return router

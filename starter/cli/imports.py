@@ -35,6 +35,7 @@ async def run_import(settings: Settings, content: bytes, journey: str | None) ->
     from cairn.events.profile_rules import ProfileRules
     from cairn.events.router import Router
     from cairn.store.db import Store
+    from starter.schedules import entry_config
     from starter.temporal import TemporalConnectionError, connect
 
     store = await Store.open(settings.store_url)
@@ -62,7 +63,8 @@ async def run_import(settings: Settings, content: bytes, journey: str | None) ->
                 bar.update(task, completed=done, total=total)
 
             summary, _ = await import_csv(ingest, content, journey=journey,
-                                          route=router is not None, progress=advance)
+                                          route=router is not None, progress=advance,
+                                          entries=entry_config(settings))
         return summary
     finally:
         await store.close()

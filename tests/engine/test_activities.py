@@ -58,7 +58,14 @@ from cairn.journey import (
 from cairn.journey_run import EventMessage
 from cairn.store import contacts, deliveries, entries, events, scores, tasks
 from cairn.store.db import Store
-from cairn.sweeps import ENTER_SCHEDULED, SWEEP_DATE_ATTRIBUTES, SWEEP_SEGMENTS
+from cairn.sweeps import (
+    ENTER_IMPORTED,
+    ENTER_SCHEDULED,
+    PLAN_IMPORTED,
+    PLAN_SCHEDULED,
+    SWEEP_DATE_ATTRIBUTES,
+    SWEEP_SEGMENTS,
+)
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 WID = "journey/cart-abandonment/c-1"
@@ -141,7 +148,8 @@ def test_activity_lists_cover_every_action_name() -> None:
         contracts.CLOSE_FAILED_ENTRIES, contracts.SETTLE_UNCONFIRMED,
     }
     assert names(delivery_activities(store)) == {contracts.DELIVER_MESSAGE}
-    sweeps = {SWEEP_SEGMENTS, SWEEP_DATE_ATTRIBUTES, ENTER_SCHEDULED}  # workflows/sweeps.py
+    sweeps = {SWEEP_SEGMENTS, SWEEP_DATE_ATTRIBUTES, ENTER_SCHEDULED,  # workflows/sweeps.py
+              PLAN_SCHEDULED, ENTER_IMPORTED, PLAN_IMPORTED}
     assert names(journey_activities(store)) == (everything - {contracts.DELIVER_MESSAGE}) | sweeps
 
 

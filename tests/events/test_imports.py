@@ -16,7 +16,8 @@ from cairn.events.ingest import Ingest
 from cairn.settings import Settings, get_settings
 from cairn.store import contacts as contacts_repo
 from cairn.store.db import Store
-from cairn.store.schema import Event
+from cairn.store.schema import Delivery, Event
+from cairn.sweeps import SweepConfig, SweepResult, import_entry_id
 from starter.api.app import create_app
 from starter.cli.main import app as cli_app
 from tests.api_support import admin
@@ -140,6 +141,43 @@ async def test_an_imported_journey_starts_once_per_good_row(
         again, _ = await import_csv(ingest, MIXED, journey=key)
         assert (again.applied, again.duplicates) == (0, 2)
         assert len(await entries_of(store, key)) == 2
+
+
+async def test_an_import_enters_on_the_workers_in_batches_and_a_send_only_journey_has_no_runs(
+    temporal_env: WorkflowEnvironment, store: Store, tmp_path: Path
+) -> None:
+    """With `entries`, the import's entries go to an ImportEntryWorkflow: batches side by side,
+    each entered together; a journey whose only step is a send is sent to by the batch."""
+    waiting, mailing = unique("imported"), unique("imported")
+    await publish(store, {"key": waiting, "name": "Imported drip", "trigger": {"imported": True},
+                          "steps": {"pause": {"wait": "30d", "next": "end"}}})
+    await publish(store, {"key": mailing, "name": "Imported mail", "trigger": {"imported": True},
+                          "templates": {"hi": {"email": {"subject": "Hi", "body": "Hi"}}},
+                          "steps": {"mail": {"send": {"channel": "email", "template": "hi",
+                                                      "category": "transactional"},
+                                             "next": "end"}}})
+    rows = "userId,email\n" + "".join(f"i-{i},i{i}@example.com\n" for i in range(5))
+    async with engine(temporal_env, store) as router:
+        ingest = Ingest(store, router)
+        config = SweepConfig(journeys_dir=str(tmp_path), journey_task_queue=router.task_queue,
+                             delivery_task_queue=router.delivery_task_queue, batch_size=2)
+        for key in (waiting, mailing):
+            summary, _ = await import_csv(ingest, rows, journey=key, entries=config)
+            assert summary.routed and summary.applied == 5
+            result = await temporal_env.client.get_workflow_handle(
+                import_entry_id(summary.import_id, key), result_type=SweepResult).result()
+            assert (result.contacts, result.batches) == (5, 3)
+        drip = await entries_of(store, waiting)
+        assert sorted((e.contact_id, e.workflow_id) for e in drip) == [
+            (f"i-{i}", f"journey/{waiting}/i-{i}") for i in range(5)]
+        mail = await entries_of(store, mailing)
+        acting = import_entry_id(summary.import_id, mailing)
+        assert {(e.workflow_id, e.outcome) for e in mail} == {(acting, "completed")}
+        async with store.session() as session:
+            sent = list(await session.scalars(select(Delivery).where(
+                Delivery.journey_key == mailing)))
+        assert sorted((d.contact_id, d.status, d.workflow_id) for d in sent) == [
+            (f"i-{i}", "sent", acting) for i in range(5)]
 
 
 async def test_the_api_imports_text_and_multipart(store: Store) -> None:
