@@ -394,6 +394,7 @@ async def dev_stack(
                 delivery_queue=settings.delivery_task_queue,
                 delivery=delivery,
                 ingest=ingest,
+                cached_runs=settings.worker_cached_runs,
             )
             async with running(workers):
                 api: ApiHandle | None = None

@@ -48,6 +48,10 @@ for every run would cost far more than the interpreter itself, and they keep no 
 """
 
 
+DEFAULT_CACHED_RUNS = Settings.model_fields["worker_cached_runs"].default
+"""Journey runs kept in a worker's memory unless CAIRN_WORKER_CACHED_RUNS says otherwise."""
+
+
 def workflow_runner() -> SandboxedWorkflowRunner:
     """The sandbox every journey runs in, with Cairn's heavy pure modules passed through."""
     restrictions = SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH_MODULES)
@@ -62,11 +66,13 @@ def journey_workers(
     delivery_queue: str = DELIVERY_TASK_QUEUE,
     delivery: DeliveryActivities | None = None,
     ingest: Ingest | None = None,
+    cached_runs: int = DEFAULT_CACHED_RUNS,
 ) -> list[Worker]:
     """One worker for the interpreter and its activities, one for deliveries; not yet running.
 
     `delivery` carries the channel providers and the delivery policy; without it every channel
-    goes to the local outbox (tests, simulations).
+    goes to the local outbox (tests, simulations). `cached_runs` is how many runs the journey
+    worker keeps in memory (CAIRN_WORKER_CACHED_RUNS); the rest wait on Temporal alone.
     """
     from activities import delivery_activities, journey_activities
     from workflows import WORKFLOWS
@@ -77,6 +83,7 @@ def journey_workers(
         workflows=list(WORKFLOWS),
         activities=journey_activities(store, delivery, ingest),
         workflow_runner=workflow_runner(),
+        max_cached_workflows=cached_runs,
     )
     delivery_worker = Worker(
         client,
@@ -139,10 +146,12 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             journey_queue=settings.journey_task_queue,
             delivery_queue=settings.delivery_task_queue,
             delivery=delivery,
+            cached_runs=settings.worker_cached_runs,
         )
         async with running(workers):
             bound.info("worker.started", queues=[settings.journey_task_queue,
-                                                 settings.delivery_task_queue])
+                                                 settings.delivery_task_queue],
+                       cached_runs=workers[0].config().get("max_cached_workflows"))
             await stop.wait()
             bound.info("worker.stopping")
     finally:
