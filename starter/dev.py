@@ -395,6 +395,7 @@ async def dev_stack(
                 delivery=delivery,
                 ingest=ingest,
                 cached_runs=settings.worker_cached_runs,
+                share_workflow_code=not settings.worker_strict_sandbox,
             )
             async with running(workers):
                 api: ApiHandle | None = None
