@@ -120,25 +120,17 @@ async def step_counts(client: Client, journey_key: str,
                       steps: Iterable[str] | None = None) -> Counter[str]:
     """Running runs of a journey per current step (CairnStep).
 
-    One `GROUP BY` count when the server can group by a custom attribute; else one count per
-    step of the definition (`steps`), plus one for runs in no step named there (an older
-    version's). Never a listing of every run.
+    With the definition's `steps`: one count per step, plus one for runs in a step not named
+    there (an older version's), never a listing of the runs (Temporal groups counts by
+    ExecutionStatus only). Without them, the running runs are listed and counted.
     """
     base = runs_query(journey_key)
-    try:
-        grouped = await client.count_workflows(f"{base} GROUP BY {search_attributes.STEP.name}")
-    except RPCError:
-        if steps is None:
-            raise
-    else:
-        counts: Counter[str] = Counter()
-        for group in grouped.groups:
-            value = group.group_values[0] if group.group_values else None
-            counts[str(value) if value else "?"] += group.count
+    counts: Counter[str] = Counter()
+    if steps is None:
+        async for execution in client.list_workflows(base):
+            counts[execution.typed_search_attributes.get(search_attributes.STEP) or "?"] += 1
         return counts
-    counts = Counter()
-    named = list(dict.fromkeys(steps))
-    for step in named:
+    for step in dict.fromkeys(steps):
         found = (await client.count_workflows(
             f"{base} AND {search_attributes.STEP.name} = '{quoted(step)}'")).count
         if found:
