@@ -123,6 +123,7 @@ class JourneyWorkflow:
             runs=state.runs,
             path=list(state.path),
             path_dropped=state.path_dropped,
+            earlier=list(state.earlier),
         )
 
     # ------------------------------------------------------------------ the interpreter
@@ -226,5 +227,6 @@ class JourneyWorkflow:
             retry_policy=ACTIVITY_RETRY,
             summary=f"record outcome {outcome}",
         )
-        return JourneyResult(outcome=outcome, path=state.path, path_dropped=state.path_dropped)
+        return JourneyResult(outcome=outcome, path=state.path, path_dropped=state.path_dropped,
+                             earlier=state.earlier)
 
