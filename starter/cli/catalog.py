@@ -221,7 +221,7 @@ async def _runs_page(
     from cairn import run_views
 
     try:
-        token = run_views.decode_token(page_token)
+        run_views.decode_token(page_token)  # a bad token fails before connecting
     except run_views.PageTokenError as error:
         raise fail(str(error)) from None
     client = await _maybe_client(settings)
@@ -230,7 +230,7 @@ async def _runs_page(
     try:
         page = await run_views.list_runs(
             client, journey=journey, contact=contact, page_size=limit,
-            page_token=run_views.encode_token(token), running_only=not finished)
+            page_token=page_token, running_only=not finished)
         total = (None if page_token or contact
                  else await run_views.count_runs(client, journey))
     except RPCError as error:
@@ -272,7 +272,7 @@ async def _show_run(settings: Settings, workflow_id: str) -> None:
     for entry in view.path:
         table.add_row(_when(entry.at), entry.step, entry.kind or "-", entry.note or "-")
     console.print(table)
-    summary = getattr(view, "earlier", None) or []
+    summary = view.earlier
     if summary:
         earlier = Table(title="earlier steps")
         for column in ("step", "times", "first", "last"):
