@@ -149,6 +149,31 @@ class PathEntry:
 
 
 @dataclass
+class StepSummary:
+    """Path entries no longer kept one by one: how often a step was taken, first and last time."""
+
+    step: str
+    count: int
+    first_at: datetime
+    last_at: datetime
+
+
+def summarise(earlier: list[StepSummary], entries: list[PathEntry]) -> list[StepSummary]:
+    """`earlier` with `entries` folded in: one summary per step, in order of first visit."""
+    by_step = {item.step: StepSummary(item.step, item.count, item.first_at, item.last_at)
+               for item in earlier}
+    for entry in entries:
+        item = by_step.get(entry.step)
+        if item is None:
+            by_step[entry.step] = StepSummary(entry.step, 1, entry.at, entry.at)
+        else:
+            item.count += 1
+            item.first_at = min(item.first_at, entry.at)
+            item.last_at = max(item.last_at, entry.at)
+    return list(by_step.values())
+
+
+@dataclass
 class HeardEvent:
     """An event kept by the run, numbered in arrival order (waits look only at newer ones)."""
 
@@ -184,6 +209,8 @@ class JourneyState:
     waiting_for: str | None = None
     runs: int = 1
     outcome: str | None = None
+    earlier: list[StepSummary] = field(default_factory=list)
+    """The path entries before `path`, summarised per step (`path_dropped` of them)."""
 
 
 class JourneyInput(BaseModel):
@@ -219,6 +246,7 @@ class JourneyResult(BaseModel):
     outcome: str
     path: list[PathEntry]
     path_dropped: int = 0
+    earlier: list[StepSummary] = Field(default_factory=list)
 
 
 class JourneyStateView(BaseModel):
@@ -234,3 +262,6 @@ class JourneyStateView(BaseModel):
     runs: int
     path: list[PathEntry]
     path_dropped: int = 0
+    earlier: list[StepSummary] = Field(
+        default_factory=list,
+        description="the `path_dropped` entries before `path`: per step, how often, first, last")

@@ -421,6 +421,8 @@ async def dev_stack(
                 delivery_queue=settings.delivery_task_queue,
                 delivery=delivery,
                 ingest=ingest,
+                cached_runs=settings.worker_cached_runs,
+                share_workflow_code=not settings.worker_strict_sandbox,
             )
             async with running(workers):
                 api: ApiHandle | None = None

@@ -59,9 +59,29 @@ overflow connection. Not more: SQLite serialises writers, and many connections w
 lock time out sooner than the same work queued for a connection in the pool."""
 
 
-def workflow_runner() -> SandboxedWorkflowRunner:
-    """The sandbox every journey runs in, with Cairn's heavy pure modules passed through."""
-    restrictions = SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH_MODULES)
+DEFAULT_CACHED_RUNS = Settings.model_fields["worker_cached_runs"].default
+"""Journey runs kept in a worker's memory unless CAIRN_WORKER_CACHED_RUNS says otherwise."""
+
+
+SHARED_WORKFLOW_MODULES = ("workflows",)
+"""Cairn's own workflow code, imported once and shared by every run in production workers.
+
+The strict sandbox imports the interpreter's modules afresh for each run it starts and keeps
+them while the run is cached: about 190 KB of module objects and bytecode per cached run, where
+a hand-written one-timer costs a few KB, and 24 ms of CPU per new run. The interpreter keeps no
+state in its modules (everything a run knows is in its `JourneyRun`), so sharing them changes
+nothing a run does; what the strict sandbox adds is catching a non-deterministic call (the
+clock, random, I/O) in workflow code. Tests and simulations keep running the interpreter in
+the strict sandbox, so such a call still fails there, and the replay tests hold every saved
+history.
+"""
+
+
+def workflow_runner(*, share_workflow_code: bool = False) -> SandboxedWorkflowRunner:
+    """The sandbox every journey runs in, with Cairn's heavy pure modules passed through; with
+    `share_workflow_code`, the interpreter's own modules too (see SHARED_WORKFLOW_MODULES)."""
+    modules = PASSTHROUGH_MODULES + (SHARED_WORKFLOW_MODULES if share_workflow_code else ())
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(*modules)
     return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
@@ -89,11 +109,16 @@ def journey_workers(
     delivery_queue: str = DELIVERY_TASK_QUEUE,
     delivery: DeliveryActivities | None = None,
     ingest: Ingest | None = None,
+    cached_runs: int = DEFAULT_CACHED_RUNS,
+    share_workflow_code: bool = False,
 ) -> list[Worker]:
     """One worker for the interpreter and its activities, one for deliveries; not yet running.
 
     `delivery` carries the channel providers and the delivery policy; without it every channel
-    goes to the local outbox (tests, simulations).
+    goes to the local outbox (tests, simulations). `cached_runs` is how many runs the journey
+    worker keeps in memory (CAIRN_WORKER_CACHED_RUNS); the rest wait on Temporal alone.
+    `share_workflow_code` imports the interpreter once for all runs (production workers; see
+    SHARED_WORKFLOW_MODULES); tests and simulations leave it off.
     """
     from activities import delivery_activities, journey_activities
     from workflows import WORKFLOWS
@@ -105,7 +130,8 @@ def journey_workers(
         task_queue=journey_queue,
         workflows=list(WORKFLOWS),
         activities=journey_activities(store, delivery, ingest),
-        workflow_runner=workflow_runner(),
+        workflow_runner=workflow_runner(share_workflow_code=share_workflow_code),
+        max_cached_workflows=cached_runs,
         interceptors=[ActivityFailures()],
         max_concurrent_activities=ACTIVITY_SLOTS,
         max_concurrent_local_activities=ACTIVITY_SLOTS,
@@ -180,10 +206,13 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             journey_queue=settings.journey_task_queue,
             delivery_queue=settings.delivery_task_queue,
             delivery=delivery,
+            cached_runs=settings.worker_cached_runs,
+            share_workflow_code=not settings.worker_strict_sandbox,
         )
         async with running(workers):
             bound.info("worker.started", queues=[settings.journey_task_queue,
-                                                 settings.delivery_task_queue])
+                                                 settings.delivery_task_queue],
+                       cached_runs=workers[0].config().get("max_cached_workflows"))
             await stop.wait()
             bound.info("worker.stopping")
     finally:

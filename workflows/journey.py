@@ -123,6 +123,7 @@ class JourneyWorkflow:
             runs=state.runs,
             path=list(state.path),
             path_dropped=state.path_dropped,
+            earlier=list(state.earlier),
         )
 
     # ------------------------------------------------------------------ the interpreter
@@ -235,5 +236,6 @@ class JourneyWorkflow:
             outcome=outcome,
             now=run.now(),
         ))
-        return JourneyResult(outcome=outcome, path=state.path, path_dropped=state.path_dropped)
+        return JourneyResult(outcome=outcome, path=state.path, path_dropped=state.path_dropped,
+                             earlier=state.earlier)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cairn.store.schema import Entry
@@ -66,15 +66,25 @@ async def last_entry(
 
 
 async def open_entries(
-    s: AsyncSession, journey_key: str | None = None, contact_id: str | None = None
+    s: AsyncSession, journey_key: str | None = None, contact_id: str | None = None,
+    *, limit: int | None = None,
 ) -> list[Entry]:
-    """Entries whose run has not finished, oldest first."""
+    """Entries whose run has not finished, oldest first (the first `limit` when given)."""
     query = select(Entry).where(Entry.ended_at.is_(None)).order_by(Entry.id)
     if journey_key is not None:
         query = query.where(Entry.journey_key == journey_key)
     if contact_id is not None:
         query = query.where(Entry.contact_id == contact_id)
+    if limit is not None:
+        query = query.limit(limit)
     return list(await s.scalars(query))
+
+
+async def open_entry_counts(s: AsyncSession) -> dict[str, int]:
+    """Open entries per journey key, counted by the database."""
+    query = (select(Entry.journey_key, func.count()).where(Entry.ended_at.is_(None))
+             .group_by(Entry.journey_key))
+    return {key: count for key, count in (await s.execute(query)).all()}
 
 
 async def close_entry(s: AsyncSession, workflow_id: str, outcome: str, now: datetime) -> int:

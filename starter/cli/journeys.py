@@ -129,11 +129,12 @@ def graph(
         for problem in error.problems:
             typer.echo(str(problem), err=True)
         raise typer.Exit(1) from None
-    per_step = _step_counts(settings, definition.key) if counts else None
+    per_step = _step_counts(settings, definition.key, list(definition.steps)) if counts else None
     typer.echo(mermaid(definition, per_step), nl=False)
 
 
-def _step_counts(settings: Settings, journey_key: str) -> dict[str, int] | None:
+def _step_counts(settings: Settings, journey_key: str,
+                 steps: list[str]) -> dict[str, int] | None:
     """Running entries per current step from Temporal's visibility; None (and a note on stderr)
     when no server answers or it cannot list runs."""
     import asyncio
@@ -146,7 +147,7 @@ def _step_counts(settings: Settings, journey_key: str) -> dict[str, int] | None:
     async def collect() -> dict[str, int] | None:
         try:
             client = await asyncio.wait_for(connect(settings), timeout=5)
-            return dict(await step_counts(client, journey_key))
+            return dict(await step_counts(client, journey_key, steps))
         except (TemporalConnectionError, RPCError, TimeoutError) as error:
             typer.echo(f"no per-step counts: Temporal at {settings.temporal_address} did not "
                        f"answer ({type(error).__name__})", err=True)

@@ -240,6 +240,7 @@ async def test_worker_script_polls_both_queues_and_stops_on_sigterm(
         "CAIRN_HOME": ".cairn",  # relative, as by default: the worker names the absolute path
         "CAIRN_JOURNEY_TASK_QUEUE": journeys,
         "CAIRN_DELIVERY_TASK_QUEUE": deliveries,
+        "CAIRN_WORKER_CACHED_RUNS": "37",
     }
     store_url = f"sqlite+aiosqlite:///{tmp_path / '.cairn' / 'cairn.db'}"
     await (await Store.open(store_url)).close()  # what `cairn publish` or `cairn api` does first
@@ -263,6 +264,7 @@ async def test_worker_script_polls_both_queues_and_stops_on_sigterm(
             worker.wait()
     assert worker.returncode == 0, output
     assert "worker.stopped" in output
+    assert "cached_runs=37" in output, "the cache size never reached the journey worker"
     assert output.startswith(f"Store: {store_url}\nTemporal: {dev_server.address}, namespace "
                              "default\n"), output
     assert "setup plugin" not in output, "Alembic's own start-up logs"
