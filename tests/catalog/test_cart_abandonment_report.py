@@ -95,7 +95,8 @@ async def test_the_report_of_ten_contacts_with_known_paths(
     assert (funnel.entries, funnel.active, funnel.completed, funnel.conversions) == (10, 0, 7, 3)
     assert funnel.conversion_rate == 0.3
     assert funnel.median_seconds_to_convert is not None
-    assert 3600 <= funnel.median_seconds_to_convert < 3660
+    # about an hour: entered when the router recorded the entry, a moment after the event
+    assert 3540 <= funnel.median_seconds_to_convert < 3660
     assert [(g.goal, g.conversions) for g in funnel.goals] == [("converted", 3)]
     messages = {m.step: m for m in found.messages}
     assert set(messages) == {"push_reminder", "email_reminder"}
