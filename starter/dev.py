@@ -375,12 +375,9 @@ async def dev_stack(
 ) -> AsyncIterator[DevStack]:
     """Start server, search attributes, store, catalog, workers and API; stop in reverse."""
     from cairn.catalog import CatalogError, publish_catalog
-    from cairn.events.geofencing import Geofencing
-    from cairn.events.ingest import Ingest
-    from cairn.events.profile_rules import ProfileRules
-    from cairn.events.router import Router
     from cairn.store.db import Store
     from starter.api.app import create_app
+    from starter.routing import catalog_ingest
     from starter.schedules import register_schedules
 
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -407,13 +404,7 @@ async def dev_stack(
             if sink is not None:
                 sink.start()
             delivery = delivery_for(settings, store, email=_sink_provider(sink))
-            router = Router(client, store, task_queue=settings.journey_task_queue,
-                            delivery_task_queue=settings.delivery_task_queue)
-            ingest = Ingest(
-                store, router, profile_rules=ProfileRules.from_folder(store, settings.journeys_dir),
-                geofencing=Geofencing.from_folder(store, settings.journeys_dir),
-                attribute_changes=True,
-            )
+            ingest = catalog_ingest(settings, store, client)
             workers = journey_workers(
                 client,
                 store,

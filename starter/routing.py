@@ -21,9 +21,16 @@ import signal
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
 
 from cairn.log import configure, get_logger
 from cairn.settings import Settings
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from cairn.events.ingest import Ingest
+    from cairn.store.db import Store
 
 log = get_logger(__name__)
 
@@ -35,6 +42,23 @@ RESTART_AFTER = timedelta(seconds=1)
 """The pause before a routing process that ended is started again."""
 
 
+def catalog_ingest(settings: Settings, store: Store, client: Client, **options: Any) -> Ingest:
+    """The `Ingest` Cairn's processes run (`cairn dev`, `cairn api`, the routing process): a
+    router on the settings' task queues, the profile rules and geofences of the journeys folder,
+    trait changes announced; `options` are `Ingest`'s others."""
+    from cairn.events.geofencing import Geofencing
+    from cairn.events.ingest import Ingest
+    from cairn.events.profile_rules import ProfileRules
+    from cairn.events.router import Router
+
+    router = Router(client, store, task_queue=settings.journey_task_queue,
+                    delivery_task_queue=settings.delivery_task_queue)
+    return Ingest(store, router,
+                  profile_rules=ProfileRules.from_folder(store, settings.journeys_dir),
+                  geofencing=Geofencing.from_folder(store, settings.journeys_dir),
+                  attribute_changes=True, **options)
+
+
 def route_forever(settings: Settings) -> None:
     """The routing process's main: route accepted events until terminated."""
     # Ctrl-C in a terminal reaches the whole process group; the API stops this process itself.
@@ -44,23 +68,16 @@ def route_forever(settings: Settings) -> None:
 
 
 async def _route(settings: Settings) -> None:
-    from cairn.events.geofencing import Geofencing
-    from cairn.events.ingest import QUIET_DECISIONS_EVERY, Ingest
-    from cairn.events.profile_rules import ProfileRules
+    from cairn.events.ingest import QUIET_DECISIONS_EVERY
     from cairn.events.relay import EventRelay
-    from cairn.events.router import Router
     from cairn.store.db import Store
     from starter.temporal import connect
 
     client = await connect(settings)
     store = await Store.open(settings.store_url, migrate=False)
     try:
-        router = Router(client, store, task_queue=settings.journey_task_queue,
-                        delivery_task_queue=settings.delivery_task_queue)
-        ingest = Ingest(store, router,
-                        profile_rules=ProfileRules.from_folder(store, settings.journeys_dir),
-                        geofencing=Geofencing.from_folder(store, settings.journeys_dir),
-                        attribute_changes=True, quiet_decisions_every=QUIET_DECISIONS_EVERY)
+        ingest = catalog_ingest(settings, store, client,
+                                quiet_decisions_every=QUIET_DECISIONS_EVERY)
         log.info("routing.started")
         await EventRelay(ingest, store, interval=POLL, grace=timedelta(0)).run()
     finally:

@@ -117,15 +117,11 @@ async def _usable_keys(store: Store) -> int:
 
 async def run_api(settings: Settings) -> None:
     """`cairn api`: route ingested events into Temporal; serve until Ctrl-C or SIGTERM."""
-    from cairn.events.geofencing import Geofencing
-    from cairn.events.ingest import Ingest
-    from cairn.events.profile_rules import ProfileRules
     from cairn.events.relay import EventRelay, relaying
-    from cairn.events.router import Router
     from cairn.store.db import Store
     from starter.api.app import create_app
     from starter.dev import start_api, stop_api
-    from starter.routing import routing_process
+    from starter.routing import catalog_ingest, routing_process
     from starter.temporal import connect
     from starter.worker import stop_on_signals
 
@@ -134,13 +130,8 @@ async def run_api(settings: Settings) -> None:
     client = await connect(settings)
     store = await Store.open(settings.store_url)
     try:
-        router = Router(client, store, task_queue=settings.journey_task_queue,
-                        delivery_task_queue=settings.delivery_task_queue)
-        ingest = Ingest(store, router,
-                        profile_rules=ProfileRules.from_folder(store, settings.journeys_dir),
-                        geofencing=Geofencing.from_folder(store, settings.journeys_dir),
-                        attribute_changes=True,
-                        background_routing=not settings.routing_process)
+        ingest = catalog_ingest(settings, store, client,
+                                background_routing=not settings.routing_process)
         async with (routing_process(settings) if settings.routing_process
                     else relaying(EventRelay(ingest, store))):
             handle = await start_api(create_app(store, ingest, settings=settings),
