@@ -12,8 +12,9 @@ It does not route anything itself (that is `cairn.events.ingest` and `cairn.even
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
 
 from cairn.log import get_logger
 from cairn.store import events as events_repo
@@ -23,9 +24,11 @@ from cairn.store.schema import Event
 log = get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class QuarantinedEvent:
-    """A quarantined event: what it was, how often routing failed, and the last error."""
+class QuarantinedEvent(BaseModel):
+    """A quarantined event: what it was, how often routing failed, and the last error (also
+    the API's answer, `starter.api.quarantine`)."""
+
+    model_config = ConfigDict(frozen=True)
 
     id: int
     message_id: str

@@ -7,21 +7,19 @@ holds back other contacts' events. After fixing the cause, `POST /v1/quarantine/
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from cairn.events import quarantine
+from cairn.events.quarantine import QuarantinedEvent
 from cairn.store.db import Store
 from starter.api.auth import requires
 
 
-class QuarantinedView(BaseModel):
+class QuarantinedView(QuarantinedEvent):
     """An event set aside after repeated routing failures, with the last error."""
 
     model_config = ConfigDict(
-        from_attributes=True,
         json_schema_extra={"examples": [{
             "id": 41, "message_id": "m-0001", "contact_id": "c-1", "event": "cart_item_added",
             "timestamp": "2026-03-02T09:00:00Z", "received_at": "2026-03-02T09:00:01Z",
@@ -29,16 +27,6 @@ class QuarantinedView(BaseModel):
             "quarantined_at": "2026-03-02T09:00:31Z",
         }]},
     )
-
-    id: int
-    message_id: str
-    contact_id: str
-    event: str
-    timestamp: datetime
-    received_at: datetime
-    attempts: int
-    error: str | None
-    quarantined_at: datetime
 
 
 class Released(BaseModel):
@@ -61,7 +49,7 @@ def quarantine_router(store: Store) -> APIRouter:
         after: int = Query(0, ge=0, le=2**53, description="only ids after this one (paging)"),
     ) -> list[QuarantinedView]:
         found = await quarantine.quarantined(store, limit=limit, after_id=after)
-        return [QuarantinedView.model_validate(event) for event in found]
+        return [QuarantinedView.model_validate(event.model_dump()) for event in found]
 
     @router.post("/v1/quarantine/retry", dependencies=[requires("admin")], response_model=Released,
                  summary="Put every quarantined event back in line",
