@@ -9,6 +9,7 @@ when Temporal does not answer.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections import Counter
@@ -26,6 +27,10 @@ QUERY_TIMEOUT = timedelta(seconds=5)
 """How long a run has to answer `state` (with no worker running it never will)."""
 
 DEFAULT_PAGE_SIZE = 50
+
+COUNTS_AT_ONCE = 8
+"""Visibility counts asked at the same time by `step_counts` (the server answers them in
+parallel; more only queue)."""
 
 
 class PageTokenError(ValueError):
@@ -120,9 +125,11 @@ async def step_counts(client: Client, journey_key: str,
                       steps: Iterable[str] | None = None) -> Counter[str]:
     """Running runs of a journey per current step (CairnStep).
 
-    With the definition's `steps`: one count per step, plus one for runs in a step not named
-    there (an older version's), never a listing of the runs (Temporal groups counts by
-    ExecutionStatus only). Without them, the running runs are listed and counted.
+    With the definition's `steps`: one count of the journey's running runs, then (only when
+    some run) one count per step, asked at the same time (at most `COUNTS_AT_ONCE`), plus the
+    runs in a step not named there (an older version's) as `?`; never a listing of the runs
+    (Temporal groups counts by ExecutionStatus only). Without them, the running runs are listed
+    and counted.
     """
     base = runs_query(journey_key)
     counts: Counter[str] = Counter()
@@ -130,12 +137,21 @@ async def step_counts(client: Client, journey_key: str,
         async for execution in client.list_workflows(base):
             counts[execution.typed_search_attributes.get(search_attributes.STEP) or "?"] += 1
         return counts
-    for step in dict.fromkeys(steps):
-        found = (await client.count_workflows(
-            f"{base} AND {search_attributes.STEP.name} = '{quoted(step)}'")).count
+    running = (await client.count_workflows(base)).count
+    if not running:
+        return counts
+    gate = asyncio.Semaphore(COUNTS_AT_ONCE)
+
+    async def count(step: str) -> int:
+        async with gate:
+            return (await client.count_workflows(
+                f"{base} AND {search_attributes.STEP.name} = '{quoted(step)}'")).count
+
+    named = list(dict.fromkeys(steps))
+    for step, found in zip(named, await asyncio.gather(*(count(s) for s in named)), strict=True):
         if found:
             counts[step] = found
-    elsewhere = (await client.count_workflows(base)).count - sum(counts.values())
+    elsewhere = running - sum(counts.values())
     if elsewhere > 0:
         counts["?"] = elsewhere
     return counts

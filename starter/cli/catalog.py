@@ -10,6 +10,7 @@ contacts from a journey by signalling its runs. Heavy imports stay inside the co
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Coroutine, Iterable
 from datetime import datetime
@@ -109,19 +110,18 @@ def journeys() -> None:
             rows = await journeys_repo.published(session)
             open_counts = await entries_repo.open_entry_counts(session)
         client = await _maybe_client(settings) if rows else None
-        listed = []
-        for row in rows:
-            steps = None
-            if client is not None:
-                try:
-                    steps = await step_counts(client, row.key,
-                                              (row.definition.get("steps") or {}).keys())
-                except RPCError as error:  # e.g. a server without advanced visibility
-                    errors.print(f"[yellow]Temporal cannot list runs ({error.message}); "
-                                 "showing what the store knows.[/yellow]", highlight=False)
-                    client = None
-            listed.append((row, open_counts.get(row.key, 0), steps))
-        return listed
+        per_journey: list[Counter[str] | None] = [None] * len(rows)
+        if client is not None:
+            try:  # every journey's counts at once: the server answers them in parallel
+                per_journey = list(await asyncio.gather(*(
+                    step_counts(client, row.key, (row.definition.get("steps") or {}).keys())
+                    for row in rows)))
+            except RPCError as error:  # e.g. a server without advanced visibility
+                errors.print(f"[yellow]Temporal cannot list runs ({error.message}); "
+                             "showing what the store knows.[/yellow]", highlight=False)
+                per_journey = [None] * len(rows)
+        return [(row, open_counts.get(row.key, 0), steps)
+                for row, steps in zip(rows, per_journey, strict=True)]
 
     listed = _run(with_store(settings, collect))
     table = Table(title="published journeys")
