@@ -228,11 +228,13 @@ async def _runs_page(
     if client is None:
         return None
     try:
-        page = await run_views.list_runs(
+        listing = run_views.list_runs(
             client, journey=journey, contact=contact, page_size=limit,
             page_token=page_token, running_only=not finished)
-        total = (None if page_token or contact
-                 else await run_views.count_runs(client, journey))
+        if page_token or contact:
+            page, total = await listing, None
+        else:  # the page and the total at the same time
+            page, total = await asyncio.gather(listing, run_views.count_runs(client, journey))
     except RPCError as error:
         errors.print(f"[yellow]Temporal cannot list runs ({error.message}); "
                      "showing what the store knows.[/yellow]", highlight=False)
