@@ -130,10 +130,13 @@ class RawBroadcast:
 # --------------------------------------------------------------------------- worker process
 
 
-async def serve(address: str, database_url: str) -> None:
-    """A worker process: Cairn's workers and the raw side's, until killed."""
+async def serve(address: str, database_url: str, home: str) -> None:
+    """A worker process: Cairn's workers and the raw side's, until killed.
+
+    Its client reads the data keys where the benchmark's own client wrote them (`home`): a
+    worker with keys of its own cannot decode the runs' payloads."""
     configure("WARNING")
-    client = await connect(Settings(), address=address)
+    client = await connect(Settings(home=Path(home)), address=address)
     store = await Store.open(database_url)
     raw = RawActivities(store)
     workers = [*journey_workers(client, store, journey_queue=JOURNEY_QUEUE,
@@ -227,12 +230,14 @@ async def measure_import(client: Client, store: Store, count: int,
     return stored, time.monotonic() - began
 
 
-def start_workers(count: int, address: str, database_url: str) -> list[subprocess.Popen[str]]:
+def start_workers(count: int, address: str, database_url: str,
+                  home: Path) -> list[subprocess.Popen[str]]:
     here = Path(__file__).resolve()
     procs = []
     for _ in range(count):
         proc = subprocess.Popen(
-            [sys.executable, str(here), "--serve", address, "--database-url", database_url],
+            [sys.executable, str(here), "--serve", address, "--database-url", database_url,
+             "--home", str(home)],
             stdout=subprocess.PIPE, text=True, cwd=here.parent.parent)
         procs.append(proc)
     for proc in procs:
@@ -263,7 +268,7 @@ async def main(contacts: int, workers: int, batch_size: int, parallel: int,
             (catalog / "templates" / "bcast-news.yaml").write_text(TEMPLATE)
             await publish_catalog(store, catalog)
             await seed(store, contacts)
-            procs = start_workers(workers, server.address, url)
+            procs = start_workers(workers, server.address, url, folder)
             print(f"temporal dev server {server.address} (SQLite file), store "
                   f"{store.url.split('://')[0]}, {workers} worker process(es), "
                   f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}; {contacts} contacts, "
@@ -314,12 +319,13 @@ def cli() -> None:
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--parallel", type=int, default=8, help="batches side by side")
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--home", help=argparse.SUPPRESS)
     parser.add_argument("--serve", metavar="ADDRESS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     code = 0
     try:
         if args.serve:
-            asyncio.run(serve(args.serve, args.database_url))
+            asyncio.run(serve(args.serve, args.database_url, args.home))
         else:
             asyncio.run(main(args.contacts, args.workers, args.batch_size, args.parallel,
                              args.database_url))

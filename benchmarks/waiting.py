@@ -12,7 +12,10 @@ side in turn, a worker in a process of its own, so its memory and CPU can be rea
 For each it prints: entered runs per second (starts returned), seconds until the worker has taken
 every run's first workflow task (its CPU goes quiet and, for Cairn, visibility shows every run in
 the wait), the worker's resident memory (VmRSS) before and with every run waiting, worker CPU per
-waiting run; then the ratios Cairn / raw. It asserts nothing.
+waiting run; then the ratios Cairn / raw. With every Cairn run waiting it also times the operator
+views over them, as an operator runs them (a new process each, start-up included): `cairn runs
+--journey wait30` (a page of 50 and the total) and `cairn journeys` (counts per step). It asserts
+nothing.
 
     python benchmarks/waiting.py --runs 20000        # --runs 2000 for a quick check
 """
@@ -78,10 +81,13 @@ class RawWait:
 # --------------------------------------------------------------------------- the worker process
 
 
-async def serve(side: str, address: str, store_url: str, cached: int) -> None:
-    """The worker of one side, until SIGTERM; prints `ready` once it polls."""
+async def serve(side: str, address: str, store_url: str, cached: int, home: str) -> None:
+    """The worker of one side, until SIGTERM; prints `ready` once it polls.
+
+    Its client reads the data keys where the benchmark's own client wrote them (`home`): a
+    worker with keys of its own cannot decode the runs' payloads."""
     configure("WARNING")
-    client = await connect(Settings(temporal_address=address))
+    client = await connect(Settings(temporal_address=address, home=Path(home)))
     store: Store | None = None
     if side == "raw":
         workers = [Worker(client, task_queue=RAW_QUEUE, workflows=[RawWait],
@@ -157,10 +163,10 @@ async def waiting_count(client: Client) -> int:
 
 
 async def measure(side: str, client: Client, ingest: Ingest, address: str, store_url: str,
-                  runs: int, cached: int, concurrency: int) -> Figures:
+                  home: Path, runs: int, cached: int, concurrency: int) -> Figures:
     worker = subprocess.Popen(
         [sys.executable, __file__, "--worker", side, "--address", address, "--store", store_url,
-         "--cached", str(cached)], stdout=subprocess.PIPE, text=True)
+         "--cached", str(cached), "--home", str(home)], stdout=subprocess.PIPE, text=True)
     try:
         assert worker.stdout is not None
         line = await asyncio.to_thread(worker.stdout.readline)
@@ -199,6 +205,26 @@ async def measure(side: str, client: Client, ingest: Ingest, address: str, store
             worker.kill()
 
 
+VIEWS = (("cairn runs --journey wait30", ["runs", "--journey", "wait30"]),
+         ("cairn journeys", ["journeys"]))
+
+
+def time_views(address: str, store_url: str, home: Path) -> list[tuple[str, float]]:
+    """Seconds each operator view takes, a new `cairn` process each (start-up included)."""
+    env = {**os.environ, "CAIRN_TEMPORAL_ADDRESS": address, "CAIRN_DATABASE_URL": store_url,
+           "CAIRN_HOME": str(home), "COLUMNS": "200"}
+    cairn = [sys.executable, "-m", "starter.cli.main"]
+    timed = []
+    for label, args in VIEWS:
+        begin = time.monotonic()
+        done = subprocess.run([*cairn, *args], env=env, capture_output=True, text=True,
+                              check=False)
+        timed.append((label, time.monotonic() - begin))
+        if done.returncode != 0 or "wait30" not in done.stdout:
+            raise RuntimeError(f"{label} failed ({done.returncode}): {done.stderr[-500:]}")
+    return timed
+
+
 def report(raw: Figures, cairn: Figures) -> None:
     print()
     print(f"{raw.runs} runs per side waiting 30 days, workflow cache {raw.cached} runs per worker")
@@ -233,11 +259,15 @@ async def main(runs: int, cached: int, concurrency: int, sides: list[str]) -> No
             figures = {}
             for side in sides:
                 figures[side] = await measure(side, client, ingest, server.address, store_url,
-                                              runs, cached, concurrency)
+                                              folder, runs, cached, concurrency)
                 f = figures[side]
                 print(f"{side}: {f.runs} entered in {f.enter_seconds:.1f} s, all waiting after "
                       f"{f.settle_seconds:.1f} s, RSS {f.rss_before:.0f} -> {f.rss_after:.0f} MB, "
                       f"CPU {f.cpu_seconds:.1f} s", flush=True)
+                if side == "cairn":
+                    for label, seconds in time_views(server.address, store_url, folder):
+                        print(f"cairn: `{label}` over {f.runs} waiting runs answered in "
+                              f"{seconds:.2f} s (goal < 2 s)", flush=True)
             if len(figures) == 2:
                 report(figures["raw"], figures["cairn"])
         finally:
@@ -258,11 +288,12 @@ def cli() -> None:
     parser.add_argument("--worker", choices=["raw", "cairn"], help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--home", help=argparse.SUPPRESS)
     args = parser.parse_args()
     code = 0
     try:
         if args.worker:
-            asyncio.run(serve(args.worker, args.address, args.store, args.cached))
+            asyncio.run(serve(args.worker, args.address, args.store, args.cached, args.home))
         else:
             asyncio.run(main(args.runs, args.cached, args.concurrency,
                              args.side or ["raw", "cairn"]))
