@@ -374,8 +374,11 @@ class CairnSide:
         await publish_catalog(self.store, folder)
 
     def workers(self) -> list[Worker]:
+        # As `cairn worker` runs them: the interpreter's modules shared by every run
+        # (CAIRN_WORKER_STRICT_SANDBOX=true measures the per-run import instead).
         return journey_workers(self.client, self.store, journey_queue=self.queue,
-                               delivery_queue=self.delivery_queue)
+                               delivery_queue=self.delivery_queue,
+                               share_workflow_code=not Settings().worker_strict_sandbox)
 
     async def start(self, contact_id: str) -> None:
         result = await self.ingest.track(TrackCall(user_id=contact_id, event="bench_go"))
