@@ -18,8 +18,13 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from cairn.events.ingest import Ingest, utc_now
-from cairn.links import LinkTokenError, record_click, record_open, verify_link_token, \
-    verify_open_token
+from cairn.links import (
+    LinkTokenError,
+    record_click,
+    record_open,
+    verify_link_token,
+    verify_open_token,
+)
 from cairn.log import get_logger
 from cairn.settings import Settings
 from cairn.store.db import Store
