@@ -527,8 +527,11 @@ class DeliveryActivities:
         links stored under the claimed row (`cairn.links`); the parts as they are when the send
         or its journey switched tracking off."""
         send = request.send
-        track_links = send.track_links if send.track_links is not None else request.track_links
-        track_opens = send.track_opens if send.track_opens is not None else request.track_opens
+        # the send's choice, else the journey's, else links tracked and opens not
+        track_links = next((v for v in (send.track_links, request.track_links) if v is not None),
+                           True)
+        track_opens = next((v for v in (send.track_opens, request.track_opens) if v is not None),
+                           False)
         if not (track_links or track_opens) or channel not in links.TRACKED_CHANNELS:
             return parts
         public = self.public_url.rstrip("/")

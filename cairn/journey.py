@@ -609,15 +609,16 @@ class JourneySettings(Spec):
         description="what a marketing send does when quiet hours or a frequency cap hold it: wait "
                     "on a durable timer until allowed (the default), or skip the message",
     )
-    track_links: bool = Field(
-        default=True,
+    track_links: bool | None = Field(
+        default=None,
         description="rewrite links in messages to signed redirects that record `link_clicked` "
-                    "(docs/analytics.md, Click tracking); false leaves every link as written",
+                    "(docs/analytics.md, Click tracking); unset: true; false leaves every link "
+                    "as written",
     )
-    track_opens: bool = Field(
-        default=False,
-        description="add an open pixel to the HTML part of emails (`email_opened`); off by "
-                    "default: mail clients that fetch images ahead of the reader count opens "
+    track_opens: bool | None = Field(
+        default=None,
+        description="add an open pixel to the HTML part of emails (`email_opened`); unset: off, "
+                    "as mail clients that fetch images ahead of the reader count opens "
                     "nobody made",
     )
 
