@@ -260,3 +260,19 @@ async def test_a_journey_waiting_for_link_clicked_resumes_on_a_click_through_the
                 "email_reminder", "wait_click", "clicked"]
         finally:
             await terminate_leftovers(temporal_env.client, store)
+
+
+async def test_erasing_the_contact_deletes_its_links_and_their_redirects(
+    store: Store, settings: Settings, activities: DeliveryActivities,
+    inbox_client: httpx.AsyncClient,
+) -> None:
+    await add_contact(store, "ana")
+    await add_contact(store, "bob")
+    ana, bob = await send_email(activities, "ana"), await send_email(activities, "bob")
+    app = create_app(store, Ingest(store, None), settings=settings)
+    async with api_client(app) as backend:
+        answer = await backend.delete("/v1/contacts/ana")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["erased"]["links"] == 2
+    assert (await inbox_client.get(f"/l/{tracked_links(ana)[0]}")).status_code == 404
+    assert (await inbox_client.get(f"/l/{tracked_links(bob)[0]}")).status_code == 302
