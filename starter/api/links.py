@@ -46,7 +46,11 @@ def links_router(store: Store, ingest: Ingest, settings: Settings) -> APIRouter:
     @router.get("/l/{token}", tags=["tracking"], response_class=RedirectResponse,
                 status_code=302,
                 summary="A tracked link: records `link_clicked` and redirects to the link",
-                responses={302: {"description": "to the address the message linked to"},
+                responses={302: {"description": "to the address the message linked to",
+                                 "headers": {"Location": {
+                                     "description": "the link's address, as the message had it",
+                                     "schema": {"type": "string",
+                                                "example": "https://shop.example.com/cart"}}}},
                            404: {"description": "the token was altered or names no link",
                                  "content": {"text/html": {}}}})
     async def click(token: str) -> Response:
@@ -68,7 +72,9 @@ def links_router(store: Store, ingest: Ingest, settings: Settings) -> APIRouter:
 
     @router.get("/o/{token}", tags=["tracking"], response_class=Response,
                 summary="The open pixel of an email: records `email_opened`",
-                responses={200: {"content": {"image/gif": {}},
+                responses={200: {"content": {"image/gif": {
+                                     "schema": {"type": "string", "format": "binary"},
+                                     "example": "GIF89a... (a 1x1 transparent GIF, 43 bytes)"}},
                                  "description": "a 1x1 transparent GIF"},
                            404: {"description": "the token was altered or names no message"}})
     async def opened(token: str) -> Response:
