@@ -198,9 +198,10 @@ class BroadcastEntry:
                     earlier.append((plan.request, await _row(s, plan)))
                     continue
                 if plan.claims:
+                    parts = await self.delivery._track(s, plan.request, plan.columns["channel"],
+                                                       row, plan.columns["rendered"], "")
                     message = self.delivery._message(plan.request, plan.columns["channel"],
-                                                     plan.to, plan.columns["rendered"],
-                                                     plan.headers, row)
+                                                     plan.to, parts, plan.headers, row)
                     claimed.append(_Claimed(plan.event, plan.request, message, row.id,
                                             dict(plan.columns["response"])))
             held = {e.contact_id for e in own_run}
@@ -246,6 +247,7 @@ class BroadcastEntry:
             trigger=event.reference(event_matches(journey, event)), journey_context={},
             quiet_hours=journey.settings.quiet_hours, default_timezone=journey.settings.timezone,
             when_held=spec.when_held or journey.settings.when_held or "wait",
+            track_links=journey.settings.track_links, track_opens=journey.settings.track_opens,
         )
 
     async def _check(self, s: Any, request: SendRequest, event: EventMessage,

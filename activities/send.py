@@ -45,7 +45,7 @@ from activities.context import (
     template_scope,
 )
 from activities.ledger import FAILED, UNCONFIRMED, Earlier, Ledger, Refused
-from cairn import metrics
+from cairn import links, metrics
 from cairn.channels.base import OutgoingMessage, Provider, ProviderError, Receipt, SendLookup
 from cairn.channels.registry import ChannelSet, local_channels
 from cairn.contact import ContactSnapshot
@@ -70,7 +70,7 @@ from cairn.reachability import Blocker, blocker, normalised_phone
 from cairn.store import deliveries as deliveries_repo
 from cairn.store import suppressions
 from cairn.store.db import Store
-from cairn.store.schema import Delivery
+from cairn.store.schema import Delivery, DeliveryLink
 from cairn.templates import TemplateRenderError, render
 from cairn.unsubscribe import UnsubscribeScope, list_unsubscribe_headers, unsubscribe_url
 
@@ -515,7 +515,46 @@ class DeliveryActivities:
             s, **fields, channel=channel, provider=provider.name, reason=None, rendered=parts,
             response=_pending_response(contact, channel, to, headers),
         )
+        if row.rendered == parts:  # not a row another attempt claimed (and rewrote) first
+            parts = await self._track(s, request, channel, row, parts, link)
         return self._message(request, channel, to, parts, headers, row), row.id
+
+    async def _track(
+        self, s: AsyncSession, request: SendRequest, channel: str, row: Delivery,
+        parts: dict[str, str], unsubscribe: str,
+    ) -> dict[str, str]:
+        """The parts with their links rewritten to signed redirects (and the open pixel), the
+        links stored under the claimed row (`cairn.links`); the parts as they are when the send
+        or its journey switched tracking off."""
+        send = request.send
+        # the send's choice, else the journey's, else links tracked and opens not
+        track_links = next((v for v in (send.track_links, request.track_links) if v is not None),
+                           True)
+        track_opens = next((v for v in (send.track_opens, request.track_opens) if v is not None),
+                           False)
+        if not (track_links or track_opens) or channel not in links.TRACKED_CHANNELS:
+            return parts
+        public = self.public_url.rstrip("/")
+        tracked = parts
+        if track_links:
+            def keep(url: str) -> bool:
+                return (url == unsubscribe or "/v1/unsubscribe" in url
+                        or url.startswith((public + links.CLICK_PATH, public + links.OPEN_PATH)))
+
+            rewritten = links.rewrite_links(
+                channel, parts, keep=keep,
+                redirect=lambda position: links.click_url(public, row.id, position,
+                                                          self.signing_key))
+            tracked = rewritten.parts
+            s.add_all(DeliveryLink(delivery_id=row.id, position=position,
+                                   contact_id=row.contact_id, url=link.url, label=link.label)
+                      for position, link in enumerate(rewritten.links))
+        if track_opens and channel == "email" and tracked.get("html"):
+            tracked = {**tracked, "html": links.add_open_pixel(
+                tracked["html"], links.open_pixel_url(public, row.id, self.signing_key))}
+        if tracked != parts:
+            row.rendered = tracked
+        return tracked
 
     def _message(
         self, request: SendRequest, channel: str, to: str, parts: dict[str, str],

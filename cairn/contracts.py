@@ -137,6 +137,10 @@ class SendRequest(BaseModel):
         description="the channel prepare_send chose; none: deliver_message plans the send itself",
     )
     when_held: HeldChoice = "wait"
+    track_links: bool | None = Field(default=None,
+                                     description="the journey's settings.track_links")
+    track_opens: bool | None = Field(default=None,
+                                     description="the journey's settings.track_opens")
     exclude: list[str] = Field(
         default_factory=list, description="channels a provider refused for good on this visit"
     )

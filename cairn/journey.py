@@ -108,6 +108,16 @@ class Send(Spec):
         description="wait (default) or skip when quiet hours or a frequency cap hold the message; "
                     "overrides the journey's settings.when_held",
     )
+    track_links: bool | None = Field(
+        default=None,
+        description="rewrite the message's links to tracked redirects (`link_clicked`); "
+                    "overrides the journey's settings.track_links",
+    )
+    track_opens: bool | None = Field(
+        default=None,
+        description="add an open pixel to an email's HTML part; overrides the journey's "
+                    "settings.track_opens",
+    )
     on_failure: str | None = None
 
     @model_validator(mode="after")
@@ -598,6 +608,18 @@ class JourneySettings(Spec):
         default=None,
         description="what a marketing send does when quiet hours or a frequency cap hold it: wait "
                     "on a durable timer until allowed (the default), or skip the message",
+    )
+    track_links: bool | None = Field(
+        default=None,
+        description="rewrite links in messages to signed redirects that record `link_clicked` "
+                    "(docs/analytics.md, Click tracking); unset: true; false leaves every link "
+                    "as written",
+    )
+    track_opens: bool | None = Field(
+        default=None,
+        description="add an open pixel to the HTML part of emails (`email_opened`); unset: off, "
+                    "as mail clients that fetch images ahead of the reader count opens "
+                    "nobody made",
     )
 
 

@@ -24,12 +24,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, Self
 
+from sqlalchemy import select
 from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHistory
 from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
+from cairn import links
 from cairn.channels.registry import ChannelSet
 from cairn.date_triggers import SWEEP_EVENT_TYPE
 from cairn.delivery_policy import DeliveryPolicy
@@ -48,6 +50,7 @@ from cairn.settings import get_settings
 from cairn.simulation.errors import SimulationError
 from cairn.simulation.report import (
     LEDGER_ITEMS,
+    ClickItem,
     PathItem,
     ScoreItem,
     SendItem,
@@ -60,6 +63,7 @@ from cairn.simulation.triggers import SweptTrigger
 from cairn.store import contacts, deliveries, journeys, scores, tasks
 from cairn.store import events as events_repo
 from cairn.store.db import Store
+from cairn.store.schema import Delivery, DeliveryFeedback
 
 log = get_logger(__name__)
 
@@ -320,7 +324,10 @@ class _SimulationRun:
                     await self._sweep(sweeps, store, ingest, clock, entry, at)
                     await clock.advance_to(at)
                     self.current = at
-                    result = await self._ingest(ingest, at, message_id, event)
+                    if event.type == "click":
+                        result = await self._click(store, ingest, entry, at, event)
+                    else:
+                        result = await self._ingest(ingest, at, message_id, event)
                     if not result.routed and not result.duplicate:
                         raise SimulationError(
                             f"event {event.label} at {utc_text(at)} could not be routed; the "
@@ -399,6 +406,36 @@ class _SimulationRun:
             route=True,
         )
 
+    async def _click(self, store: Store, ingest: Ingest, entry: _Entries, at: datetime,
+                     event: ScenarioEvent) -> IngestResult:
+        """The contact clicks a tracked link of a message the journey sent them by now: the
+        latest such message (of `event.step`, when given) with a link of that label or address,
+        recorded as a live click is (`cairn.links.record_click`)."""
+        async with store.session() as session:
+            rows = [row for wid in entry.workflow_ids
+                    for row in await deliveries.deliveries_for(session, workflow_id=wid)]
+        sent = sorted((row for row in rows
+                       if row.kind == "send" and row.status == "sent"
+                       and (event.step is None or row.step == event.step)
+                       and (row.sent_at or row.created_at) <= at),
+                      key=lambda row: (row.sent_at or row.created_at, row.id), reverse=True)
+        tracked = await links.links_of(store, [row.id for row in sent])
+        for row in sent:
+            for link in tracked:
+                if link.delivery_id == row.id and event.click in (link.label, link.url):
+                    click = await links.record_click(store, ingest, row.id, link.position, at)
+                    assert click is not None  # the link was just read from the store
+                    return click.event
+        where = f" at step {event.step}" if event.step else ""
+        offered = ", ".join(f"{link.label or link.url!r} ({row.step})" for row in sent
+                            for link in tracked if link.delivery_id == row.id)
+        raise SimulationError(
+            f"click {event.click!r} at {utc_text(at)}: no message sent{where} by then has a "
+            f"tracked link labelled or addressed so; "
+            + (f"the links sent: {offered}" if offered else
+               "no tracked links were sent (a send step or the journey may have "
+               "track_links: false)"))
+
     # ------------------------------------------------------------------ reading the outcome
 
     async def _report(self, store: Store, version: int, entry: _Entries,
@@ -420,7 +457,7 @@ class _SimulationRun:
         for wid in entry.workflow_ids:
             await self._ledger(store, wid, report)
         if len(entry.workflow_ids) > 1:
-            for items in (report.sends, report.scores, report.tasks, report.alerts,
+            for items in (report.sends, report.clicks, report.scores, report.tasks, report.alerts,
                           report.webhooks, report.audiences):
                 items.sort(key=lambda item: item.at)
         if report.outcome == "waiting":
@@ -480,11 +517,32 @@ class _SimulationRun:
                 field, item = LEDGER_ITEMS[row.kind]
                 step = steps.get(row.step) if row.step else None
                 getattr(report, field).append(item.of(row, step))
+        report.clicks += await self._clicks(store, rows)
         # Several entries (workflow ids) add up: each id's rows join the report's.
         report.scores += [ScoreItem(at=h.at, dimension=h.dimension, add=h.delta, total=h.total)
                           for h in history]
         report.tasks += [TaskItem(at=t.created_at, queue=t.queue, title=t.title, due=t.due_at)
                          for t in task_rows]
+
+    @staticmethod
+    async def _clicks(store: Store, rows: list[Delivery]) -> list[ClickItem]:
+        """The tracked links clicked in these deliveries, in time order."""
+        sends = {row.id: row for row in rows if row.kind == "send"}
+        if not sends:
+            return []
+        async with store.session() as session:
+            found = await session.scalars(
+                select(DeliveryFeedback).where(DeliveryFeedback.delivery_id.in_(list(sends)),
+                                               DeliveryFeedback.kind == "clicked")
+                .order_by(DeliveryFeedback.occurred_at, DeliveryFeedback.id))
+            feedback = list(found)
+        clicks = []
+        for report in feedback:
+            row = sends[report.delivery_id or 0]
+            clicks.append(ClickItem(at=report.occurred_at, step=row.step, channel=row.channel,
+                                    template=row.template, link=report.detail.get("link"),
+                                    url=str(report.detail.get("url") or "")))
+        return clicks
 
     async def _histories(self, wid: str) -> list[WorkflowHistory]:
         """Every run of a workflow id, oldest first (continue-as-new chains several)."""

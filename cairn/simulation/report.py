@@ -60,6 +60,17 @@ class SendItem(LedgerItem):
                    template=row.template, status=row.status, reason=row.reason or "")
 
 
+class ClickItem(ReportItem):
+    """A tracked link clicked in a message (`link_clicked`), as the report lists it."""
+
+    at: UtcTime
+    step: str | None
+    channel: str | None
+    template: str | None
+    link: str | None = Field(description="the link's label (anchor text or data-label)")
+    url: str
+
+
 class ScoreItem(ReportItem):
     at: UtcTime
     dimension: str
@@ -141,6 +152,7 @@ class SimulationReport(BaseModel):
     outcome: str
     path: list[PathItem] = Field(default_factory=list)
     sends: list[SendItem] = Field(default_factory=list)
+    clicks: list[ClickItem] = Field(default_factory=list)
     scores: list[ScoreItem] = Field(default_factory=list)
     tasks: list[TaskItem] = Field(default_factory=list)
     alerts: list[AlertItem] = Field(default_factory=list)

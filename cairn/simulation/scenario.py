@@ -135,17 +135,42 @@ class ScenarioContact(ScenarioModel):
 
 
 class ScenarioEvent(ScenarioModel):
-    """One call the contact's backend makes: a `track` (default) or an `identify` with traits."""
+    """One call the contact's backend makes: a `track` (default) or an `identify` with traits;
+    or the contact clicking a link of a message they got (`click: <label>`, `type: click`)."""
 
     at: Moment = "+0s"
-    type: Literal["track", "identify"] = "track"
+    type: Literal["track", "identify", "click"] = "track"
     event: str | None = Field(default=None, min_length=1, max_length=255)
     properties: dict[str, Any] = Field(default_factory=dict)
     traits: dict[str, Any] = Field(default_factory=dict)
     message_id: str | None = Field(default=None, min_length=1, max_length=255)
+    click: str | None = Field(
+        default=None, min_length=1,
+        description="the link clicked: its label (anchor text or data-label) or its address")
+    step: str | None = Field(
+        default=None, min_length=1,
+        description="the send step whose message is clicked; default: the latest message "
+                    "sent with such a link")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _click_form(cls, data: Any) -> Any:
+        """`{click: "View cart"}` is a click without saying `type: click`."""
+        if isinstance(data, Mapping) and "click" in data and "type" not in data:
+            return {**data, "type": "click"}
+        return data
 
     @model_validator(mode="after")
     def _fits_type(self) -> ScenarioEvent:
+        if self.type == "click":
+            if self.click is None:
+                raise ValueError("a click needs `click` (the link's label or address)")
+            if self.event is not None or self.properties or self.traits:
+                raise ValueError("a click records `link_clicked` itself; give only `click` "
+                                 "and optionally `step`")
+            return self
+        if self.click is not None or self.step is not None:
+            raise ValueError("`click` and `step` belong to a click (`type: click`)")
         if self.type == "track":
             if self.event is None:
                 raise ValueError("a track event needs `event` (its name)")
@@ -160,6 +185,8 @@ class ScenarioEvent(ScenarioModel):
 
     @property
     def label(self) -> str:
+        if self.type == "click":
+            return "link_clicked"
         return self.event if self.type == "track" and self.event else "identify"
 
 

@@ -208,6 +208,23 @@ class DeliveryFeedback(Base):
     received_at: Mapped[datetime]
 
 
+class DeliveryLink(Base):
+    """A link of a sent message, rewritten to a signed redirect (`cairn.links`).
+
+    The redirect's token names only the delivery and the link's position; the address and its
+    label (anchor text or `data-label`) are kept here, so tokens stay short and nothing in them
+    can send a browser elsewhere.
+    """
+
+    __tablename__ = "delivery_links"
+
+    delivery_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    contact_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(String(255))
+
+
 class InboxMessage(Base):
     """An in-app or on-site message waiting in a contact's inbox until read or dismissed."""
 

@@ -7,6 +7,7 @@
   `starter.api.reports`: a journey's funnel and message metrics;
 - `starter.api.entries`, `starter.api.imports`: putting contacts into journeys directly or by CSV;
 - `starter.api.channels`: unsubscribe links, the in-app inbox and provider callbacks;
+- `starter.api.links`: click tracking's redirects (`/l/{token}`) and open pixel (`/o/{token}`);
 - `starter.api.keys`: API keys (`starter.api.auth` checks them on every other route);
 - `starter.api.codec`: Temporal's remote codec (`/codec/decode`, `/codec/encode`) for UI and CLI;
 - `starter.api.health`: whether the API is alive (`/v1/health`) and ready (`/v1/ready`);
@@ -47,6 +48,7 @@ from starter.api.imports import imports_router
 from starter.api.ingest import ingest_router
 from starter.api.journeys import journeys_router
 from starter.api.keys import keys_router
+from starter.api.links import links_router
 from starter.api.metrics import metrics_router
 from starter.api.outbox import outbox_router
 from starter.api.quarantine import quarantine_router
@@ -106,6 +108,7 @@ def create_app(
     app.include_router(imports_router(ingest, entry_config(settings) if settings else None))
     app.include_router(entries_router(ingest))
     app.include_router(channels_router(store, ingest, settings))
+    app.include_router(links_router(store, ingest, settings))
     app.include_router(keys_router(store))
     app.include_router(codec_router(
         api_data_keys(settings, store, temporal or _router_client(ingest)),

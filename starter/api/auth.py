@@ -7,8 +7,10 @@ the key as user name and an empty password, which is how Segment's and RudderSta
 send their write key.
 
 Not for: provider callbacks (they carry the provider's own signature, checked where they are
-served), the signed unsubscribe links, and the liveness/readiness probes, which stay open (a
-load balancer or orchestrator calls them without credentials; they reveal nothing but "up").
+served), the signed unsubscribe links, click tracking's signed redirects and open pixel
+(`/l/{token}`, `/o/{token}`: clicked from an inbox, the token is the credential), and the
+liveness/readiness probes, which stay open (a load balancer or orchestrator calls them without
+credentials; they reveal nothing but "up").
 
 Ingest is hot, so a key found in the store is kept in memory for `CACHE_SECONDS` (a revocation
 from another process takes effect within that time; one in this process at once), and the key's

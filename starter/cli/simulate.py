@@ -155,6 +155,7 @@ def print_timeline(report: SimulationReport) -> None:
     sections: list[tuple[str, str, list[str]]] = [
         ("Path", "path", ["at", "step", "note"]),
         ("Sends", "sends", ["at", "step", "channel", "template", "status", "reason"]),
+        ("Clicks", "clicks", ["at", "step", "channel", "template", "link", "url"]),
         ("Scores", "scores", ["at", "dimension", "add", "total"]),
         ("Tasks", "tasks", ["at", "queue", "title", "due"]),
         ("Alerts", "alerts", ["at", "step", "to", "template", "status"]),

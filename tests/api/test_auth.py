@@ -28,6 +28,8 @@ OPEN_ROUTES = {
     ("GET", "/v1/health"), ("GET", "/v1/ready"),
     # the signed unsubscribe link (the token in it is the credential)
     ("GET", "/v1/unsubscribe"), ("POST", "/v1/unsubscribe"),
+    # click tracking's redirects and open pixel (the signed token is the credential)
+    ("GET", "/l/{token}"), ("GET", "/o/{token}"),
     # provider callbacks: each checks its provider's signature or credentials
     ("POST", "/v1/feedback/postmark"), ("POST", "/v1/feedback/twilio/status"),
     ("POST", "/v1/feedback/twilio/inbound"),

@@ -27,6 +27,7 @@ from cairn.journey import Journey
 from cairn.journey_files import load_journey
 from cairn.store.db import Store
 from starter.testing import SimulationReport, Simulator, parse_scenario
+from tests.links_support import untracked
 from tests.standins import facebook as fb_standin
 from tests.standins.server import Script, StandInServer
 
@@ -52,19 +53,25 @@ def sends(report: SimulationReport) -> list[tuple[str | None, str | None, str | 
 
 
 class RecordingOutbox(OutboxProvider):
-    """The outbox, keeping every rendered message so a test can read what the contact got."""
+    """The outbox, keeping every rendered message so a test can read what the contact got
+    (its tracked links put back to their targets)."""
+
+    records_only = False  # called once the claim and its links are committed
 
     def __init__(self) -> None:
         super().__init__(("email",))
         self.messages: list[OutgoingMessage] = []
+        self.store: Store | None = None
 
     async def send(self, message: OutgoingMessage) -> Receipt:
-        self.messages.append(message)
+        assert self.store is not None
+        self.messages.append(await untracked(self.store, message))
         return await super().send(message)
 
 
 def recording(outbox: RecordingOutbox) -> Any:
     def channels(store: Store) -> ChannelSet:
+        outbox.store = store
         return ChannelSet(providers={**local_channels(store).providers, "email": outbox})
     return channels
 

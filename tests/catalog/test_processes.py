@@ -24,6 +24,7 @@ from cairn.journey_files import load_journey
 from cairn.store.db import Store
 from cairn.templates import message_scope, render
 from starter.testing import SimulationReport, Simulator, parse_scenario
+from tests.links_support import untracked
 
 ROOT = Path(__file__).resolve().parents[2]
 JOURNEYS = ROOT / "journeys"
@@ -60,15 +61,19 @@ class Recorded:
 
 
 class RecordingOutbox(OutboxProvider):
-    """The outbox (nothing leaves the machine), keeping each rendered message for the test."""
+    """The outbox (nothing leaves the machine), keeping each rendered message for the test,
+    its tracked links put back to their targets."""
 
-    def __init__(self, recorded: Recorded) -> None:
+    records_only = False  # called once the claim and its links are committed
+
+    def __init__(self, recorded: Recorded, store: Store) -> None:
         super().__init__(CHANNELS)
         self.recorded = recorded
+        self.store = store
 
     async def send(self, message: OutgoingMessage) -> Receipt:
         if all(m.idempotency_key != message.idempotency_key for m in self.recorded.messages):
-            self.recorded.messages.append(message)
+            self.recorded.messages.append(await untracked(self.store, message))
         return await super().send(message)
 
 
@@ -97,7 +102,7 @@ async def play(simulator: Simulator, journey: Journey, scenario: dict[str, Any]
     recorded = Recorded()
 
     def channels(store: Store) -> ChannelSet:
-        outbox = RecordingOutbox(recorded)
+        outbox = RecordingOutbox(recorded, store)
         team = RecordingTeam(recorded)
         return ChannelSet(providers=dict.fromkeys(CHANNELS, outbox), notifier=team, tasks=team)
 

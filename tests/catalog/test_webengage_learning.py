@@ -35,6 +35,7 @@ from cairn.journey_files import load_journey
 from cairn.segments import decide
 from cairn.store.db import Store
 from starter.testing import SimulationReport, Simulator, parse_scenario
+from tests.links_support import untracked
 from tests.standins.server import StandInServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,15 +72,16 @@ def scores(report: SimulationReport) -> list[tuple[str, int, int, str]]:
 class RecordingProvider:
     """The outbox, keeping every rendered message it is handed (the report lists no content)."""
 
-    def __init__(self, inner: Provider, sent: list[OutgoingMessage]) -> None:
+    def __init__(self, inner: Provider, sent: list[OutgoingMessage], store: Store) -> None:
         self.inner = inner
         self.sent = sent
+        self.store = store
         self.name = inner.name
         self.channels = inner.channels
         self.idempotent = inner.idempotent
 
     async def send(self, message: OutgoingMessage) -> Receipt:
-        self.sent.append(message)
+        self.sent.append(await untracked(self.store, message))  # links as written
         return await self.inner.send(message)
 
     async def aclose(self) -> None:
@@ -91,7 +93,7 @@ def recording_channels(sent: list[OutgoingMessage]) -> Callable[[Store], Channel
 
     def build(store: Store) -> ChannelSet:
         providers: dict[str, Provider] = {
-            channel: RecordingProvider(provider, sent)
+            channel: RecordingProvider(provider, sent, store)
             for channel, provider in local_channels(store).providers.items()
         }
         return ChannelSet(

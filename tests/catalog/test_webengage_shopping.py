@@ -28,6 +28,7 @@ from cairn.channels.webhook import WebhookCaller, WebhookSettings, verify_signat
 from cairn.journey import Journey, WebhookStep
 from cairn.store.db import Store
 from starter.testing import SimulationReport, Simulator, as_journey, parse_scenario
+from tests.links_support import untracked
 from tests.standins.server import StandInServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -220,15 +221,16 @@ def views(*minutes: int) -> list[dict[str, Any]]:
 class Recording:
     """A provider that remembers the rendered messages it is given, then lets `inner` send."""
 
-    def __init__(self, inner: Provider, seen: list[OutgoingMessage]) -> None:
+    def __init__(self, inner: Provider, seen: list[OutgoingMessage], store: Store) -> None:
         self.inner = inner
         self.seen = seen
+        self.store = store
         self.name = inner.name
         self.channels = inner.channels
         self.idempotent = inner.idempotent
 
     async def send(self, message: OutgoingMessage) -> Receipt:
-        self.seen.append(message)
+        self.seen.append(await untracked(self.store, message))  # links as written
         return await self.inner.send(message)
 
     async def aclose(self) -> None:
@@ -274,7 +276,7 @@ def recording(seen: list[OutgoingMessage]) -> Callable[[Store], ChannelSet]:
     def build(store: Store) -> ChannelSet:
         local = local_channels(store)
         return ChannelSet(
-            providers={name: Recording(p, seen) for name, p in local.providers.items()},
+            providers={name: Recording(p, seen, store) for name, p in local.providers.items()},
             webhooks=WebhookCaller(WebhookSettings(signing_secret=SecretStr(SECRET))),
         )
     return build

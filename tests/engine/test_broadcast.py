@@ -21,14 +21,15 @@ from temporalio.testing import WorkflowEnvironment
 from cairn.store import entries as entries_repo
 from cairn.store import segments as segments_repo
 from cairn.store.db import Store
-from cairn.store.schema import Delivery
+from cairn.store.schema import Delivery, DeliveryLink
 from cairn.sweeps import SCHEDULED_ENTRY_WORKFLOW, ScheduleInput, SweepResult
 from tests.engine.test_sweeps import add_contact, catalog, publish, worker
 from tests.engine_support import unique
 
 __all__ = ["catalog"]  # the fixture, shared with the sweeps' tests
 
-NEWS = {"news": {"email": {"subject": "News for {{ contact.first_name }}", "body": "Hello"}}}
+NEWS = {"news": {"email": {"subject": "News for {{ contact.first_name }}",
+                          "body": "Hello: https://news.example/june"}}}
 OCCURRENCE = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 
 
@@ -98,6 +99,12 @@ async def test_a_send_only_broadcast_sends_once_per_contact_without_runs(
     assert {row.workflow_id for row in sent.values()} == {wid}  # the broadcast acted
     assert sent["r-1"].idempotency_key == f"{wid}/r-1/mail/1"
     assert sent["r-1"].rendered["subject"] == "News for Ana"
+    # the link is tracked as in a run's send (cairn.links)
+    async with sqlite_store.session() as session:
+        [link] = await session.scalars(select(DeliveryLink).where(
+            DeliveryLink.delivery_id == sent["r-1"].id))
+    assert (link.url, link.contact_id) == ("https://news.example/june", "r-1")
+    assert sent["r-1"].rendered["body"].startswith("Hello: http://127.0.0.1:8000/l/")
     assert "List-Unsubscribe" in (sent["r-1"].response or {}).get("headers", {})
     async with sqlite_store.session() as session:
         entries = await entries_repo.entries_for(session, key)

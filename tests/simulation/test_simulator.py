@@ -149,8 +149,8 @@ def test_report_json_has_exactly_the_design_keys() -> None:
                    "template": "t", "status": "sent"}],
     })
     data = json.loads(report.to_json())
-    assert list(data) == ["journey", "version", "contact", "outcome", "path", "sends", "scores",
-                          "tasks", "alerts", "webhooks", "audiences"]
+    assert list(data) == ["journey", "version", "contact", "outcome", "path", "sends", "clicks",
+                          "scores", "tasks", "alerts", "webhooks", "audiences"]
     assert data["path"] == [{"step": "a", "at": "2026-03-02T11:00:00Z", "note": "sleep 2h"}]
     assert data["sends"][0]["at"] == "2026-03-02T11:00:00Z"
 

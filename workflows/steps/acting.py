@@ -63,6 +63,8 @@ async def send(step: SendStep, run: JourneyRun) -> Next:
         quiet_hours=run.journey.settings.quiet_hours,
         default_timezone=run.journey.settings.timezone,
         when_held=spec.when_held or run.journey.settings.when_held or "wait",
+        track_links=run.journey.settings.track_links,
+        track_opens=run.journey.settings.track_opens,
     )
     label = step.summary or f"{run.step}: {spec.template} via {'/'.join(spec.candidates())}"
     if run.lean:
