@@ -195,8 +195,8 @@ class Variant(Spec):
 class Send(Spec):
     channel: Channel | None = None
     channels: list[Channel] | None = Field(default=None, min_length=1)
-    template: str = Field(default="", description="the message; with `variants`, the first "
-                          "variant's template (the control unless `experiment.control` says)")
+    template: str = Field(description="the message; with `variants`, the first variant's "
+                                      "template (filled in when left out)")
     variants: list[Variant] | None = Field(
         default=None, min_length=2,
         description="an A/B test: each contact gets one variant, deterministically, by weight")
@@ -214,13 +214,23 @@ class Send(Spec):
     )
     on_failure: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _template_of_variants(cls, data: Any) -> Any:
+        variants = data.get("variants") if isinstance(data, dict) else None
+        if isinstance(variants, list) and variants and "template" not in data:
+            first = variants[0]
+            template = first.get("template") if isinstance(first, dict) else getattr(
+                first, "template", None)
+            if isinstance(template, str):
+                return {**data, "template": template}
+        return data
+
     @model_validator(mode="after")
     def _one_channel_form(self) -> Send:
         if (self.channel is None) == (self.channels is None):
             raise ValueError("give either `channel` or `channels` (first reachable wins)")
         if self.variants is None:
-            if not self.template:
-                raise ValueError("give `template` (or `variants`: [{template, weight}, ...])")
             if self.experiment is not None:
                 raise ValueError("an experiment on a send needs `variants` to compare")
             return self
@@ -229,9 +239,8 @@ class Send(Spec):
         if doubles:
             raise ValueError(f"variant names must differ: {', '.join(doubles)} more than once "
                              "(give each a `name`)")
-        if self.template and self.template != self.variants[0].template:
+        if self.template != self.variants[0].template:
             raise ValueError("give either `template` or `variants`, not both")
-        self.template = self.variants[0].template
         control = self.experiment.control if self.experiment else None
         if control is not None and control not in names:
             raise ValueError(f"experiment.control: unknown variant {control!r} "
