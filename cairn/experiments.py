@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cairn.arms import goal_events
 from cairn.durations import parse_duration
 from cairn.journey import HOLDOUT_ARM, Experiment, Journey, SendStep, SplitStep
-from cairn.statistics import Arm, arm_figures, decide_winner
+from cairn.statistics import Arm, arm_figures, decide_winner, look_confidence
 from cairn.store.schema import (
     Delivery,
     DeliveryFeedback,
@@ -268,10 +268,13 @@ async def take_decision(s: AsyncSession, site: Site, now: datetime) -> Experimen
     if not experiment.automatic:
         return None
     arms = [a for a in await arm_counts(s, site) if a.name != HOLDOUT_ARM]
-    if any(a.contacts < experiment.min_per_arm for a in arms) or len(arms) < 2:
+    if len(arms) < 2:
         return None
-    verdict = decide_winner(arms, experiment.min_per_arm, experiment.confidence,
-                            experiment.method)
+    level = look_confidence(min(a.contacts for a in arms), experiment.min_per_arm,
+                            experiment.confidence)
+    if level is None:
+        return None
+    verdict = decide_winner(arms, experiment.min_per_arm, level, experiment.method)
     if verdict.winner is None:
         return None
     row = ExperimentDecision(
@@ -320,9 +323,19 @@ def _status(experiment: Experiment, counts: list[Arm], decision: DecisionView | 
     candidates = [a for a in counts if a.name != HOLDOUT_ARM]
     if len(candidates) < 2:
         return "measuring (one arm besides the holdout: nothing to decide)"
-    verdict = decide_winner(candidates, experiment.min_per_arm, experiment.confidence,
-                            experiment.method)
-    prefix = "deciding" if experiment.automatic else "measuring"
-    if verdict.winner is not None:
-        return f"{prefix}: {verdict.winner} would win ({verdict.reason})"
-    return f"{prefix}: {verdict.reason}"
+    if not experiment.automatic:
+        verdict = decide_winner(candidates, experiment.min_per_arm, experiment.confidence,
+                                experiment.method)
+        lead = f"{verdict.winner} would win ({verdict.reason})" if verdict.winner else \
+            verdict.reason
+        return f"measuring: {lead}"
+    smallest = min(a.contacts for a in candidates)
+    if smallest < experiment.min_per_arm:
+        short = ", ".join(a.name for a in candidates if a.contacts < experiment.min_per_arm)
+        return f"deciding: waiting for {experiment.min_per_arm} contacts per arm (short: {short})"
+    step = experiment.min_per_arm
+    while step <= smallest:
+        step *= 2
+    leader = max(candidates, key=lambda a: (a.conversions / a.contacts, a.contacts))
+    return (f"deciding: {leader.name} leads, no significant winner at the last look; next look "
+            f"when the smallest arm reaches {step} contacts")

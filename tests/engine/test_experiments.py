@@ -182,7 +182,7 @@ async def test_a_split_experiment_records_arms_and_switches_paths(
             "ab": {"split": {"paths": [{"percent": 50, "next": "left", "name": "left"},
                                        {"percent": 50, "next": "right", "name": "right"}],
                              "experiment": {"metric": {"goal": "converted"}, "within": "1d",
-                                            "min_per_arm": 2, "then": "winner"}}},
+                                            "min_per_arm": 3, "then": "winner"}}},
             "left": {"end": "left"}, "right": {"end": "right"}},
     })
     from cairn.arms import bucket, split_arm
@@ -193,7 +193,7 @@ async def test_a_split_experiment_records_arms_and_switches_paths(
     names = [f"s-{i}" for i in range(200)]
     lefts = [c for c in names if arm_of(c) == "left"][:4]
     rights = [c for c in names if arm_of(c) == "right"][:3]
-    for contact in rights + lefts[:2]:
+    for contact in rights + lefts[:3]:
         result = await enter(client, store, queue, journey, contact)
         assert result.outcome == f"ended:{arm_of(contact)}"
         if arm_of(contact) == "right":
@@ -204,8 +204,8 @@ async def test_a_split_experiment_records_arms_and_switches_paths(
                 s.add(Event(message_id=f"bought-{contact}", type="track", contact_id=contact,
                             name="bought", properties={}, timestamp=at + timedelta(minutes=5),
                             received_at=at))
-    # the next left contact's choose_arm decides (right 3/3, left 0/2) and gets right
-    late = await enter(client, store, queue, journey, lefts[2])
+    # the next left contact's choose_arm decides (right 3/3, left 0/3) and gets right
+    late = await enter(client, store, queue, journey, lefts[3])
     assert late.outcome == "ended:right"
     assert "winner since" in late.path[0].note
     [experiment] = (await journey_report(store, key)).experiments
