@@ -117,3 +117,15 @@ def test_a_journey_with_variants_loads_from_the_language() -> None:
         "key": "offer", "name": "Offer", "trigger": {"event": "go"},
         "steps": {"mail": {"send": {"channel": "email", "variants": VARIANTS}, "next": "end"}}})
     assert journey.steps["mail"].describe() == "send email: a | b"
+
+
+def test_a_send_with_variants_is_never_broadcast_inline() -> None:
+    from cairn.events.bulk_entry import inline_path
+
+    def only_send(body: dict[str, Any]) -> Journey:
+        return Journey.model_validate({
+            "key": "news", "name": "News", "trigger": {"event": "go"},
+            "steps": {"mail": {"send": {"channel": "email", **body}, "next": "end"}}})
+
+    assert inline_path(only_send({"template": "a"})) is not None
+    assert inline_path(only_send({"variants": VARIANTS})) is None  # each run picks its arm
