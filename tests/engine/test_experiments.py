@@ -12,6 +12,7 @@ import pytest_asyncio
 from sqlalchemy import select
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from cairn.arms import variant_for
 from cairn.contact import ContactSnapshot
@@ -22,7 +23,8 @@ from cairn.store import contacts
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
 from cairn.store.schema import Delivery, Event, ExperimentAssignment, ExperimentDecision
-from starter.worker import journey_workers, running
+from starter.worker import journey_workers, running, workflow_runner
+from workflows import WORKFLOWS
 
 MIN_PER_ARM = 4
 
@@ -148,6 +150,17 @@ async def test_the_winner_takes_over_after_min_per_arm_and_not_before(
     assert (arms["b"].contacts, arms["b"].conversions) == (7, 4)
     assert arms["a"].control and arms["b"].uplift is None  # a control rate of 0: no uplift
     assert {m.variant for m in report.messages} == {"a", "b"}
+    # runs before and after the decision replay: the winner came in an activity's result
+    for contact in (a_side[0], a_side[-1]):
+        await replays(client, workflow_id(journey.key, contact))
+
+
+async def replays(client: Client, wid: str) -> None:
+    history = await client.get_workflow_handle(wid).fetch_history()
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=client.data_converter,
+                        workflow_runner=workflow_runner())
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
 
 
 async def test_without_then_winner_the_arms_stay_by_bucket(
@@ -208,6 +221,7 @@ async def test_a_split_experiment_records_arms_and_switches_paths(
     late = await enter(client, store, queue, journey, lefts[3])
     assert late.outcome == "ended:right"
     assert "winner since" in late.path[0].note
+    await replays(client, workflow_id(key, lefts[3]))
     [experiment] = (await journey_report(store, key)).experiments
     assert experiment.kind == "split" and experiment.decision is not None
     assert experiment.decision.winner == "right"
