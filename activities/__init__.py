@@ -34,6 +34,7 @@ from activities import (
 from activities.actions import ActionActivities
 from activities.contacts import ContactActivities
 from activities.entries import EntryActivities
+from activities.experiments import ExperimentActivities
 from activities.score import ScoreActivities
 from activities.send import DeliveryActivities
 from activities.sweeps import SweepActivities
@@ -50,6 +51,7 @@ __all__ = [
     "ContactActivities",
     "DeliveryActivities",
     "EntryActivities",
+    "ExperimentActivities",
     "ProfileActivities",
     "ScoreActivities",
     "SweepActivities",
@@ -98,6 +100,7 @@ def journey_activities(
         ActionActivities(store, delivery.channels).record_action,
         entries.finish_entry,
         entries.close_failed_entries,
+        ExperimentActivities(store).choose_arm,
         sweeps.sweep_segments,
         sweeps.sweep_date_attributes,
         sweeps.enter_scheduled,

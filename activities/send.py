@@ -45,7 +45,7 @@ from activities.context import (
     template_scope,
 )
 from activities.ledger import FAILED, UNCONFIRMED, Earlier, Ledger, Refused
-from cairn import links, metrics
+from cairn import experiments, links, metrics
 from cairn.channels.base import OutgoingMessage, Provider, ProviderError, Receipt, SendLookup
 from cairn.channels.registry import ChannelSet, local_channels
 from cairn.contact import ContactSnapshot
@@ -63,7 +63,7 @@ from cairn.contracts import (
 )
 from cairn.delivery_policy import DeliveryPolicy, cap_hold
 from cairn.durations import parse_time_of_day
-from cairn.journey import QuietHours
+from cairn.journey import QuietHours, SendStep
 from cairn.local_time import TimezoneError, quiet_hours_end, zone
 from cairn.log import get_logger
 from cairn.reachability import Blocker, blocker, normalised_phone
@@ -185,7 +185,8 @@ class DeliveryActivities:
             "journey_key": context.journey_key,
             "step": context.step,
             "contact_id": context.contact_id,
-            "template": request.send.template,
+            "template": request.template_name,
+            "variant": request.variant,
             "category": request.send.category,
             "created_at": now,
             "planned_at": now,
@@ -330,6 +331,47 @@ class DeliveryActivities:
 
     @activity.defn(name=DELIVER_MESSAGE)
     async def deliver_message(self, request: SendRequest) -> SendOutcome:
+        """Deliver the send (`_deliver`); for a send whose experiment picks a winner, send the
+        decided winner instead of the run's arm, and after a send see whether the figures now
+        decide one (`cairn.experiments`): no activity of its own, so a lean run's send stays one
+        activity."""
+        if not request.variant_templates:
+            return await self._deliver(request)
+        request = await self._with_winner(request)
+        outcome = await self._deliver(request)
+        if outcome.status == "sent":
+            await self._decide_experiment(request)
+        return outcome
+
+    async def _with_winner(self, request: SendRequest) -> SendRequest:
+        async with self.store.session() as s:
+            decided = await experiments.decision_of(s, request.context.journey_key,
+                                                    request.context.step)
+        if decided is None or decided.winner == request.variant \
+                or decided.winner not in request.variant_templates:
+            return request
+        return request.model_copy(update={"variant": decided.winner,
+                                          "template": request.variant_templates[decided.winner]})
+
+    async def _decide_experiment(self, request: SendRequest) -> None:
+        """Take the experiment's decision if the figures allow; a failure here never fails the
+        send (the next send tries again)."""
+        context = request.context
+        step = SendStep.model_validate({"send": request.send, "next": "end"})
+        assert step.send.experiment is not None
+        site = experiments.Site(context.journey_key, context.journey_version, context.step, step,
+                                step.send.experiment, tuple(request.goal_events))
+        try:
+            async with self.store.session() as s, s.begin():
+                row = await experiments.take_decision(s, site, context.now)
+                decided = (row.winner, row.reason) if row is not None else None
+        except Exception as error:  # figures are best effort; the send is not
+            step_log(context).warning("experiment.decision_failed", error=str(error))
+            return
+        if decided is not None:
+            step_log(context).info("experiment.decided", winner=decided[0], reason=decided[1])
+
+    async def _deliver(self, request: SendRequest) -> SendOutcome:
         """Render the template for the chosen channel and send it through the provider, once.
 
         Without a channel in the request it first plans the send as `prepare_send` does, in the
@@ -361,7 +403,8 @@ class DeliveryActivities:
                     plan = await self._decide(s, request, contact)
                     if plan.status != "ready" or plan.channel is None:
                         return SendOutcome(status=plan.status, channel=plan.channel,
-                                           reason=plan.reason, hold_until=plan.hold_until)
+                                           reason=plan.reason, hold_until=plan.hold_until,
+                                           variant=request.variant)
                     channel = plan.channel
                 else:
                     channel = row.channel
@@ -396,9 +439,10 @@ class DeliveryActivities:
                             message_id=sent.provider_message_id, provider=sent.provider,
                             accepted_at=sent.accepted_at)
         if sent is not None:
-            bound.info("delivery.sent", delivery_id=row_id, template=request.send.template,
+            bound.info("delivery.sent", delivery_id=row_id, template=request.template_name,
                        provider_message_id=sent.provider_message_id)
-            return SendOutcome(status="sent", channel=channel, delivery_id=row_id, reason="")
+            return SendOutcome(status="sent", channel=channel, delivery_id=row_id, reason="",
+                               variant=request.variant)
         if isinstance(prepared, TemplateRenderError):
             raise permanent(str(prepared), TEMPLATE_ERROR) from prepared
         if earlier is not None and earlier.unconfirmed:
@@ -427,7 +471,7 @@ class DeliveryActivities:
         row = await self.ledger.sent(row_id, context.now, response=receipt.response,
                                      message_id=receipt.provider_message_id,
                                      provider=receipt.provider, accepted_at=receipt.accepted_at)
-        bound.info("delivery.sent", delivery_id=row.id, template=request.send.template,
+        bound.info("delivery.sent", delivery_id=row.id, template=request.template_name,
                    provider_message_id=receipt.provider_message_id)
         return self._outcome(row)
 
@@ -500,12 +544,12 @@ class DeliveryActivities:
                                      template=request.template)
         scope["unsubscribe_url"] = link
         try:
-            parts = render(request.send.template, request.template, channel, scope)
+            parts = render(request.template_name, request.template, channel, scope)
         except TemplateRenderError as error:
             row, _ = await self.ledger.record(
                 s, **fields, channel=channel, status=FAILED, reason=str(error), rendered={},
             )
-            step_log(context).warning("delivery.template_error", template=request.send.template,
+            step_log(context).warning("delivery.template_error", template=request.template_name,
                                       error=str(error))
             return error
         to = address_of(contact, channel) or contact.id
@@ -570,7 +614,7 @@ class DeliveryActivities:
             idempotency_key=request.ledger_key, contact_id=context.contact_id,
             headers=dict(headers),
             metadata={"journey": context.journey_key, "step": context.step,
-                      "contact": context.contact_id, "template": request.send.template,
+                      "contact": context.contact_id, "template": request.template_name,
                       "delivery_id": str(row.id)},
             extra=extra,
         )
@@ -603,4 +647,4 @@ class DeliveryActivities:
     @staticmethod
     def _outcome(row: Delivery) -> SendOutcome:
         return SendOutcome(status=_status(row.status), channel=row.channel, delivery_id=row.id,
-                           reason=row.reason or "")
+                           reason=row.reason or "", variant=row.variant)

@@ -24,6 +24,7 @@ from cairn.journey import (
     QuietHours,
     ScoreChange,
     Send,
+    Split,
     StartJourney,
     TaskSpec,
     TemplateParts,
@@ -45,6 +46,7 @@ RECORD_ACTION = "record_action"
 FINISH_ENTRY = "finish_entry"
 CLOSE_FAILED_ENTRIES = "close_failed_entries"
 SETTLE_UNCONFIRMED = "settle_unconfirmed"
+CHOOSE_ARM = "choose_arm"
 
 
 class StepContext(BaseModel):
@@ -145,6 +147,21 @@ class SendRequest(BaseModel):
         default_factory=list, description="channels a provider refused for good on this visit"
     )
     attempt: int = Field(default=0, description="0, then 1, 2... for each fallback channel")
+    variant: str | None = Field(
+        default=None, description="the arm the run chose (a send with variants); `template` "
+                                  "holds its parts")
+    variant_templates: dict[str, TemplateParts] = Field(
+        default_factory=dict, description="every arm's parts, for an automatic experiment: the "
+                                          "delivery switches to a decided winner")
+    goal_events: list[str] = Field(
+        default_factory=list, description="the events of the exit goal an automatic "
+                                          "experiment measures")
+
+    @property
+    def template_name(self) -> str:
+        """The template this send renders: its variant's, else the send's."""
+        chosen = self.send.variant(self.variant) if self.variant else None
+        return chosen.template if chosen is not None else self.send.template
 
     @property
     def ledger_key(self) -> str:
@@ -174,6 +191,22 @@ class SendOutcome(BaseModel):
     delivery_id: int | None = None
     reason: str = ""
     hold_until: datetime | None = None
+    variant: str | None = Field(default=None, description="the variant sent (a send with "
+                                "variants; an experiment's winner once decided)")
+
+
+class ArmRequest(BaseModel):
+    """A split with an `experiment:`: record the contact's arm, or give it the decided winner."""
+
+    context: StepContext
+    split: Split
+    hashed: str = Field(description="the arm the contact's bucket gives")
+    goal_events: list[str] = Field(default_factory=list)
+
+
+class ArmChoice(BaseModel):
+    arm: str
+    reason: str
 
 
 class ScoreRequest(BaseModel):

@@ -79,24 +79,128 @@ class SplitPath(Spec):
     name: str | None = None
 
 
+MetricKind = Literal["clicks", "opens", "goal", "event"]
+HOLDOUT_ARM = "holdout"
+"""The arm name of a split's holdout (the control of the experiment when there is one)."""
+
+
+class ExperimentMetric(Spec):
+    """What an experiment measures per contact: `clicks` or `opens` of the send's message (from
+    the providers' feedback), an exit `goal` of the journey, or any `event`, within the window."""
+
+    kind: MetricKind
+    name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            kind, _, name = data.partition(":")
+            return {"kind": kind.strip(), **({"name": name.strip()} if name else {})}
+        if isinstance(data, dict) and "kind" not in data:
+            named = [k for k in ("goal", "event") if k in data]
+            if len(named) == 1 and len(data) == 1:
+                return {"kind": named[0], "name": data[named[0]]}
+            raise ValueError("metric: write clicks, opens, {goal: <exit goal>} or "
+                             "{event: <event name>}")
+        return data
+
+    @model_validator(mode="after")
+    def _named(self) -> ExperimentMetric:
+        if self.kind in ("goal", "event") and not self.name:
+            raise ValueError(f"metric {self.kind} needs a name: {{{self.kind}: <name>}}")
+        if self.kind in ("clicks", "opens") and self.name:
+            raise ValueError(f"metric {self.kind} takes no name")
+        return self
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name}" if self.name else self.kind
+
+
+class Experiment(Spec):
+    """Measure the arms of a send's `variants` or a split's paths (and holdout), and optionally
+    pick a winner: `then: winner` gives every later entrant the winning arm once `min_per_arm`
+    contacts per arm show one arm better at `confidence`."""
+
+    metric: ExperimentMetric
+    within: PositiveDuration = Field(default="7d", description="how long after the contact got "
+                                     "its arm the metric counts")
+    min_per_arm: int = Field(default=100, ge=1)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    method: Literal["z_test", "probability"] = Field(
+        default="z_test", description="two-proportion z-test, or the probability to be best")
+    control: str | None = Field(default=None, description="the arm others are compared with "
+                                "(default: the holdout, else the first arm)")
+    then: Literal["winner", "report"] = Field(
+        default="report", description="winner: new entrants get the winning arm once decided")
+
+    @property
+    def automatic(self) -> bool:
+        return self.then == "winner"
+
+
 class Split(Spec):
     """Deterministic per contact: the same contact always takes the same path."""
 
     paths: list[SplitPath] = Field(min_length=1)
     holdout: float = Field(default=0, ge=0, lt=100)
+    experiment: Experiment | None = None
 
     @model_validator(mode="after")
     def _adds_up(self) -> Split:
         total = sum(p.percent for p in self.paths) + self.holdout
         if abs(total - 100) > 1e-6:
             raise ValueError(f"paths and holdout must add up to 100 percent, not {total}")
+        if self.experiment is not None:
+            names = self.arm_names()
+            if len(set(names)) != len(names):
+                raise ValueError("an experiment's split paths need distinct names (`name:`)")
+            if len(names) < 2:
+                raise ValueError("an experiment needs at least two arms (paths or a holdout)")
+            if self.experiment.metric.kind in ("clicks", "opens"):
+                raise ValueError(f"a split's experiment cannot measure "
+                                 f"{self.experiment.metric.kind} (no message of its own): "
+                                 "use {goal: ...} or {event: ...}")
+            control = self.experiment.control
+            if control is not None and control not in names:
+                raise ValueError(f"experiment.control: unknown arm {control!r} "
+                                 f"(arms: {', '.join(names)})")
         return self
+
+    def path_name(self, index: int) -> str:
+        return self.paths[index].name or f"path {index + 1}"
+
+    def arm_names(self) -> list[str]:
+        names = [self.path_name(i) for i in range(len(self.paths))]
+        return [HOLDOUT_ARM, *names] if self.holdout else names
+
+    def control_arm(self) -> str:
+        if self.experiment is not None and self.experiment.control:
+            return self.experiment.control
+        return self.arm_names()[0]
+
+
+class Variant(Spec):
+    """One version of a send's message: its template and share of contacts."""
+
+    template: str
+    weight: float = Field(default=1, gt=0, description="relative share of contacts")
+    name: str | None = Field(default=None, description="arm name (default: the template)")
+
+    @property
+    def arm(self) -> str:
+        return self.name or self.template
 
 
 class Send(Spec):
     channel: Channel | None = None
     channels: list[Channel] | None = Field(default=None, min_length=1)
-    template: str
+    template: str = Field(description="the message; with `variants`, the first variant's "
+                                      "template (filled in when left out)")
+    variants: list[Variant] | None = Field(
+        default=None, min_length=2,
+        description="an A/B test: each contact gets one variant, deterministically, by weight")
+    experiment: Experiment | None = None
     category: Category = "marketing"
     topic: str | None = Field(
         default=None, pattern=r"^[a-z0-9][a-z0-9_-]*$",
@@ -120,11 +224,47 @@ class Send(Spec):
     )
     on_failure: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _template_of_variants(cls, data: Any) -> Any:
+        variants = data.get("variants") if isinstance(data, dict) else None
+        if isinstance(variants, list) and variants and "template" not in data:
+            first = variants[0]
+            template = first.get("template") if isinstance(first, dict) else getattr(
+                first, "template", None)
+            if isinstance(template, str):
+                return {**data, "template": template}
+        return data
+
     @model_validator(mode="after")
     def _one_channel_form(self) -> Send:
         if (self.channel is None) == (self.channels is None):
             raise ValueError("give either `channel` or `channels` (first reachable wins)")
+        if self.variants is None:
+            if self.experiment is not None:
+                raise ValueError("an experiment on a send needs `variants` to compare")
+            return self
+        names = [v.arm for v in self.variants]
+        doubles = sorted({n for n in names if names.count(n) > 1})
+        if doubles:
+            raise ValueError(f"variant names must differ: {', '.join(doubles)} more than once "
+                             "(give each a `name`)")
+        if self.template != self.variants[0].template:
+            raise ValueError("give either `template` or `variants`, not both")
+        control = self.experiment.control if self.experiment else None
+        if control is not None and control not in names:
+            raise ValueError(f"experiment.control: unknown variant {control!r} "
+                             f"(variants: {', '.join(names)})")
         return self
+
+    def templates(self) -> list[str]:
+        """Every template the send may use (each variant's)."""
+        if self.variants:
+            return list(dict.fromkeys(v.template for v in self.variants))
+        return [self.template]
+
+    def variant(self, arm: str) -> Variant | None:
+        return next((v for v in self.variants or [] if v.arm == arm), None)
 
     def candidates(self) -> list[str]:
         return [self.channel] if self.channel else list(self.channels or [])
@@ -311,7 +451,7 @@ class SendStep(StepBase):
     next: str
 
     def describe(self) -> str:
-        return f"send {' or '.join(self.send.candidates())}: {self.send.template}"
+        return f"send {' or '.join(self.send.candidates())}: {' | '.join(self.send.templates())}"
 
     def routes(self) -> list[tuple[str, str]]:
         failure = [("on_failure", self.send.on_failure)] if self.send.on_failure else []

@@ -45,17 +45,38 @@ def channel_parts(journey: Journey) -> list[tuple[str, str]]:
     """A send may use every channel it lists; its template needs a part for each."""
     problems = []
     for name, step in steps_of(journey).items():
-        if not isinstance(step, SendStep) or step.send.template not in journey.templates:
+        if not isinstance(step, SendStep):
             continue
-        parts = journey.templates[step.send.template]
-        for channel in step.send.candidates():
-            if channel not in parts:
-                where = "channel" if step.send.channel else "channels"
-                problems.append((
-                    f"steps.{name}.send.{where}",
-                    f"template '{step.send.template}' has no '{channel}' part "
-                    f"(it has: {', '.join(parts) or 'none'})",
-                ))
+        for template in step.send.templates():
+            if template not in journey.templates:
+                continue
+            parts = journey.templates[template]
+            for channel in step.send.candidates():
+                if channel not in parts:
+                    where = "channel" if step.send.channel else "channels"
+                    problems.append((
+                        f"steps.{name}.send.{where}",
+                        f"template '{template}' has no '{channel}' part "
+                        f"(it has: {', '.join(parts) or 'none'})",
+                    ))
+    return problems
+
+
+def experiment_metrics(journey: Journey) -> list[tuple[str, str]]:
+    """An experiment measuring a goal needs that exit goal in the journey."""
+    goals = {goal.goal for goal in journey.exit}
+    problems = []
+    for name, step in steps_of(journey).items():
+        body = step.send if isinstance(step, SendStep) else getattr(step, "split", None)
+        experiment = getattr(body, "experiment", None)
+        if experiment is None or experiment.metric.kind != "goal":
+            continue
+        if experiment.metric.name not in goals:
+            problems.append((
+                f"steps.{name}.{step.kind}.experiment.metric",
+                f"unknown goal '{experiment.metric.name}' (the journey's exit goals: "
+                f"{', '.join(sorted(goals)) or 'none'})",
+            ))
     return problems
 
 
@@ -303,6 +324,6 @@ def ordering_comparisons(journey: Journey) -> list[tuple[str, str]]:
 
 JOURNEY_CHECKS: tuple[JourneyCheck, ...] = (
     check_graph, channel_parts, webhook_bodies, timezone, schedule_trigger, event_filters,
-    caught_event_conditions, update_values, ordering_comparisons,
+    caught_event_conditions, update_values, ordering_comparisons, experiment_metrics,
 )
 

@@ -156,7 +156,11 @@ def referenced_templates(journey: Journey) -> dict[str, list[str]]:
     """Template names used by sends and notify steps, with the paths that use them."""
     used: dict[str, list[str]] = {}
     for name, step in steps_of(journey).items():
-        if isinstance(step, SendStep):
+        if isinstance(step, SendStep) and step.send.variants:
+            for index, variant in enumerate(step.send.variants):
+                used.setdefault(variant.template, []).append(
+                    f"steps.{name}.send.variants[{index}].template")
+        elif isinstance(step, SendStep):
             used.setdefault(step.send.template, []).append(f"steps.{name}.send.template")
         elif isinstance(step, NotifyStep):
             used.setdefault(step.notify.template, []).append(f"steps.{name}.notify.template")

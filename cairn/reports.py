@@ -11,6 +11,8 @@ and (later) the console, with one pydantic model:
   the key already has the field) what the deliveries ledger and the providers' feedback say:
   sent, delivered, opened, clicked, replied, bounced, complained, unsubscribed, undelivered,
   failed, unconfirmed, still sending, and skipped by reason, with rates per message sent;
+- **experiments**: per send with variants and per split with an `experiment:` block, the arms'
+  figures and the automatic winner (`cairn.experiments`);
 - **steps**: per-step figures (reached, waiting, left by each branch) need step transitions in
   the store, which the runs do not record yet; the list is empty until they do.
 
@@ -34,7 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cairn.journey import Journey
+from cairn.experiments import ExperimentReport, experiment_reports
+from cairn.journey import Journey, SendStep
 from cairn.statistics import rate, wilson_interval
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
@@ -174,7 +177,7 @@ class JourneyReport(BaseModel):
         "journey": "cart-abandonment", "name": "Reduce cart abandonment", "version": None,
         "since": None, "until": None, "generated_at": "2026-03-03T09:00:00Z",
         "funnel": _FUNNEL_EXAMPLE, "versions": [{**_FUNNEL_EXAMPLE, "version": 1}],
-        "steps": [], "messages": [_MESSAGE_EXAMPLE],
+        "steps": [], "messages": [_MESSAGE_EXAMPLE], "experiments": [],
         "notes": ["per-step figures need step transitions in the store: not recorded yet"],
     }]})
 
@@ -191,6 +194,11 @@ class JourneyReport(BaseModel):
         description="per-step figures (reached, waiting, left by branch); empty until step "
                     "transitions are recorded in the store")
     messages: list[MessageFigures]
+    experiments: list[ExperimentReport] = Field(
+        default_factory=list,
+        description="per experiment (a send's variants, a split with `experiment:`) and arm: "
+                    "contacts, the metric's rate with its interval, uplift against control, "
+                    "significance, and the automatic winner once decided")
     notes: list[str] = Field(default_factory=list)
 
 
@@ -207,8 +215,13 @@ async def journey_report(
             known = f" version {version}" if version is not None else ""
             raise UnknownJourney(f"no journey {key!r}{known}: publish it first "
                                  "(`cairn publish`), or check the key with `cairn journeys`")
-        goals = _goal_names(journeys_repo.journey_of(definition)) if definition else []
+        journey = journeys_repo.journey_of(definition) if definition else None
+        goals = _goal_names(journey) if journey else []
         messages = await _messages(s, key, version, since, until)
+        tests = (await experiment_reports(s, journey, version=version, since=since, until=until)
+                 if journey else [])
+    if journey is not None:
+        _name_variants(journey, messages)
     by_version: dict[int, list[tuple[str | None, datetime, datetime | None]]] = defaultdict(list)
     for row in entries:
         by_version[row[0]].append(row[1:])
@@ -220,8 +233,17 @@ async def journey_report(
         journey=key, name=definition.name if definition else None, version=version,
         since=since, until=until, generated_at=now or datetime.now(UTC),
         funnel=_funnel(version, [r[1:] for r in entries], goals), versions=versions,
-        messages=messages, notes=notes,
+        messages=messages, experiments=tests, notes=notes,
     )
+
+
+def _name_variants(journey: Journey, messages: list[MessageFigures]) -> None:
+    """A send with variants: each message row names the variant its template belongs to."""
+    for message in messages:
+        step = journey.steps.get(message.step)
+        if isinstance(step, SendStep) and step.send.variants:
+            message.variant = next((v.arm for v in step.send.variants
+                                    if v.template == message.template), None)
 
 
 def _goal_names(journey: Journey) -> list[str]:

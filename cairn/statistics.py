@@ -19,8 +19,8 @@ from statistics import NormalDist
 from typing import Literal
 
 __all__ = [
-    "Arm", "ArmFigures", "Interval", "WinnerDecision", "decide_winner", "probability_to_be_best",
-    "rate", "two_proportion_z_test", "uplift", "wilson_interval",
+    "Arm", "ArmFigures", "Interval", "WinnerDecision", "decide_winner", "look_confidence",
+    "probability_to_be_best", "rate", "two_proportion_z_test", "uplift", "wilson_interval",
 ]
 
 _NORMAL = NormalDist()
@@ -245,6 +245,27 @@ def decide_winner(
                                            f"(largest one-sided p = {worst_p:.4f})", figures)
     return WinnerDecision(None, f"{leader.name} leads, not significantly "
                                 f"(largest one-sided p = {worst_p:.4f})", figures)
+
+
+def look_confidence(smallest_arm: int, min_per_arm: int, confidence: float) -> float | None:
+    """The confidence an automatic experiment decides at when its smallest arm has
+    `smallest_arm` contacts, or None when this is no time to look.
+
+    Looking after every contact and stopping at the first significant result picks a winner
+    among equal arms far more often than 1 - confidence (the "peeking" problem). So an
+    experiment looks only when its smallest arm reaches min_per_arm, 2x, 4x, 8x ... that, and
+    spends its error rate in halves: look k (from 0) needs 1 - (1 - confidence) / 2^(k+2), so
+    all looks together stay within 1 - confidence (Bonferroni over the looks; one more half
+    because `decide_winner` tests the leader one-sided, and the leader is picked after seeing
+    the figures).
+    """
+    if min_per_arm < 1 or smallest_arm < min_per_arm or smallest_arm % min_per_arm:
+        return None
+    ratio = smallest_arm // min_per_arm
+    if ratio & (ratio - 1):
+        return None
+    look = ratio.bit_length() - 1
+    return 1 - (1 - confidence) / 2 ** (look + 2)
 
 
 def _z_of(confidence: float) -> float:

@@ -79,6 +79,8 @@ def inline_path(journey: Journey) -> InlinePath | None:
         return InlinePath(None, None, _outcome(step))
     if not isinstance(step, SendStep):
         return None
+    if step.send.variants:  # each contact's variant (and a decided winner) is chosen in its run
+        return None
     after = _end_outcome(journey, step.next)
     failure = step.send.on_failure
     if after is None or (failure is not None and _end_outcome(journey, failure) != after):

@@ -42,7 +42,13 @@ from cairn.store import entries as entries_repo
 from cairn.store import identity
 from cairn.store import rejected as rejected_repo
 from cairn.store.db import Store
-from cairn.store.schema import DeliveryFeedback, DeliveryLink, ErasureRecord, InboxMessage
+from cairn.store.schema import (
+    DeliveryFeedback,
+    DeliveryLink,
+    ErasureRecord,
+    ExperimentAssignment,
+    InboxMessage,
+)
 
 log = get_logger(__name__)
 
@@ -174,7 +180,8 @@ async def erase_contact(
     async with store.session() as session, session.begin():
         counts = vars(await identity.erase_contact(session, contact_id)).copy()
         for name, table in (("inbox_messages", InboxMessage), ("feedback", DeliveryFeedback),
-                            ("links", DeliveryLink)):
+                            ("links", DeliveryLink),
+                            ("experiment_arms", ExperimentAssignment)):
             deleted = await session.execute(
                 delete(table).where(table.contact_id == contact_id)
                 .execution_options(synchronize_session=False))

@@ -12,7 +12,15 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PrivateAttr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 from temporalio.client import WorkflowHistory
 
 from cairn.journey import AudienceStep, NotifyStep, WebhookStep
@@ -53,11 +61,21 @@ class SendItem(LedgerItem):
     template: str | None
     status: str
     reason: str = Field(default="", description="why a send was skipped, deferred or failed")
+    variant: str | None = Field(default=None, description="the variant sent (a send with "
+                                "variants); left out of the JSON for other sends")
+
+    @model_serializer(mode="wrap")
+    def _variant_when_any(self, handler: SerializerFunctionWrapHandler) -> Any:
+        dumped = handler(self)
+        if isinstance(dumped, dict) and dumped.get("variant") is None:
+            dumped.pop("variant", None)
+        return dumped
 
     @classmethod
     def of(cls, row: Delivery, step: Any) -> SendItem:
         return cls(at=row.sent_at or row.created_at, step=row.step, channel=row.channel,
-                   template=row.template, status=row.status, reason=row.reason or "")
+                   template=row.template, status=row.status, reason=row.reason or "",
+                   variant=row.variant)
 
 
 class ClickItem(ReportItem):

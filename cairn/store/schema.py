@@ -167,6 +167,8 @@ class Delivery(Base):
     # the provider's id for the message: how delivery webhooks find their send
     provider_message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     template: Mapped[str | None] = mapped_column(String(128))
+    # the arm of a send with `variants` (its name: the template unless named)
+    variant: Mapped[str | None] = mapped_column(String(128))
     category: Mapped[str | None] = mapped_column(String(32))
     # sending | sent | unconfirmed | failed | skipped:* (the state machine: activities.ledger)
     status: Mapped[str] = mapped_column(String(32), index=True)
@@ -183,6 +185,46 @@ class Delivery(Base):
     # The journey report reads a journey's sends in a window (`cairn.reports`).
     __table_args__ = (Index("ix_deliveries_journey_kind_created", "journey_key", "kind",
                             "created_at"),)
+
+
+class ExperimentAssignment(Base):
+    """Which arm of a split's experiment a run got (sends record theirs in `deliveries.variant`).
+
+    Keyed like a side effect (`<workflow id>/<entry>/<step>/<iteration>`): a retried activity
+    finds its row instead of adding one."""
+
+    __tablename__ = "experiment_assignments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(700), unique=True)
+    journey_key: Mapped[str] = mapped_column(String(128))
+    journey_version: Mapped[int | None]
+    step: Mapped[str] = mapped_column(String(128))
+    workflow_id: Mapped[str] = mapped_column(String(512))
+    contact_id: Mapped[str] = mapped_column(String(255), index=True)
+    arm: Mapped[str] = mapped_column(String(128))
+    assigned_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_experiment_assignments_step", "journey_key", "step"),)
+
+
+class ExperimentDecision(Base):
+    """An experiment's automatic winner: when it was decided, on which figures. One per journey
+    and step; later entrants of that step get `winner`."""
+
+    __tablename__ = "experiment_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    journey_key: Mapped[str] = mapped_column(String(128))
+    step: Mapped[str] = mapped_column(String(128))
+    journey_version: Mapped[int | None]
+    winner: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    metric: Mapped[str] = mapped_column(String(255))
+    figures: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    decided_at: Mapped[datetime]
+
+    __table_args__ = (UniqueConstraint("journey_key", "step", name="uq_experiment_decision"),)
 
 
 class DeliveryFeedback(Base):

@@ -1,7 +1,8 @@
 """`cairn report JOURNEY`: how a journey performs, printed (or as the API's JSON).
 
 The figures are `cairn.reports.journey_report`'s, the same as `GET /v1/journeys/{key}/report`:
-the entry funnel with bars, then a table of the messages with their rates.
+the entry funnel with bars, then a table of the messages with their rates, then each
+experiment's arms (and its automatic winner, once decided).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starter.cli.app import app
 from starter.cli.common import fail, load_settings, output, with_store
 
 if TYPE_CHECKING:
+    from cairn.experiments import ExperimentReport
     from cairn.reports import JourneyReport, MessageFigures, VersionFunnel
     from cairn.store.db import Store
 
@@ -95,6 +97,8 @@ def print_report(found: JourneyReport) -> None:
         console.print(_message_table(found.messages))
     else:
         console.print("No messages sent in this window")
+    for experiment in found.experiments:
+        console.print(_experiment_table(experiment))
     console.print("[dim]per-step figures: coming once step transitions are recorded[/dim]")
 
 
@@ -161,3 +165,31 @@ def _duration(seconds: float) -> str:
         return f"{minutes:.0f}m"
     hours = minutes / 60
     return f"{hours:.1f}h" if hours < 48 else f"{hours / 24:.1f}d"
+
+
+def _experiment_table(experiment: ExperimentReport) -> Table:
+    """One experiment: per arm the metric's rate with its interval, uplift and significance."""
+    share = f"{experiment.confidence:.0%}"
+    table = Table(title=f"experiment at {escape(experiment.step)}: {escape(experiment.metric)} "
+                        f"within {experiment.within}",
+                  caption=escape(experiment.status))
+    table.add_column("arm", no_wrap=True)
+    for column in ("contacts", "converted", "rate", f"{share} interval", "uplift", "p-value",
+                   "P(best)"):
+        table.add_column(column, justify="right")
+    winner = experiment.decision.winner if experiment.decision else None
+    for arm in experiment.arms:
+        label = arm.name + (" (control)" if arm.control else "") + (
+            " ★ winner" if arm.name == winner else "")
+        interval = (f"{arm.interval[0]:.1%}-{arm.interval[1]:.1%}" if arm.interval else "-")
+        table.add_row(
+            escape(label), str(arm.contacts), str(arm.conversions), _percent(arm.rate),
+            interval, f"{arm.uplift:+.1%}" if arm.uplift is not None else "-",
+            f"{arm.p_value:.4f}" if arm.p_value is not None else "-",
+            f"{arm.probability_to_be_best:.1%}",
+        )
+    if experiment.decision is not None:
+        table.caption = escape(f"winner {experiment.decision.winner} since "
+                               f"{experiment.decision.decided_at:%Y-%m-%d %H:%M}Z: "
+                               f"{experiment.decision.reason}")
+    return table

@@ -126,3 +126,15 @@ def test_decide_winner_by_probability_to_be_best() -> None:
     assert decide_winner(arms, 100, 0.95, method="probability").winner is None
     with pytest.raises(ValueError, match="two arms"):
         decide_winner(arms[:1], 10)
+
+
+def test_automatic_experiments_look_at_doublings_and_spend_the_error_rate_in_halves() -> None:
+    from cairn.statistics import look_confidence
+
+    assert [look_confidence(n, 100, 0.95) for n in (0, 99, 101, 150, 300)] == [None] * 5
+    assert look_confidence(100, 100, 0.95) == pytest.approx(1 - 0.05 / 4)
+    assert look_confidence(200, 100, 0.95) == pytest.approx(1 - 0.05 / 8)
+    assert look_confidence(800, 100, 0.95) == pytest.approx(1 - 0.05 / 32)
+    # every look together spends at most the whole error rate (half of it, one-sided)
+    spent = sum(1 - look_confidence(100 * 2 ** k, 100, 0.95) for k in range(40))  # type: ignore[operator]
+    assert spent < 0.05 / 2

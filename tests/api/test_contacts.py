@@ -307,7 +307,7 @@ async def test_delete_erases_every_trace_of_the_contact_and_only_of_it(
     assert report["erased"] == {"contacts": 1, "events": 1, "deliveries": 1, "scores": 1,
                                 "score_changes": 1, "memberships": 1, "tasks": 1, "entries": 0,
                                 "inbox_messages": 0, "feedback": 0, "links": 0,
-                                "rejected_calls": 0}
+                                "rejected_calls": 0, "experiment_arms": 0}
     for table in (Contact, Event, Delivery, Score, ScoreChangeRecord, SegmentMembership, Task):
         assert await rows(store, table, "c-gone") == 0, table.__tablename__
         assert await rows(store, table, "c-kept") == 1, table.__tablename__

@@ -48,3 +48,22 @@ async def test_the_report_route_answers_funnel_and_messages(
     assert "publish it first" in missing.json()["detail"]
     assert (await api.get(f"/v1/journeys/{KEY}/report", params={"since": "soon"})
             ).status_code == 422
+
+
+async def test_the_report_route_answers_experiments(api: httpx.AsyncClient, store: Store) -> None:
+    from tests.analytics.test_experiment_figures import DEFINITION as EXPERIMENTS
+    from tests.analytics.test_experiment_figures import clicked
+    from tests.analytics.test_experiment_figures import send as variant_send
+
+    await publish(store, EXPERIMENTS)
+    control = await add(store, *(variant_send(n, "control", "cart-reminder") for n in range(4)))
+    await add(store, variant_send(10, "urgent", "cart-reminder-urgent"),
+              clicked(0, control[0]))
+    answer = await api.get(f"/v1/journeys/{EXPERIMENTS['key']}/report")
+    assert answer.status_code == 200, answer.text
+    by_kind = {e["kind"]: e for e in answer.json()["experiments"]}
+    arms = {a["name"]: a for a in by_kind["variants"]["arms"]}
+    assert (arms["control"]["contacts"], arms["control"]["conversions"]) == (4, 1)
+    assert arms["control"]["rate"] == 0.25 and arms["urgent"]["contacts"] == 1
+    assert by_kind["variants"]["status"].startswith("deciding: waiting for 100 contacts")
+    assert by_kind["split"]["arms"][0]["name"] == "holdout"

@@ -78,3 +78,40 @@ def test_since_takes_a_date_a_time_or_a_duration_back() -> None:
     assert parse_since("2026-03-02T09:30:00Z", now) == T0.replace(minute=30)
     with pytest.raises(ValueError, match="duration back from now"):
         parse_since("soon", now)
+
+
+async def test_report_prints_each_experiment_and_its_winner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cairn.store.schema import ExperimentDecision
+    from tests.analytics.test_experiment_figures import DEFINITION as EXPERIMENTS
+    from tests.analytics.test_experiment_figures import clicked
+    from tests.analytics.test_experiment_figures import send as variant_send
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'report.db'}"
+    monkeypatch.setenv("CAIRN_DATABASE_URL", url)
+    store = await Store.open(url)
+    try:
+        await publish(store, EXPERIMENTS)
+        control = await add(store, *(variant_send(n, "control", "cart-reminder")
+                                     for n in range(10)))
+        urgent = await add(store, *(variant_send(100 + n, "urgent", "cart-reminder-urgent")
+                                    for n in range(10)))
+        await add(store, clicked(0, control[0]), *(clicked(100 + n, urgent[n]) for n in range(6)),
+                  ExperimentDecision(journey_key=KEY, step="email_reminder", winner="urgent",
+                                     reason="urgent beats every other arm", metric="clicks",
+                                     figures=[], decided_at=T0 + timedelta(days=1)))
+    finally:
+        await store.close()
+
+    printed = await _cli(KEY)
+    assert printed.exit_code == 0, printed.output
+    text = printed.output
+    assert "experiment at email_reminder: clicks" in text
+    assert "control (control)" in text and "urgent ★ winner" in text
+    assert "+500.0%" in text  # 60 % against 10 %
+    assert "winner urgent since 2026-03-03 09:00Z" in text
+    body = json.loads((await _cli(KEY, "--json")).output)
+    [variants] = [e for e in body["experiments"] if e["kind"] == "variants"]
+    assert variants["decision"]["winner"] == "urgent"
+    assert [a["contacts"] for a in variants["arms"]] == [10, 10]

@@ -145,7 +145,7 @@ def test_activity_lists_cover_every_action_name() -> None:
         contracts.PREPARE_SEND,
         contracts.DELIVER_MESSAGE, contracts.CHANGE_SCORE, contracts.UPDATE_PROFILE,
         contracts.CREATE_TASK, contracts.RECORD_ACTION, contracts.FINISH_ENTRY,
-        contracts.CLOSE_FAILED_ENTRIES, contracts.SETTLE_UNCONFIRMED,
+        contracts.CLOSE_FAILED_ENTRIES, contracts.SETTLE_UNCONFIRMED, contracts.CHOOSE_ARM,
     }
     assert names(delivery_activities(store)) == {contracts.DELIVER_MESSAGE}
     sweeps = {SWEEP_SEGMENTS, SWEEP_DATE_ATTRIBUTES, ENTER_SCHEDULED,  # workflows/sweeps.py

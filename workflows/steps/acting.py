@@ -6,10 +6,13 @@ a durable timer that an exit goal interrupts, never in a sleeping activity.
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from cairn.arms import goal_events, variant_for
     from cairn.contracts import (
         CHANGE_SCORE,
         CREATE_TASK,
@@ -66,7 +69,9 @@ async def send(step: SendStep, run: JourneyRun) -> Next:
         track_links=run.journey.settings.track_links,
         track_opens=run.journey.settings.track_opens,
     )
-    label = step.summary or f"{run.step}: {spec.template} via {'/'.join(spec.candidates())}"
+    if spec.variants:
+        request = _with_variant(request, step, run)
+    label = step.summary or f"{run.step}: {request.template_name} via {'/'.join(spec.candidates())}"
     if run.lean:
         return await _send_planned_in_delivery(step, run, request, label)
     refused: list[str] = []  # holds and refusals on this visit, all said in the path
@@ -99,7 +104,7 @@ async def send(step: SendStep, run: JourneyRun) -> Next:
                 })
                 continue
             return Next.to(spec.on_failure or step.next)
-        run.note("; ".join([*refused, f"{outcome.status} on {outcome.channel or plan.channel}"]))
+        run.note("; ".join([*refused, _sent_note(outcome, outcome.channel or plan.channel)]))
         if outcome.status == "failed" and spec.on_failure:
             return Next.to(spec.on_failure)
         return Next.to(step.next)
@@ -154,10 +159,29 @@ async def _send_planned_in_delivery(
         if outcome.status.startswith("skipped:"):
             run.note(f"{outcome.status}: {outcome.reason}")
             return Next.to(step.next)
-        run.note("; ".join([*trail, f"{outcome.status} on {outcome.channel}"]))
+        run.note("; ".join([*trail, _sent_note(outcome, outcome.channel)]))
         if outcome.status == "failed" and spec.on_failure:
             return Next.to(spec.on_failure)
         return Next.to(step.next)
+
+
+def _with_variant(request: SendRequest, step: SendStep, run: JourneyRun) -> SendRequest:
+    """The send of the contact's variant (by bucket); an automatic experiment also carries every
+    variant's parts, so the delivery can send a decided winner instead."""
+    spec = step.send
+    chosen = variant_for(spec, run.journey.key, run.step, run.input.contact_id)
+    update: dict[str, Any] = {
+        "variant": chosen.arm, "template": run.journey.templates.get(chosen.template, {})}
+    if spec.experiment is not None and spec.experiment.automatic:
+        update["variant_templates"] = {
+            v.arm: run.journey.templates.get(v.template, {}) for v in spec.variants or []}
+        update["goal_events"] = list(goal_events(run.journey, spec.experiment))
+    return request.model_copy(update=update)
+
+
+def _sent_note(outcome: SendOutcome, channel: str | None) -> str:
+    variant = f" (variant {outcome.variant})" if outcome.variant else ""
+    return f"{outcome.status} on {channel}{variant}"
 
 
 def _refused_channel(cause: BaseException) -> str | None:

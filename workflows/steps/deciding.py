@@ -1,19 +1,26 @@
 """Branching steps: `if` decides on fresh data read by an activity; `split` decides by hashing.
 
 A split must send the same contact down the same path on every replay and every re-entry, so it
-hashes (journey, step, contact) instead of drawing a random number.
+hashes (journey, step, contact) instead of drawing a random number (`cairn.arms`).
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from cairn.arms import bucket, goal_events, split_arm
     from cairn.conditions import caught_events
-    from cairn.contracts import EVALUATE_CONDITION, ConditionRequest, VerdictResult
+    from cairn.contracts import (
+        CHOOSE_ARM,
+        EVALUATE_CONDITION,
+        ArmChoice,
+        ArmRequest,
+        ConditionRequest,
+        VerdictResult,
+    )
     from cairn.journey import IfStep, SplitStep
 
 from workflows.run import JourneyRun, Next
@@ -53,24 +60,32 @@ def _caught(step: IfStep, run: JourneyRun) -> dict[str, dict[str, Any]]:
             if isinstance(kept.get(name), dict)}
 
 
-def bucket(journey_key: str, step: str, contact_id: str) -> float:
-    """A stable number in [0, 100) for a contact at a split."""
-    digest = hashlib.sha256(f"{journey_key}/{step}/{contact_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 1_000_000 / 10_000
-
-
 async def split(step: SplitStep, run: JourneyRun) -> Next:
-    """Send the contact down one path by its bucket; the holdout ends the journey, counted."""
+    """Send the contact down one path by its bucket; the holdout ends the journey, counted.
+
+    A split with an `experiment:` records the arm through `choose_arm` (a local activity in lean
+    runs), which gives the decided winner instead once an automatic experiment has one; splits
+    without one call no activity, as before.
+    """
     spec = step.split
     point = bucket(run.journey.key, run.step, run.input.contact_id)
-    if point < spec.holdout:
-        run.note(f"holdout (bucket {point:.2f} < {spec.holdout:g}%)")
+    arm, index = split_arm(spec, point)
+    how = f"bucket {point:.2f}"
+    if spec.experiment is not None:
+        choice: ArmChoice = await run.act(
+            CHOOSE_ARM,
+            ArmRequest(context=run.context(), split=spec, hashed=arm,
+                       goal_events=list(goal_events(run.journey, spec.experiment))),
+            ArmChoice,
+            step.summary or f"arm at {run.step}",
+            local=run.lean,
+        )
+        if choice.arm != arm:
+            arm = choice.arm
+            index = next(i for i in range(len(spec.paths)) if spec.path_name(i) == arm)
+        how = f"{how}, {choice.reason}"
+    if index is None:
+        run.note(f"holdout ({how} < {spec.holdout:g}%)")
         return Next(outcome="ended:holdout")
-    edge = spec.holdout
-    for index, path in enumerate(spec.paths):
-        edge += path.percent
-        if point < edge or index == len(spec.paths) - 1:
-            label = path.name or f"path {index + 1}"
-            run.note(f"{label} ({path.percent:g}%, bucket {point:.2f})")
-            return Next.to(path.next)
-    raise AssertionError("split paths add up to 100")
+    run.note(f"{arm} ({spec.paths[index].percent:g}%, {how})")
+    return Next.to(spec.paths[index].next)
