@@ -307,7 +307,7 @@ def click_properties(delivery: Delivery, link: DeliveryLink) -> dict[str, Any]:
     """The `link_clicked` event's properties: which message and which link, nothing personal
     beyond the link's address as the template wrote it."""
     return {"journey": delivery.journey_key, "step": delivery.step,
-            "template": delivery.template, "variant": None, "channel": delivery.channel,
+            "template": delivery.template, "variant": delivery.variant, "channel": delivery.channel,
             "link": link.label, "url": link.url, "link_index": link.position,
             "delivery_id": delivery.id}
 
@@ -375,7 +375,7 @@ async def record_open(
     return await ingest.track(TrackCall(
         userId=delivery.contact_id, event=EMAIL_OPENED,
         properties={"journey": delivery.journey_key, "step": delivery.step,
-                    "template": delivery.template, "variant": None,
+                    "template": delivery.template, "variant": delivery.variant,
                     "channel": delivery.channel, "delivery_id": delivery.id,
                     "provider": "cairn"},
         timestamp=now, messageId=f"open-{feedback_id}",
