@@ -34,6 +34,7 @@ V_GAP = 58
 MARGIN = 24
 LOOP_MARGIN = 60
 SWEEPS = 4
+DUMMY_WIDTH = 24
 TEXT_LIMIT = 34
 """Characters of a line of a node's text; the whole text is in the node's `<title>` tooltip."""
 
@@ -57,9 +58,17 @@ class _Node:
     layer: int = 0
     x: float = 0.0
     y: float = 0.0
+    width: float = NODE_WIDTH
+    row_height: float = 0.0
+
+    @property
+    def dummy(self) -> bool:
+        return self.role == "dummy"
 
     @property
     def height(self) -> float:
+        if self.dummy:
+            return self.row_height
         return LINE_HEIGHT * (len(self.lines) + len(self.figures)) + 14
 
 
@@ -70,6 +79,8 @@ class _Edge:
     route: str
     label: str
     back: bool = False
+    via: list[str] = field(default_factory=list)
+    """Dummy nodes a long forward edge passes through, one per layer it crosses."""
 
 
 def _short(text: str) -> str:
@@ -89,7 +100,10 @@ def _graph(journey: Journey, figures: GraphFigures) -> tuple[dict[str, _Node], l
     nodes = {TRIGGER: _Node(TRIGGER, "trigger", ["trigger", _short(describe_trigger(
         journey.trigger))], "trigger", figures.nodes.get(TRIGGER, []))}
     for name, step in journey.steps.items():
-        lines = [_short(name), _short(f"{step.kind}: {describe_step(step)}")]
+        described = describe_step(step)
+        kind = described if described.split(" ", 1)[0] == step.kind else (
+            f"{step.kind}: {described}")
+        lines = [_short(name), _short(kind)]
         if step.summary:
             lines.append(_short(step.summary))
         title = f"{name} ({step.kind}): {describe_step(step)}" + (
@@ -156,14 +170,36 @@ def _layers(nodes: dict[str, _Node], found: list[_Edge]) -> list[list[str]]:
     return [row for row in rows if row]
 
 
+def _add_dummies(nodes: dict[str, _Node], rows: list[list[str]], found: list[_Edge]) -> None:
+    """Split each forward edge longer than one layer with a dummy node per layer crossed, so
+    that ordering keeps it out of the way of the nodes it passes (the classic Sugiyama step)."""
+    index = {n: i for i, row in enumerate(rows) for n in row}
+    for number, e in enumerate(found):
+        if e.back:
+            continue
+        for layer in range(index[e.source] + 1, index[e.target]):
+            dummy = f"~{number}.{layer}"
+            nodes[dummy] = _Node(dummy, "", [], "dummy", [], layer=layer, width=DUMMY_WIDTH)
+            rows[layer].append(dummy)
+            e.via.append(dummy)
+
+
+def _segments(found: list[_Edge]) -> list[tuple[str, str]]:
+    pairs = []
+    for e in found:
+        if not e.back:
+            chain = [e.source, *e.via, e.target]
+            pairs += list(zip(chain, chain[1:], strict=False))
+    return pairs
+
+
 def _order(rows: list[list[str]], found: list[_Edge]) -> None:
     """Barycentre ordering, downward then upward sweeps; ties keep the current order."""
     up: dict[str, list[str]] = {}
     down: dict[str, list[str]] = {}
-    for e in found:
-        if not e.back:
-            up.setdefault(e.target, []).append(e.source)
-            down.setdefault(e.source, []).append(e.target)
+    for source, target in _segments(found):
+        up.setdefault(target, []).append(source)
+        down.setdefault(source, []).append(target)
     for sweep in range(SWEEPS):
         indices = range(1, len(rows)) if sweep % 2 == 0 else range(len(rows) - 2, -1, -1)
         neighbours = up if sweep % 2 == 0 else down
@@ -179,16 +215,20 @@ def _order(rows: list[list[str]], found: list[_Edge]) -> None:
 
 
 def _place(nodes: dict[str, _Node], rows: list[list[str]]) -> tuple[float, float]:
-    widest = max(len(row) for row in rows)
-    width = widest * NODE_WIDTH + (widest - 1) * H_GAP
+    def used(row: list[str]) -> float:
+        return sum(nodes[n].width for n in row) + (len(row) - 1) * H_GAP
+
+    width = max(used(row) for row in rows)
     y = float(MARGIN)
     for row in rows:
-        used = len(row) * NODE_WIDTH + (len(row) - 1) * H_GAP
-        x = MARGIN + (width - used) / 2
-        tallest = max(nodes[n].height for n in row)
+        x = MARGIN + (width - used(row)) / 2
+        tallest = max(nodes[n].height for n in row if not nodes[n].dummy) if any(
+            not nodes[n].dummy for n in row) else LINE_HEIGHT
         for n in row:
             nodes[n].x, nodes[n].y = x, y
-            x += NODE_WIDTH + H_GAP
+            if nodes[n].dummy:
+                nodes[n].row_height = tallest
+            x += nodes[n].width + H_GAP
         y += tallest + V_GAP
     return MARGIN * 2 + width + LOOP_MARGIN, y - V_GAP + MARGIN
 
@@ -205,11 +245,20 @@ def _edge_svg(nodes: dict[str, _Node], e: _Edge, right: float) -> str:
         lx, ly = bend - 4, (y1 + y2) / 2
         anchor = "end"
     else:
-        x1, y1 = a.x + NODE_WIDTH / 2, a.y + a.height
-        x2, y2 = b.x + NODE_WIDTH / 2, b.y
-        mid = (y1 + y2) / 2
-        path = f"M{x1:.0f},{y1:.0f} C{x1:.0f},{mid:.0f} {x2:.0f},{mid:.0f} {x2:.0f},{y2:.0f}"
-        lx, ly = (x1 + x2) / 2 + 4, mid + 4
+        points = [(a.x + a.width / 2, a.y + a.height)]
+        for dummy in (nodes[d] for d in e.via):
+            centre = dummy.x + dummy.width / 2
+            points += [(centre, dummy.y), (centre, dummy.y + dummy.height)]
+        points.append((b.x + b.width / 2, b.y))
+        path = f"M{points[0][0]:.0f},{points[0][1]:.0f}"
+        for i in range(0, len(points) - 1, 2):
+            (x1, y1), (x2, y2) = points[i], points[i + 1]
+            mid = (y1 + y2) / 2
+            path += f" C{x1:.0f},{mid:.0f} {x2:.0f},{mid:.0f} {x2:.0f},{y2:.0f}"
+            if i + 2 < len(points):
+                path += f" L{points[i + 2][0]:.0f},{points[i + 2][1]:.0f}"
+        (x1, y1), (x2, y2) = points[0], points[1]
+        lx, ly = (x1 + x2) / 2 + 4, (y1 + y2) / 2 + 4
         anchor = "start"
     label = (f'<text class="edge-label" x="{lx:.0f}" y="{ly:.0f}" text-anchor="{anchor}">'
              f"{escape(e.label)}</text>") if e.label else ""
@@ -239,10 +288,11 @@ def journey_svg(journey: Journey, figures: GraphFigures | None = None) -> str:
     `loop`, `edge-label`, `figure`."""
     nodes, found = _graph(journey, figures or GraphFigures())
     rows = _layers(nodes, found)
+    _add_dummies(nodes, rows, found)
     _order(rows, found)
     width, height = _place(nodes, rows)
     body = [_edge_svg(nodes, e, width) for e in found]
-    body += [_node_svg(nodes[n]) for row in rows for n in row]
+    body += [_node_svg(nodes[n]) for row in rows for n in row if not nodes[n].dummy]
     return (f'<svg xmlns="http://www.w3.org/2000/svg" class="journey-graph" role="img" '
             f'aria-label="{escape(journey.key)} step graph" width="{width:.0f}" '
             f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}">'
@@ -255,8 +305,10 @@ def layout(journey: Journey) -> dict[str, tuple[int, int]]:
     """(layer, position in layer) of every node: what the tests check of the layout."""
     nodes, found = _graph(journey, GraphFigures())
     rows = _layers(nodes, found)
+    _add_dummies(nodes, rows, found)
     _order(rows, found)
-    return {n: (i, k) for i, row in enumerate(rows) for k, n in enumerate(row)}
+    return {n: (i, k) for i, row in enumerate(rows)
+            for k, n in enumerate(r for r in row if not nodes[r].dummy)}
 
 
 def _count(n: int, word: str) -> str:
