@@ -67,15 +67,20 @@ SECURITY_HEADERS = {
 REPORT_DRAWN = {"funnel", "versions", "messages", "notes", "steps"}
 """Report lists the journey page draws itself; any other list (experiments) gets a table."""
 
+Reading = Annotated[Viewer, Depends(ConsoleSession("read"))]
+"""A page any console session may see (read or admin key)."""
+Acting = Annotated[Viewer, Depends(ConsoleSession("admin"))]
+"""An action that needs an admin key's session, as the API's task routes do."""
+
 templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                         autoescape=select_autoescape(default=True, default_for_string=True))
 templates.globals.update(percent=views.percent, when=views.when)
 templates.filters["path"] = lambda value: quote(str(value), safe="")
 
 
-def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+def render(name: str, code: int = 200, **context: Any) -> HTMLResponse:
     html = templates.get_template(name).render(**context)
-    return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+    return HTMLResponse(html, status_code=code, headers=SECURITY_HEADERS)
 
 
 def install_console(app: FastAPI, store: Store, ingest: Ingest, settings: Settings) -> None:
@@ -98,12 +103,10 @@ def install_console(app: FastAPI, store: Store, ingest: Ingest, settings: Settin
 def console_router(store: Store, ingest: Ingest, settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/console", include_in_schema=False)
     ui, namespace = settings.temporal_ui, settings.temporal_namespace
-    reading = Annotated[Viewer, Depends(ConsoleSession("read"))]
-    acting = Annotated[Viewer, Depends(ConsoleSession("admin"))]
 
-    def page(name: str, request: Request, viewer: Viewer, status: int = 200,
+    def page(name: str, request: Request, viewer: Viewer, code: int = 200,
              **context: Any) -> HTMLResponse:
-        return render(name, status, viewer=viewer, path=request.url.path, ui=ui, **context)
+        return render(name, code, viewer=viewer, path=request.url.path, ui=ui, **context)
 
     # ------------------------------------------------------------------ open: login, assets
 
@@ -142,13 +145,13 @@ def console_router(store: Store, ingest: Ingest, settings: Settings) -> APIRoute
     # ------------------------------------------------------------------ pages
 
     @router.post("/logout")
-    async def logout(request: Request, viewer: reading) -> Response:
+    async def logout(request: Request, viewer: Reading) -> Response:
         response = RedirectResponse("/console/login", status_code=303, headers=SECURITY_HEADERS)
         clear_cookie(response, request)
         return response
 
     @router.get("")
-    async def journeys(request: Request, viewer: reading) -> HTMLResponse:
+    async def journeys(request: Request, viewer: Reading) -> HTMLResponse:
         now = datetime.now(UTC)
         published = await published_journeys(store)
         trends = await daily_entries(store, days=30, now=now)
@@ -165,7 +168,7 @@ def console_router(store: Store, ingest: Ingest, settings: Settings) -> APIRoute
 
     @router.get("/journeys/{key}")
     async def journey(
-        request: Request, viewer: reading, key: str,
+        request: Request, viewer: Reading, key: str,
         version: Annotated[int | None, Query(ge=1)] = None,
         window: str = "30d",
         from_version: Annotated[int | None, Query(ge=1)] = None,
@@ -177,13 +180,13 @@ def console_router(store: Store, ingest: Ingest, settings: Settings) -> APIRoute
             row = await journeys_repo.get_version(s, key, version)
         if row is None:
             return page("missing.html", request, viewer, what=f"journey {key!r}"
-                        + (f" version {version}" if version else ""), status=404)
+                        + (f" version {version}" if version else ""), code=404)
         definition = journeys_repo.journey_of(row)
         try:
             report = await journey_report(store, key, version=version,
                                           since=views.window_start(window, now), now=now)
         except UnknownJourney:
-            return page("missing.html", request, viewer, what=f"journey {key!r}", status=404)
+            return page("missing.html", request, viewer, what=f"journey {key!r}", code=404)
         versions = await journey_versions(store, key)
         changes = []
         for older, newer in zip(versions, versions[1:], strict=False):
@@ -205,7 +208,7 @@ def console_router(store: Store, ingest: Ingest, settings: Settings) -> APIRoute
             runs_link=views.runs_link(ui, namespace, key))
 
     @router.get("/contacts")
-    async def contact_search(request: Request, viewer: reading,
+    async def contact_search(request: Request, viewer: Reading,
                              id: str | None = None) -> Response:
         if id and id.strip():
             return RedirectResponse(f"/console/contacts/{quote(id.strip(), safe='')}",
@@ -213,32 +216,32 @@ def console_router(store: Store, ingest: Ingest, settings: Settings) -> APIRoute
         return page("contacts.html", request, viewer)
 
     @router.get("/contacts/{contact_id}")
-    async def contact(request: Request, viewer: reading, contact_id: str) -> HTMLResponse:
+    async def contact(request: Request, viewer: Reading, contact_id: str) -> HTMLResponse:
         async with store.session() as s:
             snapshot = await contacts_repo.snapshot(s, contact_id)
             entries = await entries_repo.entries_for(s, contact_id=contact_id)
         if snapshot is None:
             return page("missing.html", request, viewer, what=f"contact {contact_id!r}",
-                        status=404)
+                        code=404)
         try:
             timeline = await contact_timeline(store, contact_id)
         except UnknownContact:
             return page("missing.html", request, viewer, what=f"contact {contact_id!r}",
-                        status=404)
+                        code=404)
         runs = [(e, views.run_link(ui, namespace, e.workflow_id)) for e in entries]
         return page("contact.html", request, viewer, contact=snapshot, timeline=timeline,
                     runs=runs, runs_link=views.contact_runs_link(ui, namespace, contact_id),
                     run_link=lambda wid: views.run_link(ui, namespace, wid))
 
     @router.get("/tasks")
-    async def tasks(request: Request, viewer: reading, status: str | None = None,
+    async def tasks(request: Request, viewer: Reading, status: str | None = None,
                     note: str | None = None) -> HTMLResponse:
         status = status if status in ("open", "claimed", "done") else None
         found = await task_list(store, None, status)
         return page("tasks.html", request, viewer, tasks=found, status=status, note=note)
 
     @router.post("/tasks/{task_id}/claim")
-    async def claim(request: Request, viewer: acting, task_id: int,
+    async def claim(request: Request, viewer: Acting, task_id: int,
                     assignee: Annotated[str, Form()] = "") -> Response:
         try:
             view = await claim_task(store, task_id, assignee.strip() or viewer.name)
@@ -249,7 +252,7 @@ def console_router(store: Store, ingest: Ingest, settings: Settings) -> APIRoute
         return RedirectResponse(f"/console/tasks?note=claimed+{task_id}", status_code=303)
 
     @router.post("/tasks/{task_id}/complete")
-    async def complete(request: Request, viewer: acting, task_id: int,
+    async def complete(request: Request, viewer: Acting, task_id: int,
                        outcome: Annotated[str, Form()] = "") -> Response:
         view = await complete_task(store, ingest, task_id, outcome=outcome.strip() or None,
                                    by=viewer.name)
@@ -258,7 +261,7 @@ def console_router(store: Store, ingest: Ingest, settings: Settings) -> APIRoute
         return RedirectResponse(f"/console/tasks?note=completed+{task_id}", status_code=303)
 
     @router.get("/outbox")
-    async def outbox(request: Request, viewer: reading, status: str | None = None,
+    async def outbox(request: Request, viewer: Reading, status: str | None = None,
                      ) -> HTMLResponse:
         status = (status or "").strip()[:32] or None
         rows = await latest_deliveries(store, 100, status)
