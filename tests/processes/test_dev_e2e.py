@@ -361,6 +361,7 @@ def test_cairn_dev_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     output = log.read_text()
     assert code == 0, output
     assert f"http://127.0.0.1:{api_port}/docs" in output
+    assert f"http://127.0.0.1:{api_port}/console" in output
     assert f"http://localhost:{ui_port}" in output
     assert "cart-abandonment v1" in output
     assert "Stopped." in output
