@@ -123,7 +123,8 @@ async def contact_timeline(store: Store, contact_id: str, *,
                 .where(DeliveryFeedback.delivery_id.in_([d.id for d in deliveries]))
                 .order_by(DeliveryFeedback.occurred_at, DeliveryFeedback.id))
             for delivery_id, kind, _at in rows.all():
-                feedback.setdefault(delivery_id, []).append(kind)
+                if delivery_id is not None:
+                    feedback.setdefault(delivery_id, []).append(kind)
         scores = (await s.execute(select(ScoreChangeRecord)
                                   .where(ScoreChangeRecord.contact_id == contact_id)
                                   .order_by(ScoreChangeRecord.at.desc()).limit(limit))

@@ -19,7 +19,9 @@ send step, per-branch counts on edges, conversions per exit goal). Pure function
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from html import escape
+from itertools import pairwise
 from typing import Any
 
 from cairn.graph import back_edges, describe_step, describe_trigger, edges
@@ -189,7 +191,7 @@ def _segments(found: list[_Edge]) -> list[tuple[str, str]]:
     for e in found:
         if not e.back:
             chain = [e.source, *e.via, e.target]
-            pairs += list(zip(chain, chain[1:], strict=False))
+            pairs += list(pairwise(chain))
     return pairs
 
 
@@ -205,13 +207,16 @@ def _order(rows: list[list[str]], found: list[_Edge]) -> None:
         neighbours = up if sweep % 2 == 0 else down
         for i in indices:
             position = {n: k for row in rows for k, n in enumerate(row)}
+            rows[i] = sorted(rows[i], key=partial(_sort_key, neighbours=neighbours,
+                                                  position=position))
 
-            def centre(node: str, k: int) -> tuple[float, int]:
-                near = [position[m] for m in neighbours.get(node, []) if m in position]
-                return (sum(near) / len(near) if near else float(k), k)
 
-            rows[i] = [n for _, n in sorted(
-                ((centre(n, k), n) for k, n in enumerate(rows[i])), key=lambda item: item[0])]
+def _sort_key(node: str, *, neighbours: dict[str, list[str]],
+              position: dict[str, int]) -> tuple[float, int]:
+    """The barycentre: the mean position of a node's neighbours in the layer swept from (its
+    own position when it has none there); ties keep the current order."""
+    near = [position[m] for m in neighbours.get(node, []) if m in position]
+    return (sum(near) / len(near) if near else float(position[node]), position[node])
 
 
 def _place(nodes: dict[str, _Node], rows: list[list[str]]) -> tuple[float, float]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
-from urllib.parse import quote
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
@@ -157,8 +158,9 @@ def console_router(store: Store, ingest: Ingest, settings: Settings) -> APIRoute
         trends = await daily_entries(store, days=30, now=now)
 
         async def figures(key: str) -> tuple[Any, Any]:
-            return (await journey_report(store, key, since=now - views.WINDOWS["7d"], now=now),
-                    await journey_report(store, key, since=now - views.WINDOWS["30d"], now=now))
+            return (await journey_report(store, key, since=views.window_start("7d", now), now=now),
+                    await journey_report(store, key, since=views.window_start("30d", now),
+                                         now=now))
 
         reports = await asyncio.gather(*(figures(j.key) for j in published))
         rows = [{"journey": j, "week": week.funnel, "month": month.funnel,
@@ -189,7 +191,7 @@ def console_router(store: Store, ingest: Ingest, settings: Settings) -> APIRoute
             return page("missing.html", request, viewer, what=f"journey {key!r}", code=404)
         versions = await journey_versions(store, key)
         changes = []
-        for older, newer in zip(versions, versions[1:], strict=False):
+        for older, newer in pairwise(versions):
             changes.append((older.version, newer.version,
                             version_changes(older.definition, newer.definition)))
         compared = None

@@ -26,7 +26,7 @@ def window_start(window: str, now: datetime) -> datetime | None:
 
 
 def percent(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1%}"
+    return "-" if value is None else f"{value:.1%}"
 
 
 def sparkline(points: Iterable[tuple[date, int]], width: int = 120, height: int = 28) -> str:
