@@ -1,6 +1,7 @@
 """The console in a real browser: Debian's Chromium, headless, driven by Playwright, against a
 `cairn dev`-like set-up (real router, workers and Temporal's test server, the catalog's
-cart-abandonment and form-reply journeys, simulated traffic), served by uvicorn on loopback.
+cart-abandonment and form-reply journeys, simulated traffic: `starter.console.screenshots`, which
+takes the documentation's screenshots the same way), served by uvicorn on loopback.
 
 Log in, open the journey and read the numbers on its graph, open a contact and its timeline,
 claim and complete a task; no JavaScript error, no request leaving loopback. Slow (a browser and
@@ -13,27 +14,25 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from temporalio.testing import WorkflowEnvironment
 
-from cairn.catalog import load_catalog
-from cairn.events.calls import IdentifyCall, TrackCall
 from cairn.events.ingest import Ingest
 from cairn.journey_run import JourneyResult, workflow_id
 from cairn.settings import Settings
-from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
 from starter.api.app import create_app
+from starter.console.screenshots import (
+    CHROMIUM_ARGS,
+    SMALL,
+    publish_demo_journeys,
+    serving,
+    simulate_traffic,
+)
 from tests.api_support import new_key
 from tests.engine_support import engine, events_named
 
@@ -41,15 +40,6 @@ pytestmark = pytest.mark.browser
 
 CATALOG = Path(__file__).resolve().parents[2] / "journeys"
 CHROMIUM_VARIABLE = "CAIRN_TEST_CHROMIUM"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-CONVERTS = ("ana", "bob")
-ON_PUSH = ("dan",)
-BY_EMAIL = ("flo", "gus")
-NO_CONSENT = ("joe",)
-EVERYONE = (*CONVERTS, *ON_PUSH, *BY_EMAIL, *NO_CONSENT)
 
 
 def chromium() -> str:
@@ -72,57 +62,6 @@ def chromium() -> str:
     return path
 
 
-def traits(name: str) -> dict[str, Any]:
-    found: dict[str, Any] = {"email": f"{name}@example.com", "first_name": name.title(),
-                             "consent": {"marketing": name not in NO_CONSENT},
-                             "cart": {"items": 2}}
-    if name in ON_PUSH:
-        found["push_tokens"] = [f"token-{name}"]
-    return found
-
-
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """`app` on a free loopback port in this event loop; yields its base URL."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve(sockets=[listener]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-        listener.close()
-
-
-async def simulate_traffic(env: WorkflowEnvironment, store: Store, ingest: Ingest,
-                           clock: dict[str, datetime]) -> None:
-    for name in EVERYONE:
-        await ingest.identify(IdentifyCall(user_id=name, traits=traits(name)))
-        await ingest.track(TrackCall(user_id=name, event="cart_item_added",
-                                     properties={"value": 25}))
-    await ingest.identify(IdentifyCall(user_id="kim", traits={"email": "kim@example.com",
-                                                              "first_name": "Kim"}))
-    await ingest.track(TrackCall(user_id="kim", event="form_submitted",
-                                 properties={"form": "quote"}))
-    await env.sleep(timedelta(hours=1))
-    clock["now"] = await env.get_current_time()
-    for name in CONVERTS:
-        await ingest.track(TrackCall(user_id=name, event="checkout_completed"))
-    await env.sleep(timedelta(hours=15))  # past the 2-hour wait and any quiet hours
-    for name in EVERYONE:
-        handle = env.client.get_workflow_handle(workflow_id("cart-abandonment", name),
-                                                result_type=JourneyResult)
-        assert (await handle.result()).outcome == ("converted" if name in CONVERTS
-                                                    else "completed")
-
-
 async def test_an_operator_logs_in_reads_the_graph_opens_a_contact_and_works_a_task(
     temporal_env: WorkflowEnvironment, sqlite_store: Store, tmp_path: Path,
 ) -> None:
@@ -131,15 +70,16 @@ async def test_an_operator_logs_in_reads_the_graph_opens_a_contact_and_works_a_t
 
     store = sqlite_store
     start = await temporal_env.get_current_time()
-    async with store.session() as s, s.begin():
-        for journey in load_catalog(CATALOG):
-            if journey.key in ("cart-abandonment", "form-reply"):
-                await journeys_repo.publish(s, journey, source=f"journeys/{journey.key}.yaml",
-                                            now=start)
+    await publish_demo_journeys(store, CATALOG, start)
     clock = {"now": start}
     async with engine(temporal_env, store) as router:
         ingest = Ingest(store, router, clock=lambda: clock["now"])
-        await simulate_traffic(temporal_env, store, ingest, clock)
+        await simulate_traffic(temporal_env, ingest, clock, SMALL)
+        for name in SMALL.everyone:
+            handle = temporal_env.client.get_workflow_handle(
+                workflow_id("cart-abandonment", name), result_type=JourneyResult)
+            assert (await handle.result()).outcome == (
+                "converted" if name in SMALL.converts else "completed")
         settings = Settings(database_url=store.url, secret_key="browser-test",
                             temporal_ui_url="http://127.0.0.1:9/ui")
         app = create_app(store, ingest, settings=settings)
