@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from markupsafe import Markup
 from pydantic import BaseModel
 
 WINDOWS = {"7d": timedelta(days=7), "30d": timedelta(days=30), "90d": timedelta(days=90),
@@ -77,15 +78,32 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def sections(report: BaseModel, known: set[str]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """The report's list fields not drawn elsewhere (e.g. `experiments`), each as a table."""
-    found = []
-    for name, value in report:
-        if name in known or not isinstance(value, list) or not value:
-            continue
-        if all(isinstance(item, BaseModel | dict) for item in value):
-            found.append((name, *table(value)))
-    return found
+def sections(report: BaseModel, known: set[str]) -> list[tuple[str, Markup]]:
+    """The report's fields not drawn elsewhere (e.g. `experiments`), each as HTML that shows
+    every figure: a model as name/value pairs, a list of models as a table, nested as deep as
+    the model is (an experiment's arms inside the experiment)."""
+    return [(name, figures_html(value)) for name, value in report
+            if name not in known and isinstance(value, list | dict | BaseModel) and value]
+
+
+def figures_html(value: Any) -> Markup:
+    """Any figures as escaped HTML, read generically from the model's fields."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, dict):
+        rows = "".join(f"<tr><th>{escape(str(k))}</th><td>{figures_html(v)}</td></tr>"
+                       for k, v in value.items())
+        return Markup(f'<table class="pairs">{rows}</table>')
+    if isinstance(value, list) and value and all(isinstance(v, dict | BaseModel)
+                                                 for v in value):
+        items = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
+        columns = list(dict.fromkeys(k for item in items for k in item))
+        head = "".join(f"<th>{escape(str(c))}</th>" for c in columns)
+        body = "".join("<tr>" + "".join(f"<td>{figures_html(item.get(c))}</td>"
+                                        for c in columns) + "</tr>" for item in items)
+        return Markup(f'<table class="figures"><thead><tr>{head}</tr></thead>'
+                      f"<tbody>{body}</tbody></table>")
+    return Markup(escape(cell(value)))
 
 
 def runs_link(ui: str, namespace: str, journey: str) -> str:

@@ -169,3 +169,34 @@ async def test_pages_answer_in_under_300_ms_for_a_journey_with_5000_runs(
         timings[url] = best
     print("console page times (s):", {u: round(t, 3) for u, t in timings.items()})
     assert max(timings.values()) < 0.3, timings
+
+
+def test_figures_a_newer_report_carries_show_generically_and_escaped() -> None:
+    from pydantic import BaseModel
+
+    from starter.console.views import figures_html, sections
+
+    class Arm(BaseModel):
+        name: str
+        conversions: int
+        rate: float | None
+
+    class Experiment(BaseModel):
+        step: str
+        arms: list[Arm]
+        winner: str | None
+
+    class NewerReport(BaseModel):
+        funnel: dict[str, int]
+        experiments: list[Experiment]
+
+    report = NewerReport(funnel={"entries": 1}, experiments=[Experiment(
+        step="<pick>", arms=[Arm(name="a", conversions=3, rate=0.3),
+                             Arm(name="b", conversions=5, rate=0.5)], winner="b")])
+    [(name, html)] = sections(report, {"funnel"})
+    assert name == "experiments"
+    assert "<th>step</th><th>arms</th><th>winner</th>" in html
+    assert "&lt;pick&gt;" in html and "<pick>" not in html
+    assert "<th>name</th><th>conversions</th><th>rate</th>" in html  # the arms, nested
+    assert "<td>b</td><td>5</td><td>0.5</td>" in html
+    assert str(figures_html(None)) == ""
