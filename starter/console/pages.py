@@ -43,7 +43,6 @@ from starter.console.session import (
     LoginRequired,
     Viewer,
     clear_cookie,
-    read_cookie,
     safe_next,
     same_origin,
     session_cookie,
@@ -113,8 +112,7 @@ def console_router(store: Store, ingest: Ingest, settings: Settings) -> APIRoute
 
     @router.get("/login")
     async def login_page(request: Request, next: str | None = None) -> Response:
-        if read_cookie(request) is not None:
-            return RedirectResponse(safe_next(next), status_code=303)
+        # Always the form, even with a cookie: its key may be revoked since (no redirect loop).
         return render("login.html", next=safe_next(next), error=None, viewer=None)
 
     @router.post("/login")

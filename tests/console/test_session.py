@@ -138,6 +138,7 @@ async def test_revoking_the_key_ends_its_sessions_and_logout_clears_the_cookie(
     async with sqlite_store.session() as s, s.begin():
         await keys_repo.revoke_key(s, "operator", datetime.now(UTC))
     assert (await browser_less.get("/console")).status_code == 303
+    assert (await browser_less.get("/console/login")).status_code == 200  # no redirect loop
 
     csrf = await log_in(browser_less, sqlite_store, "read")
     out = await browser_less.post("/console/logout", data={"csrf": csrf})
