@@ -63,6 +63,10 @@ class Settings(BaseSettings):
                     "non-deterministic call in workflow code fails at once; costs about 190 KB "
                     "per cached run and 24 ms per new run. Off: imported once, shared by runs")
     ui_port: int = 8233
+    temporal_ui_url: str | None = Field(
+        default=None,
+        description="where people open the Temporal UI (the console links runs there); "
+                    "default: http://localhost:<ui_port>, the UI `cairn dev` starts")
     temporal_port: int = 7233
     journeys_dir: Path = Path("journeys")
     log_level: str = "INFO"
@@ -135,6 +139,11 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [origin.strip() for origin in text.split(",") if origin.strip()]
         return value
+
+    @property
+    def temporal_ui(self) -> str:
+        """The Temporal UI's address, without a trailing slash."""
+        return (self.temporal_ui_url or f"http://localhost:{self.ui_port}").rstrip("/")
 
     @property
     def mail_dir(self) -> Path:

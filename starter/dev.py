@@ -530,6 +530,8 @@ def describe(stack: DevStack) -> list[tuple[str, str]]:
     if stack.api_url:
         rows.append(("API", stack.api_url))
         rows.append(("API docs", f"{stack.api_url}/docs"))
+        rows.append(("Console", f"{stack.api_url}/console (log in with the admin key below; "
+                                "docs/console.md)"))
         rows.append(("Codec", f"{stack.api_url}/codec (the UI decrypts payloads through it; "
                               f"`temporal workflow show --codec-endpoint {stack.api_url}/codec "
                               "--codec-auth \"Bearer $CAIRN_ADMIN_KEY\"`)"))

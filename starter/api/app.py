@@ -11,7 +11,8 @@
 - `starter.api.keys`: API keys (`starter.api.auth` checks them on every other route);
 - `starter.api.codec`: Temporal's remote codec (`/codec/decode`, `/codec/encode`) for UI and CLI;
 - `starter.api.health`: whether the API is alive (`/v1/health`) and ready (`/v1/ready`);
-  `starter.api.metrics`: Prometheus counters (`/metrics`).
+  `starter.api.metrics`: Prometheus counters (`/metrics`);
+- `starter.console`: the operator console's pages at `/console` (a session cookie from a key).
 
 Endpoints are thin: a pydantic model validates the body, one service call from `cairn` does the
 work, a response model answers. Malformed input gets a 422 naming each field (`starter.api.errors`).
@@ -55,6 +56,7 @@ from starter.api.quarantine import quarantine_router
 from starter.api.rejected import rejected_router
 from starter.api.reports import reports_router
 from starter.api.tasks import tasks_router
+from starter.console.pages import install_console
 from starter.schedules import entry_config
 
 
@@ -115,6 +117,7 @@ def create_app(
         encrypt=settings.payload_encryption))
     app.add_middleware(CodecCors, origins=settings.codec_cors_origins)
     app.include_router(metrics_router())
+    install_console(app, store, ingest, settings)
     document_keys(app)
     return app
 

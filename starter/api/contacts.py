@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Request
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from temporalio.client import Client
 
 from cairn.contact import ContactSnapshot, WebPushSubscription
+from cairn.contact_timeline import ContactTimeline, UnknownContact, contact_timeline
 from cairn.events import attribute_changes
 from cairn.events.calls import new_message_id
 from cairn.journey import CHANNELS, Channel
@@ -326,6 +327,24 @@ def contacts_router(
         if snapshot is None:
             raise _not_found(contact_id)
         return snapshot
+
+    @router.get("/v1/contacts/{contact_id}/timeline", dependencies=[requires("read")],
+                response_model=ContactTimeline,
+                summary="A contact's timeline: events, entries, steps, messages and why not",
+                responses=_NOT_FOUND)
+    async def read_timeline(
+        contact_id: str,
+        limit: Annotated[int, Query(ge=1, le=1000, description="items of each kind at most")]
+        = 200,
+    ) -> ContactTimeline:
+        """Newest first: the contact's events (names only), journey entries and how they ended
+        (with the reason), messages with their ledger status, the providers' feedback and, for a
+        message that did not go, why (consent, unreachable, frequency cap, quiet hours,
+        unconfirmed, refused); score changes with their reason; tasks."""
+        try:
+            return await contact_timeline(store, contact_id, limit=limit)
+        except UnknownContact as error:
+            raise HTTPException(404, str(error)) from error
 
     @router.patch("/v1/contacts/{contact_id}", dependencies=[requires("admin")],
                   response_model=ContactSnapshot,

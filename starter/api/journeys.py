@@ -46,10 +46,7 @@ async def published_journeys(store: Store) -> list[JourneySummary]:
     """Published journeys (latest version per key) and their open entries."""
     async with store.session() as session:
         rows = await journeys_repo.published(session)
-        open_rows = await entries_repo.open_entries(session)
-    counts: dict[str, int] = {}
-    for entry in open_rows:
-        counts[entry.journey_key] = counts.get(entry.journey_key, 0) + 1
+        counts = await entries_repo.open_entry_counts(session)
     summaries = []
     for row in rows:
         trigger = Trigger.model_validate(row.definition.get("trigger") or {}).describe()

@@ -102,6 +102,34 @@ def completion_event(task: Task, when: datetime) -> TrackCall | None:
                      timestamp=when, messageId=f"task/{task.id}/completed")
 
 
+async def claim_task(store: Store, task_id: int, assignee: str) -> TaskView | None:
+    """Claim an open task for `assignee` (None: no such task). Raises
+    `tasks_repo.TaskStateError` when it is done or claimed by someone else."""
+    async with store.session() as s, s.begin():
+        task = await tasks_repo.claim_task(s, task_id, assignee, utc_now())
+        if task is None:
+            return None
+        view = TaskView.model_validate(task)
+    log.info("task.claimed", task_id=task_id, assignee=assignee)
+    return view
+
+
+async def complete_task(store: Store, ingest: Ingest, task_id: int, *, outcome: str | None,
+                        by: str | None) -> TaskView | None:
+    """Complete a task (None: no such task); its journey hears `task_completed` once."""
+    now = utc_now()
+    async with store.session() as s, s.begin():
+        task, changed = await tasks_repo.complete_task(s, task_id, now, outcome=outcome, by=by)
+        if task is None:
+            return None
+        view = TaskView.model_validate(task)
+        event = completion_event(task, now)
+    if changed and event is not None:
+        await ingest.track(event)
+    log.info("task.completed", task_id=task_id, outcome=outcome, changed=changed)
+    return view
+
+
 def tasks_router(store: Store, ingest: Ingest) -> APIRouter:
     router = APIRouter(tags=["tasks"])
 
@@ -121,14 +149,11 @@ def tasks_router(store: Store, ingest: Ingest) -> APIRouter:
                             409: {"description": "done, or claimed by someone else"}})
     async def claim(task_id: int, body: Claim) -> TaskView:
         try:
-            async with store.session() as s, s.begin():
-                task = await tasks_repo.claim_task(s, task_id, body.assignee, utc_now())
-                if task is None:
-                    raise HTTPException(404, f"no task {task_id}")
-                view = TaskView.model_validate(task)
+            view = await claim_task(store, task_id, body.assignee)
         except tasks_repo.TaskStateError as error:
             raise HTTPException(409, str(error)) from error
-        log.info("task.claimed", task_id=task_id, assignee=body.assignee)
+        if view is None:
+            raise HTTPException(404, f"no task {task_id}")
         return view
 
     @router.post("/v1/tasks/{task_id}/complete", dependencies=[requires("admin")],
@@ -136,17 +161,9 @@ def tasks_router(store: Store, ingest: Ingest) -> APIRouter:
                  summary="Complete a task; its journey hears `task_completed`",
                  responses={404: {"description": "no such task"}})
     async def complete(task_id: int, body: Completion) -> TaskView:
-        now = utc_now()
-        async with store.session() as s, s.begin():
-            task, changed = await tasks_repo.complete_task(s, task_id, now,
-                                                           outcome=body.outcome, by=body.by)
-            if task is None:
-                raise HTTPException(404, f"no task {task_id}")
-            view = TaskView.model_validate(task)
-            event = completion_event(task, now)
-        if changed and event is not None:
-            await ingest.track(event)
-        log.info("task.completed", task_id=task_id, outcome=body.outcome, changed=changed)
+        view = await complete_task(store, ingest, task_id, outcome=body.outcome, by=body.by)
+        if view is None:
+            raise HTTPException(404, f"no task {task_id}")
         return view
 
     return router

@@ -21,6 +21,7 @@ from cairn.store.db import Store
 from cairn.store.schema import ApiKey, Event
 from starter.api.app import create_app
 from starter.api.auth import api_routes, requirement_of
+from starter.console.session import session_requirement_of
 from tests.api_support import api_client, basic, bearer, new_key
 
 OPEN_ROUTES = {
@@ -36,6 +37,9 @@ OPEN_ROUTES = {
     # the API's own documentation
     ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"),
+    # the console's login page (the key typed into it is the credential) and its own CSS, JS
+    # and icon; every other console page is guarded by the console's session (below)
+    ("GET", "/console/login"), ("POST", "/console/login"), ("GET", "/console/static/{name}"),
 }
 """Every route that takes no API key, each for a reason; a new route is not one of them."""
 
@@ -79,7 +83,13 @@ async def test_every_route_needs_a_key_of_its_scope_except_the_open_ones(
     all_routes = {(method, route.path) for route in api_routes(app.routes)
                   for method in (route.methods or set()) - {"HEAD"}}
     keyed = keyed_routes(app)
-    assert all_routes - {(m, p) for m, p, _ in keyed} == OPEN_ROUTES
+    # The console's pages take a session made from a key instead (tests/console/test_session.py
+    # checks each sends a stranger to its login page).
+    console = {(method, route.path) for route in api_routes(app.routes)
+               if session_requirement_of(route) is not None
+               for method in (route.methods or set()) - {"HEAD"}}
+    assert console and all(path.startswith("/console") for _, path in console)
+    assert all_routes - {(m, p) for m, p, _ in keyed} - console == OPEN_ROUTES
     assert len(keyed) >= 30
 
     secrets = {scope: await new_key(store, scope) for scope in ("read", "write")}

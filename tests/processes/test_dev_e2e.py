@@ -352,6 +352,11 @@ def test_cairn_dev_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             assert httpx.get(journeys, timeout=10).status_code == 401
             assert httpx.get(journeys, timeout=10, headers={
                 "authorization": f"Bearer {admin_key.group(1)}"}).status_code == 200
+            with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10) as browser:
+                assert browser.get("/console").status_code == 303  # to the login page
+                login = browser.post("/console/login", data={"key": admin_key.group(1)})
+                assert login.status_code == 303
+                assert 'data-journey="cart-abandonment"' in browser.get("/console").text
             dev.send_signal(signal.SIGINT)
             code = dev.wait(timeout=60)
         finally:
@@ -361,6 +366,7 @@ def test_cairn_dev_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     output = log.read_text()
     assert code == 0, output
     assert f"http://127.0.0.1:{api_port}/docs" in output
+    assert f"http://127.0.0.1:{api_port}/console" in output
     assert f"http://localhost:{ui_port}" in output
     assert "cart-abandonment v1" in output
     assert "Stopped." in output
