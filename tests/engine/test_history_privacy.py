@@ -30,6 +30,11 @@ from zoneinfo import available_timezones
 
 import yaml
 from google.protobuf.message import Message
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowHistory
 
@@ -37,7 +42,11 @@ from cairn.conditions import event_field
 from cairn.journey import Journey
 from cairn.journey_files import journey_files, load_journey
 from cairn.simulation.scenario import Scenario
-from starter.testing import Simulator, parse_scenario, policy_beside
+from cairn.channels.registry import ChannelSet, local_channels
+from cairn.channels.webhook import WebhookCaller, WebhookSettings
+from cairn.store.db import Store
+from starter.testing import Simulator, as_journey, parse_scenario, policy_beside
+from tests.standins.server import StandInServer
 
 ROOT = Path(__file__).resolve().parents[2]
 YAML_BLOCK = re.compile(r"```yaml\n(.*?)```", re.DOTALL)
@@ -169,3 +178,60 @@ async def test_no_history_of_the_catalog_holds_personal_data(simulator: Simulato
     if found and (dump := os.environ.get("HISTORY_SCAN_DUMP")):
         Path(dump).write_text("\n".join(found), encoding="utf-8")
     assert not found, f"{len(found)} personal values in histories:\n" + "\n".join(found[:80])
+
+
+CRM_ANSWER = {"customer": {"full_name": "Ana Popescu-Vlad", "email": "ana.crm@example.org",
+                           "phone": "+40722999888", "address": "Strada Lipscani 12"},
+              "items": [{"name": "Blue mug"}]}
+
+
+async def test_a_webhook_answer_kept_with_save_as_stays_in_the_store(
+    simulator: Simulator,
+) -> None:
+    """The receiver's answer (a CRM record of the contact) feeds the next step's template, read
+    back from the ledger: the run's history holds only a reference to it."""
+
+    echoed: list[Any] = []
+
+    async def crm(request: Request) -> JSONResponse:
+        return JSONResponse(CRM_ANSWER)
+
+    async def echo(request: Request) -> JSONResponse:
+        echoed.append((await request.body()).decode())
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/crm", crm, methods=["POST"]),
+                            Route("/echo", echo, methods=["POST"])])
+    with StandInServer(app) as server:
+        journey = as_journey({
+            "key": "crm-lookup", "name": "CRM lookup", "trigger": {"event": "go"},
+            "start": "lookup",
+            "steps": {
+                "lookup": {"webhook": {"url": server.url + "/crm", "save_as": "crm"},
+                           "next": "tell"},
+                "tell": {"webhook": {
+                    "url": server.url + "/echo",
+                    "body": "{{ journey.crm.customer.full_name }} at "
+                            "{{ journey.crm.customer.email }}"}, "next": "end"},
+            },
+        })
+
+        def channels(store: Store) -> ChannelSet:
+            return ChannelSet(providers=dict(local_channels(store).providers),
+                              webhooks=WebhookCaller(WebhookSettings(
+                                  signing_secret=SecretStr("s3cret"))))
+
+        report = await simulator.run(
+            journey,
+            parse_scenario({"now": "2026-03-02T09:00:00Z",
+                            "contact": {"id": "c-9", "email": "c9@example.com"},
+                            "events": [{"at": "+0s", "event": "go"}]}),
+            keep_histories=True, channels=channels,
+        )
+    assert report.outcome == "completed", report.path
+    assert echoed == ["Ana Popescu-Vlad at ana.crm@example.org"]
+    needles = {"Ana Popescu-Vlad", "ana.crm@example.org", "+40722999888", "Strada Lipscani 12",
+               "Blue mug"}
+    assert report.histories
+    found = leaks(report.histories, needles)
+    assert not found, "\n".join(found)
