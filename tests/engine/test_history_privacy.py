@@ -38,12 +38,12 @@ from starlette.routing import Route
 from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowHistory
 
+from cairn.channels.registry import ChannelSet, local_channels
+from cairn.channels.webhook import WebhookCaller, WebhookSettings
 from cairn.conditions import event_field
 from cairn.journey import Journey
 from cairn.journey_files import journey_files, load_journey
 from cairn.simulation.scenario import Scenario
-from cairn.channels.registry import ChannelSet, local_channels
-from cairn.channels.webhook import WebhookCaller, WebhookSettings
 from cairn.store.db import Store
 from starter.testing import Simulator, as_journey, parse_scenario, policy_beside
 from tests.standins.server import StandInServer
