@@ -12,8 +12,9 @@ In order, all before the answer and within about 1.5 s, however its runs behave:
    naming it) are deleted, its data
    key is destroyed, and an audit record (`erasures`) keeps that it happened: the contact id's
    SHA-256, when, by which key name, how many rows went and how the runs ended;
-4. the data key is forgotten by this process's codec (other processes stop using it within their
-   cache's life, 30 s), so whatever of the contact remains in Temporal histories is unreadable.
+4. the data key is forgotten by this process's codec (other processes see the new `erasures` row
+   and drop their key caches within `cairn.privacy.keys.RECHECK_SECONDS`, 1 s), so whatever of
+   the contact remains in Temporal histories is unreadable.
 
 The runs end before the data goes, so a run that exits normally does so while it can still read
 its history; the counters that stay (published journeys' totals, the audit record) hold no
