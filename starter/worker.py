@@ -194,6 +194,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         client = await connect(settings, runtime=endpoint.runtime if endpoint else None)
         await ensure_search_attributes(client)
         store = await open_existing_store(settings.store_url)
+        store.use_address_key(settings.address_key())
     except BaseException:
         if endpoint is not None:
             endpoint.close()
