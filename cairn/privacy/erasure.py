@@ -11,8 +11,9 @@ In order, all before the answer and within about 1.5 s, however its runs behave:
    segment memberships, tasks, entries, inbox messages, delivery feedback, also reports that
    named its address without finding it, refused batch calls naming it) are deleted, its
    suppressed channels are kept only as keyed hashes of their addresses
-   (`cairn.store.suppressions.keep_erased`), its data key is destroyed, and an audit record (`erasures`) keeps that it happened: the contact id's
-   SHA-256, when, by which key name, how many rows went and how the runs ended;
+   (`cairn.store.suppressions.keep_erased`), its data key is destroyed, and an audit record
+   (`erasures`) keeps that it happened: the contact id's SHA-256, when, by which key name, how
+   many rows went and how the runs ended;
 4. the data key is forgotten by this process's codec (other processes see the new `erasures` row
    and drop their key caches within `cairn.privacy.keys.RECHECK_SECONDS`, 1 s), so whatever of
    the contact remains in Temporal histories is unreadable.
