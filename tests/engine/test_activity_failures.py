@@ -16,6 +16,7 @@ from temporalio.exceptions import ApplicationError
 from activities.failures import scrubbed_failure
 from cairn.channels.registry import ChannelSet, local_channels
 from cairn.channels.smtp import SmtpProvider, SmtpSettings
+from cairn.log import configure
 from cairn.privacy.scrub import EMAIL_MARK, PHONE_MARK, VALUE_MARK, known_values, scrub
 from cairn.store.db import Store
 from starter.testing import Simulator, as_journey, parse_scenario
@@ -52,6 +53,7 @@ def test_a_scrubbed_failure_keeps_type_retry_decision_and_details() -> None:
 async def test_a_relay_refusing_the_address_leaves_no_address_in_the_history(
     simulator: Simulator, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
 ) -> None:
+    configure("INFO")  # structlog to stderr, wherever earlier tests left it
     script = SmtpScript()
     script.rcpt_reply(REPLY)
     journey = as_journey({
@@ -88,5 +90,6 @@ async def test_a_relay_refusing_the_address_leaves_no_address_in_the_history(
     assert any("550 5.1.1" in message and VALUE_MARK in message for message in failures)
     found = leaks(report.histories, {ADDRESS, "Ionescu", "722 123 456"})
     assert not found, "\n".join(found)
-    logged = capsys.readouterr().out + capsys.readouterr().err + caplog.text
+    captured = capsys.readouterr()
+    logged = captured.out + captured.err + caplog.text
     assert "activity.failed" in logged and ADDRESS not in logged
