@@ -15,6 +15,7 @@ for, even holding the whole database.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from datetime import datetime
@@ -186,7 +187,7 @@ async def keep_erased(s: AsyncSession, contact: Contact, now: datetime) -> int:
     kept = 0
     for channel, hashed in _hashes(key, contact, list(contact.suppressed or [])):
         row = ErasedSuppression(channel=channel, address_hash=hashed, created_at=now)
-        _, new = await insert_once(s, row, lambda c=channel, h=hashed: _erased(s, c, h))
+        _, new = await insert_once(s, row, functools.partial(_erased, s, channel, hashed))
         kept += int(new)
     return kept
 
