@@ -17,7 +17,7 @@ import traceback
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 from cairn.log import get_logger
@@ -74,7 +74,11 @@ class _ScrubFailures(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         try:
             return await super().execute_activity(input)
-        except Exception as error:  # async completion is a BaseException: it passes
+        # A cancellation must reach the SDK as one (asyncio's, and async completion, are
+        # BaseExceptions and pass anyway).
+        except CancelledError:
+            raise
+        except Exception as error:
             known = await _known(self.store, _contact_id(input.args))
             failure = scrubbed_failure(error, known)
             log.warning("activity.failed", activity=activity.info().activity_type,
