@@ -33,7 +33,7 @@ from activities.ledger import Ledger
 from cairn.channels.base import ProviderError
 from cairn.channels.registry import ChannelSet
 from cairn.contact import ContactSnapshot
-from cairn.contracts import RECORD_ACTION, ActionRequest, ActionResult
+from cairn.contracts import RECORD_ACTION, ActionRequest, ActionResult, saved_response
 from cairn.store.db import Store
 from cairn.store.schema import Delivery
 from cairn.templates import TemplateRenderError
@@ -73,7 +73,11 @@ ACTIONS: dict[str, Action] = {
 
 
 def _result(row: Delivery) -> ActionResult:
-    return ActionResult(delivery_id=row.id, status=row.status, response=row.response)
+    """What the run keeps: never a response itself. A webhook's answer (anything the receiver
+    knows of the contact) stays in the row, and the run gets a reference to it for `save_as`."""
+    response = saved_response(row.id, row.status) \
+        if row.kind == "webhook" and row.response is not None else None
+    return ActionResult(delivery_id=row.id, status=row.status, response=response)
 
 
 class ActionActivities:

@@ -58,6 +58,7 @@ from cairn.events.router import RouteDecision, Router
 from cairn.journey import Journey
 from cairn.journey_run import EventMessage, event_matches, workflow_id
 from cairn.log import get_logger
+from cairn.privacy.scrub import scrub
 from cairn.reachability import blocker
 from cairn.store.db import Store
 from cairn.store.schema import Delivery
@@ -298,7 +299,7 @@ class BroadcastEntry:
         try:
             parts = render(request.send.template, request.template, chosen, scope)
         except TemplateRenderError as error:
-            step_log(context).warning("delivery.template_error", error=str(error))
+            step_log(context).warning("delivery.template_error", error=scrub(str(error)))
             done.count("failed")
             return _Planned(event, request, {**fields, "channel": chosen, "status": "failed",
                                              "reason": str(error), "rendered": {}})

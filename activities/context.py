@@ -5,7 +5,8 @@ Events reach journeys by reference (`cairn.journey_run.EventMessage`): the trigg
 `wait_for_event` steps caught (kept in the journey's context under `events`), carry no
 properties. `event_scope` and `journey_scope` read them back from the store for the conditions and
 templates that need them; a message of an older run that still carries its properties is used as
-it is.
+it is. A webhook's answer (`save_as`) is kept the same way: the run holds a reference to its ledger
+row (`cairn.contracts.saved_response`), which `journey_scope` reads back.
 
 Permanent errors are non-retryable `ApplicationError`s whose `type` the interpreter's retry policy
 names (`ContactNotFound`, `TemplateError`, `ValidationError`): retrying cannot fix them, so the
@@ -22,11 +23,12 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from cairn.contact import ContactSnapshot
-from cairn.contracts import StepContext
+from cairn.contracts import StepContext, saved_response_id
 from cairn.journey_run import CAUGHT_EVENTS, EventMessage
 from cairn.log import get_logger
 from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
+from cairn.store.schema import Delivery
 from cairn.templates import message_scope
 
 CONTACT_NOT_FOUND = "ContactNotFound"
@@ -86,8 +88,23 @@ async def caught_scope(s: AsyncSession, caught: dict[str, Any]) -> dict[str, Any
             for name, kept in caught.items()}
 
 
+async def saved_scope(s: AsyncSession, journey_context: dict[str, Any]) -> dict[str, Any]:
+    """The journey's context with each webhook answer kept by reference (`save_as`) read back
+    from its ledger row (None once the row is gone: the contact was erased). A context of an
+    older run that still holds the answer itself is used as it is."""
+    saved = {name: row_id for name, value in journey_context.items()
+             if (row_id := saved_response_id(value)) is not None}
+    if not saved:
+        return journey_context
+    answers = {name: (row.response if (row := await s.get(Delivery, row_id)) else None)
+               for name, row_id in saved.items()}
+    return {**journey_context, **answers}
+
+
 async def journey_scope(s: AsyncSession, journey_context: dict[str, Any]) -> dict[str, Any]:
-    """The journey's context as templates read it (`journey.events.<name>.properties.*`)."""
+    """The journey's context as templates read it (`journey.events.<name>.properties.*`,
+    `journey.<save_as>.*`)."""
+    journey_context = await saved_scope(s, journey_context)
     caught = journey_context.get(CAUGHT_EVENTS)
     if not isinstance(caught, dict):
         return journey_context
@@ -107,6 +124,6 @@ async def template_scope(
     """
     if template is not None and "event" not in repr(template):
         return message_scope(contact.as_scope(), trigger.as_scope() if trigger else None,
-                             journey_context)
+                             await saved_scope(s, journey_context))
     return message_scope(contact.as_scope(), await event_scope(s, trigger),
                          await journey_scope(s, journey_context))

@@ -49,6 +49,7 @@ from cairn import metrics
 from cairn.channels.base import ProviderError
 from cairn.contracts import PROVIDER_REJECTED, PROVIDER_UNAVAILABLE
 from cairn.delivery_policy import MAX_RESENDS
+from cairn.privacy.scrub import scrub
 from cairn.store import deliveries as deliveries_repo
 from cairn.store.db import Store
 from cairn.store.schema import Delivery
@@ -226,21 +227,21 @@ class Ledger:
                 self._settle_unconfirmed(row, f"{self.unconfirmed}: {error}")
                 row.sent_at = now
                 again = may_resend(row, resend)
-                log.warning(f"{self.events}.unconfirmed", delivery_id=row.id, error=str(error),
-                            resend=again)
+                log.warning(f"{self.events}.unconfirmed", delivery_id=row.id,
+                            error=scrub(str(error)), resend=again)
                 if not again:
                     return row
             elif error.retryable:
                 if not error.outcome_unknown:
                     await s.execute(delete(Delivery).where(Delivery.id == row_id))
-                log.warning(f"{self.events}.retry", error=str(error),
+                log.warning(f"{self.events}.retry", error=scrub(str(error)),
                             retry_after=error.retry_after)
             else:
                 row.status = FAILED
                 row.reason = str(error)
                 if refused is not None:
                     await refused(s, row, error)
-                log.warning(f"{self.events}.rejected", delivery_id=row.id, error=str(error),
+                log.warning(f"{self.events}.rejected", delivery_id=row.id, error=scrub(str(error)),
                             invalid_recipient=error.invalid_recipient)
         if row.status == FAILED:
             _count(row)

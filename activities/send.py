@@ -66,6 +66,7 @@ from cairn.durations import parse_time_of_day
 from cairn.journey import QuietHours, SendStep
 from cairn.local_time import TimezoneError, quiet_hours_end, zone
 from cairn.log import get_logger
+from cairn.privacy.scrub import scrub
 from cairn.reachability import Blocker, blocker, normalised_phone
 from cairn.store import deliveries as deliveries_repo
 from cairn.store import suppressions
@@ -85,7 +86,8 @@ UNCONFIRMED_REASON = (
 def _plan_of(row: Delivery) -> SendPlan:
     """The decision already recorded under this key (a retried or repeated prepare)."""
     if row.status.startswith("skipped:"):
-        return SendPlan(status=_status(row.status), channel=row.channel, reason=row.reason or "")
+        return SendPlan(status=_status(row.status), channel=row.channel,
+                        reason=scrub(row.reason or ""))
     return SendPlan(status="ready", channel=row.channel, reason="already recorded")
 
 
@@ -258,7 +260,8 @@ class DeliveryActivities:
             channel=channel, status=status, reason=reason, rendered={},
         )
         step_log(request.context).info("send.skipped", status=row.status, reason=row.reason)
-        return SendPlan(status=_status(row.status), channel=row.channel, reason=row.reason or "")
+        return SendPlan(status=_status(row.status), channel=row.channel,
+                        reason=scrub(row.reason or ""))
 
     def _quiet_until(
         self, request: SendRequest, contact: ContactSnapshot, channel: str,
@@ -462,7 +465,7 @@ class DeliveryActivities:
             except ApplicationError as refused:
                 if request.channel is None and refused.type == PROVIDER_REJECTED:
                     # the run did not choose the channel: say which one to exclude next
-                    raise ApplicationError(str(refused), channel, type=PROVIDER_REJECTED,
+                    raise ApplicationError(refused.message, channel, type=PROVIDER_REJECTED,
                                            non_retryable=True) from error
                 raise
             if failed.status == UNCONFIRMED:
@@ -486,7 +489,7 @@ class DeliveryActivities:
         try:
             receipt = await provider.find_sent(message)
         except ProviderError as error:
-            bound.warning("delivery.lookup_failed", delivery_id=row_id, error=str(error))
+            bound.warning("delivery.lookup_failed", delivery_id=row_id, error=scrub(str(error)))
             return None
         if receipt is None:
             bound.info("delivery.lookup_not_found", delivery_id=row_id)
@@ -550,7 +553,7 @@ class DeliveryActivities:
                 s, **fields, channel=channel, status=FAILED, reason=str(error), rendered={},
             )
             step_log(context).warning("delivery.template_error", template=request.template_name,
-                                      error=str(error))
+                                      error=scrub(str(error)))
             return error
         to = address_of(contact, channel) or contact.id
         headers = (list_unsubscribe_headers(link)
@@ -646,5 +649,7 @@ class DeliveryActivities:
 
     @staticmethod
     def _outcome(row: Delivery) -> SendOutcome:
+        # the reason may quote a provider's answer (the address it refused): the row keeps it,
+        # the run's history gets it scrubbed
         return SendOutcome(status=_status(row.status), channel=row.channel, delivery_id=row.id,
-                           reason=row.reason or "", variant=row.variant)
+                           reason=scrub(row.reason or ""), variant=row.variant)

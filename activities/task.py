@@ -22,6 +22,7 @@ from cairn.channels.base import OutgoingTask, ProviderError
 from cairn.channels.registry import ChannelSet
 from cairn.contracts import CREATE_TASK, TaskRequest, TaskResult
 from cairn.durations import parse_duration
+from cairn.privacy.scrub import scrub
 from cairn.store import tasks as tasks_repo
 from cairn.store.db import Store
 from cairn.templates import TemplateRenderError, render_text
@@ -82,8 +83,8 @@ class TaskActivities:
             receipt = await self.crm.create_task(task)
         except ProviderError as error:
             if error.retryable:
-                bound.warning("task.crm_retry", error=str(error))
+                bound.warning("task.crm_retry", error=scrub(str(error)))
                 raise retry_later(error) from error
-            bound.warning("task.crm_refused", error=str(error))
+            bound.warning("task.crm_refused", error=scrub(str(error)))
             return
         bound.info("task.mirrored", crm_task=receipt.provider_message_id)

@@ -1,4 +1,5 @@
-"""`webhook` steps: an HTTP call to another system, its answer kept for the journey (`save_as`).
+"""`webhook` steps: an HTTP call to another system, its answer kept for the journey (`save_as`)
+(in its ledger row; the run holds a reference, `cairn.contracts.saved_response`).
 
 URL, body and header values are Liquid with the contact, the trigger and the journey's context in
 scope. The call goes through the workspace's signed webhook caller when webhooks are enabled,

@@ -261,7 +261,32 @@ class ActionRequest(BaseModel):
 class ActionResult(BaseModel):
     delivery_id: int
     status: str
-    response: Any = None
+    response: Any = Field(
+        default=None,
+        description="a webhook's answer by reference (`saved_response`); the answer itself stays "
+                    "in the ledger row. Runs recorded before this held the answer here.",
+    )
+
+
+SAVED_RESPONSE = "saved_response"
+"""The key of a reference to a webhook's answer kept in the deliveries ledger."""
+
+
+def saved_response(delivery_id: int, status: str) -> dict[str, Any]:
+    """What a run keeps of a webhook's answer (`save_as`): the ledger row's id and its status.
+
+    The answer is whatever the receiver knows of the contact (names, addresses, orders), so it
+    stays in the store, and a template that reads `journey.<save_as>` reads it from there
+    (`activities.context.journey_scope`)."""
+    return {SAVED_RESPONSE: delivery_id, "status": status}
+
+
+def saved_response_id(value: Any) -> int | None:
+    """The ledger row a kept value refers to, or None when the value is not a reference."""
+    if isinstance(value, dict) and set(value) == {SAVED_RESPONSE, "status"} \
+            and isinstance(value[SAVED_RESPONSE], int):
+        return value[SAVED_RESPONSE]
+    return None
 
 
 class EntryFinish(BaseModel):

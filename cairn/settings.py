@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import secrets
 from functools import lru_cache
@@ -160,6 +162,11 @@ class Settings(BaseSettings):
             with contextlib.suppress(FileExistsError):
                 write_private(path, secrets.token_urlsafe(32))
         return path.read_text(encoding="utf-8").strip().encode()
+
+    def address_key(self) -> bytes:
+        """The key of the keyed hashes that keep an erased contact's suppressed addresses:
+        derived from the workspace key, so it lives outside the database it protects."""
+        return hmac.new(self.signing_key(), b"cairn erased suppressions", hashlib.sha256).digest()
 
     @property
     def store_url(self) -> str:

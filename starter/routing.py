@@ -45,12 +45,15 @@ RESTART_AFTER = timedelta(seconds=1)
 def catalog_ingest(settings: Settings, store: Store, client: Client, **options: Any) -> Ingest:
     """The `Ingest` Cairn's processes run (`cairn dev`, `cairn api`, the routing process): a
     router on the settings' task queues, the profile rules and geofences of the journeys folder,
-    trait changes announced; `options` are `Ingest`'s others."""
+    trait changes announced; `options` are `Ingest`'s others. Gives `store` the settings' address
+    key (`cairn.store.suppressions`)."""
     from cairn.events.geofencing import Geofencing
     from cairn.events.ingest import Ingest
     from cairn.events.profile_rules import ProfileRules
     from cairn.events.router import Router
 
+    # identify calls that bring back an erased contact's suppressed address are suppressed again
+    store.use_address_key(settings.address_key())
     router = Router(client, store, task_queue=settings.journey_task_queue,
                     delivery_task_queue=settings.delivery_task_queue)
     return Ingest(store, router,

@@ -121,6 +121,7 @@ def journey_workers(
     SHARED_WORKFLOW_MODULES); tests and simulations leave it off.
     """
     from activities import delivery_activities, journey_activities
+    from activities.failures import ScrubFailures
     from workflows import WORKFLOWS
 
     compile_workflow_code()
@@ -132,7 +133,7 @@ def journey_workers(
         activities=journey_activities(store, delivery, ingest),
         workflow_runner=workflow_runner(share_workflow_code=share_workflow_code),
         max_cached_workflows=cached_runs,
-        interceptors=[ActivityFailures()],
+        interceptors=[ActivityFailures(), ScrubFailures(store)],
         max_concurrent_activities=ACTIVITY_SLOTS,
         max_concurrent_local_activities=ACTIVITY_SLOTS,
     )
@@ -140,7 +141,7 @@ def journey_workers(
         client,
         task_queue=delivery_queue,
         activities=delivery_activities(store, delivery),
-        interceptors=[ActivityFailures()],
+        interceptors=[ActivityFailures(), ScrubFailures(store)],
         max_concurrent_activities=ACTIVITY_SLOTS,
     )
     return [journey_worker, delivery_worker]
@@ -193,6 +194,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         client = await connect(settings, runtime=endpoint.runtime if endpoint else None)
         await ensure_search_attributes(client)
         store = await open_existing_store(settings.store_url)
+        store.use_address_key(settings.address_key())
     except BaseException:
         if endpoint is not None:
             endpoint.close()

@@ -8,12 +8,15 @@ In order, all before the answer and within about 1.5 s, however its runs behave:
    down) is terminated; a terminate that Temporal does not confirm in time goes on in the
    background;
 3. in one transaction: the contact's rows (profile, events, deliveries, scores and their history,
-   segment memberships, tasks, entries, inbox messages, delivery feedback, refused batch calls
-   naming it) are deleted, its data
-   key is destroyed, and an audit record (`erasures`) keeps that it happened: the contact id's
-   SHA-256, when, by which key name, how many rows went and how the runs ended;
-4. the data key is forgotten by this process's codec (other processes stop using it within their
-   cache's life, 30 s), so whatever of the contact remains in Temporal histories is unreadable.
+   segment memberships, tasks, entries, inbox messages, delivery feedback, also reports that
+   named its address without finding it, refused batch calls naming it) are deleted, its
+   suppressed channels are kept only as keyed hashes of their addresses
+   (`cairn.store.suppressions.keep_erased`), its data key is destroyed, and an audit record
+   (`erasures`) keeps that it happened: the contact id's SHA-256, when, by which key name, how
+   many rows went and how the runs ended;
+4. the data key is forgotten by this process's codec (other processes see the new `erasures` row
+   and drop their key caches within `cairn.privacy.keys.RECHECK_SECONDS`, 1 s), so whatever of
+   the contact remains in Temporal histories is unreadable.
 
 The runs end before the data goes, so a run that exits normally does so while it can still read
 its history; the counters that stay (published journeys' totals, the audit record) hold no
@@ -28,7 +31,8 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -39,7 +43,7 @@ from cairn.privacy.keys import contact_owner
 from cairn.store import contacts as contacts_repo
 from cairn.store import data_keys as data_keys_repo
 from cairn.store import entries as entries_repo
-from cairn.store import identity
+from cairn.store import identity, suppressions
 from cairn.store import rejected as rejected_repo
 from cairn.store.db import Store
 from cairn.store.schema import (
@@ -155,6 +159,17 @@ async def end_runs(
     return ended, [], open_
 
 
+async def _erase_unmatched_feedback(session: AsyncSession, addresses: set[str]) -> int:
+    if not addresses:
+        return 0
+    deleted = await session.execute(
+        delete(DeliveryFeedback).where(
+            DeliveryFeedback.contact_id.is_(None),
+            func.lower(DeliveryFeedback.recipient).in_({a.lower() for a in addresses}))
+        .execution_options(synchronize_session=False))
+    return int(getattr(deleted, "rowcount", 0) or 0)
+
+
 async def erase_contact(
     store: Store, client: Client | None, contact_id: str, *, erased_by: str | None = None,
     grace: timedelta = EXIT_GRACE,
@@ -178,6 +193,9 @@ async def erase_contact(
     now = datetime.now(UTC)
     owner = contact_owner(contact_id)
     async with store.session() as session, session.begin():
+        row = await contacts_repo.get_contact(session, contact_id)
+        kept = await suppressions.keep_erased(session, row, now) if row is not None else 0
+        addresses = {a for a in (row.email, row.phone) if a} if row is not None else set()
         counts = vars(await identity.erase_contact(session, contact_id)).copy()
         for name, table in (("inbox_messages", InboxMessage), ("feedback", DeliveryFeedback),
                             ("links", DeliveryLink),
@@ -186,6 +204,9 @@ async def erase_contact(
                 delete(table).where(table.contact_id == contact_id)
                 .execution_options(synchronize_session=False))
             counts[name] = int(getattr(deleted, "rowcount", 0) or 0)
+        # reports that named the address but found no contact (an inbound SMS before identify)
+        counts["feedback"] += await _erase_unmatched_feedback(session, addresses)
+        counts["suppressions_kept_hashed"] = kept
         counts["rejected_calls"] = await rejected_repo.erase_rejected_of(session, contact_id)
         destroyed = await data_keys_repo.destroy_data_key(session, owner, now)
         session.add(ErasureRecord(

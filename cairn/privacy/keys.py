@@ -198,6 +198,7 @@ class DataKeyStore(Protocol):
     async def of_owner(self, owner: str) -> WrappedKey | None: ...
     async def add(self, key: WrappedKey) -> WrappedKey: ...
     async def destroy(self, owner: str) -> str | None: ...
+    async def erasure_mark(self) -> int: ...
 
 
 class MemoryDataKeyStore:
@@ -205,6 +206,7 @@ class MemoryDataKeyStore:
 
     def __init__(self) -> None:
         self._keys: dict[str, WrappedKey] = {}
+        self._destroyed = 0
 
     async def by_id(self, key_id: str) -> WrappedKey | None:
         return self._keys.get(key_id)
@@ -224,7 +226,11 @@ class MemoryDataKeyStore:
         if existing is None:
             return None
         self._keys[existing.id] = WrappedKey(existing.id, f"erased:{existing.id}", None, None)
+        self._destroyed += 1
         return existing.id
+
+    async def erasure_mark(self) -> int:
+        return self._destroyed
 
 
 def _wrapped(row: DataKey | None) -> WrappedKey | None:
@@ -272,6 +278,14 @@ class SqlDataKeyStore:
         async with (await self.store()).session() as s, s.begin():
             return await data_keys_repo.destroy_data_key(s, owner, datetime.now(UTC))
 
+    async def erasure_mark(self) -> int:
+        async with (await self.store()).session() as s:
+            return await data_keys_repo.erasure_mark(s)
+
+
+RECHECK_SECONDS = 1.0
+"""How long a data key destroyed by another process's erasure may still be used by this one."""
+
 
 class _Cache:
     """A bounded LRU whose entries live `ttl` seconds."""
@@ -299,6 +313,9 @@ class _Cache:
     def drop(self, name: str) -> None:
         self._entries.pop(name, None)
 
+    def clear(self) -> None:
+        self._entries.clear()
+
 
 @dataclass(frozen=True)
 class DataKeyInUse:
@@ -311,16 +328,35 @@ class DataKeys:
     """Data keys for the codec: find or create an owner's key, find a key by id, destroy one.
 
     The codec runs on every payload, so unwrapped keys are cached in-process (bounded LRU, `ttl`
-    seconds: another process's erasure stops this one from using the key within that time).
+    seconds). An erasure in another process must stop this one from using the destroyed key
+    promptly: before using the cache, at most once every `recheck` seconds, one cheap query reads
+    the newest erasure's number (`erasures` primary key); when it moved, the whole cache is
+    dropped and keys are read again from the store, where the destroyed one is gone. So a key
+    destroyed elsewhere is used here at most `recheck` seconds (1 s) after the erasure committed.
     """
 
     def __init__(self, ring: MasterKeyRing, store: DataKeyStore, *, cache_size: int = 4096,
-                 ttl: float = 30.0) -> None:
+                 ttl: float = 30.0, recheck: float = RECHECK_SECONDS) -> None:
         self.ring = ring
         self.store = store
+        self.recheck = recheck
         self._by_owner = _Cache(cache_size, ttl)
         self._by_id = _Cache(cache_size, ttl)
         self._creating: dict[str, asyncio.Lock] = {}
+        self._erasure_mark: int | None = None
+        self._checked_until = 0.0
+
+    async def _drop_if_erased_elsewhere(self) -> None:
+        """Empty the cache if an erasure committed since the last look (see the class)."""
+        now = time.monotonic()
+        if now < self._checked_until:
+            return
+        self._checked_until = now + self.recheck
+        mark = await self.store.erasure_mark()
+        if mark != self._erasure_mark:
+            self._by_owner.clear()
+            self._by_id.clear()
+            self._erasure_mark = mark
 
     @classmethod
     def in_memory(cls, ring: MasterKeyRing | None = None) -> DataKeys:
@@ -335,6 +371,7 @@ class DataKeys:
 
     async def for_owner(self, owner: str) -> DataKeyInUse:
         """The owner's key, created (and stored wrapped) on first use."""
+        await self._drop_if_erased_elsewhere()
         cached = self._by_owner.get(owner)
         if cached is not None:
             key_id, _ = cached
@@ -355,6 +392,7 @@ class DataKeys:
 
     async def by_id(self, key_id: str) -> DataKeyInUse:
         """The key a payload names; `ErasedDataKeyError` if an erasure destroyed it."""
+        await self._drop_if_erased_elsewhere()
         cached = self._by_id.get(key_id)
         if cached is not None:
             return DataKeyInUse(key_id, cached[0], cached[1])

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from cairn.contact import ContactSnapshot
+from cairn.store import suppressions
 from cairn.store.schema import Contact, Score
 from cairn.store.scores import scores_of
 from cairn.store.segments import active_segments, enter_segment, exit_all_segments
@@ -280,6 +281,7 @@ async def identify(
     attribute of the same name.
     """
     contact = await writable_contact(s, contact_id, now, seen=True)
+    addresses = (contact.email, contact.phone)
     attributes = dict(contact.attributes or {})
     for name, value in traits.items():
         if name == "timezone":
@@ -296,8 +298,20 @@ async def identify(
             attributes[name] = copy.deepcopy(value)
     contact.attributes = attributes
     contact.updated_at = now
+    await _recall_suppressions(s, contact, addresses)
     await s.flush()
     return contact
+
+
+async def _recall_suppressions(
+    s: AsyncSession, contact: Contact, before: tuple[str | None, str | None],
+) -> None:
+    """A new address that an erased contact had suppressed is suppressed again (one query, and
+    only when an address changed)."""
+    changed = {name for name, old in zip(("email", "phone"), before, strict=True)
+               if getattr(contact, name) and getattr(contact, name) != old}
+    if changed:
+        await suppressions.recall_erased(s, contact, changed)
 
 
 async def apply_profile_update(
@@ -316,6 +330,7 @@ async def apply_profile_update(
     values twice leaves the same profile, so a retried activity is harmless.
     """
     contact = await writable_contact(s, contact_id, now, seen=False)
+    addresses = (contact.email, contact.phone)
     profile: dict[str, Any] = {
         "attributes": copy.deepcopy(contact.attributes or {}),
         **{name: copy.deepcopy(getattr(contact, name)) for name in PROFILE_COLUMNS},
@@ -335,6 +350,7 @@ async def apply_profile_update(
     contact.consent = profile["consent"] if isinstance(profile["consent"], dict) else {}
     contact.suppressed = token_list(profile["suppressed"])
     contact.updated_at = now
+    await _recall_suppressions(s, contact, addresses)
     await s.flush()
     return contact
 
@@ -346,6 +362,7 @@ async def create_contact(s: AsyncSession, contact: ContactSnapshot, now: datetim
     its segments made exactly the given ones.
     """
     row = await writable_contact(s, contact.id, now, seen=False)
+    addresses = (row.email, row.phone)
     row.timezone = timezone_trait(contact.timezone)
     row.email = _text("email", contact.email)
     row.phone = _text("phone", contact.phone)
@@ -358,6 +375,7 @@ async def create_contact(s: AsyncSession, contact: ContactSnapshot, now: datetim
     row.first_seen_at = contact.first_seen_at
     row.last_seen_at = contact.last_seen_at
     row.updated_at = now
+    await _recall_suppressions(s, row, addresses)
     await s.flush()
     for dimension, total in contact.scores.items():
         score = await s.get(Score, (contact.id, dimension))

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cairn.store.db import insert_once
-from cairn.store.schema import DataKey
+from cairn.store.schema import DataKey, ErasureRecord
 
 
 async def data_key_by_id(s: AsyncSession, key_id: str) -> DataKey | None:
@@ -45,6 +45,12 @@ async def destroy_data_key(s: AsyncSession, owner: str, now: datetime) -> str | 
     return row.id
 
 
+async def erasure_mark(s: AsyncSession) -> int:
+    """The newest erasure's number (0 before any): when it moves, some data key was destroyed.
+    One lookup at the end of the primary key, however many erasures there were."""
+    return int(await s.scalar(select(func.max(ErasureRecord.id))) or 0)
+
+
 async def wrapped_data_keys(s: AsyncSession, *, not_under: str, limit: int) -> list[DataKey]:
     """Live keys wrapped by a master key other than `not_under` (what a rewrap must visit)."""
     rows = await s.execute(
@@ -55,4 +61,4 @@ async def wrapped_data_keys(s: AsyncSession, *, not_under: str, limit: int) -> l
 
 
 __all__ = ["add_data_key", "data_key_by_id", "data_key_of", "destroy_data_key",
-           "wrapped_data_keys"]
+           "erasure_mark", "wrapped_data_keys"]

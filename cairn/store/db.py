@@ -157,6 +157,10 @@ def _upgrade_to_head(connection: Connection) -> tuple[str | None, str | None]:
     return before, after
 
 
+ADDRESS_KEY = "address_key"
+"""Where a session's `info` holds the key of `Store.use_address_key`."""
+
+
 class Store:
     """The database behind journeys: one async engine and the sessions it hands out."""
 
@@ -164,6 +168,17 @@ class Store:
         self.url = url
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    def use_address_key(self, key: bytes) -> None:
+        """The server key that hashes the addresses of erased suppressions
+        (`cairn.store.suppressions`); every session of this store carries it in `info`.
+        Processes set it from their settings (`Settings.address_key`)."""
+        self._sessions.configure(info={ADDRESS_KEY: key})
+
+    @property
+    def address_key(self) -> bytes | None:
+        info = self._sessions.kw.get("info") or {}
+        return info.get(ADDRESS_KEY)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, pool_size: int | None = None) -> Store:

@@ -409,6 +409,22 @@ class ErasureRecord(Base):
     runs_terminated: Mapped[int] = mapped_column(default=0)
 
 
+class ErasedSuppression(Base):
+    """A suppression that outlived its erased contact: the channel (bounce, complaint, STOP) and
+    the keyed hash of the address it was on, never the address itself
+    (`cairn.store.suppressions.address_hash`). The same address given again to any contact is
+    suppressed again."""
+
+    __tablename__ = "erased_suppressions"
+    __table_args__ = (UniqueConstraint("channel", "address_hash",
+                                       name="uq_erased_suppression"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    address_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+
+
 def _utc_on_set(_target: Any, value: Any, _old: Any, _initiator: Any) -> Any:
     return as_utc(value) if isinstance(value, datetime) else value
 

@@ -3,17 +3,33 @@ and unsubscribes from marketing or from one topic.
 
 Each change is written on the contact row itself, because reachability reads only the contact
 snapshot: the next send plan sees it without another query.
+
+Erasing a contact deletes its row and its addresses, but a bounce, a complaint or a STOP must
+outlive it: the same address coming back (a re-subscribe, an import) must stay suppressed. So
+erasure keeps each suppressed channel as `erased_suppressions` rows holding an HMAC-SHA256 of
+the normalised address under a server key (`Store.use_address_key`, from the workspace key),
+never the address; an address given to a contact later is looked up by its hash
+(`recall_erased`) and suppressed again. Without the key nobody can tell which address a row was
+for, even holding the whole database.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cairn.store.schema import Contact
+from cairn.reachability import normalised_phone
+from cairn.store.db import ADDRESS_KEY, insert_once
+from cairn.store.schema import Contact, ErasedSuppression
+
+ADDRESS_OF: dict[str, str] = {"email": "email", "sms": "phone", "whatsapp": "phone"}
+"""The contact column each suppressible channel sends to."""
 
 
 async def _contact(s: AsyncSession, contact_id: str) -> Contact | None:
@@ -131,3 +147,71 @@ async def resubscribe(
     if changed:
         _touch(contact, now)
     return changed
+
+
+def normalised_address(channel: str, address: str | None) -> str | None:
+    """The form an address is hashed in: an email trimmed and lower-cased, a phone in E.164."""
+    if not address or not address.strip():
+        return None
+    if ADDRESS_OF.get(channel) == "phone":
+        return normalised_phone(address) or address.strip()
+    return address.strip().lower()
+
+
+def address_hash(key: bytes, channel: str, address: str) -> str:
+    """The keyed hash an erased suppression keeps instead of its address."""
+    return hmac.new(key, f"{ADDRESS_OF[channel]}:{address}".encode(), hashlib.sha256).hexdigest()
+
+
+def _hashes(key: bytes, contact: Contact, channels: list[str]) -> list[tuple[str, str]]:
+    found = []
+    for channel in channels:
+        column = ADDRESS_OF.get(channel)
+        address = normalised_address(channel, getattr(contact, column)) if column else None
+        if address is not None:
+            found.append((channel, address_hash(key, channel, address)))
+    return found
+
+
+def _key(s: AsyncSession) -> bytes | None:
+    key = s.info.get(ADDRESS_KEY)
+    return key if isinstance(key, bytes) else None
+
+
+async def keep_erased(s: AsyncSession, contact: Contact, now: datetime) -> int:
+    """Before `contact` is erased: keep its suppressed channels by address hash (see the module).
+    Returns how many were kept; none without the store's address key."""
+    key = _key(s)
+    if key is None:
+        return 0
+    kept = 0
+    for channel, hashed in _hashes(key, contact, list(contact.suppressed or [])):
+        row = ErasedSuppression(channel=channel, address_hash=hashed, created_at=now)
+        _, new = await insert_once(s, row, functools.partial(_erased, s, channel, hashed))
+        kept += int(new)
+    return kept
+
+
+async def _erased(s: AsyncSession, channel: str, hashed: str) -> ErasedSuppression | None:
+    return await s.scalar(select(ErasedSuppression).where(
+        ErasedSuppression.channel == channel, ErasedSuppression.address_hash == hashed))
+
+
+async def recall_erased(s: AsyncSession, contact: Contact, columns: set[str]) -> list[str]:
+    """Suppress again the channels of `contact` whose address (in `columns` just given) an
+    erased contact had suppressed; returns those channels."""
+    key = _key(s)
+    if key is None or not columns:
+        return []
+    channels = [c for c, column in ADDRESS_OF.items()
+                if column in columns and c not in (contact.suppressed or [])]
+    hashes = _hashes(key, contact, channels)
+    if not hashes:
+        return []
+    rows = await s.execute(select(ErasedSuppression.channel).where(
+        ErasedSuppression.address_hash.in_([h for _, h in hashes])))
+    found = {channel for (channel,) in rows}
+    again = [channel for channel, _ in hashes if channel in found]
+    if again:
+        contact.suppressed = [*(contact.suppressed or []), *again]
+    return again

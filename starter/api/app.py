@@ -84,6 +84,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.store = store
+    if store.address_key is None:  # erasure keeps suppressions hashed under it
+        store.use_address_key(settings.address_key())
     app.state.keyring = Keyring(store)
     if settings.cors_origins:
         # Closed unless origins are listed: a web page of another origin can neither read an

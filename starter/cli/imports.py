@@ -39,6 +39,7 @@ async def run_import(settings: Settings, content: bytes, journey: str | None) ->
     from starter.temporal import TemporalConnectionError, connect
 
     store = await Store.open(settings.store_url)
+    store.use_address_key(settings.address_key())
     try:
         if journey is not None:
             await check_journey(store, journey)  # before connecting: a typo fails fast

@@ -25,12 +25,16 @@ from cairn.store import events as events_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store import scores as scores_repo
 from cairn.store import segments as segments_repo
+from cairn.store import suppressions
 from cairn.store import tasks as tasks_repo
 from cairn.store.db import Store
 from cairn.store.schema import (
+    Base,
     Contact,
     Delivery,
+    DeliveryFeedback,
     Entry,
+    ErasedSuppression,
     Event,
     Score,
     ScoreChangeRecord,
@@ -307,7 +311,8 @@ async def test_delete_erases_every_trace_of_the_contact_and_only_of_it(
     assert report["erased"] == {"contacts": 1, "events": 1, "deliveries": 1, "scores": 1,
                                 "score_changes": 1, "memberships": 1, "tasks": 1, "entries": 0,
                                 "inbox_messages": 0, "feedback": 0, "links": 0,
-                                "rejected_calls": 0, "experiment_arms": 0}
+                                "rejected_calls": 0, "experiment_arms": 0,
+                                "suppressions_kept_hashed": 0}
     for table in (Contact, Event, Delivery, Score, ScoreChangeRecord, SegmentMembership, Task):
         assert await rows(store, table, "c-gone") == 0, table.__tablename__
         assert await rows(store, table, "c-kept") == 1, table.__tablename__
@@ -364,3 +369,50 @@ async def test_delete_ends_running_journeys_first(
 async def _unrouted(store: Store) -> list[Event]:
     async with store.session() as session:
         return await events_repo.unrouted_events(session)
+
+
+async def test_erasure_keeps_suppressions_as_keyed_hashes_and_no_trace_of_the_address(
+    api: httpx.AsyncClient, store: Store,
+) -> None:
+    """A bounced address and a STOPped number outlive their erased contact as HMACs only: no
+    table holds them any more, yet the same address given again is suppressed again."""
+    await identify(api, "c-zoe", email="Zoe.Quist@Example.com", phone="+40 722 555 111",
+                   last_name="Quistorius")
+    async with store.session() as session, session.begin():
+        await suppressions.suppress(session, "c-zoe", "email")
+        await suppressions.suppress(session, "c-zoe", "sms")
+        session.add(DeliveryFeedback(  # a report that named the address and found no contact
+            dedupe_key=unique("f"), contact_id=None, provider="postmark", kind="bounced",
+            channel="email", recipient="zoe.quist@example.com", permanent=True,
+            detail={}, occurred_at=T0, received_at=T0))
+
+    answer = await api.delete("/v1/contacts/c-zoe")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["erased"]["suppressions_kept_hashed"] == 2
+    assert answer.json()["erased"]["feedback"] == 1
+
+    traces = []
+    async with store.session() as session:
+        for table in Base.metadata.sorted_tables:
+            for row in (await session.execute(select(table))).all():
+                text = " ".join(str(value) for value in row).lower()
+                for needle in ("zoe.quist", "722 555 111", "722555111", "quistorius"):
+                    if needle in text:
+                        traces.append(f"{table.name}: {needle}")
+        kept = (await session.execute(select(ErasedSuppression))).scalars().all()
+    assert not traces, traces
+    assert sorted(row.channel for row in kept) == ["email", "sms"]
+    assert all(len(row.address_hash) == 64 for row in kept)
+
+    # the same address and number, written differently, on a new contact
+    await identify(api, "c-new", email=" zoe.quist@example.COM", phone="+40722555111")
+    again = ContactSnapshot.model_validate((await api.get("/v1/contacts/c-new")).json())
+    assert sorted(again.suppressed) == ["email", "sms"]  # not whatsapp: STOP was on sms
+    await identify(api, "c-other", email="someone.else@example.com")
+    other = ContactSnapshot.model_validate((await api.get("/v1/contacts/c-other")).json())
+    assert other.suppressed == []
+    # and by a PATCH of a contact that had another address
+    await identify(api, "c-later", email="first@example.com")
+    patched = await api.patch("/v1/contacts/c-later", json={"email": "ZOE.QUIST@example.com"})
+    assert patched.status_code == 200, patched.text
+    assert ContactSnapshot.model_validate(patched.json()).suppressed == ["email"]

@@ -6,6 +6,8 @@ are fetched, and every piece of text in them (each payload's JSON: inputs, signa
 and results, query state carried through continue-as-new; search attributes, memo, static summaries
 and details, failure messages) is searched for the scenario's personal values: the contact's
 email, phone, push tokens and custom trait values, and every event property and identify trait.
+Every webhook step is answered with a receiver's record of the contact (`CRM_ANSWER`), whose
+values are searched for too: a `save_as` answer stays in the store.
 
 What counts as a personal value (the needles):
 - strings of at least 4 characters, and numbers of at least 4 digits: shorter ones (`pro`, `RO`,
@@ -20,24 +22,35 @@ What counts as a personal value (the needles):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import available_timezones
 
 import yaml
 from google.protobuf.message import Message
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowHistory
 
+from cairn.channels.registry import ChannelSet, local_channels
+from cairn.channels.webhook import WebhookCaller, WebhookReply, WebhookSettings
 from cairn.conditions import event_field
 from cairn.journey import Journey
 from cairn.journey_files import journey_files, load_journey
 from cairn.simulation.scenario import Scenario
-from starter.testing import Simulator, parse_scenario, policy_beside
+from cairn.store.db import Store
+from starter.testing import Simulator, as_journey, parse_scenario, policy_beside
+from tests.standins.server import StandInServer
 
 ROOT = Path(__file__).resolve().parents[2]
 YAML_BLOCK = re.compile(r"```yaml\n(.*?)```", re.DOTALL)
@@ -155,17 +168,103 @@ def test_the_needles_follow_the_rule() -> None:
         "ana@example.com", "+40722000111", "Popescu", "1900512123456", "Strada Lipscani 12"}
 
 
+CRM_ANSWER = {"customer": {"full_name": "Ana Popescu-Vlad", "email": "ana.crm@example.org",
+                           "phone": "+40722999888", "address": "Strada Lipscani 12"},
+              "items": [{"name": "Blue mug"}],
+              "courses": [{"title": "Tax filing for Ana Popescu-Vlad"}]}
+"""What the webhooks of these tests answer: a receiver's record of the contact."""
+CRM_VALUES = {"Ana Popescu-Vlad", "ana.crm@example.org", "+40722999888", "Strada Lipscani 12",
+              "Blue mug", "Tax filing for Ana Popescu-Vlad"}
+
+
+@dataclass
+class AnsweringWebhooks:
+    """The webhook caller, answering every call with `CRM_ANSWER` (the catalog's URLs are
+    example.com: nothing would answer them)."""
+
+    name: str = "webhook"
+    idempotent: bool = True
+    calls: int = 0
+
+    async def call(self, method: str, url: str, body: str | None, headers: dict[str, str],
+                   idempotency_key: str) -> WebhookReply:
+        self.calls += 1
+        return WebhookReply(status=200, json=CRM_ANSWER)
+
+    async def aclose(self) -> None:
+        return None
+
+
 async def test_no_history_of_the_catalog_holds_personal_data(simulator: Simulator) -> None:
     found: list[str] = []
     played = 0
+    webhooks = AnsweringWebhooks()
+
+    def channels(store: Store) -> ChannelSet:
+        return dataclasses.replace(local_channels(store), webhooks=webhooks)  # type: ignore[arg-type]
+
     for journey, path, scenario in catalog():
         report = await simulator.run(journey, scenario, keep_histories=True,
-                                     audience_folder=path.parent, policy=policy_beside(path))
+                                     audience_folder=path.parent, policy=policy_beside(path),
+                                     channels=channels)
         assert report.histories, f"{journey.key}: the scenario started no run"
         played += 1
-        found += [f"{journey.key}: {hit}"
-                  for hit in leaks(report.histories, personal_values(journey, scenario))]
+        needles = personal_values(journey, scenario) | CRM_VALUES
+        found += [f"{journey.key}: {hit}" for hit in leaks(report.histories, needles)]
     assert played >= 27
+    assert webhooks.calls >= 3  # the catalog's webhook steps with `save_as` were answered
     if found and (dump := os.environ.get("HISTORY_SCAN_DUMP")):
         Path(dump).write_text("\n".join(found), encoding="utf-8")
     assert not found, f"{len(found)} personal values in histories:\n" + "\n".join(found[:80])
+
+
+
+async def test_a_webhook_answer_kept_with_save_as_stays_in_the_store(
+    simulator: Simulator,
+) -> None:
+    """The receiver's answer (a CRM record of the contact) feeds the next step's template, read
+    back from the ledger: the run's history holds only a reference to it."""
+
+    echoed: list[Any] = []
+
+    async def crm(request: Request) -> JSONResponse:
+        return JSONResponse(CRM_ANSWER)
+
+    async def echo(request: Request) -> JSONResponse:
+        echoed.append((await request.body()).decode())
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/crm", crm, methods=["POST"]),
+                            Route("/echo", echo, methods=["POST"])])
+    with StandInServer(app) as server:
+        journey = as_journey({
+            "key": "crm-lookup", "name": "CRM lookup", "trigger": {"event": "go"},
+            "start": "lookup",
+            "steps": {
+                "lookup": {"webhook": {"url": server.url + "/crm", "save_as": "crm"},
+                           "next": "tell"},
+                "tell": {"webhook": {
+                    "url": server.url + "/echo",
+                    "body": "{{ journey.crm.customer.full_name }} at "
+                            "{{ journey.crm.customer.email }}"}, "next": "end"},
+            },
+        })
+
+        def channels(store: Store) -> ChannelSet:
+            return ChannelSet(providers=dict(local_channels(store).providers),
+                              webhooks=WebhookCaller(WebhookSettings(
+                                  signing_secret=SecretStr("s3cret"))))
+
+        report = await simulator.run(
+            journey,
+            parse_scenario({"now": "2026-03-02T09:00:00Z",
+                            "contact": {"id": "c-9", "email": "c9@example.com"},
+                            "events": [{"at": "+0s", "event": "go"}]}),
+            keep_histories=True, channels=channels,
+        )
+    assert report.outcome == "completed", report.path
+    assert echoed == ["Ana Popescu-Vlad at ana.crm@example.org"]
+    needles = CRM_VALUES
+    assert report.histories
+    found = leaks(report.histories, needles)
+    assert not found, "\n".join(found)

@@ -9,6 +9,7 @@ column, since journeys, the simulator and `cairn outbox` read those rows.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,7 @@ from cairn.contracts import (
     ActionRequest,
     SendRequest,
     StepContext,
+    saved_response,
 )
 from cairn.delivery_policy import MAX_RESENDS, DeliveryPolicy
 from cairn.journey import Send, Webhook
@@ -274,3 +276,29 @@ async def test_resend_stops_at_the_limit_and_keeps_the_send_unconfirmed(store: S
     assert again.status == "unconfirmed" and target.calls == MAX_RESENDS + 1
     [row] = await _rows(store)
     assert row.status == "unconfirmed" and row.response["resends"] == MAX_RESENDS
+
+
+async def test_a_webhook_answer_stays_in_its_row_and_the_run_gets_a_reference(
+    store: Store,
+) -> None:
+    """`save_as`: the answer is the row's `response`; the activity answers a reference, and a
+    later send's template (one that names no event) reads the answer back through it."""
+    acting = Acting(store, Target())
+    result = await acting.run()
+    [row] = await _rows(store)
+    assert row.response == {"ok": 1}
+    assert result.response == saved_response(row.id, "sent")
+    assert "ok" not in json.dumps(result.model_dump(mode="json"))
+    activities = DeliveryActivities(store, local_channels(store))
+    send = Send.model_validate({"channel": "email", "template": "hi",
+                                "category": "transactional"})
+    request = SendRequest(
+        context=StepContext(workflow_id="journey/j/c-1", journey_key="j", contact_id="c-1",
+                            step="tell", now=LATER),
+        send=send, channel="email",
+        template={"email": {"subject": "Hi", "body": "answer {{ journey.crm.ok }}"}},
+        journey_context={"crm": result.response, "old": {"kept": "as is"}})
+    await env.run(activities.deliver_message, request)
+    async with store.session() as s:
+        [mail] = await deliveries.deliveries_for(s, workflow_id="journey/j/c-1", kind="send")
+    assert mail.rendered["body"] == "answer 1"

@@ -3,15 +3,23 @@ their destruction."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import stat
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from temporalio.api.common.v1 import Payload
 
+from cairn.contact import ContactSnapshot
+from cairn.privacy.codec import EncryptionCodec, data_key_id
+from cairn.privacy.erasure import erase_contact
 from cairn.privacy.keys import (
+    RECHECK_SECONDS,
     DataKeys,
     ErasedDataKeyError,
     MasterKey,
@@ -25,6 +33,7 @@ from cairn.privacy.keys import (
     parse_master_keys,
 )
 from cairn.settings import Settings
+from cairn.store import contacts
 from cairn.store.db import Store
 from cairn.store.schema import DataKey
 
@@ -106,3 +115,34 @@ async def test_data_keys_live_wrapped_in_the_store_and_erasure_destroys_them(
     again = await writer.for_owner(contact_owner("alice"))
     assert again.id != alice.id and again.secret != alice.secret
     await (await reader.store.store()).close()  # type: ignore[attr-defined]
+
+
+async def test_another_process_stops_using_an_erased_key_within_a_second(store: Store) -> None:
+    """Two codecs on one store, as two processes: the API erases, the worker's cached key goes
+    within `RECHECK_SECONDS` (its cache would otherwise keep it for 30 s)."""
+    ring = MasterKeyRing([new_master_key()])
+    api = EncryptionCodec(DataKeys(ring, SqlDataKeyStore(store)))
+    worker_keys = DataKeys(ring, SqlDataKeyStore(url=store.url))
+    worker = EncryptionCodec(worker_keys, owner=contact_owner("bob"))
+    async with store.session() as s, s.begin():
+        await contacts.create_contact(
+            s, ContactSnapshot(id="bob", email="bob@example.com"), datetime.now(UTC))
+    [sealed] = await worker.encode([Payload(data=b'"bob\'s cart"')])
+    assert (await api.decode([sealed]))[0].data == b'"bob\'s cart"'
+    assert (await worker.decode([sealed]))[0].data == b'"bob\'s cart"'  # cached now
+
+    erased = await erase_contact(store, None, "bob")
+    assert erased.data_key_destroyed
+    started = time.monotonic()
+    for codec in (worker, api):  # neither was told: both learn from the store
+        while True:
+            try:
+                await codec.decode([sealed])
+            except ErasedDataKeyError:
+                break
+            assert time.monotonic() - started < RECHECK_SECONDS + 0.5, "still decoding"
+            await asyncio.sleep(0.05)
+    # nor does the worker encode under the destroyed key: bob returning gets a new one
+    [again] = await worker.encode([Payload(data=b'"new"')])
+    assert data_key_id(again) != data_key_id(sealed)
+    await (await worker_keys.store.store()).close()  # type: ignore[attr-defined]
