@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         JourneyInput,
         JourneyState,
         PathEntry,
+        StepTransition,
         summarise,
     )
 
@@ -67,6 +68,10 @@ each patch, one more upsert (a billable action) in every run. The choice travels
 instead (`JourneyInput.lean`, set by the router and at every continue-as-new), which the inputs of
 runs recorded before it lack, so they replay as recorded."""
 
+EXIT_PREFIX = "exit:"
+"""`left_by` of a step where an exit goal (`exit:<goal>`) or an operator (`exit:removed`) ended
+the journey."""
+
 ANCHOR_SLACK = timedelta(minutes=1)
 """How long after its anchor the journey's clock stays on it (see `JourneyRun.now`)."""
 
@@ -86,15 +91,19 @@ class Next:
 
     `step` is the next step's name (or `end`); `outcome` ends the journey with that outcome;
     `resume` continues as new and re-enters the same step (its deadline is kept in state).
+    `via` is the routing key the step is left by, as the journey's graph names it (`then`,
+    `paths[1]`, `timeout_next`...); unset: `next`, or for an outcome `end`, or `exit:<goal>`
+    when an exit goal (or an operator) ended the journey there.
     """
 
     step: str | None = None
     outcome: str | None = None
     resume: bool = False
+    via: str | None = None
 
     @classmethod
-    def to(cls, step: str) -> Next:
-        return cls(outcome="completed") if step == END else cls(step=step)
+    def to(cls, step: str, via: str | None = None) -> Next:
+        return cls(outcome="completed", via=via) if step == END else cls(step=step, via=via)
 
 
 class JourneyRun:
@@ -155,6 +164,8 @@ class JourneyRun:
             iteration=self.iteration,
             now=self.now(),
             entry_id=workflow.info().first_execution_run_id,
+            entered_at=self.state.entered_at,
+            transitions=list(self.state.transitions),
         )
 
     def note(self, text: str) -> None:
@@ -169,6 +180,10 @@ class JourneyRun:
             return
         self.state.visits[self.step] = self.state.visits.get(self.step, 0) + 1
         self.state.step_started_at = self.now()
+        self.state.transition_seq += 1
+        self.state.transitions.append(StepTransition(
+            seq=self.state.transition_seq, step=self.step, visit=self.iteration,
+            reached_at=self.state.step_started_at))
         self.state.step_started_seq = self.state.next_seq - 1
         self.state.path.append(PathEntry(step=self.step, at=self.now(), note="", kind=kind))
         if len(self.state.path) > PATH_LIMIT:
@@ -176,6 +191,26 @@ class JourneyRun:
             self.state.earlier = summarise(self.state.earlier, self.state.path[:dropped])
             del self.state.path[:dropped]
             self.state.path_dropped += dropped
+
+    def leave_step(self, after: Next) -> None:
+        """Buffer how the contact left the current step, for the next activity to write."""
+        via = after.via
+        if via is None:
+            if after.outcome is not None and after.outcome == self.exit_outcome:
+                via = f"{EXIT_PREFIX}{after.outcome}"
+            else:
+                via = "end" if after.outcome is not None else "next"
+        self.state.transitions.append(StepTransition(
+            seq=self.state.transition_seq, step=self.step, visit=self.iteration,
+            reached_at=self.state.step_started_at or self.now(), left_by=via,
+            left_at=self.now(), next_step=after.step or END))
+
+    def flushed(self, sent: list[StepTransition]) -> None:
+        """Drop the buffered transitions an activity has written."""
+        if sent:
+            written = {(t.seq, t.step, t.visit, t.left_by) for t in sent}
+            self.state.transitions = [t for t in self.state.transitions
+                                      if (t.seq, t.step, t.visit, t.left_by) not in written]
 
     def end_step(self) -> None:
         self.state.step_started_at = None
@@ -268,8 +303,10 @@ class JourneyRun:
         no queue of their own): its result is a marker in the history, with no schedule, start
         and completion events nor a round trip through the server's task queue.
         """
+        context = getattr(request, "context", None)
+        sent = context.transitions if isinstance(context, StepContext) else []
         if local:
-            return await workflow.execute_local_activity(
+            result = await workflow.execute_local_activity(
                 name,
                 request,
                 result_type=result_type,
@@ -277,7 +314,9 @@ class JourneyRun:
                 retry_policy=ACTIVITY_RETRY,
                 summary=summary,
             )
-        return await workflow.execute_activity(
+            self.flushed(sent)
+            return result
+        result = await workflow.execute_activity(
             name,
             request,
             result_type=result_type,
@@ -286,6 +325,8 @@ class JourneyRun:
             retry_policy=ACTIVITY_RETRY,
             summary=summary,
         )
+        self.flushed(sent)
+        return result
 
     @property
     def journey_queue(self) -> str:

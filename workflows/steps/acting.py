@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         AudienceStep,
         NotifyStep,
         ScoreStep,
+        Send,
         SendStep,
         StartJourneyStep,
         TaskStep,
@@ -96,10 +97,10 @@ async def send(step: SendStep, run: JourneyRun) -> Next:
                     "context": run.context(),
                 })
                 continue
-            return Next.to(spec.on_failure or step.next)
+            return _failure(spec, step.next)
         run.note("; ".join([*refused, f"{outcome.status} on {outcome.channel or plan.channel}"]))
         if outcome.status == "failed" and spec.on_failure:
-            return Next.to(spec.on_failure)
+            return Next.to(spec.on_failure, via="on_failure")
         return Next.to(step.next)
 
 
@@ -135,7 +136,7 @@ async def _send_planned_in_delivery(
                 })
                 holds = 0
                 continue
-            return Next.to(spec.on_failure or step.next)
+            return _failure(spec, step.next)
         if outcome.status.startswith("deferred:") and outcome.hold_until is not None:
             trail.append(f"{outcome.status} until {outcome.hold_until.isoformat()}")
             run.note("; ".join(trail))
@@ -146,7 +147,7 @@ async def _send_planned_in_delivery(
             holds += 1
             if holds >= MAX_HOLDS:
                 run.note("failed: still held after repeated holds")
-                return Next.to(spec.on_failure or step.next)
+                return _failure(spec, step.next)
             request.context = run.context()
             continue
         if outcome.status.startswith("skipped:"):
@@ -154,8 +155,15 @@ async def _send_planned_in_delivery(
             return Next.to(step.next)
         run.note("; ".join([*trail, f"{outcome.status} on {outcome.channel}"]))
         if outcome.status == "failed" and spec.on_failure:
-            return Next.to(spec.on_failure)
+            return Next.to(spec.on_failure, via="on_failure")
         return Next.to(step.next)
+
+
+def _failure(spec: Send, then: str) -> Next:
+    """Where a send that failed goes: its `on_failure` step, else on as usual."""
+    if spec.on_failure:
+        return Next.to(spec.on_failure, via="on_failure")
+    return Next.to(then)
 
 
 def _refused_channel(cause: BaseException) -> str | None:
@@ -188,7 +196,7 @@ async def _plan(
             return run.after_wait(waited, then)
         request.context = run.context()
     run.note("failed: still held after repeated holds")
-    return Next.to(spec.on_failure or then)
+    return _failure(spec, then)
 
 
 async def score(step: ScoreStep, run: JourneyRun) -> Next:

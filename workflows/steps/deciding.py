@@ -41,7 +41,7 @@ async def if_(step: IfStep, run: JourneyRun) -> Next:
     )
     branch, target = ("then", step.then) if verdict.result else ("else", step.else_)
     run.note(f"{branch}: {verdict.reason}")
-    return Next.to(target)
+    return Next.to(target, via=branch)
 
 
 def _caught(step: IfStep, run: JourneyRun) -> dict[str, dict[str, Any]]:
@@ -65,12 +65,12 @@ async def split(step: SplitStep, run: JourneyRun) -> Next:
     point = bucket(run.journey.key, run.step, run.input.contact_id)
     if point < spec.holdout:
         run.note(f"holdout (bucket {point:.2f} < {spec.holdout:g}%)")
-        return Next(outcome="ended:holdout")
+        return Next(outcome="ended:holdout", via="holdout")
     edge = spec.holdout
     for index, path in enumerate(spec.paths):
         edge += path.percent
         if point < edge or index == len(spec.paths) - 1:
             label = path.name or f"path {index + 1}"
             run.note(f"{label} ({path.percent:g}%, bucket {point:.2f})")
-            return Next.to(path.next)
+            return Next.to(path.next, via=f"paths[{index}]")
     raise AssertionError("split paths add up to 100")
