@@ -205,6 +205,21 @@ class JourneyRun:
             reached_at=self.state.step_started_at or self.now(), left_by=via,
             left_at=self.now(), next_step=after.step or END))
 
+    def _expected_leave(self) -> StepTransition | None:
+        """An acting step is left by `next` once its activity is done (all but a failed send
+        with `on_failure`, or a held one): its activity writes that in advance, so the store
+        does not show the contact here while it waits in the next step (where no activity
+        writes). The interpreter's own record of the leave, written later, has the last word."""
+        step = self.journey.steps.get(self.step)
+        following = getattr(step, "next", None)
+        if step is None or step.role != "act" or not isinstance(following, str) \
+                or self.state.step_started_at is None:
+            return None
+        return StepTransition(
+            seq=self.state.transition_seq, step=self.step, visit=self.iteration,
+            reached_at=self.state.step_started_at, left_by="next", left_at=self.now(),
+            next_step=following)
+
     def flushed(self, sent: list[StepTransition]) -> None:
         """Drop the buffered transitions an activity has written."""
         if sent:
@@ -305,6 +320,9 @@ class JourneyRun:
         """
         context = getattr(request, "context", None)
         sent = context.transitions if isinstance(context, StepContext) else []
+        expected = self._expected_leave()
+        if expected is not None and isinstance(context, StepContext) and expected not in sent:
+            sent.append(expected)
         if local:
             result = await workflow.execute_local_activity(
                 name,

@@ -112,4 +112,5 @@ async def test_the_report_of_ten_contacts_with_known_paths(
     report_cli.print_report(found)
     text = console.export_text()
     assert "goal converted │       3 │  30.0%" in text
+    print(found.model_dump_json(indent=1, include={"steps", "messages"}))
     print(text)  # the worked example in docs/analytics.md
