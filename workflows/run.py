@@ -103,7 +103,9 @@ class Next:
 
     @classmethod
     def to(cls, step: str, via: str | None = None) -> Next:
-        return cls(outcome="completed", via=via) if step == END else cls(step=step, via=via)
+        if step == END:
+            return cls(outcome="completed", via=via or "next")
+        return cls(step=step, via=via)
 
 
 class JourneyRun:

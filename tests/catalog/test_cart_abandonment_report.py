@@ -122,6 +122,6 @@ async def test_the_report_of_ten_contacts_with_known_paths(
         "still_in_cart": (7, 0, {"then": 6, "else": 1}, {}),   # Ida emptied her cart
         "push_or_email": (6, 0, {"then": 2, "else": 4}, {}),   # Dan and Eve have the app
         "push_reminder": (2, 0, {"next": 2}, {}),
-        "email_reminder": (6, 0, {"end": 6}, {}),              # Joe's skipped, still left
+        "email_reminder": (6, 0, {"next": 6}, {}),              # Joe's skipped, still left
     }
     print(text)  # the worked example in docs/analytics.md
