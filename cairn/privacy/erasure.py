@@ -42,7 +42,12 @@ from cairn.store import entries as entries_repo
 from cairn.store import identity
 from cairn.store import rejected as rejected_repo
 from cairn.store.db import Store
-from cairn.store.schema import DeliveryFeedback, ErasureRecord, InboxMessage
+from cairn.store.schema import (
+    DeliveryFeedback,
+    ErasureRecord,
+    InboxMessage,
+    StepTransitionRecord,
+)
 
 log = get_logger(__name__)
 
@@ -173,7 +178,8 @@ async def erase_contact(
     owner = contact_owner(contact_id)
     async with store.session() as session, session.begin():
         counts = vars(await identity.erase_contact(session, contact_id)).copy()
-        for name, table in (("inbox_messages", InboxMessage), ("feedback", DeliveryFeedback)):
+        for name, table in (("inbox_messages", InboxMessage), ("feedback", DeliveryFeedback),
+                            ("step_transitions", StepTransitionRecord)):
             deleted = await session.execute(
                 delete(table).where(table.contact_id == contact_id)
                 .execution_options(synchronize_session=False))
