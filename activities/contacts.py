@@ -95,8 +95,6 @@ class ContactActivities:
         context = request.context
         bound = step_log(context)
         async with self.store.session() as s:
-            if await record_transitions(s, context):
-                await s.commit()
             contact = await contact_snapshot(s, context.contact_id)
 
             async def count_events(spec: HasDone) -> int:

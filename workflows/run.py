@@ -155,8 +155,11 @@ class JourneyRun:
     def iteration(self) -> int:
         return self.state.visits.get(self.step, 1)
 
-    def context(self) -> StepContext:
-        """Who acts where and when; the idempotency key of every side effect derives from it."""
+    def context(self, *, transitions: bool = True) -> StepContext:
+        """Who acts where and when; the idempotency key of every side effect derives from it.
+
+        It carries the step transitions buffered so far, for the activity to write; without
+        `transitions` (a read that writes nothing else) they wait for the next activity."""
         return StepContext(
             workflow_id=workflow.info().workflow_id,
             journey_key=self.journey.key,
@@ -167,7 +170,7 @@ class JourneyRun:
             now=self.now(),
             entry_id=workflow.info().first_execution_run_id,
             entered_at=self.state.entered_at,
-            transitions=list(self.state.transitions),
+            transitions=list(self.state.transitions) if transitions else [],
         )
 
     def note(self, text: str) -> None:

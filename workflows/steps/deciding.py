@@ -29,7 +29,8 @@ async def if_(step: IfStep, run: JourneyRun) -> Next:
     verdict: VerdictResult = await run.act(
         EVALUATE_CONDITION,
         ConditionRequest(
-            context=run.context(),
+            # a read: a write (and its commit) here would cost more than the decision
+            context=run.context(transitions=False),
             condition=step.if_,
             trigger=run.state.trigger,
             entered_at=run.state.entered_at,
