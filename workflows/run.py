@@ -41,6 +41,11 @@ state through every continue-as-new, so this bounds what a run carries: 50 entri
 in the `state` query and the result), so a run keeping fewer entries replays the same commands.
 """
 
+TRANSITION_BUFFER_LIMIT = 200
+"""Step transitions a run keeps for its next activity to write. A loop of waits and decisions
+calls no writing activity until it ends, and the buffer travels through every continue-as-new:
+beyond this many, the oldest are dropped (the report then misses those visits)."""
+
 HEARD_LIMIT = 200
 SEEN_IDS_LIMIT = 1000
 
@@ -189,6 +194,7 @@ class JourneyRun:
         self.state.transitions.append(StepTransition(
             seq=self.state.transition_seq, step=self.step, visit=self.iteration,
             reached_at=self.state.step_started_at))
+        del self.state.transitions[:-TRANSITION_BUFFER_LIMIT]
         self.state.step_started_seq = self.state.next_seq - 1
         self.state.path.append(PathEntry(step=self.step, at=self.now(), note="", kind=kind))
         if len(self.state.path) > PATH_LIMIT:
@@ -209,6 +215,7 @@ class JourneyRun:
             seq=self.state.transition_seq, step=self.step, visit=self.iteration,
             reached_at=self.state.step_started_at or self.now(), left_by=via,
             left_at=self.now(), next_step=after.step or END))
+        del self.state.transitions[:-TRANSITION_BUFFER_LIMIT]
 
     def _expected_leave(self) -> StepTransition | None:
         """An acting step is left by `next` once its activity is done (all but a failed send
