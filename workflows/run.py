@@ -81,6 +81,10 @@ ANCHOR_SLACK = timedelta(minutes=1)
 """How long after its anchor the journey's clock stays on it (see `JourneyRun.now`)."""
 
 
+def _same_visit(one: StepTransition, other: StepTransition) -> bool:
+    return (one.seq, one.step, one.visit) == (other.seq, other.step, other.visit)
+
+
 class Waited(Enum):
     """How a wait ended."""
 
@@ -211,11 +215,16 @@ class JourneyRun:
                 via = f"{EXIT_PREFIX}{after.outcome}"
             else:
                 via = "end" if after.outcome is not None else "next"
-        self.state.transitions.append(StepTransition(
+        left = StepTransition(
             seq=self.state.transition_seq, step=self.step, visit=self.iteration,
             reached_at=self.state.step_started_at or self.now(), left_by=via,
-            left_at=self.now(), next_step=after.step or END))
-        del self.state.transitions[:-TRANSITION_BUFFER_LIMIT]
+            left_at=self.now(), next_step=after.step or END)
+        buffer = self.state.transitions
+        if buffer and _same_visit(buffer[-1], left) and buffer[-1].left_by is None:
+            buffer[-1] = left  # the reach not written yet: the leave says it all
+        else:
+            buffer.append(left)
+        del buffer[:-TRANSITION_BUFFER_LIMIT]
 
     def _expected_leave(self) -> StepTransition | None:
         """An acting step is left by `next` once its activity is done (all but a failed send
@@ -236,8 +245,11 @@ class JourneyRun:
         """Drop the buffered transitions an activity has written."""
         if sent:
             written = {(t.seq, t.step, t.visit, t.left_by) for t in sent}
-            self.state.transitions = [t for t in self.state.transitions
-                                      if (t.seq, t.step, t.visit, t.left_by) not in written]
+            left = {(t.seq, t.step, t.visit) for t in sent if t.left_by is not None}
+            self.state.transitions = [
+                t for t in self.state.transitions
+                if (t.seq, t.step, t.visit, t.left_by) not in written
+                and not (t.left_by is None and (t.seq, t.step, t.visit) in left)]
 
     def end_step(self) -> None:
         self.state.step_started_at = None
@@ -334,7 +346,10 @@ class JourneyRun:
         sent = context.transitions if isinstance(context, StepContext) else []
         expected = self._expected_leave()
         if expected is not None and isinstance(context, StepContext) and expected not in sent:
-            sent.append(expected)
+            if sent and _same_visit(sent[-1], expected) and sent[-1].left_by is None:
+                sent[-1] = expected
+            else:
+                sent.append(expected)
         if local:
             result = await workflow.execute_local_activity(
                 name,
