@@ -33,15 +33,25 @@ async def record_transitions(s: AsyncSession, context: StepContext) -> int:
         "step": t.step, "visit": t.visit, "reached_at": t.reached_at, "left_by": t.left_by,
         "left_at": t.left_at, "next_step": t.next_step,
     } for t in latest.values()]
-    dialect: Any = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
-    upsert = dialect.insert(StepTransitionRecord).values(rows)
-    table = StepTransitionRecord
-    # A visit once left stays left: a retried activity may bring its reached record again.
-    upsert = upsert.on_conflict_do_update(
-        index_elements=["entry_id", "step", "visit"],
-        set_={"left_by": func.coalesce(upsert.excluded.left_by, table.left_by),
-              "left_at": func.coalesce(upsert.excluded.left_at, table.left_at),
-              "next_step": func.coalesce(upsert.excluded.next_step, table.next_step)},
-    )
-    await s.execute(upsert)
+    await s.execute(_upsert(s.get_bind().dialect.name), rows)
     return len(rows)
+
+
+def _upsert(dialect_name: str) -> Any:
+    """One statement per dialect, executed with many rows (compiled once, then cached)."""
+    found = _UPSERTS.get(dialect_name)
+    if found is None:
+        dialect: Any = postgresql if dialect_name == "postgresql" else sqlite
+        table = StepTransitionRecord
+        statement = dialect.insert(table)
+        # A visit once left stays left: a retried activity may bring its reached record again.
+        found = _UPSERTS[dialect_name] = statement.on_conflict_do_update(
+            index_elements=["entry_id", "step", "visit"],
+            set_={"left_by": func.coalesce(statement.excluded.left_by, table.left_by),
+                  "left_at": func.coalesce(statement.excluded.left_at, table.left_at),
+                  "next_step": func.coalesce(statement.excluded.next_step, table.next_step)},
+        )
+    return found
+
+
+_UPSERTS: dict[str, Any] = {}
