@@ -26,6 +26,7 @@ from activities.context import (
     VALIDATION_ERROR,
     contact_snapshot,
     permanent,
+    record_transitions,
     step_log,
     template_scope,
 )
@@ -100,6 +101,7 @@ class ActionActivities:
             if action.target is not None and spec is not None else None
         idempotent = getattr(target, "idempotent", False)
         async with self.store.session() as s, s.begin():
+            await record_transitions(s, context)
             earlier = await self.ledger.earlier(s, context.idempotency_key, now=context.now,
                                                 idempotent=idempotent, log=bound)
             if earlier is not None and earlier.settled:

@@ -11,7 +11,13 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.context import caught_scope, contact_snapshot, event_scope, step_log
+from activities.context import (
+    caught_scope,
+    contact_snapshot,
+    event_scope,
+    record_transitions,
+    step_log,
+)
 from cairn.conditions import (
     ConditionScope,
     HasDone,
@@ -69,6 +75,8 @@ class ContactActivities:
         time zone are read here, so only the deadline enters the run's history."""
         context = request.context
         async with self.store.session() as s:
+            if await record_transitions(s, context):
+                await s.commit()
             contact = await contact_snapshot(s, context.contact_id)
         if request.wait_until is not None:
             deadline = attribute_deadline(request.wait_until, contact.attributes,

@@ -22,12 +22,14 @@ from structlog.typing import FilteringBoundLogger
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from cairn import metrics
 from cairn.contact import ContactSnapshot
 from cairn.contracts import StepContext, saved_response_id
 from cairn.journey_run import CAUGHT_EVENTS, EventMessage
 from cairn.log import get_logger
 from cairn.store import contacts as contacts_repo
 from cairn.store import events as events_repo
+from cairn.store import transitions as transitions_repo
 from cairn.store.schema import Delivery
 from cairn.templates import message_scope
 
@@ -45,6 +47,16 @@ def step_log(context: StepContext) -> FilteringBoundLogger:
     if activity.in_activity():
         bound = bound.bind(attempt=activity.info().attempt)
     return bound
+
+
+async def record_transitions(s: AsyncSession, context: StepContext | None) -> int:
+    """Write the step visits the run buffered and handed to this activity, in `s`'s transaction
+    (the activity's own work commits with them; a retry writes them again, harmlessly)."""
+    if context is None or not context.transitions:
+        return 0
+    written = await transitions_repo.record_transitions(s, context)
+    metrics.STEP_TRANSITIONS.labels(journey=context.journey_key).inc(written)
+    return written
 
 
 def permanent(message: str, error_type: str) -> ApplicationError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from temporalio import activity
 
+from activities.context import record_transitions
 from cairn.contracts import CLOSE_FAILED_ENTRIES, FINISH_ENTRY, EntryFinish, FailedEntrySweep
 from cairn.failed_runs import close_failed_runs
 from cairn.log import get_logger
@@ -28,6 +29,7 @@ class EntryActivities:
     async def finish_entry(self, request: EntryFinish) -> None:
         """Close the open entry row(s) of the run's workflow id with its outcome and time."""
         async with self.store.session() as s, s.begin():
+            await record_transitions(s, request.context)
             if request.outcome == entries_repo.FAILED:
                 closed = await entries_repo.fail_entry(s, request.workflow_id,
                                                        request.reason or "run failed", request.now)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from temporalio import activity
 
-from activities.context import step_log
+from activities.context import record_transitions, step_log
 from cairn import experiments
 from cairn.contracts import CHOOSE_ARM, ArmChoice, ArmRequest
 from cairn.journey import HOLDOUT_ARM, SplitStep
@@ -35,6 +35,8 @@ class ExperimentActivities:
         site = experiments.Site(context.journey_key, context.journey_version, context.step, step,
                                 request.split.experiment, tuple(request.goal_events))
         async with self.store.session() as s, s.begin():
+            # the run hands this activity its buffered step transitions, as every writing one
+            await record_transitions(s, context)
             recorded = (await s.execute(select(ExperimentAssignment).where(
                 ExperimentAssignment.idempotency_key == key))).scalar()
             if recorded is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from activities.context import step_log
+from activities.context import record_transitions, step_log
 from cairn.contracts import CHANGE_SCORE, ScoreRequest, ScoreResult
 from cairn.store import scores as scores_repo
 from cairn.store.db import Store
@@ -19,6 +19,7 @@ class ScoreActivities:
         """Add the step's points once per step visit (a retry answers the recorded total)."""
         context, change = request.context, request.change
         async with self.store.session() as s, s.begin():
+            await record_transitions(s, context)
             total = await scores_repo.change_score(
                 s,
                 contact_id=context.contact_id,

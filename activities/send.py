@@ -41,6 +41,7 @@ from activities.context import (
     VALIDATION_ERROR,
     contact_snapshot,
     permanent,
+    record_transitions,
     step_log,
     template_scope,
 )
@@ -210,6 +211,7 @@ class DeliveryActivities:
         context = request.context
         bound = step_log(context)
         async with self.store.session() as s, s.begin():
+            await record_transitions(s, context)
             recorded = await deliveries_repo.find_delivery(s, request.ledger_key)
             if recorded is not None:
                 bound.info("send.plan_recorded", status=recorded.status, channel=recorded.channel)
@@ -393,6 +395,7 @@ class DeliveryActivities:
         earlier: Earlier | None = None
         sent: Receipt | None = None
         async with self.store.session() as s, s.begin():
+            await record_transitions(s, context)
             channel = request.channel
             contact: ContactSnapshot | None = None
             recorded = True

@@ -14,6 +14,7 @@ from activities.context import (
     TEMPLATE_ERROR,
     contact_snapshot,
     permanent,
+    record_transitions,
     step_log,
     template_scope,
 )
@@ -42,6 +43,7 @@ class TaskActivities:
         context, spec = request.context, request.task
         bound = step_log(context)
         async with self.store.session() as s, s.begin():
+            await record_transitions(s, context)
             contact = await contact_snapshot(s, context.contact_id)
             scope = await template_scope(s, contact, request.trigger, {})
             name = f"task at step {context.step}"

@@ -26,6 +26,7 @@ from activities.context import (
     VALIDATION_ERROR,
     contact_snapshot,
     permanent,
+    record_transitions,
     step_log,
     template_scope,
 )
@@ -91,6 +92,7 @@ class ProfileActivities:
         bound = step_log(context)
         try:
             async with self.store.session() as s, s.begin():
+                await record_transitions(s, context)
                 values = dict(update.set)
                 if has_templates(values):
                     # under the contact's lock: another writer (or a late earlier attempt) cannot

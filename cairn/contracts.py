@@ -32,7 +32,7 @@ from cairn.journey import (
     Webhook,
     Window,
 )
-from cairn.journey_run import EventMessage
+from cairn.journey_run import EventMessage, StepTransition
 
 LOAD_CONTACT = "load_contact"
 PLAN_WAIT = "plan_wait"
@@ -63,6 +63,10 @@ class StepContext(BaseModel):
         default="",
         description="the entry's first run id: a contact re-entering reuses the workflow id",
     )
+    entered_at: datetime | None = Field(default=None, description="when the run's entry began")
+    transitions: list[StepTransition] = Field(
+        default_factory=list,
+        description="step visits the run buffered since its last activity: written by this one")
 
     @property
     def idempotency_key(self) -> str:
@@ -296,6 +300,8 @@ class EntryFinish(BaseModel):
     outcome: str
     now: datetime
     reason: str | None = Field(default=None, description="why a `failed` run failed")
+    context: StepContext | None = Field(
+        default=None, description="the run's last step and its buffered step transitions")
 
 
 class UnconfirmedSweep(BaseModel):

@@ -8,8 +8,9 @@ reporting problems per file is `cairn.journey_files`' job.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
+from typing import Protocol
 
 from cairn.conditions import describe_condition
 from cairn.durations import format_duration, parse_duration
@@ -297,11 +298,41 @@ def _edge_label(step: StepBase, route: str) -> str:
     return {"timeout_next": "timeout", "on_failure": "on failure", "next": ""}.get(route, route)
 
 
-def mermaid(journey: Journey, counts: dict[str, int] | None = None) -> str:
+class StepFunnel(Protocol):
+    """A step's funnel figures (`cairn.reports.StepFigures` has them)."""
+
+    reached: int
+    waiting: int
+    left: dict[str, int]
+    exited: dict[str, int]
+
+
+def _funnel_label(figures: StepFunnel | None) -> str:
+    if figures is None:
+        return "<br/>reached 0"
+    label = f"<br/>reached {figures.reached}, waiting {figures.waiting}"
+    for goal, n in figures.exited.items():
+        label += f"<br/>exit {_text(goal)}: {n}"
+    return label
+
+
+def _with_count(label: str, figures: StepFunnel | None, route: str) -> str:
+    if figures is None:
+        return label
+    n = figures.left.get(route, 0)
+    return f"{label} ({n})" if label else str(n)
+
+
+def mermaid(journey: Journey, counts: dict[str, int] | None = None,
+            funnel: Mapping[str, StepFunnel] | None = None) -> str:
     """A Mermaid flowchart of the journey, top-down, with `counts` (contacts per step) if given.
 
-    Loops (back edges) are dotted; the trigger is the entry node and `end` the exit node.
+    With `funnel` (per step: reached, waiting, left by each route, exit goals caught there, as
+    the journey report has them), nodes say how many reached and wait in them and edges how
+    many left by them. Loops (back edges) are dotted; the trigger is the entry node and `end`
+    the exit node.
     """
+    funnel_of = funnel.get if funnel is not None else None
     ids = _node_ids(journey)
     loops = back_edges(journey)
     lines = ["flowchart TD", f'  trigger>"{_text(describe_trigger(journey.trigger))}"]']
@@ -312,6 +343,8 @@ def mermaid(journey: Journey, counts: dict[str, int] | None = None) -> str:
         if counts is not None:
             count = counts.get(name, 0)
             label += f"<br/>{count} contact{'' if count == 1 else 's'}"
+        if funnel_of is not None:
+            label += _funnel_label(funnel_of(name))
         lines.append(f"  {ids[name]}{_shape(step, label)}")
     lines.append('  finish(("end"))')
     if journey.first_step in ids:
@@ -320,21 +353,27 @@ def mermaid(journey: Journey, counts: dict[str, int] | None = None) -> str:
         if target != END and target not in ids:
             continue
         label = _edge_label(steps_of(journey)[name], route)
+        if funnel_of is not None:
+            label = _with_count(label, funnel_of(name), route)
         arrow = "-.->" if (name, target) in loops else "-->"
         to = "finish" if target == END else ids[target]
         lines.append(f"  {ids[name]} {arrow}{f'|{_text(label)}|' if label else ''} {to}")
     for name, step in steps_of(journey).items():
+        figures = funnel_of(name) if funnel_of is not None else None
         if isinstance(step, SplitStep) and step.split.holdout:
-            lines.append(f"  {ids[name]} -->|{step.split.holdout:g}% holdout| finish")
+            label = _with_count(f"{step.split.holdout:g}% holdout", figures, "holdout")
+            lines.append(f"  {ids[name]} -->|{_text(label)}| finish")
         if step.role == "end":
-            lines.append(f"  {ids[name]} --> finish")
+            label = _with_count("", figures, "end")
+            lines.append(f"  {ids[name]} -->{f'|{label}|' if label else ''} finish")
     for goal in journey.exit:
         lines.append(f"  %% exit goal: {goal.event} -> {goal.goal}")
     return "\n".join(lines) + "\n"
 
 
 __all__ = [
-    "GRAPH_CHECKS", "WAITING_KINDS", "back_edges", "check_graph", "describe_condition",
-    "describe_step", "describe_trigger", "edges", "loops_without_wait", "mermaid", "missing_start",
-    "missing_targets", "reachable_steps", "route_path", "unreachable",
+    "GRAPH_CHECKS", "WAITING_KINDS", "StepFunnel", "back_edges", "check_graph",
+    "describe_condition", "describe_step", "describe_trigger", "edges", "loops_without_wait",
+    "mermaid", "missing_start", "missing_targets", "reachable_steps", "route_path",
+    "unreachable",
 ]

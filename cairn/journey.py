@@ -763,6 +763,14 @@ class JourneySettings(Spec):
     )
 
 
+class Attribution(Spec):
+    """Which messages a conversion counts for: those of the entry sent within `window` before
+    the exit goal (the journey report's conversions per message, last touch and any touch)."""
+
+    window: PositiveDuration = Field(
+        default="7d", description="how long before a conversion a message still counts for it")
+
+
 TemplateParts = dict[str, dict[str, str]]
 """A template: a part per channel (`email: {subject, body}`, `sms: {body}`, ...)."""
 
@@ -776,6 +784,7 @@ class Journey(Spec):
     entry: EntryRules = Field(default_factory=EntryRules)
     exit: list[ExitGoal] = Field(default_factory=list)
     settings: JourneySettings = Field(default_factory=JourneySettings)
+    attribution: Attribution = Field(default_factory=Attribution)
     start: str | None = Field(default=None, description="first step (default: the first listed)")
     steps: dict[str, Step] = Field(min_length=1)
     templates: dict[str, TemplateParts] = Field(

@@ -132,6 +132,26 @@ def event_matches(journey: Journey, event: EventMessage) -> list[str]:
     return keys
 
 
+class StepTransition(BaseModel):
+    """One visit of a step, as the run buffers it for the store (`step_transitions`).
+
+    Ids, step names and routing keys only (no personal data): `left_by` is the routing key the
+    contact left by, as the journey's graph names it (`next`, `then`, `else`, `timeout_next`,
+    `missing`, `paths[1]`, `on_failure`), or `holdout`, `end` (an `end` step), `exit:<goal>` (an
+    exit goal caught there; `exit:removed` for an operator's exit) or `failed`; null while the
+    contact is there. A visit is written once reached and again when left: the store keeps the
+    last (`step`, `visit`) record of an entry.
+    """
+
+    seq: int = Field(description="the visit's order in the entry (1: the first step)")
+    step: str
+    visit: int = Field(description="which visit of this step (a loop passes again)")
+    reached_at: datetime
+    left_by: str | None = None
+    left_at: datetime | None = None
+    next_step: str | None = Field(default=None, description="where it went (`end`: finished)")
+
+
 class ExitRequest(BaseModel):
     """An operator (or an erasure) removes a contact from a journey: `cairn exit`."""
 
@@ -211,6 +231,10 @@ class JourneyState:
     outcome: str | None = None
     earlier: list[StepSummary] = field(default_factory=list)
     """The path entries before `path`, summarised per step (`path_dropped` of them)."""
+    transitions: list[StepTransition] = field(default_factory=list)
+    """Step visits not yet written to the store: the next activity the run calls takes them
+    (in its `StepContext`, or `EntryFinish` at the end) and writes them with its own work."""
+    transition_seq: int = 0
 
 
 class JourneyInput(BaseModel):

@@ -3,7 +3,8 @@
 Counted where it happens, with a line each: calls accepted and rejected (`cairn.events.ingest`,
 the API's refusals), events routed (`cairn.events.ingest`), entries (`cairn.events.router`), send
 ledger rows by channel and status (`activities.ledger`), sends held by quiet hours or a frequency
-cap (`activities.send`), activity failures (the worker's interceptor). The API serves them on
+cap (`activities.send`), step transitions written (`activities.context`), activity failures
+(the worker's interceptor). The API serves them on
 `/metrics`, the worker on `CAIRN_WORKER_METRICS_PORT` (with the Temporal SDK's own metrics).
 
 Labels never carry personal data: no contact ids, addresses or event properties; only journey
@@ -16,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_l
 
 __all__ = ["ACTIVITY_FAILURES", "CONTENT_TYPE_LATEST", "ENTRIES", "EVENTS_ACCEPTED",
            "EVENTS_REJECTED", "EVENTS_ROUTED", "INGEST_ENDPOINTS", "SENDS", "SEND_HOLDS",
+           "STEP_TRANSITIONS",
            "count_rejected", "exposition"]
 
 EVENTS_ACCEPTED = Counter(
@@ -35,6 +37,9 @@ SENDS = Counter(
 SEND_HOLDS = Counter(
     "cairn_send_holds", "Marketing sends held until later, by reason (quiet_hours, "
     "frequency_cap)", ["reason"])
+STEP_TRANSITIONS = Counter(
+    "cairn_step_transitions", "Step visits written to the store by the runs' activities (a "
+    "step reached, or left by a route), by journey", ["journey"])
 ACTIVITY_FAILURES = Counter(
     "cairn_activity_failures", "Activity attempts that raised, by activity and error type "
     "(ProviderUnavailable is retried, ProviderRejected is not)", ["activity", "error_type"])

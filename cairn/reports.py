@@ -13,8 +13,13 @@ and (later) the console, with one pydantic model:
   failed, unconfirmed, still sending, and skipped by reason, with rates per message sent;
 - **experiments**: per send with variants and per split with an `experiment:` block, the arms'
   figures and the automatic winner (`cairn.experiments`);
-- **steps**: per-step figures (reached, waiting, left by each branch) need step transitions in
-  the store, which the runs do not record yet; the list is empty until they do.
+- **steps**: per step of the definition, from the step transitions the runs record
+  (`cairn.store.transitions`): how many entries reached it, how many wait there now, how many
+  left it by each route (the graph's routing keys: `next`, `then`, `else`, `timeout_next`,
+  `paths[1]`...), and the exit goals caught there;
+- **attribution**: each conversion (an exit goal) counts for the messages the contact got in
+  that entry within the journey's `attribution.window` before converting: the last one (last
+  touch) and every one (any touch), per message.
 
 Attribution: a provider report names its send (`delivery_feedback.delivery_id`, found by the
 provider's message id); an in-app message is its inbox row (read = opened); an unsubscribe that
@@ -22,13 +27,18 @@ names no message (the signed link, an SMS STOP) goes to the contact's last messa
 channel sent before it (last touch). Opens, clicks and the rest count messages, not events: a
 message opened three times is one opened message.
 
+Where a contact waits: a run writes its step transitions with the next activity it calls (and
+when it ends), so the store may not have the step it waits in yet; the last transition written
+says where it went (an entry that left a step toward a wait is counted waiting in that wait), and
+an open entry with none written yet waits in the first step.
+
 Not here: statistics (`cairn.statistics`), the doors that print or serve the report.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from statistics import median
 from typing import Any
 
@@ -36,16 +46,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cairn.durations import parse_duration
 from cairn.experiments import ExperimentReport, experiment_reports
-from cairn.journey import Journey, SendStep
+from cairn.journey import END, Attribution, Journey, SendStep
 from cairn.statistics import rate, wilson_interval
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
 from cairn.store.entries import FAILED, REENTERED
-from cairn.store.schema import Delivery, DeliveryFeedback, Entry, Event, InboxMessage
+from cairn.store.schema import (
+    Delivery,
+    DeliveryFeedback,
+    Entry,
+    Event,
+    InboxMessage,
+    StepTransitionRecord,
+)
 
 __all__ = [
-    "GoalFigures", "JourneyReport", "MessageFigures", "MessageRates", "StepFigures",
+    "GoalFigures", "JourneyReport", "MessageAttribution", "MessageFigures", "MessageRates",
+    "StepFigures",
     "UnknownJourney", "VersionFunnel", "journey_report",
 ]
 
@@ -99,13 +118,18 @@ class VersionFunnel(BaseModel):
 
 
 class StepFigures(BaseModel):
-    """Per-step figures: coming with step transitions recorded in the store (issue 13)."""
+    """One step of the journey: the entries that reached it, wait there, and left it."""
 
     step: str
-    reached: int
-    waiting: int
-    left: dict[str, int] = Field(description="branch or route -> entries that left by it")
-    exited: dict[str, int] = Field(description="exit goal -> entries caught at this step")
+    kind: str | None = Field(default=None, description="the step's kind (null: a step the "
+                                                       "definition reported on no longer has)")
+    reached: int = Field(description="entries that reached the step (once each, loops or not)")
+    waiting: int = Field(description="open entries there now")
+    left: dict[str, int] = Field(
+        description="route -> entries that left by it: a routing key of the graph (`next`, "
+                    "`then`, `else`, `timeout_next`, `missing`, `paths[0]`, `on_failure`), "
+                    "`end`, `holdout`, `removed` or `failed`")
+    exited: dict[str, int] = Field(description="exit goal -> entries it caught at this step")
 
 
 class MessageRates(BaseModel):
@@ -122,6 +146,16 @@ class MessageRates(BaseModel):
     unsubscribe: float | None
     failure: float | None
     skip: float | None
+
+
+class MessageAttribution(BaseModel):
+    """The conversions (exit goals) a message counts for, within the journey's attribution
+    window: as the entry's last message before converting, and as any of its messages."""
+
+    last_touch: int = 0
+    any_touch: int = 0
+    last_touch_rate: float | None = Field(default=None, description="last touch / sent")
+    any_touch_rate: float | None = Field(default=None, description="any touch / sent")
 
 
 class MessageFigures(BaseModel):
@@ -148,6 +182,9 @@ class MessageFigures(BaseModel):
     skipped: dict[str, int] = Field(description="not sent, by reason: consent, unreachable, "
                                                 "frequency_cap, quiet_hours")
     rates: MessageRates
+    conversions: MessageAttribution = Field(
+        default_factory=MessageAttribution,
+        description="conversions attributed to the message (last touch, any touch)")
 
 
 _FUNNEL_EXAMPLE: dict[str, Any] = {
@@ -170,6 +207,14 @@ _MESSAGE_EXAMPLE: dict[str, Any] = {
 }
 
 
+_STEP_EXAMPLE: dict[str, Any] = {
+    "step": "still_in_cart", "kind": "if", "reached": 7, "waiting": 0,
+    "left": {"then": 6, "else": 1}, "exited": {},
+}
+_MESSAGE_EXAMPLE["conversions"] = {"last_touch": 1, "any_touch": 1, "last_touch_rate": 0.2,
+                                   "any_touch_rate": 0.2}
+
+
 class JourneyReport(BaseModel):
     """How a journey performs: the entry funnel and the messages (docs/analytics.md)."""
 
@@ -177,8 +222,8 @@ class JourneyReport(BaseModel):
         "journey": "cart-abandonment", "name": "Reduce cart abandonment", "version": None,
         "since": None, "until": None, "generated_at": "2026-03-03T09:00:00Z",
         "funnel": _FUNNEL_EXAMPLE, "versions": [{**_FUNNEL_EXAMPLE, "version": 1}],
-        "steps": [], "messages": [_MESSAGE_EXAMPLE], "experiments": [],
-        "notes": ["per-step figures need step transitions in the store: not recorded yet"],
+        "steps": [_STEP_EXAMPLE], "messages": [_MESSAGE_EXAMPLE], "experiments": [],
+        "notes": [],
     }]})
 
     journey: str
@@ -191,8 +236,8 @@ class JourneyReport(BaseModel):
     versions: list[VersionFunnel] = Field(description="the funnel per version, oldest first")
     steps: list[StepFigures] = Field(
         default_factory=list,
-        description="per-step figures (reached, waiting, left by branch); empty until step "
-                    "transitions are recorded in the store")
+        description="per step, in the definition's order: reached, waiting, left by route, "
+                    "exit goals caught there")
     messages: list[MessageFigures]
     experiments: list[ExperimentReport] = Field(
         default_factory=list,
@@ -220,20 +265,22 @@ async def journey_report(
         messages = await _messages(s, key, version, since, until)
         tests = (await experiment_reports(s, journey, version=version, since=since, until=until)
                  if journey else [])
+        steps = await _steps(s, key, version, since, until, journey)
+        window = parse_duration((journey.attribution if journey else Attribution()).window)
+        await _attribute(s, key, version, since, until, window, messages)
     if journey is not None:
         _name_variants(journey, messages)
     by_version: dict[int, list[tuple[str | None, datetime, datetime | None]]] = defaultdict(list)
     for row in entries:
         by_version[row[0]].append(row[1:])
     versions = [_funnel(v, rows, goals) for v, rows in sorted(by_version.items())]
-    notes = ["per-step figures need step transitions in the store: not recorded yet",
-             "sends held by quiet hours or a frequency cap are written to the ledger only when "
+    notes = ["sends held by quiet hours or a frequency cap are written to the ledger only when "
              "they go or are skipped; the worker's cairn_send_holds_total counts the holds"]
     return JourneyReport(
         journey=key, name=definition.name if definition else None, version=version,
         since=since, until=until, generated_at=now or datetime.now(UTC),
         funnel=_funnel(version, [r[1:] for r in entries], goals), versions=versions,
-        messages=messages, experiments=tests, notes=notes,
+        steps=steps, messages=messages, experiments=tests, notes=notes,
     )
 
 
@@ -426,3 +473,129 @@ def _message_figures(message: MessageKey, tally: dict[str, int]) -> MessageFigur
             skip=rate(sum(skipped.values()), attempted + sum(skipped.values())),
         ),
     )
+
+
+# --------------------------------------------------------------------------- steps
+
+EXIT_PREFIX = "exit:"
+"""`left_by` of an exit goal caught at a step (`workflows.run.EXIT_PREFIX`)."""
+ENDING_ROUTES = ("end", "holdout", "failed")
+
+
+def _in_window(query: Select[Any], key: str, version: int | None, since: datetime | None,
+               until: datetime | None) -> Select[Any]:
+    query = query.where(StepTransitionRecord.journey_key == key)
+    if version is not None:
+        query = query.where(StepTransitionRecord.version == version)
+    return _window(query, StepTransitionRecord.entered_at, since, until)
+
+
+async def _steps(
+    s: AsyncSession, key: str, version: int | None, since: datetime | None,
+    until: datetime | None, journey: Journey | None,
+) -> list[StepFigures]:
+    t = StepTransitionRecord
+    reached: dict[str, int] = defaultdict(int)
+    waiting: dict[str, int] = defaultdict(int)
+    left: dict[str, dict[str, int]] = defaultdict(dict)
+    exited: dict[str, dict[str, int]] = defaultdict(dict)
+    visits = _in_window(select(t.step, func.count(func.distinct(t.entry_id))), key, version,
+                        since, until).group_by(t.step)
+    for step, n in (await s.execute(visits)).all():
+        reached[step] += n
+    routes = _in_window(select(t.step, t.left_by, func.count(func.distinct(t.entry_id))), key,
+                        version, since, until).where(t.left_by.is_not(None)) \
+        .group_by(t.step, t.left_by)
+    for step, left_by, n in (await s.execute(routes)).all():
+        if left_by.startswith(EXIT_PREFIX) and left_by != f"{EXIT_PREFIX}{REMOVED}":
+            exited[step][left_by[len(EXIT_PREFIX):]] = n
+        else:
+            left[step][left_by.removeprefix(EXIT_PREFIX)] = n
+    # Where open entries are: the last visit each entry's run wrote says it.
+    open_runs = select(Entry.workflow_id).where(Entry.journey_key == key, Entry.ended_at.is_(None))
+    if version is not None:
+        open_runs = open_runs.where(Entry.version == version)
+    open_runs = _window(open_runs, Entry.entered_at, since, until)
+    open_ids = set((await s.scalars(open_runs)).all())
+    last_seq = _in_window(select(t.entry_id, func.max(t.seq).label("seq")), key, version,
+                          since, until).where(t.workflow_id.in_(open_runs)) \
+        .group_by(t.entry_id).subquery()
+    last = select(t.workflow_id, t.step, t.left_by, t.next_step).join(
+        last_seq, and_(t.entry_id == last_seq.c.entry_id, t.seq == last_seq.c.seq))
+    placed: set[str] = set()
+    for workflow_id, step, left_by, next_step in (await s.execute(last)).all():
+        if left_by is None:
+            where = step
+        elif next_step and next_step != END and not left_by.startswith(EXIT_PREFIX) \
+                and left_by not in ENDING_ROUTES:
+            where = next_step  # on its way: the step it waits in has written nothing yet
+            reached[where] += 1
+        else:
+            continue  # an earlier entry of the same workflow id, finished
+        if workflow_id in placed:
+            continue
+        placed.add(workflow_id)
+        waiting[where] += 1
+    if journey is not None:
+        fresh = len(open_ids - placed)  # open entries whose runs wrote nothing yet
+        reached[journey.first_step] += fresh
+        waiting[journey.first_step] += fresh
+    names = list(journey.steps) if journey else []
+    names += sorted(set(reached) - set(names))
+    kinds = {name: step.kind for name, step in journey.steps.items()} if journey else {}
+    return [StepFigures(step=name, kind=kinds.get(name), reached=reached.get(name, 0),
+                        waiting=waiting.get(name, 0), left=dict(sorted(left[name].items())),
+                        exited=dict(sorted(exited[name].items())))
+            for name in names]
+
+
+# --------------------------------------------------------------------------- attribution
+
+ATTRIBUTION_SLACK_SECONDS = 60
+"""A send may carry the journey's time, which stands on the trigger's moment for a minute after
+it (`workflows.run.ANCHOR_SLACK`): a little before the entry was recorded."""
+
+
+async def _attribute(
+    s: AsyncSession, key: str, version: int | None, since: datetime | None,
+    until: datetime | None, window: Any, messages: list[MessageFigures],
+) -> None:
+    """Count each conversion of the report's entries for the messages of its entry sent within
+    `window` before it: the last one (last touch) and each one (any touch)."""
+    not_goals = (COMPLETED, REMOVED, FAILED, REENTERED)
+    converted = select(Entry.workflow_id, Entry.entered_at, Entry.ended_at).where(
+        Entry.journey_key == key, Entry.ended_at.is_not(None), Entry.outcome.is_not(None),
+        Entry.outcome.not_in(not_goals), Entry.outcome.not_like(f"{ENDED_PREFIX}%"))
+    if version is not None:
+        converted = converted.where(Entry.version == version)
+    converted = _window(converted, Entry.entered_at, since, until)
+    conversions = (await s.execute(converted)).all()
+    if not conversions:
+        return
+    sends = select(Delivery.id, Delivery.workflow_id, Delivery.step, Delivery.template,
+                   Delivery.channel, Delivery.sent_at).where(
+        Delivery.kind == "send", Delivery.status == "sent", Delivery.journey_key == key,
+        Delivery.sent_at.is_not(None),
+        Delivery.workflow_id.in_(select(converted.subquery().c.workflow_id)))
+    by_run: dict[str, list[tuple[datetime, int, MessageKey]]] = defaultdict(list)
+    for row_id, workflow_id, step, template, channel, sent_at in (await s.execute(sends)).all():
+        by_run[workflow_id].append((sent_at, row_id, (step or "", template, channel)))
+    last_touch: dict[MessageKey, int] = defaultdict(int)
+    any_touch: dict[MessageKey, int] = defaultdict(int)
+    slack = timedelta(seconds=ATTRIBUTION_SLACK_SECONDS)
+    for workflow_id, entered_at, converted_at in conversions:
+        touches = sorted(t for t in by_run.get(workflow_id, [])
+                         if entered_at - slack <= t[0] <= converted_at
+                         and converted_at - t[0] <= window)
+        if not touches:
+            continue
+        last_touch[touches[-1][2]] += 1
+        for message in {t[2] for t in touches}:
+            any_touch[message] += 1
+    for figures in messages:
+        message = (figures.step, figures.template, figures.channel)
+        last, every = last_touch.get(message, 0), any_touch.get(message, 0)
+        figures.conversions = MessageAttribution(
+            last_touch=last, any_touch=every,
+            last_touch_rate=rate(min(last, figures.sent), figures.sent),
+            any_touch_rate=rate(min(every, figures.sent), figures.sent))

@@ -143,6 +143,8 @@ class JourneyWorkflow:
     async def _close_failed(self, error: FailureError) -> None:
         run = self.run_
         cause = error.cause or error
+        if run.state.step_started_at is not None:
+            run.leave_step(Next(outcome=FAILED, via=FAILED))
         await self._finish_entry(EntryFinish(
             workflow_id=workflow.info().workflow_id,
             journey_key=run.journey.key,
@@ -150,21 +152,25 @@ class JourneyWorkflow:
             outcome=FAILED,
             now=run.now(),
             reason=f"step {run.state.current}: {type(cause).__name__}: {cause}"[:2000],
+            context=run.context(),
         ))
 
     async def _finish_entry(self, request: EntryFinish) -> None:
         """Close the run's entry: a local activity in lean runs (an idempotent update of one row
-        needs no task queue), a regular one in the runs before `LEAN_RUN_PATCH`."""
+        needs no task queue), a regular one in the runs before `LEAN_RUN_PATCH`. It writes the
+        step transitions still buffered."""
         if self.run_.lean:
             await workflow.execute_local_activity(
                 FINISH_ENTRY, request, start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=ACTIVITY_RETRY, summary=f"record outcome {request.outcome}",
             )
-            return
-        await workflow.execute_activity(
-            FINISH_ENTRY, request, start_to_close_timeout=ACTIVITY_TIMEOUT,
-            retry_policy=ACTIVITY_RETRY, summary=f"record outcome {request.outcome}",
-        )
+        else:
+            await workflow.execute_activity(
+                FINISH_ENTRY, request, start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY, summary=f"record outcome {request.outcome}",
+            )
+        if request.context is not None:
+            self.run_.flushed(request.context.transitions)
 
     async def _interpret(self, data: JourneyInput) -> JourneyResult:
         run, state = self.run_, self.run_.state
@@ -191,6 +197,7 @@ class JourneyWorkflow:
             after: Next = await HANDLERS[kind](step, run)
             if after.resume:
                 await self._continue_as_new()
+            run.leave_step(after)
             run.end_step()
             visited_this_run.add(name)
             if after.outcome is not None:
@@ -235,6 +242,7 @@ class JourneyWorkflow:
             contact_id=run.input.contact_id,
             outcome=outcome,
             now=run.now(),
+            context=run.context(),
         ))
         return JourneyResult(outcome=outcome, path=state.path, path_dropped=state.path_dropped,
                              earlier=state.earlier)

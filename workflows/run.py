@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         JourneyInput,
         JourneyState,
         PathEntry,
+        StepTransition,
         summarise,
     )
 
@@ -39,6 +40,11 @@ state through every continue-as-new, so this bounds what a run carries: 50 entri
 9 KB where 500 were 86 KB. Nothing the interpreter decides reads the path (it is for people,
 in the `state` query and the result), so a run keeping fewer entries replays the same commands.
 """
+
+TRANSITION_BUFFER_LIMIT = 200
+"""Step transitions a run keeps for its next activity to write. A loop of waits and decisions
+calls no writing activity until it ends, and the buffer travels through every continue-as-new:
+beyond this many, the oldest are dropped (the report then misses those visits)."""
 
 HEARD_LIMIT = 200
 SEEN_IDS_LIMIT = 1000
@@ -67,8 +73,16 @@ each patch, one more upsert (a billable action) in every run. The choice travels
 instead (`JourneyInput.lean`, set by the router and at every continue-as-new), which the inputs of
 runs recorded before it lack, so they replay as recorded."""
 
+EXIT_PREFIX = "exit:"
+"""`left_by` of a step where an exit goal (`exit:<goal>`) or an operator (`exit:removed`) ended
+the journey."""
+
 ANCHOR_SLACK = timedelta(minutes=1)
 """How long after its anchor the journey's clock stays on it (see `JourneyRun.now`)."""
+
+
+def _same_visit(one: StepTransition, other: StepTransition) -> bool:
+    return (one.seq, one.step, one.visit) == (other.seq, other.step, other.visit)
 
 
 class Waited(Enum):
@@ -86,15 +100,21 @@ class Next:
 
     `step` is the next step's name (or `end`); `outcome` ends the journey with that outcome;
     `resume` continues as new and re-enters the same step (its deadline is kept in state).
+    `via` is the routing key the step is left by, as the journey's graph names it (`then`,
+    `paths[1]`, `timeout_next`...); unset: `next`, or for an outcome `end`, or `exit:<goal>`
+    when an exit goal (or an operator) ended the journey there.
     """
 
     step: str | None = None
     outcome: str | None = None
     resume: bool = False
+    via: str | None = None
 
     @classmethod
-    def to(cls, step: str) -> Next:
-        return cls(outcome="completed") if step == END else cls(step=step)
+    def to(cls, step: str, via: str | None = None) -> Next:
+        if step == END:
+            return cls(outcome="completed", via=via or "next")
+        return cls(step=step, via=via)
 
 
 class JourneyRun:
@@ -144,8 +164,11 @@ class JourneyRun:
     def iteration(self) -> int:
         return self.state.visits.get(self.step, 1)
 
-    def context(self) -> StepContext:
-        """Who acts where and when; the idempotency key of every side effect derives from it."""
+    def context(self, *, transitions: bool = True) -> StepContext:
+        """Who acts where and when; the idempotency key of every side effect derives from it.
+
+        It carries the step transitions buffered so far, for the activity to write; without
+        `transitions` (a read that writes nothing else) they wait for the next activity."""
         return StepContext(
             workflow_id=workflow.info().workflow_id,
             journey_key=self.journey.key,
@@ -155,6 +178,8 @@ class JourneyRun:
             iteration=self.iteration,
             now=self.now(),
             entry_id=workflow.info().first_execution_run_id,
+            entered_at=self.state.entered_at,
+            transitions=list(self.state.transitions) if transitions else [],
         )
 
     def note(self, text: str) -> None:
@@ -169,6 +194,11 @@ class JourneyRun:
             return
         self.state.visits[self.step] = self.state.visits.get(self.step, 0) + 1
         self.state.step_started_at = self.now()
+        self.state.transition_seq += 1
+        self.state.transitions.append(StepTransition(
+            seq=self.state.transition_seq, step=self.step, visit=self.iteration,
+            reached_at=self.state.step_started_at))
+        del self.state.transitions[:-TRANSITION_BUFFER_LIMIT]
         self.state.step_started_seq = self.state.next_seq - 1
         self.state.path.append(PathEntry(step=self.step, at=self.now(), note="", kind=kind))
         if len(self.state.path) > PATH_LIMIT:
@@ -176,6 +206,50 @@ class JourneyRun:
             self.state.earlier = summarise(self.state.earlier, self.state.path[:dropped])
             del self.state.path[:dropped]
             self.state.path_dropped += dropped
+
+    def leave_step(self, after: Next) -> None:
+        """Buffer how the contact left the current step, for the next activity to write."""
+        via = after.via
+        if via is None:
+            if after.outcome is not None and after.outcome == self.exit_outcome:
+                via = f"{EXIT_PREFIX}{after.outcome}"
+            else:
+                via = "end" if after.outcome is not None else "next"
+        left = StepTransition(
+            seq=self.state.transition_seq, step=self.step, visit=self.iteration,
+            reached_at=self.state.step_started_at or self.now(), left_by=via,
+            left_at=self.now(), next_step=after.step or END)
+        buffer = self.state.transitions
+        if buffer and _same_visit(buffer[-1], left) and buffer[-1].left_by is None:
+            buffer[-1] = left  # the reach not written yet: the leave says it all
+        else:
+            buffer.append(left)
+        del buffer[:-TRANSITION_BUFFER_LIMIT]
+
+    def _expected_leave(self) -> StepTransition | None:
+        """An acting step is left by `next` once its activity is done (all but a failed send
+        with `on_failure`, or a held one): its activity writes that in advance, so the store
+        does not show the contact here while it waits in the next step (where no activity
+        writes). The interpreter's own record of the leave, written later, has the last word."""
+        step = self.journey.steps.get(self.step)
+        following = getattr(step, "next", None)
+        if step is None or step.role != "act" or not isinstance(following, str) \
+                or self.state.step_started_at is None:
+            return None
+        return StepTransition(
+            seq=self.state.transition_seq, step=self.step, visit=self.iteration,
+            reached_at=self.state.step_started_at, left_by="next", left_at=self.now(),
+            next_step=following)
+
+    def flushed(self, sent: list[StepTransition]) -> None:
+        """Drop the buffered transitions an activity has written."""
+        if sent:
+            written = {(t.seq, t.step, t.visit, t.left_by) for t in sent}
+            left = {(t.seq, t.step, t.visit) for t in sent if t.left_by is not None}
+            self.state.transitions = [
+                t for t in self.state.transitions
+                if (t.seq, t.step, t.visit, t.left_by) not in written
+                and not (t.left_by is None and (t.seq, t.step, t.visit) in left)]
 
     def end_step(self) -> None:
         self.state.step_started_at = None
@@ -268,8 +342,16 @@ class JourneyRun:
         no queue of their own): its result is a marker in the history, with no schedule, start
         and completion events nor a round trip through the server's task queue.
         """
+        context = getattr(request, "context", None)
+        sent = context.transitions if isinstance(context, StepContext) else []
+        expected = self._expected_leave()
+        if expected is not None and isinstance(context, StepContext) and expected not in sent:
+            if sent and _same_visit(sent[-1], expected) and sent[-1].left_by is None:
+                sent[-1] = expected
+            else:
+                sent.append(expected)
         if local:
-            return await workflow.execute_local_activity(
+            result = await workflow.execute_local_activity(
                 name,
                 request,
                 result_type=result_type,
@@ -277,7 +359,9 @@ class JourneyRun:
                 retry_policy=ACTIVITY_RETRY,
                 summary=summary,
             )
-        return await workflow.execute_activity(
+            self.flushed(sent)
+            return result
+        result = await workflow.execute_activity(
             name,
             request,
             result_type=result_type,
@@ -286,6 +370,8 @@ class JourneyRun:
             retry_policy=ACTIVITY_RETRY,
             summary=summary,
         )
+        self.flushed(sent)
+        return result
 
     @property
     def journey_queue(self) -> str:

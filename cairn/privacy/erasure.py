@@ -52,6 +52,7 @@ from cairn.store.schema import (
     ErasureRecord,
     ExperimentAssignment,
     InboxMessage,
+    StepTransitionRecord,
 )
 
 log = get_logger(__name__)
@@ -199,7 +200,8 @@ async def erase_contact(
         counts = vars(await identity.erase_contact(session, contact_id)).copy()
         for name, table in (("inbox_messages", InboxMessage), ("feedback", DeliveryFeedback),
                             ("links", DeliveryLink),
-                            ("experiment_arms", ExperimentAssignment)):
+                            ("experiment_arms", ExperimentAssignment),
+                            ("step_transitions", StepTransitionRecord)):
             deleted = await session.execute(
                 delete(table).where(table.contact_id == contact_id)
                 .execution_options(synchronize_session=False))

@@ -145,6 +145,38 @@ class Entry(Base):
     )
 
 
+class StepTransitionRecord(Base):
+    """One visit of a step by one entry: when it was reached and how it was left.
+
+    Written by the activities a run calls anyway (`activities.context.record_transitions`), from
+    the visits the run buffered (`cairn.journey_run.StepTransition`); a visit written again when
+    it is left keeps its row (unique per entry, step and visit). The journey report reads them.
+    """
+
+    __tablename__ = "step_transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    journey_key: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int | None]
+    workflow_id: Mapped[str] = mapped_column(String(512))
+    entry_id: Mapped[str] = mapped_column(String(64))
+    contact_id: Mapped[str] = mapped_column(String(255), index=True)
+    entered_at: Mapped[datetime | None]
+    seq: Mapped[int]
+    step: Mapped[str] = mapped_column(String(128))
+    visit: Mapped[int]
+    reached_at: Mapped[datetime]
+    left_by: Mapped[str | None] = mapped_column(String(160))
+    left_at: Mapped[datetime | None]
+    next_step: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (
+        UniqueConstraint("entry_id", "step", "visit", name="uq_step_transitions_visit"),
+        Index("ix_step_transitions_journey_entered", "journey_key", "entered_at"),
+        Index("ix_step_transitions_workflow", "workflow_id"),
+    )
+
+
 class Delivery(Base):
     """The ledger of every side effect toward the outside: sends, alerts, webhooks, audiences.
 

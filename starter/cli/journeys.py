@@ -6,16 +6,17 @@ Both work on files alone (no Temporal, no database), so they run in CI and in ed
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cairn.journey import Journey
 from starter.cli.app import app
-from starter.cli.common import load_settings
+from starter.cli.common import fail, load_settings, with_store
 
 if TYPE_CHECKING:
     from cairn.settings import Settings
+    from cairn.store.db import Store
 
 
 @app.command()
@@ -110,11 +111,23 @@ def graph(
         typer.Option("--counts/--no-counts",
                      help="show how many contacts are in each step now, when Temporal answers"),
     ] = True,
+    funnel: Annotated[
+        bool,
+        typer.Option("--funnel",
+                     help="write the journey report's step funnel on the graph (from the store)"),
+    ] = False,
+    version: Annotated[int | None, typer.Option(
+        min=1, help="with --funnel: one version (default: all)")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="with --funnel: entries from a date (2026-03-01), a time, or back from now (7d)",
+    )] = None,
 ) -> None:
     """Print the journey's steps as a Mermaid flowchart (paste into any Markdown viewer).
 
     With a Temporal server reachable (CAIRN_TEMPORAL_ADDRESS), each step shows how many running
-    entries are in it right now; without one, the plain graph."""
+    entries are in it right now; without one, the plain graph. With `--funnel`, the figures of
+    `cairn report` instead: on each step how many entries reached it and wait there (and the
+    exit goals caught there), on each arrow how many left by it."""
     from cairn.graph import mermaid
     from cairn.journey_files import find_journey, load_journey
     from cairn.problems import JourneyFileError
@@ -129,8 +142,37 @@ def graph(
         for problem in error.problems:
             typer.echo(str(problem), err=True)
         raise typer.Exit(1) from None
+    if funnel:
+        figures = _funnel(settings, definition.key, version, since)
+        typer.echo(mermaid(definition, funnel=figures), nl=False)
+        return
     per_step = _step_counts(settings, definition.key, list(definition.steps)) if counts else None
     typer.echo(mermaid(definition, per_step), nl=False)
+
+
+def _funnel(settings: Settings, journey_key: str, version: int | None,
+            since: str | None) -> dict[str, Any]:
+    """The report's figures per step (`cairn report`'s), for `graph --funnel`."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from cairn.reports import UnknownJourney, journey_report
+    from starter.cli.report import parse_since
+
+    now = datetime.now(UTC)
+    try:
+        start = parse_since(since, now) if since else None
+    except ValueError as error:
+        raise fail(str(error), 2) from None
+
+    async def collect(store: Store) -> dict[str, Any]:
+        found = await journey_report(store, journey_key, version=version, since=start, now=now)
+        return {step.step: step for step in found.steps}
+
+    try:
+        return asyncio.run(with_store(settings, collect))
+    except UnknownJourney as error:
+        raise fail(str(error)) from None
 
 
 def _step_counts(settings: Settings, journey_key: str,

@@ -1,8 +1,9 @@
 """`cairn report JOURNEY`: how a journey performs, printed (or as the API's JSON).
 
 The figures are `cairn.reports.journey_report`'s, the same as `GET /v1/journeys/{key}/report`:
-the entry funnel with bars, then a table of the messages with their rates, then each
-experiment's arms (and its automatic winner, once decided).
+the entry funnel with bars, the steps (reached with bars, waiting, left by each route, exit
+goals caught there), then a table of the messages with their rates and the conversions
+attributed to them, then each experiment's arms (and its automatic winner, once decided).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from starter.cli.common import fail, load_settings, output, with_store
 
 if TYPE_CHECKING:
     from cairn.experiments import ExperimentReport
-    from cairn.reports import JourneyReport, MessageFigures, VersionFunnel
+    from cairn.reports import JourneyReport, MessageFigures, StepFigures, VersionFunnel
     from cairn.store.db import Store
 
 BAR_WIDTH = 30
@@ -93,13 +94,14 @@ def print_report(found: JourneyReport) -> None:
             by_version.add_row(str(funnel.version), str(funnel.entries), str(funnel.active),
                                str(funnel.conversions), _percent(funnel.conversion_rate))
         console.print(by_version)
+    if found.steps:
+        console.print(_step_table(found.steps, found.funnel.entries))
     if found.messages:
         console.print(_message_table(found.messages))
     else:
         console.print("No messages sent in this window")
     for experiment in found.experiments:
         console.print(_experiment_table(experiment))
-    console.print("[dim]per-step figures: coming once step transitions are recorded[/dim]")
 
 
 def _funnel_table(funnel: VersionFunnel) -> Table:
@@ -131,12 +133,33 @@ def _conversion_line(funnel: VersionFunnel) -> str:
             + (f", median time to convert {_duration(median)}" if median else ""))
 
 
+def _step_table(steps: list[StepFigures], entries: int) -> Table:
+    table = Table(title="steps")
+    table.add_column("step", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("reached", justify="right")
+    table.add_column("", no_wrap=True)
+    table.add_column("waiting", justify="right")
+    table.add_column("left by")
+    table.add_column("exit goals")
+    top = max([entries, *(step.reached for step in steps)])
+    for step in steps:
+        share = step.reached / top if top else 0.0
+        table.add_row(
+            escape(step.step), step.kind or "-", str(step.reached),
+            "█" * round(share * BAR_WIDTH), str(step.waiting),
+            escape(", ".join(f"{route} {n}" for route, n in step.left.items()) or "-"),
+            escape(", ".join(f"{goal} {n}" for goal, n in step.exited.items()) or "-"),
+        )
+    return table
+
+
 def _message_table(messages: list[MessageFigures]) -> Table:
     table = Table(title="messages")
     for column in ("step", "template", "channel"):
         table.add_column(column, no_wrap=True)
     for column in ("sent", "delivered", "opened", "clicked", "bounced", "complained", "unsub",
-                   "failed", "unconfirmed", "skipped"):
+                   "failed", "unconfirmed", "skipped", "conv.last", "conv.any"):
         table.add_column(column, justify="right")
     for m in messages:
         skipped = ", ".join(f"{reason} {n}" for reason, n in m.skipped.items() if n) or "0"
@@ -147,6 +170,8 @@ def _message_table(messages: list[MessageFigures]) -> Table:
             _with_rate(m.complained, m.rates.complaint),
             _with_rate(m.unsubscribed, m.rates.unsubscribe),
             str(m.failed + m.undelivered), str(m.unconfirmed), skipped,
+            _with_rate(m.conversions.last_touch, m.conversions.last_touch_rate),
+            _with_rate(m.conversions.any_touch, m.conversions.any_touch_rate),
         )
     return table
 

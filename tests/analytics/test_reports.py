@@ -9,7 +9,14 @@ import pytest
 
 from cairn.reports import UnknownJourney, journey_report
 from cairn.store.db import Store
-from cairn.store.schema import Delivery, DeliveryFeedback, Entry, Event, InboxMessage
+from cairn.store.schema import (
+    Delivery,
+    DeliveryFeedback,
+    Entry,
+    Event,
+    InboxMessage,
+    StepTransitionRecord,
+)
 from tests.engine_support import publish
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -87,7 +94,8 @@ async def test_the_funnel_counts_each_outcome_per_goal_and_version(store: Store)
     assert goals["gave_up"].rate == pytest.approx(1 / 12)
     assert [(v.version, v.entries, v.conversions) for v in report.versions] == [(1, 11, 4),
                                                                               (2, 1, 1)]
-    assert report.steps == []
+    # no step transitions stored: only the open entries are placed, in the first step
+    assert [(s.step, s.reached, s.waiting) for s in report.steps] == [("email_reminder", 2, 2)]
     assert funnel.conversion_interval is not None
     low, high = funnel.conversion_interval
     assert low < 5 / 12 < high
@@ -165,3 +173,103 @@ async def test_message_metrics_count_ledger_statuses_and_attributed_feedback(
 async def test_an_unknown_journey_is_refused(store: Store) -> None:
     with pytest.raises(UnknownJourney, match="publish it first"):
         await journey_report(store, "nope")
+
+
+def visit(n: int, seq: int, step: str, left_by: str | None, next_step: str | None = None, *,
+          entered: datetime = T0, version: int = 1) -> StepTransitionRecord:
+    at = entered + timedelta(minutes=seq)
+    return StepTransitionRecord(
+        journey_key=KEY, version=version, workflow_id=f"journey/{KEY}/c-{n}", entry_id=f"run-{n}",
+        contact_id=f"c-{n}", entered_at=entered, seq=seq, step=step, visit=1, reached_at=at,
+        left_by=left_by, left_at=None if left_by is None else at, next_step=next_step)
+
+
+STEPPED: dict[str, Any] = {
+    **DEFINITION, "start": "wait_1h",
+    "steps": {"wait_1h": {"wait": "1h", "next": "email_reminder"},
+              "email_reminder": {"send": {"channel": "email", "template": "cart-reminder"},
+                                 "next": "wait_1d"},
+              "wait_1d": {"wait": "1d", "next": "end"}},
+}
+
+
+async def test_steps_place_open_entries_by_the_last_visit_their_runs_wrote(store: Store) -> None:
+    await publish(store, STEPPED)
+    await add(
+        store,
+        *(entry(n, None) for n in (1, 2, 3, 4)), entry(5, "converted", minutes=30),
+        entry(6, "completed", minutes=2000),
+        # 1: nothing written yet (waits in the first step)
+        # 2: the wait's visit written, not left: still there
+        visit(2, 1, "wait_1h", None),
+        # 3: the email step written as left toward wait_1d: waits there (its visit unwritten)
+        visit(3, 1, "wait_1h", "next", "email_reminder"),
+        visit(3, 2, "email_reminder", "next", "wait_1d"),
+        # 4: in the email step (its activity wrote the visit, the leave is not written yet)
+        visit(4, 1, "wait_1h", "next", "email_reminder"),
+        visit(4, 2, "email_reminder", None),
+        # 5: caught by the goal in the first wait; 6: went all the way
+        visit(5, 1, "wait_1h", "exit:converted", "end"),
+        visit(6, 1, "wait_1h", "next", "email_reminder"),
+        visit(6, 2, "email_reminder", "next", "wait_1d"),
+        visit(6, 3, "wait_1d", "next", "end"),
+        # an entry of another version
+        visit(7, 1, "wait_1h", None, version=2),
+    )
+    report = await journey_report(store, KEY, version=1)
+    steps = {s.step: (s.kind, s.reached, s.waiting, s.left, s.exited) for s in report.steps}
+    assert steps == {
+        "wait_1h": ("wait", 6, 2, {"next": 3}, {"converted": 1}),
+        "email_reminder": ("send", 3, 1, {"next": 2}, {}),
+        "wait_1d": ("wait", 2, 1, {"next": 1}, {}),
+    }
+    later = await journey_report(store, KEY, version=1, since=T0 + timedelta(days=1))
+    assert [(s.reached, s.waiting) for s in later.steps] == [(0, 0), (0, 0), (0, 0)]
+
+
+async def test_conversions_count_for_the_last_and_any_message_within_the_window(
+    store: Store,
+) -> None:
+    await publish(store, {**DEFINITION, "attribution": {"window": "2d"},
+                          "steps": {"push_reminder": {"send": {"channel": "push",
+                                                               "template": "cart-reminder"},
+                                                      "next": "email_reminder"},
+                                    "email_reminder": DEFINITION["steps"]["email_reminder"]}})
+    hour = timedelta(hours=1)
+
+    def push(n: int, at: datetime) -> Delivery:
+        row = send(n, "sent", step="push_reminder", channel="push", at=at)
+        row.idempotency_key += "/push"
+        return row
+
+    await add(
+        store,
+        # 1: push, then email, converts an hour after the email: last touch email, any both
+        entry(1, "converted", minutes=5 * 60), push(1, T0 + hour),
+        send(1, "sent", at=T0 + 4 * hour),
+        # 2: push only, converts after 3 hours
+        entry(2, "converted", minutes=3 * 60), push(2, T0 + hour),
+        # 3: push, then converts 3 days later: outside the 2-day window, no touch
+        entry(3, "converted", minutes=3 * 24 * 60 + 60), push(3, T0 + hour),
+        # 4: got both, never converted; 5: an email skipped, converted: no message to credit
+        entry(4, "completed", minutes=600), push(4, T0 + hour), send(4, "sent", at=T0 + 4 * hour),
+        entry(5, "converted", minutes=600), send(5, "skipped:consent", at=T0 + hour),
+        # 6: converted, the email sent after the conversion does not count
+        entry(6, "converted", minutes=60), send(6, "sent", at=T0 + 2 * hour),
+    )
+    report = await journey_report(store, KEY)
+    figures = {m.step: m for m in report.messages}
+    push_row, email_row = figures["push_reminder"], figures["email_reminder"]
+    assert (push_row.sent, email_row.sent) == (4, 3)
+    assert (push_row.conversions.last_touch, push_row.conversions.any_touch) == (1, 2)
+    assert (email_row.conversions.last_touch, email_row.conversions.any_touch) == (1, 1)
+    assert push_row.conversions.any_touch_rate == 0.5
+    assert email_row.conversions.last_touch_rate == pytest.approx(1 / 3)
+
+    await publish(store, {**DEFINITION, "attribution": {"window": "4d"},
+                          "steps": {"push_reminder": {"send": {"channel": "push",
+                                                               "template": "cart-reminder"},
+                                                      "next": "email_reminder"},
+                                    "email_reminder": DEFINITION["steps"]["email_reminder"]}})
+    wider = {m.step: m.conversions for m in (await journey_report(store, KEY)).messages}
+    assert (wider["push_reminder"].last_touch, wider["push_reminder"].any_touch) == (2, 3)

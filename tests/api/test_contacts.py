@@ -39,6 +39,7 @@ from cairn.store.schema import (
     Score,
     ScoreChangeRecord,
     SegmentMembership,
+    StepTransitionRecord,
     Task,
 )
 from starter.api.app import create_app
@@ -295,6 +296,10 @@ async def seed_everything(store: Store, contact: str) -> None:
             session, idempotency_key=unique("t"), queue="sales", title="Call", note=None,
             contact_id=contact, journey_key=None, workflow_id=None, step=None, due_at=None,
             now=T0)
+        session.add(StepTransitionRecord(
+            journey_key="j", version=1, workflow_id=f"journey/j/{contact}",
+            entry_id=unique("run"), contact_id=contact, entered_at=T0, seq=1, step="wait",
+            visit=1, reached_at=T0))
 
 
 async def test_delete_erases_every_trace_of_the_contact_and_only_of_it(
@@ -312,8 +317,9 @@ async def test_delete_erases_every_trace_of_the_contact_and_only_of_it(
                                 "score_changes": 1, "memberships": 1, "tasks": 1, "entries": 0,
                                 "inbox_messages": 0, "feedback": 0, "links": 0,
                                 "rejected_calls": 0, "experiment_arms": 0,
-                                "suppressions_kept_hashed": 0}
-    for table in (Contact, Event, Delivery, Score, ScoreChangeRecord, SegmentMembership, Task):
+                                "suppressions_kept_hashed": 0, "step_transitions": 1}
+    for table in (Contact, Event, Delivery, Score, ScoreChangeRecord, SegmentMembership, Task,
+                  StepTransitionRecord):
         assert await rows(store, table, "c-gone") == 0, table.__tablename__
         assert await rows(store, table, "c-kept") == 1, table.__tablename__
     assert (await api.get("/v1/contacts/c-gone")).status_code == 404

@@ -64,6 +64,9 @@ async def test_the_report_of_ten_contacts_with_known_paths(
                                          properties={"value": 25}))
         await temporal_env.sleep(timedelta(hours=1))
         clock["now"] = await temporal_env.get_current_time()
+        # An hour in, everyone waits in the first step (no run wrote a transition yet).
+        [first, *_] = (await journey_report(store, KEY)).steps
+        assert (first.step, first.reached, first.waiting) == ("wait_2h", 10, 10)
         for name in CONVERTS:
             await ingest.track(TrackCall(user_id=name, event="checkout_completed"))
         # Past the two-hour wait, and past the quiet hours (21:00-08:00) that may hold a reminder.
@@ -112,4 +115,13 @@ async def test_the_report_of_ten_contacts_with_known_paths(
     report_cli.print_report(found)
     text = console.export_text()
     assert "goal converted │       3 │  30.0%" in text
+    assert "still_in_cart  │ if   │       7 │" in text
+    steps = {s.step: (s.reached, s.waiting, s.left, s.exited) for s in found.steps}
+    assert steps == {
+        "wait_2h": (10, 0, {"next": 7}, {"converted": 3}),
+        "still_in_cart": (7, 0, {"then": 6, "else": 1}, {}),   # Ida emptied her cart
+        "push_or_email": (6, 0, {"then": 2, "else": 4}, {}),   # Dan and Eve have the app
+        "push_reminder": (2, 0, {"next": 2}, {}),
+        "email_reminder": (6, 0, {"next": 6}, {}),              # Joe's skipped, still left
+    }
     print(text)  # the worked example in docs/analytics.md

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pydantic_core
 import pytest
+from pydantic import ValidationError
 
 from cairn.conditions import (
     AllCondition,
@@ -254,6 +255,7 @@ def test_bundled_cart_abandonment_is_the_design_example() -> None:
         "entry": {"reentry": "after_exit", "min_interval": "1d"},
         "exit": [{"event": "checkout_completed", "goal": "converted"}],
         "settings": {"quiet_hours": {"from": "21:00", "to": "08:00"}, "timezone": "UTC"},
+        "attribution": {"window": "7d"},
         "start": "wait_2h",
         "steps": {
             "wait_2h": {"wait": "2h", "next": "still_in_cart"},
@@ -273,3 +275,14 @@ def test_bundled_cart_abandonment_is_the_design_example() -> None:
 
 def test_bundled_catalog_validates() -> None:
     assert validate_paths([REPO / "journeys"]) == []
+
+
+def test_attribution_window_defaults_to_seven_days_and_must_be_positive() -> None:
+    base = {"key": "k", "name": "K", "trigger": {"event": "go"},
+            "steps": {"pause": {"wait": "1h", "next": "end"}}}
+    assert Journey.model_validate(base).attribution.window == "7d"
+    assert Journey.model_validate({**base, "attribution": {"window": "3d"}}
+                                  ).attribution.window == "3d"
+    with pytest.raises(ValidationError) as raised:
+        Journey.model_validate({**base, "attribution": {"window": "soon"}})
+    assert raised.value.errors()[0]["loc"][:2] == ("attribution", "window")

@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         AudienceStep,
         NotifyStep,
         ScoreStep,
+        Send,
         SendStep,
         StartJourneyStep,
         TaskStep,
@@ -103,10 +104,10 @@ async def send(step: SendStep, run: JourneyRun) -> Next:
                     "context": run.context(),
                 })
                 continue
-            return Next.to(spec.on_failure or step.next)
+            return _failure(spec, step.next)
         run.note("; ".join([*refused, _sent_note(outcome, outcome.channel or plan.channel)]))
         if outcome.status == "failed" and spec.on_failure:
-            return Next.to(spec.on_failure)
+            return Next.to(spec.on_failure, via="on_failure")
         return Next.to(step.next)
 
 
@@ -142,7 +143,7 @@ async def _send_planned_in_delivery(
                 })
                 holds = 0
                 continue
-            return Next.to(spec.on_failure or step.next)
+            return _failure(spec, step.next)
         if outcome.status.startswith("deferred:") and outcome.hold_until is not None:
             trail.append(f"{outcome.status} until {outcome.hold_until.isoformat()}")
             run.note("; ".join(trail))
@@ -153,7 +154,7 @@ async def _send_planned_in_delivery(
             holds += 1
             if holds >= MAX_HOLDS:
                 run.note("failed: still held after repeated holds")
-                return Next.to(spec.on_failure or step.next)
+                return _failure(spec, step.next)
             request.context = run.context()
             continue
         if outcome.status.startswith("skipped:"):
@@ -161,7 +162,7 @@ async def _send_planned_in_delivery(
             return Next.to(step.next)
         run.note("; ".join([*trail, _sent_note(outcome, outcome.channel)]))
         if outcome.status == "failed" and spec.on_failure:
-            return Next.to(spec.on_failure)
+            return Next.to(spec.on_failure, via="on_failure")
         return Next.to(step.next)
 
 
@@ -182,6 +183,13 @@ def _with_variant(request: SendRequest, step: SendStep, run: JourneyRun) -> Send
 def _sent_note(outcome: SendOutcome, channel: str | None) -> str:
     variant = f" (variant {outcome.variant})" if outcome.variant else ""
     return f"{outcome.status} on {channel}{variant}"
+
+
+def _failure(spec: Send, then: str) -> Next:
+    """Where a send that failed goes: its `on_failure` step, else on as usual."""
+    if spec.on_failure:
+        return Next.to(spec.on_failure, via="on_failure")
+    return Next.to(then)
 
 
 def _refused_channel(cause: BaseException) -> str | None:
@@ -214,7 +222,7 @@ async def _plan(
             return run.after_wait(waited, then)
         request.context = run.context()
     run.note("failed: still held after repeated holds")
-    return Next.to(spec.on_failure or then)
+    return _failure(spec, then)
 
 
 async def score(step: ScoreStep, run: JourneyRun) -> Next:

@@ -36,7 +36,8 @@ async def if_(step: IfStep, run: JourneyRun) -> Next:
     verdict: VerdictResult = await run.act(
         EVALUATE_CONDITION,
         ConditionRequest(
-            context=run.context(),
+            # a read: a write (and its commit) here would cost more than the decision
+            context=run.context(transitions=False),
             condition=step.if_,
             trigger=run.state.trigger,
             entered_at=run.state.entered_at,
@@ -48,7 +49,7 @@ async def if_(step: IfStep, run: JourneyRun) -> Next:
     )
     branch, target = ("then", step.then) if verdict.result else ("else", step.else_)
     run.note(f"{branch}: {verdict.reason}")
-    return Next.to(target)
+    return Next.to(target, via=branch)
 
 
 def _caught(step: IfStep, run: JourneyRun) -> dict[str, dict[str, Any]]:
@@ -86,6 +87,6 @@ async def split(step: SplitStep, run: JourneyRun) -> Next:
         how = f"{how}, {choice.reason}"
     if index is None:
         run.note(f"holdout ({how} < {spec.holdout:g}%)")
-        return Next(outcome="ended:holdout")
+        return Next(outcome="ended:holdout", via="holdout")
     run.note(f"{arm} ({spec.paths[index].percent:g}%, {how})")
-    return Next.to(spec.paths[index].next)
+    return Next.to(spec.paths[index].next, via=f"paths[{index}]")

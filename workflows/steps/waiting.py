@@ -79,7 +79,8 @@ async def wait_until(step: WaitUntilStep, run: JourneyRun) -> Next:
                                               default_tz)
             if deadline is None:
                 run.note(f"attribute {spec.attribute} missing or not a date")
-                return Next.to(step.missing or step.next)
+                return Next.to(step.missing or step.next,
+                               via="missing" if step.missing else "next")
     if deadline <= run.now() and run.state.deadline is None:
         run.note(f"{deadline.isoformat()} already passed")
         return Next.to(step.next)
@@ -143,10 +144,10 @@ async def wait_for_event(step: WaitForEventStep, run: JourneyRun) -> Next:
         assert message is not None
         run.state.context.setdefault(CAUGHT_KEY, {})[spec.event] = message.as_scope()
         run.note(f"got {spec.event} at {message.timestamp.isoformat()}")
-        return Next.to(step.then)
+        return Next.to(step.then, via="then")
     if waited is Waited.ELAPSED:
         run.note(f"no {spec.event} within {spec.timeout}: timeout")
-        return Next.to(step.timeout_next)
+        return Next.to(step.timeout_next, via="timeout_next")
     return run.after_wait(waited, step.then)
 
 
