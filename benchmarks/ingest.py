@@ -374,8 +374,9 @@ async def main(batch_count: int, track_count: int, limit: float,
                 await wait_healthy(cairn_url, cairn_process, folder / "cairn.log")
                 spy = (subprocess.Popen(["py-spy", "record", "--subprocesses",
                                          "--pid", str(cairn_process.pid),
-                                         "--output", str(profile), "--format", "speedscope"
-                                         if profile.suffix == ".json" else "flamegraph"],
+                                         "--output", str(profile), "--format",
+                                         {".json": "speedscope", ".txt": "raw"}.get(
+                                             profile.suffix, "flamegraph")],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                        if profile is not None else None)
                 print(f"{journeys} journeys published from journeys/, events '{EVENT}' (used by "
