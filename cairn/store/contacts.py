@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -211,27 +211,12 @@ async def see_contacts(
     """
     if not sightings:
         return
-    table = Contact.__table__
-    postgres = s.bind.dialect.name == "postgresql"
-    dialect = postgresql if postgres else sqlite
-    statement = dialect.insert(table)
-    stored_first, stored_last = table.c.first_seen_at, table.c.last_seen_at
-    seen_first, seen_last = statement.excluded.first_seen_at, statement.excluded.last_seen_at
-    if postgres:  # LEAST and GREATEST skip nulls
-        first, last = func.least(stored_first, seen_first), func.greatest(stored_last, seen_last)
-    else:  # SQLite's min/max of several values are null if any is; its times are ISO text
-        first = func.min(func.coalesce(stored_first, seen_first), seen_first)
-        last = func.max(func.coalesce(stored_last, seen_last), seen_last)
     rows = []
     for contact_id in sorted(sightings):
         at_first, earliest, latest = sightings[contact_id]
-        rows.append({
-            "id": contact_id, "push_tokens": [], "web_push": [], "consent": {},
-            "suppressed": [], "attributes": {}, "tags": [], "first_seen_at": earliest,
-            "last_seen_at": latest, "created_at": at_first, "updated_at": at_first,
-        })
-    await s.execute(statement.on_conflict_do_update(
-        index_elements=["id"], set_={"first_seen_at": first, "last_seen_at": last}), rows)
+        rows.append({"id": contact_id, "first_seen_at": earliest, "last_seen_at": latest,
+                     "created_at": at_first, "updated_at": at_first})
+    await s.execute(_seen_upsert(s.bind.dialect.name), rows)
     # Contacts this session holds (an identify earlier in the batch) see the new span; they were
     # read under the lock this transaction holds, so they are the stored rows.
     for held in list(s.identity_map.values()):
@@ -241,6 +226,34 @@ async def see_contacts(
                 set_committed_value(held, "first_seen_at", earliest)
             if held.last_seen_at is None or latest > held.last_seen_at:
                 set_committed_value(held, "last_seen_at", latest)
+
+
+_SEEN_UPSERTS: dict[str, Any] = {}
+
+
+def _seen_upsert(dialect_name: str) -> Any:
+    """`see_contacts`' statement (built once per dialect): a new contact's empty JSON columns
+    are written as SQL constants, so each row binds only its id and times."""
+    statement = _SEEN_UPSERTS.get(dialect_name)
+    if statement is not None:
+        return statement
+    table = Contact.__table__
+    postgres = dialect_name == "postgresql"
+    insert = (postgresql if postgres else sqlite).insert(table).values(
+        **{name: literal_column(f"'{empty}'") for name, empty in (
+            ("push_tokens", "[]"), ("web_push", "[]"), ("consent", "{}"), ("suppressed", "[]"),
+            ("attributes", "{}"), ("tags", "[]"))})
+    stored_first, stored_last = table.c.first_seen_at, table.c.last_seen_at
+    seen_first, seen_last = insert.excluded.first_seen_at, insert.excluded.last_seen_at
+    if postgres:  # LEAST and GREATEST skip nulls
+        first, last = func.least(stored_first, seen_first), func.greatest(stored_last, seen_last)
+    else:  # SQLite's min/max of several values are null if any is; its times are ISO text
+        first = func.min(func.coalesce(stored_first, seen_first), seen_first)
+        last = func.max(func.coalesce(stored_last, seen_last), seen_last)
+    statement = insert.on_conflict_do_update(
+        index_elements=["id"], set_={"first_seen_at": first, "last_seen_at": last})
+    _SEEN_UPSERTS[dialect_name] = statement
+    return statement
 
 
 async def identify(
