@@ -640,9 +640,12 @@ class Ingest:
             if refused:
                 await rejected_repo.record_refusals(session, refused, endpoint=endpoint,
                                                     received_at=received_at)
+        accepted: dict[str, int] = {}
         for stored_call, result in zip(calls, results, strict=False):
             if not result.duplicate:
-                metrics.EVENTS_ACCEPTED.labels(type=stored_call.type).inc()
+                accepted[stored_call.type] = accepted.get(stored_call.type, 0) + 1
+        for call_type, count in accepted.items():
+            metrics.EVENTS_ACCEPTED.labels(type=call_type).inc(count)
         metrics.count_rejected(endpoint, len(refused))
         own = [r.event_id for r in results if not r.duplicate]
         fresh = [i for r in results if not r.duplicate for i in (r.event_id, *r.derived)]
