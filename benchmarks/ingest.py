@@ -271,16 +271,16 @@ async def tracks(url: str, run: str, count: int, limit: float, clients: int = 8)
     return Phase(sent, time.monotonic() - started, failures)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process, its threads and its child processes (Cairn's routing
-    process) used so far (Linux /proc)."""
+def cpu_seconds(pid: int, *, children: bool = True) -> float:
+    """User + system CPU time a process, its threads and (with `children`) its child processes
+    (Cairn's routing process) used so far (Linux /proc)."""
     stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
     tree, total = {pid}, 0.0
-    for _ in range(3):  # children, grandchildren
+    for _ in range(3 if children else 0):  # children, grandchildren
         tree |= {p for p, fields in stats.items() if int(fields[1]) in tree}
     for p in tree:
         if p in stats:
@@ -374,8 +374,9 @@ async def main(batch_count: int, track_count: int, limit: float,
                 await wait_healthy(cairn_url, cairn_process, folder / "cairn.log")
                 spy = (subprocess.Popen(["py-spy", "record", "--subprocesses",
                                          "--pid", str(cairn_process.pid),
-                                         "--output", str(profile), "--format", "speedscope"
-                                         if profile.suffix == ".json" else "flamegraph"],
+                                         "--output", str(profile), "--format",
+                                         {".json": "speedscope", ".txt": "raw"}.get(
+                                             profile.suffix, "flamegraph")],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                        if profile is not None else None)
                 print(f"{journeys} journeys published from journeys/, events '{EVENT}' (used by "
@@ -395,12 +396,14 @@ async def main(batch_count: int, track_count: int, limit: float,
                 for name, (send, count, title) in phases.items():
                     totals = {side: Phase(0, 0.0, 0) for side in urls}
                     spent = dict.fromkeys(urls, 0.0)
+                    api_spent = 0.0  # Cairn's API process alone (without its routing process)
                     drained[name] = 0.0
                     for r in range(rounds):
                         # Alternate which side goes first: the machine's load drifts.
                         for side in (("plain", "cairn") if r % 2 == 0 else ("cairn", "plain")):
                             prefix = f"{name}{r}"
                             before, started = cpu_seconds(cpu[side]), time.monotonic()
+                            api_before = cpu_seconds(cpu[side], children=False)
                             phase = await send(urls[side], prefix, count // rounds, limit)
                             if side == "cairn":
                                 routed_in = await drain(cairn_db, prefix, started, phase.events,
@@ -408,6 +411,8 @@ async def main(batch_count: int, track_count: int, limit: float,
                                 drained[name] = (None if routed_in is None or drained[name] is None
                                                  else drained[name] + routed_in)
                             spent[side] += cpu_seconds(cpu[side]) - before
+                            if side == "cairn":
+                                api_spent += cpu_seconds(cpu[side], children=False) - api_before
                             total = totals[side]
                             totals[side] = Phase(total.events + phase.events,
                                                  total.seconds + phase.seconds,
@@ -416,7 +421,8 @@ async def main(batch_count: int, track_count: int, limit: float,
                     per_1000 = {side: 1000 * spent[side] / max(totals[side].events, 1)
                                 for side in urls}
                     print(f"{'':22} server CPU per 1000 events: plain {per_1000['plain']:.2f} s, "
-                          f"cairn {per_1000['cairn']:.2f} s (stored and routed)")
+                          f"cairn {per_1000['cairn']:.2f} s (stored and routed; the API "
+                          f"{1000 * api_spent / max(totals['cairn'].events, 1):.2f} s)")
                     cairn_phase[name] = totals["cairn"]
 
                 for name, phase in cairn_phase.items():

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -199,7 +200,13 @@ class TwilioProvider(HttpClientHolder):
     async def find_sent(self, message: OutgoingMessage) -> Receipt | None:
         """Whether Twilio accepted this message (an attempt whose answer was lost): the Messages
         list for its recipient (and sender), newest first, matched by body and created no
-        earlier than `LOOKUP_SLACK` before the send was planned."""
+        earlier than `LOOKUP_SLACK` before the send was planned.
+
+        Through a Messaging Service the list cannot be filtered by sender (Twilio picks the
+        number from the service's pool, after answering), and the service may have rewritten
+        the body's punctuation and spacing (Smart Encoding): bodies are compared on their
+        letters and digits (`_comparable_body`), and a message another service sent is not
+        taken."""
         form = self._form(message)
         params = {"To": form["To"], "PageSize": "50"}
         if "From" in form:
@@ -220,9 +227,14 @@ class TwilioProvider(HttpClientHolder):
         except (ValueError, AttributeError):
             listed = []
         planned = message.extra.get("now")
+        service = form.get("MessagingServiceSid")
+        wanted = _comparable_body(form.get("Body", ""))
         for found in listed:
-            if not isinstance(found, dict) or found.get("body", "") != form.get("Body", ""):
+            if not isinstance(found, dict) \
+                    or _comparable_body(found.get("body") or "") != wanted:
                 continue
+            if service is not None and found.get("messaging_service_sid") not in (None, service):
+                continue  # the same text to the same number through another service
             created = _twilio_time(found.get("date_created"))
             if isinstance(planned, datetime) and created is not None \
                     and created < planned - LOOKUP_SLACK:
@@ -293,6 +305,15 @@ class TwilioProvider(HttpClientHolder):
         log.info("twilio_sent", channel=message.channel, sid=answer["sid"],
                  status=answer.get("status"))
         return Receipt(PROVIDER, answer["sid"], kept)
+
+
+def _comparable_body(body: str) -> str:
+    """A body as a lookup compares it: its letters (with their accents) and digits, nothing
+    else. Twilio's Smart Encoding (a Messaging Service setting) replaces typographic quotes,
+    dashes, ellipses, bullets, math signs and unusual spaces with GSM-7 look-alikes before
+    sending, and the Messages list shows the rewritten body; letters and digits it leaves
+    alone."""
+    return "".join(c for c in body if unicodedata.category(c)[0] in "LNM")
 
 
 LOOKUP_SLACK = timedelta(minutes=10)

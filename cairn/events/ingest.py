@@ -640,9 +640,12 @@ class Ingest:
             if refused:
                 await rejected_repo.record_refusals(session, refused, endpoint=endpoint,
                                                     received_at=received_at)
+        accepted: dict[str, int] = {}
         for stored_call, result in zip(calls, results, strict=False):
             if not result.duplicate:
-                metrics.EVENTS_ACCEPTED.labels(type=stored_call.type).inc()
+                accepted[stored_call.type] = accepted.get(stored_call.type, 0) + 1
+        for call_type, count in accepted.items():
+            metrics.EVENTS_ACCEPTED.labels(type=call_type).inc(count)
         metrics.count_rejected(endpoint, len(refused))
         own = [r.event_id for r in results if not r.duplicate]
         fresh = [i for r in results if not r.duplicate for i in (r.event_id, *r.derived)]
@@ -666,39 +669,42 @@ class Ingest:
     ) -> list[IngestResult]:
         """Store a run of plain event calls (track, page, screen) with a few statements for all
         of them, with exactly the results `_store` gives one call at a time: anonymous ids
-        resolved in one query, stored message ids found in one (inside the run the first call
-        of a message id wins, later ones answer duplicate), the contacts created or seen in a
-        few (`contacts_repo.see_contacts`), the new events inserted in one, ids in call order.
+        resolved in one query (none without anonymous calls), the new events inserted in one
+        (inside the run the first call of a message id wins, later ones answer duplicate; a
+        message id stored before is skipped, and its event found in one more query), the
+        contacts of the new events created or seen in one (`contacts_repo.see_contacts`), ids
+        in call order.
         """
         contact_ids = await contacts_repo.resolve_contact_ids(
             session, [(call.user_id, call.anonymous_id) for call in calls])
-        stored = await events_repo.stored_message_ids(session, [c.message_id for c in calls])
-        first_of: dict[str, int] = {}  # message id -> index in `fresh` of its first call
-        fresh: list[dict[str, Any]] = []
-        sightings: dict[str, tuple[datetime, datetime, datetime]] = {}
+        fresh: dict[str, dict[str, Any]] = {}  # message id -> the row of its first call
         for call, contact_id in zip(calls, contact_ids, strict=True):
-            if call.message_id in stored or call.message_id in first_of:
+            if call.message_id in fresh:
                 continue
-            timestamp = call.timestamp or received_at
             kind, name, properties = _STORED_AS[type(call)](call)
-            first_of[call.message_id] = len(fresh)
-            fresh.append({"message_id": call.message_id, "type": kind,
-                          "contact_id": contact_id, "name": name,
-                          "properties": _json_ready(properties), "timestamp": timestamp,
-                          "received_at": received_at})
+            fresh[call.message_id] = {
+                "message_id": call.message_id, "type": kind, "contact_id": contact_id,
+                "name": name, "properties": _json_ready(properties),
+                "timestamp": call.timestamp or received_at, "received_at": received_at}
+        inserted = await events_repo.insert_events(session, list(fresh.values()))
+        stored = (await events_repo.stored_message_ids(
+            session, [m for m in fresh if m not in inserted]) if len(inserted) < len(fresh)
+            else {})
+        sightings: dict[str, tuple[datetime, datetime, datetime]] = {}
+        for message_id, row in fresh.items():
+            if message_id not in inserted:
+                continue
+            contact_id, timestamp = row["contact_id"], row["timestamp"]
             first, earliest, latest = sightings.get(contact_id,
                                                     (timestamp, timestamp, timestamp))
             sightings[contact_id] = (first, min(earliest, timestamp), max(latest, timestamp))
         await contacts_repo.see_contacts(session, sightings)
-        inserted = await events_repo.insert_events(session, fresh)
         results: list[IngestResult] = []
         answered: set[str] = set()
         for call in calls:
-            if call.message_id in stored:
-                event_id, new = stored[call.message_id], False
-            else:
-                event_id, new = inserted[first_of[call.message_id]]
-                new = new and call.message_id not in answered
+            new = call.message_id in inserted and call.message_id not in answered
+            event_id = (inserted[call.message_id] if call.message_id in inserted
+                        else stored[call.message_id])
             answered.add(call.message_id)
             results.append(IngestResult(message_id=call.message_id, event_id=event_id,
                                         duplicate=not new))

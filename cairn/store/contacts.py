@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import func, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -205,70 +205,56 @@ async def see_contacts(
     sighting, the earliest, the latest). An unknown contact is created as `ensure_contact` would
     have created it at its first sighting, then widened; a known one has its seen span widened.
 
-    The known contacts are locked first, in id order (one `SELECT ... FOR UPDATE` on PostgreSQL,
-    the write lock on SQLite), so concurrent writers serialize as with `locked_contact` and two
-    batches cannot deadlock on each other's contacts. Unknown ones are inserted with
-    `ON CONFLICT DO NOTHING`; one that a concurrent writer created meanwhile is then locked and
-    widened one by one.
+    One upsert (`INSERT ... ON CONFLICT (id) DO UPDATE`, an executemany) in id order: it takes
+    the write lock on SQLite and locks the rows on PostgreSQL, in id order, so concurrent writers
+    serialize as with `locked_contact` and two batches cannot deadlock on each other's contacts;
+    a contact a concurrent writer creates meanwhile is widened like any known one.
     """
-    ids = sorted(sightings)
-    table = Contact.__table__
-    known: dict[str, tuple[datetime | None, datetime | None]] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        # The portable lock, as `locked_contact`: SQLite takes the database's write lock here
-        # (a read alone would not), PostgreSQL locks the rows, in id order, in the SELECT.
-        if s.bind.dialect.name == "sqlite":
-            await s.execute(
-                update(table).where(table.c.id.in_(chunk))
-                .values(updated_at=table.c.updated_at)
-            )
-        rows = await s.execute(
-            select(table.c.id, table.c.first_seen_at, table.c.last_seen_at)
-            .where(table.c.id.in_(chunk)).order_by(table.c.id).with_for_update()
-        )
-        known.update({str(i): (first, last) for i, first, last in rows})
-    widened = []
-    for contact_id, (first, last) in known.items():
-        _, earliest, latest = sightings[contact_id]
-        new_first = earliest if first is None or earliest < first else first
-        new_last = latest if last is None or latest > last else last
-        if (new_first, new_last) != (first, last):
-            widened.append({"b_id": contact_id, "b_first": new_first, "b_last": new_last})
-    if widened:
-        await s.execute(
-            update(table).where(table.c.id == bindparam("b_id"))
-            .values(first_seen_at=bindparam("b_first", type_=table.c.first_seen_at.type),
-                    last_seen_at=bindparam("b_last", type_=table.c.last_seen_at.type)),
-            widened,
-        )
-        # Contacts this session holds (an identify earlier in the batch) see the new span.
-        spans = {w["b_id"]: (w["b_first"], w["b_last"]) for w in widened}
-        for held in list(s.identity_map.values()):
-            if isinstance(held, Contact) and held.id in spans:
-                set_committed_value(held, "first_seen_at", spans[held.id][0])
-                set_committed_value(held, "last_seen_at", spans[held.id][1])
-    missing = [i for i in ids if i not in known]
-    created: set[str] = set()
-    dialect = postgresql if s.bind.dialect.name == "postgresql" else sqlite
+    if not sightings:
+        return
     rows = []
-    for contact_id in missing:
-        first, earliest, latest = sightings[contact_id]
-        rows.append({
-            "id": contact_id, "push_tokens": [], "web_push": [], "consent": {},
-            "suppressed": [], "attributes": {}, "tags": [], "first_seen_at": earliest,
-            "last_seen_at": latest, "created_at": first, "updated_at": first,
-        })
-    if rows:  # an executemany: its statement is compiled once, whatever the number of rows
-        created.update(await s.scalars(
-            dialect.insert(table).on_conflict_do_nothing(index_elements=["id"])
-            .returning(table.c.id), rows))
-    for contact_id in missing:
-        if contact_id not in created:  # a concurrent writer created it first
-            _, earliest, latest = sightings[contact_id]
-            contact = await writable_contact(s, contact_id, earliest, seen=True)
-            mark_seen(contact, latest)
-    await s.flush()
+    for contact_id in sorted(sightings):
+        at_first, earliest, latest = sightings[contact_id]
+        rows.append({"id": contact_id, "first_seen_at": earliest, "last_seen_at": latest,
+                     "created_at": at_first, "updated_at": at_first})
+    await s.execute(_seen_upsert(s.bind.dialect.name), rows)
+    # Contacts this session holds (an identify earlier in the batch) see the new span; they were
+    # read under the lock this transaction holds, so they are the stored rows.
+    for held in list(s.identity_map.values()):
+        if isinstance(held, Contact) and held.id in sightings:
+            _, earliest, latest = sightings[held.id]
+            if held.first_seen_at is None or earliest < held.first_seen_at:
+                set_committed_value(held, "first_seen_at", earliest)
+            if held.last_seen_at is None or latest > held.last_seen_at:
+                set_committed_value(held, "last_seen_at", latest)
+
+
+_SEEN_UPSERTS: dict[str, Any] = {}
+
+
+def _seen_upsert(dialect_name: str) -> Any:
+    """`see_contacts`' statement (built once per dialect): a new contact's empty JSON columns
+    are written as SQL constants, so each row binds only its id and times."""
+    statement = _SEEN_UPSERTS.get(dialect_name)
+    if statement is not None:
+        return statement
+    table = Contact.__table__
+    postgres = dialect_name == "postgresql"
+    insert = (postgresql if postgres else sqlite).insert(table).values(
+        **{name: literal_column(f"'{empty}'") for name, empty in (
+            ("push_tokens", "[]"), ("web_push", "[]"), ("consent", "{}"), ("suppressed", "[]"),
+            ("attributes", "{}"), ("tags", "[]"))})
+    stored_first, stored_last = table.c.first_seen_at, table.c.last_seen_at
+    seen_first, seen_last = insert.excluded.first_seen_at, insert.excluded.last_seen_at
+    if postgres:  # LEAST and GREATEST skip nulls
+        first, last = func.least(stored_first, seen_first), func.greatest(stored_last, seen_last)
+    else:  # SQLite's min/max of several values are null if any is; its times are ISO text
+        first = func.min(func.coalesce(stored_first, seen_first), seen_first)
+        last = func.max(func.coalesce(stored_last, seen_last), seen_last)
+    statement = insert.on_conflict_do_update(
+        index_elements=["id"], set_={"first_seen_at": first, "last_seen_at": last})
+    _SEEN_UPSERTS[dialect_name] = statement
+    return statement
 
 
 async def identify(

@@ -22,11 +22,13 @@ Its transactions are READ COMMITTED, so the repositories lock the rows they read
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -101,6 +103,18 @@ def _sqlite_file(url: URL) -> Path | None:
     if database.startswith("file:") or url.query.get("mode") == "memory":
         return None
     return Path(database)
+
+
+def dump_json(value: Any) -> str:
+    """A JSON column's text: orjson (several times faster than `json` on the rows a batch
+    writes); what orjson refuses (integers over 64 bits, lone surrogates) as the standard
+    library writes it. Reading stays with the standard library: orjson reads integers over 64
+    bits as floats."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(value)
+
 
 
 def _engine_options(url: URL) -> dict[str, Any]:
@@ -199,7 +213,9 @@ class Store:
         try:
             # hide_parameters: a database error's message (and so any traceback logged) shows
             # the statement but never the values bound to it (contacts' traits, events).
-            engine = create_async_engine(parsed, hide_parameters=True, **options)
+            engine = create_async_engine(parsed, hide_parameters=True,
+                                         json_serializer=dump_json,
+                                         **options)
         except (InvalidRequestError, ModuleNotFoundError) as error:
             raise StoreError(
                 f"cannot open {parsed.render_as_string(hide_password=True)!r}: {error}. The store "

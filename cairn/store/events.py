@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -90,29 +91,24 @@ async def stored_message_ids(s: AsyncSession, message_ids: Iterable[str]) -> dic
     return found
 
 
-async def insert_events(s: AsyncSession, events: list[dict[str, Any]]) -> list[tuple[int, bool]]:
-    """Store events whose message ids were not stored (each given as `record_event`'s arguments,
-    message ids distinct) with one executemany; returns (id, newly stored) per event, in the
-    order given, ids ascending in that order (the rows are inserted in that order).
+async def insert_events(s: AsyncSession, events: list[dict[str, Any]]) -> dict[str, int]:
+    """Store the events whose message ids are not stored yet (each given as `record_event`'s
+    arguments, message ids distinct) with one statement; returns the ids of the events stored
+    now, by message id (ids ascending in the order given).
 
-    The ids are read back by message id (an INSERT ... RETURNING that keeps the order is run
-    row by row on SQLite). When a concurrent writer stored one of them first, the savepoint is
-    rolled back and they are stored one by one (`record_event` finds the winner's row: that one
-    answers not new).
+    One `INSERT ... ON CONFLICT (message_id) DO NOTHING RETURNING` (several for very large
+    lists): a message id already stored, or stored meanwhile by a concurrent writer, is skipped
+    without failing the caller's transaction, and is missing from the answer
+    (`stored_message_ids` finds its event).
     """
     if not events:
-        return []
-    try:
-        async with s.begin_nested():
-            await s.execute(insert(Event.__table__), events)
-        found = await stored_message_ids(s, [e["message_id"] for e in events])
-        return [(found[e["message_id"]], True) for e in events]
-    except IntegrityError:
-        stored: list[tuple[int, bool]] = []
-        for event in events:
-            row, created = await record_event(s, **event)
-            stored.append((row.id, created))
-        return stored
+        return {}
+    dialect = postgresql if s.bind.dialect.name == "postgresql" else sqlite
+    table = Event.__table__
+    rows = await s.execute(
+        dialect.insert(table).on_conflict_do_nothing(index_elements=["message_id"])
+        .returning(table.c.message_id, table.c.id), events)
+    return {str(message_id): int(event_id) for message_id, event_id in rows}
 
 
 def _window(query: Any, since: datetime | None, until: datetime | None) -> Any:

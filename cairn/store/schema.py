@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +36,26 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return as_utc(value)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """The bound value as the driver takes it, the last one remembered: the rows of a batch
+        mostly share their times (the receive time, and the event time of calls without one),
+        and formatting a time is most of binding a row on SQLite."""
+        process = super().bind_processor(dialect)
+        if process is None:
+            return None
+        # The last time given and what it became, one tuple: replaced whole, never torn.
+        last: list[tuple[Any, Any]] = [(None, None)]
+
+        def remembered(value: Any) -> Any:
+            given, processed = last[0]
+            if value is not None and value is given:
+                return processed
+            processed = process(value)
+            last[0] = (value, processed)
+            return processed
+
+        return remembered
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return as_utc(value)

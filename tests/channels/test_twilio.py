@@ -29,7 +29,13 @@ from cairn.channels.twilio import (
     validate_twilio_signature,
 )
 from tests.standins.server import Script, StandInServer, refused_url
-from tests.standins.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioAccount, twilio_app
+from tests.standins.twilio import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    POOL_NUMBER,
+    TwilioAccount,
+    twilio_app,
+)
 
 INVALID = "+15005550001"
 NOT_MOBILE = "+15005550009"
@@ -37,8 +43,10 @@ OPTED_OUT = "+15005550004"
 CALLBACK = "https://cairn.example.com/feedback/twilio/status"
 
 _script = Script()
+SMART_SERVICE = "MG" + "cd" * 16
+"""A Messaging Service with Smart Encoding on."""
 _account = TwilioAccount(invalid_numbers={INVALID}, not_mobile={NOT_MOBILE},
-                         opted_out={OPTED_OUT})
+                         opted_out={OPTED_OUT}, smart_encoded_services={SMART_SERVICE})
 
 
 @pytest.fixture(scope="module")
@@ -579,3 +587,36 @@ async def test_a_message_twilio_never_took_is_not_found(
     finally:
         await sender.aclose()
     assert script.accepted == []
+
+
+async def test_a_lost_answer_through_a_messaging_service_is_found_despite_smart_encoding(
+    server: StandInServer, script: Script,
+) -> None:
+    sender = TwilioProvider(settings(server.url, timeout=0.3,
+                                     messaging_service_sid=SMART_SERVICE))
+    script.slow(1.0)
+    body = "Your code \u201c4411\u201d \u2014 it\u2019s valid for 10\u00a0min\u2026"
+    message = sms(body=body)
+    try:
+        await send_failure(sender, message)
+        await asyncio.sleep(0.8)
+        found = await sender.find_sent(message)
+        other_code = await sender.find_sent(sms(body=body.replace("4411", "4412")))
+        other_service = TwilioProvider(settings(server.url, messaging_service_sid="MG" + "ef" * 16))
+        try:
+            through_another = await other_service.find_sent(message)
+        finally:
+            await other_service.aclose()
+    finally:
+        await sender.aclose()
+
+    [accepted] = script.accepted
+    assert accepted["form"]["MessagingServiceSid"] == SMART_SERVICE
+    listed = httpx.get(f"{server.url}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json",
+                       auth=(ACCOUNT_SID, AUTH_TOKEN)).json()["messages"]
+    assert listed[0]["body"] != body, "the stand-in rewrote the body as Twilio does"
+    assert found is not None and found.provider_message_id == accepted["sid"]
+    assert found.response["messaging_service_sid"] == SMART_SERVICE
+    assert found.response["from"] == POOL_NUMBER
+    assert other_code is None
+    assert through_another is None

@@ -9,6 +9,11 @@ both ends (63007), and numbers the test marks invalid (21211), not mobile (21614
 `GET` on the same path is the Messages list: `To` and `From` filters, newest first, `PageSize`,
 `{messages: [...], page, page_size}` with the resources it created.
 
+A message sent through a Messaging Service is answered `accepted` with no `from`; in the list it
+shows the number the service picked (`TwilioAccount.service_numbers`) and, for a service with
+Smart Encoding on (`smart_encoded_services`), the body with typographic punctuation and spaces
+replaced by GSM-7 look-alikes, as Twilio sends it.
+
 Plans: `fail(status)` answers that status with Twilio's error shape (code 20429 for 429, 20500
 for 5xx unless a body is given); `slow(seconds)` records the message as accepted, then answers
 late; `slow(seconds, accept=False)` waits and answers 503 without accepting anything.
@@ -49,6 +54,20 @@ class TwilioAccount:
     invalid_numbers: set[str] = field(default_factory=set)
     not_mobile: set[str] = field(default_factory=set)
     opted_out: set[str] = field(default_factory=set)
+    service_numbers: dict[str, str] = field(default_factory=dict)
+    """Messaging Service SID -> the number it sends from (any other service: `POOL_NUMBER`)."""
+    smart_encoded_services: set[str] = field(default_factory=set)
+
+
+POOL_NUMBER = "+15005550006"
+
+SMART_ENCODING = str.maketrans({
+    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u00ab": '"', "\u00bb": '"',
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u2032": "'",
+    "\u2013": "-", "\u2014": "-", "\u2212": "-", "\u2022": "-",
+    "\u2026": "...", "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\u200b": "",
+})
+"""Some of what Twilio's Smart Encoding replaces (its published table has more)."""
 
 
 def twilio_error(status: int, code: int, message: str) -> JSONResponse:
@@ -185,9 +204,16 @@ def twilio_app(script: Script, account: TwilioAccount | None = None) -> Starlett
         resource = _resource(account, form)
         script.accepted.append({"sid": resource["sid"], "form": form,
                                 "path": request.url.path, "auth": credentials})
+        answer = JSONResponse(resource, status_code=201)
+        service = form.get("MessagingServiceSid")
+        if service:  # what the list shows once the service has sent it
+            resource = {**resource, "status": "sent",
+                        "from": account.service_numbers.get(service, POOL_NUMBER)}
+            if service in account.smart_encoded_services:
+                resource["body"] = resource["body"].translate(SMART_ENCODING)
         created.append(resource)
         await apply_plan(plan)
-        return JSONResponse(resource, status_code=201)
+        return answer
 
     return Starlette(routes=[
         Route("/2010-04-01/Accounts/{account_sid}/Messages.json", create_message,

@@ -26,7 +26,7 @@ from cairn.journey import Journey
 from cairn.settings import Settings
 from cairn.store import contacts, deliveries, entries, events, journeys, scores, segments, tasks
 from cairn.store.db import Store, StoreError, alembic_config
-from cairn.store.schema import Base, Delivery, Event, ScoreChangeRecord, Task
+from cairn.store.schema import Base, Contact, Delivery, Event, ScoreChangeRecord, Task
 from cairn.traits import ContactTraitError
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -560,3 +560,26 @@ async def test_the_store_and_the_signing_key_are_owner_only(tmp_path: Path) -> N
         p.name: 0o600 for p in made}
     Settings(home=tmp_path / "home").signing_key()
     assert stat.S_IMODE((tmp_path / "home" / "secret_key").stat().st_mode) == 0o600
+
+
+async def test_see_contacts_creates_widens_and_fills_an_unseen_span(store: Store) -> None:
+    async with store.session() as s, s.begin():
+        await contacts.create_contact(s, ContactSnapshot(id="imported", timezone="UTC"), NOW)
+        await s.execute(text("UPDATE contacts SET first_seen_at = NULL, last_seen_at = NULL "
+                             "WHERE id = 'imported'"))
+        await contacts.ensure_contact(s, "known", NOW)
+    at = [NOW + timedelta(minutes=m) for m in (-30, -10, 10, 20, 30)]
+    async with store.session() as s, s.begin():
+        await contacts.see_contacts(s, {
+            "imported": (at[2], at[2], at[3]),
+            "known": (at[1], at[0], at[4]),
+            "new": (at[3], at[1], at[4]),
+        })
+    async with store.session() as s, s.begin():  # a span inside the stored one changes nothing
+        await contacts.see_contacts(s, {"known": (at[2], at[1], at[2])})
+    async with store.session() as s:
+        seen = {c.id: (c.first_seen_at, c.last_seen_at, c.created_at, c.attributes, c.tags)
+                for c in await s.scalars(select(Contact))}
+    assert seen["imported"][:2] == (at[2], at[3])
+    assert seen["known"][:3] == (at[0], at[4], NOW)
+    assert seen["new"] == (at[1], at[4], at[3], {}, [])
