@@ -48,6 +48,8 @@ class GraphFigures:
 
     nodes: dict[str, list[str]] = field(default_factory=dict)
     edges: dict[tuple[str, str], str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """Figures the picture has no place for (steps only an older version had)."""
 
 
 @dataclass
@@ -98,6 +100,26 @@ def edge_label(journey: Journey, step: str, route: str) -> str:
     return {"timeout_next": "timeout", "on_failure": "on failure", "next": ""}.get(route, route)
 
 
+def _edges(journey: Journey) -> list[_Edge]:
+    """Every edge the picture draws: the trigger's to the first step, each routing key whose
+    target exists, a split's holdout and an `end` step's way out (both to `end`)."""
+    loops = back_edges(journey)
+    found: list[_Edge] = []
+    if journey.first_step in journey.steps:
+        found.append(_Edge(TRIGGER, journey.first_step, "start", ""))
+    for name, route, target in edges(journey):
+        if target != END and target not in journey.steps:
+            continue
+        found.append(_Edge(name, FINISH if target == END else target, route,
+                           edge_label(journey, name, route), back=(name, target) in loops))
+    for name, step in journey.steps.items():
+        if isinstance(step, SplitStep) and step.split.holdout:
+            found.append(_Edge(name, FINISH, "holdout", f"{step.split.holdout:g}% holdout"))
+        if step.role == "end":
+            found.append(_Edge(name, FINISH, "end", ""))
+    return found
+
+
 def _graph(journey: Journey, figures: GraphFigures) -> tuple[dict[str, _Node], list[_Edge]]:
     nodes = {TRIGGER: _Node(TRIGGER, "trigger", ["trigger", _short(describe_trigger(
         journey.trigger))], "trigger", figures.nodes.get(TRIGGER, []))}
@@ -118,20 +140,7 @@ def _graph(journey: Journey, figures: GraphFigures) -> tuple[dict[str, _Node], l
         nodes[node_id] = _Node(node_id, f"exit goal {goal} on {on}",
                                [_short(f"goal {goal}"), _short(f"exit on {on}")], "goal",
                                figures.nodes.get(node_id, []))
-    loops = back_edges(journey)
-    found: list[_Edge] = []
-    if journey.first_step in journey.steps:
-        found.append(_Edge(TRIGGER, journey.first_step, "start", ""))
-    for name, route, target in edges(journey):
-        if target != END and target not in journey.steps:
-            continue
-        found.append(_Edge(name, FINISH if target == END else target, route,
-                           edge_label(journey, name, route), back=(name, target) in loops))
-    for name, step in journey.steps.items():
-        if isinstance(step, SplitStep) and step.split.holdout:
-            found.append(_Edge(name, FINISH, "holdout", f"{step.split.holdout:g}% holdout"))
-        if step.role == "end":
-            found.append(_Edge(name, FINISH, "end", ""))
+    found = _edges(journey)
     for edge in found:
         figure = figures.edges.get((edge.source, edge.route))
         if figure:
@@ -323,8 +332,10 @@ def _count(n: int, word: str) -> str:
 def report_figures(journey: Journey, report: Any) -> GraphFigures:
     """The figures of a `JourneyReport` placed on the picture of `journey`.
 
-    Read generically (attributes looked up by name), so figures a newer report carries show up
-    without a change here: per-step `reached`/`waiting`/`left`/`exited` when `steps` is filled.
+    Per step (the report's `steps`): `reached` and `waiting` on the node, with the exit goals
+    caught there and the entries that left by no drawn edge (`removed`, `failed`); on each of
+    its edges the entries that left by that route (`0 left` too, once anyone reached the step).
+    The trigger's edge carries the entries.
     """
     figures = GraphFigures()
     funnel = report.funnel
@@ -334,18 +345,40 @@ def report_figures(journey: Journey, report: Any) -> GraphFigures:
     for goal in funnel.goals:
         rate = f" ({goal.rate:.1%})" if goal.rate is not None else ""
         figures.nodes[f"goal:{goal.goal}"] = [f"{goal.conversions} converted{rate}"]
+    figures.edges[(TRIGGER, "start")] = _count(funnel.entries, "entered")
+    drawn: dict[str, set[str]] = {}
+    for edge in _edges(journey):
+        drawn.setdefault(edge.source, set()).add(edge.route)
+    elsewhere: list[str] = []
     for row in getattr(report, "steps", None) or []:
         if row.step not in journey.steps:
+            if row.reached:
+                elsewhere.append(f"{row.step} ({row.reached} reached, {row.waiting} waiting)")
             continue
         lines = figures.nodes.setdefault(row.step, [])
         lines.append(f"{row.reached} reached · {row.waiting} waiting")
         exited = getattr(row, "exited", None) or {}
         if exited:
             lines.append("exited: " + ", ".join(f"{g} {n}" for g, n in exited.items()))
+        left = getattr(row, "left", None) or {}
+        if not row.reached and not left:
+            continue  # nobody came here: no "0 left" on every way out
         routes = {route: target for name, route, target in edges(journey) if name == row.step}
-        for branch, n in (getattr(row, "left", None) or {}).items():
+        by_route: dict[str, int] = {}
+        off_picture: dict[str, int] = {}
+        for branch, n in left.items():
             route = _route_named(journey, row.step, branch, routes)
-            figures.edges[(row.step, route)] = _count(n, "left")
+            if route in drawn.get(row.step, set()):
+                by_route[route] = by_route.get(route, 0) + n
+            else:  # `removed`, `failed`, or a route of an older version: no edge to put it on
+                off_picture[branch] = off_picture.get(branch, 0) + n
+        for route in drawn.get(row.step, set()):
+            figures.edges[(row.step, route)] = _count(by_route.get(route, 0), "left")
+        if off_picture:
+            lines.append(", ".join(f"{n} {branch}" for branch, n in off_picture.items()))
+    if elsewhere:
+        figures.notes.append("steps this version of the definition does not have: "
+                             + "; ".join(elsewhere))
     for message in report.messages:
         if message.step not in journey.steps:
             continue

@@ -198,12 +198,12 @@ def console_router(store: Store, ingest: Ingest, settings: Settings) -> APIRoute
             compared = (from_version, to_version, version_changes(
                 by_number[from_version].definition, by_number[to_version].definition))
         messages = views.table(report.messages)
-        steps = views.table(report.steps)
+        figures = report_figures(definition, report)
         return page(
             "journey.html", request, viewer, key=key, row=row, journey=definition,
             report=report, version=version, window=window, windows=list(views.WINDOWS),
-            svg=journey_svg(definition, report_figures(definition, report)),
-            messages=messages, steps=steps, extra=views.sections(report, REPORT_DRAWN),
+            svg=journey_svg(definition, figures), graph_notes=figures.notes,
+            messages=messages, extra=views.sections(report, REPORT_DRAWN),
             versions=versions, changes=changes, compared=compared,
             runs_link=views.runs_link(ui, namespace, key))
 

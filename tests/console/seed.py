@@ -4,6 +4,10 @@ read (the browser tests run real traffic through Temporal instead, tests/console
 Cart abandonment, published twice (v2 waits 3h), with ten entries in the last days: three
 converted, five completed, two still active; five reminder emails (one skipped for consent, one
 delivered and opened); one open task for `ana`.
+
+The runs' step transitions follow known paths (`PATHS`): the three converted were caught by the
+goal in `wait_2h`, the two active still wait there, Dan and Eve had the app (push, then email),
+Flo, Gus and Hal got the email only.
 """
 
 from __future__ import annotations
@@ -11,13 +15,17 @@ from __future__ import annotations
 import copy
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cairn.catalog import load_catalog
+from cairn.contracts import StepContext
 from cairn.journey import Journey
+from cairn.journey_run import StepTransition
 from cairn.store import deliveries as deliveries_repo
 from cairn.store import entries as entries_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store import tasks as tasks_repo
+from cairn.store import transitions as transitions_repo
 from cairn.store.contacts import ensure_contact
 from cairn.store.db import Store
 from cairn.store.schema import DeliveryFeedback
@@ -27,6 +35,40 @@ KEY = "cart-abandonment"
 NAMES = ("ana", "bob", "cy", "dan", "eve", "flo", "gus", "hal", "ida", "joe")
 CONVERTED = ("ana", "bob", "cy")
 ACTIVE = ("ida", "joe")
+ON_PUSH = ("dan", "eve")
+CONVERTED_PATH = [("wait_2h", "exit:converted", None)]
+WAITING_PATH = [("wait_2h", None, None)]
+PUSH_PATH = [("wait_2h", "next", "still_in_cart"), ("still_in_cart", "then", "push_or_email"),
+             ("push_or_email", "then", "push_reminder"),
+             ("push_reminder", "next", "email_reminder"),
+             ("email_reminder", "next", "end")]
+EMAIL_PATH = [*PUSH_PATH[:2], ("push_or_email", "else", "email_reminder"),
+              ("email_reminder", "next", "end")]
+
+
+def path_of(name: str) -> list[tuple[str, str | None, str | None]]:
+    """(step, left by, next step) of each visit of `name`'s run, in order."""
+    if name in CONVERTED:
+        return CONVERTED_PATH
+    if name in ACTIVE:
+        return WAITING_PATH
+    return PUSH_PATH if name in ON_PUSH else EMAIL_PATH
+
+
+async def record_path(s: Any, *, key: str, version: int, name: str, workflow_id: str,
+                      entered: datetime,
+                      path: list[tuple[str, str | None, str | None]]) -> None:
+    """Write the step transitions a run that took `path` writes (one visit per step)."""
+    visits = [StepTransition(seq=i + 1, step=step, visit=1,
+                             reached_at=entered + timedelta(minutes=i),
+                             left_by=left_by,
+                             left_at=entered + timedelta(minutes=i + 1) if left_by else None,
+                             next_step=next_step)
+              for i, (step, left_by, next_step) in enumerate(path)]
+    await transitions_repo.record_transitions(s, StepContext(
+        workflow_id=workflow_id, journey_key=key, journey_version=version, contact_id=name,
+        step=path[-1][0], now=entered, entry_id=f"run-{name}", entered_at=entered,
+        transitions=visits))
 
 
 def cart_abandonment() -> Journey:
@@ -58,6 +100,8 @@ async def seed(store: Store, now: datetime | None = None) -> datetime:
             await entries_repo.record_entry(
                 s, journey_key=KEY, version=2, contact_id=name, entry_key=None,
                 workflow_id=wid, trigger_message_id=None, entered_at=entered)
+            await record_path(s, key=KEY, version=2, name=name, workflow_id=wid,
+                              entered=entered, path=path_of(name))
             if name in CONVERTED:
                 await entries_repo.close_entry(s, wid, "converted", entered + timedelta(hours=1))
             elif name not in ACTIVE:

@@ -66,9 +66,25 @@ async def test_a_journey_shows_its_graph_with_the_report_figures(
     assert graph["__trigger__"] == ["10 entered · 2 active"]
     assert graph["__end__"] == ["5 completed"]
     assert graph["goal:converted"] == ["3 converted (30.0%)"]
-    assert graph["email_reminder"] == ["email: 4 sent, 1 delivered, 1 opened, 1 skipped"]
-    assert graph["edge:still_in_cart->push_or_email"] == ["then"]
-    assert graph["edge:still_in_cart->__end__"] == ["else"]
+    assert graph["email_reminder"] == ["5 reached · 0 waiting",
+                                       "email: 4 sent, 1 delivered, 1 opened, 1 skipped"]
+    # The seed's known paths (tests/console/seed.py): per step on the nodes, per route on edges.
+    assert graph["wait_2h"] == ["10 reached · 2 waiting", "exited: converted 3"]
+    assert graph["still_in_cart"] == ["5 reached · 0 waiting"]
+    assert graph["push_reminder"] == ["2 reached · 0 waiting"]
+    assert graph["edge:__trigger__->wait_2h"] == ["10 entered"]
+    assert graph["edge:wait_2h->still_in_cart"] == ["5 left"]
+    assert graph["edge:still_in_cart->push_or_email"] == ["then · 5 left"]
+    assert graph["edge:still_in_cart->__end__"] == ["else · 0 left"]
+    assert graph["edge:push_or_email->push_reminder"] == ["then · 2 left"]
+    assert graph["edge:push_or_email->email_reminder"] == ["else · 3 left"]
+    assert graph["edge:push_reminder->email_reminder"] == ["2 left"]
+    assert graph["edge:email_reminder->__end__"] == ["5 left"]
+    steps = re.search(r'<table class="figures" id="steps">(.*?)</table>', page.text, re.S)
+    assert steps, "no steps table"
+    wait = re.search(r'<tr data-step="wait_2h">(.*?)</tr>', steps.group(1), re.S)
+    assert wait and dict(re.findall(r'data-figure="([^"]+)">([^<]*)<', wait.group(1))) == {
+        "reached": "10", "waiting": "2", "left": "next 5", "exited": "converted 3"}
     assert re.search(r'data-figure="entries">10<', page.text)
     assert re.search(r'data-figure="conversions">3<', page.text)
     messages = re.search(r'<table class="figures" id="messages">(.*?)</table>', page.text, re.S)

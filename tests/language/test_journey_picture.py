@@ -108,7 +108,41 @@ def test_the_report_figures_go_on_trigger_steps_goals_end_and_branches() -> None
     assert figures.nodes["goal:converted"] == ["3 converted (30.0%)"]
     assert figures.nodes["check"] == ["9 reached · 0 waiting", "exited: converted 1"]
     assert figures.nodes["mail"] == ["email: 5 sent, 4 delivered, 2 opened, 1 skipped"]
-    assert figures.edges == {("check", "then"): "6 left", ("check", "else"): "3 left"}
+    assert figures.edges == {(TRIGGER, "start"): "10 entered", ("check", "then"): "6 left",
+                             ("check", "else"): "3 left"}
+
+
+def test_every_way_out_of_a_step_gets_its_count_and_the_rest_stays_on_the_node() -> None:
+    from cairn.reports import StepFigures
+
+    j = journey({"pick": {"split": {"paths": [{"percent": 45, "next": "listen", "name": "a"},
+                                              {"percent": 45, "next": "end"}],
+                                    "holdout": 10}},
+                 "listen": {"wait_for_event": {"event": "login", "timeout": "1d"},
+                            "then": "end", "timeout_next": "pick"}})
+    funnel = SimpleNamespace(entries=12, active=2, completed=9, ended={}, goals=[])
+    steps = [StepFigures(step="pick", kind="split", reached=12, waiting=0,
+                         left={"paths[0]": 5, "paths[1]": 5, "holdout": 1, "failed": 1},
+                         exited={}),
+             StepFigures(step="listen", kind="wait_for_event", reached=5, waiting=2,
+                         left={"then": 2, "removed": 1}, exited={}),
+             StepFigures(step="gone", kind=None, reached=3, waiting=0, left={"next": 3},
+                         exited={})]
+    figures = report_figures(j, SimpleNamespace(funnel=funnel, messages=[], steps=steps))
+    assert figures.edges == {
+        (TRIGGER, "start"): "12 entered", ("pick", "paths[0]"): "5 left",
+        ("pick", "paths[1]"): "5 left", ("pick", "holdout"): "1 left",
+        ("listen", "then"): "2 left", ("listen", "timeout_next"): "0 left"}
+    assert figures.nodes["pick"] == ["12 reached · 0 waiting", "1 failed"]
+    assert figures.nodes["listen"] == ["5 reached · 2 waiting", "1 removed"]
+    assert figures.notes == ["steps this version of the definition does not have: "
+                             "gone (3 reached, 0 waiting)"]
+    root = parsed(journey_svg(j, figures))
+    labels = {(g.get("data-from"), g.get("data-route")): [t.text for t in g.iter(f"{SVG}text")]
+              for g in root.iter(f"{SVG}g") if "edge" in (g.get("class") or "")}
+    assert labels[("pick", "holdout")] == ["10% holdout · 1 left"]
+    assert labels[("listen", "timeout_next")] == ["timeout · 0 left"]  # the loop back, dashed
+    assert labels[("pick", "paths[0]")] == ["45% a · 5 left"]
 
 
 def test_every_catalog_journey_draws_as_well_formed_svg_with_every_step() -> None:
