@@ -1,10 +1,12 @@
 """A contact's timeline: what it did and what Cairn did to it, newest first, from the store.
 
 One service function, `contact_timeline`, answers `GET /v1/contacts/{id}/timeline` and the
-console's contact page: events, journey entries and how they ended, the steps that acted
-(messages with their status and the providers' feedback, score changes with their reason, tasks),
-and, for a message that did not go, why (`WHY_NOT_SENT`: no consent, unreachable, a frequency
-cap, quiet hours, an unconfirmed provider call, a refusal).
+console's contact page: events, journey entries and how they ended, each step its runs went
+through (from the step transitions the runs record: reached when, left by which route to where,
+or caught there by an exit goal), what the steps did (messages with their status and the
+providers' feedback, score changes with their reason, tasks), and, for a message that did not
+go, why (`WHY_NOT_SENT`: no consent, unreachable, a frequency cap, quiet hours, an unconfirmed
+provider call, a refusal).
 
 Not here: the contact's profile (`cairn.store.contacts.snapshot`), where a run is now (Temporal's
 `state` query, `cairn.run_views`).
@@ -26,11 +28,12 @@ from cairn.store.schema import (
     Entry,
     Event,
     ScoreChangeRecord,
+    StepTransitionRecord,
     Task,
 )
 
-__all__ = ["WHY_NOT_SENT", "ContactTimeline", "TimelineItem", "UnknownContact",
-           "contact_timeline", "why_not_sent"]
+__all__ = ["ROUTE_MEANINGS", "WHY_NOT_SENT", "ContactTimeline", "TimelineItem",
+           "UnknownContact", "contact_timeline", "step_left", "why_not_sent"]
 
 DEFAULT_LIMIT = 200
 
@@ -46,7 +49,21 @@ WHY_NOT_SENT = {
 }
 """Why a message did not go, by ledger status (`activities.send`)."""
 
-ItemKind = Literal["event", "entry", "exit", "message", "score", "task"]
+ROUTE_MEANINGS = {
+    "next": "done",
+    "then": "the condition held, or the awaited event came",
+    "else": "the condition did not hold",
+    "timeout_next": "the wait timed out",
+    "missing": "the date to wait for was missing",
+    "on_failure": "the send failed",
+    "holdout": "held out by the split (the control group)",
+    "end": "an end step",
+    "failed": "the run failed here",
+}
+"""What leaving a step by a route says (`cairn.journey_run.StepTransition.left_by`)."""
+EXIT_PREFIX = "exit:"
+
+ItemKind = Literal["event", "entry", "exit", "step", "message", "score", "task"]
 
 
 class UnknownContact(LookupError):
@@ -64,8 +81,8 @@ class TimelineItem(BaseModel):
     workflow_id: str | None = Field(default=None, description="the run it happened in")
     status: str | None = Field(default=None, description="a message's ledger status, an "
                                                          "entry's outcome, a task's status")
-    reason: str | None = Field(default=None, description="why: the step's reason, or why a "
-                                                         "message did not go")
+    reason: str | None = Field(default=None, description="why: the step's reason, how a step "
+                                                         "was left, or why a message did not go")
     feedback: list[str] = Field(default_factory=list, description="a message's provider "
                                                                   "reports, oldest first")
     detail: dict[str, Any] = Field(default_factory=dict, description="ids and figures")
@@ -79,6 +96,13 @@ class ContactTimeline(BaseModel):
              "workflow_id": "journey/cart-abandonment/c-1", "status": "skipped:consent",
              "reason": "no consent for this category of message", "feedback": [],
              "detail": {"delivery_id": 7, "channel": "email"}},
+            {"at": "2026-03-02T10:59:58Z", "kind": "step", "title": "reached push_or_email",
+             "journey": "cart-abandonment", "step": "push_or_email",
+             "workflow_id": "journey/cart-abandonment/c-1", "status": "else",
+             "reason": "left by else (the condition did not hold) to email_reminder",
+             "feedback": [], "detail": {"visit": 1, "seq": 3, "left_by": "else",
+                                        "left_at": "2026-03-02T10:59:59Z",
+                                        "next_step": "email_reminder", "version": 1}},
             {"at": "2026-03-02T09:00:00Z", "kind": "entry", "title": "entered cart-abandonment",
              "journey": "cart-abandonment", "step": None,
              "workflow_id": "journey/cart-abandonment/c-1", "status": "completed",
@@ -131,8 +155,16 @@ async def contact_timeline(store: Store, contact_id: str, *,
                   ).scalars().all()
         tasks = (await s.execute(select(Task).where(Task.contact_id == contact_id)
                                  .order_by(Task.created_at.desc()).limit(limit))).scalars().all()
-    truncated = any(len(rows) >= limit for rows in (events, entries, deliveries, scores, tasks))
-    items = [*(_event(e) for e in events), *(i for e in entries for i in _entry(e)),
+        visits = (await s.execute(select(StepTransitionRecord)
+                                  .where(StepTransitionRecord.contact_id == contact_id)
+                                  .order_by(StepTransitionRecord.reached_at.desc(),
+                                            StepTransitionRecord.seq.desc())
+                                  .limit(limit))).scalars().all()
+    truncated = any(len(rows) >= limit
+                    for rows in (events, entries, deliveries, scores, tasks, visits))
+    # Steps before entries: a step reached at the moment of entry reads after it (newest first).
+    items = [*(_event(e) for e in events), *(_step(v) for v in visits),
+             *(i for e in entries for i in _entry(e)),
              *(_message(d, feedback.get(d.id, [])) for d in deliveries),
              *(_score(r) for r in scores), *(_task(t) for t in tasks)]
     items.sort(key=lambda item: item.at, reverse=True)
@@ -157,6 +189,31 @@ def _entry(e: Entry) -> list[TimelineItem]:
         at=e.ended_at, kind="exit", title=f"left {e.journey_key}: {e.outcome}",
         journey=e.journey_key, workflow_id=e.workflow_id, status=e.outcome, reason=e.reason,
         detail={"entry_id": e.id, "version": e.version})]
+
+
+def step_left(left_by: str | None, next_step: str | None) -> str:
+    """How a visit of a step ended, in words: the route, what it means, and where it led."""
+    if left_by is None:
+        return "reached, not left yet (waiting there, or the run has not written it yet)"
+    if left_by == f"{EXIT_PREFIX}removed":
+        return "removed from the journey here"
+    if left_by.startswith(EXIT_PREFIX):
+        return f"caught here by the exit goal {left_by[len(EXIT_PREFIX):]}"
+    meaning = ROUTE_MEANINGS.get(left_by) or (
+        "a path of the split" if left_by.startswith("paths[") else None)
+    said = f"left by {left_by}" + (f" ({meaning})" if meaning and left_by != "next" else "")
+    if next_step and left_by not in ("end", "failed", "holdout"):
+        said += " to the end" if next_step == "end" else f" to {next_step}"
+    return said
+
+
+def _step(v: StepTransitionRecord) -> TimelineItem:
+    return TimelineItem(
+        at=v.reached_at, kind="step", title=f"reached {v.step}", journey=v.journey_key,
+        step=v.step, workflow_id=v.workflow_id, status=v.left_by or "here",
+        reason=step_left(v.left_by, v.next_step),
+        detail={"visit": v.visit, "seq": v.seq, "left_by": v.left_by, "left_at": v.left_at,
+                "next_step": v.next_step, "version": v.version})
 
 
 def _message(d: Delivery, feedback: list[str]) -> TimelineItem:

@@ -338,9 +338,11 @@ def contacts_router(
         = 200,
     ) -> ContactTimeline:
         """Newest first: the contact's events (names only), journey entries and how they ended
-        (with the reason), messages with their ledger status, the providers' feedback and, for a
-        message that did not go, why (consent, unreachable, frequency cap, quiet hours,
-        unconfirmed, refused); score changes with their reason; tasks."""
+        (with the reason), each step its runs reached (when, and how it was left: the route,
+        where to, or the exit goal caught there), messages with their ledger status, the
+        providers' feedback and, for a message that did not go, why (consent, unreachable,
+        frequency cap, quiet hours, unconfirmed, refused); score changes with their reason;
+        tasks."""
         try:
             return await contact_timeline(store, contact_id, limit=limit)
         except UnknownContact as error:

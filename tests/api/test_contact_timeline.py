@@ -25,8 +25,19 @@ async def test_the_timeline_lists_entries_exits_messages_feedback_and_tasks_newe
     assert [(i["kind"], i["title"], i["status"]) for i in items] == [
         ("exit", "left cart-abandonment: completed", "completed"),
         ("message", "email cart-reminder-similar", "sent"),
+        ("step", "reached email_reminder", "next"),
+        ("step", "reached push_or_email", "else"),
+        ("step", "reached still_in_cart", "then"),
+        ("step", "reached wait_2h", "next"),
         ("entry", "entered cart-abandonment", "completed"),
     ]
+    # Each step with how it was left (the route, what it means, where to) and when.
+    steps = {i["step"]: i for i in items if i["kind"] == "step"}
+    assert steps["push_or_email"]["reason"] == (
+        "left by else (the condition did not hold) to email_reminder")
+    assert steps["email_reminder"]["reason"] == "left by next to the end"
+    assert steps["wait_2h"]["detail"]["left_at"] == steps["still_in_cart"]["at"]
+    assert steps["wait_2h"]["workflow_id"] == "journey/cart-abandonment/flo"
     message = next(i for i in items if i["kind"] == "message")
     assert message["feedback"] == ["delivered", "opened"]
     assert message["reason"] is None and message["step"] == "email_reminder"
@@ -40,6 +51,12 @@ async def test_the_timeline_lists_entries_exits_messages_feedback_and_tasks_newe
     ana = (await api.get("/v1/contacts/ana/timeline")).json()["items"]
     assert {(i["kind"], i["status"]) for i in ana} >= {("task", "open"),
                                                         ("exit", "converted")}
+    [caught] = [i for i in ana if i["kind"] == "step"]
+    assert (caught["step"], caught["status"], caught["reason"]) == (
+        "wait_2h", "exit:converted", "caught here by the exit goal converted")
+    ida = (await api.get("/v1/contacts/ida/timeline")).json()["items"]
+    [waiting] = [i for i in ida if i["kind"] == "step"]
+    assert waiting["status"] == "here" and waiting["reason"].startswith("reached, not left yet")
     assert (await api.get("/v1/contacts/ana/timeline?limit=1")).json()["truncated"] is True
 
 

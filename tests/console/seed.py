@@ -59,10 +59,15 @@ async def record_path(s: Any, *, key: str, version: int, name: str, workflow_id:
                       entered: datetime,
                       path: list[tuple[str, str | None, str | None]]) -> None:
     """Write the step transitions a run that took `path` writes (one visit per step)."""
-    visits = [StepTransition(seq=i + 1, step=step, visit=1,
-                             reached_at=entered + timedelta(minutes=i),
-                             left_by=left_by,
-                             left_at=entered + timedelta(minutes=i + 1) if left_by else None,
+    # The first step is the two-hour wait (left after an hour by the converted); the rest
+    # follow each other a second apart, just before the run's end two hours in.
+    reached = [entered] + [entered + timedelta(hours=2, seconds=i - len(path))
+                           for i in range(1, len(path))]
+    left = [*reached[1:], entered + timedelta(hours=2)]
+    if path == CONVERTED_PATH:
+        left = [entered + timedelta(hours=1)]
+    visits = [StepTransition(seq=i + 1, step=step, visit=1, reached_at=reached[i],
+                             left_by=left_by, left_at=left[i] if left_by else None,
                              next_step=next_step)
               for i, (step, left_by, next_step) in enumerate(path)]
     await transitions_repo.record_transitions(s, StepContext(

@@ -131,6 +131,12 @@ async def test_a_contact_shows_profile_runs_and_a_timeline_saying_why_not_sent(
     assert "http://ui.test:8233/namespaces/default/workflows/journey%2Fcart-abandonment%2Fhal" \
         in hal.text
     flo = await browser_less.get("/console/contacts/flo")
+    steps = re.findall(r'<li class="item kind-step" data-kind="step" data-status="([^"]+)">(.*?)'
+                       r"</li>", flo.text, re.S)
+    assert [status for status, _ in steps] == ["next", "else", "then", "next"]
+    assert "<b>reached push_or_email</b>" in steps[1][1]
+    assert "left by else (the condition did not hold) to email_reminder" in steps[1][1]
+    assert '<span class="left">left ' in steps[1][1]
     sent = re.search(r'<li class="item kind-message"[^>]*data-status="sent">(.*?)</li>',
                      flo.text, re.S)
     assert sent and '<span class="feedback">delivered, opened</span>' in sent.group(1)
