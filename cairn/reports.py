@@ -43,7 +43,7 @@ from statistics import median
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Select, and_, func, select
+from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cairn.durations import parse_duration
@@ -65,7 +65,7 @@ from cairn.store.schema import (
 __all__ = [
     "GoalFigures", "JourneyReport", "MessageAttribution", "MessageFigures", "MessageRates",
     "StepFigures",
-    "UnknownJourney", "VersionFunnel", "journey_report",
+    "UnknownJourney", "VersionFunnel", "converted", "journey_report",
 ]
 
 COMPLETED = "completed"
@@ -81,6 +81,14 @@ FEEDBACK_COLUMNS = {"delivered": "delivered", "opened": "opened", "clicked": "cl
 INBOX_CHANNELS = ("in_app", "on_site")
 LINK_UNSUBSCRIBE_EVENT = "unsubscribed"
 """The event the signed unsubscribe link records (`starter/api/channels.py`)."""
+
+
+def converted() -> ColumnElement[bool]:
+    """An entry left by an exit goal, in SQL: the funnel's conversions (every outcome that is
+    not `completed`, `removed`, `failed`, `reentered` or `ended:<outcome>` is a goal's name)."""
+    return and_(Entry.ended_at.is_not(None), Entry.outcome.is_not(None),
+                Entry.outcome.not_in((COMPLETED, REMOVED, FAILED, REENTERED)),
+                Entry.outcome.not_like(f"{ENDED_PREFIX}%"))
 
 
 class UnknownJourney(LookupError):
@@ -562,21 +570,19 @@ async def _attribute(
 ) -> None:
     """Count each conversion of the report's entries for the messages of its entry sent within
     `window` before it: the last one (last touch) and each one (any touch)."""
-    not_goals = (COMPLETED, REMOVED, FAILED, REENTERED)
-    converted = select(Entry.workflow_id, Entry.entered_at, Entry.ended_at).where(
-        Entry.journey_key == key, Entry.ended_at.is_not(None), Entry.outcome.is_not(None),
-        Entry.outcome.not_in(not_goals), Entry.outcome.not_like(f"{ENDED_PREFIX}%"))
+    converted_entries = select(Entry.workflow_id, Entry.entered_at, Entry.ended_at).where(
+        Entry.journey_key == key, converted())
     if version is not None:
-        converted = converted.where(Entry.version == version)
-    converted = _window(converted, Entry.entered_at, since, until)
-    conversions = (await s.execute(converted)).all()
+        converted_entries = converted_entries.where(Entry.version == version)
+    converted_entries = _window(converted_entries, Entry.entered_at, since, until)
+    conversions = (await s.execute(converted_entries)).all()
     if not conversions:
         return
     sends = select(Delivery.id, Delivery.workflow_id, Delivery.step, Delivery.template,
                    Delivery.channel, Delivery.sent_at).where(
         Delivery.kind == "send", Delivery.status == "sent", Delivery.journey_key == key,
         Delivery.sent_at.is_not(None),
-        Delivery.workflow_id.in_(select(converted.subquery().c.workflow_id)))
+        Delivery.workflow_id.in_(select(converted_entries.subquery().c.workflow_id)))
     by_run: dict[str, list[tuple[datetime, int, MessageKey]]] = defaultdict(list)
     for row_id, workflow_id, step, template, channel, sent_at in (await s.execute(sends)).all():
         by_run[workflow_id].append((sent_at, row_id, (step or "", template, channel)))

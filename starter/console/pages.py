@@ -9,8 +9,7 @@ is `cairn.journey_picture`. Every page but the login page and the assets needs a
 
 from __future__ import annotations
 
-import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +22,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from cairn.contact_timeline import UnknownContact, contact_timeline
 from cairn.events.ingest import Ingest
 from cairn.journey_picture import journey_svg, report_figures
-from cairn.journey_trends import daily_entries
+from cairn.journey_trends import DayFigures, JourneyTrend, WindowFigures, journey_trends
 from cairn.journey_versions import journey_versions, version_changes
 from cairn.reports import UnknownJourney, journey_report
 from cairn.settings import Settings
@@ -153,17 +152,17 @@ def console_router(store: Store, ingest: Ingest, settings: Settings) -> APIRoute
     async def journeys(request: Request, viewer: Reading) -> HTMLResponse:
         now = datetime.now(UTC)
         published = await published_journeys(store)
-        trends = await daily_entries(store, days=30, now=now)
-
-        async def figures(key: str) -> tuple[Any, Any]:
-            return (await journey_report(store, key, since=views.window_start("7d", now), now=now),
-                    await journey_report(store, key, since=views.window_start("30d", now),
-                                         now=now))
-
-        reports = await asyncio.gather(*(figures(j.key) for j in published))
-        rows = [{"journey": j, "week": week.funnel, "month": month.funnel,
-                 "trend": views.sparkline(trends.get(j.key, []) or [(now.date(), 0)] * 30)}
-                for j, (week, month) in zip(published, reports, strict=True)]
+        trends = await journey_trends(store, days=30, now=now, windows={
+            name: start for name in ("7d", "30d")
+            if (start := views.window_start(name, now)) is not None})
+        nothing = JourneyTrend(key="", windows={}, days=[
+            DayFigures(day=now.date() - timedelta(days=29 - i)) for i in range(30)])
+        rows = []
+        for j in published:
+            trend = trends.get(j.key, nothing)
+            rows.append({"journey": j, "week": trend.windows.get("7d", WindowFigures()),
+                         "month": trend.windows.get("30d", WindowFigures()),
+                         "trend": views.sparkline(trend.days)})
         return page("journeys.html", request, viewer, rows=rows)
 
     @router.get("/journeys/{key}")

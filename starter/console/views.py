@@ -1,14 +1,14 @@
 """What the console's templates are given: small pieces of presentation, no queries.
 
-A trend as an inline SVG polyline, rates as percentages, a pydantic model (or any list of them)
+A trend (entries and conversions per day) as inline SVG polylines, rates as percentages, a pydantic model (or any list of them)
 flattened into table rows so that figures a newer report carries (per-step figures, experiments)
 show without a template change, and links into the Temporal UI.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -30,19 +30,27 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def sparkline(points: Iterable[tuple[date, int]], width: int = 120, height: int = 28) -> str:
-    """A small inline SVG of entries per day (no script, no external file)."""
-    values = [n for _, n in points]
-    if not values:
+def sparkline(days: Sequence[Any], width: int = 120, height: int = 28) -> str:
+    """A small inline SVG of entries and conversions per day (`cairn.journey_trends.DayFigures`:
+    `.entries`, `.conversions`), both on the entries' scale; no script, no external file."""
+    if not days:
         return ""
-    top = max(values) or 1
-    step = width / max(len(values) - 1, 1)
-    coordinates = " ".join(f"{i * step:.1f},{height - 2 - (n / top) * (height - 4):.1f}"
-                           for i, n in enumerate(values))
-    label = f"entries per day, last {len(values)} days: {sum(values)} in all, at most {top}"
+    top = max(d.entries for d in days) or 1
+    step = width / max(len(days) - 1, 1)
+
+    def line(values: list[int]) -> str:
+        return " ".join(f"{i * step:.1f},{height - 2 - (n / top) * (height - 4):.1f}"
+                        for i, n in enumerate(values))
+
+    entries = sum(d.entries for d in days)
+    conversions = sum(d.conversions for d in days)
+    label = (f"entries and conversions per day, last {len(days)} days: {entries} entries "
+             f"(at most {top} a day), {conversions} conversions")
     return (f'<svg class="trend" width="{width}" height="{height}" viewBox="0 0 {width} {height}"'
             f' role="img" aria-label="{escape(label)}"><title>{escape(label)}</title>'
-            f'<polyline points="{coordinates}"/></svg>')
+            f'<polyline class="entries" points="{line([d.entries for d in days])}"/>'
+            f'<polyline class="conversions" points="{line([d.conversions for d in days])}"/>'
+            "</svg>")
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

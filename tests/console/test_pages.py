@@ -49,10 +49,20 @@ async def test_the_journeys_list_shows_entries_conversion_and_a_trend(
     row = re.search(r'<tr data-journey="cart-abandonment">(.*?)</tr>', page.text, re.S)
     assert row, page.text
     cells = dict(re.findall(r'data-figure="([^"]+)">([^<]*)<', row.group(1)))
-    assert cells == {"active": "2", "entries-7d": "10", "conversion-7d": "30.0%",
-                     "entries-30d": "10", "conversion-30d": "30.0%"}
+    assert cells == {"active": "2", "entries-7d": "10", "conversions-7d": "3",
+                     "conversion-7d": "30.0%", "entries-30d": "10", "conversions-30d": "3",
+                     "conversion-30d": "30.0%"}
     assert "<td>Reduce cart abandonment</td>" in row.group(1)
-    assert '<svg class="trend"' in row.group(1) and "10 in all" in row.group(1)
+    assert '<svg class="trend"' in row.group(1)
+    assert "10 entries (at most 2 a day), 3 conversions" in row.group(1)
+    lines = dict(re.findall(r'<polyline class="(\w+)" points="([^"]+)"', row.group(1)))
+    assert set(lines) == {"entries", "conversions"}
+    # 30 days each; the conversions line is lower than the entries line (y grows downwards).
+    entries = [float(p.split(",")[1]) for p in lines["entries"].split()]
+    conversions = [float(p.split(",")[1]) for p in lines["conversions"].split()]
+    assert len(entries) == len(conversions) == 30
+    assert all(c >= e for c, e in zip(conversions, entries, strict=True))
+    assert sum(c > e for c, e in zip(conversions, entries, strict=True)) >= 2
 
 
 async def test_a_journey_shows_its_graph_with_the_report_figures(
