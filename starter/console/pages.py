@@ -63,8 +63,9 @@ SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
     "cache-control": "no-store",
 }
-REPORT_DRAWN = {"funnel", "versions", "messages", "notes", "steps"}
-"""Report lists the journey page draws itself; any other list (experiments) gets a table."""
+REPORT_DRAWN = {"funnel", "versions", "messages", "notes", "steps", "experiments"}
+"""Report lists the journey page draws itself; any other list a newer report carries gets a
+generic table."""
 
 Reading = Annotated[Viewer, Depends(ConsoleSession("read"))]
 """A page any console session may see (read or admin key)."""
@@ -73,7 +74,8 @@ Acting = Annotated[Viewer, Depends(ConsoleSession("admin"))]
 
 templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                         autoescape=select_autoescape(default=True, default_for_string=True))
-templates.globals.update(percent=views.percent, when=views.when)
+templates.globals.update(percent=views.percent, when=views.when,
+                         signed_percent=views.signed_percent, significance=views.significance)
 templates.filters["path"] = lambda value: quote(str(value), safe="")
 
 

@@ -1,8 +1,9 @@
 """What the console's templates are given: small pieces of presentation, no queries.
 
-A trend (entries and conversions per day) as inline SVG polylines, rates as percentages, a pydantic model (or any list of them)
-flattened into table rows so that figures a newer report carries (per-step figures, experiments)
-show without a template change, and links into the Temporal UI.
+A trend (entries and conversions per day) as inline SVG polylines, rates as percentages, an
+experiment's significance in words, a pydantic model (or any list of them) flattened into table
+rows so that figures a newer report carries show without a template change, and links into the
+Temporal UI.
 """
 
 from __future__ import annotations
@@ -28,6 +29,20 @@ def window_start(window: str, now: datetime) -> datetime | None:
 
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
+
+
+def signed_percent(value: float | None) -> str:
+    """An uplift: `+25.0%`, `-12.5%`."""
+    return "-" if value is None else f"{value:+.1%}"
+
+
+def significance(p_value: float | None, confidence: float) -> str:
+    """Whether an arm differs from the control at the experiment's confidence (the p-value of
+    the two-proportion test below 1 - confidence)."""
+    if p_value is None:
+        return "-"
+    alpha = 1 - confidence
+    return f"yes (p < {alpha:.2g})" if p_value < alpha else f"no (p ≥ {alpha:.2g})"
 
 
 def sparkline(days: Sequence[Any], width: int = 120, height: int = 28) -> str:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 from cairn.journey_trends import journey_trends
-from cairn.reports import journey_report
 from cairn.journey_versions import journey_versions, version_changes
+from cairn.reports import journey_report
 from cairn.store.db import Store
 from tests.console.seed import KEY, seed
 

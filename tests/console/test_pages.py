@@ -158,6 +158,54 @@ async def test_a_contact_shows_profile_runs_and_a_timeline_saying_why_not_sent(
     assert (await browser_less.get("/console/contacts/nobody")).status_code == 404
 
 
+async def test_a_journey_shows_its_experiments_arms_rates_intervals_and_the_winner(
+    browser_less: httpx.AsyncClient, sqlite_store: Store,
+) -> None:
+    from cairn.store.schema import ExperimentDecision
+    from tests.analytics.test_experiment_figures import DEFINITION, T0, add, clicked, send
+    from tests.engine_support import publish
+
+    await publish(sqlite_store, DEFINITION)
+    # the smokers' counts: 18 of 115 clicked the control, 7 of 105 the urgent copy
+    control = await add(sqlite_store, *(send(n, "control", "cart-reminder") for n in range(115)))
+    urgent = await add(sqlite_store, *(send(1000 + n, "urgent", "cart-reminder-urgent")
+                                       for n in range(105)))
+    await add(sqlite_store, *(clicked(n, control[n]) for n in range(18)),
+              *(clicked(1000 + n, urgent[n]) for n in range(7)),
+              ExperimentDecision(journey_key=KEY, step="email_reminder", winner="control",
+                                 reason="control beats every other arm", metric="clicks",
+                                 figures=[], decided_at=T0 + timedelta(days=2)))
+    await log_in(browser_less, sqlite_store, "read")
+    page = await browser_less.get(f"/console/journeys/{KEY}?window=all")
+    assert page.status_code == 200
+    section = re.search(r'<section class="experiment" data-experiment="email_reminder">(.*?)'
+                        r"</section>", page.text, re.S)
+    assert section, "no table of the send's experiment"
+
+    def arm(name: str) -> dict[str, str]:
+        row = re.search(rf'<tr data-arm="{name}"[^>]*>(.*?)</tr>', section.group(1), re.S)
+        assert row, name
+        return dict(re.findall(r'data-figure="([^"]+)">([^<]*)<', row.group(1)))
+
+    assert arm("control") == {"contacts": "115", "conversions": "18", "rate": "15.7%",
+                              "interval": "10.1%\u201323.4%", "uplift": "-", "p-value": "-",
+                              "significant": "-", "best": arm("control")["best"]}
+    urgent_figures = arm("urgent")
+    assert (urgent_figures["contacts"], urgent_figures["conversions"],
+            urgent_figures["rate"]) == ("105", "7", "6.7%")
+    assert urgent_figures["uplift"] == "-57.4%"
+    assert urgent_figures["p-value"] == "0.0359"  # the textbook 0.036
+    assert urgent_figures["significant"] == "yes (p &lt; 0.05)"
+    assert float(arm("control")["best"].rstrip("%")) > 95
+    assert re.search(r'<tr data-arm="control" class="control winner">', section.group(1))
+    assert "decided: control (control beats every other arm)" in section.group(1)
+    assert "Winner <b>control</b>" in section.group(1)
+    split = re.search(r'<section class="experiment" data-experiment="ab">(.*?)</section>',
+                      page.text, re.S)
+    assert split and '<tr data-arm="holdout" class="control">' in split.group(1)
+    assert "measuring (one arm besides the holdout" in split.group(1)
+
+
 async def test_the_outbox_and_the_assets_are_served_from_the_package(
     browser_less: httpx.AsyncClient, sqlite_store: Store,
 ) -> None:
