@@ -117,11 +117,29 @@ async def test_an_operator_logs_in_reads_the_graph_opens_a_contact_and_works_a_t
                         f'svg.journey-graph g.node[data-node="{node}"] text.figure'
                     ).all_text_contents()
 
+                async def edge(source: str, target: str) -> list[str]:
+                    return await page.locator(
+                        f'svg.journey-graph g.edge[data-from="{source}"][data-to="{target}"]'
+                        " text.edge-label").all_text_contents()
+
                 assert await figures("__trigger__") == ["6 entered · 0 active"]
                 assert await figures("goal:converted") == ["2 converted (33.3%)"]
                 assert await figures("__end__") == ["4 completed"]
-                assert await figures("email_reminder") == ["email: 3 sent, 1 skipped"]
-                assert await figures("push_reminder") == ["push: 1 sent"]
+                # Per step, from the step transitions the runs wrote: Ana and Bob converted in
+                # the wait, Dan got the push, Flo, Gus and Joe (no consent) the email step.
+                assert await figures("wait_2h") == ["6 reached · 0 waiting",
+                                                    "exited: converted 2"]
+                assert await figures("push_or_email") == ["4 reached · 0 waiting"]
+                assert await figures("email_reminder") == ["4 reached · 0 waiting",
+                                                           "email: 3 sent, 1 skipped"]
+                assert await figures("push_reminder") == ["1 reached · 0 waiting",
+                                                          "push: 1 sent"]
+                assert await edge("__trigger__", "wait_2h") == ["6 entered"]
+                assert await edge("wait_2h", "still_in_cart") == ["4 left"]
+                assert await edge("still_in_cart", "__end__") == ["else · 0 left"]
+                assert await edge("push_or_email", "push_reminder") == ["then · 1 left"]
+                assert await edge("push_or_email", "email_reminder") == ["else · 3 left"]
+                assert await edge("email_reminder", "__end__") == ["4 left"]
                 box = await page.locator('g.node[data-node="email_reminder"]').bounding_box()
                 assert box and box["width"] > 100  # drawn, not just present
                 assert await page.locator("#temporal-runs").get_attribute("href") == (
@@ -146,7 +164,7 @@ async def test_an_operator_logs_in_reads_the_graph_opens_a_contact_and_works_a_t
                 assert "no consent" in (await skipped.locator(".reason").text_content() or "")
                 kinds = await page.locator("#timeline li").evaluate_all(
                     "items => items.map(i => i.dataset.kind)")
-                assert {"event", "entry", "exit", "message"} <= set(kinds)
+                assert {"event", "entry", "exit", "step", "message"} <= set(kinds)
 
                 # A task: claim it, then complete it; its journey hears task_completed.
                 await page.click("nav >> text=Tasks")
