@@ -162,14 +162,24 @@ async def contact_timeline(store: Store, contact_id: str, *,
                                   .limit(limit))).scalars().all()
     truncated = any(len(rows) >= limit
                     for rows in (events, entries, deliveries, scores, tasks, visits))
-    # Steps before entries: a step reached at the moment of entry reads after it (newest first).
     items = [*(_event(e) for e in events), *(_step(v) for v in visits),
              *(i for e in entries for i in _entry(e)),
              *(_message(d, feedback.get(d.id, [])) for d in deliveries),
              *(_score(r) for r in scores), *(_task(t) for t in tasks)]
-    items.sort(key=lambda item: item.at, reverse=True)
+    items.sort(key=_newest_first, reverse=True)
     return ContactTimeline(contact_id=contact_id, items=items[:limit], truncated=truncated
                            or len(items) > limit)
+
+
+SAME_MOMENT_ORDER = {"event": 0, "entry": 1, "step": 2, "message": 3, "score": 3, "task": 3,
+                     "exit": 4}
+"""What happens first when a run's clock gives several items the same moment (a run's steps and
+actions all carry the journey time of its workflow task): the event, the entry, the steps in
+their order, what they did, the exit."""
+
+
+def _newest_first(item: TimelineItem) -> tuple[datetime, int, int]:
+    return item.at, SAME_MOMENT_ORDER[item.kind], int(item.detail.get("seq") or 0)
 
 
 def _event(e: Event) -> TimelineItem:

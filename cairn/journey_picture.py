@@ -272,8 +272,11 @@ def _edge_svg(nodes: dict[str, _Node], e: _Edge, right: float) -> str:
             if i + 2 < len(points):
                 path += f" L{points[i + 2][0]:.0f},{points[i + 2][1]:.0f}"
         (x1, y1), (x2, y2) = points[0], points[1]
-        lx, ly = (x1 + x2) / 2 + 4, (y1 + y2) / 2 + 4
-        anchor = "start"
+        # A label beside its curve, on the side it bends to: two ways out of one step (`then`
+        # to the left, `else` to the right) keep their figures apart.
+        left = x2 < x1 - 1
+        lx, ly = (x1 + x2) / 2 + (-4 if left else 4), (y1 + y2) / 2 + 4
+        anchor = "end" if left else "start"
     label = (f'<text class="edge-label" x="{lx:.0f}" y="{ly:.0f}" text-anchor="{anchor}">'
              f"{escape(e.label)}</text>") if e.label else ""
     return f'<g {attributes}><path d="{path}" marker-end="url(#arrow)"/>{label}</g>'
