@@ -3,8 +3,10 @@
 Each page calls the service functions the API calls (`cairn.reports.journey_report`,
 `cairn.contact_timeline.contact_timeline`, `starter.api.journeys.published_journeys`,
 `starter.api.tasks`, `starter.api.outbox`) and renders a Jinja2 template; the journey's picture
-is `cairn.journey_picture`. Every page but the login page and the assets needs a console session
-(`starter.console.session.ConsoleSession`); none is in the OpenAPI (they are pages, not API).
+is `cairn.journey_picture`, the journeys list's figures and trends `cairn.journey_trends` (grouped
+counts for every journey at once: no report per journey). Every page but the login page and the
+assets needs a console session (`starter.console.session.ConsoleSession`); none is in the OpenAPI
+(they are pages, not API).
 """
 
 from __future__ import annotations
