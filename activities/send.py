@@ -70,6 +70,7 @@ from cairn.log import get_logger
 from cairn.privacy.scrub import scrub
 from cairn.reachability import Blocker, blocker, normalised_phone
 from cairn.store import deliveries as deliveries_repo
+from cairn.store import holds
 from cairn.store import suppressions
 from cairn.store.db import Store
 from cairn.store.schema import Delivery, DeliveryLink
@@ -248,7 +249,15 @@ class DeliveryActivities:
                                        else "skipped:frequency_cap")
                 return await self._skip(s, request, skipped, chosen, reason)
             bound.info("send.deferred", channel=chosen, until=until.isoformat(), reason=reason)
-            metrics.SEND_HOLDS.labels(reason=status.removeprefix("deferred:")).inc()
+            cause = status.removeprefix("deferred:")
+            context = request.context
+            if await holds.record_hold(
+                    s, idempotency_key=request.ledger_key, reason=cause, held_at=context.now,
+                    until=until, workflow_id=context.workflow_id,
+                    journey_key=context.journey_key, step=context.step,
+                    contact_id=context.contact_id, template=request.template_name,
+                    variant=request.variant, channel=chosen):
+                metrics.SEND_HOLDS.labels(reason=cause).inc()
             return SendPlan(status=status, channel=chosen, hold_until=until, reason=reason)
         bound.info("send.ready", channel=chosen)
         return SendPlan(status="ready", channel=chosen,
