@@ -70,8 +70,7 @@ from cairn.log import get_logger
 from cairn.privacy.scrub import scrub
 from cairn.reachability import Blocker, blocker, normalised_phone
 from cairn.store import deliveries as deliveries_repo
-from cairn.store import holds
-from cairn.store import suppressions
+from cairn.store import holds, suppressions
 from cairn.store.db import Store
 from cairn.store.schema import Delivery, DeliveryLink
 from cairn.templates import TemplateRenderError, render
@@ -359,22 +358,26 @@ class DeliveryActivities:
 
     async def _with_winner(self, request: SendRequest) -> SendRequest:
         async with self.store.session() as s:
-            decided = await experiments.decision_of(s, request.context.journey_key,
-                                                    request.context.step)
+            decided = await experiments.decision_of(s, self._site(request))
         if decided is None or decided.winner == request.variant \
                 or decided.winner not in request.variant_templates:
             return request
         return request.model_copy(update={"variant": decided.winner,
                                           "template": request.variant_templates[decided.winner]})
 
+    @staticmethod
+    def _site(request: SendRequest) -> experiments.Site:
+        context = request.context
+        step = SendStep.model_validate({"send": request.send, "next": "end"})
+        return experiments.Site(context.journey_key, context.journey_version, context.step, step,
+                                step.send.experiment or experiments.DEFAULT_METRIC,
+                                tuple(request.goal_events))
+
     async def _decide_experiment(self, request: SendRequest) -> None:
         """Take the experiment's decision if the figures allow; a failure here never fails the
         send (the next send tries again)."""
         context = request.context
-        step = SendStep.model_validate({"send": request.send, "next": "end"})
-        assert step.send.experiment is not None
-        site = experiments.Site(context.journey_key, context.journey_version, context.step, step,
-                                step.send.experiment, tuple(request.goal_events))
+        site = self._site(request)
         try:
             async with self.store.session() as s, s.begin():
                 row = await experiments.take_decision(s, site, context.now)

@@ -68,8 +68,8 @@ from cairn.store.schema import (
 )
 
 __all__ = [
-    "GoalFigures", "JourneyReport", "LinkFigures", "MessageAttribution", "MessageFigures", "MessageRates",
-    "StepFigures",
+    "GoalFigures", "JourneyReport", "LinkFigures", "MessageAttribution", "MessageFigures",
+    "MessageRates", "StepFigures",
     "UnknownJourney", "VersionFunnel", "journey_report",
 ]
 
