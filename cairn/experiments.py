@@ -263,9 +263,9 @@ async def _converted(s: AsyncSession, site: Site, exposures: list[Exposure]) -> 
     contacts = {e.contact_id for e in exposures}
     times: dict[str, list[datetime]] = defaultdict(list)
     if names:
-        rows = await s.scalars(select(Event).where(
+        events = await s.scalars(select(Event).where(
             and_(Event.name.in_(names), Event.contact_id.in_(contacts))))
-        for event in rows.all():
+        for event in events.all():
             if _meets_goal(event, filters):
                 times[event.contact_id or ""].append(event.timestamp)
     for e in exposures:

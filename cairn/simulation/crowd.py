@@ -29,13 +29,15 @@ import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 
 from cairn import links
-from cairn.events.calls import TrackCall
-from cairn.events.ingest import Ingest
+from cairn.durations import parse_duration
+from cairn.events.calls import IdentifyCall, TrackCall
+from cairn.events.ingest import Ingest, IngestResult
 from cairn.events.router import Router
 from cairn.experiments import ExperimentReport
 from cairn.journey import Journey, SendStep, SplitStep
@@ -64,7 +66,13 @@ class Behaviour(BaseModel):
     link: str | None = Field(default=None, description="the link clicked: its label or "
                                                        "address (default: the first one)")
     after: timedelta = Field(default=timedelta(hours=1),
-                             description="how long after the arm the contact reacts")
+                             description="how long after the arm the contact reacts (`90m`, "
+                                         "`5h`, `2d`)")
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
 
 
 class CrowdReport(BaseModel):
@@ -246,13 +254,11 @@ class _CrowdRun(_SimulationRun):
                                     f"{contact_id}/convert/{arm}", self.conversion))
 
     async def _act(self, store: Store, ingest: Ingest, contact_id: str, at: datetime,
-                   message_id: str, event: ScenarioEvent) -> object | None:
+                   message_id: str, event: ScenarioEvent) -> IngestResult | None:
         """One scripted call or reaction of a contact, as live."""
         if event.type == "click":
             return await self._click_link(store, ingest, contact_id, at, event)
         if event.type == "identify":
-            from cairn.events.calls import IdentifyCall
-
             return await ingest.identify(IdentifyCall(
                 user_id=contact_id, traits=event.traits, timestamp=at, message_id=message_id),
                 route=True)
@@ -262,7 +268,7 @@ class _CrowdRun(_SimulationRun):
             message_id=message_id), route=True)
 
     async def _click_link(self, store: Store, ingest: Ingest, contact_id: str, at: datetime,
-                          event: ScenarioEvent) -> object | None:
+                          event: ScenarioEvent) -> IngestResult | None:
         assert event.click is not None
         async with store.session() as s:
             if event.click.startswith("#"):
