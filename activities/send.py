@@ -70,7 +70,7 @@ from cairn.log import get_logger
 from cairn.privacy.scrub import scrub
 from cairn.reachability import Blocker, blocker, normalised_phone
 from cairn.store import deliveries as deliveries_repo
-from cairn.store import suppressions
+from cairn.store import holds, suppressions
 from cairn.store.db import Store
 from cairn.store.schema import Delivery, DeliveryLink
 from cairn.templates import TemplateRenderError, render
@@ -248,7 +248,15 @@ class DeliveryActivities:
                                        else "skipped:frequency_cap")
                 return await self._skip(s, request, skipped, chosen, reason)
             bound.info("send.deferred", channel=chosen, until=until.isoformat(), reason=reason)
-            metrics.SEND_HOLDS.labels(reason=status.removeprefix("deferred:")).inc()
+            cause = status.removeprefix("deferred:")
+            context = request.context
+            if await holds.record_hold(
+                    s, idempotency_key=request.ledger_key, reason=cause, held_at=context.now,
+                    until=until, workflow_id=context.workflow_id,
+                    journey_key=context.journey_key, step=context.step,
+                    contact_id=context.contact_id, template=request.template_name,
+                    variant=request.variant, channel=chosen):
+                metrics.SEND_HOLDS.labels(reason=cause).inc()
             return SendPlan(status=status, channel=chosen, hold_until=until, reason=reason)
         bound.info("send.ready", channel=chosen)
         return SendPlan(status="ready", channel=chosen,
@@ -350,22 +358,26 @@ class DeliveryActivities:
 
     async def _with_winner(self, request: SendRequest) -> SendRequest:
         async with self.store.session() as s:
-            decided = await experiments.decision_of(s, request.context.journey_key,
-                                                    request.context.step)
+            decided = await experiments.decision_of(s, self._site(request))
         if decided is None or decided.winner == request.variant \
                 or decided.winner not in request.variant_templates:
             return request
         return request.model_copy(update={"variant": decided.winner,
                                           "template": request.variant_templates[decided.winner]})
 
+    @staticmethod
+    def _site(request: SendRequest) -> experiments.Site:
+        context = request.context
+        step = SendStep.model_validate({"send": request.send, "next": "end"})
+        return experiments.Site(context.journey_key, context.journey_version, context.step, step,
+                                step.send.experiment or experiments.DEFAULT_METRIC,
+                                tuple(request.goal_events))
+
     async def _decide_experiment(self, request: SendRequest) -> None:
         """Take the experiment's decision if the figures allow; a failure here never fails the
         send (the next send tries again)."""
         context = request.context
-        step = SendStep.model_validate({"send": request.send, "next": "end"})
-        assert step.send.experiment is not None
-        site = experiments.Site(context.journey_key, context.journey_version, context.step, step,
-                                step.send.experiment, tuple(request.goal_events))
+        site = self._site(request)
         try:
             async with self.store.session() as s, s.begin():
                 row = await experiments.take_decision(s, site, context.now)

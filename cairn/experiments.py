@@ -9,8 +9,15 @@ probability to be best (`cairn.statistics`).
 
 A decision (`experiment: {then: winner}`) is taken by the activities the step calls anyway (the
 send's `deliver_message`, the split's `choose_arm`) once every arm has `min_per_arm` contacts and
-one arm wins; it is stored once per journey and step with the figures it was taken on, and later
-entrants read it there. A split's holdout stays held out after a decision: it is the control the
+one arm wins; it is stored once per journey, step and set of arms (`arms_key`) with the figures
+it was taken on, and later entrants read it there. A new journey version whose step has other
+arms (a variant added, renamed, or its template changed) is a fresh experiment: its figures
+leave out the runs of versions with other arms, and an old winner does not carry over.
+
+A goal metric counts an entry that ended by the goal, and a goal event of the contact within the
+window that meets the goal's `where` (as the journey version defines it).
+
+A split's holdout stays held out after a decision: it is the control the
 winner is measured against, never a winner.
 
 Not here: the arm a contact gets before any decision (`cairn.arms`, pure, used by workflows).
@@ -18,6 +25,8 @@ Not here: the arm a contact gets before any decision (`cairn.arms`, pure, used b
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,9 +38,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cairn.arms import goal_events
+from cairn.conditions import evaluate_event_filter
 from cairn.durations import parse_duration
-from cairn.journey import HOLDOUT_ARM, Experiment, Journey, SendStep, SplitStep
+from cairn.journey import HOLDOUT_ARM, ExitGoal, Experiment, Journey, SendStep, SplitStep
 from cairn.statistics import Arm, arm_figures, decide_winner, look_confidence
+from cairn.store import journeys as journeys_repo
+from cairn.store.events import event_message
 from cairn.store.schema import (
     Delivery,
     DeliveryFeedback,
@@ -39,10 +51,12 @@ from cairn.store.schema import (
     Event,
     ExperimentAssignment,
     ExperimentDecision,
+    JourneyVersion,
 )
 
 __all__ = [
-    "ArmReport", "DecisionView", "ExperimentReport", "Site", "arm_counts", "decision_of",
+    "ArmReport", "DecisionView", "ExperimentReport", "Site", "arm_counts", "arms_key",
+    "decision_of",
     "experiment_reports", "experiments_of", "goal_events", "take_decision",
 ]
 
@@ -140,6 +154,33 @@ def _arms(step: SendStep | SplitStep) -> list[tuple[str, str | None]]:
     return [(name, None) for name in step.split.arm_names()]
 
 
+def arms_key(step: SendStep | SplitStep) -> str:
+    """What identifies an experiment across journey versions: its arms (a send's variants with
+    their templates, a split's path names and holdout). Weights, percents and the metric may
+    change and the experiment goes on; a version whose arms differ starts a fresh one (its own
+    figures, its own decision)."""
+    text = json.dumps(_arms(step), separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+async def _other_arms_versions(s: AsyncSession, journey_key: str, step_name: str,
+                               key: str) -> set[int]:
+    """The published versions of the journey whose step has other arms (or is no experiment):
+    their runs belong to another experiment."""
+    others = set()
+    for row in (await s.scalars(select(JourneyVersion).where(
+            JourneyVersion.key == journey_key))).all():
+        try:
+            step = journeys_repo.journey_of(row).steps.get(step_name)
+        except ValueError:  # a definition an older Cairn accepted: not this experiment
+            others.add(row.version)
+            continue
+        if not isinstance(step, SendStep | SplitStep) or not _arms(step) \
+                or arms_key(step) != key:
+            others.add(row.version)
+    return others
+
+
 def _control(step: SendStep | SplitStep, experiment: Experiment) -> str:
     if experiment.control:
         return experiment.control
@@ -172,6 +213,15 @@ async def _exposures(
     if version is not None:
         query = query.where(workflow.in_(select(Entry.workflow_id).where(
             Entry.journey_key == journey_key, Entry.version == version)))
+    else:
+        # runs of versions whose step had other arms are another experiment's exposures
+        others = await _other_arms_versions(s, journey_key, step_name, arms_key(step))
+        if others:
+            theirs = select(Entry.workflow_id).where(Entry.journey_key == journey_key,
+                                                     Entry.version.in_(others))
+            ours = select(Entry.workflow_id).where(Entry.journey_key == journey_key,
+                                                   Entry.version.not_in(others))
+            query = query.where(~and_(workflow.in_(theirs), workflow.not_in(ours)))
     if since is not None:
         query = query.where(at >= since)
     if until is not None:
@@ -202,6 +252,7 @@ async def _converted(s: AsyncSession, site: Site, exposures: list[Exposure]) -> 
         return {e.workflow_id for e in exposures if e.delivery_id in done}
     window = parse_duration(experiment.within)
     names = set(site.goal_events) if metric.kind == "goal" else {metric.name or ""}
+    filters = await _goal_filters(s, site) if metric.kind == "goal" else {}
     converted: set[str] = set()
     if metric.kind == "goal":
         wids = [e.workflow_id for e in exposures]
@@ -212,14 +263,40 @@ async def _converted(s: AsyncSession, site: Site, exposures: list[Exposure]) -> 
     contacts = {e.contact_id for e in exposures}
     times: dict[str, list[datetime]] = defaultdict(list)
     if names:
-        rows = await s.execute(select(Event.contact_id, Event.timestamp).where(
+        events = await s.scalars(select(Event).where(
             and_(Event.name.in_(names), Event.contact_id.in_(contacts))))
-        for contact, moment in rows.all():
-            times[contact].append(moment)
+        for event in events.all():
+            if _meets_goal(event, filters):
+                times[event.contact_id or ""].append(event.timestamp)
     for e in exposures:
         if any(e.at <= moment <= e.at + window for moment in times.get(e.contact_id, [])):
             converted.add(e.workflow_id)
     return converted
+
+
+async def _goal_filters(s: AsyncSession, site: Site) -> dict[str, list[ExitGoal]]:
+    """The goal's exit entries by event, as the site's journey version defines them (with
+    their `where`)."""
+    row = await journeys_repo.get_version(s, site.journey_key, site.journey_version)
+    if row is None:
+        return {}
+    found: dict[str, list[ExitGoal]] = defaultdict(list)
+    for goal in journeys_repo.journey_of(row).exit:
+        if goal.goal == site.experiment.metric.name:
+            found[goal.event].append(goal)
+    return found
+
+
+def _meets_goal(event: Event, filters: dict[str, list[ExitGoal]]) -> bool:
+    """Whether a stored event is the goal: one of its exit entries for that event has no
+    `where` or its `where` holds on the event (as the router decides it)."""
+    goals = filters.get(event.name)
+    if not goals:
+        return not filters  # the definition is unknown: every event of the goal's name counts
+    scope = event_message(event).as_scope()
+    return any(goal.where is None
+               or evaluate_event_filter(goal.where, scope, event.timestamp).result
+               for goal in goals)
 
 
 async def arm_counts(
@@ -241,9 +318,16 @@ async def arm_counts(
             for name, _ in _arms(step)]
 
 
-async def decision_of(s: AsyncSession, journey_key: str, step: str) -> ExperimentDecision | None:
-    return (await s.execute(select(ExperimentDecision).where(
-        ExperimentDecision.journey_key == journey_key, ExperimentDecision.step == step))).scalar()
+async def decision_of(s: AsyncSession, site: Site) -> ExperimentDecision | None:
+    """The decision of the site's experiment: the one taken on the same arms, or one recorded
+    before decisions named their arms whose winner is still an arm."""
+    key = arms_key(site.step)
+    names = {name for name, _ in _arms(site.step)}
+    rows = (await s.scalars(select(ExperimentDecision).where(
+        ExperimentDecision.journey_key == site.journey_key,
+        ExperimentDecision.step == site.step_name).order_by(ExperimentDecision.id))).all()
+    return (next((row for row in rows if row.arms == key), None)
+            or next((row for row in rows if row.arms is None and row.winner in names), None))
 
 
 def _view(row: ExperimentDecision) -> DecisionView:
@@ -261,7 +345,7 @@ async def take_decision(s: AsyncSession, site: Site, now: datetime) -> Experimen
     """The stored winner of the site's automatic experiment, deciding it now if the figures
     allow (the holdout is never a candidate). None while undecided. Commits nothing itself;
     a concurrent decision of another worker wins (the unique key keeps one)."""
-    recorded = await decision_of(s, site.journey_key, site.step_name)
+    recorded = await decision_of(s, site)
     if recorded is not None:
         return recorded
     experiment = site.experiment
@@ -280,12 +364,13 @@ async def take_decision(s: AsyncSession, site: Site, now: datetime) -> Experimen
     row = ExperimentDecision(
         journey_key=site.journey_key, step=site.step_name, journey_version=site.journey_version,
         winner=verdict.winner, reason=verdict.reason, metric=experiment.metric.describe(),
-        figures=[_figure_dict(f) for f in verdict.arms], decided_at=now)
+        figures=[_figure_dict(f) for f in verdict.arms], decided_at=now,
+        arms=arms_key(site.step))
     try:
         async with s.begin_nested():
             s.add(row)
     except IntegrityError:
-        return await decision_of(s, site.journey_key, site.step_name)
+        return await decision_of(s, site)
     return row
 
 
@@ -296,8 +381,8 @@ async def experiment_reports(
     """The figures of every experiment of the journey (the report's `experiments`)."""
     reports = []
     for name, step, experiment in experiments_of(journey):
-        counts = await arm_counts(s, Site.of(journey, name), version=version, since=since,
-                                  until=until)
+        site = Site.of(journey, name)
+        counts = await arm_counts(s, site, version=version, since=since, until=until)
         figures = {f.name: f for f in arm_figures(counts, experiment.confidence)}
         templates = dict(_arms(step))
         arms = [ArmReport(
@@ -306,7 +391,7 @@ async def experiment_reports(
             interval=(f.interval.low, f.interval.high) if f.interval else None,
             uplift=f.uplift, p_value=f.p_value,
             probability_to_be_best=f.probability_to_be_best) for f in figures.values()]
-        row = await decision_of(s, journey.key, name)
+        row = await decision_of(s, site)
         decision = _view(row) if row is not None else None
         reports.append(ExperimentReport(
             step=name, kind="variants" if isinstance(step, SendStep) else "split",

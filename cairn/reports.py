@@ -10,7 +10,9 @@ and (later) the console, with one pydantic model:
 - **messages**: per send step, template and channel (and variant, once send steps have variants:
   the key already has the field) what the deliveries ledger and the providers' feedback say:
   sent, delivered, opened, clicked, replied, bounced, complained, unsubscribed, undelivered,
-  failed, unconfirmed, still sending, and skipped by reason, with rates per message sent;
+  failed, unconfirmed, still sending, skipped by reason and held by reason (quiet hours, a
+  frequency cap: `send_holds`, written when the hold starts), with rates per message sent, and
+  per tracked link its clicks and unique clickers;
 - **experiments**: per send with variants and per split with an `experiment:` block, the arms'
   figures and the automatic winner (`cairn.experiments`);
 - **steps**: per step of the definition, from the step transitions the runs record
@@ -53,18 +55,21 @@ from cairn.statistics import rate, wilson_interval
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
 from cairn.store.entries import FAILED, REENTERED
+from cairn.store.holds import HOLD_REASONS
 from cairn.store.schema import (
     Delivery,
     DeliveryFeedback,
+    DeliveryLink,
     Entry,
     Event,
     InboxMessage,
+    SendHold,
     StepTransitionRecord,
 )
 
 __all__ = [
-    "GoalFigures", "JourneyReport", "MessageAttribution", "MessageFigures", "MessageRates",
-    "StepFigures",
+    "GoalFigures", "JourneyReport", "LinkFigures", "MessageAttribution", "MessageFigures",
+    "MessageRates", "StepFigures",
     "UnknownJourney", "VersionFunnel", "converted", "journey_report",
 ]
 
@@ -156,6 +161,18 @@ class MessageRates(BaseModel):
     skip: float | None
 
 
+class LinkFigures(BaseModel):
+    """One tracked link of a message (`cairn.links`): the clicks its redirect recorded."""
+
+    index: int = Field(description="the link's position in the message (`link_index`)")
+    label: str | None = Field(description="the anchor's text or `data-label`")
+    url: str = Field(description="where it leads (the first address seen at this position)")
+    clicks: int = Field(description="every click, repeated ones included")
+    unique_clickers: int = Field(description="contacts who clicked it")
+    click_rate: float | None = Field(default=None,
+                                     description="unique clickers / messages sent")
+
+
 class MessageAttribution(BaseModel):
     """The conversions (exit goals) a message counts for, within the journey's attribution
     window: as the entry's last message before converting, and as any of its messages."""
@@ -189,10 +206,18 @@ class MessageFigures(BaseModel):
     sending: int = Field(description="claimed, the provider call not answered yet")
     skipped: dict[str, int] = Field(description="not sent, by reason: consent, unreachable, "
                                                 "frequency_cap, quiet_hours")
+    held: dict[str, int] = Field(
+        default_factory=lambda: dict.fromkeys(HOLD_REASONS, 0),
+        description="sends that waited, by reason (quiet_hours, frequency_cap): each counted "
+                    "once per reason however often it was held; a held send is also counted "
+                    "where it ended (sent, skipped, ...) or nowhere else while it still waits")
     rates: MessageRates
     conversions: MessageAttribution = Field(
         default_factory=MessageAttribution,
         description="conversions attributed to the message (last touch, any touch)")
+    links: list[LinkFigures] = Field(
+        default_factory=list,
+        description="per tracked link, in message order: clicks and unique clickers")
 
 
 _FUNNEL_EXAMPLE: dict[str, Any] = {
@@ -209,6 +234,7 @@ _MESSAGE_EXAMPLE: dict[str, Any] = {
     "bounced": 1, "complained": 0, "unsubscribed": 0, "undelivered": 0, "failed": 0,
     "unconfirmed": 0, "sending": 0,
     "skipped": {"consent": 1, "unreachable": 0, "frequency_cap": 0, "quiet_hours": 0},
+    "held": {"quiet_hours": 2, "frequency_cap": 0},
     "rates": {"delivery": 0.4, "open": 0.4, "click": 0.2, "click_to_open": 0.5, "reply": 0.0,
               "bounce": 0.2, "complaint": 0.0, "unsubscribe": 0.0, "failure": 0.0,
               "skip": 0.1667},
@@ -219,6 +245,9 @@ _STEP_EXAMPLE: dict[str, Any] = {
     "step": "still_in_cart", "kind": "if", "reached": 7, "waiting": 0,
     "left": {"then": 6, "else": 1}, "exited": {},
 }
+_MESSAGE_EXAMPLE["links"] = [{"index": 0, "label": "Back to your cart",
+                               "url": "https://shop.example/cart", "clicks": 2,
+                               "unique_clickers": 1, "click_rate": 0.2}]
 _MESSAGE_EXAMPLE["conversions"] = {"last_touch": 1, "any_touch": 1, "last_touch_rate": 0.2,
                                    "any_touch_rate": 0.2}
 
@@ -282,8 +311,7 @@ async def journey_report(
     for row in entries:
         by_version[row[0]].append(row[1:])
     versions = [_funnel(v, rows, goals) for v, rows in sorted(by_version.items())]
-    notes = ["sends held by quiet hours or a frequency cap are written to the ledger only when "
-             "they go or are skipped; the worker's cairn_send_holds_total counts the holds"]
+    notes: list[str] = []
     return JourneyReport(
         journey=key, name=definition.name if definition else None, version=version,
         since=since, until=until, generated_at=now or datetime.now(UTC),
@@ -410,8 +438,67 @@ async def _messages(
         counts[(step or "", template, channel)]["opened"] += n
     for message, n in (await _unattributed_unsubscribes(s, sends)).items():
         counts[message]["unsubscribed"] += n
-    return [_message_figures(message, tally) for message, tally in sorted(
+    held = select(SendHold.step, SendHold.template, SendHold.channel, SendHold.reason,
+                  func.count(func.distinct(SendHold.idempotency_key))).where(
+        _holds(key, version, since, until)).group_by(
+        SendHold.step, SendHold.template, SendHold.channel, SendHold.reason)
+    for step, template, channel, reason, n in (await s.execute(held)).all():
+        counts[(step or "", template, channel)][f"held:{reason}"] += n
+    links = await _links(s, sends)
+    figures = [_message_figures(message, tally) for message, tally in sorted(
         counts.items(), key=lambda item: (item[0][0], item[0][1] or "", item[0][2] or ""))]
+    for m in figures:
+        m.links = links.get((m.step, m.template, m.channel), [])
+        for link in m.links:
+            link.click_rate = rate(min(link.unique_clickers, m.sent), m.sent)
+    return figures
+
+
+async def _links(s: AsyncSession, sends: Any) -> dict[MessageKey, list[LinkFigures]]:
+    """Per message, its tracked links (by position) with the clicks their redirects recorded
+    (`clicked` feedback from `cairn.links.record_click`, which names the link's position)."""
+    found: dict[MessageKey, dict[int, LinkFigures]] = defaultdict(dict)
+    stored = (select(Delivery.step, Delivery.template, Delivery.channel, DeliveryLink.position,
+                     DeliveryLink.label, func.min(DeliveryLink.url))
+              .join(Delivery, Delivery.id == DeliveryLink.delivery_id).where(sends)
+              .group_by(Delivery.step, Delivery.template, Delivery.channel,
+                        DeliveryLink.position, DeliveryLink.label)
+              .order_by(DeliveryLink.position))
+    for step, template, channel, position, label, url in (await s.execute(stored)).all():
+        message = (step or "", template, channel)
+        if position not in found[message]:  # a position's first label names it
+            found[message][position] = LinkFigures(index=position, label=label, url=url,
+                                                   clicks=0, unique_clickers=0)
+    clicks = (select(Delivery.step, Delivery.template, Delivery.channel,
+                     DeliveryFeedback.contact_id, DeliveryFeedback.detail)
+              .join(Delivery, Delivery.id == DeliveryFeedback.delivery_id)
+              .where(sends, DeliveryFeedback.kind == "clicked"))
+    clickers: dict[tuple[MessageKey, int], set[str]] = defaultdict(set)
+    for step, template, channel, contact_id, detail in (await s.execute(clicks)).all():
+        index = (detail or {}).get("link_index")
+        message = (step or "", template, channel)
+        if not isinstance(index, int) or index not in found[message]:
+            continue  # a provider's click report names no tracked link
+        found[message][index].clicks += 1
+        clickers[(message, index)].add(contact_id or "")
+    for (message, index), who in clickers.items():
+        found[message][index].unique_clickers = len(who)
+    return {message: [by_index[i] for i in sorted(by_index)]
+            for message, by_index in found.items() if by_index}
+
+
+def _holds(key: str, version: int | None, since: datetime | None,
+           until: datetime | None) -> Any:
+    """The journey's send holds that started in the window (of one version's runs, if given)."""
+    clause = SendHold.journey_key == key
+    if version is not None:
+        runs = select(Entry.workflow_id).where(Entry.journey_key == key, Entry.version == version)
+        clause = and_(clause, SendHold.workflow_id.in_(runs))
+    if since is not None:
+        clause = and_(clause, SendHold.held_at >= since)
+    if until is not None:
+        clause = and_(clause, SendHold.held_at < until)
+    return clause
 
 
 async def _unattributed_unsubscribes(s: AsyncSession, sends: Any) -> dict[MessageKey, int]:
@@ -456,6 +543,10 @@ def _message_figures(message: MessageKey, tally: dict[str, int]) -> MessageFigur
     for status, n in tally.items():  # a reason written by a newer version still shows
         if status.startswith("skipped:") and status[8:] not in skipped:
             skipped[status[8:]] = n
+    held = {reason: tally.get(f"held:{reason}", 0) for reason in HOLD_REASONS}
+    for status, n in tally.items():
+        if status.startswith("held:") and status[5:] not in held:
+            held[status[5:]] = n
     failed, unconfirmed = tally.get("failed", 0), tally.get("unconfirmed", 0)
     attempted = sent + failed + unconfirmed
     opened, clicked = tally.get("opened", 0), tally.get("clicked", 0)
@@ -469,7 +560,7 @@ def _message_figures(message: MessageKey, tally: dict[str, int]) -> MessageFigur
         bounced=tally.get("bounced", 0), complained=tally.get("complained", 0),
         unsubscribed=tally.get("unsubscribed", 0), undelivered=tally.get("undelivered", 0),
         failed=failed, unconfirmed=unconfirmed, sending=tally.get("sending", 0),
-        skipped=skipped,
+        skipped=skipped, held=held,
         rates=MessageRates(
             delivery=per_sent(delivered), open=per_sent(opened), click=per_sent(clicked),
             click_to_open=rate(min(clicked, opened), opened), reply=per_sent(tally.get(

@@ -42,6 +42,7 @@ from cairn.catalog_folder import load_policy
 from cairn.delivery_policy import DeliveryPolicy
 from cairn.journey import Journey
 from cairn.simulation import engine
+from cairn.simulation.crowd import Behaviour, CrowdReport, play_crowd
 from cairn.simulation.engine import DEFAULT_STEP_TIMEOUT, RunWorkers, simulation_data_converter
 from cairn.simulation.errors import ScenarioError, SimulationError
 from cairn.simulation.report import SimulationReport
@@ -49,6 +50,8 @@ from cairn.simulation.scenario import Scenario, load_scenario, parse_scenario
 from starter.worker import simulation_workers
 
 __all__ = [
+    "Behaviour",
+    "CrowdReport",
     "Scenario",
     "ScenarioError",
     "SimulationError",
@@ -60,6 +63,7 @@ __all__ = [
     "parse_scenario",
     "policy_beside",
     "simulate",
+    "simulate_crowd",
     "simulate_sync",
     "simulation_data_converter",
 ]
@@ -116,6 +120,38 @@ async def simulate(
         return await simulator.run(definition, script, policy=policy)
     async with Simulator.start() as own:
         return await own.run(definition, script, policy=policy)
+
+
+async def simulate_crowd(
+    journey: Journey | Path | str | Mapping[str, Any],
+    scenario: Scenario | Path | str | Mapping[str, Any],
+    *,
+    step: str,
+    contacts: int,
+    behaviour: Mapping[str, Behaviour | Mapping[str, Any]],
+    conversion: Mapping[str, Any] | None = None,
+    seed: int = 13,
+    spacing: timedelta = timedelta(minutes=10),
+    simulator: Simulator | None = None,
+) -> CrowdReport:
+    """Run the scenario for `contacts` contacts through the real engine, each reacting to the
+    arm it got at `step` as `behaviour` says (`{"a": {"click": 0.1}, "b": {"convert": 0.2}}`);
+    the experiment's figures as `cairn report` computes them (docs/simulation.md)."""
+    from cairn.simulation.scenario import ScenarioEvent
+
+    definition, script = as_journey(journey), as_scenario(scenario)
+    rates = {arm: b if isinstance(b, Behaviour) else Behaviour.model_validate(b)
+             for arm, b in behaviour.items()}
+    event = ScenarioEvent.model_validate(conversion) if conversion is not None else None
+
+    async def play(sim: Simulator) -> CrowdReport:
+        return await play_crowd(sim, definition, script, step=step, contacts=contacts,
+                                behaviour=rates, conversion=event, seed=seed, spacing=spacing)
+
+    if simulator is not None:
+        return await play(simulator)
+    async with Simulator.start() as own:
+        return await play(own)
 
 
 def simulate_sync(

@@ -238,6 +238,15 @@ class Simulator:
             run.policy = scenario.policy if scenario.policy is not None else policy
             return await run.play()
 
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """The server to oneself, warmed up: for a run other than `run` (`cairn.simulation
+        .crowd`); runs are serialised, because the clock is shared."""
+        async with self._lock:
+            if not self._warm:
+                await self._warm_up()
+            yield
+
     async def _warm_up(self) -> None:
         try:
             warm_up = await _SimulationRun(self, _WARM_UP_JOURNEY, _WARM_UP_SCENARIO,

@@ -277,7 +277,42 @@ class ExperimentDecision(Base):
     figures: Mapped[list[Any]] = mapped_column(JSON, default=list)
     decided_at: Mapped[datetime]
 
-    __table_args__ = (UniqueConstraint("journey_key", "step", name="uq_experiment_decision"),)
+    # what the step's arms were when it was decided (`cairn.experiments.arms_key`): a version
+    # whose arms differ starts a fresh experiment; null on decisions older than the column
+    arms: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (UniqueConstraint("journey_key", "step", "arms",
+                                       name="uq_experiment_decision"),)
+
+
+class SendHold(Base):
+    """A send held by quiet hours or a frequency cap, recorded when the hold starts.
+
+    The ledger gets the send's row only when it goes or is skipped; this says that it waited,
+    why and until when. One row per send key and hold end: a retried plan writes nothing new,
+    and nothing here is a send (exactly-once stays the ledger's).
+    """
+
+    __tablename__ = "send_holds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(700))
+    workflow_id: Mapped[str | None] = mapped_column(String(512), index=True)
+    journey_key: Mapped[str | None] = mapped_column(String(128))
+    step: Mapped[str | None] = mapped_column(String(128))
+    contact_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    template: Mapped[str | None] = mapped_column(String(128))
+    variant: Mapped[str | None] = mapped_column(String(128))
+    channel: Mapped[str | None] = mapped_column(String(32))
+    # quiet_hours | frequency_cap
+    reason: Mapped[str] = mapped_column(String(32))
+    held_at: Mapped[datetime]
+    until: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("idempotency_key", "until", name="uq_send_hold"),
+        Index("ix_send_holds_journey_held", "journey_key", "held_at"),
+    )
 
 
 class DeliveryFeedback(Base):

@@ -98,6 +98,8 @@ def print_report(found: JourneyReport) -> None:
         console.print(_step_table(found.steps, found.funnel.entries))
     if found.messages:
         console.print(_message_table(found.messages))
+        if any(m.links for m in found.messages):
+            console.print(_link_table(found.messages))
     else:
         console.print("No messages sent in this window")
     for experiment in found.experiments:
@@ -156,23 +158,40 @@ def _step_table(steps: list[StepFigures], entries: int) -> Table:
 
 def _message_table(messages: list[MessageFigures]) -> Table:
     table = Table(title="messages")
-    for column in ("step", "template", "channel"):
+    for column in ("step", "template", "variant", "channel"):
         table.add_column(column, no_wrap=True)
     for column in ("sent", "delivered", "opened", "clicked", "bounced", "complained", "unsub",
-                   "failed", "unconfirmed", "skipped", "conv.last", "conv.any"):
+                   "failed", "unconfirmed", "skipped", "held", "conv.last", "conv.any"):
         table.add_column(column, justify="right")
     for m in messages:
         skipped = ", ".join(f"{reason} {n}" for reason, n in m.skipped.items() if n) or "0"
+        held = ", ".join(f"{reason} {n}" for reason, n in m.held.items() if n) or "0"
         table.add_row(
-            escape(m.step), escape(m.template or "-"), m.channel or "-", str(m.sent),
+            escape(m.step), escape(m.template or "-"), escape(m.variant or "-"),
+            m.channel or "-", str(m.sent),
             _with_rate(m.delivered, m.rates.delivery), _with_rate(m.opened, m.rates.open),
             _with_rate(m.clicked, m.rates.click), _with_rate(m.bounced, m.rates.bounce),
             _with_rate(m.complained, m.rates.complaint),
             _with_rate(m.unsubscribed, m.rates.unsubscribe),
-            str(m.failed + m.undelivered), str(m.unconfirmed), skipped,
+            str(m.failed + m.undelivered), str(m.unconfirmed), skipped, held,
             _with_rate(m.conversions.last_touch, m.conversions.last_touch_rate),
             _with_rate(m.conversions.any_touch, m.conversions.any_touch_rate),
         )
+    return table
+
+
+def _link_table(messages: list[MessageFigures]) -> Table:
+    """Per tracked link of each message: its clicks and the contacts who clicked it."""
+    table = Table(title="links")
+    for column in ("step", "template", "#", "link", "url"):
+        table.add_column(column, no_wrap=column != "url")
+    for column in ("clicks", "clickers"):
+        table.add_column(column, justify="right")
+    for m in messages:
+        for link in m.links:
+            table.add_row(escape(m.step), escape(m.template or "-"), str(link.index),
+                          escape(link.label or "-"), escape(link.url), str(link.clicks),
+                          _with_rate(link.unique_clickers, link.click_rate))
     return table
 
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from cairn.experiments import Site, arms_key, decision_of, take_decision
 from cairn.reports import journey_report
+from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
 from cairn.store.schema import (
     Delivery,
@@ -141,3 +143,83 @@ async def test_a_split_with_a_holdout_measures_the_goal_within_its_window(store:
     sends = next(e for e in report.experiments if e.kind == "variants")
     assert sends.decision is not None and sends.decision.winner == "urgent"
     assert sends.status.startswith("decided: urgent")
+
+
+async def test_a_goal_metric_counts_only_goal_events_that_meet_the_goals_where(
+    store: Store,
+) -> None:
+    definition = {**DEFINITION, "exit": [{"event": "checkout_completed", "goal": "converted",
+                                          "where": {"properties.value": {"gte": 20}}}]}
+    await publish(store, definition)
+    rows: list[Any] = [ExperimentAssignment(
+        idempotency_key=f"a/{n}", journey_key=KEY, journey_version=1, step="ab",
+        workflow_id=f"journey/{KEY}/c-{n}", contact_id=f"c-{n}",
+        arm="holdout" if n < 4 else "remind", assigned_at=T0) for n in range(8)]
+    for n, value in ((0, 35), (1, 5), (2, 19.99), (4, 20), (5, 3)):
+        at = T0 + timedelta(hours=n + 1)
+        rows.append(Event(message_id=f"buy-{n}", type="track", contact_id=f"c-{n}",
+                          name="checkout_completed", properties={"value": value},
+                          timestamp=at, received_at=at))
+    await add(store, *rows)
+    report = await journey_report(store, KEY, now=T0)
+    arms = {a.name: a for a in next(e for e in report.experiments if e.kind == "split").arms}
+    # a purchase under 20 is no conversion for the goal, as the journey's exit says
+    assert (arms["holdout"].contacts, arms["holdout"].conversions) == (4, 1)
+    assert (arms["remind"].contacts, arms["remind"].conversions) == (4, 1)
+
+
+async def test_a_version_with_other_variants_is_a_fresh_experiment(store: Store) -> None:
+    await publish(store, DEFINITION)
+    first = await add(store, *(send(n, "control", "cart-reminder") for n in range(3)),
+                      *(send(100 + n, "urgent", "cart-reminder-urgent") for n in range(3)))
+    await add(store, *(Entry(journey_key=KEY, version=1, contact_id=row.contact_id,
+                             entry_key=None, workflow_id=row.workflow_id, entered_at=T0)
+                       for row in first))
+    async with store.session() as s, s.begin():
+        v1 = journeys_repo.journey_of(await journeys_repo.get_version(s, KEY, 1))
+        s.add(ExperimentDecision(
+            journey_key=KEY, step="email_reminder", winner="urgent", reason="v1's winner",
+            metric="clicks", figures=[], decided_at=T0 + timedelta(days=1),
+            arms=arms_key(v1.steps["email_reminder"])))
+    # version 2 drops the urgent copy for a friendly one
+    steps = {**DEFINITION["steps"], "email_reminder": {"send": {
+        "channel": "email",
+        "variants": [{"template": "cart-reminder", "name": "control"},
+                     {"template": "cart-reminder-friendly", "name": "friendly"}],
+        "experiment": {"metric": "clicks", "min_per_arm": 20, "then": "winner"}},
+        "next": "end"}}
+    await publish(store, {**DEFINITION, "steps": steps})
+    second = await add(store, *(send(200 + n, "control", "cart-reminder") for n in range(20)),
+                       *(send(300 + n, "friendly", "cart-reminder-friendly")
+                         for n in range(20)))
+    await add(store, *(Entry(journey_key=KEY, version=2, contact_id=row.contact_id,
+                             entry_key=None, workflow_id=row.workflow_id, entered_at=T0)
+                       for row in second),
+              *(clicked(300 + n, second[20 + n]) for n in range(15)))
+    report = await journey_report(store, KEY, now=T0)
+    experiment = next(e for e in report.experiments if e.kind == "variants")
+    assert experiment.decision is None  # v1's winner is not this experiment's
+    arms = {a.name: a for a in experiment.arms}
+    assert (arms["control"].contacts, arms["friendly"].contacts) == (20, 20)  # v1's left out
+    v2 = Site.of(journeys_repo.journey_of(
+        await _version(store, 2)), "email_reminder")
+    async with store.session() as s, s.begin():
+        assert (await decision_of(s, v2)) is None
+        decided = await take_decision(s, v2, T0 + timedelta(days=2))
+    assert decided is not None and decided.winner == "friendly"
+    async with store.session() as s:
+        # both decisions are kept, each for its own arms
+        v1_site = Site.of(v1, "email_reminder")
+        assert (await decision_of(s, v1_site)).winner == "urgent"  # type: ignore[union-attr]
+        assert (await decision_of(s, v2)).winner == "friendly"  # type: ignore[union-attr]
+    # a decision from before decisions named their arms still holds while its winner is an arm
+    async with store.session() as s, s.begin():
+        s.add(ExperimentDecision(journey_key=KEY, step="ab", winner="remind", reason="old",
+                                 metric="goal converted", figures=[], decided_at=T0))
+    async with store.session() as s:
+        assert (await decision_of(s, Site.of(v1, "ab"))).winner == "remind"  # type: ignore[union-attr]
+
+
+async def _version(store: Store, version: int) -> Any:
+    async with store.session() as s:
+        return await journeys_repo.get_version(s, KEY, version)

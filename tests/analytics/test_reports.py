@@ -12,9 +12,11 @@ from cairn.store.db import Store
 from cairn.store.schema import (
     Delivery,
     DeliveryFeedback,
+    DeliveryLink,
     Entry,
     Event,
     InboxMessage,
+    SendHold,
     StepTransitionRecord,
 )
 from tests.engine_support import publish
@@ -273,3 +275,62 @@ async def test_conversions_count_for_the_last_and_any_message_within_the_window(
                                     "email_reminder": DEFINITION["steps"]["email_reminder"]}})
     wider = {m.step: m.conversions for m in (await journey_report(store, KEY)).messages}
     assert (wider["push_reminder"].last_touch, wider["push_reminder"].any_touch) == (2, 3)
+
+
+def hold(n: int, reason: str, *, at: datetime = T0 + timedelta(hours=1),
+         hours: int = 8) -> SendHold:
+    return SendHold(idempotency_key=f"journey/{KEY}/c-{n}/email_reminder/0",
+                    workflow_id=f"journey/{KEY}/c-{n}", journey_key=KEY, step="email_reminder",
+                    contact_id=f"c-{n}", template="cart-reminder", variant=None,
+                    channel="email", reason=reason, held_at=at, until=at + timedelta(hours=hours))
+
+
+async def test_holds_count_per_message_by_reason_once_per_send(store: Store) -> None:
+    await publish(store, DEFINITION)
+    await add(store, send(1, "sent"), send(2, "sent"), send(3, "skipped:quiet_hours"))
+    await add(
+        store,
+        hold(1, "quiet_hours"),
+        hold(1, "quiet_hours", at=T0 + timedelta(days=1)),  # held twice: one send held
+        hold(2, "frequency_cap"), hold(2, "quiet_hours", hours=2),
+        hold(4, "quiet_hours"),  # still waiting: held, nowhere else yet
+        hold(5, "quiet_hours", at=T0 - timedelta(days=2)),  # before the window
+    )
+    report = await journey_report(store, KEY, since=T0 - timedelta(hours=1), now=T0)
+    [email] = report.messages
+    assert email.held == {"quiet_hours": 3, "frequency_cap": 1}
+    assert (email.sent, email.skipped["quiet_hours"]) == (2, 1)
+    assert report.notes == []
+    everything = await journey_report(store, KEY, now=T0)
+    assert everything.messages[0].held["quiet_hours"] == 4
+
+
+async def test_per_link_clicks_and_unique_clickers_from_tracked_redirects(
+    store: Store,
+) -> None:
+    await publish(store, DEFINITION)
+    sent = await add(store, *(send(n, "sent") for n in range(1, 5)))
+    await add(store, *(DeliveryLink(delivery_id=row.id, position=position,
+                                    contact_id=row.contact_id, url=url, label=label)
+                       for row in sent for position, (url, label) in enumerate(
+                           [("https://shop.example/cart", "Back to your cart"),
+                            ("https://shop.example/help", "Help")])))
+
+    def click(n: int, position: int, k: int) -> DeliveryFeedback:
+        row = sent[n - 1]
+        return DeliveryFeedback(
+            dedupe_key=f"tracking/clicked/{row.id}/{position}/{k}", delivery_id=row.id,
+            contact_id=row.contact_id, provider="cairn", kind="clicked", channel="email",
+            detail={"source": "tracking", "link": "x", "link_index": position},
+            occurred_at=T0 + timedelta(hours=3), received_at=T0 + timedelta(hours=3))
+
+    await add(store, click(1, 0, 1), click(1, 0, 2), click(2, 0, 1), click(3, 1, 1),
+              feedback(4, sent[3], "clicked"))  # a provider's click: no link named
+    report = await journey_report(store, KEY, now=T0)
+    [email] = report.messages
+    assert email.clicked == 4  # messages clicked (the provider's one too)
+    assert [(link.index, link.label, link.url, link.clicks, link.unique_clickers)
+            for link in email.links] == [
+        (0, "Back to your cart", "https://shop.example/cart", 3, 2),
+        (1, "Help", "https://shop.example/help", 1, 1)]
+    assert email.links[0].click_rate == pytest.approx(0.5)

@@ -110,7 +110,7 @@ async def test_the_report_of_ten_contacts_with_known_paths(
     assert (email.delivered, email.opened, email.clicked, email.bounced) == (2, 2, 1, 1)
     assert email.rates.open == 0.4 and email.rates.click == 0.2
 
-    console = Console(record=True, width=180, file=io.StringIO())
+    console = Console(record=True, width=240, file=io.StringIO())
     monkeypatch.setattr(report_cli, "output", lambda: console)
     report_cli.print_report(found)
     text = console.export_text()

@@ -12,6 +12,7 @@ from typer.testing import CliRunner, Result
 
 from cairn.settings import get_settings
 from cairn.store.db import Store
+from cairn.store.schema import DeliveryLink
 from starter.cli.main import app
 from starter.cli.report import parse_since
 from tests.analytics.test_reports import DEFINITION, KEY, T0, add, entry, feedback, send
@@ -115,3 +116,35 @@ async def test_report_prints_each_experiment_and_its_winner(
     [variants] = [e for e in body["experiments"] if e["kind"] == "variants"]
     assert variants["decision"]["winner"] == "urgent"
     assert [a["contacts"] for a in variants["arms"]] == [10, 10]
+
+
+async def test_report_shows_variants_holds_and_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.analytics.test_experiment_figures import DEFINITION as VARIANTS
+    from tests.analytics.test_experiment_figures import clicked
+    from tests.analytics.test_experiment_figures import send as variant_send
+    from tests.analytics.test_reports import hold
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'report.db'}"
+    monkeypatch.setenv("CAIRN_DATABASE_URL", url)
+    monkeypatch.setenv("COLUMNS", "260")
+    store = await Store.open(url)
+    try:
+        await publish(store, VARIANTS)
+        sent = await add(store, variant_send(1, "control", "cart-reminder"),
+                         variant_send(2, "urgent", "cart-reminder-urgent"))
+        await add(store, hold(1, "quiet_hours"),
+                  DeliveryLink(delivery_id=sent[1].id, position=0, contact_id="c-2",
+                               url="https://shop.example/cart", label="Back to your cart"))
+        click = clicked(2, sent[1])
+        click.detail = {"source": "tracking", "link_index": 0}
+        await add(store, click)
+    finally:
+        await store.close()
+    printed = await _cli(KEY)
+    assert printed.exit_code == 0, printed.output
+    text = printed.output
+    assert "variant" in text and "urgent" in text and "control" in text
+    assert "quiet_hours 1" in text  # the held column of the control's row
+    assert "Back to your cart" in text and "https://shop.example/cart" in text

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from pydantic import TypeAdapter
+from sqlalchemy import select
 from temporalio.activity import _Definition
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -58,6 +59,7 @@ from cairn.journey import (
 from cairn.journey_run import EventMessage
 from cairn.store import contacts, deliveries, entries, events, scores, tasks
 from cairn.store.db import Store
+from cairn.store.schema import SendHold
 from cairn.sweeps import (
     ENTER_IMPORTED,
     ENTER_SCHEDULED,
@@ -359,6 +361,37 @@ async def test_prepare_defers_marketing_in_quiet_hours_in_the_contacts_zone(
     receipt = send_request(quiet=True, now=evening, category="transactional")
     assert (await env.run(activities.prepare_send, receipt)).status == "ready"
     assert await _ledger(store_with_ana) == []
+
+
+async def test_a_hold_is_recorded_when_it_starts_once_and_apart_from_the_ledger(
+    store_with_ana: Store,
+) -> None:
+    activities = DeliveryActivities(store_with_ana)
+    evening = datetime(2026, 3, 2, 20, 30, tzinfo=UTC)
+    request = send_request(quiet=True, now=evening)
+    for _ in range(2):  # a retried plan decides the same hold: one row
+        plan = await env.run(activities.prepare_send, request)
+        assert plan.status == "deferred:quiet_hours"
+    # the lean path (deliver_message plans itself) records the same hold under the same key
+    outcome = await env.run(activities.deliver_message, request)
+    assert outcome.status == "deferred:quiet_hours"
+    async with store_with_ana.session() as s:
+        rows = list(await s.scalars(select(SendHold)))
+    assert [(r.idempotency_key, r.reason, r.until, r.held_at, r.step, r.template, r.channel)
+            for r in rows] == [(request.ledger_key, "quiet_hours",
+                                datetime(2026, 3, 3, 6, 0, tzinfo=UTC), evening,
+                                request.context.step, "cart-reminder", "email")]
+    assert await _ledger(store_with_ana) == []  # nothing sent, nothing claimed
+    # held again later the same night (a new end): a second hold of the same send
+    later = datetime(2026, 3, 3, 21, 30, tzinfo=UTC)
+    await env.run(activities.prepare_send, send_request(quiet=True, now=later))
+    async with store_with_ana.session() as s:
+        assert len(list(await s.scalars(select(SendHold)))) == 2
+    # the morning: the send goes, once
+    morning = datetime(2026, 3, 3, 6, 0, tzinfo=UTC)
+    sent = await env.run(activities.deliver_message, send_request(quiet=True, now=morning))
+    assert sent.status == "sent"
+    assert [row.status for row in await _ledger(store_with_ana)] == ["sent"]
 
 
 async def test_prepare_uses_the_journey_zone_for_contacts_without_one(
