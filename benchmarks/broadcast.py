@@ -260,6 +260,11 @@ async def main(contacts: int, workers: int, batch_size: int, parallel: int,
         store = await Store.open(url)
         procs: list[subprocess.Popen[str]] = []
         try:
+            if await count_rows(store, "raw"):
+                raise SystemExit(f"{url.split('@')[-1]} already holds a run of this benchmark: "
+                                 "give each run an empty database (its entry rules would keep "
+                                 "the contacts of the last run out, and the run would wait "
+                                 "forever)")
             catalog = folder / "journeys"
             (catalog / "templates").mkdir(parents=True)
             (catalog / "bcast-send.yaml").write_text(SEND_JOURNEY)
