@@ -45,6 +45,7 @@ from temporalio import activity, workflow
 with workflow.unsafe.imports_passed_through():
     import argparse
     import asyncio
+    import collections
     import os
     import statistics
     import sys
@@ -233,13 +234,19 @@ class StoreCounter:
 
     def __init__(self, store: Store) -> None:
         self.statements = self.commits = self.connections = 0
+        self.counting: str | None = None
+        """The side whose loaded phase is running (its statements are kept by text)."""
+        self.texts: dict[str, collections.Counter[str]] = {}
         engine = store.engine.sync_engine
         orm_event.listen(engine, "before_cursor_execute", self._statement)
         orm_event.listen(engine, "commit", self._commit)
         orm_event.listen(engine.pool, "connect", self._connect)
 
-    def _statement(self, *_: object) -> None:
+    def _statement(self, _conn: object, _cursor: object, statement: str, *_: object) -> None:
         self.statements += 1
+        if self.counting is not None:
+            text = " ".join(statement.split())[:110]
+            self.texts.setdefault(self.counting, collections.Counter())[text] += 1
 
     def _commit(self, *_: object) -> None:
         self.commits += 1
@@ -492,10 +499,12 @@ async def bench(sides: list[Side], store: Store, clock: SendClock, counter: Stor
                         side, await seed_contacts(store, f"{tag}-idle", idle_runs), clock)
                 batch = await seed_contacts(store, f"{tag}-run", count)
                 before = counter.snapshot()
+                counter.counting = side.name
                 cpu_before = (cpu_seconds(None), cpu_seconds(server_pid))
                 loaded[side.name].append(await measure(side, batch, clock,
                                                        concurrency=concurrency))
                 after = counter.snapshot()
+                counter.counting = None
                 cpu[side.name][0] += cpu_seconds(None) - cpu_before[0]
                 cpu[side.name][1] += cpu_seconds(server_pid) - cpu_before[1]
             ids[side.name] += batch
@@ -567,7 +576,7 @@ def runs_label(runs: int, concurrency: int) -> str:
 
 
 async def main(runs: int, concurrency: int, warmup: int, idle_runs: int, sample: int,
-               rounds: int) -> None:
+               rounds: int, statements: bool = False) -> None:
     configure("WARNING")
     with tempfile.TemporaryDirectory(prefix="cairn-bench-") as tmp:
         folder = Path(tmp)
@@ -590,6 +599,11 @@ async def main(runs: int, concurrency: int, warmup: int, idle_runs: int, sample:
                                   rounds=max(1, min(rounds, runs)),
                                   server_pid=server.process.pid if server.process else None)
             report(figures["cairn"], figures["minimal"], concurrency, rounds)
+            if statements:
+                for name, texts in counter.texts.items():
+                    print(f"\nSQL statements per run, {name}:")
+                    for text, count in texts.most_common():
+                        print(f"{count / runs:6.2f}  {text}")
         finally:
             await store.close()
             await server.stop()
@@ -609,11 +623,13 @@ def cli() -> None:
                              "(default 2)")
     parser.add_argument("--histories", type=int, default=50,
                         help="loaded runs per side whose histories are counted (default 50)")
+    parser.add_argument("--statements", action="store_true",
+                        help="also print each side's SQL statements per run, by text")
     args = parser.parse_args()
     code = 0
     try:
         asyncio.run(main(args.runs, args.concurrency, args.warmup, args.idle_runs,
-                         args.histories, args.rounds))
+                         args.histories, args.rounds, args.statements))
     except KeyboardInterrupt:
         code = 130
     sys.stdout.flush()
