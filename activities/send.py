@@ -429,7 +429,8 @@ class DeliveryActivities:
                 row_id = earlier.row.id
             else:
                 contact = contact or await contact_snapshot(s, context.contact_id)
-                prepared = await self._prepare_message(s, request, channel, contact, provider)
+                prepared = await self._prepare_message(s, request, channel, contact, provider,
+                                                       known_absent=not recorded)
                 if isinstance(prepared, Delivery):
                     return self._outcome(prepared)
                 if not isinstance(prepared, TemplateRenderError):
@@ -526,10 +527,11 @@ class DeliveryActivities:
 
     async def _prepare_message(
         self, s: Any, request: SendRequest, channel: str, contact: ContactSnapshot,
-        provider: Provider,
+        provider: Provider, *, known_absent: bool = False,
     ) -> Delivery | TemplateRenderError | tuple[OutgoingMessage, int]:
         """Check, render and claim the row as `sending`; or the skip row it wrote, or the
-        template error it recorded as `failed` (raised once that row is committed)."""
+        template error it recorded as `failed` (raised once that row is committed).
+        `known_absent`: the ledger key was looked up in `s` and not found."""
         context = request.context
         fields = self._ledger_fields(request, context.now)
         closed = blocker(contact, channel, request.send.category, topic=request.send.topic,
@@ -563,7 +565,7 @@ class DeliveryActivities:
                    if channel == "email" and request.send.category == "marketing" else {})
         row = await self.ledger.claim(
             s, **fields, channel=channel, provider=provider.name, reason=None, rendered=parts,
-            response=_pending_response(contact, channel, to, headers),
+            response=_pending_response(contact, channel, to, headers), known_absent=known_absent,
         )
         if row.rendered == parts:  # not a row another attempt claimed (and rewrote) first
             parts = await self._track(s, request, channel, row, parts, link)

@@ -271,18 +271,19 @@ class Ingest:
         return await self._route_claimed(claimant, heads, catalog, settled)
 
     async def _route_claimed(
-        self, claimant: str, heads: list[ClaimedEvent], catalog: PublishedCatalog | None,
-        settled: dict[int, list[RouteDecision]],
+        self, claimant: str, heads: list[ClaimedEvent] | list[Event],
+        catalog: PublishedCatalog | None, settled: dict[int, list[RouteDecision]],
     ) -> dict[int, list[RouteDecision]]:
-        """`route_events` once the events are claimed by `claimant` (`heads`)."""
+        """`route_events` once the events are claimed by `claimant` (`heads`, or the whole
+        rows when the claim read them already)."""
         run = _RoutingPass(claimant, done=dict(settled))
-        by_contact: dict[str, list[ClaimedEvent]] = {}
-        for head in heads:
-            by_contact.setdefault(head.contact_id, []).append(head)
-        # The rest is read whole (properties and all) for the hooks and the router.
-        async with self.store.session() as session:
-            rows = await events_repo.events_by_id(
-                session, [head.id for lane in by_contact.values() for head in lane])
+        rows: list[Event]
+        if all(isinstance(head, Event) for head in heads):
+            rows = [head for head in heads if isinstance(head, Event)]
+        else:
+            # The rest is read whole (properties and all) for the hooks and the router.
+            async with self.store.session() as session:
+                rows = await events_repo.events_by_id(session, [head.id for head in heads])
         lanes: dict[str, list[Event]] = {}
         for row in rows:
             lanes.setdefault(row.contact_id, []).append(row)
@@ -627,7 +628,7 @@ class Ingest:
         claim_here = route and self.router is not None and not self.quiet_decisions_every
         catalog = await self.router.catalog() if claim_here and self.router is not None else None
         claimant = uuid.uuid4().hex
-        heads: list[ClaimedEvent] = []
+        claimed: list[Event] = []
         async with self.store.session() as session, session.begin():
             start = 0
             while start < len(calls):
@@ -648,7 +649,8 @@ class Ingest:
                 stored_now = [i for r in results if not r.duplicate
                               for i in (r.event_id, *r.derived)]
                 if stored_now:
-                    heads = await _claim_in(session, stored_now, claimant, heads=True)
+                    # read whole at once: routing reads every event it stored (a trigger)
+                    claimed = await _claim_in(session, stored_now, claimant, heads=False)
         accepted: dict[str, int] = {}
         for stored_call, result in zip(calls, results, strict=False):
             if not result.duplicate:
@@ -659,7 +661,7 @@ class Ingest:
         own = [r.event_id for r in results if not r.duplicate]
         fresh = [i for r in results if not r.duplicate for i in (r.event_id, *r.derived)]
         if route and fresh:
-            routed = (await self._route_claimed(claimant, heads, catalog, {}) if claim_here
+            routed = (await self._route_claimed(claimant, claimed, catalog, {}) if claim_here
                       else await self.route_events(fresh))
             for result in results:
                 if result.event_id in routed and not result.duplicate:
