@@ -24,9 +24,10 @@ and event-to-first-send latency p50 / p99: from the call that starts the run (th
   workflow start, each signal (signal-with-start: a start and a signal), each activity attempt
   started, each local activity (its marker), each timer started and each search-attribute upsert;
   not counted: workflow tasks, patch (version) markers, completions;
-* from the store's engine (every statement the process ran during the loaded phase, the
-  cairn side's ingest and routing included): SQL statements, commits, and new database
-  connections opened.
+* from the store's engines (every statement the process ran during the loaded phase, the
+  cairn side's ingest and routing included, and the payload codec's data-key reads and writes):
+  SQL statements, commits, and new database connections opened (`--statements` lists each
+  side's statements per run by text).
 
 It prints figures; it asserts nothing.
 
@@ -56,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
 
     from google.protobuf.message import Message
     from sqlalchemy import event as orm_event
+    from sqlalchemy.engine import Engine
     from temporalio.api.common.v1 import Payload
     from temporalio.api.enums.v1 import EventType
     from temporalio.client import Client
@@ -238,8 +240,10 @@ class StoreCounter:
         """The side whose loaded phase is running (its statements are kept by text)."""
         self.texts: dict[str, collections.Counter[str]] = {}
         engine = store.engine.sync_engine
-        orm_event.listen(engine, "before_cursor_execute", self._statement)
-        orm_event.listen(engine, "commit", self._commit)
+        # Every engine of the process: the store's, and the one the payload codec opens for
+        # its data keys (`cairn.privacy.keys.SqlDataKeyStore`, on the same database).
+        orm_event.listen(Engine, "before_cursor_execute", self._statement)
+        orm_event.listen(Engine, "commit", self._commit)
         orm_event.listen(engine.pool, "connect", self._connect)
 
     def _statement(self, _conn: object, _cursor: object, statement: str, *_: object) -> None:
