@@ -403,7 +403,7 @@ class DeliveryActivities:
         """
         context = request.context
         bound = step_log(context)
-        prepared: Delivery | TemplateRenderError | tuple[OutgoingMessage, int] | None = None
+        prepared: Delivery | TemplateRenderError | tuple[OutgoingMessage, Delivery] | None = None
         earlier: Earlier | None = None
         sent: Receipt | None = None
         async with self.store.session() as s, s.begin():
@@ -441,17 +441,17 @@ class DeliveryActivities:
                 row_id = earlier.row.id
             else:
                 contact = contact or await contact_snapshot(s, context.contact_id)
-                prepared = await self._prepare_message(s, request, channel, contact, provider)
+                prepared = await self._prepare_message(s, request, channel, contact, provider,
+                                                       known_absent=not recorded)
                 if isinstance(prepared, Delivery):
                     return self._outcome(prepared)
                 if not isinstance(prepared, TemplateRenderError):
-                    message, row_id = prepared
+                    message, claimed = prepared
+                    row_id = claimed.id
                     if getattr(provider, "records_only", False):
                         # Nothing leaves the process: the claim and its settlement commit
                         # together, so the send costs one transaction.
                         sent = await provider.send(message)
-                        claimed = await s.get(Delivery, row_id)
-                        assert claimed is not None
                         self.ledger.settle_sent(
                             claimed, context.now, response=sent.response,
                             message_id=sent.provider_message_id, provider=sent.provider,
@@ -538,10 +538,11 @@ class DeliveryActivities:
 
     async def _prepare_message(
         self, s: Any, request: SendRequest, channel: str, contact: ContactSnapshot,
-        provider: Provider,
-    ) -> Delivery | TemplateRenderError | tuple[OutgoingMessage, int]:
+        provider: Provider, *, known_absent: bool = False,
+    ) -> Delivery | TemplateRenderError | tuple[OutgoingMessage, Delivery]:
         """Check, render and claim the row as `sending`; or the skip row it wrote, or the
-        template error it recorded as `failed` (raised once that row is committed)."""
+        template error it recorded as `failed` (raised once that row is committed).
+        `known_absent`: the ledger key was looked up in `s` and not found."""
         context = request.context
         fields = self._ledger_fields(request, context.now)
         closed = blocker(contact, channel, request.send.category, topic=request.send.topic,
@@ -575,11 +576,12 @@ class DeliveryActivities:
                    if channel == "email" and request.send.category == "marketing" else {})
         row = await self.ledger.claim(
             s, **fields, channel=channel, provider=provider.name, reason=None, rendered=parts,
-            response=_pending_response(contact, channel, to, headers),
+            response=_pending_response(contact, channel, to, headers), known_absent=known_absent,
         )
         if row.rendered == parts:  # not a row another attempt claimed (and rewrote) first
             parts = await self._track(s, request, channel, row, parts, link)
-        return self._message(request, channel, to, parts, headers, row), row.id
+        # The row itself (the session keeps it only weakly; the caller may settle it)
+        return self._message(request, channel, to, parts, headers, row), row
 
     async def _track(
         self, s: AsyncSession, request: SendRequest, channel: str, row: Delivery,

@@ -24,9 +24,10 @@ and event-to-first-send latency p50 / p99: from the call that starts the run (th
   workflow start, each signal (signal-with-start: a start and a signal), each activity attempt
   started, each local activity (its marker), each timer started and each search-attribute upsert;
   not counted: workflow tasks, patch (version) markers, completions;
-* from the store's engine (every statement the process ran during the loaded phase, the
-  cairn side's ingest and routing included): SQL statements, commits, and new database
-  connections opened.
+* from the store's engines (every statement the process ran during the loaded phase, the
+  cairn side's ingest and routing included, and the payload codec's data-key reads and writes):
+  SQL statements, commits, and new database connections opened (`--statements` lists each
+  side's statements per run by text).
 
 It prints figures; it asserts nothing.
 
@@ -45,6 +46,7 @@ from temporalio import activity, workflow
 with workflow.unsafe.imports_passed_through():
     import argparse
     import asyncio
+    import collections
     import os
     import statistics
     import sys
@@ -55,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
 
     from google.protobuf.message import Message
     from sqlalchemy import event as orm_event
+    from sqlalchemy.engine import Engine
     from temporalio.api.common.v1 import Payload
     from temporalio.api.enums.v1 import EventType
     from temporalio.client import Client
@@ -233,13 +236,21 @@ class StoreCounter:
 
     def __init__(self, store: Store) -> None:
         self.statements = self.commits = self.connections = 0
+        self.counting: str | None = None
+        """The side whose loaded phase is running (its statements are kept by text)."""
+        self.texts: dict[str, collections.Counter[str]] = {}
         engine = store.engine.sync_engine
-        orm_event.listen(engine, "before_cursor_execute", self._statement)
-        orm_event.listen(engine, "commit", self._commit)
+        # Every engine of the process: the store's, and the one the payload codec opens for
+        # its data keys (`cairn.privacy.keys.SqlDataKeyStore`, on the same database).
+        orm_event.listen(Engine, "before_cursor_execute", self._statement)
+        orm_event.listen(Engine, "commit", self._commit)
         orm_event.listen(engine.pool, "connect", self._connect)
 
-    def _statement(self, *_: object) -> None:
+    def _statement(self, _conn: object, _cursor: object, statement: str, *_: object) -> None:
         self.statements += 1
+        if self.counting is not None:
+            text = " ".join(statement.split())[:110]
+            self.texts.setdefault(self.counting, collections.Counter())[text] += 1
 
     def _commit(self, *_: object) -> None:
         self.commits += 1
@@ -492,10 +503,12 @@ async def bench(sides: list[Side], store: Store, clock: SendClock, counter: Stor
                         side, await seed_contacts(store, f"{tag}-idle", idle_runs), clock)
                 batch = await seed_contacts(store, f"{tag}-run", count)
                 before = counter.snapshot()
+                counter.counting = side.name
                 cpu_before = (cpu_seconds(None), cpu_seconds(server_pid))
                 loaded[side.name].append(await measure(side, batch, clock,
                                                        concurrency=concurrency))
                 after = counter.snapshot()
+                counter.counting = None
                 cpu[side.name][0] += cpu_seconds(None) - cpu_before[0]
                 cpu[side.name][1] += cpu_seconds(server_pid) - cpu_before[1]
             ids[side.name] += batch
@@ -567,7 +580,7 @@ def runs_label(runs: int, concurrency: int) -> str:
 
 
 async def main(runs: int, concurrency: int, warmup: int, idle_runs: int, sample: int,
-               rounds: int) -> None:
+               rounds: int, statements: bool = False) -> None:
     configure("WARNING")
     with tempfile.TemporaryDirectory(prefix="cairn-bench-") as tmp:
         folder = Path(tmp)
@@ -590,6 +603,11 @@ async def main(runs: int, concurrency: int, warmup: int, idle_runs: int, sample:
                                   rounds=max(1, min(rounds, runs)),
                                   server_pid=server.process.pid if server.process else None)
             report(figures["cairn"], figures["minimal"], concurrency, rounds)
+            if statements:
+                for name, texts in counter.texts.items():
+                    print(f"\nSQL statements per run, {name}:")
+                    for text, count in texts.most_common():
+                        print(f"{count / runs:6.2f}  {text}")
         finally:
             await store.close()
             await server.stop()
@@ -609,11 +627,13 @@ def cli() -> None:
                              "(default 2)")
     parser.add_argument("--histories", type=int, default=50,
                         help="loaded runs per side whose histories are counted (default 50)")
+    parser.add_argument("--statements", action="store_true",
+                        help="also print each side's SQL statements per run, by text")
     args = parser.parse_args()
     code = 0
     try:
         asyncio.run(main(args.runs, args.concurrency, args.warmup, args.idle_runs,
-                         args.histories, args.rounds))
+                         args.histories, args.rounds, args.statements))
     except KeyboardInterrupt:
         code = 130
     sys.stdout.flush()

@@ -39,7 +39,7 @@ from cairn.events.calls import (
 )
 from cairn.events.geofencing import LOCATION_UPDATED, Geofencing
 from cairn.events.profile_rules import Prepared, ProfileRules
-from cairn.events.router import PublishedCatalog, RouteDecision, Router
+from cairn.events.router import PublishedCatalog, RouteDecision, Router, drop_twins
 from cairn.journey_run import EventMessage
 from cairn.log import get_logger
 from cairn.store import contacts as contacts_repo
@@ -268,14 +268,22 @@ class Ingest:
                 return settled
         claimant = uuid.uuid4().hex
         heads = await self._claim(ids, claimant, heads=True)
+        return await self._route_claimed(claimant, heads, catalog, settled)
+
+    async def _route_claimed(
+        self, claimant: str, heads: list[ClaimedEvent] | list[Event],
+        catalog: PublishedCatalog | None, settled: dict[int, list[RouteDecision]],
+    ) -> dict[int, list[RouteDecision]]:
+        """`route_events` once the events are claimed by `claimant` (`heads`, or the whole
+        rows when the claim read them already)."""
         run = _RoutingPass(claimant, done=dict(settled))
-        by_contact: dict[str, list[ClaimedEvent]] = {}
-        for head in heads:
-            by_contact.setdefault(head.contact_id, []).append(head)
-        # The rest is read whole (properties and all) for the hooks and the router.
-        async with self.store.session() as session:
-            rows = await events_repo.events_by_id(
-                session, [head.id for lane in by_contact.values() for head in lane])
+        rows: list[Event]
+        if all(isinstance(head, Event) for head in heads):
+            rows = [head for head in heads if isinstance(head, Event)]
+        else:
+            # The rest is read whole (properties and all) for the hooks and the router.
+            async with self.store.session() as session:
+                rows = await events_repo.events_by_id(session, [head.id for head in heads])
         lanes: dict[str, list[Event]] = {}
         for row in rows:
             lanes.setdefault(row.contact_id, []).append(row)
@@ -288,10 +296,11 @@ class Ingest:
                             error_type=type(error).__name__)
         await self._route_quiet_lanes(lanes, run, catalog)
         renewing = asyncio.create_task(self._renew_claims(claimant))
+        started: list[tuple[str, str]] = []
         try:
             with (self.router.routing_by(catalog)
                   if self.router is not None and catalog is not None
-                  else contextlib.nullcontext()):
+                  else contextlib.nullcontext()), Router.dropping_twins_later(started):
                 await self._route_lanes(lanes, run)
         finally:
             renewing.cancel()
@@ -300,12 +309,15 @@ class Ingest:
             # One write for the whole call: on SQLite every write transaction queues behind the
             # others, and a write per event was most of routing's time. Should this write not
             # happen (a crash), the claims lapse and the relay routes the events again, which
-            # the router makes harmless (entries keyed by the trigger's message id).
-            if run.done.keys() - settled.keys():
+            # the router makes harmless (entries keyed by the trigger's message id). The twins
+            # of the entries the call started (`Router._drop_twins`) are dropped in it too.
+            routed = sorted(run.done.keys() - settled.keys())
+            if routed or started:
                 async with self.store.session() as session, session.begin():
-                    await events_repo.mark_routed(session, sorted(run.done.keys()
-                                                                  - settled.keys()), self.clock())
-                metrics.EVENTS_ROUTED.inc(len(run.done.keys() - settled.keys()))
+                    await drop_twins(session, started)
+                    if routed:
+                        await events_repo.mark_routed(session, routed, self.clock())
+                metrics.EVENTS_ROUTED.inc(len(routed))
         return {event_id: run.done[event_id] for event_id in sorted(run.done)}
 
     async def _route_recently_decided(
@@ -470,24 +482,8 @@ class Ingest:
 
         With `heads`, only what routing reads first is read back (`events_repo.ClaimedEvent`).
         """
-        now = utc_now()
         async with self.store.session() as session, session.begin():
-            claim = events_repo.claim_event_heads if heads else events_repo.claim_events
-            rows: list[Any] = await claim(session, event_ids, claimant, now, ROUTING_LEASE)
-            if not rows:
-                return []
-            waiting = await events_repo.first_failing_by_contact(
-                session, {row.contact_id for row in rows})
-            # Behind a failing event this call holds, an event stays in its lane (routed if
-            # the failing one is quarantined now); behind one it does not hold, it waits.
-            held = {row.id for row in rows}
-            blocked = [row.id for row in rows if row.contact_id in waiting
-                       and waiting[row.contact_id] < row.id
-                       and waiting[row.contact_id] not in held]
-            if blocked:
-                await events_repo.release_claims(session, blocked, claimant)
-        left = set(blocked)
-        return [row for row in rows if row.id not in left]
+            return await _claim_in(session, event_ids, claimant, heads=heads)
 
     async def _route_lane(self, lane: list[Event], run: _RoutingPass) -> None:
         """One contact's claimed events, in order; see `route_events`."""
@@ -624,13 +620,22 @@ class Ingest:
     ) -> list[IngestResult]:
         received_at = self.clock()
         results: list[IngestResult] = []
+        # The events stored here are claimed for routing in the same transaction, when nothing
+        # else would route them first (`_route_recently_decided` routes only unclaimed events):
+        # no one else can hold a claim on an event this transaction inserts, so a claim round
+        # of its own (a write and its commit) would add nothing. The catalog is read before, so
+        # that nothing is left claimed should the store fail there.
+        claim_here = route and self.router is not None and not self.quiet_decisions_every
+        catalog = await self.router.catalog() if claim_here and self.router is not None else None
+        claimant = uuid.uuid4().hex
+        claimed: list[Event] = []
         async with self.store.session() as session, session.begin():
             start = 0
             while start < len(calls):
                 end = start
                 while end < len(calls) and type(calls[end]) in _PLAIN_CALLS:
                     end += 1
-                if end - start > 1:  # a run of plain events: stored set-based
+                if end > start:  # plain events (one or a run of them): stored set-based
                     results.extend(await self._store_plain(session, calls[start:end],
                                                            received_at))
                 else:
@@ -640,6 +645,12 @@ class Ingest:
             if refused:
                 await rejected_repo.record_refusals(session, refused, endpoint=endpoint,
                                                     received_at=received_at)
+            if claim_here:
+                stored_now = [i for r in results if not r.duplicate
+                              for i in (r.event_id, *r.derived)]
+                if stored_now:
+                    # read whole at once: routing reads every event it stored (a trigger)
+                    claimed = await _claim_in(session, stored_now, claimant, heads=False)
         accepted: dict[str, int] = {}
         for stored_call, result in zip(calls, results, strict=False):
             if not result.duplicate:
@@ -650,7 +661,8 @@ class Ingest:
         own = [r.event_id for r in results if not r.duplicate]
         fresh = [i for r in results if not r.duplicate for i in (r.event_id, *r.derived)]
         if route and fresh:
-            routed = await self.route_events(fresh)
+            routed = (await self._route_claimed(claimant, claimed, catalog, {}) if claim_here
+                      else await self.route_events(fresh))
             for result in results:
                 if result.event_id in routed and not result.duplicate:
                     result.routes = routed[result.event_id]
@@ -763,6 +775,27 @@ class Ingest:
                  message_id=call.message_id, contact=contact_id, event_id=row.id)
         return IngestResult(message_id=call.message_id, event_id=row.id, duplicate=not new,
                             derived=derived)
+
+
+async def _claim_in(session: AsyncSession, event_ids: list[int], claimant: str, *,
+                    heads: bool) -> Any:
+    """`Ingest._claim` in the caller's transaction."""
+    claim = events_repo.claim_event_heads if heads else events_repo.claim_events
+    rows: list[Any] = await claim(session, event_ids, claimant, utc_now(), ROUTING_LEASE)
+    if not rows:
+        return []
+    waiting = await events_repo.first_failing_by_contact(
+        session, {row.contact_id for row in rows})
+    # Behind a failing event this call holds, an event stays in its lane (routed if
+    # the failing one is quarantined now); behind one it does not hold, it waits.
+    held = {row.id for row in rows}
+    blocked = [row.id for row in rows if row.contact_id in waiting
+               and waiting[row.contact_id] < row.id
+               and waiting[row.contact_id] not in held]
+    if blocked:
+        await events_repo.release_claims(session, blocked, claimant)
+    left = set(blocked)
+    return [row for row in rows if row.id not in left]
 
 
 def _settle(stored: asyncio.Future[IngestResult], result: IngestResult | None = None, *,

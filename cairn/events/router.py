@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import delete, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
     SearchAttributePair,
@@ -66,6 +67,25 @@ class RouteDecision:
     workflow_id: str | None
     action: Action
     reason: str
+
+
+_PENDING_TWINS: ContextVar[list[tuple[str, str]] | None] = ContextVar(
+    "cairn_pending_twins", default=None)
+"""(workflow id, message id) of the entries a routing call started, when the call drops their
+twins itself, in the write that closes it (`Router.dropping_twins_later`)."""
+
+
+async def drop_twins(session: AsyncSession, started: Iterable[tuple[str, str]]) -> None:
+    """Keep one entry row per (workflow id, trigger message id): the oldest (see
+    `Router._drop_twins`); one DELETE per entry, in the caller's transaction."""
+    for wid, message_id in started:
+        # A failed entry re-entered with the same event is history, not a twin.
+        twins = (Entry.workflow_id == wid, Entry.trigger_message_id == message_id,
+                 or_(Entry.outcome.is_(None),
+                     Entry.outcome.not_like(f"{entries_repo.FAILED}%")))
+        first = select(func.min(Entry.id)).where(*twins).scalar_subquery()
+        await session.execute(delete(Entry).where(*twins, Entry.id > first)
+                              .execution_options(synchronize_session=False))
 
 
 _CALL_CATALOG: ContextVar[tuple[Router, PublishedCatalog] | None] = ContextVar(
@@ -174,6 +194,19 @@ class Router:
             yield
         finally:
             _CALL_CATALOG.reset(token)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def dropping_twins_later(pending: list[tuple[str, str]]) -> Iterator[None]:
+        """Within the block, the entries the router starts are added to `pending` instead of
+        having their twins dropped at once: the caller drops them (`drop_twins`) in a write of
+        its own that follows, saving a transaction per entry (`Ingest.route_events` does it in
+        the write that marks the events routed)."""
+        token = _PENDING_TWINS.set(pending)
+        try:
+            yield
+        finally:
+            _PENDING_TWINS.reset(token)
 
     async def catalog(self) -> PublishedCatalog:
         """The published journeys, indexed by the events that trigger them and that they hear.
@@ -298,7 +331,11 @@ class Router:
             await self._discard_entry(row.id)
             raise
         if started:
-            await self._drop_twins(wid, event.message_id)
+            pending = _PENDING_TWINS.get()
+            if pending is not None:  # dropped in the routing call's closing write
+                pending.append((wid, event.message_id))
+            else:
+                await self._drop_twins(wid, event.message_id)
             metrics.ENTRIES.labels(journey=journey.key).inc()
             return RouteDecision(journey.key, journey.version, wid, "started",
                                  _entered_reason(journey))
@@ -416,14 +453,8 @@ class Router:
         event at once (a claim that lapsed under load, taken by the relay of another process):
         both record a row before either sees the other's, and both read back the run's memo
         as theirs. Each keeps the oldest row, so they agree."""
-        # A failed entry re-entered with the same event is history, not a twin.
-        twins = (Entry.workflow_id == wid, Entry.trigger_message_id == message_id,
-                 or_(Entry.outcome.is_(None),
-                     Entry.outcome.not_like(f"{entries_repo.FAILED}%")))
         async with self.store.session() as session, session.begin():
-            first = await session.scalar(select(func.min(Entry.id)).where(*twins))
-            if first is not None:
-                await session.execute(delete(Entry).where(*twins, Entry.id > first))
+            await drop_twins(session, [(wid, message_id)])
 
     async def _discard_entry(self, entry_id: int) -> None:
         """Remove a provisional entry row: no run started for it."""

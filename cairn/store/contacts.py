@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, literal_column, select, update
+from sqlalchemy import func, literal, literal_column, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,9 +24,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from cairn.contact import ContactSnapshot
 from cairn.store import suppressions
-from cairn.store.schema import Contact, Score
-from cairn.store.scores import scores_of
-from cairn.store.segments import active_segments, enter_segment, exit_all_segments
+from cairn.store.schema import Contact, Score, SegmentMembership
+from cairn.store.segments import enter_segment, exit_all_segments
 from cairn.traits import (
     PROFILE_COLUMNS,
     merge_consent,
@@ -105,11 +104,31 @@ async def snapshot(s: AsyncSession, contact_id: str) -> ContactSnapshot | None:
         suppressed=[str(c) for c in contact.suppressed or []],
         attributes=dict(contact.attributes or {}),
         tags=[str(t) for t in contact.tags or []],
-        scores=await scores_of(s, contact_id),
-        segments=await active_segments(s, contact_id),
+        **await _scores_and_segments(s, contact_id),
         first_seen_at=contact.first_seen_at,
         last_seen_at=contact.last_seen_at,
     )
+
+
+async def _scores_and_segments(s: AsyncSession, contact_id: str) -> dict[str, Any]:
+    """The contact's scores (`scores_of`) and active segments (`active_segments`), read with
+    one statement (a snapshot is read by every step that acts on the contact)."""
+    query = union_all(
+        select(literal("score").label("kind"), Score.dimension.label("name"),
+               Score.total.label("total")).where(Score.contact_id == contact_id),
+        select(literal("segment").label("kind"), SegmentMembership.segment.label("name"),
+               literal(0).label("total"))
+        .where(SegmentMembership.contact_id == contact_id,
+               SegmentMembership.exited_at.is_(None)),
+    )
+    scores: dict[str, int] = {}
+    segments: set[str] = set()
+    for kind, name, total in await s.execute(query):
+        if kind == "score":
+            scores[name] = int(total)
+        else:
+            segments.add(name)
+    return {"scores": scores, "segments": sorted(segments)}
 
 
 # --------------------------------------------------------------------------- writing

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cairn.store.db import insert_once
@@ -27,8 +28,22 @@ async def data_key_of(s: AsyncSession, owner: str) -> DataKey | None:
 
 
 async def add_data_key(s: AsyncSession, row: DataKey) -> DataKey:
-    """Store `row`, or return the key another process stored for the same owner meanwhile."""
-    stored, _ = await insert_once(s, row, lambda: data_key_of(s, row.owner))
+    """Store `row`, or return the key another process stored for the same owner meanwhile.
+
+    One `INSERT ... ON CONFLICT (owner) DO NOTHING RETURNING` (no savepoint, no lookup first:
+    the caller looked the owner up just before); the owner's row is read only when another
+    writer stored it first."""
+    dialect = postgresql if s.bind is not None and s.bind.dialect.name == "postgresql" else sqlite
+    table = DataKey.__table__
+    values = {column.key: getattr(row, column.key) for column in table.columns}
+    inserted = await s.scalar(dialect.insert(table).values(**values)
+                              .on_conflict_do_nothing(index_elements=["owner"])
+                              .returning(table.c.id))
+    if inserted is not None:
+        return row
+    stored = await data_key_of(s, row.owner)
+    if stored is None:  # the owner's key was destroyed meanwhile: store this one as usual
+        stored, _ = await insert_once(s, row, lambda: data_key_of(s, row.owner))
     return stored
 
 

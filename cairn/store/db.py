@@ -259,7 +259,8 @@ def _quiet_alembic() -> None:
 
 
 async def insert_once(
-    s: AsyncSession, row: Row, find: Callable[[], Awaitable[Row | None]]
+    s: AsyncSession, row: Row, find: Callable[[], Awaitable[Row | None]], *,
+    known_absent: bool = False,
 ) -> tuple[Row, bool]:
     """Insert a row keyed by a unique column, or return the row already stored under that key.
 
@@ -267,9 +268,17 @@ async def insert_once(
     loses a race to a concurrent writer: the insert runs in a SAVEPOINT, so the unique violation
     rolls back only the insert and the caller's transaction goes on. Returns (row, newly stored).
     """
-    existing = await find()
-    if existing is not None:
-        return existing, False
+    if not known_absent:
+        existing = await find()
+        if existing is not None:
+            return existing, False
+    if await _holds_sqlite_write_lock(s):
+        # SQLite: this transaction has written already, so it holds the database's write lock
+        # and no other writer can store the key between the lookup and this insert; the
+        # savepoint (two statements) guards against nothing here.
+        s.add(row)
+        await s.flush()
+        return row, True
     try:
         async with s.begin_nested():
             s.add(row)
@@ -280,3 +289,13 @@ async def insert_once(
             raise
         return existing, False
     return row, True
+
+
+async def _holds_sqlite_write_lock(s: AsyncSession) -> bool:
+    """Whether `s` is in a SQLite transaction that has written (the driver begins its
+    transaction at the first write, which takes the database's write lock until the commit;
+    `BEGIN IMMEDIATE` takes it at once)."""
+    if s.bind is None or s.bind.dialect.name != "sqlite" or not s.in_transaction():
+        return False
+    connection = await s.connection()
+    return _driver_in_transaction(connection.sync_connection)  # type: ignore[arg-type]

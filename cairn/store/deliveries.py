@@ -23,12 +23,17 @@ async def find_delivery(s: AsyncSession, idempotency_key: str) -> Delivery | Non
     return await s.scalar(select(Delivery).where(Delivery.idempotency_key == idempotency_key))
 
 
-async def record_delivery(s: AsyncSession, **fields: Any) -> tuple[Delivery, bool]:
-    """Record a delivery by its idempotency key: (row, True), or (the earlier row, False)."""
+async def record_delivery(s: AsyncSession, *, known_absent: bool = False,
+                          **fields: Any) -> tuple[Delivery, bool]:
+    """Record a delivery by its idempotency key: (row, True), or (the earlier row, False).
+
+    `known_absent`: the caller looked the key up in this transaction and found nothing (the
+    lookup is not repeated; a concurrent writer is still caught, see `insert_once`)."""
     key = fields.get("idempotency_key")
     if not key:
         raise ValueError("a delivery needs an idempotency_key (<workflow id>/<step>/<iteration>)")
-    return await insert_once(s, Delivery(**fields), lambda: find_delivery(s, key))
+    return await insert_once(s, Delivery(**fields), lambda: find_delivery(s, key),
+                             known_absent=known_absent)
 
 
 async def deliveries_for(

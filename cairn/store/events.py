@@ -214,8 +214,20 @@ async def claim_events(
     failure is not checked here: the relay picks only due events (`unrouted_events`), and a
     caller naming an event (a sweep retrying its batch) may try it at once.
     """
-    ids = await _claim(s, event_ids, claimant, now, lease)
+    ids = list(dict.fromkeys(event_ids))
     claimed: list[Event] = []
+    if s.bind is not None and s.bind.dialect.update_returning:
+        # one statement: the claim reads its rows back (PostgreSQL, SQLite 3.35 and later)
+        for start in range(0, len(ids), 500):
+            claimed.extend(await s.scalars(
+                update(Event)
+                .where(Event.id.in_(ids[start:start + 500]), *_claimable(now, lease))
+                .values(routing_claimed_by=claimant, routing_claimed_at=now)
+                .returning(Event)
+                .execution_options(synchronize_session=False, populate_existing=True)
+            ))
+        return sorted(claimed, key=lambda row: row.id)
+    await _claim(s, ids, claimant, now, lease)
     for start in range(0, len(ids), 500):
         claimed.extend(await s.scalars(
             select(Event).where(Event.id.in_(ids[start:start + 500]),
