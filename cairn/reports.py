@@ -399,14 +399,21 @@ MessageKey = tuple[str, str | None, str | None]
 def _sends(key: str, version: int | None, since: datetime | None,
            until: datetime | None) -> Any:
     """The journey's send rows in the window (of the runs of one version's entries, if given)."""
-    clause = and_(Delivery.kind == "send", Delivery.journey_key == key)
+    return _rows_of_runs(and_(Delivery.kind == "send", Delivery.journey_key == key),
+                         Delivery.workflow_id, Delivery.created_at, key, version, since, until)
+
+
+def _rows_of_runs(clause: Any, workflow_id: Any, moment: Any, key: str, version: int | None,
+                  since: datetime | None, until: datetime | None) -> Any:
+    """`clause` narrowed to the runs of one version's entries (if given) and to `moment` in
+    the window."""
     if version is not None:
         runs = select(Entry.workflow_id).where(Entry.journey_key == key, Entry.version == version)
-        clause = and_(clause, Delivery.workflow_id.in_(runs))
+        clause = and_(clause, workflow_id.in_(runs))
     if since is not None:
-        clause = and_(clause, Delivery.created_at >= since)
+        clause = and_(clause, moment >= since)
     if until is not None:
-        clause = and_(clause, Delivery.created_at < until)
+        clause = and_(clause, moment < until)
     return clause
 
 
@@ -490,15 +497,8 @@ async def _links(s: AsyncSession, sends: Any) -> dict[MessageKey, list[LinkFigur
 def _holds(key: str, version: int | None, since: datetime | None,
            until: datetime | None) -> Any:
     """The journey's send holds that started in the window (of one version's runs, if given)."""
-    clause = SendHold.journey_key == key
-    if version is not None:
-        runs = select(Entry.workflow_id).where(Entry.journey_key == key, Entry.version == version)
-        clause = and_(clause, SendHold.workflow_id.in_(runs))
-    if since is not None:
-        clause = and_(clause, SendHold.held_at >= since)
-    if until is not None:
-        clause = and_(clause, SendHold.held_at < until)
-    return clause
+    return _rows_of_runs(SendHold.journey_key == key, SendHold.workflow_id, SendHold.held_at,
+                         key, version, since, until)
 
 
 async def _unattributed_unsubscribes(s: AsyncSession, sends: Any) -> dict[MessageKey, int]:

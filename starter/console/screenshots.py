@@ -17,17 +17,12 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-from fastapi import FastAPI
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -42,6 +37,7 @@ from cairn.store import journeys as journeys_repo
 from cairn.store import keys as keys_repo
 from cairn.store.db import Store
 from starter.api.app import create_app
+from starter.testing import serving
 from starter.worker import journey_workers, running
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -118,26 +114,6 @@ async def publish_demo_journeys(store: Store, catalog: Path, now: datetime) -> N
             if journey.key in DEMO_JOURNEYS:
                 await journeys_repo.publish(s, journey, source=f"journeys/{journey.key}.yaml",
                                             now=now)
-
-
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """`app` served by uvicorn on a free loopback port in this event loop; yields its URL."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve(sockets=[listener]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-        listener.close()
 
 
 PAGES = (

@@ -3,18 +3,16 @@ served by uvicorn on a loopback port (`base_url`, for real HTTP clients)."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest_asyncio
-import uvicorn
 
 from cairn.events.ingest import Ingest
 from cairn.settings import Settings
 from cairn.store.db import Store
 from starter.api.app import create_app
+from starter.testing import serving
 from tests.api_support import admin, api_client, new_key
 
 
@@ -48,18 +46,5 @@ async def base_url(sqlite_store: Store) -> AsyncIterator[str]:
     """The API on a free loopback port, served by uvicorn in this event loop."""
     app = create_app(sqlite_store, Ingest(sqlite_store, None),
                      settings=Settings(database_url=sqlite_store.url))
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    serving = asyncio.create_task(server.serve(sockets=[listener]))
-    while not server.started:
-        if serving.done():
-            serving.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await serving
-        listener.close()
+    async with serving(app) as url:
+        yield url
