@@ -85,6 +85,15 @@ def _same_visit(one: StepTransition, other: StepTransition) -> bool:
     return (one.seq, one.step, one.visit) == (other.seq, other.step, other.visit)
 
 
+def _add_leave(buffer: list[StepTransition], left: StepTransition) -> None:
+    """Add how a step was left; when the buffer ends with the same visit's reach, not written
+    yet, the leave replaces it (it says it all)."""
+    if buffer and _same_visit(buffer[-1], left) and buffer[-1].left_by is None:
+        buffer[-1] = left
+    else:
+        buffer.append(left)
+
+
 class Waited(Enum):
     """How a wait ended."""
 
@@ -219,12 +228,8 @@ class JourneyRun:
             seq=self.state.transition_seq, step=self.step, visit=self.iteration,
             reached_at=self.state.step_started_at or self.now(), left_by=via,
             left_at=self.now(), next_step=after.step or END)
-        buffer = self.state.transitions
-        if buffer and _same_visit(buffer[-1], left) and buffer[-1].left_by is None:
-            buffer[-1] = left  # the reach not written yet: the leave says it all
-        else:
-            buffer.append(left)
-        del buffer[:-TRANSITION_BUFFER_LIMIT]
+        _add_leave(self.state.transitions, left)
+        del self.state.transitions[:-TRANSITION_BUFFER_LIMIT]
 
     def _expected_leave(self) -> StepTransition | None:
         """An acting step is left by `next` once its activity is done (all but a failed send
@@ -346,10 +351,7 @@ class JourneyRun:
         sent = context.transitions if isinstance(context, StepContext) else []
         expected = self._expected_leave()
         if expected is not None and isinstance(context, StepContext) and expected not in sent:
-            if sent and _same_visit(sent[-1], expected) and sent[-1].left_by is None:
-                sent[-1] = expected
-            else:
-                sent.append(expected)
+            _add_leave(sent, expected)
         if local:
             result = await workflow.execute_local_activity(
                 name,
