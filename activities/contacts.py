@@ -28,7 +28,7 @@ from cairn.conditions import (
     leaves,
     window_start,
 )
-from cairn.contact import ContactSnapshot
+from cairn.contact import ContactSnapshot, reads_scores
 from cairn.contracts import (
     EVALUATE_CONDITION,
     LOAD_CONTACT,
@@ -95,7 +95,8 @@ class ContactActivities:
         context = request.context
         bound = step_log(context)
         async with self.store.session() as s:
-            contact = await contact_snapshot(s, context.contact_id)
+            contact = await contact_snapshot(s, context.contact_id,
+                                             scores=reads_scores(request.condition))
 
             async def count_events(spec: HasDone) -> int:
                 since = window_start(spec, now=context.now, entered_at=request.entered_at)

@@ -64,9 +64,11 @@ def permanent(message: str, error_type: str) -> ApplicationError:
     return ApplicationError(message, type=error_type, non_retryable=True)
 
 
-async def contact_snapshot(s: AsyncSession, contact_id: str) -> ContactSnapshot:
-    """The contact's fresh snapshot, or a permanent `ContactNotFound` error."""
-    found = await contacts_repo.snapshot(s, contact_id)
+async def contact_snapshot(s: AsyncSession, contact_id: str, *,
+                           scores: bool = True) -> ContactSnapshot:
+    """The contact's fresh snapshot (without scores and segments: `scores=False`), or a
+    permanent `ContactNotFound` error."""
+    found = await contacts_repo.snapshot(s, contact_id, scores=scores)
     if found is None:
         raise permanent(
             f"contact {contact_id!r} is not in the store: it may have been erased, or events "

@@ -49,7 +49,7 @@ from activities.ledger import FAILED, UNCONFIRMED, Earlier, Ledger, Refused
 from cairn import experiments, links, metrics
 from cairn.channels.base import OutgoingMessage, Provider, ProviderError, Receipt, SendLookup
 from cairn.channels.registry import ChannelSet, local_channels
-from cairn.contact import ContactSnapshot
+from cairn.contact import ContactSnapshot, reads_scores
 from cairn.contracts import (
     DELIVER_MESSAGE,
     PREPARE_SEND,
@@ -216,7 +216,8 @@ class DeliveryActivities:
             if recorded is not None:
                 bound.info("send.plan_recorded", status=recorded.status, channel=recorded.channel)
                 return _plan_of(recorded)
-            contact = await contact_snapshot(s, context.contact_id)
+            contact = await contact_snapshot(s, context.contact_id,
+                                             scores=reads_scores(request.template))
             return await self._decide(s, request, contact)
 
     async def _decide(
@@ -417,7 +418,8 @@ class DeliveryActivities:
                     return self._outcome(row)
                 if row is None:
                     recorded = False
-                    contact = await contact_snapshot(s, context.contact_id)
+                    contact = await contact_snapshot(s, context.contact_id,
+                                                     scores=reads_scores(request.template))
                     plan = await self._decide(s, request, contact)
                     if plan.status != "ready" or plan.channel is None:
                         return SendOutcome(status=plan.status, channel=plan.channel,
@@ -440,7 +442,8 @@ class DeliveryActivities:
                 message = self._message_from_row(request, earlier.row)
                 row_id = earlier.row.id
             else:
-                contact = contact or await contact_snapshot(s, context.contact_id)
+                contact = contact or await contact_snapshot(
+                    s, context.contact_id, scores=reads_scores(request.template))
                 prepared = await self._prepare_message(s, request, channel, contact, provider,
                                                        known_absent=not recorded)
                 if isinstance(prepared, Delivery):

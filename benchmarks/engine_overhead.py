@@ -4,9 +4,13 @@ Both sides run against one `temporal server start-dev` (started here, SQLite fil
 folder), one SQLite store and workers in this process:
 
 * **cairn**: a journey `trigger bench_go -> wait 1s -> if plan = pro -> send email -> end`, entered
-  through `Ingest.track` (event stored, contact touched, router applies entry rules, records the
-  entry and signal-with-starts the run); the real interpreter and activities (condition read from
-  the store, send prepared, rendered and written to the deliveries ledger on `cairn-delivery`).
+  the way `POST /v1/track` enters it: `Ingest.track(route=False)` stores the event and touches the
+  contact in the commit of the calls arriving with it, then `Ingest.route_soon` routes it with the
+  events of the other calls (claimed and marked routed in one write per pass; the router applies
+  entry rules, records the entry and signal-with-starts the run); the real interpreter and
+  activities (condition read from the store, send prepared, rendered and written to the
+  deliveries ledger on `cairn-delivery`). `--inline-routing` routes each call on its own
+  instead (`Ingest.track(route=True)`, as `POST /v1/journeys/{key}/entries` does).
 * **minimal**: a hand-written workflow started with `start_workflow`: a sleep until 1 s after the
   start call's time, to the second (the journey's wait counts from its event the same way, so
   under load neither side starts a timer for a moment already past), one activity that reads the
@@ -234,8 +238,10 @@ def cpu_seconds(pid: int | None) -> float:
 class StoreCounter:
     """Statements, commits and new connections on the store's engine (SQLAlchemy events)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, by_text: bool = False) -> None:
         self.statements = self.commits = self.connections = 0
+        self.by_text = by_text
+        """Keep each statement's text too (`--statements`): costs both sides a little CPU."""
         self.counting: str | None = None
         """The side whose loaded phase is running (its statements are kept by text)."""
         self.texts: dict[str, collections.Counter[str]] = {}
@@ -248,7 +254,7 @@ class StoreCounter:
 
     def _statement(self, _conn: object, _cursor: object, statement: str, *_: object) -> None:
         self.statements += 1
-        if self.counting is not None:
+        if self.counting is not None and self.by_text:
             text = " ".join(statement.split())[:110]
             self.texts.setdefault(self.counting, collections.Counter())[text] += 1
 
@@ -372,9 +378,10 @@ class CairnSide:
     name = "cairn"
     queue, delivery_queue = "bench-cairn", "bench-cairn-delivery"
 
-    def __init__(self, client: Client, store: Store) -> None:
+    def __init__(self, client: Client, store: Store, *, inline_routing: bool = False) -> None:
         self.client = client
         self.store = store
+        self.inline_routing = inline_routing
         self.ingest = Ingest(store, Router(client, store, task_queue=self.queue,
                                            delivery_task_queue=self.delivery_queue))
 
@@ -392,8 +399,15 @@ class CairnSide:
                                share_workflow_code=not Settings().worker_strict_sandbox)
 
     async def start(self, contact_id: str) -> None:
-        result = await self.ingest.track(TrackCall(user_id=contact_id, event="bench_go"))
-        assert result.routes and result.routes[0].action == "started", result.routes
+        call = TrackCall(user_id=contact_id, event="bench_go")
+        if self.inline_routing:
+            result = await self.ingest.track(call)
+            assert result.routes and result.routes[0].action == "started", result.routes
+            return
+        # `POST /v1/track`: stored, answered, routed in the background (awaited here, so the
+        # run exists when `finish` asks for it).
+        result = await self.ingest.track(call, route=False)
+        await self.ingest.route_soon([result.event_id])
 
     @staticmethod
     def workflow_id(contact_id: str) -> str:
@@ -580,7 +594,7 @@ def runs_label(runs: int, concurrency: int) -> str:
 
 
 async def main(runs: int, concurrency: int, warmup: int, idle_runs: int, sample: int,
-               rounds: int, statements: bool = False) -> None:
+               rounds: int, statements: bool = False, inline_routing: bool = False) -> None:
     configure("WARNING")
     with tempfile.TemporaryDirectory(prefix="cairn-bench-") as tmp:
         folder = Path(tmp)
@@ -591,11 +605,15 @@ async def main(runs: int, concurrency: int, warmup: int, idle_runs: int, sample:
                                  pool_size=STORE_POOL_SIZE)
         clock = SendClock()
         clock.install()
-        counter = StoreCounter(store)
+        counter = StoreCounter(store, by_text=statements)
         try:
             print(f"temporal dev server {server.address} (SQLite file), store {store.url}, "
                   f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-            cairn_side = CairnSide(client, store)
+            cairn_side = CairnSide(client, store, inline_routing=inline_routing)
+            print("cairn side entered "
+                  + ("with each track call routed inside it (--inline-routing)" if inline_routing
+                     else "as POST /v1/track enters it (stored, then routed with the other "
+                          "calls' events)"))
             await cairn_side.publish(folder / "journeys")
             figures = await bench([MinimalSide(client, store), cairn_side], store, clock,
                                   counter, runs=runs, concurrency=concurrency, warmup=warmup,
@@ -629,11 +647,14 @@ def cli() -> None:
                         help="loaded runs per side whose histories are counted (default 50)")
     parser.add_argument("--statements", action="store_true",
                         help="also print each side's SQL statements per run, by text")
+    parser.add_argument("--inline-routing", action="store_true",
+                        help="route each track call on its own, inside the call, instead of "
+                             "as POST /v1/track does (stored, then routed with other calls)")
     args = parser.parse_args()
     code = 0
     try:
         asyncio.run(main(args.runs, args.concurrency, args.warmup, args.idle_runs,
-                         args.histories, args.rounds, args.statements))
+                         args.histories, args.rounds, args.statements, args.inline_routing))
     except KeyboardInterrupt:
         code = 130
     sys.stdout.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -42,3 +43,20 @@ class ContactSnapshot(BaseModel):
         """The mapping conditions and templates read (`contact.first_name` reads attributes too)."""
         data = self.model_dump(mode="json")
         return {**self.attributes, **data}
+
+
+SCORE_WORDS = ("score", "segment")
+"""Words a reader of a contact's scores or segments names them by: `score:` and `in_segment:`
+conditions, `contact.scores.*` and `contact.segments` in templates and attribute paths."""
+
+_WHOLE_CONTACT = re.compile(r"\bcontact\b(?!\s*\.)")
+"""`contact` not followed by a field: a template that reads the contact whole (`{{ contact }}`,
+`{% for pair in contact %}`) may show the scores without naming them."""
+
+
+def reads_scores(value: Any) -> bool:
+    """Whether a condition or a template may read the contact's scores or segments: whether its
+    text names them, or names the contact whole (a false yes costs one query, a false no is
+    not possible: every way to read them goes through one of those words)."""
+    text = repr(value)
+    return any(word in text for word in SCORE_WORDS) or bool(_WHOLE_CONTACT.search(text))

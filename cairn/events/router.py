@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import ColumnElement, delete, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
     SearchAttributePair,
@@ -77,15 +78,31 @@ twins itself, in the write that closes it (`Router.dropping_twins_later`)."""
 
 async def drop_twins(session: AsyncSession, started: Iterable[tuple[str, str]]) -> None:
     """Keep one entry row per (workflow id, trigger message id): the oldest (see
-    `Router._drop_twins`); one DELETE per entry, in the caller's transaction."""
-    for wid, message_id in started:
+    `Router._drop_twins`); one DELETE for up to `TWINS_PER_STATEMENT` entries, in the caller's
+    transaction."""
+    pairs = list(dict.fromkeys(started))
+    for start in range(0, len(pairs), TWINS_PER_STATEMENT):
+        chunk = pairs[start:start + TWINS_PER_STATEMENT]
         # A failed entry re-entered with the same event is history, not a twin.
-        twins = (Entry.workflow_id == wid, Entry.trigger_message_id == message_id,
-                 or_(Entry.outcome.is_(None),
-                     Entry.outcome.not_like(f"{entries_repo.FAILED}%")))
-        first = select(func.min(Entry.id)).where(*twins).scalar_subquery()
-        await session.execute(delete(Entry).where(*twins, Entry.id > first)
-                              .execution_options(synchronize_session=False))
+        first = aliased(Entry)
+        oldest = (select(func.min(first.id))
+                  .where(first.workflow_id == Entry.workflow_id,
+                         first.trigger_message_id == Entry.trigger_message_id,
+                         _not_failed(first))
+                  .scalar_subquery())
+        await session.execute(
+            delete(Entry)
+            .where(tuple_(Entry.workflow_id, Entry.trigger_message_id).in_(chunk),
+                   _not_failed(Entry), Entry.id > oldest)
+            .execution_options(synchronize_session=False))
+
+
+TWINS_PER_STATEMENT = 400
+"""Entries whose twins one DELETE drops (two parameters each, far below SQLite's limit)."""
+
+
+def _not_failed(entry: type[Entry]) -> ColumnElement[bool]:
+    return or_(entry.outcome.is_(None), entry.outcome.not_like(f"{entries_repo.FAILED}%"))
 
 
 _CALL_CATALOG: ContextVar[tuple[Router, PublishedCatalog] | None] = ContextVar(

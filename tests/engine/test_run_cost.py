@@ -67,3 +67,72 @@ async def test_a_routed_run_waits_decides_and_sends_with_one_activity(
     async with sqlite_store.session() as s:
         rows = (await s.execute(select(Delivery).where(Delivery.workflow_id == wid))).scalars()
         assert [(r.step, r.status, r.channel) for r in rows] == [("hello", "sent", "email")]
+
+
+# ------------------------------------------------------------------ scores read only when named
+
+
+def test_reads_scores_is_yes_for_every_way_of_naming_them() -> None:
+    from cairn.conditions import parse_condition
+    from cairn.contact import reads_scores
+
+    assert not reads_scores(parse_condition({"attribute": "plan", "eq": "pro"}))
+    assert not reads_scores({"subject": "Hi {{ contact.first_name }}", "body": "{{ event.x }}"})
+    assert reads_scores(parse_condition({"score": "lead", "gte": 10}))
+    assert reads_scores(parse_condition({"in_segment": "vip"}))
+    assert reads_scores(parse_condition({"attribute": "scores.lead", "gte": 1}))
+    assert reads_scores(parse_condition({"any": [{"attribute": "plan", "eq": "pro"},
+                                                 {"not": {"in_segment": "churned"}}]}))
+    assert reads_scores({"body": "{{ contact.scores.global }}"})
+    assert reads_scores({"body": "{% if contact.segments contains 'vip' %}VIP{% endif %}"})
+    assert reads_scores({"body": "{{ contact | json }}"})  # the contact whole
+
+
+async def test_a_run_reads_scores_only_where_its_condition_or_template_names_them(
+    temporal_env: WorkflowEnvironment, sqlite_store: Store,
+) -> None:
+    from cairn.store import scores as scores_repo
+    from tests.events.test_routing_cost import Statements
+
+    plain, scored, contact = unique("plain"), unique("scored"), unique("c")
+    async with sqlite_store.session() as s, s.begin():
+        await contacts_repo.identify(s, contact, {"email": f"{contact}@example.com",
+                                                  "plan": "pro"}, T0)
+        await scores_repo.change_score(s, contact_id=contact, dimension="lead", delta=12,
+                                       reason="test", source="test", workflow_id=None,
+                                       idempotency_key=None, now=T0)
+    for key, condition, body in (
+        (plain, {"attribute": "plan", "eq": "pro"}, "Plan {{ contact.plan }}"),
+        (scored, {"score": "lead", "gte": 10}, "Lead {{ contact.scores.lead }}"),
+    ):
+        await publish(sqlite_store, {
+            "key": key, "name": key, "trigger": {"event": f"go-{key}"},
+            "templates": {"hi": {"email": {"subject": "Hi", "body": body}}},
+            "steps": {
+                "check": {"if": condition, "then": "hello", "else": "end"},
+                "hello": {"send": {"channel": "email", "template": "hi",
+                                   "category": "transactional"}, "next": "end"},
+            },
+        })
+    counted = Statements(sqlite_store)
+    reads: dict[str, int] = {}
+    try:
+        async with engine(temporal_env, sqlite_store) as router:
+            for key in (plain, scored):
+                before = counted.count("SELECT ? AS kind, scores.dim")
+                await router.route(EventMessage(message_id=unique("m"), event=f"go-{key}",
+                                                contact_id=contact, properties={},
+                                                timestamp=T0))
+                result = await finished(temporal_env, workflow_id(key, contact))
+                assert result.outcome == "completed"
+                assert [entry.step for entry in result.path] == ["check", "hello"]
+                reads[key] = counted.count("SELECT ? AS kind, scores.dim") - before
+    finally:
+        counted.close()
+    # the plain run's `if` and send never asked for scores; the scored one's both did
+    assert reads == {plain: 0, scored: 2}
+    async with sqlite_store.session() as s:
+        rows = (await s.execute(select(Delivery).where(Delivery.contact_id == contact)
+                                .order_by(Delivery.id))).scalars().all()
+    assert [(r.journey_key, (r.rendered or {}).get("body")) for r in rows] == [
+        (plain, "Plan pro"), (scored, "Lead 12")]

@@ -88,3 +88,39 @@ async def test_a_track_call_that_starts_a_run_claims_in_its_storing_transaction(
             assert await events_repo.unrouted_among(session, [result.event_id]) == []
             assert len(list(await session.scalars(
                 select(Entry).where(Entry.workflow_id == workflow_id(key, contact))))) == 1
+
+
+async def test_one_delete_drops_the_twins_of_many_entries_and_keeps_failed_history(
+    sqlite_store: Store,
+) -> None:
+    """Two routers that raced on one event each recorded an entry: the oldest row stays. A
+    failed entry re-entered with the same event is history and stays too. One statement for a
+    whole routing pass."""
+    from cairn.events.router import drop_twins
+    from cairn.store import entries as entries_repo
+
+    key = unique("twins")
+    pairs = [(workflow_id(key, f"c{i}"), f"m{i}") for i in range(3)]
+    async with sqlite_store.session() as s, s.begin():
+        # c2: an entry that failed, then the entry that re-entered with the same event
+        failed = await entries_repo.record_entry(
+            s, journey_key=key, version=1, contact_id="c2", entry_key=None,
+            workflow_id=pairs[2][0], trigger_message_id=pairs[2][1], entered_at=T0)
+        failed.outcome, failed.ended_at = f"{entries_repo.FAILED}: boom", T0
+        for i, (wid, message) in enumerate(pairs):
+            for _ in range(2 if i < 2 else 1):  # c0 and c1: twins
+                await entries_repo.record_entry(
+                    s, journey_key=key, version=1, contact_id=f"c{i}", entry_key=None,
+                    workflow_id=wid, trigger_message_id=message, entered_at=T0)
+    counted = Statements(sqlite_store)
+    try:
+        async with sqlite_store.session() as s, s.begin():
+            await drop_twins(s, pairs)
+    finally:
+        counted.close()
+    assert counted.count("DELETE FROM entries") == 1
+    async with sqlite_store.session() as s:
+        rows = (await s.execute(select(Entry).where(Entry.journey_key == key)
+                                .order_by(Entry.id))).scalars().all()
+    kept = [(row.contact_id, row.outcome is not None) for row in rows]
+    assert kept == [("c2", True), ("c0", False), ("c1", False), ("c2", False)]
