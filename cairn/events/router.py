@@ -45,6 +45,8 @@ from cairn.journey_run import (
     workflow_id,
 )
 from cairn.log import get_logger
+from cairn.privacy.codec import codec_keys
+from cairn.privacy.keys import DataKeys, WrappedKey, contact_owner
 from cairn.store import entries as entries_repo
 from cairn.store import journeys as journeys_repo
 from cairn.store.db import Store
@@ -330,6 +332,8 @@ class Router:
         answer is exact even when two routers race on the same workflow id.
         """
         assert journey.version is not None, "only published journeys (with a version) are routed"
+        keys = self._staging_keys()
+        staged: WrappedKey | None = None
         async with self.store.session() as session, session.begin():
             row = await entries_repo.record_entry(
                 session,
@@ -341,6 +345,10 @@ class Router:
                 trigger_message_id=event.message_id,
                 entered_at=event.timestamp,
             )
+            if keys is not None:  # the run's payloads are encrypted under the contact's key
+                staged = await keys.stage(session, contact_owner(event.contact_id))
+        if keys is not None and staged is not None:
+            keys.adopt(staged)
         try:
             handle = await self._signal_with_start(journey, event, entry_key, wid, running)
             started = await self._started_by(handle, event)
@@ -362,6 +370,13 @@ class Router:
             if running else "a run was already there; event signalled"
         )
         return RouteDecision(journey.key, journey.version, wid, "signalled", reason)
+
+    def _staging_keys(self) -> DataKeys | None:
+        """The payload codec's data keys, when they are kept in this router's database: the
+        contact's key is then found or created in the transaction that records the entry,
+        rather than in one of its own when the start call encodes the run's input."""
+        keys = codec_keys(self.client.data_converter)
+        return keys if keys is not None and keys.stages_in(self.store.url) else None
 
     async def _enter_again(
         self, journey: Journey, event: EventMessage, entry_key: str | None, wid: str,

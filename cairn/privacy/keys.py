@@ -31,11 +31,12 @@ from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from cairn.private_files import write_private
 from cairn.settings import Settings
 from cairn.store import data_keys as data_keys_repo
-from cairn.store.db import Store
+from cairn.store.db import Store, normalized_url
 from cairn.store.schema import DataKey
 
 SYSTEM_OWNER = "system"
@@ -250,6 +251,13 @@ class SqlDataKeyStore:
         self._url = url
         self._opening = asyncio.Lock()
 
+    @property
+    def url(self) -> str | None:
+        """The database the keys are in."""
+        if self._store is not None:
+            return self._store.url
+        return normalized_url(self._url) if self._url is not None else None
+
     async def store(self) -> Store:
         if self._store is None:
             async with self._opening:
@@ -257,6 +265,12 @@ class SqlDataKeyStore:
                     assert self._url is not None
                     self._store = await Store.open(self._url)
         return self._store
+
+    async def close(self) -> None:
+        """Close the store this opened itself (one given to it stays open)."""
+        if self._store is not None and self._url is not None:
+            store, self._store = self._store, None
+            await store.close()
 
     async def by_id(self, key_id: str) -> WrappedKey | None:
         async with (await self.store()).session() as s:
@@ -346,13 +360,16 @@ class DataKeys:
         self._erasure_mark: int | None = None
         self._checked_until = 0.0
 
-    async def _drop_if_erased_elsewhere(self) -> None:
-        """Empty the cache if an erasure committed since the last look (see the class)."""
+    async def _drop_if_erased_elsewhere(self, s: AsyncSession | None = None) -> None:
+        """Empty the cache if an erasure committed since the last look (see the class); `s`:
+        look through the caller's session (on the keys' database) rather than the key store's
+        own connections, which may wait for the write lock `s` holds."""
         now = time.monotonic()
         if now < self._checked_until:
             return
         self._checked_until = now + self.recheck
-        mark = await self.store.erasure_mark()
+        mark = (await data_keys_repo.erasure_mark(s) if s is not None
+                else await self.store.erasure_mark())
         if mark != self._erasure_mark:
             self._by_owner.clear()
             self._by_id.clear()
@@ -389,6 +406,40 @@ class DataKeys:
             self._by_owner.put(owner, (in_use.id, b""))
         self._creating.pop(owner, None)
         return in_use
+
+    def stages_in(self, url: str) -> bool:
+        """Whether `stage` may write in a transaction on the database at `url`: the keys are
+        stored there."""
+        return isinstance(self.store, SqlDataKeyStore) and self.store.url == url
+
+    async def stage(self, s: AsyncSession, owner: str) -> WrappedKey | None:
+        """The owner's key, found or created inside the caller's transaction `s` (on the keys'
+        database, `stages_in`), when this process does not hold it yet; None when it does.
+
+        A caller about to write for a contact anyway (the router recording an entry) saves the
+        key's own transaction: the key commits with its write. Hand the key to `adopt` once `s`
+        committed, never before (a key used before its row commits could encrypt payloads no
+        one can read should the transaction roll back). One statement for a new owner (an
+        insert that yields to a key stored meanwhile), two for a stored one.
+        """
+        await self._drop_if_erased_elsewhere(s)
+        if self._held(owner):
+            return None
+        key_id = secrets.token_hex(8)
+        master_id, wrapped = self.ring.wrap(key_id, AESGCM.generate_key(bit_length=256))
+        stored = await data_keys_repo.add_data_key(s, DataKey(
+            id=key_id, owner=owner, master_key_id=master_id, wrapped=wrapped,
+            created_at=datetime.now(UTC)))
+        return WrappedKey(stored.id, stored.owner, stored.master_key_id, stored.wrapped)
+
+    def adopt(self, key: WrappedKey) -> None:
+        """Hold a key `stage` found or created, its transaction committed."""
+        in_use = self._unwrap(key)
+        self._by_owner.put(key.owner, (in_use.id, b""))
+
+    def _held(self, owner: str) -> bool:
+        cached = self._by_owner.get(owner)
+        return cached is not None and self._by_id.get(cached[0]) is not None
 
     async def by_id(self, key_id: str) -> DataKeyInUse:
         """The key a payload names; `ErasedDataKeyError` if an erasure destroyed it."""

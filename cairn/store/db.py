@@ -96,6 +96,12 @@ def _async_url(url: str) -> URL:
     return parsed
 
 
+def normalized_url(url: str) -> str:
+    """`url` as `Store.open` keeps it in `Store.url` (async driver named): two URLs of the same
+    database compare equal."""
+    return _async_url(url).render_as_string(hide_password=False)
+
+
 def _sqlite_file(url: URL) -> Path | None:
     database = url.database
     if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
