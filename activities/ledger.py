@@ -166,14 +166,18 @@ class Ledger:
     async def sent(
         self, row_id: int, now: datetime, *, response: Any, message_id: str | None,
         provider: str | None = None, accepted_at: datetime | None = None,
+        also: Callable[[AsyncSession], Awaitable[object]] | None = None,
     ) -> Delivery:
         """Settle the claimed (or resent) row `sent` with the target's answer (and `provider`,
-        when given); `accepted_at` is the wall clock unless the target said when."""
+        when given); `accepted_at` is the wall clock unless the target said when. `also` writes
+        in the same transaction (a last send closing its run's entry)."""
         async with self.store.session() as s, s.begin():
             row = await s.get(Delivery, row_id)
             assert row is not None
             self.settle_sent(row, now, response=response, message_id=message_id,
                              provider=provider, accepted_at=accepted_at)
+            if also is not None:
+                await also(s)
             return row
 
     def settle_sent(

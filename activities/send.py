@@ -65,11 +65,13 @@ from cairn.contracts import (
 from cairn.delivery_policy import DeliveryPolicy, cap_hold
 from cairn.durations import parse_time_of_day
 from cairn.journey import QuietHours, SendStep
+from cairn.journey_run import COMPLETED
 from cairn.local_time import TimezoneError, quiet_hours_end, zone
 from cairn.log import get_logger
 from cairn.privacy.scrub import scrub
 from cairn.reachability import Blocker, blocker, normalised_phone
 from cairn.store import deliveries as deliveries_repo
+from cairn.store import entries as entries_repo
 from cairn.store import holds, suppressions
 from cairn.store.db import Store
 from cairn.store.schema import Delivery, DeliveryLink
@@ -404,6 +406,7 @@ class DeliveryActivities:
         """
         context = request.context
         bound = step_log(context)
+        closing = _EntryClosing(request)
         prepared: Delivery | TemplateRenderError | tuple[OutgoingMessage, Delivery] | None = None
         earlier: Earlier | None = None
         sent: Receipt | None = None
@@ -459,11 +462,13 @@ class DeliveryActivities:
                             claimed, context.now, response=sent.response,
                             message_id=sent.provider_message_id, provider=sent.provider,
                             accepted_at=sent.accepted_at)
+                        await closing.close(s)
         if sent is not None:
             bound.info("delivery.sent", delivery_id=row_id, template=request.template_name,
                        provider_message_id=sent.provider_message_id)
+            closing.log(bound)
             return SendOutcome(status="sent", channel=channel, delivery_id=row_id, reason="",
-                               variant=request.variant)
+                               variant=request.variant, entry_closed=closing.done)
         if isinstance(prepared, TemplateRenderError):
             raise permanent(str(prepared), TEMPLATE_ERROR) from prepared
         if earlier is not None and earlier.unconfirmed:
@@ -491,10 +496,12 @@ class DeliveryActivities:
             return self._outcome(failed)
         row = await self.ledger.sent(row_id, context.now, response=receipt.response,
                                      message_id=receipt.provider_message_id,
-                                     provider=receipt.provider, accepted_at=receipt.accepted_at)
+                                     provider=receipt.provider, accepted_at=receipt.accepted_at,
+                                     also=closing.close)
         bound.info("delivery.sent", delivery_id=row.id, template=request.template_name,
                    provider_message_id=receipt.provider_message_id)
-        return self._outcome(row)
+        closing.log(bound)
+        return self._outcome(row).model_copy(update={"entry_closed": closing.done})
 
     async def _look_up(
         self, provider: Provider, message: OutgoingMessage, row_id: int,
@@ -673,3 +680,26 @@ class DeliveryActivities:
         # the run's history gets it scrubbed
         return SendOutcome(status=_status(row.status), channel=row.channel, delivery_id=row.id,
                            reason=scrub(row.reason or ""), variant=row.variant)
+
+
+class _EntryClosing:
+    """A last send's close of its run's entry (`SendRequest.closes_entry`), written with the
+    ledger row that settles the send `sent`: the run then needs no `finish_entry`."""
+
+    def __init__(self, request: SendRequest) -> None:
+        self.request = request
+        self.done = False
+        self.closed = 0
+
+    async def close(self, s: AsyncSession) -> None:
+        if not self.request.closes_entry:
+            return
+        context = self.request.context
+        self.closed = await entries_repo.close_entry(s, context.workflow_id, COMPLETED,
+                                                     context.now)
+        self.done = True
+
+    def log(self, bound: FilteringBoundLogger) -> None:
+        if self.done:
+            bound.info("entry.finished" if self.closed else "entry.none_open",
+                       outcome=COMPLETED, closed=self.closed, by="send")

@@ -151,6 +151,12 @@ class SendRequest(BaseModel):
         default_factory=list, description="channels a provider refused for good on this visit"
     )
     attempt: int = Field(default=0, description="0, then 1, 2... for each fallback channel")
+    closes_entry: bool = Field(
+        default=False,
+        description="the run ends `completed` right after this send (`next: end`, no "
+                    "`on_failure`): a send settled `sent` closes the run's entry in the "
+                    "transaction that records it, and says so (`SendOutcome.entry_closed`), so "
+                    "the run needs no `finish_entry` of its own")
     variant: str | None = Field(
         default=None, description="the arm the run chose (a send with variants); `template` "
                                   "holds its parts")
@@ -197,6 +203,8 @@ class SendOutcome(BaseModel):
     hold_until: datetime | None = None
     variant: str | None = Field(default=None, description="the variant sent (a send with "
                                 "variants; an experiment's winner once decided)")
+    entry_closed: bool = Field(default=False, description="the send closed the run's entry "
+                               "`completed` with its ledger row (`SendRequest.closes_entry`)")
 
 
 class ArmRequest(BaseModel):

@@ -20,6 +20,8 @@ EVENT_SIGNAL = "event"
 EXIT_SIGNAL = "exit"
 STATE_QUERY = "state"
 CAUGHT_EVENTS = "events"
+COMPLETED = "completed"
+"""The outcome of a run that reached `end` (or a step whose `next` is `end`)."""
 """Where a caught event is kept in the journey context, by name: templates read it as
 `journey.events.<name>`, `if` conditions as `{property: ..., event: <name>}`. Kept by reference
 (no properties); activities read it back from the store."""
@@ -257,6 +259,12 @@ class JourneyInput(BaseModel):
         description="run the lean sequence of commands (`workflows.run.LEAN_RUN_PATCH`); set for "
                     "every new run, absent from the inputs of runs recorded before it, which "
                     "replay as they were recorded",
+    )
+    entry_by_send: bool = Field(
+        default=False,
+        description="a run whose last step is a send lets the send close its entry "
+                    "(`SendRequest.closes_entry`); set for every new run, absent from the inputs "
+                    "of runs recorded before it, which replay as they were recorded",
     )
     history_limit: int | None = Field(
         default=None, ge=10,

@@ -39,6 +39,7 @@ from workflows.run import (
     ACTIVITY_RETRY,
     ACTIVITY_TIMEOUT,
     ANCHOR_SLACK,
+    COMPLETED,
     HEARD_LIMIT,
     SEEN_IDS_LIMIT,
     JourneyRun,
@@ -175,6 +176,7 @@ class JourneyWorkflow:
     async def _interpret(self, data: JourneyInput) -> JourneyResult:
         run, state = self.run_, self.run_.state
         run.lean = data.lean  # LEAN_RUN_PATCH
+        run.entry_by_send = data.entry_by_send
         if data.state is None:
             self._label_run()
         visited_this_run: set[str] = set()
@@ -225,7 +227,8 @@ class JourneyWorkflow:
         await workflow.wait_condition(workflow.all_handlers_finished)
         run.state.runs += 1
         # the next run has a history of its own: it may take the lean sequence (LEAN_RUN_PATCH)
-        workflow.continue_as_new(run.input.model_copy(update={"state": run.state, "lean": True}))
+        workflow.continue_as_new(run.input.model_copy(update={
+            "state": run.state, "lean": True, "entry_by_send": True}))
 
     async def _finish(self, outcome: str) -> JourneyResult:
         run, state = self.run_, self.run_.state
@@ -236,6 +239,11 @@ class JourneyWorkflow:
         if not run.lean:  # a lean run's CairnStep keeps the last step it waited in
             workflow.upsert_search_attributes([search_attributes.STEP.value_set("end")])
         workflow.set_current_details(f"finished: **{outcome}**")
+        if run.entry_closed and outcome == COMPLETED:
+            # The last send closed the entry with its ledger row (`SendRequest.closes_entry`),
+            # and wrote the step's leave in advance: nothing left for `finish_entry`.
+            return JourneyResult(outcome=outcome, path=state.path,
+                                 path_dropped=state.path_dropped, earlier=state.earlier)
         await self._finish_entry(EntryFinish(
             workflow_id=workflow.info().workflow_id,
             journey_key=run.journey.key,

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from cairn.contracts import StepContext
     from cairn.journey import END, Journey
     from cairn.journey_run import (
+        COMPLETED,
         DELIVERY_TASK_QUEUE,
         JOURNEY_TASK_QUEUE,
         EventMessage,
@@ -122,7 +123,7 @@ class Next:
     @classmethod
     def to(cls, step: str, via: str | None = None) -> Next:
         if step == END:
-            return cls(outcome="completed", via=via or "next")
+            return cls(outcome=COMPLETED, via=via or "next")
         return cls(step=step, via=via)
 
 
@@ -137,6 +138,10 @@ class JourneyRun:
         self.offset = timedelta(seconds=data.clock_offset_seconds)
         self.lean = False
         """Whether this run does the lean sequence of commands (`LEAN_RUN_PATCH`)."""
+        self.entry_by_send = False
+        """Whether a last send may close the entry (`JourneyInput.entry_by_send`)."""
+        self.entry_closed = False
+        """The entry was closed `completed` by the run's last send (`SendOutcome.entry_closed`)."""
 
     # ------------------------------------------------------------------ time
 

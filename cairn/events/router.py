@@ -419,6 +419,7 @@ class Router:
             clock_offset_seconds=self.clock_offset.total_seconds(),
             delivery_task_queue=self.delivery_task_queue,
             lean=True,
+            entry_by_send=True,
         )
         handle: WorkflowHandle[object, object] = await self.client.start_workflow(
             WORKFLOW_NAME,

@@ -302,3 +302,34 @@ async def test_a_webhook_answer_stays_in_its_row_and_the_run_gets_a_reference(
     async with store.session() as s:
         [mail] = await deliveries.deliveries_for(s, workflow_id="journey/j/c-1", kind="send")
     assert mail.rendered["body"] == "answer 1"
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_a_last_send_closes_its_entry_with_the_row_that_settles_it_sent(
+    store: Store, fails: bool,
+) -> None:
+    """`closes_entry` (the run ends after this send): the entry closes `completed` in the
+    transaction that settles the send `sent` with a provider that answers over the network; a
+    refused send closes nothing (the run's `finish_entry` does)."""
+    from cairn.store import entries as entries_repo
+
+    async with store.session() as s, s.begin():
+        await entries_repo.record_entry(
+            s, journey_key="j", version=1, contact_id="c-1", entry_key=None,
+            workflow_id="journey/j/c-1", trigger_message_id="m-1", entered_at=NOW)
+    target = Target(failures=[ProviderError("scripted", "HTTP 422: bad", retryable=False,
+                                            status=422, code="bad")] if fails else [])
+    sending = Sending(store, target)
+    send = Send.model_validate({"channel": "email", "template": "hi",
+                                "category": "transactional"})
+    request = SendRequest(context=_context(NOW), send=send, channel="email", closes_entry=True,
+                          template={"email": {"subject": "Hi", "body": "Hello"}})
+    if fails:
+        with pytest.raises(ApplicationError):
+            await env.run(sending.activities.deliver_message, request)
+    else:
+        outcome = await env.run(sending.activities.deliver_message, request)
+        assert (outcome.status, outcome.entry_closed) == ("sent", True)
+    async with store.session() as s:
+        (entry,) = await entries_repo.entries_for(s, "j")
+    assert (entry.outcome, entry.ended_at) == ((None, None) if fails else ("completed", NOW))

@@ -1,8 +1,9 @@
 """What one journey run costs Temporal: the lean sequence of commands (`workflows.run`).
 
 A run the router starts waits at its first step (whose `CairnStep` the router set at start),
-decides an `if` in a local activity, plans and sends in one `deliver_message` and closes its entry
-in a local activity: one regular activity, two local ones, no search-attribute upsert.
+decides an `if` in a local activity, plans and sends in one `deliver_message`, which also closes
+the entry when the send is the last step (`SendRequest.closes_entry`): one regular activity, one
+local one, no search-attribute upsert.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from cairn.journey_run import EventMessage, workflow_id
 from cairn.store import contacts as contacts_repo
 from cairn.store.db import Store
 from cairn.store.schema import Delivery
-from tests.engine_support import T0, engine, finished, publish, unique
+from cairn.store.schema import StepTransitionRecord as StepTransition
+from tests.engine_support import T0, engine, entries_of, finished, publish, unique
 
 LOCAL_ACTIVITY_MARKER = "core_local_activity"
 
@@ -59,7 +61,7 @@ async def test_a_routed_run_waits_decides_and_sends_with_one_activity(
     assert scheduled == ["deliver_message"]
     markers = [e.marker_recorded_event_attributes.marker_name for e in history.events
                if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
-    assert markers == [LOCAL_ACTIVITY_MARKER, LOCAL_ACTIVITY_MARKER]  # if, finish_entry
+    assert markers == [LOCAL_ACTIVITY_MARKER]  # the if; the send closed the entry
     assert EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES not in kinds
     assert kinds.count(EventType.EVENT_TYPE_TIMER_STARTED) == 1
     # the router's labels stand; the step is the one the run waited in
@@ -67,6 +69,15 @@ async def test_a_routed_run_waits_decides_and_sends_with_one_activity(
     async with sqlite_store.session() as s:
         rows = (await s.execute(select(Delivery).where(Delivery.workflow_id == wid))).scalars()
         assert [(r.step, r.status, r.channel) for r in rows] == [("hello", "sent", "email")]
+        (entry,) = await entries_of(sqlite_store, key)
+        assert (entry.outcome, entry.ended_at is not None) == ("completed", True)
+        left = (await s.execute(select(StepTransition.step, StepTransition.left_by,
+                                       StepTransition.next_step)
+                                .where(StepTransition.workflow_id == wid)
+                                .order_by(StepTransition.seq))).all()
+        assert [tuple(row) for row in left] == [("pause", "next", "check"),
+                                                ("check", "then", "hello"),
+                                                ("hello", "next", "end")]
 
 
 # ------------------------------------------------------------------ scores read only when named
@@ -136,3 +147,32 @@ async def test_a_run_reads_scores_only_where_its_condition_or_template_names_the
                                 .order_by(Delivery.id))).scalars().all()
     assert [(r.journey_key, (r.rendered or {}).get("body")) for r in rows] == [
         (plain, "Plan pro"), (scored, "Lead 12")]
+
+
+async def test_a_last_send_that_does_not_go_leaves_the_entry_to_finish_entry(
+    temporal_env: WorkflowEnvironment, sqlite_store: Store,
+) -> None:
+    """Only a send settled `sent` closes the entry with its ledger row; a skipped one (no
+    address) ends the run as before, `finish_entry` closing the entry, `completed` all the same."""
+    key, contact = unique("skip"), unique("c")
+    async with sqlite_store.session() as s, s.begin():
+        await contacts_repo.identify(s, contact, {"plan": "pro"}, T0)  # no email address
+    await publish(sqlite_store, {
+        "key": key, "name": "Skip", "trigger": {"event": "go"},
+        "templates": {"hi": {"email": {"subject": "Hi", "body": "Hello"}}},
+        "steps": {"hello": {"send": {"channel": "email", "template": "hi",
+                                     "category": "transactional"}, "next": "end"}},
+    })
+    async with engine(temporal_env, sqlite_store) as router:
+        await router.route(EventMessage(message_id=unique("m"), event="go", contact_id=contact,
+                                        properties={}, timestamp=T0))
+        wid = workflow_id(key, contact)
+        result = await finished(temporal_env, wid)
+        history = await temporal_env.client.get_workflow_handle(wid).fetch_history()
+    assert result.outcome == "completed"
+    assert "skipped" in result.path[-1].note
+    markers = [e.marker_recorded_event_attributes.marker_name for e in history.events
+               if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
+    assert markers == [LOCAL_ACTIVITY_MARKER]  # finish_entry
+    (entry,) = await entries_of(sqlite_store, key)
+    assert (entry.outcome, entry.ended_at is not None) == ("completed", True)

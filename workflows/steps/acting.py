@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         TaskResult,
     )
     from cairn.journey import (
+        END,
         AudienceStep,
         NotifyStep,
         ScoreStep,
@@ -124,6 +125,8 @@ async def _send_planned_in_delivery(
     spec = step.send
     trail: list[str] = []  # holds and refusals on this visit, all said in the path
     holds = 0
+    if run.entry_by_send and step.next == END and not spec.on_failure:
+        request.closes_entry = True  # the run ends `completed` after this send, however it goes
     while True:
         try:
             outcome: SendOutcome = await run.act(
@@ -161,6 +164,7 @@ async def _send_planned_in_delivery(
             run.note(f"{outcome.status}: {outcome.reason}")
             return Next.to(step.next)
         run.note("; ".join([*trail, _sent_note(outcome, outcome.channel)]))
+        run.entry_closed = outcome.entry_closed
         if outcome.status == "failed" and spec.on_failure:
             return Next.to(spec.on_failure, via="on_failure")
         return Next.to(step.next)
