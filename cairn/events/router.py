@@ -12,6 +12,7 @@ The router does not store events (that is `cairn.events.ingest`) and does not in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
@@ -99,6 +100,25 @@ async def drop_twins(session: AsyncSession, started: Iterable[tuple[str, str]]) 
             .execution_options(synchronize_session=False))
 
 
+def _fresh(entry: Entry) -> Entry:
+    """A new row with an entry's values (the one a failed transaction added is spent)."""
+    return Entry(journey_key=entry.journey_key, version=entry.version,
+                 contact_id=entry.contact_id, entry_key=entry.entry_key,
+                 workflow_id=entry.workflow_id, trigger_message_id=entry.trigger_message_id,
+                 entered_at=entry.entered_at)
+
+
+def _settle(future: asyncio.Future[int], value: int | None = None, *,
+            error: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert value is not None
+        future.set_result(value)
+
+
 TWINS_PER_STATEMENT = 400
 """Entries whose twins one DELETE drops (two parameters each, far below SQLite's limit)."""
 
@@ -159,6 +179,8 @@ class Router:
         self.delivery_task_queue = delivery_task_queue
         self._journeys: dict[tuple[str, int], Journey] = {}
         self._catalog: PublishedCatalog | None = None
+        self._arriving_entries: list[tuple[Entry, asyncio.Future[int]]] = []
+        self._entry_writer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ the public entry point
 
@@ -332,28 +354,20 @@ class Router:
         answer is exact even when two routers race on the same workflow id.
         """
         assert journey.version is not None, "only published journeys (with a version) are routed"
-        keys = self._staging_keys()
-        staged: WrappedKey | None = None
-        async with self.store.session() as session, session.begin():
-            row = await entries_repo.record_entry(
-                session,
-                journey_key=journey.key,
-                version=journey.version,
-                contact_id=event.contact_id,
-                entry_key=entry_key,
-                workflow_id=wid,
-                trigger_message_id=event.message_id,
-                entered_at=event.timestamp,
-            )
-            if keys is not None:  # the run's payloads are encrypted under the contact's key
-                staged = await keys.stage(session, contact_owner(event.contact_id))
-        if keys is not None and staged is not None:
-            keys.adopt(staged)
+        entry_id = await self._record_together(Entry(
+            journey_key=journey.key,
+            version=journey.version,
+            contact_id=event.contact_id,
+            entry_key=entry_key,
+            workflow_id=wid,
+            trigger_message_id=event.message_id,
+            entered_at=event.timestamp,
+        ))
         try:
             handle = await self._signal_with_start(journey, event, entry_key, wid, running)
             started = await self._started_by(handle, event)
         except BaseException:
-            await self._discard_entry(row.id)
+            await self._discard_entry(entry_id)
             raise
         if started:
             pending = _PENDING_TWINS.get()
@@ -364,12 +378,67 @@ class Router:
             metrics.ENTRIES.labels(journey=journey.key).inc()
             return RouteDecision(journey.key, journey.version, wid, "started",
                                  _entered_reason(journey))
-        await self._discard_entry(row.id)
+        await self._discard_entry(entry_id)
         reason = (
             f"entry: {journey.entry.reentry}, already in the journey; event signalled"
             if running else "a run was already there; event signalled"
         )
         return RouteDecision(journey.key, journey.version, wid, "signalled", reason)
+
+    async def _record_together(self, entry: Entry) -> int:
+        """Record an entry in the transaction of the entries other routing lanes record
+        meanwhile (a group commit), with the data key of each contact (`_staging_keys`); returns
+        its id once committed.
+
+        A routing pass routes many contacts side by side (`Ingest.route_events`), and on SQLite
+        each write transaction queues behind the others: one for all the entries that arrive
+        while one is being written costs little more than one. Should the shared transaction
+        fail, each entry is written again on its own, so a failure is only ever its own.
+        """
+        loop = asyncio.get_running_loop()
+        writer = self._entry_writer
+        if writer is not None and writer.get_loop() is not loop:
+            self._arriving_entries, writer = [], None  # left over from another event loop
+        written: asyncio.Future[int] = loop.create_future()
+        self._arriving_entries.append((entry, written))
+        if writer is None or writer.done():
+            self._entry_writer = asyncio.create_task(self._write_entries(),
+                                                     name="cairn-entries")
+        return await written
+
+    async def _write_entries(self) -> None:
+        while self._arriving_entries:
+            taken, self._arriving_entries = self._arriving_entries, []
+            try:
+                ids = await self._write_entry_rows([entry for entry, _ in taken])
+            except Exception as error:
+                if len(taken) == 1:
+                    _settle(taken[0][1], error=error)
+                    continue
+                for entry, written in taken:
+                    try:
+                        _settle(written, (await self._write_entry_rows([_fresh(entry)]))[0])
+                    except Exception as own:
+                        _settle(written, error=own)
+                continue
+            for (_, written), entry_id in zip(taken, ids, strict=True):
+                _settle(written, entry_id)
+
+    async def _write_entry_rows(self, rows: list[Entry]) -> list[int]:
+        keys = self._staging_keys()
+        staged: list[WrappedKey] = []
+        async with self.store.session() as session, session.begin():
+            session.add_all(rows)
+            await session.flush()
+            if keys is not None:  # the runs' payloads are encrypted under their contact's key
+                for contact in dict.fromkeys(row.contact_id for row in rows):
+                    key = await keys.stage(session, contact_owner(contact))
+                    if key is not None:
+                        staged.append(key)
+        if keys is not None:
+            for key in staged:
+                keys.adopt(key)
+        return [row.id for row in rows]
 
     def _staging_keys(self) -> DataKeys | None:
         """The payload codec's data keys, when they are kept in this router's database: the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from sqlalchemy import event as orm_event
 from sqlalchemy import select
 from temporalio.testing import WorkflowEnvironment
@@ -124,3 +125,53 @@ async def test_one_delete_drops_the_twins_of_many_entries_and_keeps_failed_histo
                                 .order_by(Entry.id))).scalars().all()
     kept = [(row.contact_id, row.outcome is not None) for row in rows]
     assert kept == [("c2", True), ("c0", False), ("c1", False), ("c2", False)]
+
+
+async def test_a_routing_pass_records_its_entries_in_few_transactions_and_each_alone_on_failure(
+    temporal_env: WorkflowEnvironment, sqlite_store: Store, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Contacts routed side by side record their entries together (a group commit): far fewer
+    write transactions than entries. Should a shared one fail, each entry is written alone, and
+    only the one that fails on its own is lost to its event (which stays unrouted for a retry)."""
+    from cairn.events.router import Router
+
+    store = sqlite_store
+    key = unique("grouped")
+    await publish_waiting_journey(store, key)
+    contacts = [unique("c") for _ in range(20)]
+    async with engine(temporal_env, store) as ingest:
+        stored = await ingest.batch([TrackCall(user_id=c, event="cart_item_added",
+                                               message_id=unique("m"), timestamp=T0)
+                                     for c in contacts], route=False)
+        counted = Statements(store)
+        try:
+            routed = await ingest.route_events([r.event_id for r in stored])
+        finally:
+            counted.close()
+        assert sorted(d.action for ds in routed.values() for d in ds) == ["started"] * 20
+        assert counted.commits < 12, (counted.commits, counted.texts)  # a commit each: 22
+
+        # A shared transaction that fails: each entry is written again on its own; the one
+        # that fails alone too is its event's failure, the others enter.
+        unlucky = unique("c")
+        original = Router._write_entry_rows
+
+        async def flaky(self: Router, rows: list[Entry]) -> list[int]:
+            if len(rows) > 1 or rows[0].contact_id == unlucky:
+                raise RuntimeError("the store refused the write")
+            return await original(self, rows)
+
+        monkeypatch.setattr(Router, "_write_entry_rows", flaky)
+        more = [unique("c") for _ in range(5)] + [unlucky]
+        stored = await ingest.batch([TrackCall(user_id=c, event="cart_item_added",
+                                               message_id=unique("m"), timestamp=T0)
+                                     for c in more], route=False)
+        routed = await ingest.route_events([r.event_id for r in stored])
+        entered = {d.workflow_id for ds in routed.values() for d in ds if d.action == "started"}
+        assert entered == {workflow_id(key, c) for c in more if c != unlucky}
+        async with store.session() as session:
+            rows = list(await session.scalars(select(Entry).where(Entry.journey_key == key)))
+            failed = await session.scalar(select(Event).where(
+                Event.contact_id == unlucky, Event.name == "cart_item_added"))
+        assert sorted(r.contact_id for r in rows) == sorted(contacts + more[:-1])
+        assert failed is not None and failed.routed_at is None and failed.routing_attempts == 1
