@@ -40,6 +40,7 @@ from cairn.events.calls import (
 from cairn.events.geofencing import LOCATION_UPDATED, Geofencing
 from cairn.events.profile_rules import Prepared, ProfileRules
 from cairn.events.router import PublishedCatalog, RouteDecision, Router, drop_twins
+from cairn.group_commit import GroupCommit
 from cairn.journey_run import EventMessage
 from cairn.log import get_logger
 from cairn.store import contacts as contacts_repo
@@ -189,8 +190,8 @@ class Ingest:
         """Per contact, the time of the latest event its segments were decided for."""
         self._soon: list[tuple[list[int], asyncio.Future[None]]] = []
         self._soon_task: asyncio.Task[None] | None = None
-        self._arriving: list[tuple[SegmentCallType, asyncio.Future[IngestResult]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._arriving: GroupCommit[SegmentCallType, IngestResult] = GroupCommit(
+            self._store_arrived, self._store_alone, name="cairn-ingest")
 
     async def track(self, call: TrackCall, *, route: bool = True) -> IngestResult:
         """Store a `track` call (and create or touch its contact) in one transaction, then route."""
@@ -573,42 +574,17 @@ class Ingest:
 
     async def _store_together(self, call: SegmentCallType) -> IngestResult:
         """Store one call in the transaction of the calls that arrive while one is being
-        written (a group commit), and return once it is committed.
-
-        Under load many single calls (`/v1/track` from many clients) arrive at once; a
-        transaction each makes them queue for the store's write lock one after another, while
-        one transaction for all of them costs little more than one. The calls are stored in the
+        written (`cairn.group_commit`: under load many single calls, `/v1/track` from many
+        clients, arrive at once), and return once it is committed. The calls are stored in the
         order they arrived, exactly as one at a time would store them (`_store_calls`); should
-        the shared transaction fail, each call is stored again on its own, so a call's failure
-        is only ever its own.
-        """
-        loop = asyncio.get_running_loop()
-        writer = self._writer
-        if writer is not None and writer.get_loop() is not loop:
-            self._arriving, writer = [], None  # left over from another event loop (tests)
-        stored: asyncio.Future[IngestResult] = loop.create_future()
-        self._arriving.append((call, stored))
-        if writer is None or writer.done():
-            self._writer = asyncio.create_task(self._write_arriving(), name="cairn-ingest")
-        return await stored
+        the shared transaction fail, each call is stored again on its own."""
+        return await self._arriving.submit(call)
 
-    async def _write_arriving(self) -> None:
-        while self._arriving:
-            taken, self._arriving = self._arriving, []
-            try:
-                results = await self._store_calls([call for call, _ in taken], route=False)
-            except Exception as error:
-                if len(taken) == 1:
-                    _settle(taken[0][1], error=error)
-                    continue
-                for call, stored in taken:
-                    try:
-                        _settle(stored, (await self._store_calls([call], route=False))[0])
-                    except Exception as own:
-                        _settle(stored, error=own)
-                continue
-            for (_, stored), result in zip(taken, results, strict=True):
-                _settle(stored, result)
+    async def _store_alone(self, call: SegmentCallType) -> IngestResult:
+        return (await self._store_calls([call], route=False))[0]
+
+    async def _store_arrived(self, calls: list[SegmentCallType]) -> list[IngestResult]:
+        return await self._store_calls(calls, route=False)
 
     async def _store_calls(
         self,
@@ -796,17 +772,6 @@ async def _claim_in(session: AsyncSession, event_ids: list[int], claimant: str, 
         await events_repo.release_claims(session, blocked, claimant)
     left = set(blocked)
     return [row for row in rows if row.id not in left]
-
-
-def _settle(stored: asyncio.Future[IngestResult], result: IngestResult | None = None, *,
-            error: Exception | None = None) -> None:
-    if stored.done():  # the caller went away (its request was cancelled); the call is stored
-        return
-    if error is not None:
-        stored.set_exception(error)
-    else:
-        assert result is not None
-        stored.set_result(result)
 
 
 async def _store_alias(

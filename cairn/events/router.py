@@ -12,7 +12,6 @@ The router does not store events (that is `cairn.events.ingest`) and does not in
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
@@ -35,6 +34,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from cairn import metrics, search_attributes
 from cairn.conditions import evaluate_event_filter, event_field
 from cairn.durations import parse_duration
+from cairn.group_commit import GroupCommit
 from cairn.journey import Journey
 from cairn.journey_run import (
     EVENT_SIGNAL,
@@ -108,17 +108,6 @@ def _fresh(entry: Entry) -> Entry:
                  entered_at=entry.entered_at)
 
 
-def _settle(future: asyncio.Future[int], value: int | None = None, *,
-            error: BaseException | None = None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        assert value is not None
-        future.set_result(value)
-
-
 TWINS_PER_STATEMENT = 400
 """Entries whose twins one DELETE drops (two parameters each, far below SQLite's limit)."""
 
@@ -179,8 +168,9 @@ class Router:
         self.delivery_task_queue = delivery_task_queue
         self._journeys: dict[tuple[str, int], Journey] = {}
         self._catalog: PublishedCatalog | None = None
-        self._arriving_entries: list[tuple[Entry, asyncio.Future[int]]] = []
-        self._entry_writer: asyncio.Task[None] | None = None
+        self._arriving_entries: GroupCommit[Entry, int] = GroupCommit(
+            lambda rows: self._write_entry_rows(rows), self._write_entry_alone,
+            name="cairn-entries")
 
     # ------------------------------------------------------------------ the public entry point
 
@@ -387,42 +377,14 @@ class Router:
 
     async def _record_together(self, entry: Entry) -> int:
         """Record an entry in the transaction of the entries other routing lanes record
-        meanwhile (a group commit), with the data key of each contact (`_staging_keys`); returns
-        its id once committed.
+        meanwhile (`cairn.group_commit`), with the data key of each contact (`_staging_keys`);
+        returns its id once committed. A routing pass routes many contacts side by side
+        (`Ingest.route_events`), and on SQLite each write transaction queues behind the others.
+        Should the shared transaction fail, each entry is written again on its own."""
+        return await self._arriving_entries.submit(entry)
 
-        A routing pass routes many contacts side by side (`Ingest.route_events`), and on SQLite
-        each write transaction queues behind the others: one for all the entries that arrive
-        while one is being written costs little more than one. Should the shared transaction
-        fail, each entry is written again on its own, so a failure is only ever its own.
-        """
-        loop = asyncio.get_running_loop()
-        writer = self._entry_writer
-        if writer is not None and writer.get_loop() is not loop:
-            self._arriving_entries, writer = [], None  # left over from another event loop
-        written: asyncio.Future[int] = loop.create_future()
-        self._arriving_entries.append((entry, written))
-        if writer is None or writer.done():
-            self._entry_writer = asyncio.create_task(self._write_entries(),
-                                                     name="cairn-entries")
-        return await written
-
-    async def _write_entries(self) -> None:
-        while self._arriving_entries:
-            taken, self._arriving_entries = self._arriving_entries, []
-            try:
-                ids = await self._write_entry_rows([entry for entry, _ in taken])
-            except Exception as error:
-                if len(taken) == 1:
-                    _settle(taken[0][1], error=error)
-                    continue
-                for entry, written in taken:
-                    try:
-                        _settle(written, (await self._write_entry_rows([_fresh(entry)]))[0])
-                    except Exception as own:
-                        _settle(written, error=own)
-                continue
-            for (_, written), entry_id in zip(taken, ids, strict=True):
-                _settle(written, entry_id)
+    async def _write_entry_alone(self, entry: Entry) -> int:
+        return (await self._write_entry_rows([_fresh(entry)]))[0]
 
     async def _write_entry_rows(self, rows: list[Entry]) -> list[int]:
         keys = self._staging_keys()
