@@ -12,6 +12,7 @@ The router does not store events (that is `cairn.events.ingest`) and does not in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
@@ -22,7 +23,7 @@ from typing import Literal
 from sqlalchemy import ColumnElement, delete, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -107,6 +108,10 @@ def _fresh(entry: Entry) -> Entry:
                  workflow_id=entry.workflow_id, trigger_message_id=entry.trigger_message_id,
                  entered_at=entry.entered_at)
 
+
+ENDING_RUN_WAIT = timedelta(seconds=2)
+"""How long a trigger that found a contact's entry closed but its run still there waits for that
+run to complete before it gives up entering (the event then only signalled the run)."""
 
 TWINS_PER_STATEMENT = 400
 """Entries whose twins one DELETE drops (two parameters each, far below SQLite's limit)."""
@@ -329,6 +334,7 @@ class Router:
         wid: str,
         *,
         running: list[int],
+        again: bool = False,
     ) -> RouteDecision:
         """Signal-with-start the entry's workflow; keep the entry row only if a new run started.
 
@@ -342,6 +348,12 @@ class Router:
         time-skipping test server leaves it unset), so each run carries the message id of the event
         that started it in its memo, and the router reads it back from the run it reached. That
         answer is exact even when two routers race on the same workflow id.
+
+        Why `again`: a run closes its entry just before it completes (its last send closes it
+        with the ledger row, `SendRequest.closes_entry`), so a trigger can find no open entry
+        while the run is still there for a moment; the call then only signals that ending run.
+        The router waits for it to end (at most `ENDING_RUN_WAIT`) and enters the contact
+        again, once: the event starts the next run, as the entry rules said.
         """
         assert journey.version is not None, "only published journeys (with a version) are routed"
         entry_id = await self._record_together(Entry(
@@ -369,6 +381,8 @@ class Router:
             return RouteDecision(journey.key, journey.version, wid, "started",
                                  _entered_reason(journey))
         await self._discard_entry(entry_id)
+        if not running and not again and await self._ended_soon(handle):
+            return await self._enter(journey, event, entry_key, wid, running=[], again=True)
         reason = (
             f"entry: {journey.entry.reentry}, already in the journey; event signalled"
             if running else "a run was already there; event signalled"
@@ -511,6 +525,19 @@ class Router:
         description = await run.describe()
         memo = await description.memo()
         return bool(memo.get(TRIGGER_MEMO) == event.message_id)
+
+    async def _ended_soon(self, handle: WorkflowHandle[object, object]) -> bool:
+        """Whether the run a signal-with-start reached ends within `ENDING_RUN_WAIT`."""
+        run = self.client.get_workflow_handle(handle.id, run_id=handle.result_run_id)
+        try:
+            await asyncio.wait_for(run.result(follow_runs=False), ENDING_RUN_WAIT.total_seconds())
+        except TimeoutError:
+            return False
+        except WorkflowFailureError:
+            return True  # it ended (failed, terminated, timed out)
+        except RPCError:
+            return False
+        return True
 
     async def _drop_twins(self, wid: str, message_id: str) -> None:
         """Keep one entry row for the run this event started. Two routers can route the same

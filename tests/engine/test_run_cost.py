@@ -8,7 +8,7 @@ local one, no search-attribute upsert.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
@@ -176,3 +176,45 @@ async def test_a_last_send_that_does_not_go_leaves_the_entry_to_finish_entry(
     assert markers == [LOCAL_ACTIVITY_MARKER]  # finish_entry
     (entry,) = await entries_of(sqlite_store, key)
     assert (entry.outcome, entry.ended_at is not None) == ("completed", True)
+
+
+async def test_a_trigger_that_finds_the_entry_closed_but_its_run_ending_enters_next(
+    temporal_env: WorkflowEnvironment, sqlite_store: Store,
+) -> None:
+    """A last send closes the entry a moment before its run completes; a trigger in that moment
+    finds no open entry yet reaches the ending run. The router waits for that run to end and
+    starts the contact's next run with the event (here the entry of a run about to end its 1 s
+    wait is closed by hand)."""
+    from sqlalchemy import update
+
+    from cairn.store.schema import Entry
+
+    key, contact = unique("again"), unique("c")
+    await publish(sqlite_store, {"key": key, "name": "Again", "trigger": {"event": "go"},
+                                 "steps": {"pause": {"wait": "1s", "next": "end"}}})
+    wid = workflow_id(key, contact)
+    async with engine(temporal_env, sqlite_store) as router:
+        now = datetime.now(UTC)
+        first = await router.route(EventMessage(message_id=unique("m"), event="go",
+                                                contact_id=contact, properties={}, timestamp=now))
+        assert [d.action for d in first] == ["started"]
+        first_run = (await temporal_env.client.get_workflow_handle(wid).describe()).run_id
+        async with sqlite_store.session() as s, s.begin():
+            await s.execute(update(Entry).where(Entry.journey_key == key)
+                            .values(ended_at=now, outcome="completed"))
+        second_id = unique("m")
+        second = await router.route(EventMessage(message_id=second_id, event="go",
+                                                 contact_id=contact, properties={},
+                                                 timestamp=now))
+        assert [d.action for d in second] == ["started"], second
+        latest = await temporal_env.client.get_workflow_handle(wid).describe()
+        assert latest.run_id != first_run
+        assert (await latest.memo()).get("cairn_trigger") == second_id
+        # the second event did reach the ending run first (the path under test)
+        history = await temporal_env.client.get_workflow_handle(
+            wid, run_id=first_run).fetch_history()
+        signals = [e for e in history.events
+                   if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED]
+        assert len(signals) == 2
+    entries = await entries_of(sqlite_store, key)
+    assert [e.trigger_message_id == second_id for e in entries] == [False, True]
