@@ -20,11 +20,11 @@ EVENT_SIGNAL = "event"
 EXIT_SIGNAL = "exit"
 STATE_QUERY = "state"
 CAUGHT_EVENTS = "events"
-COMPLETED = "completed"
-"""The outcome of a run that reached `end` (or a step whose `next` is `end`)."""
 """Where a caught event is kept in the journey context, by name: templates read it as
 `journey.events.<name>`, `if` conditions as `{property: ..., event: <name>}`. Kept by reference
 (no properties); activities read it back from the store."""
+COMPLETED = "completed"
+"""The outcome of a run that reached `end` (or a step whose `next` is `end`)."""
 JOURNEY_TASK_QUEUE = "cairn-journeys"
 DELIVERY_TASK_QUEUE = "cairn-delivery"
 

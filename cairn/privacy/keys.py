@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import os
 import secrets
@@ -251,12 +252,11 @@ class SqlDataKeyStore:
         self._url = url
         self._opening = asyncio.Lock()
 
-    @property
-    def url(self) -> str | None:
-        """The database the keys are in."""
-        if self._store is not None:
-            return self._store.url
-        return normalized_url(self._url) if self._url is not None else None
+    @functools.cached_property
+    def url(self) -> str:
+        """The database the keys are in (as `Store.url` names it); read once (the router asks
+        at every write)."""
+        return self._store.url if self._store is not None else normalized_url(str(self._url))
 
     async def store(self) -> Store:
         if self._store is None:

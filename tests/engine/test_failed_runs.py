@@ -88,15 +88,20 @@ async def continued_run(env: WorkflowEnvironment, wid: str) -> str:
     raise AssertionError("the run never continued as new")
 
 
-async def test_a_run_that_fails_after_continuing_as_new_closes_its_entry_failed(
-    temporal_env: WorkflowEnvironment, store: Store,
-) -> None:
+async def published_daily_check(store: Store) -> tuple[str, str, str]:
+    """The daily check journey published (`never` re-entered), a contact, its run's id."""
     key = unique("daily")
     await publish(store, {"key": key, "name": "Daily check", "trigger": {"event": "go"},
                           "entry": {"reentry": "never"}, "start": "day", "steps": DAILY_CHECK})
     contact = unique("c")
     await add_contact(store, contact)
-    wid = workflow_id(key, contact)
+    return key, contact, workflow_id(key, contact)
+
+
+async def test_a_run_that_fails_after_continuing_as_new_closes_its_entry_failed(
+    temporal_env: WorkflowEnvironment, store: Store,
+) -> None:
+    key, contact, wid = await published_daily_check(store)
     async with engine(temporal_env, store) as router:
         [started] = await router.route(trigger("go-1", contact))
         assert started.action == "started"
@@ -117,12 +122,7 @@ async def test_a_run_that_fails_after_continuing_as_new_closes_its_entry_failed(
 async def test_a_run_terminated_after_continuing_as_new_is_closed_failed_by_the_check(
     temporal_env: WorkflowEnvironment, store: Store,
 ) -> None:
-    key = unique("daily")
-    await publish(store, {"key": key, "name": "Daily check", "trigger": {"event": "go"},
-                          "entry": {"reentry": "never"}, "start": "day", "steps": DAILY_CHECK})
-    contact = unique("c")
-    await add_contact(store, contact)
-    wid = workflow_id(key, contact)
+    key, contact, wid = await published_daily_check(store)
     async with engine(temporal_env, store) as router:
         [started] = await router.route(trigger("go-1", contact))
         assert started.action == "started"

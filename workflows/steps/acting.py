@@ -126,7 +126,9 @@ async def _send_planned_in_delivery(
     trail: list[str] = []  # holds and refusals on this visit, all said in the path
     holds = 0
     if run.entry_by_send and step.next == END and not spec.on_failure:
-        request.closes_entry = True  # the run ends `completed` after this send, however it goes
+        # The run ends `completed` after this send: a send settled `sent` closes the entry
+        # with its ledger row (any other outcome leaves it to `finish_entry`).
+        request.closes_entry = True
     while True:
         try:
             outcome: SendOutcome = await run.act(
